@@ -1,0 +1,1 @@
+//! First node, pivot, tokens, PKI. See ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! The pod network. See ARCHITECTURE.md.

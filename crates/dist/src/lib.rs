@@ -1,0 +1,1 @@
+//! Bundles and images. See ARCHITECTURE.md.

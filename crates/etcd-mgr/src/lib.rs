@@ -1,0 +1,1 @@
+//! etcd lifecycle. See ARCHITECTURE.md.
