@@ -1,1 +1,48 @@
-fn main() {}
+//! `selfnode`: the only binary of the workspace. Parses the command line,
+//! installs logging, builds the one tokio runtime and hands off to a thin
+//! command handler; maps failures to exit codes an init system can act on.
+
+mod agent;
+mod cli;
+mod commands;
+mod fsutil;
+mod paths;
+mod status;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(&cli.command);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(commands::exit_code_for(&err))
+        }
+    }
+}
+
+/// Logs go to stderr. The agent logs at info by default; the short-lived
+/// commands stay quiet unless asked (SELFNODE_LOG=debug, RUST_LOG syntax).
+fn init_logging(cmd: &cli::Command) {
+    let default = match cmd {
+        cli::Command::Agent(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SELFNODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -1,0 +1,302 @@
+//! Configuration files the agent writes for its children.
+//!
+//! Rendering is pure (host facts come in as [`HostFacts`]) so the output is
+//! pinned by golden tests; writing goes through `fsutil::write_atomic`.
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What the agent observed about the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFacts {
+    pub cgroup: CgroupVersion,
+    pub driver: CgroupDriver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+impl CgroupDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupDriver::Cgroupfs => "cgroupfs",
+            CgroupDriver::Systemd => "systemd",
+        }
+    }
+}
+
+impl HostFacts {
+    /// cgroup v2 when the unified hierarchy is mounted at /sys/fs/cgroup
+    /// (it has `cgroup.controllers`); the systemd driver when systemd is the
+    /// init system (`/run/systemd/system` exists), as the kubelet docs advise.
+    pub fn detect(root: &Path) -> Self {
+        let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            CgroupVersion::V2
+        } else {
+            CgroupVersion::V1
+        };
+        let driver = if root.join("run/systemd/system").is_dir() {
+            CgroupDriver::Systemd
+        } else {
+            CgroupDriver::Cgroupfs
+        };
+        HostFacts { cgroup, driver }
+    }
+}
+
+/// Inputs for containerd's config file.
+#[derive(Debug, Clone)]
+pub struct ContainerdConfig {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub pause_image: String,
+    pub runc: PathBuf,
+    pub cni_bin_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+}
+
+/// containerd 2.4 configuration (format version 4; `containerd config dump` shows how it reads it).
+pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
+    use toml::{Table, Value};
+    fn table(entries: Vec<(&str, Value)>) -> Value {
+        Value::Table(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Table>())
+    }
+    fn s(p: impl AsRef<str>) -> Value {
+        Value::String(p.as_ref().to_string())
+    }
+    fn path(p: &Path) -> Value {
+        s(p.to_string_lossy())
+    }
+    let runc_options = table(vec![
+        ("BinaryName", path(&cfg.runc)),
+        ("SystemdCgroup", Value::Boolean(facts.driver == CgroupDriver::Systemd)),
+    ]);
+    let runtime = table(vec![
+        (
+            "containerd",
+            table(vec![
+                ("default_runtime_name", s("runc")),
+                (
+                    "runtimes",
+                    table(vec![(
+                        "runc",
+                        table(vec![("runtime_type", s("io.containerd.runc.v2")), ("options", runc_options)]),
+                    )]),
+                ),
+            ]),
+        ),
+        (
+            "cni",
+            table(vec![
+                ("bin_dirs", Value::Array(vec![path(&cfg.cni_bin_dir)])),
+                ("conf_dir", path(&cfg.cni_conf_dir)),
+            ]),
+        ),
+    ]);
+    let images = table(vec![
+        ("snapshotter", s("overlayfs")),
+        ("pinned_images", table(vec![("sandbox", s(&cfg.pause_image))])),
+    ]);
+    let cri = table(vec![("stream_server_address", s("127.0.0.1")), ("stream_server_port", s("0"))]);
+    let doc = table(vec![
+        ("version", Value::Integer(4)),
+        ("root", path(&cfg.root)),
+        ("state", path(&cfg.state)),
+        // NRI listens on a fixed host-wide socket; selfnode does not use it.
+        ("disabled_plugins", Value::Array(vec![s("io.containerd.nri.v1.nri")])),
+        (
+            "plugins",
+            table(vec![
+                ("io.containerd.cri.v1.images", images),
+                ("io.containerd.cri.v1.runtime", runtime),
+                ("io.containerd.grpc.v1.cri", cri),
+                // Format 4 moved the listeners into server plugins. Both are set so two
+                // containerds on one machine (test hosts) never share a socket.
+                ("io.containerd.server.v1.grpc", table(vec![("address", path(&cfg.socket))])),
+                ("io.containerd.server.v1.ttrpc", table(vec![("address", s(format!("{}.ttrpc", cfg.socket.display())))])),
+            ]),
+        ),
+    ]);
+    let body = toml::to_string(&doc).unwrap_or_default();
+    format!("# Written by selfnode agent; changes are overwritten at the next start.\n{body}")
+}
+
+/// Inputs for the KubeletConfiguration.
+#[derive(Debug, Clone)]
+pub struct KubeletInputs {
+    pub containerd_socket: PathBuf,
+    pub healthz_port: u16,
+    pub static_pod_dir: PathBuf,
+    pub pod_logs_dir: PathBuf,
+    pub volume_plugin_dir: PathBuf,
+    /// Whether the node belongs to a cluster (a kubeconfig exists). Without
+    /// one, the kubelet runs standalone and its API server stays off.
+    pub in_cluster: bool,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KubeletConfiguration {
+    kind: &'static str,
+    api_version: &'static str,
+    container_runtime_endpoint: String,
+    cgroup_driver: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fail_cgroup_v1: Option<bool>,
+    healthz_bind_address: &'static str,
+    healthz_port: u16,
+    read_only_port: u16,
+    enable_server: bool,
+    authentication: KubeletAuthn,
+    authorization: KubeletAuthz,
+    static_pod_path: String,
+    pod_logs_dir: String,
+    volume_plugin_dir: String,
+    cluster_domain: &'static str,
+    rotate_certificates: bool,
+    resolv_conf: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KubeletAuthn {
+    anonymous: Enabled,
+    webhook: Enabled,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x509: Option<X509>,
+}
+
+#[derive(Debug, Serialize)]
+struct Enabled {
+    enabled: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct X509 {
+    client_ca_file: String,
+}
+
+#[derive(Debug, Serialize)]
+struct KubeletAuthz {
+    mode: &'static str,
+}
+
+/// The KubeletConfiguration, as JSON (a YAML subset the kubelet reads).
+///
+/// Secure by default: no read-only port, no anonymous requests, and in a
+/// cluster webhook authentication and authorization against the API server.
+/// A standalone kubelet has no API server to ask, so it serves no API at all
+/// (`enableServer: false`); only healthz on loopback.
+pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
+    let cfg = KubeletConfiguration {
+        kind: "KubeletConfiguration",
+        api_version: "kubelet.config.k8s.io/v1beta1",
+        container_runtime_endpoint: format!("unix://{}", k.containerd_socket.display()),
+        cgroup_driver: facts.driver.as_str(),
+        // Kubernetes >= 1.35 refuses cgroup v1 unless told otherwise.
+        fail_cgroup_v1: (facts.cgroup == CgroupVersion::V1).then_some(false),
+        healthz_bind_address: "127.0.0.1",
+        healthz_port: k.healthz_port,
+        read_only_port: 0,
+        enable_server: k.in_cluster,
+        authentication: KubeletAuthn {
+            anonymous: Enabled { enabled: false },
+            webhook: Enabled { enabled: k.in_cluster },
+            x509: k.client_ca.as_ref().map(|p| X509 { client_ca_file: p.display().to_string() }),
+        },
+        authorization: KubeletAuthz { mode: if k.in_cluster { "Webhook" } else { "AlwaysAllow" } },
+        static_pod_path: k.static_pod_dir.display().to_string(),
+        pod_logs_dir: k.pod_logs_dir.display().to_string(),
+        volume_plugin_dir: k.volume_plugin_dir.display().to_string(),
+        cluster_domain: "cluster.local",
+        rotate_certificates: k.in_cluster,
+        resolv_conf: "/etc/resolv.conf",
+    };
+    let mut out = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1_CGROUPFS: HostFacts = HostFacts { cgroup: CgroupVersion::V1, driver: CgroupDriver::Cgroupfs };
+
+    fn golden(name: &str, actual: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create)", path.display()));
+        assert_eq!(actual, expected, "golden file {} differs (UPDATE_GOLDEN=1 to accept)", path.display());
+    }
+
+    fn containerd_cfg() -> ContainerdConfig {
+        ContainerdConfig {
+            root: "/var/lib/selfnode/containerd".into(),
+            state: "/run/selfnode/containerd".into(),
+            socket: "/run/selfnode/containerd/containerd.sock".into(),
+            pause_image: "registry.k8s.io/pause:3.10.2".into(),
+            runc: "/var/cache/selfnode/bundle/bin/runc".into(),
+            cni_bin_dir: "/var/cache/selfnode/bundle/cni/bin".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+        }
+    }
+
+    fn kubelet_inputs(in_cluster: bool) -> KubeletInputs {
+        KubeletInputs {
+            containerd_socket: "/run/selfnode/containerd/containerd.sock".into(),
+            healthz_port: 10248,
+            static_pod_dir: "/etc/kubernetes/manifests".into(),
+            pod_logs_dir: "/var/log/pods".into(),
+            volume_plugin_dir: "/usr/libexec/kubernetes/kubelet-plugins/volume/exec".into(),
+            in_cluster,
+            client_ca: in_cluster.then(|| "/etc/kubernetes/pki/ca.crt".into()),
+        }
+    }
+
+    #[test]
+    fn containerd_config_golden() {
+        golden("containerd-v1-cgroupfs.toml", &render_containerd(&containerd_cfg(), V1_CGROUPFS));
+    }
+
+    #[test]
+    fn containerd_uses_systemd_cgroups_only_under_systemd() {
+        let facts = HostFacts { cgroup: CgroupVersion::V2, driver: CgroupDriver::Systemd };
+        assert!(render_containerd(&containerd_cfg(), facts).contains("SystemdCgroup = true"));
+        assert!(render_containerd(&containerd_cfg(), V1_CGROUPFS).contains("SystemdCgroup = false"));
+    }
+
+    #[test]
+    fn kubelet_standalone_golden() {
+        golden("kubelet-standalone.json", &render_kubelet(&kubelet_inputs(false), V1_CGROUPFS));
+    }
+
+    #[test]
+    fn kubelet_in_cluster_golden() {
+        golden("kubelet-in-cluster.json", &render_kubelet(&kubelet_inputs(true), V1_CGROUPFS));
+    }
+
+    #[test]
+    fn kubelet_on_cgroup_v2_keeps_the_upstream_default() {
+        let facts = HostFacts { cgroup: CgroupVersion::V2, driver: CgroupDriver::Systemd };
+        let out = render_kubelet(&kubelet_inputs(true), facts);
+        assert!(!out.contains("failCgroupV1"));
+        assert!(out.contains(r#""cgroupDriver": "systemd""#));
+    }
+}

@@ -1,0 +1,246 @@
+//! `selfnode agent`: the long-running host agent.
+//!
+//! Start-up order: take the host lock (before anything is written), open the
+//! bundle, become the subreaper, write configs, start containerd, import the
+//! bundle's images once containerd is ready, start the kubelet. Shutdown on
+//! SIGTERM/SIGINT runs in reverse: kubelet, then containerd, then whatever
+//! containerd left behind (shims, containers), so nothing outlives the agent.
+
+pub mod config;
+pub mod drain;
+pub mod lock;
+pub mod logs;
+pub mod reaper;
+pub mod services;
+pub mod supervisor;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::fsutil::write_atomic;
+use crate::paths::HostPaths;
+use crate::status::{now_unix, AgentStatus, ComponentState, ComponentStatus};
+use services::ServiceContext;
+use supervisor::{Service, StatusHandle};
+
+/// The agent's inputs, mapped from flags by the CLI.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub paths: HostPaths,
+    pub bundle: PathBuf,
+    pub containerd_socket: Option<PathBuf>,
+    pub kubelet_healthz_port: u16,
+    /// The running selfnode binary, packed into selfnode's own image.
+    pub selfnode_exe: PathBuf,
+}
+
+pub const CONTAINERD: &str = "containerd";
+pub const IMAGES: &str = "images";
+pub const KUBELET: &str = "kubelet";
+
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let paths = opts.paths.clone();
+    // The lock comes first: a second agent must change nothing on disk.
+    let _lock = lock::acquire(&paths.agent_lock())?;
+    let bundle = dist::bundle::Bundle::open(&opts.bundle)?;
+    let socket = opts.containerd_socket.clone().unwrap_or_else(|| paths.containerd_socket());
+    services::check_socket_dir(&socket)?;
+    reaper::become_subreaper().context("cannot become a child subreaper")?;
+    let facts = config::HostFacts::detect(paths.root());
+    tracing::info!(cgroup = ?facts.cgroup, driver = facts.driver.as_str(), bundle = %bundle.root().display(), "agent starting");
+
+    let log_dir = paths.log_dir();
+    let status = StatusHandle::new(AgentStatus {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started: now_unix(),
+        updated: now_unix(),
+        bundle: bundle.root().to_path_buf(),
+        components: vec![
+            ComponentStatus::new(CONTAINERD, Some(log_dir.join("containerd.log"))),
+            ComponentStatus::new(IMAGES, None),
+            ComponentStatus::new(KUBELET, Some(log_dir.join("kubelet.log"))),
+        ],
+    });
+    let ctx = Arc::new(ServiceContext {
+        paths: paths.clone(),
+        bundle: bundle.clone(),
+        facts,
+        containerd_socket: socket.clone(),
+        kubelet_healthz_port: opts.kubelet_healthz_port,
+    });
+
+    let tracker = TaskTracker::new();
+    let managed = reaper::ManagedPids::default();
+    let stop_background = CancellationToken::new();
+    tracker.spawn(write_status_loop(status.clone(), paths.agent_status(), stop_background.clone()));
+    tracker.spawn(reap_loop(managed.clone(), stop_background.clone()));
+
+    let (containerd_ready_tx, containerd_ready) = watch::channel(false);
+    let (kubelet_ready_tx, _kubelet_ready) = watch::channel(false);
+    let stop_containerd = CancellationToken::new();
+    let stop_kubelet = CancellationToken::new();
+
+    let containerd_task = tracker.spawn(supervisor::run(
+        Service { name: CONTAINERD.into(), spec: services::containerd(ctx.clone()) },
+        status.clone(),
+        managed.clone(),
+        stop_containerd.clone(),
+        containerd_ready_tx,
+        tracker.clone(),
+    ));
+    let images_task = tracker.spawn(import_images(
+        ctx.clone(),
+        opts.selfnode_exe.clone(),
+        containerd_ready.clone(),
+        status.clone(),
+        stop_kubelet.clone(),
+    ));
+    let kubelet_task = tracker.spawn({
+        let (status, managed, stop, tracker2) = (status.clone(), managed.clone(), stop_kubelet.clone(), tracker.clone());
+        let mut containerd_ready = containerd_ready.clone();
+        let spec = services::kubelet(ctx.clone());
+        async move {
+            // Start order: the kubelet needs the CRI socket.
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    status.update(KUBELET, |c| c.state = ComponentState::Stopped);
+                    return;
+                }
+                _ = containerd_ready.wait_for(|r| *r) => {}
+            }
+            supervisor::run(Service { name: KUBELET.into(), spec }, status, managed, stop, kubelet_ready_tx, tracker2).await
+        }
+    });
+
+    wait_for_stop_signal().await?;
+    tracing::info!("stopping: kubelet, then containerd, then anything containerd left behind");
+    stop_kubelet.cancel();
+    let _ = kubelet_task.await;
+    let _ = images_task.await;
+    if *containerd_ready.borrow() {
+        if let Err(err) = drain::drain_tasks(&socket, Duration::from_secs(30)).await {
+            tracing::warn!(error = %err, "could not stop every container through containerd; killing what is left");
+        }
+    }
+    stop_containerd.cancel();
+    let _ = containerd_task.await;
+    reaper::terminate_adopted(&managed, Duration::from_secs(5)).await;
+    let unmounted = drain::unmount_under(&paths.containerd_state()) + drain::unmount_under(&paths.kubelet_root());
+    if unmounted > 0 {
+        tracing::info!(mounts = unmounted, "released mounts of containerd and the kubelet");
+    }
+    stop_background.cancel();
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+    }
+    Ok(())
+}
+
+/// Imports the bundle's images once containerd is ready, retrying with
+/// back-off until it succeeds (containerd may restart under it).
+async fn import_images(
+    ctx: Arc<ServiceContext>,
+    selfnode_exe: PathBuf,
+    mut containerd_ready: watch::Receiver<bool>,
+    status: StatusHandle,
+    stop: CancellationToken,
+) {
+    let mut backoff = supervisor::Backoff::default();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = containerd_ready.wait_for(|r| *r) => if r.is_err() { return },
+        }
+        status.update(IMAGES, |c| c.state = ComponentState::Starting);
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = dist::import::import_bundle(&ctx.containerd_socket, dist::containerd::K8S_NAMESPACE, &ctx.bundle, &selfnode_exe) => r,
+        };
+        match result {
+            Ok(report) => {
+                tracing::info!(images = report.images.len(), took = ?started.elapsed(), "bundle images present in containerd");
+                status.update(IMAGES, |c| {
+                    c.state = ComponentState::Ready;
+                    c.last_error = None;
+                });
+                return;
+            }
+            Err(err) => {
+                let delay = backoff.after_run(started.elapsed());
+                tracing::warn!(error = %err, retry_in = ?delay, "image import failed");
+                status.update(IMAGES, |c| {
+                    c.state = ComponentState::Failed;
+                    c.restarts += 1;
+                    c.last_error = Some(err.to_string());
+                });
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Publishes the status on every change, and every 5s as a heartbeat.
+async fn write_status_loop(status: StatusHandle, path: PathBuf, stop: CancellationToken) {
+    loop {
+        if let Some(mut snap) = status.snapshot() {
+            snap.updated = now_unix();
+            match serde_json::to_vec_pretty(&snap) {
+                Ok(bytes) => {
+                    if let Err(err) = write_atomic(&path, &bytes, 0o644) {
+                        tracing::warn!(path = %path.display(), %err, "cannot write agent status");
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "cannot encode agent status"),
+            }
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = status.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Reaps adopted zombies on SIGCHLD and on a slow timer (signals coalesce).
+async fn reap_loop(managed: reaper::ManagedPids, stop: CancellationToken) {
+    let mut sigchld = match signal(SignalKind::child()) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            tracing::warn!(%err, "cannot watch SIGCHLD; reaping on a timer only");
+            None
+        }
+    };
+    loop {
+        reaper::reap_adopted(&managed);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = async { match sigchld.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

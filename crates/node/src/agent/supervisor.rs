@@ -1,0 +1,347 @@
+//! Supervision of long-running children (containerd, kubelet).
+//!
+//! One tokio task per service runs the loop: build the spec (re-read at every
+//! start, so a kubeconfig written by `init` changes the kubelet's flags on its
+//! next start), spawn in its own process group with stdout/stderr piped into a
+//! capped log file, probe readiness, and on exit restart with capped
+//! exponential back-off and jitter. Cancellation stops the child with SIGTERM,
+//! then SIGKILL after the grace period. Children also get PR_SET_PDEATHSIG, so
+//! an agent killed with SIGKILL takes containerd and the kubelet with it.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use rand::Rng;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::logs::{self, RotatingLog, SharedLog};
+use super::reaper::ManagedPids;
+use crate::status::{now_unix, AgentStatus, ComponentState};
+
+/// How to tell that a service is ready (and, later, still healthy).
+pub type ProbeFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+pub struct ServiceSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+    pub probe: ProbeFn,
+    pub stop_grace: Duration,
+}
+
+/// Builds a service's spec at each start; an error is reported and retried.
+pub type SpecFn = Arc<dyn Fn() -> anyhow::Result<ServiceSpec> + Send + Sync>;
+
+/// Shared, published agent state. Every change wakes the status writer.
+#[derive(Clone)]
+pub struct StatusHandle {
+    inner: Arc<Mutex<AgentStatus>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl StatusHandle {
+    pub fn new(status: AgentStatus) -> Self {
+        StatusHandle { inner: Arc::new(Mutex::new(status)), changed: Arc::new(tokio::sync::Notify::new()) }
+    }
+
+    pub fn update(&self, name: &str, f: impl FnOnce(&mut crate::status::ComponentStatus)) {
+        if let Ok(mut st) = self.inner.lock() {
+            if let Some(c) = st.component_mut(name) {
+                let before = c.state;
+                f(c);
+                if c.state != before {
+                    c.since = now_unix();
+                }
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    pub fn snapshot(&self) -> Option<AgentStatus> {
+        self.inner.lock().ok().map(|s| s.clone())
+    }
+
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
+
+/// Restart back-off: 1s doubling to 30s, ±20% jitter; reset after a run of
+/// at least `STABLE_RUN` so one crash a day does not wait 30s.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next start, given how long the last run lasted.
+    pub fn after_run(&mut self, ran: Duration) -> Duration {
+        if ran >= STABLE_RUN {
+            self.next = BACKOFF_MIN;
+        }
+        let base = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let jitter = rand::rng().random_range(0.8..1.2);
+        base.mul_f64(jitter)
+    }
+}
+
+pub struct Service {
+    pub name: String,
+    pub spec: SpecFn,
+}
+
+/// Runs `svc` until `cancel`; publishes readiness on `ready`.
+pub async fn run(
+    svc: Service,
+    status: StatusHandle,
+    managed: ManagedPids,
+    cancel: CancellationToken,
+    ready: watch::Sender<bool>,
+    tracker: TaskTracker,
+) {
+    let name = svc.name.as_str();
+    let mut backoff = Backoff::default();
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = match (svc.spec)() {
+            Ok(spec) => run_once(name, &spec, &status, &managed, &cancel, &ready, &tracker).await,
+            Err(err) => RunOutcome::Failed(format!("cannot prepare {name}: {err:#}")),
+        };
+        ready.send_replace(false);
+        match outcome {
+            RunOutcome::Cancelled => {
+                status.update(name, |c| {
+                    c.state = ComponentState::Stopped;
+                    c.pid = None;
+                });
+                return;
+            }
+            RunOutcome::Failed(why) => {
+                let delay = backoff.after_run(started.elapsed());
+                tracing::warn!(service = name, reason = %why, retry_in = ?delay, "service stopped; restarting after back-off");
+                status.update(name, |c| {
+                    c.state = ComponentState::Restarting;
+                    c.pid = None;
+                    c.restarts += 1;
+                    c.last_error = Some(why);
+                });
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        status.update(name, |c| c.state = ComponentState::Stopped);
+                        return;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+enum RunOutcome {
+    Cancelled,
+    Failed(String),
+}
+
+async fn run_once(
+    name: &str,
+    spec: &ServiceSpec,
+    status: &StatusHandle,
+    managed: &ManagedPids,
+    cancel: &CancellationToken,
+    ready: &watch::Sender<bool>,
+    tracker: &TaskTracker,
+) -> RunOutcome {
+    let log: SharedLog = match RotatingLog::open(&spec.log, logs::DEFAULT_CAP) {
+        Ok(l) => Arc::new(Mutex::new(l)),
+        Err(err) => return RunOutcome::Failed(format!("cannot open log {}: {err}", spec.log.display())),
+    };
+    let mut child = match spawn(spec) {
+        Ok(c) => c,
+        Err(err) => return RunOutcome::Failed(format!("cannot start {}: {err}", spec.program.display())),
+    };
+    let Some(pid) = child.id() else {
+        return RunOutcome::Failed("exited before it could be watched".into());
+    };
+    if let Ok(mut m) = managed.lock() {
+        m.insert(pid);
+    }
+    logs::note(&log, &format!("started {} (pid {pid})", spec.program.display()));
+    if let Some(out) = child.stdout.take() {
+        tracker.spawn(logs::pump(out, log.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tracker.spawn(logs::pump(err, log.clone()));
+    }
+    tracing::info!(service = name, pid, "started");
+    status.update(name, |c| {
+        c.state = ComponentState::Starting;
+        c.pid = Some(pid);
+    });
+
+    let outcome = watch_child(name, spec, &mut child, pid, status, cancel, ready).await;
+    if let Ok(mut m) = managed.lock() {
+        m.remove(&pid);
+    }
+    let msg = match &outcome {
+        RunOutcome::Cancelled => "stopped".to_string(),
+        RunOutcome::Failed(why) => why.clone(),
+    };
+    logs::note(&log, &msg);
+    outcome
+}
+
+async fn watch_child(
+    name: &str,
+    spec: &ServiceSpec,
+    child: &mut Child,
+    pid: u32,
+    status: &StatusHandle,
+    cancel: &CancellationToken,
+    ready: &watch::Sender<bool>,
+) -> RunOutcome {
+    let mut is_ready = false;
+    let mut failures = 0u32;
+    loop {
+        // Probe quickly until ready, then every few seconds as a health check.
+        let period = if is_ready { Duration::from_secs(5) } else { Duration::from_millis(250) };
+        tokio::select! {
+            exit = child.wait() => {
+                return RunOutcome::Failed(describe_exit(exit));
+            }
+            _ = cancel.cancelled() => {
+                stop_child(name, child, pid, spec.stop_grace).await;
+                return RunOutcome::Cancelled;
+            }
+            _ = tokio::time::sleep(period) => {
+                let probe = tokio::time::timeout(Duration::from_secs(3), (spec.probe)()).await;
+                let result = probe.unwrap_or_else(|_| Err("health check timed out after 3s".into()));
+                match result {
+                    Ok(()) => {
+                        failures = 0;
+                        if !is_ready {
+                            is_ready = true;
+                            tracing::info!(service = name, pid, "ready");
+                            status.update(name, |c| c.state = ComponentState::Ready);
+                            ready.send_replace(true);
+                        }
+                    }
+                    Err(why) if is_ready => {
+                        failures += 1;
+                        if failures == 3 {
+                            tracing::warn!(service = name, pid, reason = %why, "health check failing");
+                            status.update(name, |c| {
+                                c.state = ComponentState::Unhealthy;
+                                c.last_error = Some(why);
+                            });
+                            is_ready = false;
+                            ready.send_replace(false);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+fn spawn(spec: &ServiceSpec) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent may have died between fork and prctl.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// SIGTERM to the child's process group, SIGKILL after `grace`.
+async fn stop_child(name: &str, child: &mut Child, pid: u32, grace: Duration) {
+    tracing::info!(service = name, pid, grace = ?grace, "stopping");
+    let pgid = Pid::from_raw(pid as i32);
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(service = name, pid, "did not stop within the grace period; sending SIGKILL");
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+pub fn describe_exit(exit: std::io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match exit {
+        Ok(st) => match (st.code(), st.signal()) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => {
+                let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown");
+                format!("killed by signal {sig} ({name})")
+            }
+            _ => "exited".to_string(),
+        },
+        Err(err) => format!("cannot wait for the process: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets_after_a_stable_run() {
+        let mut b = Backoff::default();
+        let short = Duration::from_secs(1);
+        let d: Vec<f64> = (0..8).map(|_| b.after_run(short).as_secs_f64()).collect();
+        assert!((0.8..=1.2).contains(&d[0]), "{d:?}");
+        assert!((1.6..=2.4).contains(&d[1]), "{d:?}");
+        assert!((3.2..=4.8).contains(&d[2]), "{d:?}");
+        assert!(d[7] <= 36.0 && d[7] >= 24.0, "capped at 30s ±20%: {d:?}");
+        let after_stable = b.after_run(Duration::from_secs(120)).as_secs_f64();
+        assert!((0.8..=1.2).contains(&after_stable), "{after_stable}");
+    }
+
+    #[test]
+    fn exits_are_described_for_humans() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(describe_exit(Ok(ExitStatus::from_raw(1 << 8))), "exited with code 1");
+        assert_eq!(describe_exit(Ok(ExitStatus::from_raw(9))), "killed by signal 9 (SIGKILL)");
+    }
+}

@@ -1,0 +1,126 @@
+//! Command-line interface: what `selfnode --help` teaches.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "selfnode",
+    version,
+    about = "Turn plain machines into a self-hosted Kubernetes cluster",
+    long_about = "selfnode turns plain machines into a self-hosted Kubernetes cluster: one static binary per \
+host supervises containerd and the kubelet, and the control plane runs as Kubernetes objects managed \
+by Kubernetes itself.\n\nStart with 'selfnode agent' on a host, then check it with 'selfnode status'.",
+    after_help = "Exit codes: 0 success; 1 failure (a retry may help); 2 invalid input or configuration \
+(fix it first); 3 conflict with existing state (e.g. an agent is already running)."
+)]
+pub struct Cli {
+    /// Treat DIR as the host's filesystem root: every path selfnode uses is taken under it.
+    /// For tests and image builds; on a real host leave it at '/'.
+    #[arg(long, global = true, env = "SELFNODE_ROOT", default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host agent in the foreground: supervise containerd and the kubelet
+    Agent(AgentArgs),
+    /// Show the host agent and the state of each component it supervises
+    Status(StatusArgs),
+    /// Import a bundle's container images into containerd
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// Print selfnode's version and, with --bundle, the bundle's component versions
+    Version(VersionArgs),
+    /// Print a shell completion script (e.g. selfnode completion bash > /etc/bash_completion.d/selfnode)
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// A table for people
+    #[default]
+    Table,
+    /// JSON for programs
+    Json,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Runs until SIGTERM or SIGINT, then stops the kubelet, containerd and every container \
+process they started, in that order. Logs of the children go to <root>/var/log/selfnode/<component>.log; \
+'selfnode status' shows their state. Ship it as a systemd unit (contrib/selfnode-agent.service), or \
+without systemd: nohup selfnode agent >/var/log/selfnode/agent.log 2>&1 &")]
+pub struct AgentArgs {
+    /// The bundle directory (binaries and images). Default: <root>/var/cache/selfnode/bundle
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    /// Where containerd listens. Default: <root>/run/selfnode/containerd/containerd.sock
+    #[arg(long, value_name = "PATH")]
+    pub containerd_socket: Option<PathBuf>,
+    /// The kubelet's health port on 127.0.0.1
+    #[arg(long, default_value_t = 10248, value_name = "PORT")]
+    pub kubelet_healthz_port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Build OCI images from the bundle's binaries (and load the bundle's images/*.tar) into
+    /// containerd's k8s.io namespace. Re-running is a no-op.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The bundle directory. Default: <root>/var/cache/selfnode/bundle
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    /// containerd's socket. Default: <root>/run/selfnode/containerd/containerd.sock (the agent's)
+    #[arg(long, value_name = "PATH")]
+    pub containerd_socket: Option<PathBuf>,
+    /// containerd namespace to import into (the kubelet uses k8s.io)
+    #[arg(long, default_value = "k8s.io")]
+    pub namespace: String,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Also show the component versions of this bundle
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_a_one_line_summary() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(!about.is_empty() && !about.contains('\n'), "{}: {about:?}", sub.get_name());
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Thin command handlers: parse (done by clap), call the library, print.
+
+mod images;
+mod status;
+mod version;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::paths::HostPaths;
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let paths = HostPaths::under(&cli.root);
+    match cli.command {
+        Command::Agent(args) => {
+            let opts = crate::agent::AgentOptions {
+                bundle: args.bundle.unwrap_or_else(|| paths.default_bundle()),
+                containerd_socket: args.containerd_socket,
+                kubelet_healthz_port: args.kubelet_healthz_port,
+                selfnode_exe: std::env::current_exe()?,
+                paths,
+            };
+            crate::agent::run(opts).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => status::run(&paths, args.output),
+        Command::Images(crate::cli::ImagesCommand::Import(args)) => images::import(&paths, args).await,
+        Command::Version(args) => version::run(args),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "selfnode", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// 2: the input or configuration is wrong, a retry cannot help.
+/// 3: conflicts with existing state (another agent runs).
+/// 1: anything else; a retry may help.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(crate::agent::lock::LockError::Held { .. }) = cause.downcast_ref() {
+            return 3;
+        }
+        if cause.downcast_ref::<dist::bundle::BundleError>().is_some()
+            || cause.downcast_ref::<dist::archive::ArchiveError>().is_some()
+        {
+            return 2;
+        }
+        if let Some(dist::import::ImportError::Bundle { .. } | dist::import::ImportError::Archive(_)) = cause.downcast_ref() {
+            return 2;
+        }
+    }
+    1
+}

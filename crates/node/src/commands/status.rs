@@ -1,0 +1,71 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::agent::lock;
+use crate::cli::Output;
+use crate::paths::HostPaths;
+use crate::status::{human_age, now_unix, AgentStatus, ComponentState};
+
+/// Shows the agent's published status. Exit code 0 when the agent runs and
+/// every component is ready, 1 otherwise, so scripts can wait on it.
+pub fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> {
+    let running = lock::running_agent(&paths.agent_lock());
+    let file = paths.agent_status();
+    let status: Option<AgentStatus> = match std::fs::read(&file) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid agent status", file.display()))?),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", file.display())),
+    };
+    let healthy = running.is_some()
+        && status.as_ref().is_some_and(|s| s.components.iter().all(|c| c.state == ComponentState::Ready));
+
+    match output {
+        Output::Json => {
+            let doc = serde_json::json!({
+                "agent": { "running": running.is_some(), "pid": running },
+                "healthy": healthy,
+                "status": status,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Table => print_table(running.as_deref(), status.as_ref(), paths),
+    }
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn print_table(running: Option<&str>, status: Option<&AgentStatus>, paths: &HostPaths) {
+    let now = now_unix();
+    match (running, status) {
+        (None, _) => {
+            println!("agent: not running (start it with 'selfnode agent')");
+            if let Some(st) = status {
+                println!("last published state, {} ago:", human_age(st.updated, now));
+            } else {
+                return;
+            }
+        }
+        (Some(pid), Some(st)) => println!(
+            "agent: running, pid {pid}, up {}, bundle {}",
+            human_age(st.started, now),
+            st.bundle.display()
+        ),
+        (Some(pid), None) => {
+            println!("agent: running, pid {pid}, no status published yet ({})", paths.agent_status().display());
+            return;
+        }
+    }
+    let Some(st) = status else { return };
+    println!("{:<12} {:<11} {:>8} {:>9} {:>8}  {}", "COMPONENT", "STATE", "PID", "RESTARTS", "SINCE", "LOG / LAST ERROR");
+    for c in &st.components {
+        let state = if running.is_none() && c.state != ComponentState::Stopped { "unknown" } else { c.state.as_str() };
+        let pid = c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let mut detail = c.log.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        if c.state != ComponentState::Ready {
+            if let Some(e) = &c.last_error {
+                detail = if detail.is_empty() { e.clone() } else { format!("{detail} ({e})") };
+            }
+        }
+        println!("{:<12} {:<11} {:>8} {:>9} {:>8}  {}", c.name, state, pid, c.restarts, human_age(c.since, now), detail);
+    }
+}

@@ -1,0 +1,77 @@
+//! Small filesystem helpers with the durability rules of the house style:
+//! compare before writing; write a temp file, fsync, rename, fsync the directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Outcome of [`write_atomic`]: whether the file on disk changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Changed,
+    Unchanged,
+}
+
+/// Writes `contents` to `path` with `mode`, atomically and durably. Does nothing
+/// (not even a rename) when the file already holds exactly these bytes with
+/// this mode, so idempotent callers do not churn mtimes or wake watchers.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<Written> {
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o7777 == mode && fs::read(path)? == contents {
+            return Ok(Written::Unchanged);
+        }
+    }
+    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent directory"))?;
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        // The umask may have narrowed the mode at creation.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| Written::Changed)
+}
+
+/// Creates `dir` (and parents) and sets its mode.
+pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+}
+
+/// Proves `dir` can hold new files (creates it if needed). Used to fail early,
+/// with the directory named, before a child process fails obscurely.
+pub fn check_writable_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".selfnode-probe-{}", std::process::id()));
+    File::create(&probe)?;
+    fs::remove_file(&probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_skips_identical_content_and_fixes_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/b.conf");
+        assert_eq!(write_atomic(&p, b"x", 0o600).unwrap(), Written::Changed);
+        assert_eq!(write_atomic(&p, b"x", 0o600).unwrap(), Written::Unchanged);
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(write_atomic(&p, b"x", 0o644).unwrap(), Written::Changed);
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(write_atomic(&p, b"y", 0o644).unwrap(), Written::Changed);
+        assert_eq!(fs::read(&p).unwrap(), b"y");
+        let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left behind");
+    }
+}

@@ -1,0 +1,117 @@
+//! Where selfnode keeps things on a host.
+//!
+//! Every path the agent and the CLI touch is derived here from one root, so a
+//! test (or the appliance image builder) can run a whole host under a temporary
+//! directory with `--root DIR`, and mount-namespace test hosts get the real
+//! layout with no flag at all.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPaths {
+    root: PathBuf,
+}
+
+impl HostPaths {
+    /// Paths for a host whose filesystem root is `root` (`/` on a real host).
+    pub fn under(root: impl Into<PathBuf>) -> Self {
+        HostPaths { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn join(&self, rel: &str) -> PathBuf {
+        self.root.join(rel.trim_start_matches('/'))
+    }
+
+    /// Durable state owned by selfnode (checkpoint, containerd's content store).
+    pub fn state_dir(&self) -> PathBuf {
+        self.join("var/lib/selfnode")
+    }
+
+    /// Volatile state: lock, status, sockets. Wiped by a reboot or power cut.
+    pub fn run_dir(&self) -> PathBuf {
+        self.join("run/selfnode")
+    }
+
+    /// Per-component logs of the supervised children.
+    pub fn log_dir(&self) -> PathBuf {
+        self.join("var/log/selfnode")
+    }
+
+    pub fn agent_lock(&self) -> PathBuf {
+        self.run_dir().join("agent.lock")
+    }
+
+    pub fn agent_status(&self) -> PathBuf {
+        self.run_dir().join("agent.json")
+    }
+
+    pub fn containerd_root(&self) -> PathBuf {
+        self.state_dir().join("containerd")
+    }
+
+    pub fn containerd_state(&self) -> PathBuf {
+        self.run_dir().join("containerd")
+    }
+
+    pub fn containerd_config(&self) -> PathBuf {
+        self.state_dir().join("containerd.toml")
+    }
+
+    /// The default containerd socket. Kept apart from `/run/containerd` so a
+    /// distribution's own containerd on the same host is never touched.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.containerd_state().join("containerd.sock")
+    }
+
+    pub fn kubelet_root(&self) -> PathBuf {
+        self.join("var/lib/kubelet")
+    }
+
+    /// The KubeletConfiguration file (kubeadm's location, so users find it).
+    pub fn kubelet_config(&self) -> PathBuf {
+        self.kubelet_root().join("config.yaml")
+    }
+
+    /// The kubelet's kubeconfig. Absent until the node belongs to a cluster:
+    /// without it the kubelet runs standalone (static pods only).
+    pub fn kubelet_kubeconfig(&self) -> PathBuf {
+        self.join("etc/kubernetes/kubelet.conf")
+    }
+
+    pub fn static_pod_dir(&self) -> PathBuf {
+        self.join("etc/kubernetes/manifests")
+    }
+
+    pub fn pod_logs_dir(&self) -> PathBuf {
+        self.join("var/log/pods")
+    }
+
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.join("etc/cni/net.d")
+    }
+
+    /// Where `selfnode init` and the README's set-up command put the bundle.
+    pub fn default_bundle(&self) -> PathBuf {
+        self.join("var/cache/selfnode/bundle")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_under_the_root() {
+        let p = HostPaths::under("/tmp/host1");
+        assert_eq!(
+            p.containerd_socket(),
+            Path::new("/tmp/host1/run/selfnode/containerd/containerd.sock")
+        );
+        assert_eq!(p.kubelet_config(), Path::new("/tmp/host1/var/lib/kubelet/config.yaml"));
+        assert_eq!(HostPaths::under("/").static_pod_dir(), Path::new("/etc/kubernetes/manifests"));
+    }
+}

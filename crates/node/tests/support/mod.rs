@@ -1,0 +1,265 @@
+//! The test-host harness shared by every end-to-end test of `selfnode`.
+//!
+//! A [`TestHost`] is one host running its own selfnode agent, containerd and
+//! kubelet with the real upstream binaries from the bundle. Today a host is a
+//! directory used as `--root` on this machine; multi-host tests will add hosts
+//! in network + mount namespaces behind the same interface.
+//!
+//! Cleanup happens in `Drop`, so it runs when a test fails too: the agent is
+//! stopped by PID (SIGTERM, then SIGKILL), any process still referring to the
+//! host's directory is killed by PID, mounts under it are unmounted, and the
+//! directory is removed.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Hosts that run a kubelet share this machine's cgroups and /var/log/containers,
+/// so the tests that start one run one at a time.
+static MACHINE: Mutex<()> = Mutex::new(());
+
+pub fn bundle_dir() -> PathBuf {
+    let dir = std::env::var_os("SELFNODE_BUNDLE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/selfnode/bundle"));
+    assert!(
+        dir.join("VERSION").is_file(),
+        "no bundle at {} (set SELFNODE_BUNDLE or build it with fixtures/build-bundle.sh)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn selfnode_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_selfnode")
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct TestHost {
+    _machine: MutexGuard<'static, ()>,
+    dir: Option<tempfile::TempDir>,
+    pub root: PathBuf,
+    pub bundle: PathBuf,
+    pub healthz_port: u16,
+    agent: Option<Child>,
+}
+
+impl TestHost {
+    pub fn new() -> Self {
+        let machine = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::Builder::new().prefix("selfnode-host-").tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        TestHost { _machine: machine, dir: Some(dir), root, bundle: bundle_dir(), healthz_port: free_port(), agent: None }
+    }
+
+    /// `selfnode --root <host root> ARGS…`
+    pub fn selfnode(&self) -> Command {
+        let mut cmd = Command::new(selfnode_bin());
+        cmd.arg("--root").arg(&self.root).env_remove("SELFNODE_ROOT");
+        cmd
+    }
+
+    /// The agent's command line for this host, with extra flags.
+    pub fn agent_command(&self, extra: &[&str]) -> Command {
+        let mut cmd = self.selfnode();
+        cmd.arg("agent")
+            .arg("--bundle")
+            .arg(&self.bundle)
+            .arg("--kubelet-healthz-port")
+            .arg(self.healthz_port.to_string())
+            .args(extra);
+        cmd
+    }
+
+    pub fn start_agent(&mut self) -> u32 {
+        assert!(self.agent.is_none(), "agent already started");
+        let log = std::fs::File::create(self.root.join("agent.log")).unwrap();
+        let child = self
+            .agent_command(&[])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start selfnode agent");
+        let pid = child.id();
+        self.agent = Some(child);
+        pid
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.root.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn component_log(&self, name: &str) -> String {
+        let path = self.root.join("var/log/selfnode").join(format!("{name}.log"));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// `selfnode status -o json`, parsed.
+    pub fn status(&self) -> Value {
+        let out = self.selfnode().args(["status", "-o", "json"]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("status -o json is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        })
+    }
+
+    pub fn component<'a>(status: &'a Value, name: &str) -> &'a Value {
+        status["status"]["components"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .unwrap_or_else(|| panic!("no component {name} in {status:#}"))
+    }
+
+    /// Waits until `pred(status)` holds; panics with the agent's and the
+    /// components' logs when `timeout` passes.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status();
+            if pred(&st) {
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\nstatus: {st:#}\n--- agent log\n{}\n--- containerd log\n{}\n--- kubelet log\n{}",
+                    self.agent_log(),
+                    self.component_log("containerd"),
+                    self.component_log("kubelet")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    pub fn wait_healthy(&self, timeout: Duration) -> Value {
+        self.wait_for("every component ready", timeout, |st| st["healthy"] == true)
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the agent process has exited (reaps it if so).
+    pub fn agent_exited(&mut self) -> Option<ExitStatus> {
+        self.agent.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// SIGTERM to the agent; waits for it to exit.
+    pub fn stop_agent(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.agent.take().expect("agent not started");
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                signal(child.id(), libc::SIGKILL);
+                let _ = child.wait();
+                panic!("agent did not stop within {timeout:?} of SIGTERM\n{}", self.agent_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Processes (other than the agent) whose command line or working
+    /// directory refers to this host's directory: what the agent started.
+    pub fn leftover_processes(&self) -> Vec<(u32, String)> {
+        processes_referring_to(&self.root, self.agent_pid())
+    }
+
+    /// Runs the bundle's `ctr` against this host's containerd.
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new(self.bundle.join("bin/ctr"))
+            .arg("--address")
+            .arg(self.root.join("run/selfnode/containerd/containerd.sock"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            signal(child.id(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+        }
+        for (pid, _) in processes_referring_to(&self.root, None) {
+            signal(pid, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        unmount_under(&self.root);
+        if let Some(dir) = self.dir.take() {
+            if std::env::var_os("SELFNODE_KEEP_TEST_HOST").is_some() {
+                eprintln!("keeping test host at {}", dir.keep().display());
+            } else if let Err(err) = dir.close() {
+                eprintln!("warning: cannot remove test host dir: {err}");
+            }
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a PID we started; no memory is shared.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie has exited; only its parent's wait is missing.
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn processes_referring_to(dir: &Path, except: Option<u32>) -> Vec<(u32, String)> {
+    let needle = dir.to_string_lossy().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if Some(pid) == except || pid == std::process::id() || !pid_alive(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        if cmdline.contains(&needle) || cwd.starts_with(dir) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Unmounts everything mounted under `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(&p).status();
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install everything, build selfnode, start
+# the host agent (containerd + kubelet) in the background and show its status.
+# Run as root. Idempotent: running it again reuses everything that is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+
+bash scripts/install-deps.sh
+echo "[up] building selfnode (release, static)" >&2
+cargo build --release --quiet -p node
+install -m 0755 target/x86_64-unknown-linux-gnu/release/selfnode /usr/local/bin/selfnode
+
+if selfnode status -o json 2>/dev/null | grep -q '"running": true'; then
+  echo "[up] the agent is already running" >&2
+else
+  mkdir -p /var/log/selfnode
+  echo "[up] starting 'selfnode agent' in the background (log: /var/log/selfnode/agent.log)" >&2
+  nohup /usr/local/bin/selfnode agent >>/var/log/selfnode/agent.log 2>&1 </dev/null &
+fi
+
+echo "[up] waiting for containerd, the images and the kubelet (timeout 5m)" >&2
+for _ in $(seq 1 300); do
+  selfnode status >/dev/null 2>&1 && break
+  sleep 1
+done
+selfnode status
+echo "[up] done in $((SECONDS - start))s" >&2
