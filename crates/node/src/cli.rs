@@ -17,7 +17,13 @@ by Kubernetes itself.\n\nStart with 'selfnode agent' on a host, then check it wi
 pub struct Cli {
     /// Treat DIR as the host's filesystem root: every path selfnode uses is taken under it.
     /// For tests and image builds; on a real host leave it at '/'.
-    #[arg(long, global = true, env = "SELFNODE_ROOT", default_value = "/", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "SELFNODE_ROOT",
+        default_value = "/",
+        value_name = "DIR"
+    )]
     pub root: PathBuf,
 
     #[command(subcommand)]
@@ -52,10 +58,12 @@ pub enum Output {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Runs until SIGTERM or SIGINT, then stops the kubelet, containerd and every container \
+#[command(
+    after_help = "Runs until SIGTERM or SIGINT, then stops the kubelet, containerd and every container \
 process they started, in that order. Logs of the children go to <root>/var/log/selfnode/<component>.log; \
 'selfnode status' shows their state. Ship it as a systemd unit (contrib/selfnode-agent.service), or \
-without systemd: nohup selfnode agent >/var/log/selfnode/agent.log 2>&1 &")]
+without systemd: nohup selfnode agent >/var/log/selfnode/agent.log 2>&1 &"
+)]
 pub struct AgentArgs {
     /// The bundle directory (binaries and images). Default: <root>/var/cache/selfnode/bundle
     #[arg(long, value_name = "DIR")]
@@ -120,7 +128,11 @@ mod tests {
         let cmd = Cli::command();
         for sub in cmd.get_subcommands() {
             let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
-            assert!(!about.is_empty() && !about.contains('\n'), "{}: {about:?}", sub.get_name());
+            assert!(
+                !about.is_empty() && !about.contains('\n'),
+                "{}: {about:?}",
+                sub.get_name()
+            );
         }
     }
 }

@@ -111,7 +111,13 @@ mod tests {
             p.containerd_socket(),
             Path::new("/tmp/host1/run/selfnode/containerd/containerd.sock")
         );
-        assert_eq!(p.kubelet_config(), Path::new("/tmp/host1/var/lib/kubelet/config.yaml"));
-        assert_eq!(HostPaths::under("/").static_pod_dir(), Path::new("/etc/kubernetes/manifests"));
+        assert_eq!(
+            p.kubelet_config(),
+            Path::new("/tmp/host1/var/lib/kubelet/config.yaml")
+        );
+        assert_eq!(
+            HostPaths::under("/").static_pod_dir(),
+            Path::new("/etc/kubernetes/manifests")
+        );
     }
 }

@@ -8,7 +8,9 @@ use support::{pid_alive, signal, TestHost};
 const START: Duration = Duration::from_secs(180);
 
 fn pid_of(st: &serde_json::Value, name: &str) -> u32 {
-    TestHost::component(st, name)["pid"].as_u64().unwrap_or_else(|| panic!("{name} has no pid: {st:#}")) as u32
+    TestHost::component(st, name)["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} has no pid: {st:#}")) as u32
 }
 
 #[test]
@@ -28,13 +30,19 @@ fn agent_starts_containerd_and_kubelet_and_restarts_them_after_kill_9() {
         let c = TestHost::component(&st, name);
         assert_eq!(c["restarts"].as_u64().unwrap(), restarts + 1, "{st:#}");
         assert!(
-            c["last_error"].as_str().unwrap_or_default().contains("SIGKILL"),
+            c["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("SIGKILL"),
             "the exit cause is reported: {c:#}"
         );
         assert!(!pid_alive(old), "{name} pid {old} is gone");
     }
     host.wait_healthy(START);
-    assert!(host.agent_exited().is_none(), "the agent itself kept running");
+    assert!(
+        host.agent_exited().is_none(),
+        "the agent itself kept running"
+    );
 }
 
 #[test]
@@ -48,9 +56,21 @@ fn sigterm_stops_kubelet_containerd_and_every_shim() {
     // container process exist: the hard part of leaving nothing behind.
     let pause = format!("registry.k8s.io/pause:{}", bundle_version("PAUSE_VERSION"));
     let out = host.ctr(&["-n", "k8s.io", "run", "-d", &pause, "leftover-check"]);
-    assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
-    let shims: Vec<_> = host.leftover_processes().into_iter().filter(|(_, c)| c.contains("containerd-shim")).collect();
-    assert!(!shims.is_empty(), "a shim runs for the container: {:?}", host.leftover_processes());
+    assert!(
+        out.status.success(),
+        "ctr run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shims: Vec<_> = host
+        .leftover_processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains("containerd-shim"))
+        .collect();
+    assert!(
+        !shims.is_empty(),
+        "a shim runs for the container: {:?}",
+        host.leftover_processes()
+    );
     let tasks = host.ctr(&["-n", "k8s.io", "task", "ls"]);
     let tasks = String::from_utf8_lossy(&tasks.stdout).to_string();
     let container: u32 = tasks
@@ -62,15 +82,34 @@ fn sigterm_stops_kubelet_containerd_and_every_shim() {
     assert!(pid_alive(container));
 
     let exit = host.stop_agent(Duration::from_secs(60));
-    assert!(exit.success(), "agent exits 0 on SIGTERM: {exit:?}\n{}", host.agent_log());
+    assert!(
+        exit.success(),
+        "agent exits 0 on SIGTERM: {exit:?}\n{}",
+        host.agent_log()
+    );
     for (pid, what) in [(containerd, "containerd"), (kubelet, "kubelet")] {
-        assert!(!pid_alive(pid), "{what} (pid {pid}) still running after the agent stopped");
+        assert!(
+            !pid_alive(pid),
+            "{what} (pid {pid}) still running after the agent stopped"
+        );
     }
-    assert!(!pid_alive(container), "container process {container} still running");
+    assert!(
+        !pid_alive(container),
+        "container process {container} still running"
+    );
     for (pid, _) in &shims {
         assert!(!pid_alive(*pid), "shim pid {pid} still running");
     }
-    assert_eq!(host.leftover_processes(), vec![], "no process of this host outlives the agent");
+    assert_eq!(
+        host.leftover_processes(),
+        vec![],
+        "no process of this host outlives the agent"
+    );
+    assert_eq!(
+        support::mounts_under(&host.root),
+        Vec::<String>::new(),
+        "no mount of this host is left"
+    );
     let st = host.status();
     assert_eq!(st["agent"]["running"], false);
     for name in ["containerd", "kubelet"] {
@@ -86,8 +125,15 @@ fn a_second_agent_refuses_and_the_first_keeps_running() {
 
     let out = host.agent_command(&[]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "conflict exit code; stderr: {stderr}");
-    assert!(stderr.contains("already running") && stderr.contains(&first.to_string()), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "conflict exit code; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("already running") && stderr.contains(&first.to_string()),
+        "{stderr}"
+    );
 
     assert!(host.agent_exited().is_none(), "first agent still running");
     let st = host.wait_healthy(Duration::from_secs(10));
@@ -99,24 +145,45 @@ fn an_unwritable_containerd_socket_dir_is_refused_before_anything_starts() {
     let host = TestHost::new();
     let ro = host.root.join("readonly");
     std::fs::create_dir_all(&ro).unwrap();
-    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"]).arg(&ro).status().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .unwrap();
     assert!(mounted.success(), "mount a read-only tmpfs");
     let socket = ro.join("containerd.sock");
 
-    let out = host.agent_command(&["--containerd-socket", socket.to_str().unwrap()]).output().unwrap();
+    let out = host
+        .agent_command(&["--containerd-socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
     support::unmount_under(&ro);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("not writable") && stderr.contains(ro.to_str().unwrap()), "{stderr}");
-    assert!(stderr.contains("Read-only file system"), "says why: {stderr}");
+    assert!(
+        stderr.contains("not writable") && stderr.contains(ro.to_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Read-only file system"),
+        "says why: {stderr}"
+    );
     assert_eq!(host.leftover_processes(), vec![], "nothing was started");
-    assert!(!host.root.join("var/lib/selfnode/containerd.toml").exists(), "no config written");
+    assert!(
+        !host.root.join("var/lib/selfnode/containerd.toml").exists(),
+        "no config written"
+    );
 }
 
 #[test]
 fn a_missing_bundle_is_a_configuration_error() {
     let host = TestHost::new();
-    let out = host.selfnode().args(["agent", "--bundle"]).arg(host.root.join("nope")).output().unwrap();
+    let out = host
+        .selfnode()
+        .args(["agent", "--bundle"])
+        .arg(host.root.join("nope"))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("nope"), "names the directory: {stderr}");

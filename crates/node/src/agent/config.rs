@@ -69,7 +69,12 @@ pub struct ContainerdConfig {
 pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
     use toml::{Table, Value};
     fn table(entries: Vec<(&str, Value)>) -> Value {
-        Value::Table(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Table>())
+        Value::Table(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect::<Table>(),
+        )
     }
     fn s(p: impl AsRef<str>) -> Value {
         Value::String(p.as_ref().to_string())
@@ -79,7 +84,13 @@ pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
     }
     let runc_options = table(vec![
         ("BinaryName", path(&cfg.runc)),
-        ("SystemdCgroup", Value::Boolean(facts.driver == CgroupDriver::Systemd)),
+        // runc's own state; the default (/run/containerd/runc) would be shared
+        // by every containerd on the machine.
+        ("Root", path(&cfg.state.join("runc"))),
+        (
+            "SystemdCgroup",
+            Value::Boolean(facts.driver == CgroupDriver::Systemd),
+        ),
     ]);
     let runtime = table(vec![
         (
@@ -90,7 +101,10 @@ pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
                     "runtimes",
                     table(vec![(
                         "runc",
-                        table(vec![("runtime_type", s("io.containerd.runc.v2")), ("options", runc_options)]),
+                        table(vec![
+                            ("runtime_type", s("io.containerd.runc.v2")),
+                            ("options", runc_options),
+                        ]),
                     )]),
                 ),
             ]),
@@ -105,15 +119,24 @@ pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
     ]);
     let images = table(vec![
         ("snapshotter", s("overlayfs")),
-        ("pinned_images", table(vec![("sandbox", s(&cfg.pause_image))])),
+        (
+            "pinned_images",
+            table(vec![("sandbox", s(&cfg.pause_image))]),
+        ),
     ]);
-    let cri = table(vec![("stream_server_address", s("127.0.0.1")), ("stream_server_port", s("0"))]);
+    let cri = table(vec![
+        ("stream_server_address", s("127.0.0.1")),
+        ("stream_server_port", s("0")),
+    ]);
     let doc = table(vec![
         ("version", Value::Integer(4)),
         ("root", path(&cfg.root)),
         ("state", path(&cfg.state)),
         // NRI listens on a fixed host-wide socket; selfnode does not use it.
-        ("disabled_plugins", Value::Array(vec![s("io.containerd.nri.v1.nri")])),
+        (
+            "disabled_plugins",
+            Value::Array(vec![s("io.containerd.nri.v1.nri")]),
+        ),
         (
             "plugins",
             table(vec![
@@ -122,8 +145,17 @@ pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
                 ("io.containerd.grpc.v1.cri", cri),
                 // Format 4 moved the listeners into server plugins. Both are set so two
                 // containerds on one machine (test hosts) never share a socket.
-                ("io.containerd.server.v1.grpc", table(vec![("address", path(&cfg.socket))])),
-                ("io.containerd.server.v1.ttrpc", table(vec![("address", s(format!("{}.ttrpc", cfg.socket.display())))])),
+                (
+                    "io.containerd.server.v1.grpc",
+                    table(vec![("address", path(&cfg.socket))]),
+                ),
+                (
+                    "io.containerd.server.v1.ttrpc",
+                    table(vec![(
+                        "address",
+                        s(format!("{}.ttrpc", cfg.socket.display())),
+                    )]),
+                ),
             ]),
         ),
     ]);
@@ -183,8 +215,8 @@ struct Enabled {
 }
 
 #[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
 struct X509 {
+    #[serde(rename = "clientCAFile")]
     client_ca_file: String,
 }
 
@@ -213,10 +245,20 @@ pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
         enable_server: k.in_cluster,
         authentication: KubeletAuthn {
             anonymous: Enabled { enabled: false },
-            webhook: Enabled { enabled: k.in_cluster },
-            x509: k.client_ca.as_ref().map(|p| X509 { client_ca_file: p.display().to_string() }),
+            webhook: Enabled {
+                enabled: k.in_cluster,
+            },
+            x509: k.client_ca.as_ref().map(|p| X509 {
+                client_ca_file: p.display().to_string(),
+            }),
         },
-        authorization: KubeletAuthz { mode: if k.in_cluster { "Webhook" } else { "AlwaysAllow" } },
+        authorization: KubeletAuthz {
+            mode: if k.in_cluster {
+                "Webhook"
+            } else {
+                "AlwaysAllow"
+            },
+        },
         static_pod_path: k.static_pod_dir.display().to_string(),
         pod_logs_dir: k.pod_logs_dir.display().to_string(),
         volume_plugin_dir: k.volume_plugin_dir.display().to_string(),
@@ -233,17 +275,31 @@ pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
 mod tests {
     use super::*;
 
-    const V1_CGROUPFS: HostFacts = HostFacts { cgroup: CgroupVersion::V1, driver: CgroupDriver::Cgroupfs };
+    const V1_CGROUPFS: HostFacts = HostFacts {
+        cgroup: CgroupVersion::V1,
+        driver: CgroupDriver::Cgroupfs,
+    };
 
     fn golden(name: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, actual).unwrap();
         }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create)", path.display()));
-        assert_eq!(actual, expected, "golden file {} differs (UPDATE_GOLDEN=1 to accept)", path.display());
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
+                path.display()
+            )
+        });
+        assert_eq!(
+            actual,
+            expected,
+            "golden file {} differs (UPDATE_GOLDEN=1 to accept)",
+            path.display()
+        );
     }
 
     fn containerd_cfg() -> ContainerdConfig {
@@ -272,29 +328,44 @@ mod tests {
 
     #[test]
     fn containerd_config_golden() {
-        golden("containerd-v1-cgroupfs.toml", &render_containerd(&containerd_cfg(), V1_CGROUPFS));
+        golden(
+            "containerd-v1-cgroupfs.toml",
+            &render_containerd(&containerd_cfg(), V1_CGROUPFS),
+        );
     }
 
     #[test]
     fn containerd_uses_systemd_cgroups_only_under_systemd() {
-        let facts = HostFacts { cgroup: CgroupVersion::V2, driver: CgroupDriver::Systemd };
+        let facts = HostFacts {
+            cgroup: CgroupVersion::V2,
+            driver: CgroupDriver::Systemd,
+        };
         assert!(render_containerd(&containerd_cfg(), facts).contains("SystemdCgroup = true"));
         assert!(render_containerd(&containerd_cfg(), V1_CGROUPFS).contains("SystemdCgroup = false"));
     }
 
     #[test]
     fn kubelet_standalone_golden() {
-        golden("kubelet-standalone.json", &render_kubelet(&kubelet_inputs(false), V1_CGROUPFS));
+        golden(
+            "kubelet-standalone.json",
+            &render_kubelet(&kubelet_inputs(false), V1_CGROUPFS),
+        );
     }
 
     #[test]
     fn kubelet_in_cluster_golden() {
-        golden("kubelet-in-cluster.json", &render_kubelet(&kubelet_inputs(true), V1_CGROUPFS));
+        golden(
+            "kubelet-in-cluster.json",
+            &render_kubelet(&kubelet_inputs(true), V1_CGROUPFS),
+        );
     }
 
     #[test]
     fn kubelet_on_cgroup_v2_keeps_the_upstream_default() {
-        let facts = HostFacts { cgroup: CgroupVersion::V2, driver: CgroupDriver::Systemd };
+        let facts = HostFacts {
+            cgroup: CgroupVersion::V2,
+            driver: CgroupDriver::Systemd,
+        };
         let out = render_kubelet(&kubelet_inputs(true), facts);
         assert!(!out.contains("failCgroupV1"));
         assert!(out.contains(r#""cgroupDriver": "systemd""#));

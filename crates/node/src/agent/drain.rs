@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use containerd_client::services::v1::{DeleteTaskRequest, KillRequest, ListNamespacesRequest, ListTasksRequest};
+use containerd_client::services::v1::{
+    DeleteTaskRequest, KillRequest, ListNamespacesRequest, ListTasksRequest,
+};
 use containerd_client::types::v1::Status;
 
 /// Kills and deletes every task in every namespace. Returns how many tasks
@@ -14,62 +16,95 @@ use containerd_client::types::v1::Status;
 /// and left for the subreaper.
 pub async fn drain_tasks(socket: &Path, timeout: Duration) -> Result<usize, String> {
     let work = async {
-        let root = dist::containerd::connect(socket, "default").await.map_err(|e| e.to_string())?;
+        let root = dist::containerd::connect(socket, "default")
+            .await
+            .map_err(|e| e.to_string())?;
         let namespaces = root
             .namespaces()
-            .list(root.request(ListNamespacesRequest { filter: String::new() }))
+            .list(root.request(ListNamespacesRequest {
+                filter: String::new(),
+            }))
             .await
             .map_err(|e| format!("cannot list containerd namespaces: {}", e.message()))?
             .into_inner()
             .namespaces;
         let mut stopped = 0;
         for ns in namespaces {
-            let client = dist::containerd::connect(socket, &ns.name).await.map_err(|e| e.to_string())?;
+            let client = dist::containerd::connect(socket, &ns.name)
+                .await
+                .map_err(|e| e.to_string())?;
             stopped += drain_namespace(&client).await?;
         }
         Ok(stopped)
     };
-    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")))
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")))
 }
 
 async fn drain_namespace(client: &dist::containerd::Client) -> Result<usize, String> {
     let list = || async {
         client
             .tasks()
-            .list(client.request(ListTasksRequest { filter: String::new() }))
+            .list(client.request(ListTasksRequest {
+                filter: String::new(),
+            }))
             .await
             .map(|r| r.into_inner().tasks)
-            .map_err(|e| format!("cannot list tasks in {}: {}", client.namespace(), e.message()))
+            .map_err(|e| {
+                format!(
+                    "cannot list tasks in {}: {}",
+                    client.namespace(),
+                    e.message()
+                )
+            })
     };
     let tasks = list().await?;
     for task in tasks.iter().filter(|t| t.status != Status::Stopped as i32) {
-        let kill = KillRequest { container_id: task.container_id.clone(), exec_id: String::new(), signal: 9, all: true };
+        let kill = KillRequest {
+            container_id: task.container_id.clone(),
+            exec_id: String::new(),
+            signal: 9,
+            all: true,
+        };
         if let Err(e) = client.tasks().kill(client.request(kill)).await {
             tracing::warn!(namespace = client.namespace(), task = %task.container_id, error = %e.message(), "cannot kill task");
         }
     }
     // Wait for the kills to land before deleting (delete refuses running tasks).
     for _ in 0..50 {
-        if list().await?.iter().all(|t| t.status == Status::Stopped as i32) {
+        if list()
+            .await?
+            .iter()
+            .all(|t| t.status == Status::Stopped as i32)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for task in &tasks {
-        let delete = DeleteTaskRequest { container_id: task.container_id.clone() };
+        let delete = DeleteTaskRequest {
+            container_id: task.container_id.clone(),
+        };
         if let Err(e) = client.tasks().delete(client.request(delete)).await {
             tracing::warn!(namespace = client.namespace(), task = %task.container_id, error = %e.message(), "cannot delete task");
         }
     }
     if !tasks.is_empty() {
-        tracing::info!(namespace = client.namespace(), tasks = tasks.len(), "stopped containers");
+        tracing::info!(
+            namespace = client.namespace(),
+            tasks = tasks.len(),
+            "stopped containers"
+        );
     }
     Ok(tasks.len())
 }
 
 /// Lazily unmounts every mount point under `dir`, deepest first.
 pub fn unmount_under(dir: &Path) -> usize {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return 0 };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
     let mut points: Vec<String> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))

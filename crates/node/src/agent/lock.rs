@@ -13,7 +13,10 @@ pub enum LockError {
     #[error("another selfnode agent is already running on this host (pid {pid}, lock {path}); stop it first (kill -TERM {pid}) or check it with 'selfnode status'")]
     Held { pid: String, path: PathBuf },
     #[error("cannot open the agent lock {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot lock {path}: {source}")]
     Lock { path: PathBuf, source: nix::Error },
 }
@@ -25,7 +28,10 @@ pub struct AgentLock {
 }
 
 pub fn acquire(path: &Path) -> Result<AgentLock, LockError> {
-    let open_err = |source| LockError::Open { path: path.to_path_buf(), source };
+    let open_err = |source| LockError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(open_err)?;
     }
@@ -48,7 +54,10 @@ pub fn acquire(path: &Path) -> Result<AgentLock, LockError> {
             pid: holder(path).unwrap_or_else(|| "unknown".into()),
             path: path.to_path_buf(),
         }),
-        Err((_, source)) => Err(LockError::Lock { path: path.to_path_buf(), source }),
+        Err((_, source)) => Err(LockError::Lock {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 

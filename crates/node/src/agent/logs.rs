@@ -27,7 +27,12 @@ impl RotatingLog {
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let size = file.metadata()?.len();
-        Ok(RotatingLog { path: path.to_path_buf(), cap, file, size })
+        Ok(RotatingLog {
+            path: path.to_path_buf(),
+            cap,
+            file,
+            size,
+        })
     }
 
     pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
@@ -43,7 +48,10 @@ impl RotatingLog {
         let mut old = self.path.clone().into_os_string();
         old.push(".1");
         std::fs::rename(&self.path, &old)?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.size = 0;
         Ok(())
     }
@@ -89,6 +97,9 @@ mod tests {
         log.write_line(b"second\n").unwrap(); // rotates first
         log.write_line(b"third\n").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"second\nthird\n");
-        assert_eq!(std::fs::read(dir.path().join("kubelet.log.1")).unwrap(), b"0123456789\n");
+        assert_eq!(
+            std::fs::read(dir.path().join("kubelet.log.1")).unwrap(),
+            b"0123456789\n"
+        );
     }
 }

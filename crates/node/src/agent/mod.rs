@@ -50,7 +50,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // The lock comes first: a second agent must change nothing on disk.
     let _lock = lock::acquire(&paths.agent_lock())?;
     let bundle = dist::bundle::Bundle::open(&opts.bundle)?;
-    let socket = opts.containerd_socket.clone().unwrap_or_else(|| paths.containerd_socket());
+    let socket = opts
+        .containerd_socket
+        .clone()
+        .unwrap_or_else(|| paths.containerd_socket());
     services::check_socket_dir(&socket)?;
     reaper::become_subreaper().context("cannot become a child subreaper")?;
     let facts = config::HostFacts::detect(paths.root());
@@ -80,7 +83,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let managed = reaper::ManagedPids::default();
     let stop_background = CancellationToken::new();
-    tracker.spawn(write_status_loop(status.clone(), paths.agent_status(), stop_background.clone()));
+    tracker.spawn(write_status_loop(
+        status.clone(),
+        paths.agent_status(),
+        stop_background.clone(),
+    ));
     tracker.spawn(reap_loop(managed.clone(), stop_background.clone()));
 
     let (containerd_ready_tx, containerd_ready) = watch::channel(false);
@@ -89,7 +96,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let stop_kubelet = CancellationToken::new();
 
     let containerd_task = tracker.spawn(supervisor::run(
-        Service { name: CONTAINERD.into(), spec: services::containerd(ctx.clone()) },
+        Service {
+            name: CONTAINERD.into(),
+            spec: services::containerd(ctx.clone()),
+        },
         status.clone(),
         managed.clone(),
         stop_containerd.clone(),
@@ -104,7 +114,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         stop_kubelet.clone(),
     ));
     let kubelet_task = tracker.spawn({
-        let (status, managed, stop, tracker2) = (status.clone(), managed.clone(), stop_kubelet.clone(), tracker.clone());
+        let (status, managed, stop, tracker2) = (
+            status.clone(),
+            managed.clone(),
+            stop_kubelet.clone(),
+            tracker.clone(),
+        );
         let mut containerd_ready = containerd_ready.clone();
         let spec = services::kubelet(ctx.clone());
         async move {
@@ -116,7 +131,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 }
                 _ = containerd_ready.wait_for(|r| *r) => {}
             }
-            supervisor::run(Service { name: KUBELET.into(), spec }, status, managed, stop, kubelet_ready_tx, tracker2).await
+            supervisor::run(
+                Service {
+                    name: KUBELET.into(),
+                    spec,
+                },
+                status,
+                managed,
+                stop,
+                kubelet_ready_tx,
+                tracker2,
+            )
+            .await
         }
     });
 
@@ -133,9 +159,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     stop_containerd.cancel();
     let _ = containerd_task.await;
     reaper::terminate_adopted(&managed, Duration::from_secs(5)).await;
-    let unmounted = drain::unmount_under(&paths.containerd_state()) + drain::unmount_under(&paths.kubelet_root());
+    let unmounted = drain::unmount_under(&paths.containerd_state())
+        + drain::unmount_under(&paths.kubelet_root());
     if unmounted > 0 {
-        tracing::info!(mounts = unmounted, "released mounts of containerd and the kubelet");
+        tracing::info!(
+            mounts = unmounted,
+            "released mounts of containerd and the kubelet"
+        );
     }
     stop_background.cancel();
     tracker.close();

@@ -34,7 +34,9 @@ pub fn become_subreaper() -> std::io::Result<()> {
 /// Direct children of this process, with their state letter from /proc.
 fn children() -> Vec<(u32, char)> {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| {
         let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -53,10 +55,11 @@ pub fn reap_adopted(managed: &ManagedPids) -> usize {
     let managed = managed.lock().map(|m| m.clone()).unwrap_or_default();
     let mut reaped = 0;
     for (pid, state) in children() {
-        if state == 'Z' && !managed.contains(&pid) {
-            if waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)).is_ok() {
-                reaped += 1;
-            }
+        if state == 'Z'
+            && !managed.contains(&pid)
+            && waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)).is_ok()
+        {
+            reaped += 1;
         }
     }
     reaped

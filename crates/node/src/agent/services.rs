@@ -27,7 +27,10 @@ pub struct ServiceContext {
 /// PATH for children: the bundle's binaries first (containerd finds its shim
 /// and runc there), then the usual system directories.
 fn child_path(bundle: &dist::bundle::Bundle) -> String {
-    format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bundle.root().join("bin").display())
+    format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        bundle.root().join("bin").display()
+    )
 }
 
 pub fn containerd(ctx: Arc<ServiceContext>) -> SpecFn {
@@ -43,15 +46,23 @@ pub fn containerd(ctx: Arc<ServiceContext>) -> SpecFn {
             cni_conf_dir: p.cni_conf_dir(),
         };
         ensure_dir(&cfg.root, 0o700).with_context(|| format!("creating {}", cfg.root.display()))?;
-        ensure_dir(&cfg.state, 0o711).with_context(|| format!("creating {}", cfg.state.display()))?;
-        ensure_dir(&cfg.cni_conf_dir, 0o755).with_context(|| format!("creating {}", cfg.cni_conf_dir.display()))?;
+        ensure_dir(&cfg.state, 0o711)
+            .with_context(|| format!("creating {}", cfg.state.display()))?;
+        ensure_dir(&cfg.cni_conf_dir, 0o755)
+            .with_context(|| format!("creating {}", cfg.cni_conf_dir.display()))?;
         let text = config::render_containerd(&cfg, ctx.facts);
         let file = p.containerd_config();
-        write_atomic(&file, text.as_bytes(), 0o600).with_context(|| format!("writing {}", file.display()))?;
+        write_atomic(&file, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", file.display()))?;
         let socket = ctx.containerd_socket.clone();
         let probe: ProbeFn = Arc::new(move || {
             let socket = socket.clone();
-            Box::pin(async move { dist::containerd::version(&socket).await.map(|_| ()).map_err(|e| e.to_string()) })
+            Box::pin(async move {
+                dist::containerd::version(&socket)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
         });
         Ok(ServiceSpec {
             program: ctx.bundle.bin("containerd"),
@@ -75,16 +86,23 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
             healthz_port: ctx.kubelet_healthz_port,
             static_pod_dir: p.static_pod_dir(),
             pod_logs_dir: p.pod_logs_dir(),
-            volume_plugin_dir: p.root().join("usr/libexec/kubernetes/kubelet-plugins/volume/exec"),
+            volume_plugin_dir: p
+                .root()
+                .join("usr/libexec/kubernetes/kubelet-plugins/volume/exec"),
             in_cluster,
             client_ca: (in_cluster && client_ca.exists()).then_some(client_ca),
         };
-        for dir in [&inputs.static_pod_dir, &inputs.pod_logs_dir, &p.kubelet_root()] {
+        for dir in [
+            &inputs.static_pod_dir,
+            &inputs.pod_logs_dir,
+            &p.kubelet_root(),
+        ] {
             ensure_dir(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?;
         }
         let text = config::render_kubelet(&inputs, ctx.facts);
         let file = p.kubelet_config();
-        write_atomic(&file, text.as_bytes(), 0o600).with_context(|| format!("writing {}", file.display()))?;
+        write_atomic(&file, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", file.display()))?;
         let mut args: Vec<OsString> = vec![
             format!("--config={}", file.display()).into(),
             format!("--root-dir={}", p.kubelet_root().display()).into(),
@@ -113,9 +131,16 @@ pub async fn http_ok(port: u16, path: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot connect to 127.0.0.1:{port}: {e}"))?;
     let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    stream.take(4096).read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    stream
+        .take(4096)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| e.to_string())?;
     let head = String::from_utf8_lossy(&buf);
     let status_line = head.lines().next().unwrap_or_default();
     if status_line.split_whitespace().nth(1) == Some("200") {
@@ -128,9 +153,12 @@ pub async fn http_ok(port: u16, path: &str) -> Result<(), String> {
 /// Fails early, naming the directory, when the containerd socket cannot be
 /// created there (a read-only mount, a file in the way).
 pub fn check_socket_dir(socket: &Path) -> anyhow::Result<()> {
-    let dir = socket
-        .parent()
-        .with_context(|| format!("containerd socket path {} has no directory", socket.display()))?;
+    let dir = socket.parent().with_context(|| {
+        format!(
+            "containerd socket path {} has no directory",
+            socket.display()
+        )
+    })?;
     crate::fsutil::check_writable_dir(dir).with_context(|| {
         format!(
             "the containerd socket directory {} is not writable; choose another path with --containerd-socket or make it writable",

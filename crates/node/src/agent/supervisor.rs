@@ -29,7 +29,8 @@ use super::reaper::ManagedPids;
 use crate::status::{now_unix, AgentStatus, ComponentState};
 
 /// How to tell that a service is ready (and, later, still healthy).
-pub type ProbeFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type ProbeFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 pub struct ServiceSpec {
     pub program: PathBuf,
@@ -52,7 +53,10 @@ pub struct StatusHandle {
 
 impl StatusHandle {
     pub fn new(status: AgentStatus) -> Self {
-        StatusHandle { inner: Arc::new(Mutex::new(status)), changed: Arc::new(tokio::sync::Notify::new()) }
+        StatusHandle {
+            inner: Arc::new(Mutex::new(status)),
+            changed: Arc::new(tokio::sync::Notify::new()),
+        }
     }
 
     pub fn update(&self, name: &str, f: impl FnOnce(&mut crate::status::ComponentStatus)) {
@@ -175,11 +179,15 @@ async fn run_once(
 ) -> RunOutcome {
     let log: SharedLog = match RotatingLog::open(&spec.log, logs::DEFAULT_CAP) {
         Ok(l) => Arc::new(Mutex::new(l)),
-        Err(err) => return RunOutcome::Failed(format!("cannot open log {}: {err}", spec.log.display())),
+        Err(err) => {
+            return RunOutcome::Failed(format!("cannot open log {}: {err}", spec.log.display()))
+        }
     };
     let mut child = match spawn(spec) {
         Ok(c) => c,
-        Err(err) => return RunOutcome::Failed(format!("cannot start {}: {err}", spec.program.display())),
+        Err(err) => {
+            return RunOutcome::Failed(format!("cannot start {}: {err}", spec.program.display()))
+        }
     };
     let Some(pid) = child.id() else {
         return RunOutcome::Failed("exited before it could be watched".into());
@@ -187,7 +195,10 @@ async fn run_once(
     if let Ok(mut m) = managed.lock() {
         m.insert(pid);
     }
-    logs::note(&log, &format!("started {} (pid {pid})", spec.program.display()));
+    logs::note(
+        &log,
+        &format!("started {} (pid {pid})", spec.program.display()),
+    );
     if let Some(out) = child.stdout.take() {
         tracker.spawn(logs::pump(out, log.clone()));
     }
@@ -225,7 +236,11 @@ async fn watch_child(
     let mut failures = 0u32;
     loop {
         // Probe quickly until ready, then every few seconds as a health check.
-        let period = if is_ready { Duration::from_secs(5) } else { Duration::from_millis(250) };
+        let period = if is_ready {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(250)
+        };
         tokio::select! {
             exit = child.wait() => {
                 return RunOutcome::Failed(describe_exit(exit));
@@ -281,7 +296,14 @@ fn spawn(spec: &ServiceSpec) -> std::io::Result<Child> {
     // async-signal-safe calls (prctl, getppid, _exit).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // The agent may have died between fork and prctl.
@@ -300,7 +322,11 @@ async fn stop_child(name: &str, child: &mut Child, pid: u32, grace: Duration) {
     let pgid = Pid::from_raw(pid as i32);
     let _ = killpg(pgid, Signal::SIGTERM);
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        tracing::warn!(service = name, pid, "did not stop within the grace period; sending SIGKILL");
+        tracing::warn!(
+            service = name,
+            pid,
+            "did not stop within the grace period; sending SIGKILL"
+        );
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = child.wait().await;
     }
@@ -312,7 +338,9 @@ pub fn describe_exit(exit: std::io::Result<ExitStatus>) -> String {
         Ok(st) => match (st.code(), st.signal()) {
             (Some(code), _) => format!("exited with code {code}"),
             (None, Some(sig)) => {
-                let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown");
+                let name = Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown");
                 format!("killed by signal {sig} ({name})")
             }
             _ => "exited".to_string(),
@@ -341,7 +369,13 @@ mod tests {
     #[test]
     fn exits_are_described_for_humans() {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(describe_exit(Ok(ExitStatus::from_raw(1 << 8))), "exited with code 1");
-        assert_eq!(describe_exit(Ok(ExitStatus::from_raw(9))), "killed by signal 9 (SIGKILL)");
+        assert_eq!(
+            describe_exit(Ok(ExitStatus::from_raw(1 << 8))),
+            "exited with code 1"
+        );
+        assert_eq!(
+            describe_exit(Ok(ExitStatus::from_raw(9))),
+            "killed by signal 9 (SIGKILL)"
+        );
     }
 }

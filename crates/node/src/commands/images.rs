@@ -11,12 +11,26 @@ use crate::paths::HostPaths;
 pub async fn import(paths: &HostPaths, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let bundle_dir = args.bundle.unwrap_or_else(|| paths.default_bundle());
     let bundle = dist::bundle::Bundle::open(&bundle_dir)?;
-    let socket = args.containerd_socket.unwrap_or_else(|| paths.containerd_socket());
+    let socket = args
+        .containerd_socket
+        .unwrap_or_else(|| paths.containerd_socket());
     let exe = std::env::current_exe().context("cannot find the running selfnode binary")?;
-    let options = ImportOptions { namespace: args.namespace.clone(), ..ImportOptions::default() };
+    let options = ImportOptions {
+        namespace: args.namespace.clone(),
+        ..ImportOptions::default()
+    };
     let progress = |ev: &ImportEvent| match ev {
-        ImportEvent::ArchiveVerified { path, images, elapsed } => {
-            eprintln!("[images] verified {} ({} images) in {:.1}s", path.display(), images.len(), elapsed.as_secs_f64())
+        ImportEvent::ArchiveVerified {
+            path,
+            images,
+            elapsed,
+        } => {
+            eprintln!(
+                "[images] verified {} ({} images) in {:.1}s",
+                path.display(),
+                images.len(),
+                elapsed.as_secs_f64()
+            )
         }
         ImportEvent::ImageStarted { .. } => {}
         ImportEvent::ImageFinished(img) => eprintln!(
@@ -62,8 +76,16 @@ pub async fn import(paths: &HostPaths, args: ImportArgs) -> anyhow::Result<ExitC
             "{} images in containerd namespace {} ({} imported, {} already present) in {:.1}s",
             report.images.len(),
             args.namespace,
-            report.images.iter().filter(|i| i.outcome == ImageOutcome::Imported).count(),
-            report.images.iter().filter(|i| i.outcome == ImageOutcome::AlreadyPresent).count(),
+            report
+                .images
+                .iter()
+                .filter(|i| i.outcome == ImageOutcome::Imported)
+                .count(),
+            report
+                .images
+                .iter()
+                .filter(|i| i.outcome == ImageOutcome::AlreadyPresent)
+                .count(),
             report.elapsed.as_secs_f64()
         ),
     }

@@ -24,11 +24,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => status::run(&paths, args.output),
-        Command::Images(crate::cli::ImagesCommand::Import(args)) => images::import(&paths, args).await,
+        Command::Images(crate::cli::ImagesCommand::Import(args)) => {
+            images::import(&paths, args).await
+        }
         Command::Version(args) => version::run(args),
         Command::Completion { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "selfnode", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "selfnode",
+                &mut std::io::stdout(),
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -43,11 +50,16 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
             return 3;
         }
         if cause.downcast_ref::<dist::bundle::BundleError>().is_some()
-            || cause.downcast_ref::<dist::archive::ArchiveError>().is_some()
+            || cause
+                .downcast_ref::<dist::archive::ArchiveError>()
+                .is_some()
         {
             return 2;
         }
-        if let Some(dist::import::ImportError::Bundle { .. } | dist::import::ImportError::Archive(_)) = cause.downcast_ref() {
+        if let Some(
+            dist::import::ImportError::Bundle { .. } | dist::import::ImportError::Archive(_),
+        ) = cause.downcast_ref()
+        {
             return 2;
         }
     }

@@ -13,12 +13,19 @@ pub fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> {
     let running = lock::running_agent(&paths.agent_lock());
     let file = paths.agent_status();
     let status: Option<AgentStatus> = match std::fs::read(&file) {
-        Ok(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid agent status", file.display()))?),
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not valid agent status", file.display()))?,
+        ),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", file.display())),
     };
     let healthy = running.is_some()
-        && status.as_ref().is_some_and(|s| s.components.iter().all(|c| c.state == ComponentState::Ready));
+        && status.as_ref().is_some_and(|s| {
+            s.components
+                .iter()
+                .all(|c| c.state == ComponentState::Ready)
+        });
 
     match output {
         Output::Json => {
@@ -31,7 +38,11 @@ pub fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> {
         }
         Output::Table => print_table(running.as_deref(), status.as_ref(), paths),
     }
-    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_table(running: Option<&str>, status: Option<&AgentStatus>, paths: &HostPaths) {
@@ -51,21 +62,47 @@ fn print_table(running: Option<&str>, status: Option<&AgentStatus>, paths: &Host
             st.bundle.display()
         ),
         (Some(pid), None) => {
-            println!("agent: running, pid {pid}, no status published yet ({})", paths.agent_status().display());
+            println!(
+                "agent: running, pid {pid}, no status published yet ({})",
+                paths.agent_status().display()
+            );
             return;
         }
     }
     let Some(st) = status else { return };
-    println!("{:<12} {:<11} {:>8} {:>9} {:>8}  {}", "COMPONENT", "STATE", "PID", "RESTARTS", "SINCE", "LOG / LAST ERROR");
+    println!(
+        "{:<12} {:<11} {:>8} {:>9} {:>8}  LOG / LAST ERROR",
+        "COMPONENT", "STATE", "PID", "RESTARTS", "SINCE"
+    );
     for c in &st.components {
-        let state = if running.is_none() && c.state != ComponentState::Stopped { "unknown" } else { c.state.as_str() };
+        let state = if running.is_none() && c.state != ComponentState::Stopped {
+            "unknown"
+        } else {
+            c.state.as_str()
+        };
         let pid = c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        let mut detail = c.log.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let mut detail = c
+            .log
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         if c.state != ComponentState::Ready {
             if let Some(e) = &c.last_error {
-                detail = if detail.is_empty() { e.clone() } else { format!("{detail} ({e})") };
+                detail = if detail.is_empty() {
+                    e.clone()
+                } else {
+                    format!("{detail} ({e})")
+                };
             }
         }
-        println!("{:<12} {:<11} {:>8} {:>9} {:>8}  {}", c.name, state, pid, c.restarts, human_age(c.since, now), detail);
+        println!(
+            "{:<12} {:<11} {:>8} {:>9} {:>8}  {}",
+            c.name,
+            state,
+            pid,
+            c.restarts,
+            human_age(c.since, now),
+            detail
+        );
     }
 }

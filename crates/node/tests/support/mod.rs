@@ -41,7 +41,11 @@ pub fn selfnode_bin() -> &'static str {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct TestHost {
@@ -56,15 +60,27 @@ pub struct TestHost {
 impl TestHost {
     pub fn new() -> Self {
         let machine = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = tempfile::Builder::new().prefix("selfnode-host-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("selfnode-host-")
+            .tempdir()
+            .unwrap();
         let root = dir.path().to_path_buf();
-        TestHost { _machine: machine, dir: Some(dir), root, bundle: bundle_dir(), healthz_port: free_port(), agent: None }
+        TestHost {
+            _machine: machine,
+            dir: Some(dir),
+            root,
+            bundle: bundle_dir(),
+            healthz_port: free_port(),
+            agent: None,
+        }
     }
 
     /// `selfnode --root <host root> ARGS…`
     pub fn selfnode(&self) -> Command {
         let mut cmd = Command::new(selfnode_bin());
-        cmd.arg("--root").arg(&self.root).env_remove("SELFNODE_ROOT");
+        cmd.arg("--root")
+            .arg(&self.root)
+            .env_remove("SELFNODE_ROOT");
         cmd
     }
 
@@ -100,7 +116,10 @@ impl TestHost {
     }
 
     pub fn component_log(&self, name: &str) -> String {
-        let path = self.root.join("var/log/selfnode").join(format!("{name}.log"));
+        let path = self
+            .root
+            .join("var/log/selfnode")
+            .join(format!("{name}.log"));
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(40).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -108,9 +127,16 @@ impl TestHost {
 
     /// `selfnode status -o json`, parsed.
     pub fn status(&self) -> Value {
-        let out = self.selfnode().args(["status", "-o", "json"]).output().unwrap();
+        let out = self
+            .selfnode()
+            .args(["status", "-o", "json"])
+            .output()
+            .unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("status -o json is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "status -o json is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     }
 
@@ -167,7 +193,10 @@ impl TestHost {
             if Instant::now() > deadline {
                 signal(child.id(), libc::SIGKILL);
                 let _ = child.wait();
-                panic!("agent did not stop within {timeout:?} of SIGTERM\n{}", self.agent_log());
+                panic!(
+                    "agent did not stop within {timeout:?} of SIGTERM\n{}",
+                    self.agent_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -226,7 +255,12 @@ pub fn signal(pid: u32, sig: i32) {
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie has exited; only its parent's wait is missing.
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -235,7 +269,13 @@ fn processes_referring_to(dir: &Path, except: Option<u32>) -> Vec<(u32, String)>
     let needle = dir.to_string_lossy().to_string();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if Some(pid) == except || pid == std::process::id() || !pid_alive(pid) {
             continue;
         }
@@ -249,15 +289,20 @@ fn processes_referring_to(dir: &Path, except: Option<u32>) -> Vec<(u32, String)>
     found
 }
 
-/// Unmounts everything mounted under `dir`, deepest first.
-pub fn unmount_under(dir: &Path) {
+/// Mount points under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<String> = mountinfo
+    mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| p.replace("\\040", " "))
         .filter(|p| Path::new(p).starts_with(dir))
-        .collect();
+        .collect()
+}
+
+/// Unmounts everything mounted under `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let mut points = mounts_under(dir);
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
         let _ = Command::new("umount").arg("-l").arg(&p).status();
