@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in protobuf-compiler runc containernetworking-plugins iproute2 iptables conntrack kmod file gcc util-linux; do
+for pkg in protobuf-compiler openssl runc containernetworking-plugins iproute2 iptables conntrack kmod file gcc util-linux; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

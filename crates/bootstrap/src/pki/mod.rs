@@ -1,0 +1,884 @@
+//! The cluster PKI in kubeadm's layout: CAs, service-account keys, serving and
+//! client certificates, and the kubeconfigs that embed them.
+//!
+//! [`ensure_pki`] observes what is on disk and converges: missing files are
+//! created, valid ones reused, stale leaves re-issued. CAs and the
+//! service-account key are never replaced silently (everything else, and the
+//! join pin, hangs off them): a broken one is an error saying what to do.
+//!
+//! Every file is written with mode 0600 and every directory 0700. Keys are
+//! ECDSA P-256 in PKCS#8 PEM. Validity: CAs 10 years, leaves 1 year (capped at
+//! their CA's expiry), re-issued when less than 30 days remain.
+
+mod cert;
+pub mod kubeconfig;
+mod spec;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use crate::host::{Host, HostError};
+use cert::{Ca, Profile};
+use kubeconfig::{Kubeconfig, KubeconfigError};
+use spec::SanSet;
+
+pub use spec::{
+    PkiSpec, PkiSpecError, DEFAULT_API_ENDPOINT, DEFAULT_CLUSTER_NAME, DEFAULT_DNS_DOMAIN,
+    DEFAULT_KUBECONFIG_DIR, DEFAULT_PKI_DIR, DEFAULT_SERVICE_CIDR,
+};
+
+/// Validity of a new CA (kubeadm's `CACertificateValidityPeriod`).
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Validity of a new leaf certificate (kubeadm's `CertificateValidityPeriod`).
+pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A leaf with less than this left is re-issued.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Mode of every file written here.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the PKI and kubeconfig directories.
+pub const DIR_MODE: u32 = 0o700;
+
+/// File and identity names, as kubeadm's `constants` package has them.
+pub mod names {
+    /// Base names under the PKI directory (`<base>.crt`, `<base>.key`).
+    pub const CA: &str = "ca";
+    pub const FRONT_PROXY_CA: &str = "front-proxy-ca";
+    pub const ETCD_CA: &str = "etcd/ca";
+    pub const APISERVER: &str = "apiserver";
+    pub const APISERVER_KUBELET_CLIENT: &str = "apiserver-kubelet-client";
+    pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+    pub const ETCD_SERVER: &str = "etcd/server";
+    pub const ETCD_PEER: &str = "etcd/peer";
+    pub const ETCD_HEALTHCHECK_CLIENT: &str = "etcd/healthcheck-client";
+    pub const APISERVER_ETCD_CLIENT: &str = "apiserver-etcd-client";
+    /// Service-account signing key pair, under the PKI directory.
+    pub const SA_KEY: &str = "sa.key";
+    pub const SA_PUB: &str = "sa.pub";
+
+    /// Kubeconfig files, under the kubeconfig directory.
+    pub const ADMIN_CONF: &str = "admin.conf";
+    pub const SUPER_ADMIN_CONF: &str = "super-admin.conf";
+    pub const CONTROLLER_MANAGER_CONF: &str = "controller-manager.conf";
+    pub const SCHEDULER_CONF: &str = "scheduler.conf";
+    pub const KUBELET_CONF: &str = "kubelet.conf";
+
+    /// Group of `admin.conf`; RBAC must bind it to `cluster-admin`.
+    pub const CLUSTER_ADMINS_GROUP: &str = "kubeadm:cluster-admins";
+    /// Group of `super-admin.conf` (bypasses RBAC).
+    pub const SYSTEM_MASTERS_GROUP: &str = "system:masters";
+    pub const NODES_GROUP: &str = "system:nodes";
+    pub const NODE_USER_PREFIX: &str = "system:node:";
+    /// User of `apiserver-kubelet-client`; RBAC must let it use the kubelet API.
+    pub const APISERVER_KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+}
+
+/// What [`ensure_pki`] did, file by file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PkiReport {
+    /// Every file, in the order handled: CAs, service-account keys, leaves, kubeconfigs.
+    pub entries: Vec<PkiEntry>,
+    pub warnings: Vec<PkiWarning>,
+    /// The join pin of the cluster CA (see [`ca_cert_hash`]).
+    pub ca_cert_hash: String,
+}
+
+impl PkiReport {
+    /// The action taken for `path`, if it is one of the PKI's files.
+    pub fn action(&self, path: &Path) -> Option<&PkiAction> {
+        self.entries
+            .iter()
+            .find(|e| e.path == path)
+            .map(|e| &e.action)
+    }
+
+    /// Entries that were created or renewed.
+    pub fn changed(&self) -> impl Iterator<Item = &PkiEntry> {
+        self.entries
+            .iter()
+            .filter(|e| e.action != PkiAction::Reused)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiEntry {
+    pub path: PathBuf,
+    pub action: PkiAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PkiAction {
+    /// The file did not exist.
+    Created,
+    /// The file was valid and was kept (its mode may have been corrected).
+    Reused,
+    /// The file existed and was replaced.
+    Renewed(RenewReason),
+}
+
+impl fmt::Display for PkiAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PkiAction::Created => f.write_str("created"),
+            PkiAction::Reused => f.write_str("reused"),
+            PkiAction::Renewed(why) => write!(f, "renewed: {why}"),
+        }
+    }
+}
+
+/// Why an existing file was replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewReason {
+    /// The other half of the pair (certificate or key) was missing.
+    PairIncomplete {
+        missing: PathBuf,
+    },
+    CertUnreadable,
+    KeyUnreadable,
+    KeyMismatch,
+    NotSignedByCa,
+    NotYetValid {
+        not_before: SystemTime,
+    },
+    Expired {
+        not_after: SystemTime,
+    },
+    ExpiresSoon {
+        not_after: SystemTime,
+    },
+    SubjectChanged {
+        want: String,
+        got: String,
+    },
+    UsageChanged,
+    SansChanged {
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
+    /// `sa.pub` is not the public half of `sa.key`.
+    PublicKeyMismatch,
+    KubeconfigUnreadable,
+    ServerChanged {
+        want: String,
+        got: String,
+    },
+    /// The kubeconfig embeds another CA than the current one.
+    KubeconfigCaChanged,
+    /// Cluster, user or context names differ from what would be written now.
+    KubeconfigLayoutChanged,
+}
+
+impl fmt::Display for RenewReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use RenewReason::*;
+        match self {
+            PairIncomplete { missing } => write!(f, "{} was missing", missing.display()),
+            CertUnreadable => f.write_str("the certificate could not be parsed"),
+            KeyUnreadable => f.write_str("the key could not be parsed"),
+            KeyMismatch => f.write_str("the key does not match the certificate"),
+            NotSignedByCa => f.write_str("it was not signed by the current CA"),
+            NotYetValid { not_before } => {
+                write!(f, "it is not valid before {}", cert::fmt_time(*not_before))
+            }
+            Expired { not_after } => write!(f, "it expired at {}", cert::fmt_time(*not_after)),
+            ExpiresSoon { not_after } => write!(
+                f,
+                "it expires at {}, less than {} days from now",
+                cert::fmt_time(*not_after),
+                RENEW_BEFORE.as_secs() / 86400
+            ),
+            SubjectChanged { want, got } => write!(f, "subject is {got}, want {want}"),
+            UsageChanged => f.write_str("its extended key usages changed"),
+            SansChanged { added, removed } => {
+                f.write_str("subject alternative names changed")?;
+                if !added.is_empty() {
+                    write!(f, " (added {})", added.join(", "))?;
+                }
+                if !removed.is_empty() {
+                    write!(f, " (removed {})", removed.join(", "))?;
+                }
+                Ok(())
+            }
+            PublicKeyMismatch => f.write_str("it is not the public half of sa.key"),
+            KubeconfigUnreadable => f.write_str("it is not a kubeconfig selfnode can read"),
+            ServerChanged { want, got } => write!(f, "server is {got}, want {want}"),
+            KubeconfigCaChanged => f.write_str("it embeds another CA than the current one"),
+            KubeconfigLayoutChanged => f.write_str("its cluster, user or context names changed"),
+        }
+    }
+}
+
+/// Something the caller should tell the user, though nothing failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PkiWarning {
+    /// The CA expires within a leaf's lifetime: leaves are now capped at its
+    /// expiry and cannot be renewed past it.
+    CaExpiresSoon {
+        path: PathBuf,
+        not_after: SystemTime,
+    },
+}
+
+impl fmt::Display for PkiWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PkiWarning::CaExpiresSoon { path, not_after } => write!(
+                f,
+                "CA {} expires at {}; certificates it issues cannot outlive it: plan a CA rotation",
+                path.display(),
+                cert::fmt_time(*not_after)
+            ),
+        }
+    }
+}
+
+/// A PKI that [`ensure_pki`] cannot converge by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error(transparent)]
+    InvalidSpec(#[from] PkiSpecError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error("CA certificate {} exists but its key {} is missing: restore the key from a backup; {}", cert.display(), key.display(), ca_advice(cert, key))]
+    CaKeyMissing { cert: PathBuf, key: PathBuf },
+    #[error("CA certificate {} cannot be used: {reason}; restore it from a backup; {}", cert.display(), ca_advice(cert, key))]
+    CaCertUnreadable {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("CA key {} cannot be used: {reason}; restore it from a backup; {}", key.display(), ca_advice(cert, key))]
+    CaKeyUnreadable {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("CA key {} does not match CA certificate {}: restore the matching pair from a backup; {}", key.display(), cert.display(), ca_advice(cert, key))]
+    CaKeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("{} is not a CA certificate (no CA basic constraint); {}", cert.display(), ca_advice(cert, key))]
+    NotACa { cert: PathBuf, key: PathBuf },
+    #[error("CA certificate {} is not valid before {}: check the system clock (date -u)", cert.display(), cert::fmt_time(*not_before))]
+    CaNotYetValid {
+        cert: PathBuf,
+        not_before: SystemTime,
+    },
+    #[error("CA certificate {} expired at {}; if the clock is right, {}", cert.display(), cert::fmt_time(*not_after), ca_advice(cert, key))]
+    CaExpired {
+        cert: PathBuf,
+        key: PathBuf,
+        not_after: SystemTime,
+    },
+    #[error("service-account key {} cannot be used: {reason}; restore it from a backup (a new key invalidates every service-account token in the cluster; to accept that, move the file away and run again)", path.display())]
+    ServiceAccountKeyUnreadable { path: PathBuf, reason: String },
+    #[error("failed to generate {what}")]
+    Generate {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("failed to render {}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("invalid CA certificate: {reason}")]
+    InvalidCaCert { reason: String },
+}
+
+fn ca_advice(cert: &Path, key: &Path) -> String {
+    format!(
+        "selfnode never replaces a CA by itself because every certificate, kubeconfig and join \
+         string depends on it; to start over with a new CA, move {} and {} away and run again",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// kubeadm's `discovery-token-ca-cert-hash` for a PEM CA certificate:
+/// `sha256:` and the lowercase hex SHA-256 of its DER SubjectPublicKeyInfo
+/// (kubeadm's `pubkeypin.Hash`). Only the first certificate of a bundle counts.
+pub fn ca_cert_hash(ca_pem: &[u8]) -> Result<String, PkiError> {
+    let der = cert::pem_der(ca_pem, "CERTIFICATE")
+        .map_err(|reason| PkiError::InvalidCaCert { reason })?;
+    let (_, c) = X509Certificate::from_der(&der).map_err(|_| PkiError::InvalidCaCert {
+        reason: "it is not an X.509 certificate".to_string(),
+    })?;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(c.public_key().raw))
+    ))
+}
+
+/// Brings the PKI described by `spec` into place through `host`, as of `now`.
+///
+/// Idempotent and resumable: whatever a killed earlier run left behind is
+/// either reused or replaced. All checks that can refuse (spec, CAs,
+/// service-account key) run before anything is written.
+pub fn ensure_pki(host: &dyn Host, spec: &PkiSpec, now: SystemTime) -> Result<PkiReport, PkiError> {
+    spec.validate()?;
+    let now = cert::unix_secs(now);
+
+    // Observe and refuse first; write nothing until everything can converge.
+    let ca_plans = [
+        inspect_ca(host, spec, names::CA, "kubernetes", now)?,
+        inspect_ca(host, spec, names::FRONT_PROXY_CA, "front-proxy-ca", now)?,
+        inspect_ca(host, spec, names::ETCD_CA, "etcd-ca", now)?,
+    ];
+    let sa_plan = inspect_sa(host, spec)?;
+
+    let mut run = Run {
+        host,
+        now,
+        report: PkiReport::default(),
+    };
+    host.ensure_dir(&spec.pki_dir, DIR_MODE)?;
+    host.ensure_dir(&spec.etcd_pki_dir(), DIR_MODE)?;
+    host.ensure_dir(&spec.kubeconfig_dir, DIR_MODE)?;
+
+    let [cluster_plan, front_proxy_plan, etcd_plan] = ca_plans;
+    let cluster_ca = run.apply_ca(cluster_plan)?;
+    let front_proxy_ca = run.apply_ca(front_proxy_plan)?;
+    let etcd_ca = run.apply_ca(etcd_plan)?;
+    run.apply_sa(spec, sa_plan)?;
+
+    for (base, ca_id, profile) in leaf_profiles(spec)? {
+        let ca = match ca_id {
+            CaId::Cluster => &cluster_ca,
+            CaId::FrontProxy => &front_proxy_ca,
+            CaId::Etcd => &etcd_ca,
+        };
+        run.ensure_leaf(spec, base, &profile, ca)?;
+    }
+    for (file, profile) in kubeconfig_profiles(spec) {
+        run.ensure_kubeconfig(spec, file, &profile, &cluster_ca)?;
+    }
+
+    run.report.ca_cert_hash = ca_cert_hash(&cluster_ca.cert_pem)?;
+    Ok(run.report)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CaId {
+    Cluster,
+    FrontProxy,
+    Etcd,
+}
+
+/// The leaves kubeadm's `certs` phase makes, with the CA that signs each.
+fn leaf_profiles(spec: &PkiSpec) -> Result<Vec<(&'static str, CaId, Profile)>, PkiError> {
+    let client = |cn: &str| Profile {
+        cn: cn.to_string(),
+        org: None,
+        sans: SanSet::default(),
+        server_auth: false,
+        client_auth: true,
+    };
+
+    // kubeadm's GetAPIServerAltNames, plus loopback (the kubeconfigs and the
+    // node-local load balancer reach the API on 127.0.0.1, and [::1] when
+    // the cluster speaks IPv6) and the API endpoint's own host.
+    let mut api = SanSet::default();
+    api.add_dns(&spec.node_name);
+    for name in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
+        api.add_dns(name);
+    }
+    api.add_dns(&format!("kubernetes.default.svc.{}", spec.dns_domain));
+    let service_ip = spec.kubernetes_service_ip()?;
+    api.add_ip(service_ip);
+    api.add_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    let ipv6 = service_ip.is_ipv6() || spec.advertise_addresses.iter().any(|a| a.is_ipv6());
+    if ipv6 {
+        api.add_ip(std::net::Ipv6Addr::LOCALHOST.into());
+    }
+    for addr in &spec.advertise_addresses {
+        api.add_ip(*addr);
+    }
+    api.add(spec.api_endpoint_host()?);
+    for san in &spec.extra_sans {
+        api.add(spec::parse_san(san)?);
+    }
+
+    // kubeadm's getAltNames for etcd server and peer.
+    let mut etcd = SanSet::default();
+    etcd.add_dns(&spec.node_name);
+    etcd.add_dns("localhost");
+    etcd.add_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    etcd.add_ip(std::net::Ipv6Addr::LOCALHOST.into());
+    for addr in &spec.advertise_addresses {
+        etcd.add_ip(*addr);
+    }
+    let etcd_node = |sans: SanSet| Profile {
+        cn: spec.node_name.clone(),
+        org: None,
+        sans,
+        server_auth: true,
+        client_auth: true,
+    };
+
+    Ok(vec![
+        (
+            names::APISERVER,
+            CaId::Cluster,
+            Profile {
+                cn: "kube-apiserver".to_string(),
+                org: None,
+                sans: api,
+                server_auth: true,
+                client_auth: false,
+            },
+        ),
+        (
+            names::APISERVER_KUBELET_CLIENT,
+            CaId::Cluster,
+            client(names::APISERVER_KUBELET_CLIENT_USER),
+        ),
+        (
+            names::FRONT_PROXY_CLIENT,
+            CaId::FrontProxy,
+            client("front-proxy-client"),
+        ),
+        (names::ETCD_SERVER, CaId::Etcd, etcd_node(etcd.clone())),
+        (names::ETCD_PEER, CaId::Etcd, etcd_node(etcd)),
+        (
+            names::ETCD_HEALTHCHECK_CLIENT,
+            CaId::Etcd,
+            client("kube-etcd-healthcheck-client"),
+        ),
+        (
+            names::APISERVER_ETCD_CLIENT,
+            CaId::Etcd,
+            client("kube-apiserver-etcd-client"),
+        ),
+    ])
+}
+
+/// kubeadm's kubeconfig phase: file, client identity (the user is the CN).
+fn kubeconfig_profiles(spec: &PkiSpec) -> Vec<(&'static str, Profile)> {
+    let user = |cn: String, org: Option<&str>| Profile {
+        cn,
+        org: org.map(str::to_string),
+        sans: SanSet::default(),
+        server_auth: false,
+        client_auth: true,
+    };
+    vec![
+        (
+            names::ADMIN_CONF,
+            user(
+                "kubernetes-admin".to_string(),
+                Some(names::CLUSTER_ADMINS_GROUP),
+            ),
+        ),
+        (
+            names::SUPER_ADMIN_CONF,
+            user(
+                "kubernetes-super-admin".to_string(),
+                Some(names::SYSTEM_MASTERS_GROUP),
+            ),
+        ),
+        (
+            names::CONTROLLER_MANAGER_CONF,
+            user("system:kube-controller-manager".to_string(), None),
+        ),
+        (
+            names::SCHEDULER_CONF,
+            user("system:kube-scheduler".to_string(), None),
+        ),
+        (
+            names::KUBELET_CONF,
+            user(
+                format!("{}{}", names::NODE_USER_PREFIX, spec.node_name),
+                Some(names::NODES_GROUP),
+            ),
+        ),
+    ]
+}
+
+/// What to do about one CA, decided before anything is written.
+enum CaPlan {
+    /// Both files are valid.
+    Reuse {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+        ca: Ca,
+    },
+    /// Neither file exists.
+    Create {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        cn: &'static str,
+    },
+    /// Only the key exists (an earlier run stopped between the two writes,
+    /// or the certificate was deleted): make the certificate for that key.
+    /// Everything signed before still verifies, and the join pin is kept.
+    CertFromKey {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        key_pem: Vec<u8>,
+        key: rcgen::KeyPair,
+        cn: &'static str,
+    },
+}
+
+fn inspect_ca(
+    host: &dyn Host,
+    spec: &PkiSpec,
+    base: &str,
+    cn: &'static str,
+    now: i64,
+) -> Result<CaPlan, PkiError> {
+    let cert_path = spec.cert_path(base);
+    let key_path = spec.key_path(base);
+    let cert_file = host.read_file(&cert_path)?;
+    let key_file = host.read_file(&key_path)?;
+    let key_unreadable = |reason: String| PkiError::CaKeyUnreadable {
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+        reason,
+    };
+    match (cert_file, key_file) {
+        (None, None) => Ok(CaPlan::Create {
+            cert_path,
+            key_path,
+            cn,
+        }),
+        (Some(_), None) => Err(PkiError::CaKeyMissing {
+            cert: cert_path,
+            key: key_path,
+        }),
+        (None, Some(key_pem)) => {
+            let key = cert::parse_key(&key_pem).map_err(key_unreadable)?;
+            Ok(CaPlan::CertFromKey {
+                cert_path,
+                key_path,
+                key_pem,
+                key,
+                cn,
+            })
+        }
+        (Some(cert_pem), Some(key_pem)) => {
+            let cert_unreadable = |reason: String| PkiError::CaCertUnreadable {
+                cert: cert_path.clone(),
+                key: key_path.clone(),
+                reason,
+            };
+            let der = cert::pem_der(&cert_pem, "CERTIFICATE").map_err(cert_unreadable)?;
+            let (_, x509) = X509Certificate::from_der(&der)
+                .map_err(|_| cert_unreadable("it is not an X.509 certificate".to_string()))?;
+            let key = cert::parse_key(&key_pem).map_err(key_unreadable)?;
+            if !cert::key_matches(&key, &x509) {
+                return Err(PkiError::CaKeyMismatch {
+                    cert: cert_path,
+                    key: key_path,
+                });
+            }
+            if !x509.is_ca() {
+                return Err(PkiError::NotACa {
+                    cert: cert_path,
+                    key: key_path,
+                });
+            }
+            let not_before = x509.validity().not_before.timestamp();
+            let not_after = x509.validity().not_after.timestamp();
+            if now < not_before {
+                return Err(PkiError::CaNotYetValid {
+                    cert: cert_path,
+                    not_before: cert::system_time(not_before),
+                });
+            }
+            if now >= not_after {
+                return Err(PkiError::CaExpired {
+                    cert: cert_path,
+                    key: key_path,
+                    not_after: cert::system_time(not_after),
+                });
+            }
+            let ca = Ca::new(cert_pem.clone(), der.clone(), key)
+                .map_err(|e| cert_unreadable(format!("it cannot sign: {e}")))?;
+            Ok(CaPlan::Reuse {
+                cert_path,
+                key_path,
+                cert_pem,
+                key_pem,
+                ca,
+            })
+        }
+    }
+}
+
+/// The existing, readable `sa.key` (PEM and parsed), or `None` if absent.
+type SaPlan = Option<(Vec<u8>, rcgen::KeyPair)>;
+
+fn inspect_sa(host: &dyn Host, spec: &PkiSpec) -> Result<SaPlan, PkiError> {
+    let path = spec.pki_dir.join(names::SA_KEY);
+    match host.read_file(&path)? {
+        None => Ok(None),
+        Some(key_pem) => match cert::parse_key(&key_pem) {
+            Ok(key) => Ok(Some((key_pem, key))),
+            Err(reason) => Err(PkiError::ServiceAccountKeyUnreadable { path, reason }),
+        },
+    }
+}
+
+/// One convergence pass: the host, the clock, and what was done so far.
+struct Run<'a> {
+    host: &'a dyn Host,
+    now: i64,
+    report: PkiReport,
+}
+
+impl Run<'_> {
+    fn record(&mut self, path: &Path, action: PkiAction) {
+        match &action {
+            PkiAction::Reused => tracing::debug!(path = %path.display(), "pki file reused"),
+            other => tracing::info!(path = %path.display(), action = %other, "pki file written"),
+        }
+        self.report.entries.push(PkiEntry {
+            path: path.to_path_buf(),
+            action,
+        });
+    }
+
+    /// Writes a new file (`replaced: None`) or a replacement, and records it.
+    fn put(
+        &mut self,
+        path: &Path,
+        contents: &[u8],
+        replaced: Option<RenewReason>,
+    ) -> Result<(), PkiError> {
+        self.host.write_file(path, contents, FILE_MODE)?;
+        let action = match replaced {
+            Some(reason) => PkiAction::Renewed(reason),
+            None => PkiAction::Created,
+        };
+        self.record(path, action);
+        Ok(())
+    }
+
+    /// Keeps a valid file. Re-writing the same bytes is a no-op for the host
+    /// (compare-before-write) except that a wrong mode is corrected.
+    fn keep(&mut self, path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+        self.host.write_file(path, contents, FILE_MODE)?;
+        self.record(path, PkiAction::Reused);
+        Ok(())
+    }
+
+    fn apply_ca(&mut self, plan: CaPlan) -> Result<Ca, PkiError> {
+        let generate = |what: &Path| {
+            let what = what.display().to_string();
+            move |source| PkiError::Generate { what, source }
+        };
+        let (cert_path, key, cn) = match plan {
+            CaPlan::Reuse {
+                cert_path,
+                key_path,
+                cert_pem,
+                key_pem,
+                ca,
+            } => {
+                self.keep(&key_path, &key_pem)?;
+                self.keep(&cert_path, &cert_pem)?;
+                if ca.not_after - self.now < LEAF_VALIDITY.as_secs() as i64 {
+                    self.report.warnings.push(PkiWarning::CaExpiresSoon {
+                        path: cert_path,
+                        not_after: cert::system_time(ca.not_after),
+                    });
+                }
+                return Ok(ca);
+            }
+            CaPlan::Create {
+                cert_path,
+                key_path,
+                cn,
+            } => {
+                let key = cert::new_key().map_err(generate(&key_path))?;
+                let key_pem = key.serialize_pem().into_bytes();
+                // Key first: a crash before the certificate is written leaves
+                // a state that CertFromKey completes.
+                self.put(&key_path, &key_pem, None)?;
+                (cert_path, key, cn)
+            }
+            CaPlan::CertFromKey {
+                cert_path,
+                key_path,
+                key_pem,
+                key,
+                cn,
+            } => {
+                self.keep(&key_path, &key_pem)?;
+                (cert_path, key, cn)
+            }
+        };
+        let der = cert::self_signed_ca(cn, &key, self.now).map_err(generate(&cert_path))?;
+        let pem = pem::encode_config(
+            &pem::Pem::new("CERTIFICATE", der.clone()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
+        .into_bytes();
+        self.put(&cert_path, &pem, None)?;
+        Ca::new(pem, der, key).map_err(generate(&cert_path))
+    }
+
+    fn apply_sa(&mut self, spec: &PkiSpec, plan: SaPlan) -> Result<(), PkiError> {
+        let key_path = spec.pki_dir.join(names::SA_KEY);
+        let pub_path = spec.pki_dir.join(names::SA_PUB);
+        let old_pub = self.host.read_file(&pub_path)?;
+        let (key, new_key) = match plan {
+            Some((key_pem, key)) => {
+                self.keep(&key_path, &key_pem)?;
+                (key, false)
+            }
+            None => {
+                let key = cert::new_key().map_err(|source| PkiError::Generate {
+                    what: key_path.display().to_string(),
+                    source,
+                })?;
+                self.put(&key_path, key.serialize_pem().as_bytes(), None)?;
+                (key, true)
+            }
+        };
+        let want = cert::spki_der(&key);
+        match old_pub {
+            Some(old) if cert::pem_der(&old, "PUBLIC KEY").ok() == Some(want) => {
+                self.keep(&pub_path, &old)
+            }
+            old => {
+                let reason = if new_key {
+                    RenewReason::PairIncomplete { missing: key_path }
+                } else {
+                    RenewReason::PublicKeyMismatch
+                };
+                self.put(
+                    &pub_path,
+                    key.public_key_pem().as_bytes(),
+                    old.and(Some(reason)),
+                )
+            }
+        }
+    }
+
+    fn ensure_leaf(
+        &mut self,
+        spec: &PkiSpec,
+        base: &str,
+        profile: &Profile,
+        ca: &Ca,
+    ) -> Result<(), PkiError> {
+        let cert_path = spec.cert_path(base);
+        let key_path = spec.key_path(base);
+        let cert_file = self.host.read_file(&cert_path)?;
+        let key_file = self.host.read_file(&key_path)?;
+        let reason = match (&cert_file, &key_file) {
+            (Some(c), Some(k)) => match cert::check_leaf(c, k, profile, ca, self.now) {
+                Ok(()) => {
+                    self.keep(&key_path, k)?;
+                    self.keep(&cert_path, c)?;
+                    return Ok(());
+                }
+                Err(reason) => Some(reason),
+            },
+            (None, Some(_)) => Some(RenewReason::PairIncomplete {
+                missing: cert_path.clone(),
+            }),
+            (Some(_), None) => Some(RenewReason::PairIncomplete {
+                missing: key_path.clone(),
+            }),
+            (None, None) => None,
+        };
+        let (key_pem, cert_pem) = self.issue(base, profile, ca)?;
+        // Key first: a crash in between leaves a pair that fails KeyMismatch
+        // and is re-issued on the next run.
+        self.put(&key_path, key_pem.as_bytes(), key_file.and(reason.clone()))?;
+        self.put(&cert_path, cert_pem.as_bytes(), cert_file.and(reason))
+    }
+
+    fn issue(&self, what: &str, profile: &Profile, ca: &Ca) -> Result<(String, String), PkiError> {
+        let generate = |source| PkiError::Generate {
+            what: what.to_string(),
+            source,
+        };
+        let key = cert::new_key().map_err(generate)?;
+        let cert_pem = cert::issue(profile, &key, ca, self.now).map_err(generate)?;
+        Ok((key.serialize_pem(), cert_pem))
+    }
+
+    fn ensure_kubeconfig(
+        &mut self,
+        spec: &PkiSpec,
+        file: &str,
+        profile: &Profile,
+        ca: &Ca,
+    ) -> Result<(), PkiError> {
+        let path = spec.kubeconfig_path(file);
+        let existing = self.host.read_file(&path)?;
+        let replaced = match &existing {
+            Some(bytes) => match check_kubeconfig(bytes, spec, profile, ca, self.now) {
+                Ok(()) => return self.keep(&path, bytes),
+                Err(reason) => Some(reason),
+            },
+            None => None,
+        };
+        let (key_pem, cert_pem) = self.issue(file, profile, ca)?;
+        let kc = Kubeconfig::with_client_cert(
+            &spec.cluster_name,
+            &spec.api_endpoint,
+            &ca.cert_pem,
+            &profile.cn,
+            cert_pem.as_bytes(),
+            key_pem.as_bytes(),
+        );
+        let yaml = kc.to_yaml().map_err(|source| PkiError::Kubeconfig {
+            path: path.clone(),
+            source,
+        })?;
+        self.put(&path, yaml.as_bytes(), replaced)
+    }
+}
+
+fn check_kubeconfig(
+    bytes: &[u8],
+    spec: &PkiSpec,
+    profile: &Profile,
+    ca: &Ca,
+    now: i64,
+) -> Result<(), RenewReason> {
+    let kc = Kubeconfig::from_yaml(bytes).map_err(|_| RenewReason::KubeconfigUnreadable)?;
+    let (cluster, user) = kc.current().ok_or(RenewReason::KubeconfigUnreadable)?;
+    if cluster.cluster.server != spec.api_endpoint {
+        return Err(RenewReason::ServerChanged {
+            want: spec.api_endpoint.clone(),
+            got: cluster.cluster.server.clone(),
+        });
+    }
+    let ca_der = kubeconfig::decode_data(cluster.cluster.certificate_authority_data.as_deref())
+        .and_then(|pem| cert::pem_der(&pem, "CERTIFICATE").ok());
+    if ca_der.as_deref() != Some(ca.cert_der.as_slice()) {
+        return Err(RenewReason::KubeconfigCaChanged);
+    }
+    let cert_pem = kubeconfig::decode_data(user.user.client_certificate_data.as_deref())
+        .ok_or(RenewReason::CertUnreadable)?;
+    let key_pem = kubeconfig::decode_data(user.user.client_key_data.as_deref())
+        .ok_or(RenewReason::KeyUnreadable)?;
+    let want = Kubeconfig::with_client_cert(
+        &spec.cluster_name,
+        &spec.api_endpoint,
+        &ca.cert_pem,
+        &profile.cn,
+        &cert_pem,
+        &key_pem,
+    );
+    if kc != want {
+        return Err(RenewReason::KubeconfigLayoutChanged);
+    }
+    cert::check_leaf(&cert_pem, &key_pem, profile, ca, now)
+}
