@@ -74,6 +74,10 @@ pub struct AgentArgs {
     /// The kubelet's health port on 127.0.0.1
     #[arg(long, default_value_t = 10248, value_name = "PORT")]
     pub kubelet_healthz_port: u16,
+    /// Port of the node-local API load balancer on 127.0.0.1 (kubelet, kube-proxy and the
+    /// control plane reach every healthy kube-apiserver through it)
+    #[arg(long, default_value_t = 7445, value_name = "PORT")]
+    pub api_lb_port: u16,
 }
 
 #[derive(Debug, Args)]

@@ -49,6 +49,11 @@ impl HostPaths {
         self.run_dir().join("agent.json")
     }
 
+    /// The kube-apiservers the node-local load balancer forwards to.
+    pub fn apiservers_file(&self) -> PathBuf {
+        self.state_dir().join("apiservers")
+    }
+
     pub fn containerd_root(&self) -> PathBuf {
         self.state_dir().join("containerd")
     }

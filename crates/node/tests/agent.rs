@@ -55,7 +55,8 @@ fn sigterm_stops_kubelet_containerd_and_every_shim() {
     // A running container means a shim (double-forked, not our child) and a
     // container process exist: the hard part of leaving nothing behind.
     let pause = format!("registry.k8s.io/pause:{}", bundle_version("PAUSE_VERSION"));
-    let out = host.ctr(&["-n", "k8s.io", "run", "-d", &pause, "leftover-check"]);
+    let id = format!("leftover-check-{}", std::process::id());
+    let out = host.ctr(&["-n", "k8s.io", "run", "-d", &pause, &id]);
     assert!(
         out.status.success(),
         "ctr run: {}",
@@ -75,7 +76,7 @@ fn sigterm_stops_kubelet_containerd_and_every_shim() {
     let tasks = String::from_utf8_lossy(&tasks.stdout).to_string();
     let container: u32 = tasks
         .lines()
-        .find(|l| l.starts_with("leftover-check"))
+        .find(|l| l.starts_with(&id))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("container task listed: {tasks}"));

@@ -62,13 +62,13 @@ async fn drain_namespace(client: &dist::containerd::Client) -> Result<usize, Str
     let tasks = list().await?;
     for task in tasks.iter().filter(|t| t.status != Status::Stopped as i32) {
         let kill = KillRequest {
-            container_id: task.container_id.clone(),
+            container_id: task_id(task),
             exec_id: String::new(),
             signal: 9,
             all: true,
         };
         if let Err(e) = client.tasks().kill(client.request(kill)).await {
-            tracing::warn!(namespace = client.namespace(), task = %task.container_id, error = %e.message(), "cannot kill task");
+            tracing::warn!(namespace = client.namespace(), task = %task_id(task), error = %e.message(), "cannot kill task");
         }
     }
     // Wait for the kills to land before deleting (delete refuses running tasks).
@@ -84,10 +84,10 @@ async fn drain_namespace(client: &dist::containerd::Client) -> Result<usize, Str
     }
     for task in &tasks {
         let delete = DeleteTaskRequest {
-            container_id: task.container_id.clone(),
+            container_id: task_id(task),
         };
         if let Err(e) = client.tasks().delete(client.request(delete)).await {
-            tracing::warn!(namespace = client.namespace(), task = %task.container_id, error = %e.message(), "cannot delete task");
+            tracing::warn!(namespace = client.namespace(), task = %task_id(task), error = %e.message(), "cannot delete task");
         }
     }
     if !tasks.is_empty() {
@@ -98,6 +98,16 @@ async fn drain_namespace(client: &dist::containerd::Client) -> Result<usize, Str
         );
     }
     Ok(tasks.len())
+}
+
+/// ListTasks fills `id` with the container's ID and leaves `container_id`
+/// empty (containerd 1.6 and 2.x alike); accept either.
+fn task_id(task: &containerd_client::types::v1::Process) -> String {
+    if task.container_id.is_empty() {
+        task.id.clone()
+    } else {
+        task.container_id.clone()
+    }
 }
 
 /// Lazily unmounts every mount point under `dir`, deepest first.

@@ -6,6 +6,7 @@
 //! SIGTERM/SIGINT runs in reverse: kubelet, then containerd, then whatever
 //! containerd left behind (shims, containers), so nothing outlives the agent.
 
+pub mod apilb;
 pub mod config;
 pub mod drain;
 pub mod lock;
@@ -37,6 +38,8 @@ pub struct AgentOptions {
     pub bundle: PathBuf,
     pub containerd_socket: Option<PathBuf>,
     pub kubelet_healthz_port: u16,
+    /// The node-local API load balancer's port on 127.0.0.1.
+    pub api_lb_port: u16,
     /// The running selfnode binary, packed into selfnode's own image.
     pub selfnode_exe: PathBuf,
 }
@@ -70,6 +73,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             ComponentStatus::new(CONTAINERD, Some(log_dir.join("containerd.log"))),
             ComponentStatus::new(IMAGES, None),
             ComponentStatus::new(KUBELET, Some(log_dir.join("kubelet.log"))),
+            ComponentStatus::new(apilb::COMPONENT, None),
         ],
     });
     let ctx = Arc::new(ServiceContext {
@@ -89,6 +93,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         stop_background.clone(),
     ));
     tracker.spawn(reap_loop(managed.clone(), stop_background.clone()));
+    let lb = apilb::ApiLb {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], opts.api_lb_port)),
+        backends_file: paths.apiservers_file(),
+    };
+    tracker.spawn(apilb::run(
+        lb,
+        status.clone(),
+        stop_background.clone(),
+        tracker.clone(),
+    ));
 
     let (containerd_ready_tx, containerd_ready) = watch::channel(false);
     let (kubelet_ready_tx, _kubelet_ready) = watch::channel(false);

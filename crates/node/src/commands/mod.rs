@@ -17,6 +17,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 bundle: args.bundle.unwrap_or_else(|| paths.default_bundle()),
                 containerd_socket: args.containerd_socket,
                 kubelet_healthz_port: args.kubelet_healthz_port,
+                api_lb_port: args.api_lb_port,
                 selfnode_exe: std::env::current_exe()?,
                 paths,
             };

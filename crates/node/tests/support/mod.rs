@@ -54,6 +54,7 @@ pub struct TestHost {
     pub root: PathBuf,
     pub bundle: PathBuf,
     pub healthz_port: u16,
+    pub api_lb_port: u16,
     agent: Option<Child>,
 }
 
@@ -71,6 +72,7 @@ impl TestHost {
             root,
             bundle: bundle_dir(),
             healthz_port: free_port(),
+            api_lb_port: free_port(),
             agent: None,
         }
     }
@@ -92,6 +94,8 @@ impl TestHost {
             .arg(&self.bundle)
             .arg("--kubelet-healthz-port")
             .arg(self.healthz_port.to_string())
+            .arg("--api-lb-port")
+            .arg(self.api_lb_port.to_string())
             .args(extra);
         cmd
     }

@@ -1,0 +1,322 @@
+//! The node-local API load balancer (like Talos' KubePrism or k3s' agent LB).
+//!
+//! Listens on 127.0.0.1 and forwards each TCP connection, TLS untouched, to a
+//! healthy kube-apiserver. The kubelet, kube-proxy, the control-plane pods and
+//! the node's admin kubeconfig all use it, so losing one control-plane node, or
+//! the temporary apiserver stopping at the pivot, is invisible to them.
+//!
+//! Backends come from a file (`var/lib/selfnode/apiservers`, one `ip:port` a
+//! line) that `init`/`join` write and the agent re-reads; each is health
+//! checked by connecting to it every two seconds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::supervisor::StatusHandle;
+use crate::status::ComponentState;
+
+pub const COMPONENT: &str = "api-lb";
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub healthy: bool,
+}
+
+/// The backends and their last observed health, shared by the checker and
+/// the connection handlers.
+#[derive(Debug, Default)]
+pub struct Backends {
+    list: RwLock<Vec<Backend>>,
+    next: AtomicUsize,
+}
+
+impl Backends {
+    /// Replaces the list, keeping the known health of addresses still in it.
+    pub fn set(&self, addrs: &[SocketAddr]) {
+        if let Ok(mut list) = self.list.write() {
+            let old = list.clone();
+            *list = addrs
+                .iter()
+                .map(|a| Backend {
+                    addr: *a,
+                    healthy: old.iter().any(|b| b.addr == *a && b.healthy),
+                })
+                .collect();
+        }
+    }
+
+    pub fn mark(&self, addr: SocketAddr, healthy: bool) {
+        if let Ok(mut list) = self.list.write() {
+            for b in list.iter_mut().filter(|b| b.addr == addr) {
+                b.healthy = healthy;
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Backend> {
+        self.list.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Healthy backends in round-robin order, then the unhealthy ones (a
+    /// health check can lag; trying them last costs nothing when all are down).
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        let list = self.snapshot();
+        if list.is_empty() {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % list.len();
+        let rotated = list.iter().cycle().skip(start).take(list.len());
+        let (healthy, sick): (Vec<&Backend>, Vec<&Backend>) = rotated.partition(|b| b.healthy);
+        healthy.into_iter().chain(sick).map(|b| b.addr).collect()
+    }
+}
+
+/// Parses the backends file: `ip:port` per line, `#` comments, blank lines.
+pub fn parse_backends(text: &str) -> Result<Vec<SocketAddr>, String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, l)| {
+            l.parse()
+                .map_err(|e| format!("line {}: {l:?} is not ip:port ({e})", i + 1))
+        })
+        .collect()
+}
+
+pub struct ApiLb {
+    pub listen: SocketAddr,
+    pub backends_file: PathBuf,
+}
+
+/// Runs until `stop`. Binding failure is reported in the status and retried.
+pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, tracker: TaskTracker) {
+    let backends = Arc::new(Backends::default());
+    let listener = loop {
+        match TcpListener::bind(lb.listen).await {
+            Ok(l) => break l,
+            Err(err) => {
+                status.update(COMPONENT, |c| {
+                    c.state = ComponentState::Failed;
+                    c.last_error = Some(format!("cannot listen on {}: {err}", lb.listen));
+                });
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(listen = %lb.listen, "api load balancer listening");
+    tracker.spawn(check_loop(
+        lb.backends_file.clone(),
+        backends.clone(),
+        status.clone(),
+        stop.clone(),
+    ));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
+                return;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => {
+                    let backends = backends.clone();
+                    let stop = stop.clone();
+                    tracker.spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = forward(client, &backends) => {}
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "api load balancer accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn forward(mut client: TcpStream, backends: &Backends) {
+    for addr in backends.candidates() {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(mut upstream)) => {
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                return;
+            }
+            _ => backends.mark(addr, false),
+        }
+    }
+    // No backend: closing the connection is the honest answer.
+}
+
+async fn check_loop(
+    file: PathBuf,
+    backends: Arc<Backends>,
+    status: StatusHandle,
+    stop: CancellationToken,
+) {
+    let mut last_text = None;
+    loop {
+        let text = std::fs::read_to_string(&file).ok();
+        if text != last_text {
+            match text
+                .as_deref()
+                .map(parse_backends)
+                .unwrap_or(Ok(Vec::new()))
+            {
+                Ok(addrs) => {
+                    tracing::info!(backends = ?addrs, "api load balancer backends");
+                    backends.set(&addrs);
+                }
+                Err(err) => {
+                    tracing::warn!(file = %file.display(), %err, "ignoring invalid backends file")
+                }
+            }
+            last_text = text;
+        }
+        for b in backends.snapshot() {
+            let up = matches!(
+                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(b.addr)).await,
+                Ok(Ok(_))
+            );
+            if up != b.healthy {
+                tracing::info!(backend = %b.addr, healthy = up, "api backend health changed");
+            }
+            backends.mark(b.addr, up);
+        }
+        let list = backends.snapshot();
+        let healthy = list.iter().filter(|b| b.healthy).count();
+        status.update(COMPONENT, |c| {
+            if list.is_empty() || healthy > 0 {
+                c.state = ComponentState::Ready;
+                c.last_error = None;
+            } else {
+                c.state = ComponentState::Unhealthy;
+                c.last_error = Some(format!("none of {} apiservers answers", list.len()));
+            }
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn backends_file_is_parsed_with_line_numbers_in_errors() {
+        let ok = parse_backends("# temp\n10.0.0.1:6444\n\n10.0.0.1:6443 # self-hosted\n").unwrap();
+        assert_eq!(ok, vec![a("10.0.0.1:6444"), a("10.0.0.1:6443")]);
+        let err = parse_backends("10.0.0.1:6443\nfoo\n").unwrap_err();
+        assert!(err.starts_with("line 2: \"foo\""), "{err}");
+    }
+
+    #[test]
+    fn healthy_backends_come_first_and_rotate() {
+        let b = Backends::default();
+        b.set(&[a("127.0.0.1:1"), a("127.0.0.1:2"), a("127.0.0.1:3")]);
+        b.mark(a("127.0.0.1:2"), true);
+        b.mark(a("127.0.0.1:3"), true);
+        let first: Vec<_> = (0..4).map(|_| b.candidates()[0]).collect();
+        assert!(
+            first.iter().all(|x| *x != a("127.0.0.1:1")),
+            "the unhealthy one is never first: {first:?}"
+        );
+        assert!(
+            first.contains(&a("127.0.0.1:2")) && first.contains(&a("127.0.0.1:3")),
+            "{first:?}"
+        );
+        assert_eq!(
+            b.candidates().len(),
+            3,
+            "unhealthy ones are still tried last"
+        );
+    }
+
+    #[test]
+    fn replacing_the_list_keeps_known_health() {
+        let b = Backends::default();
+        b.set(&[a("127.0.0.1:1")]);
+        b.mark(a("127.0.0.1:1"), true);
+        b.set(&[a("127.0.0.1:1"), a("127.0.0.1:2")]);
+        assert_eq!(
+            b.snapshot(),
+            vec![
+                Backend {
+                    addr: a("127.0.0.1:1"),
+                    healthy: true
+                },
+                Backend {
+                    addr: a("127.0.0.1:2"),
+                    healthy: false
+                }
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn forwards_bytes_to_a_live_backend_and_skips_a_dead_one() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = echo.accept().await.unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(&buf).await.unwrap();
+        });
+        let dead = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap(); // closed on drop
+        let backends = Backends::default();
+        backends.set(&[dead, live]);
+        backends.mark(dead, true); // stale health: forward must fall through
+
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(front_addr).await.unwrap();
+            c.write_all(b"hello").await.unwrap();
+            let mut buf = [0u8; 5];
+            c.read_exact(&mut buf).await.unwrap();
+            buf
+        });
+        let (conn, _) = front.accept().await.unwrap();
+        forward(conn, &backends).await;
+        assert_eq!(&client.await.unwrap(), b"hello");
+        assert!(
+            !backends
+                .snapshot()
+                .iter()
+                .find(|b| b.addr == dead)
+                .unwrap()
+                .healthy,
+            "the dead one is marked down"
+        );
+    }
+}
