@@ -1,0 +1,82 @@
+//! What a user sees from the CLI on bad input: a clear message naming the
+//! problem, a non-zero exit code, and nothing changed.
+
+mod support;
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::Command;
+
+/// A copy of the real bundle (symlinked files) without `skip`.
+fn bundle_without(dir: &Path, skip: &str) -> std::path::PathBuf {
+    let src = support::bundle_dir();
+    let dst = dir.join("bundle");
+    for sub in ["bin", "cni/bin", "images"] {
+        std::fs::create_dir_all(dst.join(sub)).unwrap();
+        for e in std::fs::read_dir(src.join(sub)).unwrap().flatten() {
+            let rel = Path::new(sub).join(e.file_name());
+            if rel != Path::new(skip) {
+                symlink(e.path(), dst.join(&rel)).unwrap();
+            }
+        }
+    }
+    for f in ["VERSION", "SHA256SUMS"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    dst
+}
+
+fn selfnode(root: &Path) -> Command {
+    let mut cmd = Command::new(support::selfnode_bin());
+    cmd.arg("--root").arg(root);
+    cmd
+}
+
+#[test]
+fn images_import_names_the_missing_binary_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle_without(dir.path(), "bin/kube-scheduler");
+    let out = selfnode(dir.path()).args(["images", "import", "--bundle"]).arg(&bundle).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&bundle.join("bin/kube-scheduler").display().to_string()), "{stderr}");
+    assert!(stderr.contains("fixtures/build-bundle.sh"), "says how to fix it: {stderr}");
+}
+
+#[test]
+fn images_import_without_containerd_says_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = selfnode(dir.path())
+        .args(["images", "import", "--bundle"])
+        .arg(support::bundle_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("containerd.sock") && stderr.contains("selfnode status"), "{stderr}");
+}
+
+#[test]
+fn version_reports_the_bundle_versions_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = selfnode(dir.path())
+        .args(["version", "-o", "json", "--bundle"])
+        .arg(support::bundle_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pinned = std::fs::read_to_string(support::bundle_dir().join("VERSION")).unwrap();
+    let k8s = v["kubernetes"].as_str().unwrap();
+    assert!(pinned.contains(&format!("KUBERNETES_VERSION={k8s}")), "{v:#}");
+    assert_eq!(v["selfnode"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn help_lists_every_command_with_one_line() {
+    let out = Command::new(support::selfnode_bin()).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["agent", "status", "images", "version", "completion"] {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(cmd)), "{cmd} missing from --help:\n{text}");
+    }
+}
