@@ -113,7 +113,7 @@ fn sigterm_stops_kubelet_containerd_and_every_shim() {
     );
     let st = host.status();
     assert_eq!(st["agent"]["running"], false);
-    for name in ["containerd", "kubelet"] {
+    for name in ["containerd", "images", "kubelet", "api-lb"] {
         assert_eq!(TestHost::component(&st, name)["state"], "stopped", "{st:#}");
     }
 }
@@ -138,7 +138,7 @@ fn a_second_agent_refuses_and_the_first_keeps_running() {
 
     assert!(host.agent_exited().is_none(), "first agent still running");
     let st = host.wait_healthy(Duration::from_secs(10));
-    assert_eq!(st["agent"]["pid"], first.to_string());
+    assert_eq!(st["agent"]["pid"], first);
 }
 
 #[test]

@@ -36,11 +36,21 @@ fn selfnode(root: &Path) -> Command {
 fn images_import_names_the_missing_binary_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = bundle_without(dir.path(), "bin/kube-scheduler");
-    let out = selfnode(dir.path()).args(["images", "import", "--bundle"]).arg(&bundle).output().unwrap();
+    let out = selfnode(dir.path())
+        .args(["images", "import", "--bundle"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(&bundle.join("bin/kube-scheduler").display().to_string()), "{stderr}");
-    assert!(stderr.contains("fixtures/build-bundle.sh"), "says how to fix it: {stderr}");
+    assert!(
+        stderr.contains(&bundle.join("bin/kube-scheduler").display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("fixtures/build-bundle.sh"),
+        "says how to fix it: {stderr}"
+    );
 }
 
 #[test]
@@ -53,7 +63,10 @@ fn images_import_without_containerd_says_what_to_check() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("containerd.sock") && stderr.contains("selfnode status"), "{stderr}");
+    assert!(
+        stderr.contains("containerd.sock") && stderr.contains("selfnode status"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -68,15 +81,24 @@ fn version_reports_the_bundle_versions_as_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let pinned = std::fs::read_to_string(support::bundle_dir().join("VERSION")).unwrap();
     let k8s = v["kubernetes"].as_str().unwrap();
-    assert!(pinned.contains(&format!("KUBERNETES_VERSION={k8s}")), "{v:#}");
+    assert!(
+        pinned.contains(&format!("KUBERNETES_VERSION={k8s}")),
+        "{v:#}"
+    );
     assert_eq!(v["selfnode"], env!("CARGO_PKG_VERSION"));
 }
 
 #[test]
 fn help_lists_every_command_with_one_line() {
-    let out = Command::new(support::selfnode_bin()).arg("--help").output().unwrap();
+    let out = Command::new(support::selfnode_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     for cmd in ["agent", "status", "images", "version", "completion"] {
-        assert!(text.lines().any(|l| l.trim_start().starts_with(cmd)), "{cmd} missing from --help:\n{text}");
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "{cmd} missing from --help:\n{text}"
+        );
     }
 }

@@ -184,6 +184,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     stop_background.cancel();
     tracker.close();
     tracker.wait().await;
+    // Every task has ended: this is the last word, nothing can overwrite it.
+    status.stop_all();
+    write_status(&status, &paths.agent_status());
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -248,25 +251,27 @@ async fn import_images(
 /// Publishes the status on every change, and every 5s as a heartbeat.
 async fn write_status_loop(status: StatusHandle, path: PathBuf, stop: CancellationToken) {
     loop {
-        if let Some(mut snap) = status.snapshot() {
-            snap.updated = now_unix();
-            match serde_json::to_vec_pretty(&snap) {
-                Ok(bytes) => {
-                    if let Err(err) = write_atomic(&path, &bytes, 0o644) {
-                        tracing::warn!(path = %path.display(), %err, "cannot write agent status");
-                    }
-                }
-                Err(err) => tracing::warn!(%err, "cannot encode agent status"),
-            }
-        }
-        if stop.is_cancelled() {
-            return;
-        }
+        write_status(&status, &path);
         tokio::select! {
-            _ = stop.cancelled() => {}
+            _ = stop.cancelled() => return,
             _ = status.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+fn write_status(status: &StatusHandle, path: &std::path::Path) {
+    let Some(mut snap) = status.snapshot() else {
+        return;
+    };
+    snap.updated = now_unix();
+    match serde_json::to_vec_pretty(&snap) {
+        Ok(bytes) => {
+            if let Err(err) = write_atomic(path, &bytes, 0o644) {
+                tracing::warn!(path = %path.display(), %err, "cannot write agent status");
+            }
+        }
+        Err(err) => tracing::warn!(%err, "cannot encode agent status"),
     }
 }
 

@@ -72,6 +72,23 @@ impl StatusHandle {
         self.changed.notify_one();
     }
 
+    /// Marks every component stopped: the agent's last word before it exits.
+    pub fn stop_all(&self) {
+        if let Ok(mut st) = self.inner.lock() {
+            let now = now_unix();
+            for c in st
+                .components
+                .iter_mut()
+                .filter(|c| c.state != ComponentState::Stopped)
+            {
+                c.state = ComponentState::Stopped;
+                c.pid = None;
+                c.since = now;
+            }
+        }
+        self.changed.notify_one();
+    }
+
     pub fn snapshot(&self) -> Option<AgentStatus> {
         self.inner.lock().ok().map(|s| s.clone())
     }

@@ -30,7 +30,10 @@ pub fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> {
     match output {
         Output::Json => {
             let doc = serde_json::json!({
-                "agent": { "running": running.is_some(), "pid": running },
+                "agent": {
+                    "running": running.is_some(),
+                    "pid": running.as_deref().and_then(|p| p.parse::<u32>().ok()),
+                },
                 "healthy": healthy,
                 "status": status,
             });
