@@ -1,0 +1,383 @@
+//! `selfnode init` settings: flags and an optional config file (YAML with
+//! `apiVersion`/`kind`, like kubeadm's), merged and validated before anything
+//! is written.
+//!
+//! Precedence: flag > file > default. Host facts (hostname, local addresses)
+//! come in as a value, so the whole mapping is a pure function.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub const API_VERSION: &str = "selfnode.dev/v1alpha1";
+pub const INIT_KIND: &str = "InitConfiguration";
+pub const DEFAULT_CLUSTER_NAME: &str = "selfnode";
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error(
+        "config file {path}: apiVersion {found:?} is not supported; use apiVersion: {API_VERSION}"
+    )]
+    ApiVersion { path: PathBuf, found: String },
+    #[error("config file {path}: kind {found:?} is not supported here; use kind: {INIT_KIND}")]
+    Kind { path: PathBuf, found: String },
+    #[error("{field} {value:?} is not a valid CIDR (for example {example})")]
+    Cidr {
+        field: &'static str,
+        value: String,
+        example: &'static str,
+    },
+    #[error("{field} {cidr} is a host address, not a network; did you mean {network}?")]
+    CidrHostBits {
+        field: &'static str,
+        cidr: IpNet,
+        network: IpNet,
+    },
+    #[error("the pod CIDR {pod} and the service CIDR {service} overlap; choose ranges that do not (defaults: {DEFAULT_POD_CIDR} and {DEFAULT_SERVICE_CIDR})")]
+    Overlap { pod: IpNet, service: IpNet },
+    #[error("the service CIDR {0} is too small: it needs room for the kubernetes and kube-dns Service IPs (use a /28 or larger)")]
+    ServiceCidrTooSmall(IpNet),
+    #[error("the pod CIDR {0} is too small to give each node a /24; use a /16 for example")]
+    PodCidrTooSmall(IpNet),
+    #[error("the advertise address {address} is not assigned to any interface of this host (local addresses: {local}); pass one of them with --advertise-address")]
+    AdvertiseNotLocal { address: IpAddr, local: String },
+    #[error("the advertise address {0} cannot be used: it must be a unicast address other nodes can reach (not loopback, unspecified or multicast)")]
+    AdvertiseUnusable(IpAddr),
+    #[error("no usable address on this host to advertise (found only loopback); pass --advertise-address")]
+    NoAddress,
+    #[error("cluster name {0:?} is invalid: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit")]
+    ClusterName(String),
+    #[error("node name {0:?} is invalid: use a lowercase DNS name (letters, digits, '-', '.')")]
+    NodeName(String),
+    #[error("extra SAN {0:?} is neither an IP address nor a DNS name")]
+    San(String),
+}
+
+/// The config file's shape. Every field is optional; unknown fields are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InitFile {
+    pub api_version: String,
+    pub kind: String,
+    pub cluster_name: Option<String>,
+    pub node_name: Option<String>,
+    pub advertise_address: Option<String>,
+    pub pod_cidr: Option<String>,
+    pub service_cidr: Option<String>,
+    pub cluster_domain: Option<String>,
+    #[serde(default)]
+    pub extra_sans: Vec<String>,
+    pub bundle: Option<PathBuf>,
+}
+
+/// What the command line said (all optional).
+#[derive(Debug, Default, Clone)]
+pub struct InitFlags {
+    pub cluster_name: Option<String>,
+    pub node_name: Option<String>,
+    pub advertise_address: Option<String>,
+    pub pod_cidr: Option<String>,
+    pub service_cidr: Option<String>,
+    pub extra_sans: Vec<String>,
+    pub bundle: Option<PathBuf>,
+}
+
+/// Facts about the host the defaults come from.
+#[derive(Debug, Clone)]
+pub struct HostIdentity {
+    pub hostname: String,
+    /// Addresses assigned to this host's interfaces, in interface order.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// The validated settings `init` runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitSettings {
+    pub cluster_name: String,
+    pub node_name: String,
+    pub advertise_address: IpAddr,
+    pub pod_cidr: IpNet,
+    pub service_cidr: IpNet,
+    pub cluster_domain: String,
+    pub extra_sans: Vec<String>,
+    pub bundle: Option<PathBuf>,
+}
+
+/// Parses a config file's text.
+pub fn parse_file(path: &std::path::Path, text: &str) -> Result<InitFile, ConfigError> {
+    let file: InitFile = serde_saphyr::from_str(text).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if file.api_version != API_VERSION {
+        return Err(ConfigError::ApiVersion {
+            path: path.to_path_buf(),
+            found: file.api_version,
+        });
+    }
+    if file.kind != INIT_KIND {
+        return Err(ConfigError::Kind {
+            path: path.to_path_buf(),
+            found: file.kind,
+        });
+    }
+    Ok(file)
+}
+
+/// Merges flags over the file over defaults and validates the result.
+pub fn resolve(
+    file: Option<InitFile>,
+    flags: &InitFlags,
+    host: &HostIdentity,
+) -> Result<InitSettings, ConfigError> {
+    let file = file.unwrap_or_default();
+    let pick = |flag: &Option<String>, from_file: Option<String>| flag.clone().or(from_file);
+
+    let cluster_name =
+        pick(&flags.cluster_name, file.cluster_name).unwrap_or_else(|| DEFAULT_CLUSTER_NAME.into());
+    if !is_dns_label(&cluster_name) {
+        return Err(ConfigError::ClusterName(cluster_name));
+    }
+    let node_name =
+        pick(&flags.node_name, file.node_name).unwrap_or_else(|| host.hostname.to_lowercase());
+    if !is_dns_subdomain(&node_name) {
+        return Err(ConfigError::NodeName(node_name));
+    }
+    let pod_cidr = cidr(
+        "pod CIDR",
+        pick(&flags.pod_cidr, file.pod_cidr)
+            .as_deref()
+            .unwrap_or(DEFAULT_POD_CIDR),
+        "10.244.0.0/16",
+    )?;
+    let service_cidr = cidr(
+        "service CIDR",
+        pick(&flags.service_cidr, file.service_cidr)
+            .as_deref()
+            .unwrap_or(DEFAULT_SERVICE_CIDR),
+        "10.96.0.0/12",
+    )?;
+    if pod_cidr.contains(&service_cidr.network()) || service_cidr.contains(&pod_cidr.network()) {
+        return Err(ConfigError::Overlap {
+            pod: pod_cidr,
+            service: service_cidr,
+        });
+    }
+    if service_cidr.max_prefix_len() - service_cidr.prefix_len() < 4 {
+        return Err(ConfigError::ServiceCidrTooSmall(service_cidr));
+    }
+    if pod_cidr.max_prefix_len() == 32 && pod_cidr.prefix_len() > 24 {
+        return Err(ConfigError::PodCidrTooSmall(pod_cidr));
+    }
+
+    let local = || {
+        host.addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let advertise_address = match pick(&flags.advertise_address, file.advertise_address) {
+        Some(text) => {
+            let addr: IpAddr = text
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::AdvertiseNotLocal {
+                    address: IpAddr::from([0, 0, 0, 0]),
+                    local: local(),
+                })?;
+            if !usable(addr) {
+                return Err(ConfigError::AdvertiseUnusable(addr));
+            }
+            if !host.addresses.contains(&addr) {
+                return Err(ConfigError::AdvertiseNotLocal {
+                    address: addr,
+                    local: local(),
+                });
+            }
+            addr
+        }
+        None => host
+            .addresses
+            .iter()
+            .copied()
+            .find(|a| usable(*a) && a.is_ipv4())
+            .ok_or(ConfigError::NoAddress)?,
+    };
+
+    let mut extra_sans = file.extra_sans;
+    extra_sans.extend(flags.extra_sans.iter().cloned());
+    extra_sans.sort();
+    extra_sans.dedup();
+    for san in &extra_sans {
+        if san.parse::<IpAddr>().is_err() && !is_dns_subdomain(san) {
+            return Err(ConfigError::San(san.clone()));
+        }
+    }
+    let cluster_domain = file
+        .cluster_domain
+        .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into());
+    if !is_dns_subdomain(&cluster_domain) {
+        return Err(ConfigError::NodeName(cluster_domain));
+    }
+    Ok(InitSettings {
+        cluster_name,
+        node_name,
+        advertise_address,
+        pod_cidr,
+        service_cidr,
+        cluster_domain,
+        extra_sans,
+        bundle: flags.bundle.clone().or(file.bundle),
+    })
+}
+
+fn cidr(field: &'static str, text: &str, example: &'static str) -> Result<IpNet, ConfigError> {
+    let net: IpNet = text.trim().parse().map_err(|_| ConfigError::Cidr {
+        field,
+        value: text.to_string(),
+        example,
+    })?;
+    if net.trunc() != net {
+        return Err(ConfigError::CidrHostBits {
+            field,
+            cidr: net,
+            network: net.trunc(),
+        });
+    }
+    Ok(net)
+}
+
+fn usable(a: IpAddr) -> bool {
+    !(a.is_loopback() || a.is_unspecified() || a.is_multicast())
+        && match a {
+            IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_broadcast(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+        }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostIdentity {
+        HostIdentity {
+            hostname: "Node-1".into(),
+            addresses: vec![
+                "127.0.0.1".parse().unwrap(),
+                "fe80::1".parse().unwrap(),
+                "192.168.5.10".parse().unwrap(),
+            ],
+        }
+    }
+
+    fn check(flags: InitFlags) -> Result<InitSettings, ConfigError> {
+        resolve(None, &flags, &host())
+    }
+
+    #[test]
+    fn defaults_serve_a_plain_host() {
+        let s = check(InitFlags::default()).unwrap();
+        assert_eq!(s.cluster_name, "selfnode");
+        assert_eq!(s.node_name, "node-1");
+        assert_eq!(
+            s.advertise_address.to_string(),
+            "192.168.5.10",
+            "first usable, not loopback or link-local"
+        );
+        assert_eq!(s.pod_cidr.to_string(), DEFAULT_POD_CIDR);
+        assert_eq!(s.service_cidr.to_string(), DEFAULT_SERVICE_CIDR);
+    }
+
+    #[test]
+    fn bad_input_gets_a_message_that_says_what_to_do() {
+        let cases: Vec<(InitFlags, &str)> = vec![
+            (InitFlags { pod_cidr: Some("10.244.0.0/33".into()), ..Default::default() }, "is not a valid CIDR"),
+            (InitFlags { service_cidr: Some("banana".into()), ..Default::default() }, "is not a valid CIDR"),
+            (InitFlags { pod_cidr: Some("10.244.1.5/16".into()), ..Default::default() }, "did you mean 10.244.0.0/16"),
+            (InitFlags { pod_cidr: Some("10.0.0.0/8".into()), ..Default::default() }, "overlap"),
+            (InitFlags { service_cidr: Some("10.244.8.0/24".into()), ..Default::default() }, "overlap"),
+            (InitFlags { service_cidr: Some("10.96.0.0/30".into()), ..Default::default() }, "too small"),
+            (InitFlags { advertise_address: Some("10.9.9.9".into()), ..Default::default() }, "not assigned to any interface of this host (local addresses: 127.0.0.1, fe80::1, 192.168.5.10)"),
+            (InitFlags { advertise_address: Some("127.0.0.1".into()), ..Default::default() }, "must be a unicast address other nodes can reach"),
+            (InitFlags { cluster_name: Some("My_Cluster".into()), ..Default::default() }, "cluster name \"My_Cluster\" is invalid"),
+            (InitFlags { extra_sans: vec!["not a name".into()], ..Default::default() }, "neither an IP address nor a DNS name"),
+        ];
+        for (flags, want) in cases {
+            let err = check(flags.clone()).unwrap_err().to_string();
+            assert!(err.contains(want), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_sans_merge() {
+        let path = std::path::Path::new("/etc/selfnode/init.yaml");
+        let file = parse_file(
+            path,
+            "apiVersion: selfnode.dev/v1alpha1\nkind: InitConfiguration\nclusterName: lab\npodCidr: 10.50.0.0/16\nextraSans: [api.lab.example]\n",
+        )
+        .unwrap();
+        let flags = InitFlags {
+            pod_cidr: Some("10.60.0.0/16".into()),
+            extra_sans: vec!["10.1.2.3".into()],
+            ..Default::default()
+        };
+        let s = resolve(Some(file), &flags, &host()).unwrap();
+        assert_eq!(s.cluster_name, "lab");
+        assert_eq!(s.pod_cidr.to_string(), "10.60.0.0/16");
+        assert_eq!(
+            s.extra_sans,
+            vec!["10.1.2.3".to_string(), "api.lab.example".to_string()]
+        );
+    }
+
+    #[test]
+    fn config_files_are_checked_for_version_kind_and_unknown_fields() {
+        let p = std::path::Path::new("c.yaml");
+        let e = parse_file(
+            p,
+            "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("use apiVersion: selfnode.dev/v1alpha1"),
+            "{e}"
+        );
+        let e = parse_file(
+            p,
+            "apiVersion: selfnode.dev/v1alpha1\nkind: JoinConfiguration\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("use kind: InitConfiguration"), "{e}");
+        let e = parse_file(
+            p,
+            "apiVersion: selfnode.dev/v1alpha1\nkind: InitConfiguration\npodCIDR: 10.0.0.0/16\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("podCIDR"),
+            "names the unknown field: {e}"
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Small builders shared by the object modules.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    HTTPGetAction, PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{CONTROL_PLANE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, NAMESPACE};
+
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Metadata of an object selfnode manages: its labels plus `managed-by`.
+pub(crate) fn object_meta(name: &str, namespaced: bool, pairs: &[(&str, &str)]) -> ObjectMeta {
+    let mut l = labels(pairs);
+    l.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespaced.then(|| NAMESPACE.to_string()),
+        labels: Some(l),
+        ..ObjectMeta::default()
+    }
+}
+
+pub(crate) fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels(pairs)),
+        ..LabelSelector::default()
+    }
+}
+
+fn toleration(key: &str, effect: Option<&str>) -> Toleration {
+    Toleration {
+        key: Some(key.to_string()),
+        operator: Some("Exists".to_string()),
+        effect: effect.map(str::to_string),
+        ..Toleration::default()
+    }
+}
+
+/// Tolerations of the control-plane workloads: they run on control-plane
+/// nodes and must start before the pod network exists (the node is
+/// NotReady then), and stay through a NotReady spell (a single node has
+/// nowhere else to go). `unreachable` keeps its default 300 s, so a
+/// Deployment's pod on a dead node is replaced on another control-plane
+/// node. DaemonSets get the rest from the DaemonSet controller.
+pub(crate) fn control_plane_tolerations() -> Vec<Toleration> {
+    vec![
+        toleration(CONTROL_PLANE_LABEL, Some("NoSchedule")),
+        toleration("node.kubernetes.io/not-ready", None),
+        toleration("node.kubernetes.io/network-unavailable", Some("NoSchedule")),
+        toleration("CriticalAddonsOnly", None),
+    ]
+}
+
+/// Tolerate every taint (kube-proxy: every node needs it).
+pub(crate) fn tolerate_all() -> Vec<Toleration> {
+    vec![Toleration {
+        operator: Some("Exists".to_string()),
+        ..Toleration::default()
+    }]
+}
+
+pub(crate) fn control_plane_node_selector() -> BTreeMap<String, String> {
+    labels(&[(CONTROL_PLANE_LABEL, "")])
+}
+
+pub(crate) fn seccomp_runtime_default() -> PodSecurityContext {
+    PodSecurityContext {
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+pub(crate) fn cpu_request(cpu: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [("cpu".to_string(), Quantity(cpu.to_string()))]
+                .into_iter()
+                .collect(),
+        ),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// How a probe is timed (kubeadm's `staticpod` helpers).
+#[derive(Clone, Copy)]
+pub(crate) enum ProbeKind {
+    Liveness,
+    Readiness,
+    /// Up to 4 minutes for the component to come up (kubeadm's
+    /// `ControlPlaneComponentHealthCheck` timeout).
+    Startup,
+}
+
+/// An HTTP(S) GET probe on `port` (and `host`; `None`: the pod's IP).
+pub(crate) fn http_probe(
+    kind: ProbeKind,
+    scheme: &str,
+    host: Option<String>,
+    path: &str,
+    port: IntOrString,
+) -> Probe {
+    let (initial_delay, timeout, failure, period) = match kind {
+        ProbeKind::Liveness => (10, 15, 8, 10),
+        ProbeKind::Readiness => (0, 15, 3, 1),
+        ProbeKind::Startup => (10, 15, 24, 10),
+    };
+    Probe {
+        http_get: Some(HTTPGetAction {
+            host,
+            path: Some(path.to_string()),
+            port,
+            scheme: Some(scheme.to_string()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        timeout_seconds: Some(timeout),
+        failure_threshold: Some(failure),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
+}

@@ -1,0 +1,293 @@
+//! The one place that builds each component's command line.
+//!
+//! Flags are kubeadm's (`phases/controlplane/manifests.go`,
+//! `phases/etcd/local.go`) with the differences written next to them. Every
+//! value that names a file is a [`Value::File`], so the self-hosted objects
+//! know exactly which files to put in Secrets and mount (at the same paths).
+
+use std::path::{Path, PathBuf};
+
+use super::spec::https_url;
+use super::{Placement, PlaneSpec, ENCRYPTION_CONFIG_FILE};
+use crate::pki::names;
+
+/// Name of the environment variable the self-hosted kube-apiserver pod gets
+/// from `status.hostIP` (its node's address) and passes as
+/// `--advertise-address=$(HOST_IP)`: one DaemonSet serves every
+/// control-plane node, each advertising itself.
+pub(crate) const HOST_IP_ENV: &str = "HOST_IP";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Value {
+    Text(String),
+    /// A file the component reads (must be present where it runs).
+    File(PathBuf),
+    /// A directory the component owns (etcd's data dir; host only).
+    Dir(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Flag {
+    pub name: &'static str,
+    pub value: Value,
+}
+
+/// A component's flags, rendered sorted by name (as kubeadm does), one
+/// `--name=value` each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Flags(Vec<Flag>);
+
+impl Flags {
+    fn text(&mut self, name: &'static str, value: impl Into<String>) -> &mut Self {
+        self.0.push(Flag {
+            name,
+            value: Value::Text(value.into()),
+        });
+        self
+    }
+
+    fn file(&mut self, name: &'static str, path: PathBuf) -> &mut Self {
+        self.0.push(Flag {
+            name,
+            value: Value::File(path),
+        });
+        self
+    }
+
+    fn dir(&mut self, name: &'static str, path: PathBuf) -> &mut Self {
+        self.0.push(Flag {
+            name,
+            value: Value::Dir(path),
+        });
+        self
+    }
+
+    fn sorted(&self) -> Vec<&Flag> {
+        let mut v: Vec<&Flag> = self.0.iter().collect();
+        v.sort_by_key(|f| f.name);
+        v
+    }
+
+    /// `--name=value` arguments, sorted by name.
+    pub fn args(&self) -> Vec<String> {
+        self.sorted()
+            .into_iter()
+            .map(|f| {
+                let value = match &f.value {
+                    Value::Text(s) => s.clone(),
+                    Value::File(p) | Value::Dir(p) => p.display().to_string(),
+                };
+                format!("--{}={value}", f.name)
+            })
+            .collect()
+    }
+
+    /// Every file a flag names, sorted, without duplicates.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .0
+            .iter()
+            .filter_map(|f| match &f.value {
+                Value::File(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|f| f.name == name).map(|f| &f.value)
+    }
+}
+
+fn crt(spec: &PlaneSpec, base: &str) -> PathBuf {
+    spec.pki_dir.join(format!("{base}.crt"))
+}
+
+fn key(spec: &PlaneSpec, base: &str) -> PathBuf {
+    spec.pki_dir.join(format!("{base}.key"))
+}
+
+fn kubeconfig(spec: &PlaneSpec, file: &str) -> PathBuf {
+    spec.kubeconfig_dir.join(file)
+}
+
+/// The encryption configuration's path: it lives with the keys.
+pub(crate) fn encryption_config_path(pki_dir: &Path) -> PathBuf {
+    pki_dir.join(ENCRYPTION_CONFIG_FILE)
+}
+
+/// etcd: host process only in this milestone (self-hosted etcd comes with
+/// etcd-mgr's pivot). kubeadm's flags, except:
+/// - no `--listen-metrics-urls=http://127.0.0.1:2381`: that listener has no
+///   authentication; health is checked on the client port with the
+///   healthcheck client certificate instead, and metrics are there too.
+pub(crate) fn etcd(spec: &PlaneSpec) -> Flags {
+    let peer = spec.etcd_peer_url();
+    let client = https_url(spec.advertise_address, spec.ports.etcd_client);
+    let mut f = Flags::default();
+    f.text("name", &spec.node_name)
+        .dir("data-dir", spec.etcd_data_dir.clone())
+        .text("listen-client-urls", spec.etcd_client_urls().join(","))
+        .text("advertise-client-urls", client)
+        .text("listen-peer-urls", &peer)
+        .text("initial-advertise-peer-urls", &peer)
+        .text("initial-cluster", format!("{}={peer}", spec.node_name))
+        .text("initial-cluster-state", "new")
+        .file("cert-file", crt(spec, names::ETCD_SERVER))
+        .file("key-file", key(spec, names::ETCD_SERVER))
+        .file("trusted-ca-file", crt(spec, names::ETCD_CA))
+        .text("client-cert-auth", "true")
+        .file("peer-cert-file", crt(spec, names::ETCD_PEER))
+        .file("peer-key-file", key(spec, names::ETCD_PEER))
+        .file("peer-trusted-ca-file", crt(spec, names::ETCD_CA))
+        .text("peer-client-cert-auth", "true")
+        .text("snapshot-count", "10000")
+        .text("feature-gates", "InitialCorruptCheck=true")
+        .text("watch-progress-notify-interval", "5s");
+    f
+}
+
+/// kube-apiserver. kubeadm's flags plus `--encryption-provider-config`
+/// (secrets encrypted at rest) and `--profiling=false`. Placement decides:
+/// - `--secure-port`: the temporary one moves aside so both serve during
+///   the pivot;
+/// - `--endpoint-reconciler-type=none` for the temporary one, so only
+///   apiservers that stay are ever written into the `kubernetes` Endpoints;
+/// - `--advertise-address`: literal for the process, `$(HOST_IP)` for the
+///   DaemonSet (the kubelet expands it from the pod's env).
+///
+/// Not set: `--kubelet-certificate-authority` (the kubelets' serving
+/// certificates are self-signed in this milestone, so there is no CA to
+/// verify them against); `--anonymous-auth` keeps its default (true) as in
+/// kubeadm: RBAC lets anonymous requests reach only the health and version
+/// endpoints (`system:public-info-viewer`), which the kubelet's probes need.
+pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
+    let advertise = match placement {
+        Placement::Temporary => spec.advertise_address.to_string(),
+        Placement::SelfHosted => format!("$({HOST_IP_ENV})"),
+    };
+    let mut f = Flags::default();
+    f.text("advertise-address", advertise)
+        .text(
+            "secure-port",
+            spec.ports.apiserver_port(placement).to_string(),
+        )
+        .text("allow-privileged", "true")
+        .text("authorization-mode", "Node,RBAC")
+        .text("enable-admission-plugins", "NodeRestriction")
+        .text("enable-bootstrap-token-auth", "true")
+        .file("client-ca-file", crt(spec, names::CA))
+        .file("tls-cert-file", crt(spec, names::APISERVER))
+        .file("tls-private-key-file", key(spec, names::APISERVER))
+        .file(
+            "kubelet-client-certificate",
+            crt(spec, names::APISERVER_KUBELET_CLIENT),
+        )
+        .file(
+            "kubelet-client-key",
+            key(spec, names::APISERVER_KUBELET_CLIENT),
+        )
+        .text(
+            "kubelet-preferred-address-types",
+            "InternalIP,ExternalIP,Hostname",
+        )
+        .text("etcd-servers", spec.etcd_client_urls().join(","))
+        .file("etcd-cafile", crt(spec, names::ETCD_CA))
+        .file("etcd-certfile", crt(spec, names::APISERVER_ETCD_CLIENT))
+        .file("etcd-keyfile", key(spec, names::APISERVER_ETCD_CLIENT))
+        .text("service-cluster-ip-range", spec.service_cidr.to_string())
+        .file("service-account-key-file", spec.pki_dir.join(names::SA_PUB))
+        .file(
+            "service-account-signing-key-file",
+            spec.pki_dir.join(names::SA_KEY),
+        )
+        .text(
+            "service-account-issuer",
+            format!("https://kubernetes.default.svc.{}", spec.cluster_domain),
+        )
+        .text("requestheader-username-headers", "X-Remote-User")
+        .text("requestheader-group-headers", "X-Remote-Group")
+        .text("requestheader-extra-headers-prefix", "X-Remote-Extra-")
+        .file(
+            "requestheader-client-ca-file",
+            crt(spec, names::FRONT_PROXY_CA),
+        )
+        .text("requestheader-allowed-names", "front-proxy-client")
+        .file(
+            "proxy-client-cert-file",
+            crt(spec, names::FRONT_PROXY_CLIENT),
+        )
+        .file(
+            "proxy-client-key-file",
+            key(spec, names::FRONT_PROXY_CLIENT),
+        )
+        .file(
+            "encryption-provider-config",
+            encryption_config_path(&spec.pki_dir),
+        )
+        .text("profiling", "false");
+    if placement == Placement::Temporary {
+        f.text("endpoint-reconciler-type", "none");
+    }
+    f
+}
+
+/// kube-controller-manager. kubeadm's flags (with the Pod CIDR given, so
+/// node CIDR allocation on) plus `--profiling=false` and an explicit
+/// `--secure-port` (the temporary one moves aside during the pivot).
+pub(crate) fn controller_manager(spec: &PlaneSpec, placement: Placement) -> Flags {
+    let conf = kubeconfig(spec, names::CONTROLLER_MANAGER_CONF);
+    let ca = crt(spec, names::CA);
+    let mut f = Flags::default();
+    f.text("bind-address", spec.loopback().to_string())
+        .text(
+            "secure-port",
+            spec.ports.controller_manager_port(placement).to_string(),
+        )
+        .text("leader-elect", "true")
+        .file("kubeconfig", conf.clone())
+        .file("authentication-kubeconfig", conf.clone())
+        .file("authorization-kubeconfig", conf)
+        .file("client-ca-file", ca.clone())
+        .file(
+            "requestheader-client-ca-file",
+            crt(spec, names::FRONT_PROXY_CA),
+        )
+        .file("root-ca-file", ca.clone())
+        .file(
+            "service-account-private-key-file",
+            spec.pki_dir.join(names::SA_KEY),
+        )
+        .file("cluster-signing-cert-file", ca)
+        .file("cluster-signing-key-file", key(spec, names::CA))
+        .text("use-service-account-credentials", "true")
+        .text("controllers", "*,bootstrapsigner,tokencleaner")
+        .text("allocate-node-cidrs", "true")
+        .text("cluster-cidr", spec.pod_cidr.to_string())
+        .text("service-cluster-ip-range", spec.service_cidr.to_string())
+        .text("cluster-name", &spec.cluster_name)
+        .text("profiling", "false");
+    f
+}
+
+/// kube-scheduler. kubeadm's flags plus `--profiling=false` and an explicit
+/// `--secure-port`.
+pub(crate) fn scheduler(spec: &PlaneSpec, placement: Placement) -> Flags {
+    let conf = kubeconfig(spec, names::SCHEDULER_CONF);
+    let mut f = Flags::default();
+    f.text("bind-address", spec.loopback().to_string())
+        .text(
+            "secure-port",
+            spec.ports.scheduler_port(placement).to_string(),
+        )
+        .text("leader-elect", "true")
+        .file("kubeconfig", conf.clone())
+        .file("authentication-kubeconfig", conf.clone())
+        .file("authorization-kubeconfig", conf)
+        .text("profiling", "false");
+    f
+}

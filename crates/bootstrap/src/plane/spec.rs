@@ -1,0 +1,440 @@
+//! [`PlaneSpec`]: what the control plane must look like, and its validation.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+use super::Placement;
+use crate::pki::{self, PkiSpec, PkiSpecError};
+
+/// Where the temporary etcd keeps its data.
+pub const DEFAULT_ETCD_DATA_DIR: &str = "/var/lib/selfnode/etcd";
+/// The Pod network when the user gives none (kubeadm has no default; this is
+/// the common one of flannel and many guides).
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+
+/// The desired control plane of a cluster, as seen from its first node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaneSpec {
+    /// Cluster name (kubeconfigs, controller-manager's `--cluster-name`).
+    pub cluster_name: String,
+    /// This node's name (a lowercase DNS name); also etcd's member name.
+    pub node_name: String,
+    /// The address this node serves etcd and the API on; reachable by the
+    /// other nodes and by pods, so neither loopback nor unspecified.
+    pub advertise_address: IpAddr,
+    /// Pod network; the controller-manager gives each node a /24 (IPv4) or
+    /// /64 (IPv6) of it.
+    pub pod_cidr: IpNet,
+    /// Service network; its first address is the `kubernetes` Service, its
+    /// tenth the cluster DNS Service (as kubeadm).
+    pub service_cidr: IpNet,
+    /// Cluster DNS domain.
+    pub cluster_domain: String,
+    /// `vX.Y.Z` of the control-plane images (a label on the workloads, for
+    /// skew checks).
+    pub kubernetes_version: String,
+    pub images: PlaneImages,
+    /// Certificates and keys (kubeadm's layout), on the host and in the pods.
+    pub pki_dir: PathBuf,
+    /// Kubeconfig files, on the host and in the pods.
+    pub kubeconfig_dir: PathBuf,
+    /// The temporary etcd's data directory.
+    pub etcd_data_dir: PathBuf,
+    pub ports: PlanePorts,
+    pub replicas: PlaneReplicas,
+    /// kube-proxy's `conntrack.maxPerCore`. `None` keeps kube-proxy's default
+    /// (32768 per core, written to the host's `nf_conntrack_max`); `Some(0)`
+    /// leaves the host's setting alone, which hosts that are network
+    /// namespaces of one machine need (the sysctl is not per namespace).
+    pub kube_proxy_conntrack_max_per_core: Option<i32>,
+}
+
+/// Image references of the self-hosted components (upstream names, e.g.
+/// `registry.k8s.io/kube-apiserver:v1.37.2`; the `dist` crate knows them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaneImages {
+    pub kube_apiserver: String,
+    pub kube_controller_manager: String,
+    pub kube_scheduler: String,
+    pub kube_proxy: String,
+    pub coredns: String,
+}
+
+/// TCP ports. Temporary and self-hosted components both bind on the node
+/// during the pivot, so each has its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanePorts {
+    pub etcd_client: u16,
+    pub etcd_peer: u16,
+    /// The self-hosted kube-apiserver (the port in the `kubernetes` Endpoints).
+    pub apiserver: u16,
+    /// The temporary kube-apiserver.
+    pub temp_apiserver: u16,
+    pub controller_manager: u16,
+    pub temp_controller_manager: u16,
+    pub scheduler: u16,
+    pub temp_scheduler: u16,
+    /// The node-local API load balancer on loopback that every client on a
+    /// node uses (kubeconfigs, kube-proxy).
+    pub api_load_balancer: u16,
+}
+
+impl Default for PlanePorts {
+    fn default() -> Self {
+        PlanePorts {
+            etcd_client: 2379,
+            etcd_peer: 2380,
+            apiserver: 6443,
+            temp_apiserver: 6444,
+            controller_manager: 10257,
+            temp_controller_manager: 10357,
+            scheduler: 10259,
+            temp_scheduler: 10359,
+            api_load_balancer: 7445,
+        }
+    }
+}
+
+impl PlanePorts {
+    pub fn apiserver_port(&self, placement: Placement) -> u16 {
+        match placement {
+            Placement::Temporary => self.temp_apiserver,
+            Placement::SelfHosted => self.apiserver,
+        }
+    }
+
+    pub fn controller_manager_port(&self, placement: Placement) -> u16 {
+        match placement {
+            Placement::Temporary => self.temp_controller_manager,
+            Placement::SelfHosted => self.controller_manager,
+        }
+    }
+
+    pub fn scheduler_port(&self, placement: Placement) -> u16 {
+        match placement {
+            Placement::Temporary => self.temp_scheduler,
+            Placement::SelfHosted => self.scheduler,
+        }
+    }
+
+    /// Every port with its role, for validation and messages.
+    fn named(&self) -> [(&'static str, u16); 9] {
+        [
+            ("etcd_client", self.etcd_client),
+            ("etcd_peer", self.etcd_peer),
+            ("apiserver", self.apiserver),
+            ("temp_apiserver", self.temp_apiserver),
+            ("controller_manager", self.controller_manager),
+            ("temp_controller_manager", self.temp_controller_manager),
+            ("scheduler", self.scheduler),
+            ("temp_scheduler", self.temp_scheduler),
+            ("api_load_balancer", self.api_load_balancer),
+        ]
+    }
+}
+
+/// Ports other node components bind (kubelet, kube-proxy) that the control
+/// plane must leave free.
+const RESERVED_PORTS: [(u16, &str); 4] = [
+    (10248, "the kubelet's healthz"),
+    (10250, "the kubelet's API"),
+    (10249, "kube-proxy's metrics"),
+    (10256, "kube-proxy's healthz"),
+];
+
+/// Replica counts of the self-hosted Deployments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaneReplicas {
+    pub controller_manager: i32,
+    pub scheduler: i32,
+    pub coredns: i32,
+}
+
+impl Default for PlaneReplicas {
+    fn default() -> Self {
+        PlaneReplicas {
+            controller_manager: 1,
+            scheduler: 1,
+            coredns: 2,
+        }
+    }
+}
+
+impl PlaneSpec {
+    /// A spec with kubeadm's defaults (and [`DEFAULT_POD_CIDR`]) for
+    /// everything but the node's identity, the version and the images.
+    pub fn new(
+        node_name: impl Into<String>,
+        advertise_address: IpAddr,
+        kubernetes_version: impl Into<String>,
+        images: PlaneImages,
+    ) -> Self {
+        PlaneSpec {
+            cluster_name: pki::DEFAULT_CLUSTER_NAME.to_string(),
+            node_name: node_name.into(),
+            advertise_address,
+            pod_cidr: DEFAULT_POD_CIDR
+                .parse()
+                .expect("DEFAULT_POD_CIDR is a valid CIDR; every plane test starts from it"),
+            service_cidr: pki::DEFAULT_SERVICE_CIDR
+                .parse()
+                .expect("DEFAULT_SERVICE_CIDR is a valid CIDR; every pki test starts from it"),
+            cluster_domain: pki::DEFAULT_DNS_DOMAIN.to_string(),
+            kubernetes_version: kubernetes_version.into(),
+            images,
+            pki_dir: PathBuf::from(pki::DEFAULT_PKI_DIR),
+            kubeconfig_dir: PathBuf::from(pki::DEFAULT_KUBECONFIG_DIR),
+            etcd_data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
+            ports: PlanePorts::default(),
+            replicas: PlaneReplicas::default(),
+            kube_proxy_conntrack_max_per_core: None,
+        }
+    }
+
+    /// The PKI this plane needs: the kubeconfigs point at the node-local
+    /// load balancer ([`PlaneSpec::local_api_endpoint`]).
+    pub fn pki_spec(&self) -> PkiSpec {
+        PkiSpec {
+            cluster_name: self.cluster_name.clone(),
+            node_name: self.node_name.clone(),
+            advertise_addresses: vec![self.advertise_address],
+            service_cidr: self.service_cidr,
+            dns_domain: self.cluster_domain.clone(),
+            extra_sans: Vec::new(),
+            pki_dir: self.pki_dir.clone(),
+            kubeconfig_dir: self.kubeconfig_dir.clone(),
+            api_endpoint: self.local_api_endpoint(),
+        }
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), PlaneSpecError> {
+        // Names, advertise address, service CIDR, domain and directories are
+        // the PKI's too: one set of rules and messages.
+        self.pki_spec().validate()?;
+        let adv = self.advertise_address;
+        if adv.is_loopback() {
+            return Err(PlaneSpecError::LoopbackAdvertiseAddress { address: adv });
+        }
+        check_version(&self.kubernetes_version)?;
+        for (field, image) in self.images.named() {
+            if image.is_empty() || image.contains(char::is_whitespace) {
+                return Err(PlaneSpecError::InvalidImage {
+                    field,
+                    image: image.to_string(),
+                });
+            }
+        }
+        if !self.etcd_data_dir.is_absolute() {
+            return Err(PlaneSpecError::RelativeEtcdDataDir {
+                path: self.etcd_data_dir.clone(),
+            });
+        }
+        self.check_networks()?;
+        self.check_ports()?;
+        for (field, n) in [
+            ("controller_manager", self.replicas.controller_manager),
+            ("scheduler", self.replicas.scheduler),
+            ("coredns", self.replicas.coredns),
+        ] {
+            if n < 1 {
+                return Err(PlaneSpecError::InvalidReplicas { field, replicas: n });
+            }
+        }
+        if let Some(n) = self.kube_proxy_conntrack_max_per_core {
+            if n < 0 {
+                return Err(PlaneSpecError::InvalidConntrackMax { value: n });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_networks(&self) -> Result<(), PlaneSpecError> {
+        let (pod, svc) = (self.pod_cidr, self.service_cidr);
+        let family = |ip: IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        let adv_family = family(self.advertise_address);
+        for (what, net) in [("pod CIDR", pod), ("service CIDR", svc)] {
+            if family(net.addr()) != adv_family {
+                return Err(PlaneSpecError::FamilyMismatch {
+                    what,
+                    cidr: net,
+                    address: self.advertise_address,
+                });
+            }
+        }
+        // kube-controller-manager's node CIDR allocator: node masks of /24
+        // (IPv4) or /64 (IPv6), at most 2^16 of them.
+        let (node_mask, max_prefix) = match pod {
+            IpNet::V4(_) => (24, 24),
+            IpNet::V6(_) => (64, 64),
+        };
+        if pod.prefix_len() > max_prefix || node_mask - pod.prefix_len() > 16 {
+            return Err(PlaneSpecError::PodCidrSize {
+                cidr: pod,
+                min: node_mask.saturating_sub(16),
+                max: max_prefix,
+            });
+        }
+        if pod.contains(&svc) || svc.contains(&pod) {
+            return Err(PlaneSpecError::CidrOverlap { pod, service: svc });
+        }
+        self.dns_service_ip()?;
+        Ok(())
+    }
+
+    fn check_ports(&self) -> Result<(), PlaneSpecError> {
+        let named = self.ports.named();
+        for (i, (field, port)) in named.iter().enumerate() {
+            if *port == 0 {
+                return Err(PlaneSpecError::ZeroPort { field });
+            }
+            if let Some((other, _)) = named[..i].iter().find(|(_, p)| p == port) {
+                return Err(PlaneSpecError::PortClash {
+                    port: *port,
+                    a: other,
+                    b: field,
+                });
+            }
+            if let Some((_, user)) = RESERVED_PORTS.iter().find(|(p, _)| p == port) {
+                return Err(PlaneSpecError::ReservedPort {
+                    field,
+                    port: *port,
+                    user,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Loopback of the cluster's address family.
+    pub fn loopback(&self) -> IpAddr {
+        if self.advertise_address.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+    }
+
+    /// `https://127.0.0.1:<api_load_balancer>` (`[::1]` for IPv6): the API
+    /// as every client on a node reaches it.
+    pub fn local_api_endpoint(&self) -> String {
+        format!(
+            "https://{}",
+            SocketAddr::new(self.loopback(), self.ports.api_load_balancer)
+        )
+    }
+
+    /// The `kubernetes` Service IP (first address of the service CIDR).
+    pub fn kubernetes_service_ip(&self) -> Result<IpAddr, PlaneSpecError> {
+        Ok(self.pki_spec().kubernetes_service_ip()?)
+    }
+
+    /// The cluster DNS Service IP: the tenth address of the service CIDR
+    /// (kubeadm's `GetDNSIP`).
+    pub fn dns_service_ip(&self) -> Result<IpAddr, PlaneSpecError> {
+        let too_small = PlaneSpecError::ServiceCidrTooSmallForDns {
+            cidr: self.service_cidr,
+        };
+        match self.service_cidr {
+            IpNet::V4(net) if net.prefix_len() <= 28 => {
+                Ok(IpAddr::V4((u32::from(net.network()) + 10).into()))
+            }
+            IpNet::V6(net) if net.prefix_len() <= 124 => {
+                Ok(IpAddr::V6((u128::from(net.network()) + 10).into()))
+            }
+            _ => Err(too_small),
+        }
+    }
+
+    /// etcd's client URL on loopback and on the advertise address.
+    pub fn etcd_client_urls(&self) -> Vec<String> {
+        vec![
+            https_url(self.loopback(), self.ports.etcd_client),
+            https_url(self.advertise_address, self.ports.etcd_client),
+        ]
+    }
+
+    /// etcd's peer URL (advertise address only: peers never use loopback).
+    pub fn etcd_peer_url(&self) -> String {
+        https_url(self.advertise_address, self.ports.etcd_peer)
+    }
+}
+
+impl PlaneImages {
+    fn named(&self) -> [(&'static str, &str); 5] {
+        [
+            ("kube_apiserver", &self.kube_apiserver),
+            ("kube_controller_manager", &self.kube_controller_manager),
+            ("kube_scheduler", &self.kube_scheduler),
+            ("kube_proxy", &self.kube_proxy),
+            ("coredns", &self.coredns),
+        ]
+    }
+}
+
+pub(crate) fn https_url(ip: IpAddr, port: u16) -> String {
+    format!("https://{}", SocketAddr::new(ip, port))
+}
+
+/// `vMAJOR.MINOR.PATCH` with an optional `-prerelease`/`+build` suffix.
+fn check_version(v: &str) -> Result<(), PlaneSpecError> {
+    let bad = || PlaneSpecError::InvalidVersion {
+        version: v.to_string(),
+    };
+    let core = v.strip_prefix('v').ok_or_else(bad)?;
+    let core = core.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if parts.len() == 3 && parts.iter().all(numeric) {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// An invalid [`PlaneSpec`].
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneSpecError {
+    #[error(transparent)]
+    Pki(#[from] PkiSpecError),
+    #[error("advertise address {address} is a loopback address: other nodes and pods could not reach the API or etcd there; give this node's address on the cluster network")]
+    LoopbackAdvertiseAddress { address: IpAddr },
+    #[error("invalid Kubernetes version {version:?}: expected vMAJOR.MINOR.PATCH, e.g. v1.37.2")]
+    InvalidVersion { version: String },
+    #[error("invalid image for {field}: {image:?}; give a reference like registry.k8s.io/kube-apiserver:v1.37.2")]
+    InvalidImage { field: &'static str, image: String },
+    #[error("etcd_data_dir must be an absolute path, got {}", path.display())]
+    RelativeEtcdDataDir { path: PathBuf },
+    #[error("the {what} {cidr} is not of the advertise address {address}'s IP family; selfnode runs single-stack clusters")]
+    FamilyMismatch {
+        what: &'static str,
+        cidr: IpNet,
+        address: IpAddr,
+    },
+    #[error("pod CIDR {cidr} has the wrong size: each node gets a subnet of it, so its prefix must be between /{min} and /{max}")]
+    PodCidrSize { cidr: IpNet, min: u8, max: u8 },
+    #[error("pod CIDR {pod} and service CIDR {service} overlap; pick disjoint ranges")]
+    CidrOverlap { pod: IpNet, service: IpNet },
+    #[error("service CIDR {cidr} is too small: it needs at least 16 addresses (the cluster DNS Service takes the tenth)")]
+    ServiceCidrTooSmallForDns { cidr: IpNet },
+    #[error("port {field} is 0; give a port from 1 to 65535")]
+    ZeroPort { field: &'static str },
+    #[error("ports {a} and {b} are both {port}; components that run at the same time on a node need distinct ports")]
+    PortClash {
+        port: u16,
+        a: &'static str,
+        b: &'static str,
+    },
+    #[error("port {field} is {port}, which {user} uses; pick another")]
+    ReservedPort {
+        field: &'static str,
+        port: u16,
+        user: &'static str,
+    },
+    #[error("{field} replicas is {replicas}; it must be at least 1")]
+    InvalidReplicas { field: &'static str, replicas: i32 },
+    #[error("kube-proxy conntrack max per core is {value}; give 0 (leave the host alone) or a positive number")]
+    InvalidConntrackMax { value: i32 },
+}
