@@ -113,6 +113,7 @@ fn setup(dir: &Path) -> PlaneSpec {
         kube_scheduler: "registry.k8s.io/kube-scheduler:v1.37.2".into(),
         kube_proxy: "registry.k8s.io/kube-proxy:v1.37.2".into(),
         coredns: "registry.k8s.io/coredns/coredns:v1.14.6".into(),
+        selfnode: "localhost/selfnode:0.1.0".into(),
     };
     let mut spec = PlaneSpec::new("cp-1", host_ip(), "v1.37.2", images);
     spec.pki_dir = dir.join("etc/kubernetes/pki");

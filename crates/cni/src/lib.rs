@@ -1,1 +1,19 @@
 //! The pod network. See ARCHITECTURE.md.
+//!
+//! - [`config`]: the CNI 1.0.0 conflist for the standard plugins (`bridge`
+//!   with `host-local` IPAM, `portmap`) and its atomic write.
+//! - [`routes`]: host-gateway routes between nodes' pod CIDRs, computed
+//!   purely and reconciled in the kernel over rtnetlink, marked with
+//!   [`routes::ROUTE_PROTOCOL`].
+//! - [`kernel`]: IP forwarding and `br_netfilter`.
+//! - [`agent`]: the loop the `selfnode-network` DaemonSet runs on every
+//!   node (`selfnode network-agent`), tying the three together.
+
+pub mod agent;
+pub mod config;
+pub mod kernel;
+pub mod routes;
+
+pub use agent::{run, AgentConfig, AgentError};
+pub use config::{render_conflist, write_conflist, CniConfig, CniError};
+pub use routes::{desired_routes, NodeNetwork, PodRoute, RouteTable, ROUTE_PROTOCOL};

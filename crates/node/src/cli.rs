@@ -32,6 +32,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a cluster on this host: a temporary control plane, then the self-hosted one, then the pivot
+    Init(InitArgs),
     /// Run the host agent in the foreground: supervise containerd and the kubelet
     Agent(AgentArgs),
     /// Show the host agent and the state of each component it supervises
@@ -41,6 +43,9 @@ pub enum Command {
     Images(ImagesCommand),
     /// Print selfnode's version and, with --bundle, the bundle's component versions
     Version(VersionArgs),
+    /// Run the pod-network agent (what the selfnode-network DaemonSet runs on every node)
+    #[command(hide = true)]
+    NetworkAgent(NetworkAgentArgs),
     /// Print a shell completion script (e.g. selfnode completion bash > /etc/bash_completion.d/selfnode)
     Completion {
         #[arg(value_enum)]
@@ -81,6 +86,43 @@ pub struct AgentArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Every step is idempotent: if init is interrupted (even by kill -9), run it again and \
+it resumes. The agent must be running ('selfnode agent'). When it finishes, the admin kubeconfig is \
+/etc/kubernetes/admin.conf. Config file example:\n\n  apiVersion: selfnode.dev/v1alpha1\n  \
+kind: InitConfiguration\n  clusterName: lab\n  advertiseAddress: 192.0.2.10\n  podCidr: 10.244.0.0/16\n  \
+serviceCidr: 10.96.0.0/12\n  extraSans: [api.lab.example]"
+)]
+pub struct InitArgs {
+    /// Config file (YAML, apiVersion selfnode.dev/v1alpha1, kind InitConfiguration); flags override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Cluster name [default: selfnode]
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// This node's name [default: the hostname]
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The address other nodes reach this one on [default: the first non-loopback IPv4 address]
+    #[arg(long, value_name = "IP")]
+    pub advertise_address: Option<String>,
+    /// Pod network [default: 10.244.0.0/16]
+    #[arg(long, value_name = "CIDR")]
+    pub pod_cidr: Option<String>,
+    /// Service network [default: 10.96.0.0/12]
+    #[arg(long, value_name = "CIDR")]
+    pub service_cidr: Option<String>,
+    /// Extra names or IPs for the API server certificate (repeatable)
+    #[arg(long = "apiserver-cert-extra-sans", value_name = "NAME")]
+    pub extra_sans: Vec<String>,
+    /// The bundle directory. Default: <root>/var/cache/selfnode/bundle
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -106,6 +148,25 @@ pub struct ImportArgs {
     pub namespace: String,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct NetworkAgentArgs {
+    /// This node's name (the DaemonSet passes spec.nodeName)
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// The whole pod network (the controller-manager's --cluster-cidr)
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_cidr: ipnet::IpNet,
+    /// Linux bridge the pods attach to
+    #[arg(long, default_value = "selfnode0")]
+    pub bridge: String,
+    /// MTU of the pod interfaces [default: the bridge plugin's]
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Where to write the CNI configuration
+    #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+    pub cni_conf_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

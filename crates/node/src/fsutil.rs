@@ -6,22 +6,25 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Outcome of [`write_atomic`]: whether the file on disk changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
-    Changed,
-    Unchanged,
-}
+pub use bootstrap::host::Written;
 
 /// Writes `contents` to `path` with `mode`, atomically and durably. Does nothing
 /// (not even a rename) when the file already holds exactly these bytes with
 /// this mode, so idempotent callers do not churn mtimes or wake watchers.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<Written> {
-    if let Ok(meta) = fs::metadata(path) {
-        if meta.permissions().mode() & 0o7777 == mode && fs::read(path)? == contents {
-            return Ok(Written::Unchanged);
+    let existed = match fs::metadata(path) {
+        Ok(meta) => {
+            if fs::read(path)? == contents {
+                if meta.permissions().mode() & 0o7777 == mode {
+                    return Ok(Written::Unchanged);
+                }
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+                return Ok(Written::Updated);
+            }
+            true
         }
-    }
+        Err(_) => false,
+    };
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("path has no parent directory"))?;
@@ -51,7 +54,13 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<Writt
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map(|()| Written::Changed)
+    result.map(|()| {
+        if existed {
+            Written::Updated
+        } else {
+            Written::Created
+        }
+    })
 }
 
 /// Creates `dir` (and parents) and sets its mode.
@@ -77,18 +86,18 @@ mod tests {
     fn write_atomic_skips_identical_content_and_fixes_mode() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a/b.conf");
-        assert_eq!(write_atomic(&p, b"x", 0o600).unwrap(), Written::Changed);
+        assert_eq!(write_atomic(&p, b"x", 0o600).unwrap(), Written::Created);
         assert_eq!(write_atomic(&p, b"x", 0o600).unwrap(), Written::Unchanged);
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(write_atomic(&p, b"x", 0o644).unwrap(), Written::Changed);
+        assert_eq!(write_atomic(&p, b"x", 0o644).unwrap(), Written::Updated);
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o644
         );
-        assert_eq!(write_atomic(&p, b"y", 0o644).unwrap(), Written::Changed);
+        assert_eq!(write_atomic(&p, b"y", 0o644).unwrap(), Written::Updated);
         assert_eq!(fs::read(&p).unwrap(), b"y");
         let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");

@@ -3,9 +3,12 @@
 //! command handler; maps failures to exit codes an init system can act on.
 
 mod agent;
+mod checkpoint;
 mod cli;
 mod commands;
 mod fsutil;
+mod host;
+mod init;
 mod paths;
 mod status;
 
@@ -14,6 +17,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // One TLS crypto provider for the whole process (deps.md): ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_logging(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -54,6 +54,30 @@ impl HostPaths {
         self.state_dir().join("apiservers")
     }
 
+    /// Service files (`<name>.json`) the agent runs besides containerd and
+    /// the kubelet: the temporary control plane, the host etcd.
+    pub fn services_dir(&self) -> PathBuf {
+        self.state_dir().join("services")
+    }
+
+    /// The node's name and address in its cluster (see `NodeIdentity`).
+    pub fn node_identity_file(&self) -> PathBuf {
+        self.state_dir().join("node.json")
+    }
+
+    /// The sled checkpoint: cluster identity, step records, pivot marker.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.state_dir().join("checkpoint")
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.join("etc/kubernetes/pki")
+    }
+
+    pub fn kubeconfig_dir(&self) -> PathBuf {
+        self.join("etc/kubernetes")
+    }
+
     pub fn containerd_root(&self) -> PathBuf {
         self.state_dir().join("containerd")
     }

@@ -8,9 +8,9 @@
 //! same objects again changes nothing.
 //!
 //! What is here: the Secrets, the kube-apiserver DaemonSet, the
-//! controller-manager and scheduler Deployments, kube-proxy, CoreDNS, and
-//! the RBAC bindings the PKI's identities rely on. Not here: the pod-network
-//! DaemonSet (the `cni` crate's milestone), bootstrap-token RBAC (join), and
+//! controller-manager and scheduler Deployments, kube-proxy, the pod-network
+//! DaemonSet (`selfnode network-agent`), CoreDNS, and the RBAC bindings the
+//! PKI's identities rely on. Not here: bootstrap-token RBAC (join), and
 //! the control-plane label and taint of the Node, which the init sequence
 //! sets with [`mark_control_plane`] once the kubelet registered it.
 
@@ -18,6 +18,7 @@ mod addons;
 mod apply;
 pub(crate) mod control_plane;
 mod meta;
+pub mod network;
 
 #[cfg(test)]
 mod tests;
@@ -238,6 +239,7 @@ pub fn self_hosted_objects(
     let mut out = addons::rbac();
     out.extend(control_plane::objects(spec, files)?);
     out.extend(addons::kube_proxy(spec)?);
+    out.extend(network::objects(spec));
     out.extend(addons::coredns(spec)?);
     out.sort_by_key(Object::apply_rank);
     Ok(out)

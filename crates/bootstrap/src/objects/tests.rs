@@ -69,11 +69,14 @@ fn the_expected_objects_in_dependency_order() {
         listed,
         [
             "ServiceAccount kube-system/kube-proxy",
+            "ServiceAccount kube-system/selfnode-network",
             "ServiceAccount kube-system/coredns",
+            "ClusterRole selfnode:network",
             "ClusterRole system:coredns",
             "ClusterRoleBinding kubeadm:cluster-admins",
             "ClusterRoleBinding kubeadm:apiserver-kubelet-client",
             "ClusterRoleBinding kubeadm:node-proxier",
+            "ClusterRoleBinding selfnode:network",
             "ClusterRoleBinding system:coredns",
             "Secret kube-system/kube-apiserver",
             "Secret kube-system/kube-controller-manager",
@@ -85,6 +88,7 @@ fn the_expected_objects_in_dependency_order() {
             "Deployment kube-system/kube-controller-manager",
             "Deployment kube-system/kube-scheduler",
             "DaemonSet kube-system/kube-proxy",
+            "DaemonSet kube-system/selfnode-network",
             "Deployment kube-system/coredns",
         ]
     );
@@ -442,7 +446,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
     ensure_encryption_config(&h, &s.pki_dir, &mut rand::rng()).unwrap();
     let files = PlaneFiles::read(&h, &s).unwrap();
     let objs = self_hosted_objects(&s, &files).unwrap();
-    assert_eq!(objs.len(), 18);
+    assert_eq!(objs.len(), 22);
     // Debug output never shows contents (private keys).
     let dbg = format!("{files:?}");
     assert!(

@@ -41,8 +41,9 @@ pub enum Placement {
     SelfHosted,
 }
 
-/// One supervised process of the temporary control plane.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One supervised process of the temporary control plane. Serialisable: the
+/// node agent reads it from its services directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessSpec {
     /// Service name (`etcd`, `kube-apiserver`, ...); also the log file's name.
     pub name: String,
@@ -55,7 +56,8 @@ pub struct ProcessSpec {
 }
 
 /// A readiness check the supervisor runs against a process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HealthCheck {
     /// `GET https://<address><path>` answers 200.
     Https {
@@ -84,7 +86,7 @@ impl HealthCheck {
 }
 
 /// A client certificate and its key, as files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClientCert {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,

@@ -42,6 +42,9 @@ pub struct PlaneSpec {
     pub kubeconfig_dir: PathBuf,
     /// The temporary etcd's data directory.
     pub etcd_data_dir: PathBuf,
+    /// Where containerd reads CNI configurations on the host; the network
+    /// agent writes there through a hostPath mount.
+    pub cni_conf_dir: PathBuf,
     pub ports: PlanePorts,
     pub replicas: PlaneReplicas,
     /// kube-proxy's `conntrack.maxPerCore`. `None` keeps kube-proxy's default
@@ -60,6 +63,9 @@ pub struct PlaneImages {
     pub kube_scheduler: String,
     pub kube_proxy: String,
     pub coredns: String,
+    /// selfnode's own image (`localhost/selfnode:<version>`): the pod
+    /// network's agent.
+    pub selfnode: String,
 }
 
 /// TCP ports. Temporary and self-hosted components both bind on the node
@@ -187,6 +193,7 @@ impl PlaneSpec {
             pki_dir: PathBuf::from(pki::DEFAULT_PKI_DIR),
             kubeconfig_dir: PathBuf::from(pki::DEFAULT_KUBECONFIG_DIR),
             etcd_data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             ports: PlanePorts::default(),
             replicas: PlaneReplicas::default(),
             kube_proxy_conntrack_max_per_core: None,
@@ -363,13 +370,14 @@ impl PlaneSpec {
 }
 
 impl PlaneImages {
-    fn named(&self) -> [(&'static str, &str); 5] {
+    fn named(&self) -> [(&'static str, &str); 6] {
         [
             ("kube_apiserver", &self.kube_apiserver),
             ("kube_controller_manager", &self.kube_controller_manager),
             ("kube_scheduler", &self.kube_scheduler),
             ("kube_proxy", &self.kube_proxy),
             ("coredns", &self.coredns),
+            ("selfnode", &self.selfnode),
         ]
     }
 }

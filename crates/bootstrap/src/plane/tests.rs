@@ -20,6 +20,7 @@ pub(crate) fn images() -> PlaneImages {
         kube_scheduler: "registry.k8s.io/kube-scheduler:v1.37.2".into(),
         kube_proxy: "registry.k8s.io/kube-proxy:v1.37.2".into(),
         coredns: "registry.k8s.io/coredns/coredns:v1.14.6".into(),
+        selfnode: "localhost/selfnode:0.1.0".into(),
     }
 }
 

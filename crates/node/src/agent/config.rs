@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 pub struct HostFacts {
     pub cgroup: CgroupVersion,
     pub driver: CgroupDriver,
+    /// The agent lacks CAP_SYS_RESOURCE (some VMs and containers drop it), so
+    /// no process here may lower its oom_score_adj; the kubelet asks for -998
+    /// on every pod sandbox, which runc then fails to set.
+    pub restrict_oom_score_adj: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +53,26 @@ impl HostFacts {
         } else {
             CgroupDriver::Cgroupfs
         };
-        HostFacts { cgroup, driver }
+        HostFacts {
+            cgroup,
+            driver,
+            restrict_oom_score_adj: !has_capability(CAP_SYS_RESOURCE),
+        }
     }
+}
+
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has `cap` in its effective set (/proc/self/status).
+fn has_capability(cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|mask| mask & (1 << cap) != 0)
 }
 
 /// Inputs for containerd's config file.
@@ -92,7 +114,7 @@ pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
             Value::Boolean(facts.driver == CgroupDriver::Systemd),
         ),
     ]);
-    let runtime = table(vec![
+    let mut runtime_entries = vec![
         (
             "containerd",
             table(vec![
@@ -116,7 +138,12 @@ pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
                 ("conf_dir", path(&cfg.cni_conf_dir)),
             ]),
         ),
-    ]);
+    ];
+    if facts.restrict_oom_score_adj {
+        // Never ask runc for an oom_score_adj below containerd's own.
+        runtime_entries.push(("restrict_oom_score_adj", Value::Boolean(true)));
+    }
+    let runtime = table(runtime_entries);
     let images = table(vec![
         ("snapshotter", s("overlayfs")),
         (
@@ -278,6 +305,7 @@ mod tests {
     const V1_CGROUPFS: HostFacts = HostFacts {
         cgroup: CgroupVersion::V1,
         driver: CgroupDriver::Cgroupfs,
+        restrict_oom_score_adj: false,
     };
 
     fn golden(name: &str, actual: &str) {
@@ -339,9 +367,23 @@ mod tests {
         let facts = HostFacts {
             cgroup: CgroupVersion::V2,
             driver: CgroupDriver::Systemd,
+            restrict_oom_score_adj: false,
         };
         assert!(render_containerd(&containerd_cfg(), facts).contains("SystemdCgroup = true"));
         assert!(render_containerd(&containerd_cfg(), V1_CGROUPFS).contains("SystemdCgroup = false"));
+    }
+
+    #[test]
+    fn oom_score_adj_is_restricted_only_without_cap_sys_resource() {
+        let restricted = HostFacts {
+            restrict_oom_score_adj: true,
+            ..V1_CGROUPFS
+        };
+        assert!(render_containerd(&containerd_cfg(), restricted)
+            .contains("restrict_oom_score_adj = true"));
+        assert!(
+            !render_containerd(&containerd_cfg(), V1_CGROUPFS).contains("restrict_oom_score_adj")
+        );
     }
 
     #[test]
@@ -365,6 +407,7 @@ mod tests {
         let facts = HostFacts {
             cgroup: CgroupVersion::V2,
             driver: CgroupDriver::Systemd,
+            restrict_oom_score_adj: false,
         };
         let out = render_kubelet(&kubelet_inputs(true), facts);
         assert!(!out.contains("failCgroupV1"));

@@ -9,8 +9,10 @@
 pub mod apilb;
 pub mod config;
 pub mod drain;
+pub mod extra;
 pub mod lock;
 pub mod logs;
+pub mod probe;
 pub mod reaper;
 pub mod services;
 pub mod supervisor;
@@ -104,6 +106,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tracker.clone(),
     ));
 
+    // SIGHUP (and `selfnode init`) bump this: services re-read their config.
+    let (reload_tx, reload) = watch::channel(0u64);
+    tracker.spawn(hup_loop(reload_tx, stop_background.clone()));
     let (containerd_ready_tx, containerd_ready) = watch::channel(false);
     let (kubelet_ready_tx, _kubelet_ready) = watch::channel(false);
     let stop_containerd = CancellationToken::new();
@@ -118,6 +123,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         managed.clone(),
         stop_containerd.clone(),
         containerd_ready_tx,
+        reload.clone(),
         tracker.clone(),
     ));
     let images_task = tracker.spawn(import_images(
@@ -136,6 +142,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         );
         let mut containerd_ready = containerd_ready.clone();
         let spec = services::kubelet(ctx.clone());
+        let reload = reload.clone();
         async move {
             // Start order: the kubelet needs the CRI socket.
             tokio::select! {
@@ -154,17 +161,34 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 managed,
                 stop,
                 kubelet_ready_tx,
+                reload,
                 tracker2,
             )
             .await
         }
     });
+    let stop_extra = CancellationToken::new();
+    let extra_task = tracker.spawn(extra::run(
+        extra::ExtraContext {
+            dir: paths.services_dir(),
+            bin_dir: bundle.root().join("bin"),
+            log_dir: log_dir.clone(),
+            path_env: services::child_path(&bundle),
+        },
+        status.clone(),
+        managed.clone(),
+        reload.clone(),
+        stop_extra.clone(),
+        tracker.clone(),
+    ));
 
     wait_for_stop_signal().await?;
     tracing::info!("stopping: kubelet, then containerd, then anything containerd left behind");
     stop_kubelet.cancel();
     let _ = kubelet_task.await;
     let _ = images_task.await;
+    stop_extra.cancel();
+    let _ = extra_task.await;
     if *containerd_ready.borrow() {
         if let Err(err) = drain::drain_tasks(&socket, Duration::from_secs(30)).await {
             tracing::warn!(error = %err, "could not stop every container through containerd; killing what is left");
@@ -189,6 +213,26 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     write_status(&status, &paths.agent_status());
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Each SIGHUP bumps the reload generation.
+async fn hup_loop(reload: watch::Sender<u64>, stop: CancellationToken) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(%err, "cannot handle SIGHUP; reload by restarting the agent");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup.recv() => {
+                tracing::info!("received SIGHUP: re-reading configuration");
+                reload.send_modify(|g| *g += 1);
+            }
+        }
+    }
 }
 
 async fn wait_for_stop_signal() -> anyhow::Result<()> {

@@ -14,6 +14,26 @@ use super::supervisor::{ProbeFn, ServiceSpec, SpecFn};
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::paths::HostPaths;
 
+/// The node's name and address in its cluster, written by `init`/`join`
+/// before the kubelet first registers (`var/lib/selfnode/node.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeIdentity {
+    pub node_name: String,
+    pub node_ip: std::net::IpAddr,
+}
+
+impl NodeIdentity {
+    pub fn read(path: &Path) -> anyhow::Result<Option<NodeIdentity>> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is not a valid node identity", path.display())
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+}
+
 /// Everything the service builders need, fixed for the agent's lifetime.
 #[derive(Debug, Clone)]
 pub struct ServiceContext {
@@ -26,7 +46,7 @@ pub struct ServiceContext {
 
 /// PATH for children: the bundle's binaries first (containerd finds its shim
 /// and runc there), then the usual system directories.
-fn child_path(bundle: &dist::bundle::Bundle) -> String {
+pub fn child_path(bundle: &dist::bundle::Bundle) -> String {
     format!(
         "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         bundle.root().join("bin").display()
@@ -51,6 +71,7 @@ pub fn containerd(ctx: Arc<ServiceContext>) -> SpecFn {
         ensure_dir(&cfg.cni_conf_dir, 0o755)
             .with_context(|| format!("creating {}", cfg.cni_conf_dir.display()))?;
         let text = config::render_containerd(&cfg, ctx.facts);
+        let config_digest = digest(&text);
         let file = p.containerd_config();
         write_atomic(&file, text.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", file.display()))?;
@@ -65,6 +86,7 @@ pub fn containerd(ctx: Arc<ServiceContext>) -> SpecFn {
             })
         });
         Ok(ServiceSpec {
+            config_digest,
             program: ctx.bundle.bin("containerd"),
             args: vec!["--config".into(), file.into_os_string()],
             env: vec![("PATH".into(), child_path(&ctx.bundle))],
@@ -100,20 +122,29 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
             ensure_dir(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?;
         }
         let text = config::render_kubelet(&inputs, ctx.facts);
+        let config_digest = digest(&text);
         let file = p.kubelet_config();
         write_atomic(&file, text.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", file.display()))?;
         let mut args: Vec<OsString> = vec![
             format!("--config={}", file.display()).into(),
             format!("--root-dir={}", p.kubelet_root().display()).into(),
+            // Not relative to --root-dir upstream: without this a kubelet
+            // would reuse a client certificate of another cluster or host.
+            format!("--cert-dir={}", p.kubelet_root().join("pki").display()).into(),
             "--v=1".into(),
         ];
         if in_cluster {
             args.push(format!("--kubeconfig={}", kubeconfig.display()).into());
         }
+        if let Some(node) = NodeIdentity::read(&p.node_identity_file())? {
+            args.push(format!("--node-ip={}", node.node_ip).into());
+            args.push(format!("--hostname-override={}", node.node_name).into());
+        }
         let port = ctx.kubelet_healthz_port;
         let probe: ProbeFn = Arc::new(move || Box::pin(http_ok(port, "/healthz")));
         Ok(ServiceSpec {
+            config_digest,
             program: ctx.bundle.bin("kubelet"),
             args,
             env: vec![("PATH".into(), child_path(&ctx.bundle))],
@@ -122,6 +153,11 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
             stop_grace: Duration::from_secs(15),
         })
     })
+}
+
+fn digest(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// `GET http://127.0.0.1:<port><path>` answers 200. Plain HTTP on loopback is

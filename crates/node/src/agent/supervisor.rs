@@ -33,6 +33,9 @@ pub type ProbeFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 pub struct ServiceSpec {
+    /// Digest of the configuration files the builder wrote; with the command
+    /// line it decides whether a reload must restart the service.
+    pub config_digest: String,
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
@@ -68,6 +71,21 @@ impl StatusHandle {
                     c.since = now_unix();
                 }
             }
+        }
+        self.changed.notify_one();
+    }
+
+    pub fn add_component(&self, c: crate::status::ComponentStatus) {
+        if let Ok(mut st) = self.inner.lock() {
+            st.components.retain(|x| x.name != c.name);
+            st.components.push(c);
+        }
+        self.changed.notify_one();
+    }
+
+    pub fn remove_component(&self, name: &str) {
+        if let Ok(mut st) = self.inner.lock() {
+            st.components.retain(|x| x.name != name);
         }
         self.changed.notify_one();
     }
@@ -133,6 +151,16 @@ pub struct Service {
     pub spec: SpecFn,
 }
 
+impl ServiceSpec {
+    /// What must be equal for a running service to be left alone on reload.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{:?}|{:?}|{:?}|{}",
+            self.program, self.args, self.env, self.config_digest
+        )
+    }
+}
+
 /// Runs `svc` until `cancel`; publishes readiness on `ready`.
 pub async fn run(
     svc: Service,
@@ -140,6 +168,7 @@ pub async fn run(
     managed: ManagedPids,
     cancel: CancellationToken,
     ready: watch::Sender<bool>,
+    reload: watch::Receiver<u64>,
     tracker: TaskTracker,
 ) {
     let name = svc.name.as_str();
@@ -147,11 +176,28 @@ pub async fn run(
     loop {
         let started = tokio::time::Instant::now();
         let outcome = match (svc.spec)() {
-            Ok(spec) => run_once(name, &spec, &status, &managed, &cancel, &ready, &tracker).await,
+            Ok(spec) => {
+                run_once(
+                    name,
+                    &svc,
+                    &spec,
+                    &status,
+                    &managed,
+                    &cancel,
+                    &ready,
+                    reload.clone(),
+                    &tracker,
+                )
+                .await
+            }
             Err(err) => RunOutcome::Failed(format!("cannot prepare {name}: {err:#}")),
         };
         ready.send_replace(false);
         match outcome {
+            RunOutcome::Reloaded => {
+                tracing::info!(service = name, "configuration changed; restarted");
+                continue;
+            }
             RunOutcome::Cancelled => {
                 status.update(name, |c| {
                     c.state = ComponentState::Stopped;
@@ -182,16 +228,21 @@ pub async fn run(
 
 enum RunOutcome {
     Cancelled,
+    /// Stopped because its spec changed on reload; start again at once.
+    Reloaded,
     Failed(String),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_once(
     name: &str,
+    svc: &Service,
     spec: &ServiceSpec,
     status: &StatusHandle,
     managed: &ManagedPids,
     cancel: &CancellationToken,
     ready: &watch::Sender<bool>,
+    reload: watch::Receiver<u64>,
     tracker: &TaskTracker,
 ) -> RunOutcome {
     let log: SharedLog = match RotatingLog::open(&spec.log, logs::DEFAULT_CAP) {
@@ -228,26 +279,33 @@ async fn run_once(
         c.pid = Some(pid);
     });
 
-    let outcome = watch_child(name, spec, &mut child, pid, status, cancel, ready).await;
+    let outcome = watch_child(
+        name, svc, spec, &mut child, pid, status, cancel, ready, reload,
+    )
+    .await;
     if let Ok(mut m) = managed.lock() {
         m.remove(&pid);
     }
     let msg = match &outcome {
         RunOutcome::Cancelled => "stopped".to_string(),
+        RunOutcome::Reloaded => "stopped to apply a new configuration".to_string(),
         RunOutcome::Failed(why) => why.clone(),
     };
     logs::note(&log, &msg);
     outcome
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn watch_child(
     name: &str,
+    svc: &Service,
     spec: &ServiceSpec,
     child: &mut Child,
     pid: u32,
     status: &StatusHandle,
     cancel: &CancellationToken,
     ready: &watch::Sender<bool>,
+    mut reload: watch::Receiver<u64>,
 ) -> RunOutcome {
     let mut is_ready = false;
     let mut failures = 0u32;
@@ -265,6 +323,16 @@ async fn watch_child(
             _ = cancel.cancelled() => {
                 stop_child(name, child, pid, spec.stop_grace).await;
                 return RunOutcome::Cancelled;
+            }
+            Ok(()) = reload.changed() => {
+                match (svc.spec)() {
+                    Ok(new) if new.fingerprint() != spec.fingerprint() => {
+                        stop_child(name, child, pid, spec.stop_grace).await;
+                        return RunOutcome::Reloaded;
+                    }
+                    Ok(_) => tracing::debug!(service = name, "reload: configuration unchanged"),
+                    Err(err) => tracing::warn!(service = name, error = %format!("{err:#}"), "reload: cannot prepare the new configuration; keeping the running one"),
+                }
             }
             _ = tokio::time::sleep(period) => {
                 let probe = tokio::time::timeout(Duration::from_secs(3), (spec.probe)()).await;

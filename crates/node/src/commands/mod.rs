@@ -1,6 +1,7 @@
 //! Thin command handlers: parse (done by clap), call the library, print.
 
 mod images;
+mod init;
 mod status;
 mod version;
 
@@ -24,11 +25,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::agent::run(opts).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Init(args) => init::run(&paths, args).await,
         Command::Status(args) => status::run(&paths, args.output),
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await
         }
         Command::Version(args) => version::run(args),
+        Command::NetworkAgent(args) => network_agent(args).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -42,6 +45,32 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Runs the pod-network agent until SIGTERM/SIGINT.
+async fn network_agent(args: crate::cli::NetworkAgentArgs) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let config = kube::Config::infer().await?;
+    let client = kube::Client::try_from(config)?;
+    let mut cfg = cni::AgentConfig::new(args.cluster_cidr);
+    cfg.bridge = args.bridge;
+    cfg.mtu = args.mtu;
+    cfg.conf_dir = args.cni_conf_dir;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let stopper = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        stopper.cancel();
+    });
+    match cni::run(client, args.node_name, cfg, cancel).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
 /// 2: the input or configuration is wrong, a retry cannot help.
 /// 3: conflicts with existing state (another agent runs).
 /// 1: anything else; a retry may help.
@@ -49,6 +78,15 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(crate::agent::lock::LockError::Held { .. }) = cause.downcast_ref() {
             return 3;
+        }
+        if cause.downcast_ref::<crate::init::InitConflict>().is_some() {
+            return 3;
+        }
+        if cause
+            .downcast_ref::<bootstrap::config::ConfigError>()
+            .is_some()
+        {
+            return 2;
         }
         if cause.downcast_ref::<dist::bundle::BundleError>().is_some()
             || cause

@@ -1,0 +1,230 @@
+//! The node's durable memory, in sled: what cannot be observed again.
+//!
+//! Today: the cluster identity ("this host initialised / joined cluster X"),
+//! recorded before etcd starts so a host never bootstraps a second cluster by
+//! accident, and the pivot commit marker. Pod checkpoints come later.
+//!
+//! Every value is stored as `{"sha256": <hex of data>, "data": <json>}` and a
+//! mismatch is reported as corruption, never trusted. `meta/format_version`
+//! is written on creation; an unknown version is refused. Every write is
+//! flushed before it returns. sled stays behind this module.
+
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &str = "meta/format_version";
+const IDENTITY_KEY: &str = "cluster/identity";
+const PIVOT_KEY: &str = "init/pivot_committed";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot open the checkpoint at {path}: {source}; if another selfnode command is running, wait for it")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("checkpoint {path}: {source}")]
+    Io { path: PathBuf, source: sled::Error },
+    #[error("checkpoint {path} has format version {found}, this selfnode understands {FORMAT_VERSION}; use a matching selfnode version")]
+    Version { path: PathBuf, found: String },
+    #[error("checkpoint {path}: entry {key} is corrupt ({why}); it is not used. Inspect the host, then 'selfnode reset' if it must be rebuilt")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    pub cluster_name: String,
+    /// Random, made at init: tells two clusters with the same name apart.
+    pub cluster_uid: String,
+    pub node_name: String,
+    /// "init" (first control-plane node) or "join".
+    pub role: String,
+    pub created: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    sha256: String,
+    data: serde_json::Value,
+}
+
+pub struct Checkpoint {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Checkpoint {
+    pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let db = sled::open(path).map_err(|source| CheckpointError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cp = Checkpoint {
+            db,
+            path: path.to_path_buf(),
+        };
+        match cp.db.get(FORMAT_KEY).map_err(|e| cp.io(e))? {
+            None => {
+                cp.db
+                    .insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())
+                    .map_err(|e| cp.io(e))?;
+                cp.flush()?;
+                restrict(path);
+            }
+            Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(v) => {
+                return Err(CheckpointError::Version {
+                    path: path.to_path_buf(),
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                })
+            }
+        }
+        Ok(cp)
+    }
+
+    fn io(&self, source: sled::Error) -> CheckpointError {
+        CheckpointError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn flush(&self) -> Result<(), CheckpointError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.io(e))
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CheckpointError> {
+        let Some(raw) = self.db.get(key).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        let corrupt = |why: String| CheckpointError::Corrupt {
+            path: self.path.clone(),
+            key: key.to_string(),
+            why,
+        };
+        let env: Envelope =
+            serde_json::from_slice(&raw).map_err(|e| corrupt(format!("not an envelope: {e}")))?;
+        let data = serde_json::to_vec(&env.data).map_err(|e| corrupt(e.to_string()))?;
+        if hex::encode(Sha256::digest(&data)) != env.sha256 {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        serde_json::from_value(env.data)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CheckpointError> {
+        let data = serde_json::to_value(value).map_err(|e| CheckpointError::Corrupt {
+            path: self.path.clone(),
+            key: key.to_string(),
+            why: e.to_string(),
+        })?;
+        let bytes = serde_json::to_vec(&data).unwrap_or_default();
+        let env = Envelope {
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            data,
+        };
+        let raw = serde_json::to_vec(&env).unwrap_or_default();
+        self.db.insert(key, raw).map_err(|e| self.io(e))?;
+        self.flush()
+    }
+
+    pub fn cluster_identity(&self) -> Result<Option<ClusterIdentity>, CheckpointError> {
+        self.get(IDENTITY_KEY)
+    }
+
+    pub fn record_cluster_identity(&self, id: &ClusterIdentity) -> Result<(), CheckpointError> {
+        self.put(IDENTITY_KEY, id)
+    }
+
+    /// The pivot's commit point: after it, the self-hosted plane is authoritative.
+    pub fn pivot_committed(&self) -> Result<bool, CheckpointError> {
+        Ok(self.get::<u64>(PIVOT_KEY)?.is_some())
+    }
+
+    pub fn commit_pivot(&self) -> Result<(), CheckpointError> {
+        self.put(PIVOT_KEY, &crate::status::now_unix())
+    }
+}
+
+/// The checkpoint holds cluster secrets later: owner-only.
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.path().is_file() {
+                let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> ClusterIdentity {
+        ClusterIdentity {
+            cluster_name: "lab".into(),
+            cluster_uid: "u1".into(),
+            node_name: "n1".into(),
+            role: "init".into(),
+            created: 1,
+        }
+    }
+
+    #[test]
+    fn identity_steps_and_pivot_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cp");
+        {
+            let cp = Checkpoint::open(&p).unwrap();
+            assert_eq!(cp.cluster_identity().unwrap(), None);
+            cp.record_cluster_identity(&id()).unwrap();
+            assert!(!cp.pivot_committed().unwrap());
+            cp.commit_pivot().unwrap();
+        }
+        let cp = Checkpoint::open(&p).unwrap();
+        assert_eq!(cp.cluster_identity().unwrap(), Some(id()));
+        assert!(cp.pivot_committed().unwrap());
+    }
+
+    #[test]
+    fn a_tampered_entry_is_reported_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cp");
+        let cp = Checkpoint::open(&p).unwrap();
+        cp.record_cluster_identity(&id()).unwrap();
+        let raw = cp.db.get(IDENTITY_KEY).unwrap().unwrap();
+        let tampered = String::from_utf8(raw.to_vec())
+            .unwrap()
+            .replace("\"lab\"", "\"evil\"");
+        cp.db.insert(IDENTITY_KEY, tampered.as_bytes()).unwrap();
+        let err = cp.cluster_identity().unwrap_err().to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("checksum mismatch"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cp");
+        {
+            let db = sled::open(&p).unwrap();
+            db.insert(FORMAT_KEY, b"99").unwrap();
+            db.flush().unwrap();
+        }
+        let err = Checkpoint::open(&p).err().expect("refused").to_string();
+        assert!(err.contains("format version 99"), "{err}");
+    }
+}
