@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install everything, build selfnode, start
-# the host agent (containerd + kubelet) in the background and show its status.
+# the host agent (containerd + kubelet) in the background, create a
+# self-hosted single-node cluster with 'selfnode init' and show its pods.
 # Run as root. Idempotent: running it again reuses everything that is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,9 @@ for _ in $(seq 1 300); do
   sleep 1
 done
 selfnode status
-echo "[up] done in $((SECONDS - start))s" >&2
+
+echo "[up] selfnode init (a resumed or repeated init only checks)" >&2
+selfnode init
+echo "[up] kubectl get pods -A" >&2
+/var/cache/selfnode/bundle/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf get pods -A -o wide
+echo "[up] done in $((SECONDS - start))s; export KUBECONFIG=/etc/kubernetes/admin.conf" >&2

@@ -75,6 +75,10 @@ pub struct InitFile {
     #[serde(default)]
     pub extra_sans: Vec<String>,
     pub bundle: Option<PathBuf>,
+    /// Leave the control-plane node schedulable for ordinary pods (no
+    /// `node-role.kubernetes.io/control-plane:NoSchedule` taint).
+    #[serde(default)]
+    pub allow_workloads: bool,
 }
 
 /// What the command line said (all optional).
@@ -87,6 +91,7 @@ pub struct InitFlags {
     pub service_cidr: Option<String>,
     pub extra_sans: Vec<String>,
     pub bundle: Option<PathBuf>,
+    pub allow_workloads: bool,
 }
 
 /// Facts about the host the defaults come from.
@@ -108,6 +113,7 @@ pub struct InitSettings {
     pub cluster_domain: String,
     pub extra_sans: Vec<String>,
     pub bundle: Option<PathBuf>,
+    pub allow_workloads: bool,
 }
 
 /// Parses a config file's text.
@@ -236,6 +242,7 @@ pub fn resolve(
         cluster_domain,
         extra_sans,
         bundle: flags.bundle.clone().or(file.bundle),
+        allow_workloads: flags.allow_workloads || file.allow_workloads,
     })
 }
 

@@ -436,7 +436,7 @@ fn temp_plane_serves_objects_apply_and_self_hosted_lines_run_alongside() {
             .await
             .unwrap();
         for _ in 0..2 {
-            mark_control_plane(superadmin.clone(), "cp-1", FIELD_MANAGER)
+            mark_control_plane(superadmin.clone(), "cp-1", FIELD_MANAGER, true)
                 .await
                 .unwrap();
         }

@@ -6,7 +6,8 @@
 //!
 //! | image | content |
 //! |---|---|
-//! | `registry.k8s.io/kube-{apiserver,controller-manager,scheduler,proxy}:<k8s>` | `/usr/local/bin/<name>` |
+//! | `registry.k8s.io/kube-{apiserver,controller-manager,scheduler}:<k8s>` | `/usr/local/bin/<name>` |
+//! | `registry.k8s.io/kube-proxy:<k8s>` | `/usr/local/bin/kube-proxy`, and this host's iptables, ip6tables and conntrack with their libraries ([`crate::netfilter`]) |
 //! | `registry.k8s.io/etcd:<etcd without v>-0` | `/usr/local/bin/{etcd,etcdctl,etcdutl}` |
 //! | `registry.k8s.io/coredns/coredns:<coredns>` | `/coredns` |
 //! | `registry.k8s.io/pause:<pause>` | `/pause` |
@@ -29,6 +30,7 @@
 
 use crate::bundle::{Bundle, Versions};
 use crate::layer::{hash_layer, LayerError, LayerSpec};
+use crate::netfilter::{NetfilterError, NetfilterTools, BACKEND_LABEL};
 use crate::oci::{
     chain_ids, ContainerConfig, Descriptor, Digest, History, ImageConfig, Manifest, RootFs,
     MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST,
@@ -51,6 +53,11 @@ const EPOCH: &str = "1970-01-01T00:00:00Z";
 pub enum BuildError {
     #[error("cannot build image {image}")]
     Layer { image: String, source: LayerError },
+    #[error("cannot build image {image}")]
+    HostTools {
+        image: String,
+        source: NetfilterError,
+    },
     #[error("cannot build image {image}: it has no layers")]
     NoLayers { image: String },
     #[error("cannot encode the {what} of image {image}")]
@@ -185,9 +192,17 @@ pub const KUBE_COMPONENTS: &[&str] = &[
 ];
 
 /// Specs of every image selfnode builds from `bundle`, plus selfnode's own
-/// image from `selfnode_exe` (normally the running executable). Nothing is
-/// read here; missing files surface when the image is built.
-pub fn component_images(bundle: &Bundle, selfnode_exe: &Path) -> Vec<ImageSpec> {
+/// image from `selfnode_exe` (normally the running executable).
+///
+/// Only the host's iptables tools are looked at here (their ELF headers, to
+/// find their libraries, and which backend the alternatives select; see
+/// [`crate::netfilter`]), so a host without them fails now, naming what to
+/// install. The bundle's binaries are read when the image is built, where
+/// missing ones surface.
+pub fn component_images(
+    bundle: &Bundle,
+    selfnode_exe: &Path,
+) -> Result<Vec<ImageSpec>, BuildError> {
     let versions = bundle.versions();
     let mut specs = Vec::new();
     for component in KUBE_COMPONENTS {
@@ -196,6 +211,23 @@ pub fn component_images(bundle: &Bundle, selfnode_exe: &Path) -> Vec<ImageSpec> 
         spec.add_file(bundle.bin(component), &path);
         spec.entrypoint = vec![path];
         labels(&mut spec, &versions.kubernetes);
+        if *component == "kube-proxy" {
+            let tools = NetfilterTools::from_host(Path::new("/")).map_err(|source| {
+                BuildError::HostTools {
+                    image: spec.name.clone(),
+                    source,
+                }
+            })?;
+            tools.add_to(spec.top_layer());
+            spec.labels
+                .insert(BACKEND_LABEL.to_string(), tools.iptables.to_string());
+            tracing::debug!(
+                image = %spec.name,
+                iptables = %tools.iptables,
+                ip6tables = %tools.ip6tables,
+                "added the host's iptables tools"
+            );
+        }
         specs.push(spec);
     }
 
@@ -225,7 +257,7 @@ pub fn component_images(bundle: &Bundle, selfnode_exe: &Path) -> Vec<ImageSpec> 
     selfnode.entrypoint = vec!["/usr/local/bin/selfnode".to_string()];
     labels(&mut selfnode, SELFNODE_VERSION);
     specs.push(selfnode);
-    specs
+    Ok(specs)
 }
 
 fn labels(spec: &mut ImageSpec, version: &str) {
@@ -371,6 +403,7 @@ mod tests {
         let (_dir, bundle) = fake_bundle();
         let exe = bundle.bin("kubectl");
         let names: Vec<String> = component_images(&bundle, &exe)
+            .unwrap()
             .into_iter()
             .map(|s| s.name)
             .collect();
@@ -398,6 +431,7 @@ mod tests {
         let (dir, bundle) = fake_bundle();
         let exe = bundle.bin("kubectl");
         let first: Vec<BuiltImage> = component_images(&bundle, &exe)
+            .unwrap()
             .iter()
             .map(|s| build(s).unwrap())
             .collect();
@@ -412,6 +446,7 @@ mod tests {
         }
         let copy_bundle = Bundle::open(copy.path()).unwrap();
         let second: Vec<BuiltImage> = component_images(&copy_bundle, &copy_bundle.bin("kubectl"))
+            .unwrap()
             .iter()
             .map(|s| build(s).unwrap())
             .collect();
@@ -427,6 +462,7 @@ mod tests {
         // A changed binary changes only its own images.
         std::fs::write(dir.path().join("bin/etcdctl"), "#!/bin/sh\necho new\n").unwrap();
         let third: Vec<BuiltImage> = component_images(&bundle, &exe)
+            .unwrap()
             .iter()
             .map(|s| build(s).unwrap())
             .collect();
@@ -443,7 +479,7 @@ mod tests {
     #[test]
     fn config_and_manifest_have_the_oci_shape() {
         let (_dir, bundle) = fake_bundle();
-        let specs = component_images(&bundle, &bundle.bin("kubectl"));
+        let specs = component_images(&bundle, &bundle.bin("kubectl")).unwrap();
         let coredns = specs.iter().find(|s| s.component == "coredns").unwrap();
         let built = build(coredns).unwrap();
         let config: serde_json::Value = serde_json::from_slice(&built.config_json).unwrap();
@@ -467,25 +503,54 @@ mod tests {
     #[test]
     fn extra_files_go_into_the_top_layer() {
         let (_dir, bundle) = fake_bundle();
-        let mut specs = component_images(&bundle, &bundle.bin("kubectl"));
+        let mut specs = component_images(&bundle, &bundle.bin("kubectl")).unwrap();
         let proxy = specs
             .iter_mut()
             .find(|s| s.component == "kube-proxy")
             .unwrap();
         let before = build(proxy).unwrap();
-        proxy.add_file(bundle.bin("runc"), "/usr/sbin/iptables");
+        proxy.add_file(bundle.bin("runc"), "/usr/sbin/extra");
         proxy
             .top_layer()
-            .add_symlink("/usr/sbin/iptables-save", "iptables");
+            .add_symlink("/usr/sbin/extra-save", "extra");
         let after = build(proxy).unwrap();
         assert_eq!(before.layers[0].descriptor, after.layers[0].descriptor);
         assert_ne!(before.layers[1].descriptor, after.layers[1].descriptor);
     }
 
     #[test]
+    fn kube_proxy_gets_the_hosts_iptables_tools() {
+        let (_dir, bundle) = fake_bundle();
+        let specs = component_images(&bundle, &bundle.bin("kubectl")).unwrap();
+        let proxy = specs.iter().find(|s| s.component == "kube-proxy").unwrap();
+        let tools = NetfilterTools::from_host(Path::new("/")).unwrap();
+        assert_eq!(
+            proxy.labels.get(BACKEND_LABEL),
+            Some(&tools.iptables.to_string())
+        );
+        let paths: Vec<&str> = proxy.layers[1]
+            .entries()
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        for path in tools.entries().keys() {
+            assert!(paths.contains(&path.as_str()), "{path}");
+        }
+        assert!(paths.contains(&"/usr/local/bin/kube-proxy"));
+        // Only kube-proxy: the others stay a single binary.
+        let scheduler = specs
+            .iter()
+            .find(|s| s.component == "kube-scheduler")
+            .unwrap();
+        assert_eq!(scheduler.layers[1].entries().len(), 1);
+        assert!(!scheduler.labels.contains_key(BACKEND_LABEL));
+        build(proxy).unwrap();
+    }
+
+    #[test]
     fn a_missing_selfnode_exe_is_named() {
         let (_dir, bundle) = fake_bundle();
-        let specs = component_images(&bundle, Path::new("/nonexistent/selfnode"));
+        let specs = component_images(&bundle, Path::new("/nonexistent/selfnode")).unwrap();
         let err = crate::error_chain(&build(specs.last().unwrap()).unwrap_err());
         assert!(
             err.starts_with(&format!("cannot build image localhost/selfnode:{SELFNODE_VERSION}: cannot read /nonexistent/selfnode")),

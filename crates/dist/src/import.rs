@@ -250,7 +250,7 @@ pub async fn import_bundle_with<F>(
 where
     F: FnMut(&ImportEvent) + Send,
 {
-    let specs = component_images(bundle, selfnode_exe);
+    let specs = component_images(bundle, selfnode_exe)?;
     let archives = bundle
         .image_archives()
         .map_err(|source| ImportError::Bundle { source })?;

@@ -9,9 +9,12 @@
 pub mod archive;
 pub mod bundle;
 pub mod containerd;
+pub mod elf;
+pub mod hostfiles;
 pub mod images;
 pub mod import;
 pub mod layer;
+pub mod netfilter;
 pub mod oci;
 
 /// `err` and its sources joined with ": " (what anyhow's `{:#}` prints).

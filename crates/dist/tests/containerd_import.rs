@@ -241,6 +241,7 @@ fn bundle_images_import_run_and_reimport_as_a_noop() {
     let cold = import_with_log(&ctd, &bundle, "cold import");
     let v = bundle.versions().clone();
     let mut expected: Vec<String> = component_images(&bundle, Path::new("/x"))
+        .unwrap()
         .into_iter()
         .map(|s| s.name)
         .collect();
@@ -259,7 +260,7 @@ fn bundle_images_import_run_and_reimport_as_a_noop() {
 
     // What containerd holds, through its API: pinned records, config GC
     // labels naming the top snapshot, snapshots by chain ID.
-    let specs = component_images(&bundle, &std::env::current_exe().unwrap());
+    let specs = component_images(&bundle, &std::env::current_exe().unwrap()).unwrap();
     rt.block_on(async {
         let client = dist::containerd::connect(ctd.socket(), NS).await.unwrap();
         for spec in &specs {
@@ -332,6 +333,7 @@ fn bundle_images_import_run_and_reimport_as_a_noop() {
         );
         assert!(out.contains(&k8s), "{component}: {out}");
     }
+    check_kube_proxy_netfilter(&ctd, &dist::images::kube_image("kube-proxy", &v));
     let etcd = dist::images::etcd_image(&v);
     let etcd_v = v.etcd.trim_start_matches('v');
     let out = run_in(&ctd, &etcd, "t-etcd", &["/usr/local/bin/etcd", "--version"]);
@@ -455,6 +457,164 @@ fn bundle_images_import_run_and_reimport_as_a_noop() {
         "containerd's store changed during a no-op import"
     );
     assert_eq!(ctd.ctr_ok(NS, &["leases", "ls", "-q"]).trim(), "");
+}
+
+/// A ruleset in the shape of kube-proxy's (iptables mode): its chains, and
+/// the extensions it uses (comment, mark, MARK, MASQUERADE, statistic,
+/// DNAT, conntrack, addrtype, multiport, udp/tcp), each a module loaded
+/// with dlopen.
+const KUBE_PROXY_RULES: &str = r#"*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-TEST - [0:0]
+:KUBE-SEP-A - [0:0]
+:KUBE-SEP-B - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment "kube-system/kube-dns:dns cluster IP" -m udp --dport 53 -j KUBE-SVC-TEST
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-SVC-TEST -m comment --comment "kube-system/kube-dns:dns -> 10.244.0.5:53" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-A
+-A KUBE-SVC-TEST -j KUBE-SEP-B
+-A KUBE-SEP-A -s 10.244.0.5/32 -j KUBE-MARK-MASQ
+-A KUBE-SEP-A -p udp -m udp -j DNAT --to-destination 10.244.0.5:53
+-A KUBE-SEP-B -p udp -m udp -j DNAT --to-destination 10.244.0.6:53
+COMMIT
+*filter
+:KUBE-FIREWALL - [0:0]
+-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-FIREWALL
+-A FORWARD -p tcp -m multiport --dports 80,443 -j ACCEPT
+-A KUBE-FIREWALL -m conntrack --ctstate INVALID -j DROP
+COMMIT
+"#;
+
+const KUBE_PROXY_RULES_V6: &str = r#"*nat
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d fd00::a/128 -p tcp -m tcp --dport 443 -j DNAT --to-destination [fd00:10::5]:6443
+COMMIT
+"#;
+
+/// kube-proxy's image runs the host's iptables tools: both backends, the
+/// unversioned commands on the host's backend, rules written and read back
+/// (in network namespaces of the test's own, never the host's), conntrack.
+fn check_kube_proxy_netfilter(ctd: &TestContainerd, image: &str) {
+    use dist::netfilter::{IptablesBackend, NetfilterTools};
+    let host = NetfilterTools::from_host(Path::new("/")).unwrap();
+    let backend = host.iptables;
+    let rules_dir = ctd.dir().join("rules");
+    std::fs::create_dir(&rules_dir).unwrap();
+    std::fs::write(rules_dir.join("v4"), KUBE_PROXY_RULES).unwrap();
+    std::fs::write(rules_dir.join("v6"), KUBE_PROXY_RULES_V6).unwrap();
+    // The rules reach the container as files: `ctr run` with a piped stdin
+    // can hang (when stdin ends before ctr has set up closing it).
+    let rules_mount = format!(
+        "type=bind,src={},dst=/rules,options=rbind:ro",
+        rules_dir.display()
+    );
+    let mut n = 0;
+    let mut run = |netns: Option<&Path>, args: &[&str]| -> String {
+        n += 1;
+        let id = format!("t-proxy-{n}");
+        let ns_flag = netns.map(|p| format!("network:{}", p.display()));
+        let mut full = vec!["run", "--rm", "--privileged", "--mount", &rules_mount];
+        if let Some(flag) = &ns_flag {
+            full.extend(["--with-ns", flag]);
+        }
+        full.extend([image, &id]);
+        full.extend_from_slice(args);
+        ctd.ctr_ok_all(NS, &full)
+    };
+    let mode = |b: IptablesBackend| match b {
+        IptablesBackend::Legacy => "(legacy)",
+        IptablesBackend::Nft => "(nf_tables)",
+    };
+
+    // Versions: each backend by name, and what the unversioned names pick.
+    let out = run(None, &["iptables-legacy", "--version"]);
+    assert!(
+        out.contains("iptables v1.8") && out.contains("(legacy)"),
+        "{out}"
+    );
+    let out = run(None, &["iptables-nft", "--version"]);
+    assert!(
+        out.contains("iptables v1.8") && out.contains("(nf_tables)"),
+        "{out}"
+    );
+    for command in ["iptables", "iptables-save", "iptables-restore"] {
+        let out = run(None, &[command, "--version"]);
+        assert!(out.contains(mode(backend)), "{command}: {out}");
+    }
+    let out = run(None, &["ip6tables", "--version"]);
+    assert!(out.contains(mode(host.ip6tables)), "{out}");
+    let out = run(None, &["conntrack", "--version"]);
+    assert!(out.contains("conntrack v1."), "{out}");
+
+    // iptables-save on its own (a fresh namespace: it may print nothing but
+    // must not fail), listings that need the kernel (and, for legacy, the
+    // lock in /run), and conntrack talking netlink.
+    let out = run(None, &["iptables-save"]);
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    let out = run(None, &["ip6tables-save"]);
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    for command in ["iptables", "iptables-legacy", "iptables-nft"] {
+        let out = run(None, &[command, "-w", "5", "-t", "nat", "-S"]);
+        assert!(out.contains("-P PREROUTING ACCEPT"), "{command}: {out}");
+    }
+    let out = run(None, &["conntrack", "-L"]);
+    assert!(out.contains("flow entries have been shown"), "{out}");
+
+    // What kube-proxy does: iptables-restore, read back with iptables-save,
+    // through the unversioned names; then the other backend by name.
+    let other = match backend {
+        IptablesBackend::Legacy => "nft",
+        IptablesBackend::Nft => "legacy",
+    };
+    for (restore, save) in [
+        ("iptables-restore".to_string(), "iptables-save".to_string()),
+        (
+            format!("iptables-{other}-restore"),
+            format!("iptables-{other}-save"),
+        ),
+    ] {
+        let netns = ctd.new_netns(&restore);
+        run(
+            Some(&netns),
+            &[&restore, "-w", "5", "--noflush", "/rules/v4"],
+        );
+        let saved = run(Some(&netns), &[&save]);
+        for rule in KUBE_PROXY_RULES
+            .lines()
+            .filter(|l| l.starts_with("-A ") || l.starts_with(':'))
+        {
+            // iptables-save prints MARK's --or-mark/--xor-mark canonically.
+            let rule = rule
+                .split(" [")
+                .next()
+                .unwrap()
+                .replace("--or-mark 0x4000", "--set-xmark 0x4000/0x4000")
+                .replace("--xor-mark 0x4000", "--set-xmark 0x4000/0x0");
+            assert!(saved.contains(&rule), "{save} lacks {rule:?}:\n{saved}");
+        }
+    }
+    let netns = ctd.new_netns("ip6tables");
+    run(Some(&netns), &["ip6tables-restore", "-w", "5", "/rules/v6"]);
+    let saved = run(Some(&netns), &["ip6tables-save"]);
+    assert!(
+        saved.contains("-j DNAT --to-destination [fd00:10::5]:6443"),
+        "{saved}"
+    );
+    eprintln!(
+        "--- kube-proxy image: iptables {backend}, ip6tables {}, {} paths from the host",
+        host.ip6tables,
+        host.entries().len()
+    );
 }
 
 /// Every image record, content blob, snapshot and lease of the namespace
@@ -664,6 +824,7 @@ fn a_bundle_with_a_missing_or_broken_binary_is_named() {
 fn harness_cleans_up_even_on_panic_and_reimport_repairs() {
     let bundle = common::bundle();
     let pause = component_images(&bundle, Path::new("/x"))
+        .unwrap()
         .into_iter()
         .find(|s| s.component == "pause")
         .unwrap();

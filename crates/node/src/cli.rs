@@ -36,6 +36,8 @@ pub enum Command {
     Init(InitArgs),
     /// Run the host agent in the foreground: supervise containerd and the kubelet
     Agent(AgentArgs),
+    /// Forget the cluster on this host (stop the agent first); keeps the bundle and images
+    Reset(ResetArgs),
     /// Show the host agent and the state of each component it supervises
     Status(StatusArgs),
     /// Import a bundle's container images into containerd
@@ -118,8 +120,19 @@ pub struct InitArgs {
     /// The bundle directory. Default: <root>/var/cache/selfnode/bundle
     #[arg(long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
+    /// Let ordinary pods run on this control-plane node (no NoSchedule taint); what a
+    /// single-node cluster wants
+    #[arg(long)]
+    pub allow_workloads: bool,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Do not ask for confirmation (required when stdin is not a terminal)
+    #[arg(short, long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

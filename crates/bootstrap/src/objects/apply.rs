@@ -175,6 +175,7 @@ pub async fn mark_control_plane(
     client: Client,
     node_name: &str,
     field_manager: &str,
+    taint: bool,
 ) -> Result<(), ApplyError> {
     let nodes: Api<Node> = Api::all(client);
     let err = |action: &'static str| {
@@ -194,6 +195,10 @@ pub async fn mark_control_plane(
         )
         .await
         .map_err(err("label"))?;
+    if !taint {
+        // A node that also runs workloads (single-node clusters): label only.
+        return Ok(());
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

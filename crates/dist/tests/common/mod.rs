@@ -300,6 +300,26 @@ disabled_plugins = [{cri_plugins}]
         format!("{stdout}{stderr}")
     }
 
+    /// A new, empty network namespace kept by a bind mount at
+    /// `<temp dir>/netns-<name>` (unmounted with everything else on drop),
+    /// for containers to share with `ctr run --with-ns network:<path>`.
+    pub fn new_netns(&self, name: &str) -> PathBuf {
+        let path = self.dir().join(format!("netns-{name}"));
+        File::create(&path).unwrap();
+        let out = Command::new("unshare")
+            .arg(format!("--net={}", path.display()))
+            .arg("true")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "unshare --net={} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
     fn ctr_checked(&self, namespace: &str, args: &[&str]) -> (String, String) {
         let out = self.ctr(namespace, args);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

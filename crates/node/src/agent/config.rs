@@ -139,6 +139,9 @@ pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
             ]),
         ),
     ];
+    // Pod network namespaces live under containerd's state dir, so a full
+    // stop of the agent can release them with the rest of its mounts.
+    runtime_entries.push(("netns_mounts_under_state_dir", Value::Boolean(true)));
     if facts.restrict_oom_score_adj {
         // Never ask runc for an oom_score_adj below containerd's own.
         runtime_entries.push(("restrict_oom_score_adj", Value::Boolean(true)));

@@ -277,11 +277,12 @@ async fn import_images(
             }
             Err(err) => {
                 let delay = backoff.after_run(started.elapsed());
+                let err = dist::error_chain(&err);
                 tracing::warn!(error = %err, retry_in = ?delay, "image import failed");
                 status.update(IMAGES, |c| {
                     c.state = ComponentState::Failed;
                     c.restarts += 1;
-                    c.last_error = Some(err.to_string());
+                    c.last_error = Some(err);
                 });
                 tokio::select! {
                     _ = stop.cancelled() => return,

@@ -24,6 +24,7 @@ pub async fn run(paths: &HostPaths, args: InitArgs) -> anyhow::Result<ExitCode> 
         service_cidr: args.service_cidr,
         extra_sans: args.extra_sans,
         bundle: args.bundle,
+        allow_workloads: args.allow_workloads,
     };
     let settings = config::resolve(file, &flags, &crate::init::host_identity()?)?;
     let bundle_dir = settings

@@ -2,6 +2,7 @@
 
 mod images;
 mod init;
+mod reset;
 mod status;
 mod version;
 
@@ -26,6 +27,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(args) => init::run(&paths, args).await,
+        Command::Reset(args) => reset::run(&paths, args),
         Command::Status(args) => status::run(&paths, args.output),
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await

@@ -273,10 +273,13 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
                     || async { Ok(nodes.get_opt(&node_name).await?.is_some()) },
                 )
                 .await?;
+                // A node that also runs ordinary pods keeps only the label.
+                let taint = !ctx.settings.allow_workloads;
                 bootstrap::objects::mark_control_plane(
                     client.clone(),
                     &node_name,
                     bootstrap::objects::FIELD_MANAGER,
+                    taint,
                 )
                 .await?;
                 Ok(())

@@ -59,6 +59,51 @@ pub struct TestHost {
 }
 
 impl TestHost {
+    /// A host for cluster tests: the API load balancer on its real port
+    /// (7445), because the kubeconfigs `init` writes point there.
+    pub fn for_cluster() -> Self {
+        let mut host = TestHost::new();
+        host.api_lb_port = 7445;
+        host
+    }
+
+    /// `selfnode init` on this host with its bundle and extra arguments.
+    pub fn init(&self, extra: &[&str], failpoint: Option<&str>) -> std::process::Output {
+        let mut cmd = self.selfnode();
+        cmd.arg("init");
+        if !extra.contains(&"--bundle") {
+            cmd.arg("--bundle").arg(&self.bundle);
+        }
+        cmd.args(extra);
+        match failpoint {
+            Some(step) => cmd.env("SELFNODE_FAILPOINT", step),
+            None => cmd.env_remove("SELFNODE_FAILPOINT"),
+        };
+        cmd.output().expect("run selfnode init")
+    }
+
+    /// The real kubectl with this host's admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(self.bundle.join("bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.root.join("etc/kubernetes/admin.conf"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn new() -> Self {
         let machine = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::Builder::new()

@@ -1,0 +1,67 @@
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::agent::lock;
+use crate::cli::ResetArgs;
+use crate::paths::HostPaths;
+
+/// `selfnode reset`: forget the cluster on this host. The agent must be
+/// stopped first (its stop already ends every container and releases their
+/// mounts); reset then removes the cluster's state and keeps the bundle and
+/// containerd's images.
+pub fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
+    if let Some(pid) = lock::running_agent(&paths.agent_lock()) {
+        anyhow::bail!(
+            "the selfnode agent is running (pid {pid}); stop it first (kill -TERM {pid}, or systemctl stop selfnode-agent), then run reset again"
+        );
+    }
+    let targets: Vec<PathBuf> = vec![
+        paths.kubeconfig_dir(),
+        paths.checkpoint_dir(),
+        paths.services_dir(),
+        paths.state_dir().join("etcd"),
+        paths.apiservers_file(),
+        paths.node_identity_file(),
+        paths.kubelet_root(),
+        paths.cni_conf_dir().join("10-selfnode.conflist"),
+        paths.agent_status(),
+    ];
+    let present: Vec<&PathBuf> = targets.iter().filter(|p| p.exists()).collect();
+    if present.is_empty() {
+        println!("nothing to reset: this host holds no cluster state");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.force {
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("reset deletes this host's cluster state (certificates, etcd data, kubelet state); pass --force to confirm");
+        }
+        eprintln!("This deletes the cluster state of this host:");
+        for p in &present {
+            eprintln!("  {}", p.display());
+        }
+        eprint!("Continue? [y/N] ");
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer).ok();
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("reset aborted; nothing changed");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    // The kubelet leaves pod volume mounts when it is stopped abruptly.
+    crate::agent::drain::unmount_under(&paths.kubelet_root());
+    for p in present {
+        let result = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+        result.with_context(|| format!("cannot remove {}", p.display()))?;
+        eprintln!("[reset] removed {}", p.display());
+    }
+    println!("this host no longer belongs to a cluster; 'selfnode init' or 'selfnode join' can start again");
+    Ok(ExitCode::SUCCESS)
+}
