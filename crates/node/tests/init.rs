@@ -150,10 +150,10 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
 
     // A user workload from a locally imported image (etcd serving plain HTTP),
     // reached through its Service (kube-proxy) by name (CoreDNS).
-    let image = format!(
-        "registry.k8s.io/etcd:{}-0",
-        bundle_version("ETCD_VERSION").trim_start_matches('v')
-    );
+    let version = bundle_version("ETCD_VERSION")
+        .trim_start_matches('v')
+        .to_string();
+    let image = format!("registry.k8s.io/etcd:{version}-0");
     host.kubectl_ok(&[
         "create",
         "deployment",
@@ -196,7 +196,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
                 "etcdctl",
                 "--endpoints=http://web.default.svc.cluster.local:80",
                 "endpoint",
-                "health",
+                "status",
             ]);
             let t = text(&out);
             let _ = host.kubectl(&[
@@ -206,13 +206,72 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
                 "--ignore-not-found",
                 "--wait=false",
             ]);
-            if out.status.success() && t.contains("is healthy") {
+            // The status line names the endpoint and the server's version: the
+            // name resolved (CoreDNS), the Service forwarded (kube-proxy), the
+            // pod answered.
+            if out.status.success()
+                && t.contains("web.default.svc.cluster.local:80")
+                && t.contains(&version)
+            {
                 Ok(())
             } else {
                 Err(t)
             }
         },
     );
+
+    // Upgrades the Kubernetes way: a new image tag on the DaemonSet or the
+    // Deployment rolls the pod; the surge pod shares the port until Ready, so
+    // the API comes back by itself on a single node.
+    let k8s = bundle_version("KUBERNETES_VERSION");
+    for (kind, name) in [
+        ("daemonset", "kube-apiserver"),
+        ("deployment", "kube-scheduler"),
+    ] {
+        let old = format!("registry.k8s.io/{name}:{k8s}");
+        let new = format!("registry.k8s.io/{name}:{k8s}-retag");
+        let tag = host.ctr(&["-n", "k8s.io", "images", "tag", "--force", &old, &new]);
+        assert!(tag.status.success(), "ctr tag: {}", text(&tag));
+        host.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "set",
+            "image",
+            &format!("{kind}/{name}"),
+            &format!("{name}={new}"),
+        ]);
+        retry(
+            &format!("{name} rolled to {new}"),
+            Duration::from_secs(300),
+            || {
+                let out = host.kubectl(&[
+                    "-n",
+                    "kube-system",
+                    "rollout",
+                    "status",
+                    &format!("{kind}/{name}"),
+                    "--timeout=20s",
+                ]);
+                if !out.status.success() {
+                    return Err(text(&out));
+                }
+                let images = host.kubectl(&[
+                "-n", "kube-system", "get", "pods", "-l", &format!("k8s-app={name}"),
+                "-o", "jsonpath={range .items[*]}{.spec.containers[0].image} {.status.containerStatuses[0].ready}{\"\\n\"}{end}",
+            ]);
+                let t = text(&images);
+                if images.status.success()
+                    && t.lines().count() == 1
+                    && t.contains(&format!("{new} true"))
+                {
+                    Ok(())
+                } else {
+                    Err(t)
+                }
+            },
+        );
+    }
+    host.kubectl_ok(&["get", "nodes"]);
 
     // Running init again on an initialised host changes nothing and succeeds.
     let again = host.init(&["--allow-workloads"], None);

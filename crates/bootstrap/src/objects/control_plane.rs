@@ -15,9 +15,9 @@ use k8s_openapi::api::apps::v1::{
     DeploymentStrategy, RollingUpdateDaemonSet, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector,
-    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Volume,
-    VolumeMount, WeightedPodAffinityTerm,
+    Affinity, Container, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity, PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -208,15 +208,6 @@ fn command(binary: &str, flags: &Flags) -> Vec<String> {
         .collect()
 }
 
-fn port(name: &str, port: u16) -> ContainerPort {
-    ContainerPort {
-        name: Some(name.to_string()),
-        container_port: i32::from(port),
-        protocol: Some("TCP".to_string()),
-        ..ContainerPort::default()
-    }
-}
-
 /// The pod spec every control-plane component shares.
 fn control_plane_pod(container: Container, volumes: Vec<Volume>, dns_policy: &str) -> PodSpec {
     PodSpec {
@@ -268,7 +259,9 @@ fn apiserver_daemonset(spec: &PlaneSpec, flags: &Flags, m: Mounted) -> DaemonSet
             }),
             ..EnvVar::default()
         }]),
-        ports: Some(vec![port("https", port_num)]),
+        // No ports: on a hostNetwork pod they become host ports, and the
+        // scheduler would then refuse the surge pod of a rollout on this node.
+        ports: None,
         // The probes go to the pod's IP, which is the node's (hostNetwork):
         // the address the apiserver advertises.
         liveness_probe: Some(meta::http_probe(
@@ -309,12 +302,15 @@ fn apiserver_daemonset(spec: &PlaneSpec, flags: &Flags, m: Mounted) -> DaemonSet
                     "ClusterFirstWithHostNet",
                 )),
             },
-            // One node at a time; no surge: the new pod needs the same host port.
+            // Surge, never a gap: the new pod starts beside the old one (both
+            // bind 6443 with --permit-port-sharing) and the old one goes only
+            // when the new one is Ready, so a single node keeps its API
+            // through an upgrade.
             update_strategy: Some(DaemonSetUpdateStrategy {
                 type_: Some("RollingUpdate".to_string()),
                 rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(1)),
-                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
             ..DaemonSetSpec::default()
@@ -347,7 +343,7 @@ fn control_plane_deployment(
         image: Some(shape.image.to_string()),
         image_pull_policy: Some("IfNotPresent".to_string()),
         command: Some(command(shape.app, flags)),
-        ports: Some(vec![port("https", shape.port)]),
+        ports: None,
         liveness_probe: Some(meta::http_probe(
             ProbeKind::Liveness,
             "HTTPS",
@@ -403,13 +399,14 @@ fn control_plane_deployment(
                 metadata: Some(template_meta(shape.app, &m.hash)),
                 spec: Some(pod),
             },
-            // No surge: a surge pod would need the host port the old pod
-            // holds on the same node, so a rollout could never progress.
+            // Surge: the new pod shares the port with the old one
+            // (--permit-port-sharing) until it is Ready; on a single node the
+            // old scheduler schedules its own successor.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".to_string()),
                 rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(0)),
-                    max_unavailable: Some(IntOrString::Int(1)),
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
             ..DeploymentSpec::default()

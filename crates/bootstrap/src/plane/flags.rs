@@ -229,7 +229,9 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
             "encryption-provider-config",
             encryption_config_path(&spec.pki_dir),
         )
-        .text("profiling", "false");
+        .text("profiling", "false")
+        // SO_REUSEPORT: an upgraded pod binds beside the old one (surge).
+        .text("permit-port-sharing", "true");
     if placement == Placement::Temporary {
         f.text("endpoint-reconciler-type", "none");
     }
@@ -270,7 +272,8 @@ pub(crate) fn controller_manager(spec: &PlaneSpec, placement: Placement) -> Flag
         .text("cluster-cidr", spec.pod_cidr.to_string())
         .text("service-cluster-ip-range", spec.service_cidr.to_string())
         .text("cluster-name", &spec.cluster_name)
-        .text("profiling", "false");
+        .text("profiling", "false")
+        .text("permit-port-sharing", "true");
     f
 }
 
@@ -288,6 +291,7 @@ pub(crate) fn scheduler(spec: &PlaneSpec, placement: Placement) -> Flags {
         .file("kubeconfig", conf.clone())
         .file("authentication-kubeconfig", conf.clone())
         .file("authorization-kubeconfig", conf)
-        .text("profiling", "false");
+        .text("profiling", "false")
+        .text("permit-port-sharing", "true");
     f
 }

@@ -205,6 +205,8 @@ pub struct KubeletInputs {
     /// one, the kubelet runs standalone and its API server stays off.
     pub in_cluster: bool,
     pub client_ca: Option<PathBuf>,
+    /// The cluster DNS Service IP(s) pods get in their resolv.conf.
+    pub cluster_dns: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Serialize)]
@@ -226,6 +228,8 @@ struct KubeletConfiguration {
     pod_logs_dir: String,
     volume_plugin_dir: String,
     cluster_domain: &'static str,
+    #[serde(rename = "clusterDNS", skip_serializing_if = "Vec::is_empty")]
+    cluster_dns: Vec<String>,
     rotate_certificates: bool,
     resolv_conf: &'static str,
 }
@@ -293,6 +297,7 @@ pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
         pod_logs_dir: k.pod_logs_dir.display().to_string(),
         volume_plugin_dir: k.volume_plugin_dir.display().to_string(),
         cluster_domain: "cluster.local",
+        cluster_dns: k.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
         rotate_certificates: k.in_cluster,
         resolv_conf: "/etc/resolv.conf",
     };
@@ -354,6 +359,11 @@ mod tests {
             volume_plugin_dir: "/usr/libexec/kubernetes/kubelet-plugins/volume/exec".into(),
             in_cluster,
             client_ca: in_cluster.then(|| "/etc/kubernetes/pki/ca.crt".into()),
+            cluster_dns: if in_cluster {
+                vec!["10.96.0.10".parse().unwrap()]
+            } else {
+                Vec::new()
+            },
         }
     }
 

@@ -20,6 +20,9 @@ use crate::paths::HostPaths;
 pub struct NodeIdentity {
     pub node_name: String,
     pub node_ip: std::net::IpAddr,
+    /// The cluster DNS Service IP (kube-dns), for the kubelet's clusterDNS.
+    #[serde(default)]
+    pub cluster_dns: Option<std::net::IpAddr>,
 }
 
 impl NodeIdentity {
@@ -103,6 +106,7 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
         let kubeconfig = p.kubelet_kubeconfig();
         let in_cluster = kubeconfig.exists();
         let client_ca = p.root().join("etc/kubernetes/pki/ca.crt");
+        let node = NodeIdentity::read(&p.node_identity_file())?;
         let inputs = KubeletInputs {
             containerd_socket: ctx.containerd_socket.clone(),
             healthz_port: ctx.kubelet_healthz_port,
@@ -113,6 +117,11 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
                 .join("usr/libexec/kubernetes/kubelet-plugins/volume/exec"),
             in_cluster,
             client_ca: (in_cluster && client_ca.exists()).then_some(client_ca),
+            cluster_dns: node
+                .as_ref()
+                .and_then(|n| n.cluster_dns)
+                .into_iter()
+                .collect(),
         };
         for dir in [
             &inputs.static_pod_dir,
@@ -137,7 +146,7 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
         if in_cluster {
             args.push(format!("--kubeconfig={}", kubeconfig.display()).into());
         }
-        if let Some(node) = NodeIdentity::read(&p.node_identity_file())? {
+        if let Some(node) = &node {
             args.push(format!("--node-ip={}", node.node_ip).into());
             args.push(format!("--hostname-override={}", node.node_name).into());
         }

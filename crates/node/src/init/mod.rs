@@ -190,6 +190,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     let node_id = NodeIdentity {
         node_name: ctx.settings.node_name.clone(),
         node_ip: ctx.settings.advertise_address,
+        cluster_dns: Some(spec.dns_service_ip()?),
     };
     reports.push(
         run.step(
@@ -287,10 +288,14 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         )
         .await?,
     );
+    // After the pivot the objects belong to the cluster: an upgrade done the
+    // Kubernetes way (kubectl set image) must not be undone by a re-run.
+    let applied = std::sync::atomic::AtomicBool::new(false);
     reports.push(
-        run.wait(
+        run.step(
             "apply_self_hosted_objects",
-            "server-side apply of the control-plane objects",
+            Duration::from_secs(120),
+            || async { Ok(pivoted || applied.load(std::sync::atomic::Ordering::Relaxed)) },
             || async {
                 let files = bootstrap::objects::PlaneFiles::read(&host, &spec)?;
                 let objects = bootstrap::objects::self_hosted_objects(&spec, &files)?;
@@ -300,6 +305,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
                     bootstrap::objects::FIELD_MANAGER,
                 )
                 .await?;
+                applied.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             },
         )
