@@ -205,6 +205,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             "released mounts of containerd and the kubelet"
         );
     }
+    // host-local IPAM keeps pod IP leases on the host, outside any --root;
+    // after a full stop no pod holds one, and stale leases would exhaust
+    // the node's range over time.
+    let leases = std::path::Path::new("/var/lib/cni/networks").join(cni::config::NETWORK_NAME);
+    if leases.exists() {
+        if let Err(err) = std::fs::remove_dir_all(&leases) {
+            tracing::warn!(path = %leases.display(), %err, "cannot release pod IP leases");
+        }
+    }
     stop_background.cancel();
     tracker.close();
     tracker.wait().await;
