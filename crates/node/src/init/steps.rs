@@ -43,6 +43,22 @@ impl Runner {
         self.started.elapsed()
     }
 
+    /// The step's progress line and its report.
+    fn finish(&self, name: &'static str, outcome: &'static str, started: Instant) -> StepReport {
+        let seconds = started.elapsed().as_secs_f64();
+        if !self.quiet {
+            eprintln!(
+                "[{}] {name} ({}/{}): {outcome}, {seconds:.1}s",
+                self.sequence, self.done, self.total
+            );
+        }
+        StepReport {
+            step: name,
+            outcome,
+            seconds,
+        }
+    }
+
     /// Runs one step. `check` answers whether the postcondition holds;
     /// `apply` converges. Both must be idempotent.
     pub async fn step<C, CF, A, AF>(
@@ -79,18 +95,7 @@ impl Runner {
             failpoint(name);
             "done"
         };
-        let seconds = t.elapsed().as_secs_f64();
-        if !self.quiet {
-            eprintln!(
-                "[{}] {name} ({}/{}): {outcome}, {seconds:.1}s",
-                self.sequence, self.done, self.total
-            );
-        }
-        Ok(StepReport {
-            step: name,
-            outcome,
-            seconds,
-        })
+        Ok(self.finish(name, outcome, t))
     }
 
     /// A step that is idempotent by construction (it compares before it
@@ -113,18 +118,7 @@ impl Runner {
         if changed {
             failpoint(name);
         }
-        let seconds = t.elapsed().as_secs_f64();
-        if !self.quiet {
-            eprintln!(
-                "[{}] {name} ({}/{}): {outcome}, {seconds:.1}s",
-                self.sequence, self.done, self.total
-            );
-        }
-        Ok(StepReport {
-            step: name,
-            outcome,
-            seconds,
-        })
+        Ok(self.finish(name, outcome, t))
     }
 
     /// A step that always runs: a wait for something outside our control.
@@ -151,18 +145,7 @@ impl Runner {
             .await
             .map_err(|e| e.context(format!("{} step {name} failed", self.sequence)))?;
         failpoint(name);
-        let seconds = t.elapsed().as_secs_f64();
-        if !self.quiet {
-            eprintln!(
-                "[{}] {name} ({}/{}): done, {seconds:.1}s",
-                self.sequence, self.done, self.total
-            );
-        }
-        Ok(StepReport {
-            step: name,
-            outcome: "done",
-            seconds,
-        })
+        Ok(self.finish(name, "done", t))
     }
 }
 
@@ -201,5 +184,88 @@ where
             );
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn a_step_applies_only_when_its_check_fails_and_verifies_the_result() {
+        let mut run = Runner::new("test", 3, true);
+        let state = AtomicU32::new(0);
+        let applied = AtomicU32::new(0);
+        let check = || async { Ok(state.load(Ordering::SeqCst) == 1) };
+        let apply = || async {
+            applied.fetch_add(1, Ordering::SeqCst);
+            state.store(1, Ordering::SeqCst);
+            Ok(())
+        };
+        assert_eq!(
+            run.step("s", Duration::from_secs(1), check, apply)
+                .await
+                .unwrap()
+                .outcome,
+            "done"
+        );
+        let again = run.step("s", Duration::from_secs(1), check, || async {
+            unreachable!("already true")
+        });
+        assert_eq!(again.await.unwrap().outcome, "already done");
+        assert_eq!(applied.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_apply_that_does_not_produce_its_result_is_an_error() {
+        let mut run = Runner::new("test", 1, true);
+        let err = run
+            .step(
+                "s",
+                Duration::from_secs(1),
+                || async { Ok(false) },
+                || async { Ok(()) },
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("its result is not there"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_step_past_its_deadline_says_how_to_resume() {
+        let mut run = Runner::new("test", 1, true);
+        let err = run
+            .step(
+                "slow",
+                Duration::from_millis(50),
+                || async { Ok(false) },
+                || async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("did not finish") && err.to_string().contains("resumes"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn until_reports_what_it_waited_for_and_the_last_reason() {
+        let err = until(
+            "the moon",
+            Duration::from_millis(100),
+            Duration::from_millis(20),
+            || async { anyhow::bail!("still cheese") },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("the moon") && err.to_string().contains("still cheese"),
+            "{err}"
+        );
     }
 }
