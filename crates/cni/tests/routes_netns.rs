@@ -147,6 +147,19 @@ fn ipv6_routes_are_reconciled_too() {
 fn forwarding_is_turned_on_in_the_namespace_only() {
     let host_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let ns = Netns::new("10.0.0.1/24");
+    // A new namespace copies IPv4 forwarding from the host's (the kernel's
+    // default devconf_inherit_init_net=0 does that for IPv4), so start from 0.
+    support::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            "sh",
+            "-c",
+            "echo 0 > /proc/sys/net/ipv4/ip_forward",
+        ],
+    );
     assert_eq!(ns.cat("/proc/sys/net/ipv4/ip_forward"), "0");
     let changed = ns.block_on(async {
         let proc_sys = std::path::Path::new(kernel::DEFAULT_PROC_SYS);
