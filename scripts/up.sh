@@ -27,8 +27,8 @@ for _ in $(seq 1 300); do
 done
 selfnode status
 
-echo "[up] selfnode init (a resumed or repeated init only checks)" >&2
-selfnode init
+echo "[up] selfnode init --allow-workloads (single node: pods may run on it; a repeated init only checks)" >&2
+selfnode init --allow-workloads
 echo "[up] kubectl get pods -A" >&2
 /var/cache/selfnode/bundle/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf get pods -A -o wide
 echo "[up] done in $((SECONDS - start))s; export KUBECONFIG=/etc/kubernetes/admin.conf" >&2
