@@ -115,7 +115,10 @@ pub(crate) fn http_probe(
     let (initial_delay, timeout, failure, period) = match kind {
         ProbeKind::Liveness => (10, 15, 8, 10),
         ProbeKind::Readiness => (0, 15, 3, 1),
-        ProbeKind::Startup => (10, 15, 24, 10),
+        // Every second from the start (up to 4 minutes): a pod counts as
+        // started, and can turn Ready, as soon as it serves. (kubeadm's 10 s
+        // initial delay alone would make every control-plane start 10 s slower.)
+        ProbeKind::Startup => (0, 15, 240, 1),
     };
     Probe {
         http_get: Some(HTTPGetAction {

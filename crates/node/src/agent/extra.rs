@@ -81,13 +81,19 @@ pub async fn run(
             .filter(|(name, r)| desired.get(*name) != Some(&r.spec))
             .map(|(name, _)| name.clone())
             .collect();
-        for name in stale {
-            if let Some(r) = running.remove(&name) {
-                tracing::info!(service = %name, "service removed or changed; stopping it");
-                r.stop.cancel();
-                let _ = r.task.await;
-                status.remove_component(&name);
-            }
+        // Stop every stale service at once: the temporary plane goes in one
+        // grace period, not one per component.
+        let stopping: Vec<(String, Running)> = stale
+            .into_iter()
+            .filter_map(|name| running.remove(&name).map(|r| (name, r)))
+            .collect();
+        for (name, r) in &stopping {
+            tracing::info!(service = %name, "service removed or changed; stopping it");
+            r.stop.cancel();
+        }
+        for (name, r) in stopping {
+            let _ = r.task.await;
+            status.remove_component(&name);
         }
         for (name, spec) in desired {
             if running.contains_key(&name) {
@@ -159,7 +165,9 @@ fn spec_fn(ctx: &ExtraContext, spec: &ProcessSpec) -> SpecFn {
             env: vec![("PATH".into(), path_env.clone())],
             log: log.clone(),
             probe,
-            stop_grace: Duration::from_secs(15),
+            // The temporary apiserver drains watches for as long as it is
+            // allowed to; it is throw-away, and etcd stops well within this.
+            stop_grace: Duration::from_secs(5),
         })
     })
 }
