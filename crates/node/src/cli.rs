@@ -40,6 +40,9 @@ pub enum Command {
     Reset(ResetArgs),
     /// Show the host agent and the state of each component it supervises
     Status(StatusArgs),
+    /// Look at and protect this cluster's etcd: members, snapshots
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
     /// Import a bundle's container images into containerd
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -139,6 +142,28 @@ pub struct ResetArgs {
 pub struct StatusArgs {
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EtcdCommand {
+    /// List the members with their health, leader and database size
+    Members {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Snapshots of the etcd database
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a consistent snapshot to FILE (0600), verified before it is kept
+    Save {
+        file: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -148,6 +148,52 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     );
     assert_healthy_self_hosted_cluster(&host, &temp);
 
+    // etcd: one healthy leader, and a snapshot that upstream's etcdutl accepts.
+    let out = host
+        .selfnode()
+        .args(["etcd", "members", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcd members: {}", text(&out));
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = members.as_array().unwrap();
+    assert_eq!(members.len(), 1, "{members:#?}");
+    assert_eq!(members[0]["healthy"], true, "{members:#?}");
+    assert_eq!(members[0]["is_leader"], true, "{members:#?}");
+    let snap = host.root.join("snapshot.db");
+    let out = host
+        .selfnode()
+        .args(["etcd", "snapshot", "save"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "snapshot save: {}", text(&out));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&snap).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let status = std::process::Command::new(host.bundle.join("bin/etcdutl"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "etcdutl snapshot status: {}",
+        text(&status)
+    );
+    let bad = host
+        .selfnode()
+        .args(["etcd", "snapshot", "save", "/proc/no/such/dir/s.db"])
+        .output()
+        .unwrap();
+    assert!(
+        !bad.status.success() && text(&bad).contains("cannot write the snapshot"),
+        "{}",
+        text(&bad)
+    );
+
     // A user workload from a locally imported image (etcd serving plain HTTP),
     // reached through its Service (kube-proxy) by name (CoreDNS).
     let version = bundle_version("ETCD_VERSION")

@@ -1,5 +1,6 @@
 //! Thin command handlers: parse (done by clap), call the library, print.
 
+mod etcd;
 mod images;
 mod init;
 mod reset;
@@ -29,6 +30,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init::run(&paths, args).await,
         Command::Reset(args) => reset::run(&paths, args),
         Command::Status(args) => status::run(&paths, args.output),
+        Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await
         }
