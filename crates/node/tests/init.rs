@@ -89,6 +89,12 @@ fn assert_healthy_self_hosted_cluster(host: &TestHost, temp_pids: &[u32]) {
             "the agent no longer runs a temporary {gone}: {st:#}"
         );
     }
+    assert_eq!(
+        st["etcd"]["members"][0]["healthy"], true,
+        "status shows etcd: {st:#}"
+    );
+    assert_eq!(st["etcd"]["members"][0]["is_leader"], true, "{st:#}");
+    assert_eq!(st["healthy"], true, "{st:#}");
     let backends = std::fs::read_to_string(host.root.join("var/lib/selfnode/apiservers")).unwrap();
     assert!(
         backends.contains(":6443") && !backends.contains(":6444"),

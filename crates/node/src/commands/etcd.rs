@@ -7,7 +7,7 @@ use crate::cli::{EtcdCommand, Output, SnapshotCommand};
 use crate::paths::HostPaths;
 
 /// This host's etcd, reached with the health-check client certificate.
-fn config(paths: &HostPaths) -> etcd_mgr::EtcdConfig {
+pub fn config(paths: &HostPaths) -> etcd_mgr::EtcdConfig {
     let pki = paths.pki_dir();
     etcd_mgr::EtcdConfig {
         endpoints: vec!["https://127.0.0.1:2379".into()],

@@ -29,7 +29,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Init(args) => init::run(&paths, args).await,
         Command::Reset(args) => reset::run(&paths, args),
-        Command::Status(args) => status::run(&paths, args.output),
+        Command::Status(args) => status::run(&paths, args.output).await,
         Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await

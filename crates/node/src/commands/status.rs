@@ -9,7 +9,7 @@ use crate::status::{human_age, now_unix, AgentStatus, ComponentState};
 
 /// Shows the agent's published status. Exit code 0 when the agent runs and
 /// every component is ready, 1 otherwise, so scripts can wait on it.
-pub fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> {
+pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> {
     let running = lock::running_agent(&paths.agent_lock());
     let file = paths.agent_status();
     let status: Option<AgentStatus> = match std::fs::read(&file) {
@@ -20,7 +20,25 @@ pub fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", file.display())),
     };
-    let healthy = running.is_some()
+    // On a host whose agent runs etcd: the members as etcd itself sees them.
+    let runs_etcd = running.is_some()
+        && status
+            .as_ref()
+            .is_some_and(|s| s.components.iter().any(|c| c.name == "etcd"));
+    let etcd = if runs_etcd {
+        let mut cfg = super::etcd::config(paths);
+        cfg.timeout = std::time::Duration::from_secs(2);
+        Some(etcd_mgr::members(&cfg).await.map_err(|e| e.to_string()))
+    } else {
+        None
+    };
+    let etcd_healthy = match &etcd {
+        Some(Ok(members)) => members.iter().all(|m| m.healthy),
+        Some(Err(_)) => false,
+        None => true,
+    };
+    let healthy = etcd_healthy
+        && running.is_some()
         && status.as_ref().is_some_and(|s| {
             s.components
                 .iter()
@@ -36,10 +54,32 @@ pub fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> {
                 },
                 "healthy": healthy,
                 "status": status,
+                "etcd": match &etcd {
+                    Some(Ok(members)) => serde_json::json!({ "members": members }),
+                    Some(Err(e)) => serde_json::json!({ "error": e }),
+                    None => serde_json::Value::Null,
+                },
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
-        Output::Table => print_table(running.as_deref(), status.as_ref(), paths),
+        Output::Table => {
+            print_table(running.as_deref(), status.as_ref(), paths);
+            match &etcd {
+                Some(Ok(members)) => {
+                    for m in members {
+                        let size = m
+                            .db_size
+                            .map(|s| format!(", db {:.1} MB", s as f64 / 1e6))
+                            .unwrap_or_default();
+                        let state = if m.healthy { "healthy" } else { "unhealthy" };
+                        let leader = if m.is_leader { ", leader" } else { "" };
+                        println!("etcd member {} ({}): {state}{leader}{size}", m.name, m.id);
+                    }
+                }
+                Some(Err(e)) => println!("etcd: {e}"),
+                None => {}
+            }
+        }
     }
     Ok(if healthy {
         ExitCode::SUCCESS
