@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec,
-    DeploymentStrategy, RollingUpdateDaemonSet, RollingUpdateDeployment,
+    DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, DeploymentStrategy,
+    RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath, ObjectFieldSelector,
-    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, Volume,
-    VolumeMount, WeightedPodAffinityTerm,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -236,20 +236,6 @@ pub(crate) fn kube_proxy(spec: &PlaneSpec) -> Result<Vec<Object>, ObjectsError> 
         ..ConfigMap::default()
     };
 
-    let host_path = |name: &str, path: &str, type_: Option<&str>| Volume {
-        name: name.to_string(),
-        host_path: Some(HostPathVolumeSource {
-            path: path.to_string(),
-            type_: type_.map(str::to_string),
-        }),
-        ..Volume::default()
-    };
-    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
-        name: name.to_string(),
-        mount_path: path.to_string(),
-        read_only: Some(read_only),
-        ..VolumeMount::default()
-    };
     let container = Container {
         name: KUBE_PROXY.to_string(),
         image: Some(spec.images.kube_proxy.clone()),
@@ -275,9 +261,9 @@ pub(crate) fn kube_proxy(spec: &PlaneSpec) -> Result<Vec<Object>, ObjectsError> 
             ..SecurityContext::default()
         }),
         volume_mounts: Some(vec![
-            mount(KUBE_PROXY, KUBE_PROXY_CONFIG_DIR, true),
-            mount("xtables-lock", "/run/xtables.lock", false),
-            mount("lib-modules", "/lib/modules", true),
+            meta::mount(KUBE_PROXY, KUBE_PROXY_CONFIG_DIR, true),
+            meta::mount("xtables-lock", "/run/xtables.lock", false),
+            meta::mount("lib-modules", "/lib/modules", true),
         ]),
         ..Container::default()
     };
@@ -307,19 +293,13 @@ pub(crate) fn kube_proxy(spec: &PlaneSpec) -> Result<Vec<Object>, ObjectsError> 
                             }),
                             ..Volume::default()
                         },
-                        host_path("xtables-lock", "/run/xtables.lock", Some("FileOrCreate")),
-                        host_path("lib-modules", "/lib/modules", None),
+                        meta::host_path("xtables-lock", "/run/xtables.lock", Some("FileOrCreate")),
+                        meta::host_path("lib-modules", "/lib/modules", None),
                     ]),
                     ..PodSpec::default()
                 }),
             },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_string()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(1)),
-                    ..RollingUpdateDaemonSet::default()
-                }),
-            }),
+            update_strategy: Some(meta::one_node_at_a_time()),
             ..DaemonSetSpec::default()
         },
         ..DaemonSet::default()

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::{DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
-    HTTPGetAction, PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, Toleration,
+    HTTPGetAction, HostPathVolumeSource, PodSecurityContext, Probe, ResourceRequirements,
+    SeccompProfile, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -133,5 +135,37 @@ pub(crate) fn http_probe(
         failure_threshold: Some(failure),
         period_seconds: Some(period),
         ..Probe::default()
+    }
+}
+
+/// A hostPath volume (`type_`: `DirectoryOrCreate`, `FileOrCreate`, ...).
+pub(crate) fn host_path(name: &str, path: &str, type_: Option<&str>) -> Volume {
+    Volume {
+        name: name.to_string(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.to_string(),
+            type_: type_.map(str::to_string),
+        }),
+        ..Volume::default()
+    }
+}
+
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+/// Node agents (kube-proxy, the network agent): replaced one node at a time.
+pub(crate) fn one_node_at_a_time() -> DaemonSetUpdateStrategy {
+    DaemonSetUpdateStrategy {
+        type_: Some("RollingUpdate".to_string()),
+        rolling_update: Some(RollingUpdateDaemonSet {
+            max_unavailable: Some(IntOrString::Int(1)),
+            ..RollingUpdateDaemonSet::default()
+        }),
     }
 }

@@ -9,16 +9,13 @@
 //! as usual; the `kubernetes` Service cannot be used, since Service IPs
 //! need kube-proxy and, for pods, the pod network this agent makes.
 
-use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
-};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, SecurityContext, ServiceAccount, Volume, VolumeMount,
+    Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+    SecurityContext, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{meta, Object, NAMESPACE};
 use crate::plane::PlaneSpec;
@@ -31,26 +28,6 @@ pub const NETWORK_ROLE: &str = "selfnode:network";
 const SELFNODE_BIN: &str = "/usr/local/bin/selfnode";
 /// Where the agent writes the conflist (containerd's CNI `conf_dir`).
 const CNI_CONF_DIR: &str = "/etc/cni/net.d";
-
-fn host_path(name: &str, path: &str, type_: Option<&str>) -> Volume {
-    Volume {
-        name: name.to_string(),
-        host_path: Some(HostPathVolumeSource {
-            path: path.to_string(),
-            type_: type_.map(str::to_string),
-        }),
-        ..Volume::default()
-    }
-}
-
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: name.to_string(),
-        mount_path: path.to_string(),
-        read_only: Some(read_only),
-        ..VolumeMount::default()
-    }
-}
 
 fn env(name: &str, value: String) -> EnvVar {
     EnvVar {
@@ -127,9 +104,9 @@ pub(crate) fn objects(spec: &PlaneSpec) -> Vec<Object> {
             ..SecurityContext::default()
         }),
         volume_mounts: Some(vec![
-            mount("cni-conf", CNI_CONF_DIR, false),
-            mount("lib-modules", "/lib/modules", true),
-            mount("xtables-lock", "/run/xtables.lock", false),
+            meta::mount("cni-conf", CNI_CONF_DIR, false),
+            meta::mount("lib-modules", "/lib/modules", true),
+            meta::mount("xtables-lock", "/run/xtables.lock", false),
         ]),
         ..Container::default()
     };
@@ -150,24 +127,18 @@ pub(crate) fn objects(spec: &PlaneSpec) -> Vec<Object> {
                     node_selector: Some(meta::labels(&[("kubernetes.io/os", "linux")])),
                     tolerations: Some(meta::tolerate_all()),
                     volumes: Some(vec![
-                        host_path(
+                        meta::host_path(
                             "cni-conf",
                             &spec.cni_conf_dir.to_string_lossy(),
                             Some("DirectoryOrCreate"),
                         ),
-                        host_path("lib-modules", "/lib/modules", None),
-                        host_path("xtables-lock", "/run/xtables.lock", Some("FileOrCreate")),
+                        meta::host_path("lib-modules", "/lib/modules", None),
+                        meta::host_path("xtables-lock", "/run/xtables.lock", Some("FileOrCreate")),
                     ]),
                     ..PodSpec::default()
                 }),
             },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_string()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(1)),
-                    ..RollingUpdateDaemonSet::default()
-                }),
-            }),
+            update_strategy: Some(meta::one_node_at_a_time()),
             ..DaemonSetSpec::default()
         },
         ..DaemonSet::default()
