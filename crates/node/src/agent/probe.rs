@@ -41,21 +41,49 @@ pub async fn https_ok(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS handshake with {address} failed: {e}"))?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    tls.write_all(req.as_bytes())
+    get_ok(
+        &mut tls,
+        &address.to_string(),
+        path,
+        &format!("https://{address}{path}"),
+    )
+    .await
+}
+
+/// `GET http://127.0.0.1:<port><path>` answers 200: the kubelet's healthz
+/// endpoint speaks plain HTTP on loopback.
+pub async fn http_ok(port: u16, path: &str) -> Result<(), String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot connect to 127.0.0.1:{port}: {e}"))?;
+    get_ok(
+        &mut stream,
+        "127.0.0.1",
+        path,
+        &format!("http://127.0.0.1:{port}{path}"),
+    )
+    .await
+}
+
+/// Sends a minimal HTTP/1.0 GET on `stream` and wants a 200 back.
+async fn get_ok<S>(stream: &mut S, host: &str, path: &str, url: &str) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    // Servers that close without close_notify still gave us the answer.
-    let _ = (&mut tls).take(8192).read_to_end(&mut buf).await;
+    // Servers that close without close_notify (TLS) still gave us the answer.
+    let _ = (&mut *stream).take(8192).read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf);
     let status_line = text.lines().next().unwrap_or_default();
     if status_line.split_whitespace().nth(1) == Some("200") {
         Ok(())
     } else {
-        Err(format!(
-            "GET https://{address}{path} answered {status_line:?}"
-        ))
+        Err(format!("GET {url} answered {status_line:?}"))
     }
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::config::{self, ContainerdConfig, HostFacts, KubeletInputs};
 use super::supervisor::{ProbeFn, ServiceSpec, SpecFn};
@@ -151,7 +150,7 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
             args.push(format!("--hostname-override={}", node.node_name).into());
         }
         let port = ctx.kubelet_healthz_port;
-        let probe: ProbeFn = Arc::new(move || Box::pin(http_ok(port, "/healthz")));
+        let probe: ProbeFn = Arc::new(move || Box::pin(super::probe::http_ok(port, "/healthz")));
         Ok(ServiceSpec {
             config_digest,
             program: ctx.bundle.bin("kubelet"),
@@ -167,32 +166,6 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
 fn digest(text: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
-}
-
-/// `GET http://127.0.0.1:<port><path>` answers 200. Plain HTTP on loopback is
-/// what the kubelet's healthz endpoint speaks.
-pub async fn http_ok(port: u16, path: &str) -> Result<(), String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("cannot connect to 127.0.0.1:{port}: {e}"))?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    stream
-        .take(4096)
-        .read_to_end(&mut buf)
-        .await
-        .map_err(|e| e.to_string())?;
-    let head = String::from_utf8_lossy(&buf);
-    let status_line = head.lines().next().unwrap_or_default();
-    if status_line.split_whitespace().nth(1) == Some("200") {
-        Ok(())
-    } else {
-        Err(format!("GET {path} answered {status_line:?}"))
-    }
 }
 
 /// Fails early, naming the directory, when the containerd socket cannot be
