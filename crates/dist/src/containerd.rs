@@ -22,8 +22,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// containerd's default socket.
-pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 
 /// The namespace the kubelet (CRI) uses.
 pub const K8S_NAMESPACE: &str = "k8s.io";
