@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-
 /// The namespace the kubelet (CRI) uses.
 pub const K8S_NAMESPACE: &str = "k8s.io";
 
