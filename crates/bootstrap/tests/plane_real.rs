@@ -113,6 +113,7 @@ fn setup(dir: &Path) -> PlaneSpec {
         kube_scheduler: "registry.k8s.io/kube-scheduler:v1.37.2".into(),
         kube_proxy: "registry.k8s.io/kube-proxy:v1.37.2".into(),
         coredns: "registry.k8s.io/coredns/coredns:v1.14.6".into(),
+        etcd: "registry.k8s.io/etcd:3.7.3-0".into(),
         selfnode: "localhost/selfnode:0.1.0".into(),
     };
     let mut spec = PlaneSpec::new("cp-1", host_ip(), "v1.37.2", images);
@@ -120,7 +121,7 @@ fn setup(dir: &Path) -> PlaneSpec {
     spec.kubeconfig_dir = dir.join("etc/kubernetes");
     spec.etcd_data_dir = dir.join("var/lib/selfnode/etcd");
     let mut ports: Vec<u16> = Vec::new();
-    while ports.len() < 9 {
+    while ports.len() < 11 {
         let p = free_port();
         if !ports.contains(&p) {
             ports.push(p);
@@ -136,6 +137,8 @@ fn setup(dir: &Path) -> PlaneSpec {
         scheduler: ports[6],
         temp_scheduler: ports[7],
         api_load_balancer: ports[8],
+        temp_etcd_client: ports[9],
+        temp_etcd_peer: ports[10],
     };
     spec.validate().unwrap();
     // No load balancer in this test: kubeconfigs go to the temporary
@@ -516,7 +519,7 @@ fn temp_plane_serves_objects_apply_and_self_hosted_lines_run_alongside() {
     let out = Command::new(bundle_bin("etcdctl"))
         .arg(format!(
             "--endpoints=https://127.0.0.1:{}",
-            spec.ports.etcd_client
+            spec.ports.temp_etcd_client
         ))
         .arg("--cacert")
         .arg(cert(names::ETCD_CA, "crt"))

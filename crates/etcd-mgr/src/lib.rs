@@ -1,8 +1,23 @@
-//! etcd's whole life. Today: membership view and snapshots over mTLS, through
-//! etcd-client. (The temporary member runs as a host process started by the
-//! node agent; the self-hosted members and the learner-based pivot come next.)
+//! etcd's whole life, over mTLS through etcd-client, and on disk through the
+//! bundle's `etcdutl`:
+//! - [`mod@members`]: the member list with each member's own health, leadership
+//!   and DB size, and membership changes by the learner flow (add as
+//!   learner → start the member with `--initial-cluster-state existing` →
+//!   promote), plus a quorum-safe remove. All three are idempotent.
+//! - [`snapshot`]: verified saves (etcd's trailing SHA-256 checked, 0600,
+//!   fsync + rename; a failed save leaves nothing), offline checks of a
+//!   snapshot file, and the naming and pruning of scheduled snapshots.
+//! - [`restore`]: a new single-member data directory from a snapshot with
+//!   the real `etcdutl`, built in a staging directory and renamed into place.
+//!
+//! etcd itself is run by others (the node agent's host process, the
+//! kubelet's static pod); this crate never starts or stops it.
 
+pub mod members;
+pub mod restore;
 pub mod snapshot;
+
+pub use members::{members, MemberStatus, RemoveOutcome};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +31,7 @@ pub struct EtcdConfig {
     pub ca_file: PathBuf,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// Connect timeout and per-call timeout.
     pub timeout: Duration,
 }
 
@@ -42,23 +58,33 @@ pub enum EtcdError {
         endpoint: String,
         timeout: Duration,
     },
-}
-
-/// One member as `selfnode etcd members` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct MemberStatus {
-    /// Hex, as etcdctl prints it.
-    pub id: String,
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
-    pub is_learner: bool,
-    /// Answered a Status call on one of its client URLs.
-    pub healthy: bool,
-    pub is_leader: bool,
-    pub db_size: Option<i64>,
-    /// Why it is not healthy.
-    pub error: Option<String>,
+    #[error(
+        "no etcd member has the id, name or peer URL {target}; 'selfnode etcd members' lists them"
+    )]
+    NoSuchMember { target: String },
+    #[error("refusing to remove etcd member {name} ({id}): it is the last voting member, and removing it would destroy the cluster and all its data; add and promote another member first, or use 'selfnode reset' to tear the cluster down")]
+    LastVotingMember { id: String, name: String },
+    #[error("refusing to remove etcd member {name} ({id}): of the {remaining} voting members that would remain, only {healthy} answer (unreachable: {unreachable}), fewer than the {quorum} a quorum needs, so etcd would stop serving; bring the unreachable members back (or remove them first), then run again")]
+    QuorumAtRisk {
+        id: String,
+        name: String,
+        remaining: usize,
+        healthy: usize,
+        quorum: usize,
+        unreachable: String,
+    },
+    #[error("etcd did not promote the learner {peer_url} within {timeout:?}; etcd last answered: {last}. Is the new member running (started with --initial-cluster-state existing), and can the leader reach it on its peer URL?")]
+    PromoteTimeout {
+        peer_url: String,
+        timeout: Duration,
+        last: String,
+    },
+    #[error("etcd did not remove member {target} within {timeout:?}; etcd last answered: {last}. etcd refuses to remove a voter until the members that stay have been connected to each other for about 5 s; check that they are all running and healthy ('selfnode etcd members'), then run again")]
+    RemoveTimeout {
+        target: String,
+        timeout: Duration,
+        last: String,
+    },
 }
 
 async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, EtcdError> {
@@ -83,68 +109,5 @@ async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, EtcdE
         .map_err(|source| EtcdError::Connect {
             endpoints: endpoints.join(","),
             source,
-        })
-}
-
-/// The member list, with each member's own health, leadership and DB size.
-pub async fn members(cfg: &EtcdConfig) -> Result<Vec<MemberStatus>, EtcdError> {
-    let mut client = connect(cfg, &cfg.endpoints).await?;
-    let list = client
-        .member_list()
-        .await
-        .map_err(|source| EtcdError::Rpc {
-            op: "member list",
-            source,
-        })?;
-    let mut out = Vec::new();
-    for m in list.members() {
-        let mut st = MemberStatus {
-            id: format!("{:x}", m.id()),
-            name: m.name().to_string(),
-            peer_urls: m.peer_urls().to_vec(),
-            client_urls: m.client_urls().to_vec(),
-            is_learner: m.is_learner(),
-            healthy: false,
-            is_leader: false,
-            db_size: None,
-            error: None,
-        };
-        match member_status(cfg, m.client_urls()).await {
-            Ok((leader, size)) => {
-                st.healthy = true;
-                st.is_leader = leader == m.id();
-                st.db_size = Some(size);
-            }
-            Err(e) => st.error = Some(e.to_string()),
-        }
-        out.push(st);
-    }
-    Ok(out)
-}
-
-async fn member_status(cfg: &EtcdConfig, urls: &[String]) -> Result<(u64, i64), EtcdError> {
-    if urls.is_empty() {
-        return Err(EtcdError::Timeout {
-            op: "status",
-            endpoint: "(member not started yet)".into(),
-            timeout: cfg.timeout,
-        });
-    }
-    let call = async {
-        let mut c = connect(cfg, urls).await?;
-        let s = c.status().await.map_err(|source| EtcdError::Rpc {
-            op: "status",
-            source,
-        })?;
-        Ok::<_, EtcdError>((s.leader(), s.db_size()))
-    };
-    tokio::time::timeout(cfg.timeout, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(EtcdError::Timeout {
-                op: "status",
-                endpoint: urls.join(","),
-                timeout: cfg.timeout,
-            })
         })
 }

@@ -88,6 +88,19 @@ pub struct AgentArgs {
     /// control plane reach every healthy kube-apiserver through it)
     #[arg(long, default_value_t = 7445, value_name = "PORT")]
     pub api_lb_port: u16,
+    /// How often to save an etcd snapshot on a host with an etcd member (e.g. 30m, 6h; 0 turns
+    /// scheduled snapshots off)
+    #[arg(long, default_value = "6h", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub etcd_snapshot_interval: std::time::Duration,
+    /// How many scheduled snapshots to keep (the newest one is always kept)
+    #[arg(long, default_value_t = 10, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub etcd_snapshot_keep: u64,
+    /// Remove scheduled snapshots older than this (the newest one is always kept)
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub etcd_snapshot_max_age: std::time::Duration,
+    /// Where scheduled snapshots go (0700). Default: <root>/var/lib/selfnode/snapshots
+    #[arg(long, value_name = "DIR")]
+    pub etcd_snapshot_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +164,9 @@ pub enum EtcdCommand {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Remove a member (by id, name or peer URL); refused when it would cost quorum or
+    /// remove the last voting member
+    RemoveMember { member: String },
     /// Snapshots of the etcd database
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -163,6 +179,17 @@ pub enum SnapshotCommand {
         file: PathBuf,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// Build a working single-node cluster from a snapshot, on a host that belongs to no cluster
+    #[command(after_help = "The host must be reset ('selfnode reset') with the agent running. The snapshot may come from 'selfnode etcd snapshot save', the scheduled snapshots in <root>/var/lib/selfnode/snapshots, or upstream 'etcdctl snapshot save'; it is checked (bolt header, size, etcd's SHA-256, not an empty etcd) before anything is written. The cluster's Secrets are encrypted with a key from its PKI, so a restore needs the old PKI directory: pass --pki with a copy of it, or keep it in place. Then it runs init's steps with the temporary etcd started from the snapshot, and pivots as init does. Flags as for init; give the same ones the cluster was made with.")]
+    Restore {
+        /// The snapshot file
+        file: PathBuf,
+        /// A copy of the old control plane's PKI directory (/etc/kubernetes/pki)
+        #[arg(long, value_name = "DIR")]
+        pki: Option<PathBuf>,
+        #[command(flatten)]
+        init: InitArgs,
     },
 }
 

@@ -115,6 +115,17 @@ impl HostPaths {
         self.join("etc/kubernetes/manifests")
     }
 
+    /// The self-hosted etcd member's static pod: present while this host
+    /// runs a member.
+    pub fn etcd_manifest(&self) -> PathBuf {
+        self.static_pod_dir().join("etcd.yaml")
+    }
+
+    /// Scheduled etcd snapshots (kept by `selfnode reset`).
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.state_dir().join("snapshots")
+    }
+
     pub fn pod_logs_dir(&self) -> PathBuf {
         self.join("var/log/pods")
     }

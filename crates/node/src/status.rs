@@ -77,6 +77,27 @@ pub struct AgentStatus {
     pub updated: u64,
     pub bundle: PathBuf,
     pub components: Vec<ComponentStatus>,
+    /// Scheduled etcd snapshots, on hosts with an etcd member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotStatus>,
+}
+
+/// The scheduled etcd snapshots as the agent last saw them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStatus {
+    pub dir: PathBuf,
+    pub interval_seconds: u64,
+    pub keep: usize,
+    pub max_age_seconds: u64,
+    /// Scheduled snapshots on disk.
+    pub count: usize,
+    /// The newest one and when it was taken (Unix seconds).
+    pub last: Option<PathBuf>,
+    pub last_time: Option<u64>,
+    /// Why the last attempt failed; `None` after a success.
+    pub last_error: Option<String>,
+    /// Unix seconds of the agent's last look.
+    pub checked: u64,
 }
 
 impl AgentStatus {
@@ -125,6 +146,7 @@ mod tests {
             updated: 6,
             bundle: "/b".into(),
             components: vec![ComponentStatus::new("containerd", Some("/l".into()))],
+            snapshots: None,
         };
         st.component_mut("containerd").unwrap().state = ComponentState::Ready;
         let json = serde_json::to_string(&st).unwrap();

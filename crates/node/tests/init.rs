@@ -3,12 +3,16 @@
 
 mod support;
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{pid_alive, TestHost};
 
 const START: Duration = Duration::from_secs(180);
-const STEPS: [&str; 16] = [
+const STEPS: [&str; 19] = [
     "record_cluster_identity",
     "ensure_pki",
     "ensure_encryption_config",
@@ -19,6 +23,9 @@ const STEPS: [&str; 16] = [
     "start_temp_controller_manager",
     "start_temp_scheduler",
     "register_control_plane_node",
+    "add_etcd_learner",
+    "start_self_hosted_etcd",
+    "promote_etcd_member",
     "apply_self_hosted_objects",
     "wait_self_hosted_ready",
     "commit_pivot",
@@ -46,10 +53,137 @@ fn retry(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String
     }
 }
 
+/// Threads that create ConfigMaps through the admin kubeconfig, one after
+/// another, retrying each until the API acknowledges it. An `AlreadyExists`
+/// answer to a retry means an earlier attempt was committed: acknowledged.
+struct ConfigMapWriters {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ConfigMapWriters {
+    fn start(host: &TestHost, n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let kubectl = host.bundle.join("bin/kubectl");
+        let kubeconfig = host.root.join("etc/kubernetes/admin.conf");
+        let threads = (0..n)
+            .map(|t| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                let (kubectl, kubeconfig) = (kubectl.clone(), kubeconfig.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let name = format!("pivot-{t}-{i}");
+                        let value = format!("written by writer {t} as number {i}");
+                        let out = std::process::Command::new(&kubectl)
+                            .arg("--kubeconfig")
+                            .arg(&kubeconfig)
+                            .args(["create", "configmap", &name, "--request-timeout=10s"])
+                            .arg(format!("--from-literal=value={value}"))
+                            .output()
+                            .unwrap();
+                        if out.status.success()
+                            || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists")
+                        {
+                            acked.lock().unwrap().insert(name, value);
+                            i += 1;
+                        } else {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    }
+                })
+            })
+            .collect();
+        ConfigMapWriters {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    /// Lets the writers reach `at_least` writes in all, stops them, and
+    /// returns every acknowledged write.
+    fn finish(self, at_least: usize) -> BTreeMap<String, String> {
+        let during = self.acked.lock().unwrap().len();
+        retry("the writers' acknowledged writes", Duration::from_secs(180), || {
+            let n = self.acked.lock().unwrap().len();
+            if n >= at_least {
+                Ok(())
+            } else {
+                Err(format!("{n} of {at_least}"))
+            }
+        });
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        assert!(
+            during > 0,
+            "no write was acknowledged while init ran: the writers did not overlap the pivot"
+        );
+        acked
+    }
+}
+
+/// Every acknowledged ConfigMap is there with the value written.
+fn assert_configmaps_present(host: &TestHost, acked: &BTreeMap<String, String>) {
+    let out = host.kubectl_ok(&["get", "configmaps", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let found: BTreeMap<String, String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|cm| {
+            let name = cm["metadata"]["name"].as_str()?;
+            name.starts_with("pivot-").then(|| {
+                (
+                    name.to_string(),
+                    cm["data"]["value"].as_str().unwrap_or("").to_string(),
+                )
+            })
+        })
+        .collect();
+    let missing: Vec<&String> = acked.keys().filter(|k| !found.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged ConfigMaps lost: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+    for (name, value) in acked {
+        assert_eq!(&found[name], value, "contents of {name}");
+    }
+}
+
+/// Directories 0700 all the way down, so nothing below is reachable by
+/// other users; files 0600, or with `etcd_files` at most 0644: etcd itself
+/// writes its raft snapshot files 0666 minus the umask, and the container
+/// runtime gives no way to set its umask.
+fn assert_private_tree(dir: &std::path::Path, etcd_files: bool) {
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_private_tree(&p, etcd_files);
+        } else if etcd_files {
+            assert_eq!(mode & 0o133, 0, "{} is {mode:o}", p.display());
+        } else {
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+}
+
 /// The checks every successful init must pass.
 fn assert_healthy_self_hosted_cluster(host: &TestHost, temp_pids: &[u32]) {
     let pods = host.kubectl_ok(&["-n", "kube-system", "get", "pods", "-o", "wide"]);
     for app in [
+        "etcd-",
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
@@ -76,6 +210,7 @@ fn assert_healthy_self_hosted_cluster(host: &TestHost, temp_pids: &[u32]) {
     }
     let st = host.status();
     for gone in [
+        "etcd",
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
@@ -110,6 +245,7 @@ fn temp_plane_pids(host: &TestHost) -> Vec<u32> {
         .iter()
         .filter(|c| {
             [
+                "etcd",
                 "kube-apiserver",
                 "kube-controller-manager",
                 "kube-scheduler",
@@ -123,8 +259,17 @@ fn temp_plane_pids(host: &TestHost) -> Vec<u32> {
 #[test]
 fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     let mut host = TestHost::for_cluster();
-    host.start_agent();
+    // Snapshots every 3 s, the newest 2 kept: the schedule and the
+    // retention both show within the test.
+    host.start_agent_with(&["--etcd-snapshot-interval", "3s", "--etcd-snapshot-keep", "2"]);
     host.wait_healthy(START);
+
+    // Up to the temporary API, then writers through it for the rest of init:
+    // the etcd pivot (learner, promotion, the temporary member's removal)
+    // and the switch of apiservers must not lose one acknowledged write.
+    let out = host.init(&["--allow-workloads"], Some("register_control_plane_node"));
+    assert_eq!(out.status.code(), Some(99), "failpoint exit: {}", text(&out));
+    let writers = ConfigMapWriters::start(&host, 3);
 
     // Stop just before the pivot to see the temporary plane's processes.
     let out = host.init(&["--allow-workloads"], Some("wait_self_hosted_ready"));
@@ -137,13 +282,15 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     let temp = temp_plane_pids(&host);
     assert_eq!(
         temp.len(),
-        3,
-        "temporary apiserver, controller-manager, scheduler run: {:#}",
+        4,
+        "temporary etcd, apiserver, controller-manager, scheduler run: {:#}",
         host.status()
     );
 
     let out = host.init(&["--allow-workloads", "-o", "json"], None);
     assert!(out.status.success(), "init: {}", text(&out));
+    let acked = writers.finish(300);
+    assert_configmaps_present(&host, &acked);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("init -o json");
     assert!(
         summary["ca_cert_hash"]
@@ -166,6 +313,22 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     assert_eq!(members.len(), 1, "{members:#?}");
     assert_eq!(members[0]["healthy"], true, "{members:#?}");
     assert_eq!(members[0]["is_leader"], true, "{members:#?}");
+    let node = host.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    assert_eq!(members[0]["name"], node.as_str(), "{members:#?}");
+    assert!(
+        members[0]["peer_urls"][0].as_str().unwrap().ends_with(":2380"),
+        "the self-hosted member, not the temporary one: {members:#?}"
+    );
+    assert_private_tree(&host.root.join("var/lib/selfnode/etcd"), true);
+    assert!(
+        !host.root.join("var/lib/selfnode/etcd-bootstrap").exists(),
+        "the temporary member's data is removed"
+    );
+    for f in std::fs::read_dir(host.root.join("etc/kubernetes/pki/etcd")).unwrap() {
+        let f = f.unwrap().path();
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
     let snap = host.root.join("snapshot.db");
     let out = host
         .selfnode()
@@ -174,7 +337,6 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         .output()
         .unwrap();
     assert!(out.status.success(), "snapshot save: {}", text(&out));
-    use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&snap).unwrap().permissions().mode() & 0o777,
         0o600
@@ -189,6 +351,38 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         "etcdutl snapshot status: {}",
         text(&status)
     );
+    // Scheduled snapshots: taken, pruned to the newest 2, shown by status.
+    let snapshots = host.root.join("var/lib/selfnode/snapshots");
+    retry("scheduled snapshots pruned to 2", Duration::from_secs(60), || {
+        let st = host.status();
+        let files: Vec<String> = std::fs::read_dir(&snapshots)
+            .map_err(|e| e.to_string())?
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let count = st["etcd"]["snapshots"]["count"].as_u64();
+        if files.len() == 2 && count == Some(2) && st["etcd"]["last_snapshot_time"].is_u64() {
+            Ok(())
+        } else {
+            Err(format!("{files:?}, status {:#}", st["etcd"]))
+        }
+    });
+    assert_private_tree(&snapshots, false);
+    for f in std::fs::read_dir(&snapshots).unwrap() {
+        let f = f.unwrap().path();
+        let ok = std::process::Command::new(host.bundle.join("bin/etcdutl"))
+            .args(["snapshot", "status"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "{}: {}", f.display(), text(&ok));
+    }
+    let table = host.selfnode().arg("status").output().unwrap();
+    assert!(
+        text(&table).contains("etcd snapshots: last "),
+        "{}",
+        text(&table)
+    );
+
     let bad = host
         .selfnode()
         .args(["etcd", "snapshot", "save", "/proc/no/such/dir/s.db"])
@@ -329,6 +523,59 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     let again = host.init(&["--allow-workloads"], None);
     assert!(again.status.success(), "{}", text(&again));
     assert!(text(&again).contains("already done"), "{}", text(&again));
+
+    // The last member cannot be removed; nothing changes.
+    let out = host.selfnode().args(["etcd", "remove-member", &node]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("last voting member"), "{}", text(&out));
+    let out = host.selfnode().args(["etcd", "members", "-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(after.as_array().unwrap().len(), 1, "{after:#}");
+
+    // A second snapshot, by upstream etcdctl, after one more object.
+    host.kubectl_ok(&["create", "configmap", "after-first-snapshot", "--from-literal=v=1"]);
+    let pki = host.root.join("etc/kubernetes/pki");
+    let upstream = host.root.join("etcdctl.db");
+    let out = std::process::Command::new(host.bundle.join("bin/etcdctl"))
+        .args(["--endpoints", "https://127.0.0.1:2379"])
+        .arg("--cacert")
+        .arg(pki.join("etcd/ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("etcd/healthcheck-client.crt"))
+        .arg("--key")
+        .arg(pki.join("etcd/healthcheck-client.key"))
+        .args(["snapshot", "save"])
+        .arg(&upstream)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcdctl snapshot save: {}", text(&out));
+
+    // Restoring over the running cluster is refused and changes nothing.
+    let out = host
+        .selfnode()
+        .args(["etcd", "snapshot", "restore"])
+        .arg(&snap)
+        .args(["--allow-workloads", "--bundle", host.bundle.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("selfnode reset"), "{}", text(&out));
+    host.kubectl_ok(&["get", "configmap", "after-first-snapshot"]);
+
+    // Reset, then restore selfnode's snapshot: its objects are back, the
+    // later one is not, and the cluster is as healthy as after init.
+    reset_and_restore(&mut host, &snap);
+    assert_healthy_self_hosted_cluster(&host, &[]);
+    assert_configmaps_present(&host, &acked);
+    let later = host.kubectl(&["get", "configmap", "after-first-snapshot"]);
+    assert!(!later.status.success(), "{}", text(&later));
+
+    // And upstream etcdctl's snapshot restores too.
+    reset_and_restore(&mut host, &upstream);
+    assert_healthy_self_hosted_cluster(&host, &[]);
+    assert_configmaps_present(&host, &acked);
+    host.kubectl_ok(&["get", "configmap", "after-first-snapshot"]);
 }
 
 #[test]
@@ -390,6 +637,46 @@ fn bad_input_is_refused_before_anything_is_written() {
         "nothing written under the host root: {written:?}"
     );
 
+    // Snapshots that cannot be restored, and a restore without the PKI:
+    // each refused before anything is written (no agent needed to say so).
+    let files = tempfile::tempdir().unwrap();
+    let empty = empty_etcd_snapshot(files.path());
+    let data = std::fs::read(&empty).unwrap();
+    let truncated = files.path().join("truncated.db");
+    std::fs::write(&truncated, &data[..data.len() - 100]).unwrap();
+    let flipped = files.path().join("flipped.db");
+    let mut bad = data.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    std::fs::write(&flipped, &bad).unwrap();
+    let pki_less = files.path().join("no-pki");
+    std::fs::create_dir(&pki_less).unwrap();
+    let restore = |file: &std::path::Path, extra: &[&str]| {
+        host.selfnode()
+            .args(["etcd", "snapshot", "restore"])
+            .arg(file)
+            .args(["--bundle", host.bundle.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (file, extra, want) in [
+        (&truncated, &[][..], "is truncated or corrupt"),
+        (&flipped, &[], "has the wrong checksum"),
+        (&empty, &[], "a snapshot of an empty etcd"),
+        (&files.path().join("missing.db"), &[], "cannot read the snapshot file"),
+    ] {
+        let out = restore(file, extra);
+        assert_eq!(out.status.code(), Some(2), "{}: {}", file.display(), text(&out));
+        assert!(text(&out).contains(want), "{}: {}", file.display(), text(&out));
+    }
+    let written: Vec<_> = std::fs::read_dir(&host.root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(written.is_empty(), "a refused restore wrote {written:?}");
+
     // A host that belongs to another cluster refuses (exit 3) and keeps its state.
     host.start_agent();
     host.wait_healthy(START);
@@ -410,6 +697,74 @@ fn bad_input_is_refused_before_anything_is_written() {
         !host.root.join("etc/kubernetes/pki/ca.crt").exists(),
         "the refused init wrote no PKI"
     );
+}
+
+/// A snapshot of a never-written etcd: the bundle's etcd on loopback (no
+/// TLS, a free port, stopped by PID), saved by upstream etcdctl.
+fn empty_etcd_snapshot(dir: &std::path::Path) -> std::path::PathBuf {
+    let port = support::free_port();
+    let peer = support::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut etcd = std::process::Command::new(support::bundle_dir().join("bin/etcd"))
+        .arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!("--listen-client-urls={url}"))
+        .arg(format!("--advertise-client-urls={url}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let file = dir.join("empty.db");
+    let mut saved = None;
+    for _ in 0..100 {
+        let out = std::process::Command::new(support::bundle_dir().join("bin/etcdctl"))
+            .args(["--endpoints", &url, "snapshot", "save"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            saved = Some(());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    support::signal(etcd.id(), libc::SIGTERM);
+    etcd.wait().unwrap();
+    assert!(saved.is_some(), "etcdctl could not save a snapshot of a fresh etcd");
+    file
+}
+
+/// Stops the agent, keeps a copy of the PKI, resets the host, starts the
+/// agent again and restores `snapshot` with that copy.
+fn reset_and_restore(host: &mut TestHost, snapshot: &std::path::Path) {
+    let backup = host.root.join("pki-backup");
+    if !backup.exists() {
+        let cp = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(host.root.join("etc/kubernetes/pki"))
+            .arg(&backup)
+            .output()
+            .unwrap();
+        assert!(cp.status.success(), "{}", text(&cp));
+    }
+    assert!(host.stop_agent(Duration::from_secs(120)).success());
+    let out = host.selfnode().args(["reset", "--force"]).output().unwrap();
+    assert!(out.status.success(), "reset: {}", text(&out));
+    host.start_agent();
+    host.wait_healthy(START);
+    let out = host
+        .selfnode()
+        .args(["etcd", "snapshot", "restore"])
+        .arg(snapshot)
+        .arg("--pki")
+        .arg(&backup)
+        .args(["--allow-workloads", "--bundle", host.bundle.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore {}: {}", snapshot.display(), text(&out));
+    assert!(text(&out).contains("[restore] restore_etcd_data"), "{}", text(&out));
 }
 
 fn bundle_version(key: &str) -> String {

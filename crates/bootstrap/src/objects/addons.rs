@@ -240,6 +240,7 @@ pub(crate) fn kube_proxy(spec: &PlaneSpec) -> Result<Vec<Object>, ObjectsError> 
         name: KUBE_PROXY.to_string(),
         image: Some(spec.images.kube_proxy.clone()),
         image_pull_policy: Some("IfNotPresent".to_string()),
+        termination_message_policy: meta::logs_on_error(),
         command: Some(vec![
             "/usr/local/bin/kube-proxy".to_string(),
             format!("--config={KUBE_PROXY_CONFIG_DIR}/{KUBE_PROXY_CONFIG}"),
@@ -406,6 +407,7 @@ pub(crate) fn coredns(spec: &PlaneSpec) -> Result<Vec<Object>, ObjectsError> {
         name: COREDNS.to_string(),
         image: Some(spec.images.coredns.clone()),
         image_pull_policy: Some("IfNotPresent".to_string()),
+        termination_message_policy: meta::logs_on_error(),
         args: Some(vec![
             "-conf".to_string(),
             "/etc/coredns/Corefile".to_string(),

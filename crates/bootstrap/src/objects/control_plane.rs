@@ -247,6 +247,7 @@ fn apiserver_daemonset(spec: &PlaneSpec, flags: &Flags, m: Mounted) -> DaemonSet
         name: APISERVER.to_string(),
         image: Some(spec.images.kube_apiserver.clone()),
         image_pull_policy: Some("IfNotPresent".to_string()),
+        termination_message_policy: meta::logs_on_error(),
         command: Some(command(APISERVER, flags)),
         env: Some(vec![EnvVar {
             name: HOST_IP_ENV.to_string(),
@@ -342,6 +343,7 @@ fn control_plane_deployment(
         name: shape.app.to_string(),
         image: Some(shape.image.to_string()),
         image_pull_policy: Some("IfNotPresent".to_string()),
+        termination_message_policy: meta::logs_on_error(),
         command: Some(command(shape.app, flags)),
         ports: None,
         liveness_probe: Some(meta::http_probe(

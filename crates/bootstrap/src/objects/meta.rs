@@ -169,3 +169,12 @@ pub(crate) fn one_node_at_a_time() -> DaemonSetUpdateStrategy {
         }),
     }
 }
+
+/// `terminationMessagePolicy` for every container selfnode creates: when a
+/// container fails without writing a termination message, the kubelet puts
+/// the tail of its log in the pod status instead, so `kubectl get pod -o
+/// yaml` and `selfnode init`'s errors show why (CoreDNS and the control
+/// plane log their fatal error and exit).
+pub(crate) fn logs_on_error() -> Option<String> {
+    Some("FallbackToLogsOnError".to_string())
+}

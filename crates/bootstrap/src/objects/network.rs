@@ -68,6 +68,7 @@ pub(crate) fn objects(spec: &PlaneSpec) -> Vec<Object> {
         name: "network-agent".to_string(),
         image: Some(spec.images.selfnode.clone()),
         image_pull_policy: Some("IfNotPresent".to_string()),
+        termination_message_policy: meta::logs_on_error(),
         command: Some(vec![
             SELFNODE_BIN.to_string(),
             "network-agent".to_string(),

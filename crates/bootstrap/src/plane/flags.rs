@@ -120,23 +120,29 @@ pub(crate) fn encryption_config_path(pki_dir: &Path) -> PathBuf {
     pki_dir.join(ENCRYPTION_CONFIG_FILE)
 }
 
-/// etcd: host process only in this milestone (self-hosted etcd comes with
-/// etcd-mgr's pivot). kubeadm's flags, except:
+/// etcd, for either member. kubeadm's flags, except:
 /// - no `--listen-metrics-urls=http://127.0.0.1:2381`: that listener has no
 ///   authentication; health is checked on the client port with the
-///   healthcheck client certificate instead, and metrics are there too.
-pub(crate) fn etcd(spec: &PlaneSpec) -> Flags {
-    let peer = spec.etcd_peer_url();
-    let client = https_url(spec.advertise_address, spec.ports.etcd_client);
+///   healthcheck client certificate instead, and metrics are there too;
+/// - the temporary member listens on its own ports and data directory, so
+///   both run on the first node while the self-hosted member joins;
+/// - `--initial-cluster`/`--initial-cluster-state` come from `initial`: etcd
+///   reads them only when its data directory is empty.
+pub(crate) fn etcd(spec: &PlaneSpec, placement: Placement, initial: &EtcdInitial) -> Flags {
+    let peer = spec.etcd_peer_url(placement);
+    let client = https_url(
+        spec.advertise_address,
+        spec.ports.etcd_client_port(placement),
+    );
     let mut f = Flags::default();
-    f.text("name", &spec.node_name)
-        .dir("data-dir", spec.etcd_data_dir.clone())
-        .text("listen-client-urls", spec.etcd_client_urls().join(","))
+    f.text("name", spec.etcd_member_name(placement))
+        .dir("data-dir", spec.etcd_data_dir_for(placement))
+        .text("listen-client-urls", spec.etcd_client_urls(placement).join(","))
         .text("advertise-client-urls", client)
         .text("listen-peer-urls", &peer)
         .text("initial-advertise-peer-urls", &peer)
-        .text("initial-cluster", format!("{}={peer}", spec.node_name))
-        .text("initial-cluster-state", "new")
+        .text("initial-cluster", initial.cluster())
+        .text("initial-cluster-state", initial.state.as_str())
         .file("cert-file", crt(spec, names::ETCD_SERVER))
         .file("key-file", key(spec, names::ETCD_SERVER))
         .file("trusted-ca-file", crt(spec, names::ETCD_CA))
@@ -149,6 +155,64 @@ pub(crate) fn etcd(spec: &PlaneSpec) -> Flags {
         .text("feature-gates", "InitialCorruptCheck=true")
         .text("watch-progress-notify-interval", "5s");
     f
+}
+
+/// How an etcd member starts when its data directory is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdInitial {
+    /// `name=peer URL` of every member, this one included.
+    pub members: Vec<(String, String)>,
+    pub state: InitialClusterState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialClusterState {
+    /// A cluster of its own (the temporary member; a restored member).
+    New,
+    /// Joins members that already run (after `member add`).
+    Existing,
+}
+
+impl InitialClusterState {
+    fn as_str(self) -> &'static str {
+        match self {
+            InitialClusterState::New => "new",
+            InitialClusterState::Existing => "existing",
+        }
+    }
+}
+
+impl EtcdInitial {
+    /// A one-member cluster of the member at `placement`.
+    pub fn alone(spec: &PlaneSpec, placement: Placement) -> Self {
+        EtcdInitial {
+            members: vec![(
+                spec.etcd_member_name(placement),
+                spec.etcd_peer_url(placement),
+            )],
+            state: InitialClusterState::New,
+        }
+    }
+
+    /// The self-hosted member joining the temporary one (the pivot).
+    pub fn join_temporary(spec: &PlaneSpec) -> Self {
+        let member = |p| (spec.etcd_member_name(p), spec.etcd_peer_url(p));
+        EtcdInitial {
+            members: vec![
+                member(Placement::Temporary),
+                member(Placement::SelfHosted),
+            ],
+            state: InitialClusterState::Existing,
+        }
+    }
+
+    fn cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|(name, url)| format!("{name}={url}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// kube-apiserver. kubeadm's flags plus `--encryption-provider-config`
@@ -195,7 +259,12 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
             "kubelet-preferred-address-types",
             "InternalIP,ExternalIP,Hostname",
         )
-        .text("etcd-servers", spec.etcd_client_urls().join(","))
+        // The member on this node, on loopback: the temporary one, or the
+        // self-hosted one (its static pod runs on every control-plane node).
+        .text(
+            "etcd-servers",
+            https_url(spec.loopback(), spec.ports.etcd_client_port(placement)),
+        )
         .file("etcd-cafile", crt(spec, names::ETCD_CA))
         .file("etcd-certfile", crt(spec, names::APISERVER_ETCD_CLIENT))
         .file("etcd-keyfile", key(spec, names::APISERVER_ETCD_CLIENT))

@@ -11,7 +11,7 @@
 
 mod encryption;
 pub(crate) mod flags;
-mod spec;
+pub(crate) mod spec;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -26,6 +26,7 @@ pub use encryption::{
     ensure_encryption_config, EncryptionConfigError, EncryptionReport, ENCRYPTION_CONFIG_FILE,
     ENCRYPTION_KEY_NAME,
 };
+pub use flags::{EtcdInitial, InitialClusterState};
 pub use spec::{
     PlaneImages, PlanePorts, PlaneReplicas, PlaneSpec, PlaneSpecError, DEFAULT_ETCD_DATA_DIR,
     DEFAULT_POD_CIDR,
@@ -106,9 +107,9 @@ pub fn temp_plane(spec: &PlaneSpec) -> Result<Vec<ProcessSpec>, PlaneSpecError> 
         ProcessSpec {
             name: "etcd".into(),
             binary: "etcd".into(),
-            args: flags::etcd(spec).args(),
+            args: flags::etcd(spec, p, &EtcdInitial::alone(spec, p)).args(),
             health: HealthCheck::Https {
-                address: SocketAddr::new(loopback, spec.ports.etcd_client),
+                address: SocketAddr::new(loopback, spec.ports.temp_etcd_client),
                 path: "/readyz".into(),
                 ca_file: Some(pki(names::ETCD_CA, "crt")),
                 client_cert: Some(ClientCert {
@@ -153,11 +154,12 @@ pub fn temp_plane(spec: &PlaneSpec) -> Result<Vec<ProcessSpec>, PlaneSpecError> 
     ])
 }
 
-/// Creates what the temporary processes need besides the PKI: etcd's data
-/// directory (mode 0700, which etcd insists on). Idempotent.
+/// Creates what the temporary processes need besides the PKI: the temporary
+/// etcd member's data directory (mode 0700, which etcd insists on).
+/// Idempotent.
 pub fn prepare_temp_plane(host: &dyn Host, spec: &PlaneSpec) -> Result<(), PrepareError> {
     spec.validate()?;
-    host.ensure_dir(&spec.etcd_data_dir, ETCD_DATA_DIR_MODE)?;
+    host.ensure_dir(&spec.temp_etcd_data_dir(), ETCD_DATA_DIR_MODE)?;
     Ok(())
 }
 

@@ -8,7 +8,8 @@ use ipnet::IpNet;
 use super::Placement;
 use crate::pki::{self, PkiSpec, PkiSpecError};
 
-/// Where the temporary etcd keeps its data.
+/// Where this node's self-hosted etcd member keeps its data (the temporary
+/// member uses a sibling, see [`PlaneSpec::temp_etcd_data_dir`]).
 pub const DEFAULT_ETCD_DATA_DIR: &str = "/var/lib/selfnode/etcd";
 /// The Pod network when the user gives none (kubeadm has no default; this is
 /// the common one of flannel and many guides).
@@ -40,7 +41,7 @@ pub struct PlaneSpec {
     pub pki_dir: PathBuf,
     /// Kubeconfig files, on the host and in the pods.
     pub kubeconfig_dir: PathBuf,
-    /// The temporary etcd's data directory.
+    /// The self-hosted etcd member's data directory on this node.
     pub etcd_data_dir: PathBuf,
     /// Where containerd reads CNI configurations on the host; the network
     /// agent writes there through a hostPath mount.
@@ -63,6 +64,9 @@ pub struct PlaneImages {
     pub kube_scheduler: String,
     pub kube_proxy: String,
     pub coredns: String,
+    /// etcd (`registry.k8s.io/etcd:<X.Y.Z>-0`), the self-hosted members'
+    /// static pods.
+    pub etcd: String,
     /// selfnode's own image (`localhost/selfnode:<version>`): the pod
     /// network's agent.
     pub selfnode: String,
@@ -72,8 +76,12 @@ pub struct PlaneImages {
 /// during the pivot, so each has its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanePorts {
+    /// The self-hosted etcd member.
     pub etcd_client: u16,
     pub etcd_peer: u16,
+    /// The temporary etcd member: both run during the pivot.
+    pub temp_etcd_client: u16,
+    pub temp_etcd_peer: u16,
     /// The self-hosted kube-apiserver (the port in the `kubernetes` Endpoints).
     pub apiserver: u16,
     /// The temporary kube-apiserver.
@@ -92,6 +100,8 @@ impl Default for PlanePorts {
         PlanePorts {
             etcd_client: 2379,
             etcd_peer: 2380,
+            temp_etcd_client: 12379,
+            temp_etcd_peer: 12380,
             apiserver: 6443,
             temp_apiserver: 6444,
             controller_manager: 10257,
@@ -104,6 +114,20 @@ impl Default for PlanePorts {
 }
 
 impl PlanePorts {
+    pub fn etcd_client_port(&self, placement: Placement) -> u16 {
+        match placement {
+            Placement::Temporary => self.temp_etcd_client,
+            Placement::SelfHosted => self.etcd_client,
+        }
+    }
+
+    pub fn etcd_peer_port(&self, placement: Placement) -> u16 {
+        match placement {
+            Placement::Temporary => self.temp_etcd_peer,
+            Placement::SelfHosted => self.etcd_peer,
+        }
+    }
+
     pub fn apiserver_port(&self, placement: Placement) -> u16 {
         match placement {
             Placement::Temporary => self.temp_apiserver,
@@ -126,10 +150,12 @@ impl PlanePorts {
     }
 
     /// Every port with its role, for validation and messages.
-    fn named(&self) -> [(&'static str, u16); 9] {
+    fn named(&self) -> [(&'static str, u16); 11] {
         [
             ("etcd_client", self.etcd_client),
             ("etcd_peer", self.etcd_peer),
+            ("temp_etcd_client", self.temp_etcd_client),
+            ("temp_etcd_peer", self.temp_etcd_peer),
             ("apiserver", self.apiserver),
             ("temp_apiserver", self.temp_apiserver),
             ("controller_manager", self.controller_manager),
@@ -355,23 +381,58 @@ impl PlaneSpec {
         }
     }
 
-    /// etcd's client URL on loopback and on the advertise address.
-    pub fn etcd_client_urls(&self) -> Vec<String> {
+    /// An etcd member's client URLs: loopback and the advertise address.
+    pub fn etcd_client_urls(&self, placement: Placement) -> Vec<String> {
+        let port = self.ports.etcd_client_port(placement);
         vec![
-            https_url(self.loopback(), self.ports.etcd_client),
-            https_url(self.advertise_address, self.ports.etcd_client),
+            https_url(self.loopback(), port),
+            https_url(self.advertise_address, port),
         ]
     }
 
-    /// etcd's peer URL (advertise address only: peers never use loopback).
-    pub fn etcd_peer_url(&self) -> String {
-        https_url(self.advertise_address, self.ports.etcd_peer)
+    /// An etcd member's peer URL (advertise address only: peers never use
+    /// loopback). Also how membership changes name a member.
+    pub fn etcd_peer_url(&self, placement: Placement) -> String {
+        https_url(
+            self.advertise_address,
+            self.ports.etcd_peer_port(placement),
+        )
+    }
+
+    /// An etcd member's name: the node's name for the self-hosted member,
+    /// `<node>-bootstrap` for the temporary one.
+    pub fn etcd_member_name(&self, placement: Placement) -> String {
+        match placement {
+            Placement::Temporary => format!("{}-bootstrap", self.node_name),
+            Placement::SelfHosted => self.node_name.clone(),
+        }
+    }
+
+    /// The temporary member's data directory: `<etcd_data_dir>-bootstrap`,
+    /// removed once the pivot is done.
+    pub fn temp_etcd_data_dir(&self) -> PathBuf {
+        let mut name = self
+            .etcd_data_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "etcd".into());
+        name.push("-bootstrap");
+        self.etcd_data_dir.with_file_name(name)
+    }
+
+    /// The data directory of the member at `placement`.
+    pub fn etcd_data_dir_for(&self, placement: Placement) -> PathBuf {
+        match placement {
+            Placement::Temporary => self.temp_etcd_data_dir(),
+            Placement::SelfHosted => self.etcd_data_dir.clone(),
+        }
     }
 }
 
 impl PlaneImages {
-    fn named(&self) -> [(&'static str, &str); 6] {
+    fn named(&self) -> [(&'static str, &str); 7] {
         [
+            ("etcd", &self.etcd),
             ("kube_apiserver", &self.kube_apiserver),
             ("kube_controller_manager", &self.kube_controller_manager),
             ("kube_scheduler", &self.kube_scheduler),

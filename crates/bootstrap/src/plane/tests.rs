@@ -20,6 +20,7 @@ pub(crate) fn images() -> PlaneImages {
         kube_scheduler: "registry.k8s.io/kube-scheduler:v1.37.2".into(),
         kube_proxy: "registry.k8s.io/kube-proxy:v1.37.2".into(),
         coredns: "registry.k8s.io/coredns/coredns:v1.14.6".into(),
+        etcd: "registry.k8s.io/etcd:3.7.3-0".into(),
         selfnode: "localhost/selfnode:0.1.0".into(),
     }
 }
@@ -203,7 +204,8 @@ fn security_flags_are_on() {
     );
     assert!(!api.contains_key("kubelet-certificate-authority"));
     assert!(!api.contains_key("anonymous-auth"), "kubeadm's default");
-    let etcd = as_map(&flags::etcd(&s));
+    let t = Placement::Temporary;
+    let etcd = as_map(&flags::etcd(&s, t, &EtcdInitial::alone(&s, t)));
     assert_eq!(etcd["client-cert-auth"], "true");
     assert_eq!(etcd["peer-client-cert-auth"], "true");
     assert!(
@@ -226,8 +228,9 @@ fn file_flags_are_typed_as_files() {
     // Every flag whose value is an absolute path is a Value::File (so the
     // objects mount it), except etcd's data dir, which is a Dir.
     let s = spec();
+    let sh = Placement::SelfHosted;
     let all = [
-        flags::etcd(&s),
+        flags::etcd(&s, sh, &EtcdInitial::join_temporary(&s)),
         flags::apiserver(&s, Placement::SelfHosted),
         flags::controller_manager(&s, Placement::SelfHosted),
         flags::scheduler(&s, Placement::SelfHosted),
@@ -400,11 +403,11 @@ fn small_valid_variants() {
 }
 
 #[test]
-fn prepare_creates_the_etcd_data_dir_0700() {
+fn prepare_creates_the_temporary_etcd_data_dir_0700() {
     let h = MemHost::new();
     let s = spec();
     prepare_temp_plane(&h, &s).unwrap();
-    assert_eq!(h.dir_mode(&s.etcd_data_dir), Some(0o700));
+    assert_eq!(h.dir_mode(&s.temp_etcd_data_dir()), Some(0o700));
     prepare_temp_plane(&h, &s).unwrap();
     let mut bad = spec();
     bad.advertise_address = "127.0.0.1".parse().unwrap();
@@ -529,4 +532,43 @@ fn encryption_config_write_failure_is_reported() {
             .unwrap(),
         Written::Unchanged
     );
+}
+
+#[test]
+fn etcd_members_differ_only_where_both_run_on_one_node() {
+    let s = spec();
+    let temp = as_map(&flags::etcd(
+        &s,
+        Placement::Temporary,
+        &EtcdInitial::alone(&s, Placement::Temporary),
+    ));
+    let joining = as_map(&flags::etcd(
+        &s,
+        Placement::SelfHosted,
+        &EtcdInitial::join_temporary(&s),
+    ));
+    let ip = s.advertise_address;
+    assert_eq!(temp["name"], "cp-1-bootstrap");
+    assert_eq!(temp["listen-peer-urls"], format!("https://{ip}:12380"));
+    assert_eq!(temp["initial-cluster-state"], "new");
+    assert_eq!(
+        temp["initial-cluster"],
+        format!("cp-1-bootstrap=https://{ip}:12380")
+    );
+    assert_eq!(temp["data-dir"], "/var/lib/selfnode/etcd-bootstrap");
+    assert_eq!(joining["name"], "cp-1");
+    assert_eq!(joining["data-dir"], "/var/lib/selfnode/etcd");
+    assert_eq!(joining["initial-cluster-state"], "existing");
+    assert_eq!(
+        joining["initial-cluster"],
+        format!("cp-1-bootstrap=https://{ip}:12380,cp-1=https://{ip}:2380")
+    );
+    assert_eq!(
+        joining["listen-client-urls"],
+        format!("https://127.0.0.1:2379,https://{ip}:2379")
+    );
+    // Each apiserver talks to the member on its own node, on loopback.
+    let api = |p| as_map(&flags::apiserver(&s, p))["etcd-servers"].clone();
+    assert_eq!(api(Placement::Temporary), "https://127.0.0.1:12379");
+    assert_eq!(api(Placement::SelfHosted), "https://127.0.0.1:2379");
 }

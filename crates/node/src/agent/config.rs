@@ -3,6 +3,7 @@
 //! Rendering is pure (host facts come in as [`HostFacts`]) so the output is
 //! pinned by golden tests; writing goes through `fsutil::write_atomic`.
 
+use std::collections::BTreeMap;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -232,6 +233,7 @@ struct KubeletConfiguration {
     cluster_dns: Vec<String>,
     rotate_certificates: bool,
     resolv_conf: &'static str,
+    eviction_hard: BTreeMap<&'static str, &'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -257,6 +259,27 @@ struct X509 {
 #[derive(Debug, Serialize)]
 struct KubeletAuthz {
     mode: &'static str,
+}
+
+/// Hard eviction thresholds, absolute where the kubelet's defaults are
+/// percentages. The defaults (`nodefs.available<10%`,
+/// `imagefs.available<15%`) scale with the disk, not with what a node needs:
+/// on a large shared disk (this project's test machines: 252 GiB with about
+/// 40 GiB, 16%, free) one build pushes the node under 15%, the kubelet
+/// taints it `disk-pressure`, and every new pod without that toleration
+/// (CoreDNS, user workloads) stays Pending while tens of GiB are free.
+/// A kubelet given some thresholds sets the others to zero, so all five are
+/// given.
+fn eviction_hard() -> BTreeMap<&'static str, &'static str> {
+    [
+        ("memory.available", "100Mi"),
+        ("nodefs.available", "1Gi"),
+        ("nodefs.inodesFree", "5%"),
+        ("imagefs.available", "1Gi"),
+        ("imagefs.inodesFree", "5%"),
+    ]
+    .into_iter()
+    .collect()
 }
 
 /// The KubeletConfiguration, as JSON (a YAML subset the kubelet reads).
@@ -300,6 +323,7 @@ pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
         cluster_dns: k.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
         rotate_certificates: k.in_cluster,
         resolv_conf: "/etc/resolv.conf",
+        eviction_hard: eviction_hard(),
     };
     let mut out = serde_json::to_string_pretty(&cfg).unwrap_or_default();
     out.push('\n');

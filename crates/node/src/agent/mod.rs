@@ -15,6 +15,7 @@ pub mod logs;
 pub mod probe;
 pub mod reaper;
 pub mod services;
+pub mod snapshots;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ pub struct AgentOptions {
     pub api_lb_port: u16,
     /// The running selfnode binary, packed into selfnode's own image.
     pub selfnode_exe: PathBuf,
+    pub snapshots: snapshots::Schedule,
 }
 
 pub const CONTAINERD: &str = "containerd";
@@ -77,6 +79,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             ComponentStatus::new(KUBELET, Some(log_dir.join("kubelet.log"))),
             ComponentStatus::new(apilb::COMPONENT, None),
         ],
+        snapshots: None,
     });
     let ctx = Arc::new(ServiceContext {
         paths: paths.clone(),
@@ -104,6 +107,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         status.clone(),
         stop_background.clone(),
         tracker.clone(),
+    ));
+
+    tracker.spawn(snapshots::run(
+        opts.snapshots.clone(),
+        status.clone(),
+        stop_background.clone(),
     ));
 
     // SIGHUP (and `selfnode init`) bump this: services re-read their config.

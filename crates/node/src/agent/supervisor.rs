@@ -83,6 +83,16 @@ impl StatusHandle {
         self.changed.notify_one();
     }
 
+    pub fn set_snapshots(&self, snapshots: crate::status::SnapshotStatus) {
+        if let Ok(mut st) = self.inner.lock() {
+            if st.snapshots.as_ref() == Some(&snapshots) {
+                return;
+            }
+            st.snapshots = Some(snapshots);
+        }
+        self.changed.notify_one();
+    }
+
     pub fn remove_component(&self, name: &str) {
         if let Ok(mut st) = self.inner.lock() {
             st.components.retain(|x| x.name != name);

@@ -6,11 +6,18 @@ use bootstrap::pki::names;
 use crate::cli::{EtcdCommand, Output, SnapshotCommand};
 use crate::paths::HostPaths;
 
-/// This host's etcd, reached with the health-check client certificate.
+/// This host's self-hosted etcd member, reached with the health-check
+/// client certificate.
 pub fn config(paths: &HostPaths) -> etcd_mgr::EtcdConfig {
+    config_at(paths, bootstrap::plane::PlanePorts::default().etcd_client)
+}
+
+/// The etcd member listening on loopback `port` (the self-hosted member,
+/// or the temporary one while `init` runs).
+pub fn config_at(paths: &HostPaths, port: u16) -> etcd_mgr::EtcdConfig {
     let pki = paths.pki_dir();
     etcd_mgr::EtcdConfig {
-        endpoints: vec!["https://127.0.0.1:2379".into()],
+        endpoints: vec![format!("https://127.0.0.1:{port}")],
         ca_file: pki.join(format!("{}.crt", names::ETCD_CA)),
         cert_file: pki.join(format!("{}.crt", names::ETCD_HEALTHCHECK_CLIENT)),
         key_file: pki.join(format!("{}.key", names::ETCD_HEALTHCHECK_CLIENT)),
@@ -54,6 +61,23 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
             } else {
                 ExitCode::from(1)
             })
+        }
+        EtcdCommand::RemoveMember { member } => {
+            match etcd_mgr::members::remove(&cfg, &member, Duration::from_secs(30)).await? {
+                etcd_mgr::RemoveOutcome::Removed { id } => println!("removed etcd member {id:x}"),
+                etcd_mgr::RemoveOutcome::NotAMember => {
+                    println!("{member} is not a member (already removed)")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EtcdCommand::Snapshot(SnapshotCommand::Restore { file, pki, init }) => {
+            super::init::run_with(
+                paths,
+                init,
+                Some(crate::init::RestoreSource { snapshot: file, pki }),
+            )
+            .await
         }
         EtcdCommand::Snapshot(SnapshotCommand::Save { file, output }) => {
             let info = etcd_mgr::snapshot::save(&cfg, &file).await?;

@@ -7,6 +7,16 @@ use crate::cli::{InitArgs, Output};
 use crate::paths::HostPaths;
 
 pub async fn run(paths: &HostPaths, args: InitArgs) -> anyhow::Result<ExitCode> {
+    run_with(paths, args, None).await
+}
+
+/// `init`, or with `restore` `selfnode etcd snapshot restore`: the same
+/// sequence, started from a snapshot.
+pub async fn run_with(
+    paths: &HostPaths,
+    args: InitArgs,
+    restore: Option<crate::init::RestoreSource>,
+) -> anyhow::Result<ExitCode> {
     // Everything is validated before anything is written.
     let file = match &args.config {
         Some(path) => {
@@ -38,6 +48,7 @@ pub async fn run(paths: &HostPaths, args: InitArgs) -> anyhow::Result<ExitCode> 
         settings,
         bundle,
         quiet,
+        restore,
     })
     .await?;
     match args.output {

@@ -1,6 +1,6 @@
 //! Thin command handlers: parse (done by clap), call the library, print.
 
-mod etcd;
+pub(crate) mod etcd;
 mod images;
 mod init;
 mod reset;
@@ -22,6 +22,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 kubelet_healthz_port: args.kubelet_healthz_port,
                 api_lb_port: args.api_lb_port,
                 selfnode_exe: std::env::current_exe()?,
+                snapshots: crate::agent::snapshots::Schedule {
+                    interval: args.etcd_snapshot_interval,
+                    keep: args.etcd_snapshot_keep as usize,
+                    max_age: args.etcd_snapshot_max_age,
+                    dir: args
+                        .etcd_snapshot_dir
+                        .unwrap_or_else(|| paths.snapshot_dir()),
+                    member_manifest: paths.etcd_manifest(),
+                    etcd: etcd::config(&paths),
+                },
                 paths,
             };
             crate::agent::run(opts).await?;
@@ -83,8 +93,35 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
         if let Some(crate::agent::lock::LockError::Held { .. }) = cause.downcast_ref() {
             return 3;
         }
-        if cause.downcast_ref::<crate::init::InitConflict>().is_some() {
+        if cause.downcast_ref::<crate::init::InitConflict>().is_some()
+            || cause.downcast_ref::<crate::init::RestoreConflict>().is_some()
+        {
             return 3;
+        }
+        if cause
+            .downcast_ref::<crate::init::RestoreInputError>()
+            .is_some()
+        {
+            return 2;
+        }
+        // A snapshot file that cannot be used; not etcd being unreachable.
+        if let Some(
+            etcd_mgr::snapshot::SnapshotError::Unreadable { .. }
+            | etcd_mgr::snapshot::SnapshotError::TooShort { .. }
+            | etcd_mgr::snapshot::SnapshotError::NotBolt { .. }
+            | etcd_mgr::snapshot::SnapshotError::Truncated { .. }
+            | etcd_mgr::snapshot::SnapshotError::WrongChecksum { .. },
+        ) = cause.downcast_ref()
+        {
+            return 2;
+        }
+        if let Some(
+            etcd_mgr::EtcdError::LastVotingMember { .. }
+            | etcd_mgr::EtcdError::QuorumAtRisk { .. }
+            | etcd_mgr::EtcdError::NoSuchMember { .. },
+        ) = cause.downcast_ref()
+        {
+            return 2;
         }
         if cause
             .downcast_ref::<bootstrap::config::ConfigError>()

@@ -10,8 +10,9 @@ use crate::paths::HostPaths;
 
 /// `selfnode reset`: forget the cluster on this host. The agent must be
 /// stopped first (its stop already ends every container and releases their
-/// mounts); reset then removes the cluster's state and keeps the bundle and
-/// containerd's images.
+/// mounts); reset then removes the cluster's state and keeps the bundle,
+/// containerd's images and the scheduled etcd snapshots (they are what a
+/// restore starts from).
 pub fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
     if let Some(pid) = lock::running_agent(&paths.agent_lock()) {
         anyhow::bail!(
@@ -23,6 +24,8 @@ pub fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
         paths.checkpoint_dir(),
         paths.services_dir(),
         paths.state_dir().join("etcd"),
+        paths.state_dir().join("etcd-bootstrap"),
+        paths.etcd_manifest(),
         paths.apiservers_file(),
         paths.node_identity_file(),
         paths.kubelet_root(),

@@ -20,11 +20,14 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", file.display())),
     };
-    // On a host whose agent runs etcd: the members as etcd itself sees them.
-    let runs_etcd = running.is_some()
-        && status
-            .as_ref()
-            .is_some_and(|s| s.components.iter().any(|c| c.name == "etcd"));
+    // On a host with an etcd member (the self-hosted static pod, or the
+    // temporary one the agent runs during init): the members as etcd itself
+    // sees them.
+    let runs_etcd = paths.etcd_manifest().exists()
+        || (running.is_some()
+            && status
+                .as_ref()
+                .is_some_and(|s| s.components.iter().any(|c| c.name == "etcd")));
     let etcd = if runs_etcd {
         let mut cfg = super::etcd::config(paths);
         cfg.timeout = std::time::Duration::from_secs(2);
@@ -32,11 +35,12 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
     } else {
         None
     };
+    let snapshots = status.as_ref().and_then(|s| s.snapshots.clone());
     let etcd_healthy = match &etcd {
         Some(Ok(members)) => members.iter().all(|m| m.healthy),
         Some(Err(_)) => false,
         None => true,
-    };
+    } && snapshots.as_ref().is_none_or(|s| s.last_error.is_none());
     let healthy = etcd_healthy
         && running.is_some()
         && status.as_ref().is_some_and(|s| {
@@ -55,8 +59,13 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
                 "healthy": healthy,
                 "status": status,
                 "etcd": match &etcd {
-                    Some(Ok(members)) => serde_json::json!({ "members": members }),
-                    Some(Err(e)) => serde_json::json!({ "error": e }),
+                    Some(Ok(members)) => serde_json::json!({
+                        "members": members,
+                        "last_snapshot": snapshots.as_ref().and_then(|s| s.last.clone()),
+                        "last_snapshot_time": snapshots.as_ref().and_then(|s| s.last_time),
+                        "snapshots": snapshots,
+                    }),
+                    Some(Err(e)) => serde_json::json!({ "error": e, "snapshots": snapshots }),
                     None => serde_json::Value::Null,
                 },
             });
@@ -78,6 +87,9 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
                 }
                 Some(Err(e)) => println!("etcd: {e}"),
                 None => {}
+            }
+            if let (Some(_), Some(s)) = (&etcd, &snapshots) {
+                println!("{}", describe_snapshots(s, now_unix()));
             }
         }
     }
@@ -147,5 +159,56 @@ fn print_table(running: Option<&str>, status: Option<&AgentStatus>, paths: &Host
             human_age(c.since, now),
             detail
         );
+    }
+}
+
+/// One line on the scheduled snapshots: the newest, how many, the schedule,
+/// and the last failure if the last attempt failed.
+fn describe_snapshots(s: &crate::status::SnapshotStatus, now: u64) -> String {
+    let every = humantime::format_duration(std::time::Duration::from_secs(s.interval_seconds));
+    let last = match (&s.last, s.last_time) {
+        (Some(file), Some(t)) => format!(
+            "last {} ({} ago)",
+            file.display(),
+            human_age(t, now)
+        ),
+        _ => "none yet".to_string(),
+    };
+    let mut line = format!(
+        "etcd snapshots: {last}; {} kept (at most {}), every {every}",
+        s.count, s.keep
+    );
+    if let Some(e) = &s.last_error {
+        line.push_str(&format!("; LAST ATTEMPT FAILED: {e}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_line_says_when_and_what_failed() {
+        let mut s = crate::status::SnapshotStatus {
+            dir: "/var/lib/selfnode/snapshots".into(),
+            interval_seconds: 6 * 3600,
+            keep: 10,
+            max_age_seconds: 7 * 86400,
+            count: 2,
+            last: Some("/var/lib/selfnode/snapshots/etcd-20261125T150000Z.db".into()),
+            last_time: Some(1000),
+            last_error: None,
+            checked: 1100,
+        };
+        assert_eq!(
+            describe_snapshots(&s, 1125),
+            "etcd snapshots: last /var/lib/selfnode/snapshots/etcd-20261125T150000Z.db (2m5s ago); 2 kept (at most 10), every 6h"
+        );
+        s.last_error = Some("cannot reach etcd".into());
+        s.last = None;
+        s.last_time = None;
+        assert!(describe_snapshots(&s, 1125).starts_with("etcd snapshots: none yet;"));
+        assert!(describe_snapshots(&s, 1125).ends_with("LAST ATTEMPT FAILED: cannot reach etcd"));
     }
 }

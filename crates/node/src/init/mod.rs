@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bootstrap::config::{HostIdentity, InitSettings};
 use bootstrap::host::Host;
-use bootstrap::plane::{PlaneImages, PlaneSpec, ProcessSpec};
+use bootstrap::plane::{EtcdInitial, Placement, PlaneImages, PlaneSpec, ProcessSpec};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 
@@ -33,11 +33,14 @@ use crate::status::{AgentStatus, ComponentState};
 use steps::{until, Runner, StepReport};
 
 const SEQUENCE: &str = "init";
-const STEPS: usize = 16;
-const TEMP_SERVICES: [&str; 3] = [
+const STEPS: usize = 19;
+/// The temporary plane's agent services; etcd last (the agent stops it last
+/// too), after its member left the cluster.
+const TEMP_SERVICES: [&str; 4] = [
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "etcd",
 ];
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -79,6 +82,122 @@ pub struct InitContext {
     pub settings: InitSettings,
     pub bundle: dist::bundle::Bundle,
     pub quiet: bool,
+    /// `selfnode etcd snapshot restore`: the cluster starts from a snapshot.
+    pub restore: Option<RestoreSource>,
+}
+
+/// Where a restore's data and keys come from.
+#[derive(Debug, Clone)]
+pub struct RestoreSource {
+    /// An etcd snapshot (`selfnode etcd snapshot save`, a scheduled one, or
+    /// upstream `etcdctl snapshot save`).
+    pub snapshot: PathBuf,
+    /// A copy of the old control plane's PKI directory; `None`: the host's
+    /// own PKI directory must hold it.
+    pub pki: Option<PathBuf>,
+}
+
+/// A restore that cannot start: bad snapshot contents or missing keys.
+/// Exit code 2; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreInputError {
+    #[error("{snapshot} is a snapshot of an empty etcd (revision {revision}): it holds no Kubernetes objects, so there is nothing to restore; use a snapshot of the cluster's etcd")]
+    EmptySnapshot { snapshot: PathBuf, revision: i64 },
+    #[error("restoring needs the cluster's PKI (its CAs, the service-account key and the key its Secrets are encrypted with), and {missing} is missing; pass --pki DIR with a copy of the old control plane's {pki_dir}")]
+    NoPki { missing: PathBuf, pki_dir: PathBuf },
+    #[error("cannot inspect {snapshot} with etcdutl: {why}")]
+    Inspect { snapshot: PathBuf, why: String },
+}
+
+/// A restore onto a host that runs a cluster. Exit code 3.
+#[derive(Debug, thiserror::Error)]
+#[error("this host runs cluster {existing:?} (node {node:?}); a restore builds a cluster from the snapshot and would replace it. To restore here: stop the agent, run 'selfnode reset --force' (keep a copy of {pki_dir} first unless you pass --pki), start the agent, and run the restore again")]
+pub struct RestoreConflict {
+    pub existing: String,
+    pub node: String,
+    pub pki_dir: PathBuf,
+}
+
+/// The files a restore cannot do without: the CAs and keys that sign and
+/// read what is in etcd. Leaf certificates are made again if missing.
+const RESTORE_PKI_FILES: [&str; 9] = [
+    "ca.crt",
+    "ca.key",
+    "front-proxy-ca.crt",
+    "front-proxy-ca.key",
+    "etcd/ca.crt",
+    "etcd/ca.key",
+    "sa.key",
+    "sa.pub",
+    bootstrap::plane::ENCRYPTION_CONFIG_FILE,
+];
+
+/// Checks a restore's inputs before anything is written: the snapshot file
+/// (etcd-mgr's checks, then its revision: a never-written etcd has nothing
+/// to restore) and the PKI it needs.
+fn check_restore_inputs(
+    src: &RestoreSource,
+    bundle: &dist::bundle::Bundle,
+    pki_dir: &Path,
+) -> anyhow::Result<()> {
+    etcd_mgr::snapshot::verify_file(&src.snapshot)?;
+    let out = std::process::Command::new(bundle.bin("etcdutl"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&src.snapshot)
+        .output()
+        .with_context(|| format!("cannot run {}", bundle.bin("etcdutl").display()))?;
+    let inspect = |why: String| RestoreInputError::Inspect {
+        snapshot: src.snapshot.clone(),
+        why,
+    };
+    if !out.status.success() {
+        return Err(inspect(String::from_utf8_lossy(&out.stderr).trim().to_string()).into());
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| inspect(e.to_string()))?;
+    let revision = status["revision"].as_i64().unwrap_or(0);
+    if revision <= 1 {
+        return Err(RestoreInputError::EmptySnapshot {
+            snapshot: src.snapshot.clone(),
+            revision,
+        }
+        .into());
+    }
+    let from = src.pki.as_deref().unwrap_or(pki_dir);
+    for f in RESTORE_PKI_FILES {
+        if !from.join(f).is_file() {
+            return Err(RestoreInputError::NoPki {
+                missing: from.join(f),
+                pki_dir: pki_dir.to_path_buf(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Copies the old cluster's PKI into `pki_dir`, keeping each file's mode;
+/// returns whether anything changed.
+fn copy_pki(host: &NodeHost, from: &Path, pki_dir: &Path) -> anyhow::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = false;
+    let mut stack = vec![from.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let path = entry?.path();
+            let rel = path.strip_prefix(from)?;
+            let meta = std::fs::metadata(&path)?;
+            if meta.is_dir() {
+                host.ensure_dir(&pki_dir.join(rel), 0o700)?;
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path)?;
+                let written = host.write_file(&pki_dir.join(rel), &bytes, meta.permissions().mode() & 0o777)?;
+                changed |= written != bootstrap::host::Written::Unchanged;
+            }
+        }
+    }
+    Ok(changed)
 }
 
 fn plane_spec(ctx: &InitContext) -> PlaneSpec {
@@ -89,6 +208,7 @@ fn plane_spec(ctx: &InitContext) -> PlaneSpec {
         kube_scheduler: dist::images::kube_image("kube-scheduler", v),
         kube_proxy: dist::images::kube_image("kube-proxy", v),
         coredns: dist::images::coredns_image(v),
+        etcd: dist::images::etcd_image(v),
         selfnode: dist::images::selfnode_image(),
     };
     let s = &ctx.settings;
@@ -125,8 +245,21 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     let agent_pid = crate::agent::lock::running_agent(&paths.agent_lock()).with_context(|| {
         "the selfnode agent is not running on this host; start it first ('selfnode agent', or 'bash scripts/up.sh')".to_string()
     })?;
+    if let Some(src) = &ctx.restore {
+        check_restore_inputs(src, &ctx.bundle, &paths.pki_dir())?;
+    }
     let checkpoint = Checkpoint::open(&paths.checkpoint_dir())?;
+    let role = if ctx.restore.is_some() { "restore" } else { "init" };
     if let Some(id) = checkpoint.cluster_identity()? {
+        // A restore resumes only a restore; an init resumes either.
+        if ctx.restore.is_some() && id.role != role {
+            return Err(RestoreConflict {
+                existing: id.cluster_name,
+                node: id.node_name,
+                pki_dir: paths.pki_dir(),
+            }
+            .into());
+        }
         if id.cluster_name != ctx.settings.cluster_name || id.node_name != ctx.settings.node_name {
             return Err(InitConflict {
                 existing: id.cluster_name,
@@ -139,7 +272,11 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     let spec = plane_spec(&ctx);
     spec.validate()?;
     let host = NodeHost;
-    let mut run = Runner::new(SEQUENCE, STEPS, ctx.quiet);
+    let (sequence, total) = match ctx.restore {
+        Some(_) => ("restore", STEPS + 2),
+        None => (SEQUENCE, STEPS),
+    };
+    let mut run = Runner::new(sequence, total, ctx.quiet);
     let mut reports = Vec::new();
     let pivoted = checkpoint.pivot_committed()?;
 
@@ -154,7 +291,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
                     cluster_name: ctx.settings.cluster_name.clone(),
                     cluster_uid: random_uid(),
                     node_name: ctx.settings.node_name.clone(),
-                    role: "init".into(),
+                    role: role.into(),
                     created: crate::status::now_unix(),
                 };
                 Ok(checkpoint.record_cluster_identity(&id)?)
@@ -162,6 +299,14 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         )
         .await?,
     );
+
+    // Restore: the old cluster's keys first, so ensure_pki keeps them.
+    if let Some(RestoreSource { pki: Some(from), .. }) = &ctx.restore {
+        reports.push(
+            run.converge("restore_pki", || async { copy_pki(&host, from, &paths.pki_dir()) })
+                .await?,
+        );
+    }
 
     // 2-3. PKI and encryption at rest: idempotent by construction; "check"
     // is the same call (it reports whether anything changed).
@@ -216,6 +361,34 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     let temp = bootstrap::plane::temp_plane(&spec)?;
     bootstrap::plane::prepare_temp_plane(&host, &spec)?;
     let lb_file = paths.apiservers_file();
+    // Restore: the temporary member starts from the snapshot; the rest is
+    // init's pivot, which carries its data to the self-hosted member.
+    if let (Some(src), false) = (&ctx.restore, pivoted) {
+        let target = etcd_mgr::restore::RestoreTarget {
+            name: spec.etcd_member_name(Placement::Temporary),
+            peer_url: spec.etcd_peer_url(Placement::Temporary),
+            data_dir: spec.temp_etcd_data_dir(),
+            cluster_token: format!("{}-restored", ctx.settings.cluster_name),
+        };
+        let etcdutl = ctx.bundle.bin("etcdutl");
+        reports.push(
+            run.step(
+                "restore_etcd_data",
+                Duration::from_secs(120),
+                || async { Ok(target.data_dir.join("member").is_dir()) },
+                || async {
+                    let (etcdutl, snapshot, target) =
+                        (etcdutl.clone(), src.snapshot.clone(), target.clone());
+                    tokio::task::spawn_blocking(move || {
+                        etcd_mgr::restore::restore_data_dir(&etcdutl, &snapshot, &target)
+                    })
+                    .await??;
+                    Ok(())
+                },
+            )
+            .await?,
+        );
+    }
     let temp_api = SocketAddr::new(spec.advertise_address, spec.ports.temp_apiserver);
     let self_api = SocketAddr::new(spec.advertise_address, spec.ports.apiserver);
     for (step, proc_name) in [
@@ -223,7 +396,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         ("start_temp_apiserver", "kube-apiserver"),
     ] {
         let p = find(&temp, proc_name)?;
-        if proc_name == "etcd" || !pivoted {
+        if !pivoted {
             reports.push(start_service(&mut run, step, paths, &agent_pid, p).await?);
         }
     }
@@ -288,6 +461,87 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         )
         .await?,
     );
+    // 11-13. The self-hosted etcd member (a static pod) joins the temporary
+    // one as a learner, catches up and is promoted. Every write the
+    // temporary apiserver acknowledged is in the raft log both replay.
+    let temp_etcd = crate::commands::etcd::config_at(paths, spec.ports.temp_etcd_client);
+    let self_etcd = crate::commands::etcd::config_at(paths, spec.ports.etcd_client);
+    let self_peer = spec.etcd_peer_url(Placement::SelfHosted);
+    let temp_peer = spec.etcd_peer_url(Placement::Temporary);
+    let etcd_manifest = paths.etcd_manifest();
+    let find_member = |members: Vec<etcd_mgr::MemberStatus>| {
+        members
+            .into_iter()
+            .find(|m| m.peer_urls.contains(&self_peer))
+    };
+    if !pivoted {
+        reports.push(
+            run.step(
+                "add_etcd_learner",
+                Duration::from_secs(60),
+                || async { Ok(find_member(etcd_mgr::members(&temp_etcd).await?).is_some()) },
+                || async {
+                    etcd_mgr::members::add_learner(&temp_etcd, &self_peer).await?;
+                    Ok(())
+                },
+            )
+            .await?,
+        );
+        let pod = bootstrap::objects::etcd_static_pod_yaml(&spec, &EtcdInitial::join_temporary(&spec))?;
+        let serving = || async {
+            let same = std::fs::read(&etcd_manifest).ok().as_deref() == Some(pod.as_bytes());
+            Ok::<_, anyhow::Error>(
+                same && find_member(etcd_mgr::members(&temp_etcd).await?).is_some_and(|m| m.healthy),
+            )
+        };
+        reports.push(
+            run.step(
+                "start_self_hosted_etcd",
+                Duration::from_secs(180),
+                serving,
+                || async {
+                    // etcd wants its data private; the kubelet would make
+                    // the hostPath 0755.
+                    host.ensure_dir(&spec.etcd_data_dir, bootstrap::plane::ETCD_DATA_DIR_MODE)?;
+                    host.ensure_dir(&paths.static_pod_dir(), 0o755)?;
+                    host.write_file(&etcd_manifest, pod.as_bytes(), 0o600)?;
+                    until(
+                        "the kubelet to start the etcd static pod",
+                        Duration::from_secs(170),
+                        Duration::from_millis(500),
+                        || async {
+                            match find_member(etcd_mgr::members(&temp_etcd).await?) {
+                                Some(m) if m.healthy => Ok(true),
+                                Some(m) => anyhow::bail!(
+                                    "member {self_peer} does not answer yet{}",
+                                    m.error.map(|e| format!(": {e}")).unwrap_or_default()
+                                ),
+                                None => anyhow::bail!("member {self_peer} is gone from the member list"),
+                            }
+                        },
+                    )
+                    .await
+                },
+            )
+            .await?,
+        );
+        reports.push(
+            run.step(
+                "promote_etcd_member",
+                Duration::from_secs(150),
+                || async {
+                    Ok(find_member(etcd_mgr::members(&temp_etcd).await?)
+                        .is_some_and(|m| !m.is_learner))
+                },
+                || async {
+                    etcd_mgr::members::promote(&temp_etcd, &self_peer, Duration::from_secs(140))
+                        .await?;
+                    Ok(())
+                },
+            )
+            .await?,
+        );
+    }
     // After the pivot the objects belong to the cluster: an upgrade done the
     // Kubernetes way (kubectl set image) must not be undone by a re-run.
     let applied = std::sync::atomic::AtomicBool::new(false);
@@ -318,10 +572,10 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
             "the self-hosted control-plane pods to be Ready",
             || async {
                 until(
-                    "kube-apiserver, kube-controller-manager and kube-scheduler pods Ready",
+                    "etcd, kube-apiserver, kube-controller-manager and kube-scheduler pods Ready",
                     Duration::from_secs(600),
                     Duration::from_secs(2),
-                    || async { pods_ready(&client, "tier=control-plane", 3).await },
+                    || async { pods_ready(&client, "tier=control-plane", 4).await },
                 )
                 .await?;
                 until(
@@ -358,9 +612,16 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
             || async {
                 Ok(TEMP_SERVICES
                     .iter()
-                    .all(|n| !paths.services_dir().join(format!("{n}.json")).exists()))
+                    .all(|n| !paths.services_dir().join(format!("{n}.json")).exists())
+                    && !spec.temp_etcd_data_dir().exists())
             },
             || async {
+                // The temporary member leaves the cluster while it still
+                // runs: stopping one of two voters first would lose quorum.
+                if paths.services_dir().join("etcd.json").exists() {
+                    etcd_mgr::members::remove(&self_etcd, &temp_peer, Duration::from_secs(60))
+                        .await?;
+                }
                 for n in TEMP_SERVICES {
                     match std::fs::remove_file(paths.services_dir().join(format!("{n}.json"))) {
                         Ok(()) => {}
@@ -382,7 +643,13 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
                             .all(|c| !TEMP_SERVICES.contains(&c.name.as_str())))
                     },
                 )
-                .await
+                .await?;
+                let temp_data = spec.temp_etcd_data_dir();
+                match std::fs::remove_dir_all(&temp_data) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e).context(format!("cannot remove {}", temp_data.display())),
+                }
             },
         )
         .await?,
@@ -577,17 +844,107 @@ fn pod_ready(p: &Pod) -> bool {
 async fn pods_ready(client: &kube::Client, selector: &str, min: usize) -> anyhow::Result<bool> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let list = pods.list(&ListParams::default().labels(selector)).await?;
-    let not_ready: Vec<String> = list
-        .items
-        .iter()
-        .filter(|p| !pod_ready(p))
-        .filter_map(|p| p.metadata.name.clone())
-        .collect();
     if list.items.len() < min {
         anyhow::bail!("{} of {min} pods ({selector}) exist", list.items.len());
     }
+    let mut not_ready = Vec::new();
+    for p in list.items.iter().filter(|p| !pod_ready(p)) {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let mut why = pod_not_ready_reason(p);
+        if why.is_empty() {
+            why = last_warning(client, &name).await.unwrap_or_default();
+        }
+        not_ready.push(if why.is_empty() {
+            name
+        } else {
+            format!("{name} ({why})")
+        });
+    }
     if !not_ready.is_empty() {
-        anyhow::bail!("not Ready yet: {}", not_ready.join(", "));
+        anyhow::bail!("not Ready yet: {}", not_ready.join("; "));
     }
     Ok(true)
+}
+
+/// Why a pod is not Ready, from its own status: a container's waiting or
+/// last termination reason and message, its restart count, or the Ready
+/// condition's message. Empty when the status says nothing useful (a pod
+/// whose sandbox cannot be made only shows `ContainerCreating`; the reason
+/// is then in its events, see [`last_warning`]).
+fn pod_not_ready_reason(p: &Pod) -> String {
+    let Some(status) = p.status.as_ref() else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    for c in status.container_statuses.iter().flatten() {
+        let state = c.state.as_ref();
+        if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.as_deref().unwrap_or("waiting");
+            if reason != "ContainerCreating" || w.message.is_some() {
+                parts.push(format!(
+                    "{}: {reason}{}",
+                    c.name,
+                    w.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+                ));
+            }
+        }
+        if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            parts.push(format!(
+                "{}: restarted {} times, last exit {}{}",
+                c.name,
+                c.restart_count,
+                t.exit_code,
+                t.message
+                    .as_deref()
+                    .map(|m| format!(": {}", m.trim()))
+                    .unwrap_or_default()
+            ));
+        }
+        if state.and_then(|s| s.running.as_ref()).is_some() && !c.ready {
+            parts.push(format!("{}: running, readiness probe not passing", c.name));
+        }
+    }
+    if parts.is_empty() && status.phase.as_deref() == Some("Pending") {
+        if let Some(c) = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status != "True")
+        {
+            parts.push(format!(
+                "not scheduled: {}",
+                c.message.as_deref().unwrap_or("no reason given")
+            ));
+        }
+    }
+    parts.join(", ")
+}
+
+/// The newest Warning event about pod `name` in kube-system, as
+/// `Reason: message`.
+async fn last_warning(client: &kube::Client, name: &str) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::Event;
+    let events: Api<Event> = Api::namespaced(client.clone(), "kube-system");
+    let list = events
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=Pod,involvedObject.name={name},type=Warning"
+        )))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .max_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+        })
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.as_deref().unwrap_or("Warning"),
+                e.message.as_deref().unwrap_or("").trim()
+            )
+        })
+        .unwrap_or_default())
 }

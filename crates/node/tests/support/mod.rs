@@ -146,10 +146,15 @@ impl TestHost {
     }
 
     pub fn start_agent(&mut self) -> u32 {
+        self.start_agent_with(&[])
+    }
+
+    /// Starts the agent with extra flags.
+    pub fn start_agent_with(&mut self, extra: &[&str]) -> u32 {
         assert!(self.agent.is_none(), "agent already started");
         let log = std::fs::File::create(self.root.join("agent.log")).unwrap();
         let child = self
-            .agent_command(&[])
+            .agent_command(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -268,8 +273,61 @@ impl TestHost {
     }
 }
 
+impl TestHost {
+    /// What a person debugging a failed cluster test would look at first:
+    /// pods, warning events, CoreDNS's log, and the tails of the agent's,
+    /// containerd's and the kubelet's logs. Printed when a test panics.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        if self.root.join("etc/kubernetes/admin.conf").is_file() {
+            for args in [
+                &["get", "nodes", "-o", "wide"][..],
+                &["get", "pods", "-A", "-o", "wide"],
+                &[
+                    "get",
+                    "events",
+                    "-A",
+                    "--field-selector",
+                    "type=Warning",
+                    "--sort-by",
+                    ".lastTimestamp",
+                ],
+                &["-n", "kube-system", "logs", "-l", "k8s-app=kube-dns", "--tail", "30"],
+            ] {
+                let o = self.kubectl(args);
+                out.push_str(&format!(
+                    "--- kubectl {}\n{}{}\n",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+        }
+        let agent = self.agent_log();
+        let tail: Vec<&str> = agent.lines().rev().take(40).collect();
+        out.push_str(&format!(
+            "--- agent log (tail)\n{}\n",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+        for name in ["containerd", "kubelet"] {
+            out.push_str(&format!(
+                "--- {name} log (tail)\n{}\n",
+                self.component_log(name)
+            ));
+        }
+        out
+    }
+}
+
 impl Drop for TestHost {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "=== diagnostics of test host {} ===\n{}",
+                self.root.display(),
+                self.diagnostics()
+            );
+        }
         if let Some(mut child) = self.agent.take() {
             signal(child.id(), libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(40);
