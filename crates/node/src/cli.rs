@@ -157,6 +157,8 @@ pub struct StatusArgs {
     pub output: Output,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum EtcdCommand {
     /// List the members with their health, leader and database size
@@ -172,6 +174,8 @@ pub enum EtcdCommand {
     Snapshot(SnapshotCommand),
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// Save a consistent snapshot to FILE (0600), verified before it is kept
@@ -181,7 +185,9 @@ pub enum SnapshotCommand {
         output: Output,
     },
     /// Build a working single-node cluster from a snapshot, on a host that belongs to no cluster
-    #[command(after_help = "The host must be reset ('selfnode reset') with the agent running. The snapshot may come from 'selfnode etcd snapshot save', the scheduled snapshots in <root>/var/lib/selfnode/snapshots, or upstream 'etcdctl snapshot save'; it is checked (bolt header, size, etcd's SHA-256, not an empty etcd) before anything is written. The cluster's Secrets are encrypted with a key from its PKI, so a restore needs the old PKI directory: pass --pki with a copy of it, or keep it in place. Then it runs init's steps with the temporary etcd started from the snapshot, and pivots as init does. Flags as for init; give the same ones the cluster was made with.")]
+    #[command(
+        after_help = "The host must be reset ('selfnode reset') with the agent running. The snapshot may come from 'selfnode etcd snapshot save', the scheduled snapshots in <root>/var/lib/selfnode/snapshots, or upstream 'etcdctl snapshot save'; it is checked (bolt header, size, etcd's SHA-256, not an empty etcd) before anything is written. The cluster's Secrets are encrypted with a key from its PKI, so a restore needs the old PKI directory: pass --pki with a copy of it, or keep it in place. Then it runs init's steps with the temporary etcd started from the snapshot, and pivots as init does. Flags as for init; give the same ones the cluster was made with."
+    )]
     Restore {
         /// The snapshot file
         file: PathBuf,

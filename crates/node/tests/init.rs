@@ -107,14 +107,18 @@ impl ConfigMapWriters {
     /// returns every acknowledged write.
     fn finish(self, at_least: usize) -> BTreeMap<String, String> {
         let during = self.acked.lock().unwrap().len();
-        retry("the writers' acknowledged writes", Duration::from_secs(180), || {
-            let n = self.acked.lock().unwrap().len();
-            if n >= at_least {
-                Ok(())
-            } else {
-                Err(format!("{n} of {at_least}"))
-            }
-        });
+        retry(
+            "the writers' acknowledged writes",
+            Duration::from_secs(180),
+            || {
+                let n = self.acked.lock().unwrap().len();
+                if n >= at_least {
+                    Ok(())
+                } else {
+                    Err(format!("{n} of {at_least}"))
+                }
+            },
+        );
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().unwrap();
@@ -261,14 +265,24 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     let mut host = TestHost::for_cluster();
     // Snapshots every 3 s, the newest 2 kept: the schedule and the
     // retention both show within the test.
-    host.start_agent_with(&["--etcd-snapshot-interval", "3s", "--etcd-snapshot-keep", "2"]);
+    host.start_agent_with(&[
+        "--etcd-snapshot-interval",
+        "3s",
+        "--etcd-snapshot-keep",
+        "2",
+    ]);
     host.wait_healthy(START);
 
     // Up to the temporary API, then writers through it for the rest of init:
     // the etcd pivot (learner, promotion, the temporary member's removal)
     // and the switch of apiservers must not lose one acknowledged write.
     let out = host.init(&["--allow-workloads"], Some("register_control_plane_node"));
-    assert_eq!(out.status.code(), Some(99), "failpoint exit: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(99),
+        "failpoint exit: {}",
+        text(&out)
+    );
     let writers = ConfigMapWriters::start(&host, 3);
 
     // Stop just before the pivot to see the temporary plane's processes.
@@ -316,7 +330,10 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     let node = host.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
     assert_eq!(members[0]["name"], node.as_str(), "{members:#?}");
     assert!(
-        members[0]["peer_urls"][0].as_str().unwrap().ends_with(":2380"),
+        members[0]["peer_urls"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(":2380"),
         "the self-hosted member, not the temporary one: {members:#?}"
     );
     assert_private_tree(&host.root.join("var/lib/selfnode/etcd"), true);
@@ -353,19 +370,23 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     );
     // Scheduled snapshots: taken, pruned to the newest 2, shown by status.
     let snapshots = host.root.join("var/lib/selfnode/snapshots");
-    retry("scheduled snapshots pruned to 2", Duration::from_secs(60), || {
-        let st = host.status();
-        let files: Vec<String> = std::fs::read_dir(&snapshots)
-            .map_err(|e| e.to_string())?
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        let count = st["etcd"]["snapshots"]["count"].as_u64();
-        if files.len() == 2 && count == Some(2) && st["etcd"]["last_snapshot_time"].is_u64() {
-            Ok(())
-        } else {
-            Err(format!("{files:?}, status {:#}", st["etcd"]))
-        }
-    });
+    retry(
+        "scheduled snapshots pruned to 2",
+        Duration::from_secs(60),
+        || {
+            let st = host.status();
+            let files: Vec<String> = std::fs::read_dir(&snapshots)
+                .map_err(|e| e.to_string())?
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            let count = st["etcd"]["snapshots"]["count"].as_u64();
+            if files.len() == 2 && count == Some(2) && st["etcd"]["last_snapshot_time"].is_u64() {
+                Ok(())
+            } else {
+                Err(format!("{files:?}, status {:#}", st["etcd"]))
+            }
+        },
+    );
     assert_private_tree(&snapshots, false);
     for f in std::fs::read_dir(&snapshots).unwrap() {
         let f = f.unwrap().path();
@@ -525,16 +546,29 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     assert!(text(&again).contains("already done"), "{}", text(&again));
 
     // The last member cannot be removed; nothing changes.
-    let out = host.selfnode().args(["etcd", "remove-member", &node]).output().unwrap();
+    let out = host
+        .selfnode()
+        .args(["etcd", "remove-member", &node])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("last voting member"), "{}", text(&out));
-    let out = host.selfnode().args(["etcd", "members", "-o", "json"]).output().unwrap();
+    let out = host
+        .selfnode()
+        .args(["etcd", "members", "-o", "json"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(after.as_array().unwrap().len(), 1, "{after:#}");
 
     // A second snapshot, by upstream etcdctl, after one more object.
-    host.kubectl_ok(&["create", "configmap", "after-first-snapshot", "--from-literal=v=1"]);
+    host.kubectl_ok(&[
+        "create",
+        "configmap",
+        "after-first-snapshot",
+        "--from-literal=v=1",
+    ]);
     let pki = host.root.join("etc/kubernetes/pki");
     let upstream = host.root.join("etcdctl.db");
     let out = std::process::Command::new(host.bundle.join("bin/etcdctl"))
@@ -549,14 +583,22 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         .arg(&upstream)
         .output()
         .unwrap();
-    assert!(out.status.success(), "etcdctl snapshot save: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "etcdctl snapshot save: {}",
+        text(&out)
+    );
 
     // Restoring over the running cluster is refused and changes nothing.
     let out = host
         .selfnode()
         .args(["etcd", "snapshot", "restore"])
         .arg(&snap)
-        .args(["--allow-workloads", "--bundle", host.bundle.to_str().unwrap()])
+        .args([
+            "--allow-workloads",
+            "--bundle",
+            host.bundle.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
@@ -640,7 +682,8 @@ fn bad_input_is_refused_before_anything_is_written() {
     // Snapshots that cannot be restored, and a restore without the PKI:
     // each refused before anything is written (no agent needed to say so).
     let files = tempfile::tempdir().unwrap();
-    let empty = empty_etcd_snapshot(files.path());
+    let empty = bare_etcd_snapshot(files.path(), "empty", false);
+    let one_key = bare_etcd_snapshot(files.path(), "one-key", true);
     let data = std::fs::read(&empty).unwrap();
     let truncated = files.path().join("truncated.db");
     std::fs::write(&truncated, &data[..data.len() - 100]).unwrap();
@@ -649,8 +692,6 @@ fn bad_input_is_refused_before_anything_is_written() {
     let mid = bad.len() / 2;
     bad[mid] ^= 0x40;
     std::fs::write(&flipped, &bad).unwrap();
-    let pki_less = files.path().join("no-pki");
-    std::fs::create_dir(&pki_less).unwrap();
     let restore = |file: &std::path::Path, extra: &[&str]| {
         host.selfnode()
             .args(["etcd", "snapshot", "restore"])
@@ -664,11 +705,32 @@ fn bad_input_is_refused_before_anything_is_written() {
         (&truncated, &[][..], "is truncated or corrupt"),
         (&flipped, &[], "has the wrong checksum"),
         (&empty, &[], "a snapshot of an empty etcd"),
-        (&files.path().join("missing.db"), &[], "cannot read the snapshot file"),
+        (
+            &files.path().join("missing.db"),
+            &[],
+            "cannot read the snapshot file",
+        ),
+        (&one_key, &[], "restoring needs the cluster's PKI"),
+        (
+            &one_key,
+            &["--pki", "/nonexistent/pki"],
+            "/nonexistent/pki/ca.crt is missing",
+        ),
     ] {
         let out = restore(file, extra);
-        assert_eq!(out.status.code(), Some(2), "{}: {}", file.display(), text(&out));
-        assert!(text(&out).contains(want), "{}: {}", file.display(), text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}: {}",
+            file.display(),
+            text(&out)
+        );
+        assert!(
+            text(&out).contains(want),
+            "{}: {}",
+            file.display(),
+            text(&out)
+        );
     }
     let written: Vec<_> = std::fs::read_dir(&host.root)
         .unwrap()
@@ -699,40 +761,52 @@ fn bad_input_is_refused_before_anything_is_written() {
     );
 }
 
-/// A snapshot of a never-written etcd: the bundle's etcd on loopback (no
-/// TLS, a free port, stopped by PID), saved by upstream etcdctl.
-fn empty_etcd_snapshot(dir: &std::path::Path) -> std::path::PathBuf {
+/// A snapshot of a bare etcd (the bundle's, on loopback, no TLS, free
+/// ports, stopped by PID) saved by upstream etcdctl: never written to, or
+/// with one key that is no Kubernetes object.
+fn bare_etcd_snapshot(dir: &std::path::Path, name: &str, one_key: bool) -> std::path::PathBuf {
     let port = support::free_port();
     let peer = support::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut etcd = std::process::Command::new(support::bundle_dir().join("bin/etcd"))
-        .arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!("--data-dir={}", dir.join(name).display()))
         .arg(format!("--listen-client-urls={url}"))
         .arg(format!("--advertise-client-urls={url}"))
         .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
         .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let file = dir.join("empty.db");
+    let etcdctl = |args: &[&str]| {
+        std::process::Command::new(support::bundle_dir().join("bin/etcdctl"))
+            .args(["--endpoints", &url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let file = dir.join(format!("{name}.db"));
     let mut saved = None;
     for _ in 0..100 {
-        let out = std::process::Command::new(support::bundle_dir().join("bin/etcdctl"))
-            .args(["--endpoints", &url, "snapshot", "save"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            saved = Some(());
+        if etcdctl(&["endpoint", "health"]).status.success() {
+            if one_key {
+                assert!(etcdctl(&["put", "not-kubernetes", "x"]).status.success());
+            }
+            let out = etcdctl(&["snapshot", "save", file.to_str().unwrap()]);
+            saved = Some(text(&out)).filter(|_| out.status.success());
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     support::signal(etcd.id(), libc::SIGTERM);
     etcd.wait().unwrap();
-    assert!(saved.is_some(), "etcdctl could not save a snapshot of a fresh etcd");
+    assert!(
+        saved.is_some(),
+        "etcdctl could not save a snapshot of a fresh etcd"
+    );
     file
 }
 
@@ -760,11 +834,24 @@ fn reset_and_restore(host: &mut TestHost, snapshot: &std::path::Path) {
         .arg(snapshot)
         .arg("--pki")
         .arg(&backup)
-        .args(["--allow-workloads", "--bundle", host.bundle.to_str().unwrap()])
+        .args([
+            "--allow-workloads",
+            "--bundle",
+            host.bundle.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "restore {}: {}", snapshot.display(), text(&out));
-    assert!(text(&out).contains("[restore] restore_etcd_data"), "{}", text(&out));
+    assert!(
+        out.status.success(),
+        "restore {}: {}",
+        snapshot.display(),
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("[restore] restore_etcd_data"),
+        "{}",
+        text(&out)
+    );
 }
 
 fn bundle_version(key: &str) -> String {

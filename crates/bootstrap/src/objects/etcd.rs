@@ -116,7 +116,10 @@ pub fn etcd_static_pod(spec: &PlaneSpec, initial: &EtcdInitial) -> Pod {
 }
 
 /// [`etcd_static_pod`] as the YAML the kubelet reads.
-pub fn etcd_static_pod_yaml(spec: &PlaneSpec, initial: &EtcdInitial) -> Result<String, ObjectsError> {
+pub fn etcd_static_pod_yaml(
+    spec: &PlaneSpec,
+    initial: &EtcdInitial,
+) -> Result<String, ObjectsError> {
     serde_saphyr::to_string(&etcd_static_pod(spec, initial)).map_err(|source| {
         ObjectsError::Render {
             what: "the etcd static pod",

@@ -16,8 +16,8 @@
 
 mod addons;
 mod apply;
-mod etcd;
 pub(crate) mod control_plane;
+mod etcd;
 mod meta;
 pub mod network;
 
@@ -36,11 +36,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::host::{Host, HostError};
 use crate::plane::{PlaneSpec, PlaneSpecError};
 
-pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
 pub use apply::{
     apply_all, control_plane_node_patch, ensure_kubernetes_service_target_port, mark_control_plane,
     with_control_plane_taint, Applied, ApplyError, ApplyOutcome,
 };
+pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
 
 /// Namespace of every namespaced object here.
 pub const NAMESPACE: &str = "kube-system";

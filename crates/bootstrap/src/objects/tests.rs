@@ -514,11 +514,9 @@ fn control_plane_taint_is_added_once_and_keeps_others() {
 #[test]
 fn etcd_static_pod_golden() {
     let s = spec();
-    let pod = crate::objects::etcd_static_pod_yaml(
-        &s,
-        &crate::plane::EtcdInitial::join_temporary(&s),
-    )
-    .unwrap();
+    let pod =
+        crate::objects::etcd_static_pod_yaml(&s, &crate::plane::EtcdInitial::join_temporary(&s))
+            .unwrap();
     check_golden("static-pods/etcd.yaml", &pod);
     // Only the etcd certificates reach the pod, read-only; data on the host.
     assert!(pod.contains("path: /etc/kubernetes/pki/etcd\n"), "{pod}");

@@ -137,7 +137,10 @@ pub(crate) fn etcd(spec: &PlaneSpec, placement: Placement, initial: &EtcdInitial
     let mut f = Flags::default();
     f.text("name", spec.etcd_member_name(placement))
         .dir("data-dir", spec.etcd_data_dir_for(placement))
-        .text("listen-client-urls", spec.etcd_client_urls(placement).join(","))
+        .text(
+            "listen-client-urls",
+            spec.etcd_client_urls(placement).join(","),
+        )
         .text("advertise-client-urls", client)
         .text("listen-peer-urls", &peer)
         .text("initial-advertise-peer-urls", &peer)
@@ -198,10 +201,7 @@ impl EtcdInitial {
     pub fn join_temporary(spec: &PlaneSpec) -> Self {
         let member = |p| (spec.etcd_member_name(p), spec.etcd_peer_url(p));
         EtcdInitial {
-            members: vec![
-                member(Placement::Temporary),
-                member(Placement::SelfHosted),
-            ],
+            members: vec![member(Placement::Temporary), member(Placement::SelfHosted)],
             state: InitialClusterState::Existing,
         }
     }

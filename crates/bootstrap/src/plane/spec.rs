@@ -393,10 +393,7 @@ impl PlaneSpec {
     /// An etcd member's peer URL (advertise address only: peers never use
     /// loopback). Also how membership changes name a member.
     pub fn etcd_peer_url(&self, placement: Placement) -> String {
-        https_url(
-            self.advertise_address,
-            self.ports.etcd_peer_port(placement),
-        )
+        https_url(self.advertise_address, self.ports.etcd_peer_port(placement))
     }
 
     /// An etcd member's name: the node's name for the self-hosted member,

@@ -407,7 +407,7 @@ fn prepare_creates_the_temporary_etcd_data_dir_0700() {
     let h = MemHost::new();
     let s = spec();
     prepare_temp_plane(&h, &s).unwrap();
-    assert_eq!(h.dir_mode(&s.temp_etcd_data_dir()), Some(0o700));
+    assert_eq!(h.dir_mode(s.temp_etcd_data_dir()), Some(0o700));
     prepare_temp_plane(&h, &s).unwrap();
     let mut bad = spec();
     bad.advertise_address = "127.0.0.1".parse().unwrap();

@@ -3,8 +3,8 @@
 //! Rendering is pure (host facts come in as [`HostFacts`]) so the output is
 //! pinned by golden tests; writing goes through `fsutil::write_atomic`.
 
-use std::collections::BTreeMap;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What the agent observed about the host.

@@ -75,7 +75,10 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
             super::init::run_with(
                 paths,
                 init,
-                Some(crate::init::RestoreSource { snapshot: file, pki }),
+                Some(crate::init::RestoreSource {
+                    snapshot: file,
+                    pki,
+                }),
             )
             .await
         }

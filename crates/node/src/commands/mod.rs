@@ -94,7 +94,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
             return 3;
         }
         if cause.downcast_ref::<crate::init::InitConflict>().is_some()
-            || cause.downcast_ref::<crate::init::RestoreConflict>().is_some()
+            || cause
+                .downcast_ref::<crate::init::RestoreConflict>()
+                .is_some()
         {
             return 3;
         }

@@ -62,8 +62,13 @@ pub fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
         } else {
             std::fs::remove_file(p)
         };
-        result.with_context(|| format!("cannot remove {}", p.display()))?;
-        eprintln!("[reset] removed {}", p.display());
+        match result {
+            Ok(()) => eprintln!("[reset] removed {}", p.display()),
+            // Inside a directory removed just before (the static pod in
+            // etc/kubernetes).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
+        }
     }
     println!("this host no longer belongs to a cluster; 'selfnode init' or 'selfnode join' can start again");
     Ok(ExitCode::SUCCESS)

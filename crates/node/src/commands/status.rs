@@ -167,11 +167,7 @@ fn print_table(running: Option<&str>, status: Option<&AgentStatus>, paths: &Host
 fn describe_snapshots(s: &crate::status::SnapshotStatus, now: u64) -> String {
     let every = humantime::format_duration(std::time::Duration::from_secs(s.interval_seconds));
     let last = match (&s.last, s.last_time) {
-        (Some(file), Some(t)) => format!(
-            "last {} ({} ago)",
-            file.display(),
-            human_age(t, now)
-        ),
+        (Some(file), Some(t)) => format!("last {} ({} ago)", file.display(), human_age(t, now)),
         _ => "none yet".to_string(),
     };
     let mut line = format!(

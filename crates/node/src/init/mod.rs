@@ -183,7 +183,9 @@ fn copy_pki(host: &NodeHost, from: &Path, pki_dir: &Path) -> anyhow::Result<bool
     let mut changed = false;
     let mut stack = vec![from.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
             let path = entry?.path();
             let rel = path.strip_prefix(from)?;
             let meta = std::fs::metadata(&path)?;
@@ -192,7 +194,11 @@ fn copy_pki(host: &NodeHost, from: &Path, pki_dir: &Path) -> anyhow::Result<bool
                 stack.push(path);
             } else {
                 let bytes = std::fs::read(&path)?;
-                let written = host.write_file(&pki_dir.join(rel), &bytes, meta.permissions().mode() & 0o777)?;
+                let written = host.write_file(
+                    &pki_dir.join(rel),
+                    &bytes,
+                    meta.permissions().mode() & 0o777,
+                )?;
                 changed |= written != bootstrap::host::Written::Unchanged;
             }
         }
@@ -242,14 +248,18 @@ pub struct InitConflict {
 
 pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     let paths = &ctx.paths;
-    let agent_pid = crate::agent::lock::running_agent(&paths.agent_lock()).with_context(|| {
-        "the selfnode agent is not running on this host; start it first ('selfnode agent', or 'bash scripts/up.sh')".to_string()
-    })?;
     if let Some(src) = &ctx.restore {
         check_restore_inputs(src, &ctx.bundle, &paths.pki_dir())?;
     }
+    let agent_pid = crate::agent::lock::running_agent(&paths.agent_lock()).with_context(|| {
+        "the selfnode agent is not running on this host; start it first ('selfnode agent', or 'bash scripts/up.sh')".to_string()
+    })?;
     let checkpoint = Checkpoint::open(&paths.checkpoint_dir())?;
-    let role = if ctx.restore.is_some() { "restore" } else { "init" };
+    let role = if ctx.restore.is_some() {
+        "restore"
+    } else {
+        "init"
+    };
     if let Some(id) = checkpoint.cluster_identity()? {
         // A restore resumes only a restore; an init resumes either.
         if ctx.restore.is_some() && id.role != role {
@@ -301,10 +311,15 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     );
 
     // Restore: the old cluster's keys first, so ensure_pki keeps them.
-    if let Some(RestoreSource { pki: Some(from), .. }) = &ctx.restore {
+    if let Some(RestoreSource {
+        pki: Some(from), ..
+    }) = &ctx.restore
+    {
         reports.push(
-            run.converge("restore_pki", || async { copy_pki(&host, from, &paths.pki_dir()) })
-                .await?,
+            run.converge("restore_pki", || async {
+                copy_pki(&host, from, &paths.pki_dir())
+            })
+            .await?,
         );
     }
 
@@ -487,11 +502,13 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
             )
             .await?,
         );
-        let pod = bootstrap::objects::etcd_static_pod_yaml(&spec, &EtcdInitial::join_temporary(&spec))?;
+        let pod =
+            bootstrap::objects::etcd_static_pod_yaml(&spec, &EtcdInitial::join_temporary(&spec))?;
         let serving = || async {
             let same = std::fs::read(&etcd_manifest).ok().as_deref() == Some(pod.as_bytes());
             Ok::<_, anyhow::Error>(
-                same && find_member(etcd_mgr::members(&temp_etcd).await?).is_some_and(|m| m.healthy),
+                same && find_member(etcd_mgr::members(&temp_etcd).await?)
+                    .is_some_and(|m| m.healthy),
             )
         };
         reports.push(
@@ -516,7 +533,9 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
                                     "member {self_peer} does not answer yet{}",
                                     m.error.map(|e| format!(": {e}")).unwrap_or_default()
                                 ),
-                                None => anyhow::bail!("member {self_peer} is gone from the member list"),
+                                None => {
+                                    anyhow::bail!("member {self_peer} is gone from the member list")
+                                }
                             }
                         },
                     )
@@ -884,7 +903,10 @@ fn pod_not_ready_reason(p: &Pod) -> String {
                 parts.push(format!(
                     "{}: {reason}{}",
                     c.name,
-                    w.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+                    w.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
                 ));
             }
         }

@@ -292,7 +292,15 @@ impl TestHost {
                     "--sort-by",
                     ".lastTimestamp",
                 ],
-                &["-n", "kube-system", "logs", "-l", "k8s-app=kube-dns", "--tail", "30"],
+                &[
+                    "-n",
+                    "kube-system",
+                    "logs",
+                    "-l",
+                    "k8s-app=kube-dns",
+                    "--tail",
+                    "30",
+                ],
             ] {
                 let o = self.kubectl(args);
                 out.push_str(&format!(
