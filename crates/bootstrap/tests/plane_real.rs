@@ -563,7 +563,16 @@ fn temp_plane_serves_objects_apply_and_self_hosted_lines_run_alongside() {
             https(spec.ports.scheduler, "/readyz", None),
         ),
     ] {
-        let (binary, args) = pod_command(&objs, name, spec.advertise_address);
+        let (binary, mut args) = pod_command(&objs, name, spec.advertise_address);
+        // The self-hosted etcd member (a static pod that joins as a learner)
+        // is node's init test; here the self-hosted apiserver uses the
+        // temporary member.
+        for a in args.iter_mut().filter(|a| a.starts_with("--etcd-servers=")) {
+            *a = format!(
+                "--etcd-servers=https://127.0.0.1:{}",
+                spec.ports.temp_etcd_client
+            );
+        }
         let mut p = Proc::start(dir, &format!("self-hosted-{name}"), &binary, &args);
         p.wait_healthy(&check, up);
         running.push(p);

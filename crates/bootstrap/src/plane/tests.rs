@@ -156,6 +156,13 @@ fn apiserver_temp_and_self_hosted_differ_only_where_they_must() {
             "advertise-address".to_string(),
             (some("10.0.0.10"), some("$(HOST_IP)")),
         ),
+        (
+            "etcd-servers".to_string(),
+            (
+                some("https://127.0.0.1:12379"),
+                some("https://127.0.0.1:2379"),
+            ),
+        ),
     ]
     .into_iter()
     .collect();
