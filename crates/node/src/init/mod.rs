@@ -282,8 +282,9 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     let spec = plane_spec(&ctx);
     spec.validate()?;
     let host = NodeHost;
-    let (sequence, total) = match ctx.restore {
-        Some(_) => ("restore", STEPS + 2),
+    // A restore adds restore_etcd_data, and restore_pki when given --pki.
+    let (sequence, total) = match &ctx.restore {
+        Some(src) => ("restore", STEPS + 1 + usize::from(src.pki.is_some())),
         None => (SEQUENCE, STEPS),
     };
     let mut run = Runner::new(sequence, total, ctx.quiet);
