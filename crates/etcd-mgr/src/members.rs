@@ -165,10 +165,8 @@ pub async fn add_learner(cfg: &EtcdConfig, peer_url: &str) -> Result<u64, EtcdEr
 /// in sync with the leader yet (also what it says before the learner has
 /// started), or that the cluster is not ready, retries until `timeout`.
 pub async fn promote(cfg: &EtcdConfig, peer_url: &str, timeout: Duration) -> Result<(), EtcdError> {
-    let deadline = Instant::now() + timeout;
     let mut client = connect(cfg, &cfg.endpoints).await?;
-    let mut backoff = Backoff::new();
-    let mut announced = false;
+    let mut retry = Retry::new(timeout);
     loop {
         let last = match find_by_peer_url(&mut client, peer_url).await {
             Ok(None) => {
@@ -193,21 +191,20 @@ pub async fn promote(cfg: &EtcdConfig, peer_url: &str, timeout: Duration) -> Res
             },
             Err(e) => transient_answer(&e).ok_or(e)?,
         };
-        let now = Instant::now();
-        if now >= deadline {
+        if !retry
+            .wait(
+                "waiting for the etcd learner to catch up before promoting it",
+                peer_url,
+                &last,
+            )
+            .await
+        {
             return Err(EtcdError::PromoteTimeout {
                 peer_url: peer_url.to_string(),
                 timeout,
                 last,
             });
         }
-        if !announced {
-            info!(peer_url, ?timeout, answer = %last, "waiting for the etcd learner to catch up before promoting it");
-            announced = true;
-        }
-        let wait = backoff.step().min(deadline - now);
-        debug!(peer_url, answer = %last, ?wait, "etcd refused the promotion for now; retrying");
-        tokio::time::sleep(wait).await;
     }
 }
 
@@ -227,11 +224,9 @@ pub async fn remove(
     target: &str,
     timeout: Duration,
 ) -> Result<RemoveOutcome, EtcdError> {
-    let deadline = Instant::now() + timeout;
     let mut endpoints = cfg.endpoints.clone();
     let mut sent: Option<u64> = None;
-    let mut backoff = Backoff::new();
-    let mut announced = false;
+    let mut retry = Retry::new(timeout);
     loop {
         let last = match members_via(cfg, &endpoints).await {
             // Nothing asked of etcd yet: report the failure as it is.
@@ -269,21 +264,20 @@ pub async fn remove(
                 }
             }
         };
-        let now = Instant::now();
-        if now >= deadline {
+        if !retry
+            .wait(
+                "etcd refused the member removal for now; retrying",
+                target,
+                &last,
+            )
+            .await
+        {
             return Err(EtcdError::RemoveTimeout {
                 target: target.to_string(),
                 timeout,
                 last,
             });
         }
-        if !announced {
-            info!(target, ?timeout, answer = %last, "etcd refused the removal for now; retrying");
-            announced = true;
-        }
-        let wait = backoff.step().min(deadline - now);
-        debug!(target, answer = %last, ?wait, "retrying the etcd member removal");
-        tokio::time::sleep(wait).await;
     }
 }
 
@@ -467,6 +461,41 @@ fn is_not_a_learner(e: &etcd_client::Error) -> bool {
 }
 
 /// Capped exponential backoff (200 ms doubling to 2 s) with ±20 % jitter.
+/// The wait between tries of a request etcd refused for now: jittered
+/// back-off, cut short by the deadline; the first refusal is logged at info,
+/// the rest at debug.
+struct Retry {
+    deadline: Instant,
+    backoff: Backoff,
+    announced: bool,
+}
+
+impl Retry {
+    fn new(timeout: Duration) -> Self {
+        Retry {
+            deadline: Instant::now() + timeout,
+            backoff: Backoff::new(),
+            announced: false,
+        }
+    }
+
+    /// Sleeps before the next try; `false` once the deadline has passed.
+    async fn wait(&mut self, what: &str, subject: &str, last: &str) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        if !self.announced {
+            info!(subject, answer = %last, "{what}");
+            self.announced = true;
+        }
+        let wait = self.backoff.step().min(self.deadline - now);
+        debug!(subject, answer = %last, ?wait, "{what}");
+        tokio::time::sleep(wait).await;
+        true
+    }
+}
+
 struct Backoff {
     next: Duration,
 }
