@@ -120,7 +120,8 @@ impl Checkpoint {
             .map_err(|e| corrupt(e.to_string()))
     }
 
-    fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CheckpointError> {
+    /// A value in its checksummed envelope, as stored.
+    fn encode<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, CheckpointError> {
         let data = serde_json::to_value(value).map_err(|e| CheckpointError::Corrupt {
             path: self.path.clone(),
             key: key.to_string(),
@@ -131,8 +132,23 @@ impl Checkpoint {
             sha256: hex::encode(Sha256::digest(&bytes)),
             data,
         };
-        let raw = serde_json::to_vec(&env).unwrap_or_default();
+        Ok(serde_json::to_vec(&env).unwrap_or_default())
+    }
+
+    fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CheckpointError> {
+        let raw = self.encode(key, value)?;
         self.db.insert(key, raw).map_err(|e| self.io(e))?;
+        self.flush()
+    }
+
+    /// A forced restore starts: the new identity and "not pivoted" in one
+    /// atomic batch, so a kill leaves either the old cluster's record or the
+    /// restore's, never a mix.
+    pub fn begin_restore(&self, id: &ClusterIdentity) -> Result<(), CheckpointError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(IDENTITY_KEY, self.encode(IDENTITY_KEY, id)?);
+        batch.remove(PIVOT_KEY);
+        self.db.apply_batch(batch).map_err(|e| self.io(e))?;
         self.flush()
     }
 
@@ -195,6 +211,22 @@ mod tests {
         let cp = Checkpoint::open(&p).unwrap();
         assert_eq!(cp.cluster_identity().unwrap(), Some(id()));
         assert!(cp.pivot_committed().unwrap());
+    }
+
+    #[test]
+    fn a_restore_replaces_the_identity_and_undoes_the_pivot_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(&dir.path().join("cp")).unwrap();
+        cp.record_cluster_identity(&id()).unwrap();
+        cp.commit_pivot().unwrap();
+        let restored = ClusterIdentity {
+            role: "restore".into(),
+            cluster_uid: "u2".into(),
+            ..id()
+        };
+        cp.begin_restore(&restored).unwrap();
+        assert_eq!(cp.cluster_identity().unwrap(), Some(restored));
+        assert!(!cp.pivot_committed().unwrap());
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub enum SnapshotCommand {
     },
     /// Build a working single-node cluster from a snapshot, on a host that belongs to no cluster
     #[command(
-        after_help = "The host must be reset ('selfnode reset') with the agent running. The snapshot may come from 'selfnode etcd snapshot save', the scheduled snapshots in <root>/var/lib/selfnode/snapshots, or upstream 'etcdctl snapshot save'; it is checked (bolt header, size, etcd's SHA-256, not an empty etcd) before anything is written. The cluster's Secrets are encrypted with a key from its PKI, so a restore needs the old PKI directory: pass --pki with a copy of it, or keep it in place. Then it runs init's steps with the temporary etcd started from the snapshot, and pivots as init does. Flags as for init; give the same ones the cluster was made with."
+        after_help = "The agent must be running. On a host that runs a cluster, --force is needed (its etcd data is moved aside, not deleted); or reset the host first. The snapshot may come from 'selfnode etcd snapshot save', the scheduled snapshots in <root>/var/lib/selfnode/snapshots, or upstream 'etcdctl snapshot save'; it is checked (bolt header, size, etcd's SHA-256, not an empty etcd) before anything is written. The cluster's Secrets are encrypted with a key from its PKI, so a restore needs the old PKI directory: pass --pki with a copy of it, or keep it in place. Then it runs init's steps with the temporary etcd started from the snapshot, and pivots as init does. Flags as for init; give the same ones the cluster was made with."
     )]
     Restore {
         /// The snapshot file
@@ -194,6 +194,10 @@ pub enum SnapshotCommand {
         /// A copy of the old control plane's PKI directory (/etc/kubernetes/pki)
         #[arg(long, value_name = "DIR")]
         pki: Option<PathBuf>,
+        /// Restore over the cluster this host runs: its etcd member stops and its data is moved
+        /// aside (kept), then the cluster is rebuilt from the snapshot
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         init: InitArgs,
     },

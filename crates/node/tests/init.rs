@@ -602,7 +602,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("selfnode reset"), "{}", text(&out));
+    assert!(text(&out).contains("Pass --force"), "{}", text(&out));
     host.kubectl_ok(&["get", "configmap", "after-first-snapshot"]);
 
     // Reset, then restore selfnode's snapshot: its objects are back, the
@@ -613,8 +613,35 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     let later = host.kubectl(&["get", "configmap", "after-first-snapshot"]);
     assert!(!later.status.success(), "{}", text(&later));
 
-    // And upstream etcdctl's snapshot restores too.
-    reset_and_restore(&mut host, &upstream);
+    // And upstream etcdctl's snapshot restores too, with --force over the
+    // cluster that now runs: its etcd data is moved aside, not deleted.
+    let out = host
+        .selfnode()
+        .args(["etcd", "snapshot", "restore", "--force"])
+        .arg(&upstream)
+        .args([
+            "--allow-workloads",
+            "--bundle",
+            host.bundle.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore --force: {}", text(&out));
+    assert!(
+        text(&out).contains("the previous etcd data is kept in"),
+        "{}",
+        text(&out)
+    );
+    let kept: Vec<_> = std::fs::read_dir(host.root.join("var/lib/selfnode"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("etcd.before-restore-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "the replaced member's data is kept");
     assert_healthy_self_hosted_cluster(&host, &[]);
     assert_configmaps_present(&host, &acked);
     host.kubectl_ok(&["get", "configmap", "after-first-snapshot"]);

@@ -7,7 +7,10 @@
 //!
 //! Backends come from a file (`var/lib/selfnode/apiservers`, one `ip:port` a
 //! line) that `init`/`join` write and the agent re-reads; each is health
-//! checked by connecting to it every two seconds.
+//! checked every two seconds: `GET /readyz` (anonymous, verified against the
+//! cluster CA) once the node has the CA, a TCP connect before that. An
+//! apiserver that accepts connections but cannot serve (its etcd is gone, it
+//! is starting or draining) gets no new connections while another can.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +28,7 @@ use crate::status::ComponentState;
 pub const COMPONENT: &str = "api-lb";
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backend {
@@ -97,6 +101,8 @@ pub fn parse_backends(text: &str) -> Result<Vec<SocketAddr>, String> {
 pub struct ApiLb {
     pub listen: SocketAddr,
     pub backends_file: PathBuf,
+    /// The cluster CA that signs the apiservers' serving certificates.
+    pub ca_file: PathBuf,
 }
 
 /// Runs until `stop`. Binding failure is reported in the status and retried.
@@ -120,6 +126,7 @@ pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, track
     tracing::info!(listen = %lb.listen, "api load balancer listening");
     tracker.spawn(check_loop(
         lb.backends_file.clone(),
+        lb.ca_file.clone(),
         backends.clone(),
         status.clone(),
         stop.clone(),
@@ -165,8 +172,26 @@ async fn forward(mut client: TcpStream, backends: &Backends) {
     // No backend: closing the connection is the honest answer.
 }
 
+/// Whether `addr` can serve: `/readyz` when the CA is known, else a TCP
+/// connect.
+async fn backend_up(addr: SocketAddr, ca_file: &std::path::Path) -> bool {
+    let check = async {
+        if ca_file.is_file() {
+            super::probe::https_ok(addr, "/readyz", Some(ca_file), None)
+                .await
+                .is_ok()
+        } else {
+            TcpStream::connect(addr).await.is_ok()
+        }
+    };
+    tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or(false)
+}
+
 async fn check_loop(
     file: PathBuf,
+    ca_file: PathBuf,
     backends: Arc<Backends>,
     status: StatusHandle,
     stop: CancellationToken,
@@ -191,10 +216,7 @@ async fn check_loop(
             last_text = text;
         }
         for b in backends.snapshot() {
-            let up = matches!(
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(b.addr)).await,
-                Ok(Ok(_))
-            );
+            let up = backend_up(b.addr, &ca_file).await;
             if up != b.healthy {
                 tracing::info!(backend = %b.addr, healthy = up, "api backend health changed");
             }

@@ -101,6 +101,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let lb = apilb::ApiLb {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], opts.api_lb_port)),
         backends_file: paths.apiservers_file(),
+        ca_file: paths.pki_dir().join("ca.crt"),
     };
     tracker.spawn(apilb::run(
         lb,

@@ -71,13 +71,19 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
             }
             Ok(ExitCode::SUCCESS)
         }
-        EtcdCommand::Snapshot(SnapshotCommand::Restore { file, pki, init }) => {
+        EtcdCommand::Snapshot(SnapshotCommand::Restore {
+            file,
+            pki,
+            force,
+            init,
+        }) => {
             super::init::run_with(
                 paths,
                 init,
                 Some(crate::init::RestoreSource {
                     snapshot: file,
                     pki,
+                    force,
                 }),
             )
             .await

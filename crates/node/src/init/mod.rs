@@ -95,6 +95,9 @@ pub struct RestoreSource {
     /// A copy of the old control plane's PKI directory; `None`: the host's
     /// own PKI directory must hold it.
     pub pki: Option<PathBuf>,
+    /// Restore over the cluster this host runs (its etcd data is moved
+    /// aside, not deleted).
+    pub force: bool,
 }
 
 /// A restore that cannot start: bad snapshot contents or missing keys.
@@ -111,7 +114,7 @@ pub enum RestoreInputError {
 
 /// A restore onto a host that runs a cluster. Exit code 3.
 #[derive(Debug, thiserror::Error)]
-#[error("this host runs cluster {existing:?} (node {node:?}); a restore builds a cluster from the snapshot and would replace it. To restore here: stop the agent, run 'selfnode reset --force' (keep a copy of {pki_dir} first unless you pass --pki), start the agent, and run the restore again")]
+#[error("this host runs cluster {existing:?} (node {node:?}); a restore builds the cluster from the snapshot and replaces its etcd data. Pass --force to do that here (the current etcd data is moved aside, not deleted; the PKI in {pki_dir} is kept unless you pass --pki), or restore on a reset host")]
 pub struct RestoreConflict {
     pub existing: String,
     pub node: String,
@@ -173,6 +176,65 @@ fn check_restore_inputs(
             .into());
         }
     }
+    Ok(())
+}
+
+/// Takes a running cluster's etcd out of the way of a forced restore: the
+/// member's static pod goes (the kubelet stops it), its data directory is
+/// renamed aside, then the checkpoint says "restoring, not pivoted" in one
+/// write. Each part is idempotent, so a kill anywhere and a re-run with
+/// `--force` finish it; after the checkpoint write a re-run resumes the
+/// restore. The cluster's pods keep running; the LB sends nothing to an
+/// apiserver that is not ready, and they serve the restored data once the
+/// new self-hosted member is promoted.
+async fn clear_for_restore(
+    paths: &HostPaths,
+    spec: &PlaneSpec,
+    checkpoint: &Checkpoint,
+    id: &ClusterIdentity,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let say = |line: String| {
+        if !quiet {
+            eprintln!("[restore] {line}");
+        }
+    };
+    let manifest = paths.etcd_manifest();
+    match std::fs::remove_file(&manifest) {
+        Ok(()) => say(format!(
+            "removed {}: the kubelet stops this host's etcd member",
+            manifest.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("cannot remove {}", manifest.display())),
+    }
+    let client = SocketAddr::new(spec.loopback(), spec.ports.etcd_client);
+    until(
+        "the etcd member to stop",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async { Ok(tokio::net::TcpStream::connect(client).await.is_err()) },
+    )
+    .await?;
+    if spec.etcd_data_dir.exists() {
+        let aside = PathBuf::from(format!(
+            "{}.before-restore-{}",
+            spec.etcd_data_dir.display(),
+            crate::status::now_unix()
+        ));
+        std::fs::rename(&spec.etcd_data_dir, &aside)
+            .with_context(|| format!("cannot move {} aside", spec.etcd_data_dir.display()))?;
+        say(format!(
+            "the previous etcd data is kept in {}",
+            aside.display()
+        ));
+    }
+    checkpoint.begin_restore(&ClusterIdentity {
+        role: "restore".into(),
+        cluster_uid: random_uid(),
+        created: crate::status::now_unix(),
+        ..id.clone()
+    })?;
     Ok(())
 }
 
@@ -261,14 +323,23 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         "init"
     };
     if let Some(id) = checkpoint.cluster_identity()? {
-        // A restore resumes only a restore; an init resumes either.
-        if ctx.restore.is_some() && id.role != role {
-            return Err(RestoreConflict {
-                existing: id.cluster_name,
-                node: id.node_name,
-                pki_dir: paths.pki_dir(),
+        // A restore resumes an unfinished restore; over a running cluster
+        // (pivoted, or an init) it needs --force.
+        let restoring = id.role == "restore" && !checkpoint.pivot_committed()?;
+        if let (Some(src), false) = (&ctx.restore, restoring) {
+            if !src.force {
+                return Err(RestoreConflict {
+                    existing: id.cluster_name,
+                    node: id.node_name,
+                    pki_dir: paths.pki_dir(),
+                }
+                .into());
             }
-            .into());
+            if id.cluster_name == ctx.settings.cluster_name
+                && id.node_name == ctx.settings.node_name
+            {
+                clear_for_restore(paths, &plane_spec(&ctx), &checkpoint, &id, ctx.quiet).await?;
+            }
         }
         if id.cluster_name != ctx.settings.cluster_name || id.node_name != ctx.settings.node_name {
             return Err(InitConflict {
