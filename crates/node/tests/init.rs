@@ -53,6 +53,18 @@ fn retry(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String
     }
 }
 
+/// `selfnode etcd members -o json`, which must succeed.
+fn etcd_members(host: &TestHost) -> Vec<serde_json::Value> {
+    let out = host
+        .selfnode()
+        .args(["etcd", "members", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcd members: {}", text(&out));
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    members.as_array().unwrap().clone()
+}
+
 /// Threads that create ConfigMaps through the admin kubeconfig, one after
 /// another, retrying each until the API acknowledges it. An `AlreadyExists`
 /// answer to a retry means an earlier attempt was committed: acknowledged.
@@ -316,14 +328,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     assert_healthy_self_hosted_cluster(&host, &temp);
 
     // etcd: one healthy leader, and a snapshot that upstream's etcdutl accepts.
-    let out = host
-        .selfnode()
-        .args(["etcd", "members", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "etcd members: {}", text(&out));
-    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let members = members.as_array().unwrap();
+    let members = etcd_members(&host);
     assert_eq!(members.len(), 1, "{members:#?}");
     assert_eq!(members[0]["healthy"], true, "{members:#?}");
     assert_eq!(members[0]["is_leader"], true, "{members:#?}");
@@ -553,14 +558,8 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("last voting member"), "{}", text(&out));
-    let out = host
-        .selfnode()
-        .args(["etcd", "members", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(after.as_array().unwrap().len(), 1, "{after:#}");
+    let after = etcd_members(&host);
+    assert_eq!(after.len(), 1, "{after:#?}");
 
     // A second snapshot, by upstream etcdctl, after one more object.
     host.kubectl_ok(&[
