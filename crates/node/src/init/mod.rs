@@ -487,8 +487,13 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
             reports.push(start_service(&mut run, step, paths, &agent_pid, p).await?);
         }
     }
+    // During a restore the self-hosted apiservers (running, or started by
+    // the kubelet from the restored pods) have no etcd until the new member
+    // is promoted; their connections would hang, so the LB gets them after.
     let backends = if pivoted {
         vec![self_api]
+    } else if ctx.restore.is_some() {
+        vec![temp_api]
     } else {
         vec![temp_api, self_api]
     };
@@ -632,6 +637,13 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
             )
             .await?,
         );
+    }
+    if ctx.restore.is_some() && !pivoted {
+        host.write_file(
+            &lb_file,
+            backends_text(&[temp_api, self_api]).as_bytes(),
+            0o644,
+        )?;
     }
     // After the pivot the objects belong to the cluster: an upgrade done the
     // Kubernetes way (kubectl set image) must not be undone by a re-run.
