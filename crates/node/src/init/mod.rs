@@ -199,6 +199,14 @@ async fn clear_for_restore(
             eprintln!("[restore] {line}");
         }
     };
+    // New connections go to the temporary apiserver from now on (the agent
+    // re-reads the list within 2 s); the running ones lose their etcd.
+    let temp_api = SocketAddr::new(spec.advertise_address, spec.ports.temp_apiserver);
+    NodeHost.write_file(
+        &paths.apiservers_file(),
+        backends_text(&[temp_api]).as_bytes(),
+        0o644,
+    )?;
     let manifest = paths.etcd_manifest();
     match std::fs::remove_file(&manifest) {
         Ok(()) => say(format!(
