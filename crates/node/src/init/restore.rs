@@ -1,0 +1,210 @@
+//! `selfnode etcd snapshot restore`: what a restore adds to the init
+//! sequence. Its inputs are checked before anything is written
+//! ([`check_restore_inputs`]); `--force` takes the running cluster's etcd
+//! out of the way ([`clear_for_restore`]); the old PKI is copied in
+//! ([`copy_pki`]). The sequence itself, with its `restore_pki` and
+//! `restore_etcd_data` steps, is `super::run`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use bootstrap::host::Host;
+use bootstrap::plane::PlaneSpec;
+
+use super::steps::until;
+use super::{backends_text, random_uid};
+use crate::checkpoint::{Checkpoint, ClusterIdentity};
+use crate::host::NodeHost;
+use crate::paths::HostPaths;
+
+/// Where a restore's data and keys come from.
+#[derive(Debug, Clone)]
+pub struct RestoreSource {
+    /// An etcd snapshot (`selfnode etcd snapshot save`, a scheduled one, or
+    /// upstream `etcdctl snapshot save`).
+    pub snapshot: PathBuf,
+    /// A copy of the old control plane's PKI directory; `None`: the host's
+    /// own PKI directory must hold it.
+    pub pki: Option<PathBuf>,
+    /// Restore over the cluster this host runs (its etcd data is moved
+    /// aside, not deleted).
+    pub force: bool,
+}
+
+/// A restore that cannot start: bad snapshot contents or missing keys.
+/// Exit code 2; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreInputError {
+    #[error("{snapshot} is a snapshot of an empty etcd (revision {revision}): it holds no Kubernetes objects, so there is nothing to restore; use a snapshot of the cluster's etcd")]
+    EmptySnapshot { snapshot: PathBuf, revision: i64 },
+    #[error("restoring needs the cluster's PKI (its CAs, the service-account key and the key its Secrets are encrypted with), and {missing} is missing; pass --pki DIR with a copy of the old control plane's {pki_dir}")]
+    NoPki { missing: PathBuf, pki_dir: PathBuf },
+    #[error("cannot inspect {snapshot} with etcdutl: {why}")]
+    Inspect { snapshot: PathBuf, why: String },
+}
+
+/// A restore onto a host that runs a cluster. Exit code 3.
+#[derive(Debug, thiserror::Error)]
+#[error("this host runs cluster {existing:?} (node {node:?}); a restore builds the cluster from the snapshot and replaces its etcd data. Pass --force to do that here (the current etcd data is moved aside, not deleted; the PKI in {pki_dir} is kept unless you pass --pki), or restore on a reset host")]
+pub struct RestoreConflict {
+    pub existing: String,
+    pub node: String,
+    pub pki_dir: PathBuf,
+}
+
+/// The files a restore cannot do without: the CAs and keys that sign and
+/// read what is in etcd. Leaf certificates are made again if missing.
+const RESTORE_PKI_FILES: [&str; 9] = [
+    "ca.crt",
+    "ca.key",
+    "front-proxy-ca.crt",
+    "front-proxy-ca.key",
+    "etcd/ca.crt",
+    "etcd/ca.key",
+    "sa.key",
+    "sa.pub",
+    bootstrap::plane::ENCRYPTION_CONFIG_FILE,
+];
+
+/// Checks a restore's inputs before anything is written: the snapshot file
+/// (etcd-mgr's checks, then its revision: a never-written etcd has nothing
+/// to restore) and the PKI it needs.
+pub(super) fn check_restore_inputs(
+    src: &RestoreSource,
+    bundle: &dist::bundle::Bundle,
+    pki_dir: &Path,
+) -> anyhow::Result<()> {
+    etcd_mgr::snapshot::verify_file(&src.snapshot)?;
+    let out = std::process::Command::new(bundle.bin("etcdutl"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&src.snapshot)
+        .output()
+        .with_context(|| format!("cannot run {}", bundle.bin("etcdutl").display()))?;
+    let inspect = |why: String| RestoreInputError::Inspect {
+        snapshot: src.snapshot.clone(),
+        why,
+    };
+    if !out.status.success() {
+        return Err(inspect(String::from_utf8_lossy(&out.stderr).trim().to_string()).into());
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| inspect(e.to_string()))?;
+    let revision = status["revision"].as_i64().unwrap_or(0);
+    if revision <= 1 {
+        return Err(RestoreInputError::EmptySnapshot {
+            snapshot: src.snapshot.clone(),
+            revision,
+        }
+        .into());
+    }
+    let from = src.pki.as_deref().unwrap_or(pki_dir);
+    for f in RESTORE_PKI_FILES {
+        if !from.join(f).is_file() {
+            return Err(RestoreInputError::NoPki {
+                missing: from.join(f),
+                pki_dir: pki_dir.to_path_buf(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Takes a running cluster's etcd out of the way of a forced restore: the
+/// member's static pod goes (the kubelet stops it), its data directory is
+/// renamed aside, then the checkpoint says "restoring, not pivoted" in one
+/// write. Each part is idempotent, so a kill anywhere and a re-run with
+/// `--force` finish it; after the checkpoint write a re-run resumes the
+/// restore. The cluster's pods keep running; the LB sends nothing to an
+/// apiserver that is not ready, and they serve the restored data once the
+/// new self-hosted member is promoted.
+pub(super) async fn clear_for_restore(
+    paths: &HostPaths,
+    spec: &PlaneSpec,
+    checkpoint: &Checkpoint,
+    id: &ClusterIdentity,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let say = |line: String| {
+        if !quiet {
+            eprintln!("[restore] {line}");
+        }
+    };
+    // New connections go to the temporary apiserver from now on (the agent
+    // re-reads the list within 2 s); the running ones lose their etcd.
+    let temp_api = SocketAddr::new(spec.advertise_address, spec.ports.temp_apiserver);
+    NodeHost.write_file(
+        &paths.apiservers_file(),
+        backends_text(&[temp_api]).as_bytes(),
+        0o644,
+    )?;
+    let manifest = paths.etcd_manifest();
+    match std::fs::remove_file(&manifest) {
+        Ok(()) => say(format!(
+            "removed {}: the kubelet stops this host's etcd member",
+            manifest.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("cannot remove {}", manifest.display())),
+    }
+    let client = SocketAddr::new(spec.loopback(), spec.ports.etcd_client);
+    until(
+        "the etcd member to stop",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async { Ok(tokio::net::TcpStream::connect(client).await.is_err()) },
+    )
+    .await?;
+    if spec.etcd_data_dir.exists() {
+        let aside = PathBuf::from(format!(
+            "{}.before-restore-{}",
+            spec.etcd_data_dir.display(),
+            crate::status::now_unix()
+        ));
+        std::fs::rename(&spec.etcd_data_dir, &aside)
+            .with_context(|| format!("cannot move {} aside", spec.etcd_data_dir.display()))?;
+        say(format!(
+            "the previous etcd data is kept in {}",
+            aside.display()
+        ));
+    }
+    checkpoint.begin_restore(&ClusterIdentity {
+        role: "restore".into(),
+        cluster_uid: random_uid(),
+        created: crate::status::now_unix(),
+        ..id.clone()
+    })?;
+    Ok(())
+}
+
+/// Copies the old cluster's PKI into `pki_dir`, keeping each file's mode;
+/// returns whether anything changed.
+pub(super) fn copy_pki(host: &NodeHost, from: &Path, pki_dir: &Path) -> anyhow::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = false;
+    let mut stack = vec![from.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
+            let path = entry?.path();
+            let rel = path.strip_prefix(from)?;
+            let meta = std::fs::metadata(&path)?;
+            if meta.is_dir() {
+                host.ensure_dir(&pki_dir.join(rel), 0o700)?;
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path)?;
+                let written = host.write_file(
+                    &pki_dir.join(rel),
+                    &bytes,
+                    meta.permissions().mode() & 0o777,
+                )?;
+                changed |= written != bootstrap::host::Written::Unchanged;
+            }
+        }
+    }
+    Ok(changed)
+}
