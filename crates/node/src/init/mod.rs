@@ -392,9 +392,15 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
             run.step(
                 "add_etcd_learner",
                 Duration::from_secs(60),
-                || async { Ok(find_member(etcd_mgr::members(&temp_etcd).await?).is_some()) },
                 || async {
-                    etcd_mgr::members::add_learner(&temp_etcd, &self_peer).await?;
+                    Ok(
+                        find_member(etcd_retrying(|| etcd_mgr::members(&temp_etcd)).await?)
+                            .is_some(),
+                    )
+                },
+                || async {
+                    etcd_retrying(|| etcd_mgr::members::add_learner(&temp_etcd, &self_peer))
+                        .await?;
                     Ok(())
                 },
             )
@@ -405,7 +411,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         let serving = || async {
             let same = std::fs::read(&etcd_manifest).ok().as_deref() == Some(pod.as_bytes());
             Ok::<_, anyhow::Error>(
-                same && find_member(etcd_mgr::members(&temp_etcd).await?)
+                same && find_member(etcd_retrying(|| etcd_mgr::members(&temp_etcd)).await?)
                     .is_some_and(|m| m.healthy),
             )
         };
@@ -425,7 +431,9 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
                         Duration::from_secs(170),
                         Duration::from_millis(500),
                         || async {
-                            match find_member(etcd_mgr::members(&temp_etcd).await?) {
+                            match find_member(
+                                etcd_retrying(|| etcd_mgr::members(&temp_etcd)).await?,
+                            ) {
                                 Some(m) if m.healthy => Ok(true),
                                 Some(m) => anyhow::bail!(
                                     "member {self_peer} does not answer yet{}",
@@ -447,8 +455,10 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
                 "promote_etcd_member",
                 Duration::from_secs(150),
                 || async {
-                    Ok(find_member(etcd_mgr::members(&temp_etcd).await?)
-                        .is_some_and(|m| !m.is_learner))
+                    Ok(
+                        find_member(etcd_retrying(|| etcd_mgr::members(&temp_etcd)).await?)
+                            .is_some_and(|m| !m.is_learner),
+                    )
                 },
                 || async {
                     etcd_mgr::members::promote(&temp_etcd, &self_peer, Duration::from_secs(140))
@@ -543,8 +553,10 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
                 // The temporary member leaves the cluster while it still
                 // runs: stopping one of two voters first would lose quorum.
                 if paths.services_dir().join("etcd.json").exists() {
-                    etcd_mgr::members::remove(&self_etcd, &temp_peer, Duration::from_secs(60))
-                        .await?;
+                    etcd_retrying(|| {
+                        etcd_mgr::members::remove(&self_etcd, &temp_peer, Duration::from_secs(60))
+                    })
+                    .await?;
                 }
                 for n in TEMP_SERVICES {
                     match std::fs::remove_file(paths.services_dir().join(format!("{n}.json"))) {
@@ -650,6 +662,32 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         seconds: run.elapsed().as_secs_f64(),
         steps: reports,
     })
+}
+
+/// An etcd call retried for up to 30 s while it fails to connect or gets a
+/// transport error: a member that has just started, or a connection reset
+/// under it, is no reason to stop the sequence. Refusals etcd means (a bad
+/// request, a quorum guard) come back at once.
+async fn etcd_retrying<T, F, Fut>(call: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_mgr::EtcdError>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(
+                e @ (etcd_mgr::EtcdError::Connect { .. }
+                | etcd_mgr::EtcdError::Rpc { .. }
+                | etcd_mgr::EtcdError::Timeout { .. }),
+            ) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "etcd call failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn find<'a>(temp: &'a [ProcessSpec], name: &str) -> anyhow::Result<&'a ProcessSpec> {
