@@ -1,13 +1,32 @@
 #!/usr/bin/env bash
 # Installs everything selfnode needs on a fresh Debian 12 machine, as root:
 # Debian packages, then the pinned upstream bundle (fixtures/build-bundle.sh,
-# cached under /var/cache/selfnode so a reused machine skips the Go build).
+# cached under /var/cache/selfnode so a reused machine skips the Go build),
+# then a self-check that names the package behind anything still missing.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every Debian package the build, the tests and the runtime use, and why.
+# (A package left out here is how the last fresh-machine failure happened:
+# protoc without libprotobuf-dev has no google/protobuf/*.proto.)
+packages=(
+  protobuf-compiler   # protoc, for the gRPC crates' build scripts (etcd-client, containerd-client)
+  libprotobuf-dev     # google/protobuf/*.proto, imported by etcd's and containerd's protos
+  gcc libc6-dev       # linking the static binary; pause.c in the bundle build
+  openssl             # the PKI tests cross-check certificates with openssl
+  runc                # the OCI runtime containerd uses
+  containernetworking-plugins  # bridge, host-local, loopback, portmap
+  iproute2            # ip: tests and the agent's network checks
+  iptables conntrack  # kube-proxy's tools, copied into its image from the host
+  kmod                # modprobe br_netfilter
+  file                # the bundle build checks that binaries are static
+  util-linux          # mount, umount, unshare, flock
+  curl ca-certificates  # tests call the API servers' health endpoints
+  gzip                # image layers
+)
 need=()
-for pkg in protobuf-compiler openssl runc containernetworking-plugins iproute2 iptables conntrack kmod file gcc util-linux; do
+for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -18,6 +37,30 @@ fi
 
 command -v cargo >/dev/null || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 command -v go >/dev/null || { echo "error: go not found; install Go >= 1.26 first" >&2; exit 1; }
+
+# Self-check: each tool that the build, tests or runtime call, with the
+# package that provides it, so a missing one fails here and names it.
+fail=0
+check() { # check PACKAGE COMMAND...
+  local pkg=$1; shift
+  if ! "$@" >/dev/null 2>&1; then
+    echo "error: self-check failed: '$*' (Debian package $pkg); run: apt-get install $pkg" >&2
+    fail=1
+  fi
+}
+for pair in protoc:protobuf-compiler openssl:openssl runc:runc ip:iproute2 iptables:iptables \
+  conntrack:conntrack modprobe:kmod file:file unshare:util-linux mount:util-linux curl:curl gcc:gcc gzip:gzip; do
+  check "${pair#*:}" command -v "${pair%%:*}"
+done
+for plugin in bridge host-local loopback portmap; do
+  check containernetworking-plugins test -x "/usr/lib/cni/$plugin"
+done
+# protoc must find the well-known types that etcd's protos import.
+probe=$(mktemp -d)
+trap 'rm -rf "$probe"' EXIT
+printf 'syntax = "proto3";\nimport "google/protobuf/descriptor.proto";\nmessage M { google.protobuf.FileDescriptorProto d = 1; }\n' >"$probe/p.proto"
+check libprotobuf-dev protoc -I"$probe" --descriptor_set_out="$probe/out" "$probe/p.proto"
+((fail == 0)) || exit 1
 
 # The upstream components at the versions pinned in versions.env.
 bash fixtures/build-bundle.sh >&2
