@@ -56,6 +56,10 @@ pub enum ConfigError {
     ClusterName(String),
     #[error("node name {0:?} is invalid: use a lowercase DNS name (letters, digits, '-', '.')")]
     NodeName(String),
+    #[error("cluster domain {0:?} is invalid: use a lowercase DNS name without a trailing dot, such as cluster.local")]
+    ClusterDomain(String),
+    #[error("the advertise address {0:?} is not an IP address: give a bare IP address of this host (no port, no brackets, no host name), such as 192.0.2.10")]
+    AdvertiseNotIp(String),
     #[error("extra SAN {0:?} is neither an IP address nor a DNS name")]
     San(String),
 }
@@ -195,10 +199,7 @@ pub fn resolve(
             let addr: IpAddr = text
                 .trim()
                 .parse()
-                .map_err(|_| ConfigError::AdvertiseNotLocal {
-                    address: IpAddr::from([0, 0, 0, 0]),
-                    local: local(),
-                })?;
+                .map_err(|_| ConfigError::AdvertiseNotIp(text.clone()))?;
             if !usable(addr) {
                 return Err(ConfigError::AdvertiseUnusable(addr));
             }
@@ -231,7 +232,7 @@ pub fn resolve(
         .cluster_domain
         .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into());
     if !is_dns_subdomain(&cluster_domain) {
-        return Err(ConfigError::NodeName(cluster_domain));
+        return Err(ConfigError::ClusterDomain(cluster_domain));
     }
     Ok(InitSettings {
         cluster_name,

@@ -144,6 +144,22 @@ pub struct InitArgs {
     pub output: Output,
 }
 
+impl InitArgs {
+    /// The flags as `bootstrap::config` merges them over a config file.
+    pub fn flags(&self) -> bootstrap::config::InitFlags {
+        bootstrap::config::InitFlags {
+            cluster_name: self.cluster_name.clone(),
+            node_name: self.node_name.clone(),
+            advertise_address: self.advertise_address.clone(),
+            pod_cidr: self.pod_cidr.clone(),
+            service_cidr: self.service_cidr.clone(),
+            extra_sans: self.extra_sans.clone(),
+            bundle: self.bundle.clone(),
+            allow_workloads: self.allow_workloads,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ResetArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal)

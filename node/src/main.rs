@@ -2,17 +2,8 @@
 //! installs logging, builds the one tokio runtime and hands off to a thin
 //! command handler; maps failures to exit codes an init system can act on.
 
-mod agent;
-mod checkpoint;
-mod cli;
-mod commands;
-mod fsutil;
-mod host;
-mod init;
-mod paths;
-mod status;
-
 use clap::Parser;
+use node::{cli, commands};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

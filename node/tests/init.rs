@@ -3,6 +3,7 @@
 
 mod support;
 
+use node::init::plan::{plan, Observed, Sequence, Step};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
@@ -12,27 +13,63 @@ use std::time::{Duration, Instant};
 use support::{pid_alive, TestHost};
 
 const START: Duration = Duration::from_secs(180);
-const STEPS: [&str; 19] = [
-    "record_cluster_identity",
-    "ensure_pki",
-    "ensure_encryption_config",
-    "write_node_identity",
-    "start_temp_etcd",
-    "start_temp_apiserver",
-    "write_lb_backends",
-    "start_temp_controller_manager",
-    "start_temp_scheduler",
-    "register_control_plane_node",
-    "add_etcd_learner",
-    "start_self_hosted_etcd",
-    "promote_etcd_member",
-    "apply_self_hosted_objects",
-    "wait_self_hosted_ready",
-    "commit_pivot",
-    "stop_temp_plane",
-    "point_lb_at_self_hosted",
-    "wait_cluster_ready",
-];
+/// The steps of a first `selfnode init`, from the plan itself.
+fn init_steps() -> Vec<Step> {
+    plan(Sequence::Init, Observed::default())
+        .steps()
+        .map(|p| p.step)
+        .collect()
+}
+
+/// Extra SANs given on the command line and in a config file: both must
+/// reach the API server's certificate on disk and the one it serves.
+const FLAG_SANS: [&str; 2] = ["api.example.test", "192.0.2.50"];
+const FILE_SANS: [&str; 2] = ["api.from-file.test", "192.0.2.51"];
+
+/// The subjectAltName text of a PEM certificate.
+fn sans_of(pem: &[u8]) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl x509");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(pem).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl x509 failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The SANs in `apiserver.crt` and in the certificate `addr` serves.
+fn apiserver_sans(host: &TestHost, addr: &str) -> (String, String) {
+    let on_disk = std::fs::read(host.root.join("etc/kubernetes/pki/apiserver.crt")).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-servername", "kubernetes"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    (sans_of(&on_disk), sans_of(&out.stdout))
+}
+
+fn assert_sans(host: &TestHost, addr: &str, sans: &[&str]) {
+    let (on_disk, served) = apiserver_sans(host, addr);
+    for san in sans {
+        let want = if san.parse::<std::net::IpAddr>().is_ok() {
+            format!("IP Address:{san}")
+        } else {
+            format!("DNS:{san}")
+        };
+        assert!(
+            on_disk.contains(&want),
+            "{want} not in apiserver.crt: {on_disk}"
+        );
+        assert!(
+            served.contains(&want),
+            "{want} not served on {addr}: {served}"
+        );
+    }
+}
 
 fn text(out: &Output) -> String {
     format!(
@@ -272,6 +309,14 @@ fn temp_plane_pids(host: &TestHost) -> Vec<u32> {
         .collect()
 }
 
+fn with_flag_sans() -> Vec<&'static str> {
+    let mut args = vec!["--allow-workloads"];
+    for san in FLAG_SANS {
+        args.extend(["--apiserver-cert-extra-sans", san]);
+    }
+    args
+}
+
 #[test]
 fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     let mut host = TestHost::for_cluster();
@@ -288,7 +333,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     // Up to the temporary API, then writers through it for the rest of init:
     // the etcd pivot (learner, promotion, the temporary member's removal)
     // and the switch of apiservers must not lose one acknowledged write.
-    let out = host.init(&["--allow-workloads"], Some("register_control_plane_node"));
+    let out = host.init(&with_flag_sans(), Some("register_control_plane_node"));
     assert_eq!(
         out.status.code(),
         Some(99),
@@ -298,7 +343,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     let writers = ConfigMapWriters::start(&host, 3);
 
     // Stop just before the pivot to see the temporary plane's processes.
-    let out = host.init(&["--allow-workloads"], Some("wait_self_hosted_ready"));
+    let out = host.init(&with_flag_sans(), Some("wait_self_hosted_ready"));
     assert_eq!(
         out.status.code(),
         Some(99),
@@ -313,7 +358,9 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         host.status()
     );
 
-    let out = host.init(&["--allow-workloads", "-o", "json"], None);
+    let mut args = with_flag_sans();
+    args.extend(["-o", "json"]);
+    let out = host.init(&args, None);
     assert!(out.status.success(), "init: {}", text(&out));
     let acked = writers.finish(300);
     assert_configmaps_present(&host, &acked);
@@ -326,6 +373,8 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         "{summary:#}"
     );
     assert_healthy_self_hosted_cluster(&host, &temp);
+    let api = format!("{}:6443", summary["advertise_address"].as_str().unwrap());
+    assert_sans(&host, &api, &FLAG_SANS);
 
     // etcd: one healthy leader, and a snapshot that upstream's etcdutl accepts.
     let members = etcd_members(&host);
@@ -651,28 +700,72 @@ fn init_killed_after_every_step_resumes_to_the_same_cluster() {
     let mut host = TestHost::for_cluster();
     host.start_agent();
     host.wait_healthy(START);
-    for step in STEPS {
-        let out = host.init(&[], Some(step));
+    // The settings come from a config file here (extra SANs included).
+    let config = host.root.join("init.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: selfnode.dev/v1alpha1\nkind: InitConfiguration\nextraSans: [{}]\n",
+            FILE_SANS.join(", ")
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let steps = init_steps();
+    for step in &steps {
+        let step = step.name();
+        let out = host.init(&["--config", config], Some(step));
         let t = text(&out);
-        // A step whose result an earlier one already produced (after the pivot,
-        // write_lb_backends lists the self-hosted apiserver only) is not applied
-        // again, so its failpoint cannot fire: the run must then say so and finish.
-        let skipped = t.contains(&format!("{step} ("))
-            && t.lines()
-                .any(|l| l.contains(step) && l.contains("already done"));
+        // A step whose result an earlier run already produced is not
+        // applied again (or, after the pivot, is skipped by the plan), so
+        // its failpoint cannot fire: the run must then say so and finish.
+        let not_applied = t.lines().any(|l| {
+            l.contains(&format!("{step} ("))
+                && (l.contains("already done") || l.contains("skipped"))
+        });
         match out.status.code() {
             Some(99) => assert!(t.contains(&format!("exiting after step {step}")), "{t}"),
-            Some(0) if skipped => {}
+            Some(0) if not_applied => {}
             other => panic!("init with the failpoint after {step} ended with {other:?}: {t}"),
         }
     }
-    let out = host.init(&[], None);
+    let out = host.init(&["--config", config, "-o", "json"], None);
     assert!(
         out.status.success(),
         "init after every kill: {}",
         text(&out)
     );
     assert_healthy_self_hosted_cluster(&host, &[]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("init -o json");
+    let api = format!("{}:6443", summary["advertise_address"].as_str().unwrap());
+    assert_sans(&host, &api, &FILE_SANS);
+
+    // A second init on the pivoted cluster: one line per planned step,
+    // numbered 1..n of the plan's n, the skipped ones saying why.
+    let out = host.init(&["--config", config], None);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let n = steps.len();
+    let lines: Vec<&str> = t.lines().filter(|l| l.starts_with("[init] ")).collect();
+    let finals: Vec<&&str> = lines
+        .iter()
+        .filter(|l| !l.contains("waiting for"))
+        .collect();
+    assert_eq!(finals.len(), n, "{t}");
+    let pivoted = plan(Sequence::Init, Observed { pivoted: true });
+    for (i, p) in pivoted.steps().enumerate() {
+        let line = finals
+            .iter()
+            .find(|l| l.starts_with(&format!("[init] {} (", p.step.name())))
+            .unwrap_or_else(|| panic!("no line for {}: {t}", p.step.name()));
+        assert!(line.contains(&format!("({}/{n})", i + 1)), "{line}");
+        let skipped = matches!(p.action, node::init::plan::Action::Skip(_));
+        assert_eq!(
+            line.contains("skipped: the pivot is committed"),
+            skipped,
+            "{line}"
+        );
+    }
 }
 
 #[test]

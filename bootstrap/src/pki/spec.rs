@@ -42,6 +42,8 @@ pub struct PkiSpec {
 
 impl PkiSpec {
     /// A spec with kubeadm's defaults for everything but the node's identity.
+    /// Tests only: production specs come from `PlaneSpec::pki_spec`.
+    #[cfg(any(test, feature = "testing"))]
     pub fn new(node_name: impl Into<String>, advertise_addresses: Vec<IpAddr>) -> Self {
         PkiSpec {
             cluster_name: DEFAULT_CLUSTER_NAME.to_string(),

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 
 use super::Placement;
-use crate::pki::{self, PkiSpec, PkiSpecError};
+use crate::config::InitSettings;
+use crate::pki::{PkiSpec, PkiSpecError};
 
 /// Where this node's self-hosted etcd member keeps its data (the temporary
 /// member uses a sibling, see [`PlaneSpec::temp_etcd_data_dir`]).
@@ -33,6 +34,12 @@ pub struct PlaneSpec {
     pub service_cidr: IpNet,
     /// Cluster DNS domain.
     pub cluster_domain: String,
+    /// Extra subject alternative names of the API server's serving
+    /// certificate (IP addresses or DNS names), beyond the node's own.
+    pub extra_sans: Vec<String>,
+    /// Ordinary pods may run on this control-plane node: it gets the
+    /// control-plane label but not the `NoSchedule` taint.
+    pub allow_workloads: bool,
     /// `vX.Y.Z` of the control-plane images (a label on the workloads, for
     /// skew checks).
     pub kubernetes_version: String,
@@ -194,9 +201,75 @@ impl Default for PlaneReplicas {
     }
 }
 
+/// What a [`PlaneSpec`] needs beyond the user's settings: the bundle's
+/// version and images, and where this host keeps things.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaneEnv {
+    /// `vX.Y.Z` of the bundle's Kubernetes.
+    pub kubernetes_version: String,
+    pub images: PlaneImages,
+    pub pki_dir: PathBuf,
+    pub kubeconfig_dir: PathBuf,
+    pub etcd_data_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+}
+
 impl PlaneSpec {
+    /// The control plane for `settings` on a host described by `env`. Every
+    /// field of [`InitSettings`] is taken apart here by name, so a setting
+    /// that reaches no component is a compile error, not a silent drop.
+    pub fn from_settings(settings: &InitSettings, env: PlaneEnv) -> PlaneSpec {
+        let InitSettings {
+            cluster_name,
+            node_name,
+            advertise_address,
+            pod_cidr,
+            service_cidr,
+            cluster_domain,
+            extra_sans,
+            // Where the bundle is: node opens it; its version and images
+            // come in through `env`.
+            bundle: _,
+            allow_workloads,
+        } = settings;
+        let PlaneEnv {
+            kubernetes_version,
+            images,
+            pki_dir,
+            kubeconfig_dir,
+            etcd_data_dir,
+            cni_conf_dir,
+        } = env;
+        PlaneSpec {
+            cluster_name: cluster_name.clone(),
+            node_name: node_name.clone(),
+            advertise_address: *advertise_address,
+            pod_cidr: *pod_cidr,
+            service_cidr: *service_cidr,
+            cluster_domain: cluster_domain.clone(),
+            extra_sans: extra_sans.clone(),
+            allow_workloads: *allow_workloads,
+            kubernetes_version,
+            images,
+            pki_dir,
+            kubeconfig_dir,
+            etcd_data_dir,
+            cni_conf_dir,
+            ports: PlanePorts::default(),
+            // One control-plane node to start with: one CoreDNS replica
+            // (a second could not spread anyway).
+            replicas: PlaneReplicas {
+                coredns: 1,
+                ..PlaneReplicas::default()
+            },
+            kube_proxy_conntrack_max_per_core: None,
+        }
+    }
+
     /// A spec with kubeadm's defaults (and [`DEFAULT_POD_CIDR`]) for
     /// everything but the node's identity, the version and the images.
+    /// Tests only: production specs come from [`PlaneSpec::from_settings`].
+    #[cfg(any(test, feature = "testing"))]
     pub fn new(
         node_name: impl Into<String>,
         advertise_address: IpAddr,
@@ -204,20 +277,22 @@ impl PlaneSpec {
         images: PlaneImages,
     ) -> Self {
         PlaneSpec {
-            cluster_name: pki::DEFAULT_CLUSTER_NAME.to_string(),
+            cluster_name: crate::pki::DEFAULT_CLUSTER_NAME.to_string(),
             node_name: node_name.into(),
             advertise_address,
             pod_cidr: DEFAULT_POD_CIDR
                 .parse()
                 .expect("DEFAULT_POD_CIDR is a valid CIDR; every plane test starts from it"),
-            service_cidr: pki::DEFAULT_SERVICE_CIDR
+            service_cidr: crate::pki::DEFAULT_SERVICE_CIDR
                 .parse()
                 .expect("DEFAULT_SERVICE_CIDR is a valid CIDR; every pki test starts from it"),
-            cluster_domain: pki::DEFAULT_DNS_DOMAIN.to_string(),
+            cluster_domain: crate::pki::DEFAULT_DNS_DOMAIN.to_string(),
+            extra_sans: Vec::new(),
+            allow_workloads: false,
             kubernetes_version: kubernetes_version.into(),
             images,
-            pki_dir: PathBuf::from(pki::DEFAULT_PKI_DIR),
-            kubeconfig_dir: PathBuf::from(pki::DEFAULT_KUBECONFIG_DIR),
+            pki_dir: PathBuf::from(crate::pki::DEFAULT_PKI_DIR),
+            kubeconfig_dir: PathBuf::from(crate::pki::DEFAULT_KUBECONFIG_DIR),
             etcd_data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             ports: PlanePorts::default(),
@@ -229,15 +304,35 @@ impl PlaneSpec {
     /// The PKI this plane needs: the kubeconfigs point at the node-local
     /// load balancer ([`PlaneSpec::local_api_endpoint`]).
     pub fn pki_spec(&self) -> PkiSpec {
+        // Every field by name: a new one must be decided on here.
+        let PlaneSpec {
+            cluster_name,
+            node_name,
+            advertise_address,
+            pod_cidr: _,
+            service_cidr,
+            cluster_domain,
+            extra_sans,
+            allow_workloads: _,
+            kubernetes_version: _,
+            images: _,
+            pki_dir,
+            kubeconfig_dir,
+            etcd_data_dir: _,
+            cni_conf_dir: _,
+            ports: _,
+            replicas: _,
+            kube_proxy_conntrack_max_per_core: _,
+        } = self;
         PkiSpec {
-            cluster_name: self.cluster_name.clone(),
-            node_name: self.node_name.clone(),
-            advertise_addresses: vec![self.advertise_address],
-            service_cidr: self.service_cidr,
-            dns_domain: self.cluster_domain.clone(),
-            extra_sans: Vec::new(),
-            pki_dir: self.pki_dir.clone(),
-            kubeconfig_dir: self.kubeconfig_dir.clone(),
+            cluster_name: cluster_name.clone(),
+            node_name: node_name.clone(),
+            advertise_addresses: vec![*advertise_address],
+            service_cidr: *service_cidr,
+            dns_domain: cluster_domain.clone(),
+            extra_sans: extra_sans.clone(),
+            pki_dir: pki_dir.clone(),
+            kubeconfig_dir: kubeconfig_dir.clone(),
             api_endpoint: self.local_api_endpoint(),
         }
     }

@@ -1,32 +1,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bootstrap::pki::names;
-
 use crate::cli::{EtcdCommand, Output, SnapshotCommand};
 use crate::paths::HostPaths;
 
-/// This host's self-hosted etcd member, reached with the health-check
-/// client certificate.
-pub fn config(paths: &HostPaths) -> etcd_mgr::EtcdConfig {
-    config_at(paths, bootstrap::plane::PlanePorts::default().etcd_client)
-}
-
-/// The etcd member listening on loopback `port` (the self-hosted member,
-/// or the temporary one while `init` runs).
-pub fn config_at(paths: &HostPaths, port: u16) -> etcd_mgr::EtcdConfig {
-    let pki = paths.pki_dir();
-    etcd_mgr::EtcdConfig {
-        endpoints: vec![format!("https://127.0.0.1:{port}")],
-        ca_file: pki.join(format!("{}.crt", names::ETCD_CA)),
-        cert_file: pki.join(format!("{}.crt", names::ETCD_HEALTHCHECK_CLIENT)),
-        key_file: pki.join(format!("{}.key", names::ETCD_HEALTHCHECK_CLIENT)),
-        timeout: Duration::from_secs(5),
-    }
-}
-
 pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode> {
-    let cfg = config(paths);
+    let cfg = crate::etcd::config(paths);
     match cmd {
         EtcdCommand::Members { output } => {
             let members = etcd_mgr::members(&cfg).await?;
@@ -71,22 +50,8 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
             }
             Ok(ExitCode::SUCCESS)
         }
-        EtcdCommand::Snapshot(SnapshotCommand::Restore {
-            file,
-            pki,
-            force,
-            init,
-        }) => {
-            super::init::run_with(
-                paths,
-                init,
-                Some(crate::init::RestoreSource {
-                    snapshot: file,
-                    pki,
-                    force,
-                }),
-            )
-            .await
+        EtcdCommand::Snapshot(SnapshotCommand::Restore { .. }) => {
+            unreachable!("dispatch runs a restore as init's sequence")
         }
         EtcdCommand::Snapshot(SnapshotCommand::Save { file, output }) => {
             let info = etcd_mgr::snapshot::save(&cfg, &file).await?;

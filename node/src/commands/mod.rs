@@ -2,14 +2,14 @@
 
 pub(crate) mod etcd;
 mod images;
-mod init;
 mod reset;
 mod status;
 mod version;
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, InitArgs, Output};
+use crate::init::{InitContext, RestoreSource};
 use crate::paths::HostPaths;
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -30,16 +30,31 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         .etcd_snapshot_dir
                         .unwrap_or_else(|| paths.snapshot_dir()),
                     member_manifest: paths.etcd_manifest(),
-                    etcd: etcd::config(&paths),
+                    etcd: crate::etcd::config(&paths),
                 },
                 paths,
             };
             crate::agent::run(opts).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Init(args) => init::run(&paths, args).await,
+        Command::Init(args) => init_sequence(&paths, args, None).await,
         Command::Reset(args) => reset::run(&paths, args),
         Command::Status(args) => status::run(&paths, args.output).await,
+        Command::Etcd(crate::cli::EtcdCommand::Snapshot(
+            crate::cli::SnapshotCommand::Restore {
+                file,
+                pki,
+                force,
+                init,
+            },
+        )) => {
+            let restore = RestoreSource {
+                snapshot: file,
+                pki,
+                force,
+            };
+            init_sequence(&paths, init, Some(restore)).await
+        }
         Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await
@@ -57,6 +72,43 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `init`, or with `restore` `selfnode etcd snapshot restore`: the same
+/// sequence (its plan differs), started from a snapshot.
+async fn init_sequence(
+    paths: &HostPaths,
+    args: InitArgs,
+    restore: Option<RestoreSource>,
+) -> anyhow::Result<ExitCode> {
+    let flags = args.flags();
+    let ctx = InitContext::from_input(
+        paths,
+        args.config.as_deref(),
+        &flags,
+        args.output == Output::Json,
+        restore,
+    )?;
+    let summary = crate::init::run(ctx).await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Output::Table => {
+            println!(
+                "\nYour self-hosted cluster {:?} is up ({:.0}s).",
+                summary.cluster_name, summary.seconds
+            );
+            println!(
+                "\nUse it:\n  export KUBECONFIG={}\n  kubectl get pods -A",
+                summary.admin_kubeconfig.display()
+            );
+            println!("\nCheck this host: selfnode status");
+            println!(
+                "API server: {} (CA pin {})",
+                summary.api_endpoint, summary.ca_cert_hash
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the pod-network agent until SIGTERM/SIGINT.

@@ -29,7 +29,7 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
                 .as_ref()
                 .is_some_and(|s| s.components.iter().any(|c| c.name == "etcd")));
     let etcd = if runs_etcd {
-        let mut cfg = super::etcd::config(paths);
+        let mut cfg = crate::etcd::config(paths);
         cfg.timeout = std::time::Duration::from_secs(2);
         Some(etcd_mgr::members(&cfg).await.map_err(|e| e.to_string()))
     } else {

@@ -13,8 +13,9 @@ use anyhow::Context;
 use bootstrap::host::Host;
 use bootstrap::plane::PlaneSpec;
 
+use super::random_uid;
 use super::steps::until;
-use super::{backends_text, random_uid};
+use super::temp_plane::backends_text;
 use crate::checkpoint::{Checkpoint, ClusterIdentity};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;

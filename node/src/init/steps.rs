@@ -4,36 +4,53 @@
 //! duration, like kubeadm's `[phase]` lines. A record in the checkpoint is a
 //! hint only: on resume `check` runs again.
 //!
+//! The runner is shared by reference: the lanes of a plan's phase run their
+//! steps concurrently, each step numbered by its place in the plan.
+//!
 //! Failpoints for tests: `SELFNODE_FAILPOINT=<step>` makes the process exit
-//! with code 99 right after that step is applied, as a kill would.
+//! with code 99 right after that step ran (applied, or found already done),
+//! as a kill would; a skipped step does not fire. Debug builds only.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+use super::plan::{Plan, Step};
 
 pub const FAILPOINT_ENV: &str = "SELFNODE_FAILPOINT";
 pub const FAILPOINT_EXIT: i32 = 99;
 
+/// Runs the steps of one plan and prints their progress lines. Shared by
+/// reference between the lanes of a phase (they run on one task).
 pub struct Runner {
     sequence: &'static str,
+    /// Each step's number in the plan: the `i` of `(i/n)`.
+    numbers: HashMap<Step, usize>,
     total: usize,
-    done: usize,
     started: Instant,
     quiet: bool,
 }
 
+/// What one step did, for `-o json` and the benchmark.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepReport {
-    pub step: &'static str,
+    pub step: Step,
+    /// The step's number in the plan (1-based).
+    pub number: usize,
+    /// `done`, `already done` or `skipped`.
     pub outcome: &'static str,
+    /// Why a skipped step was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     pub seconds: f64,
 }
 
 impl Runner {
-    pub fn new(sequence: &'static str, total: usize, quiet: bool) -> Self {
+    pub fn new(plan: &Plan, quiet: bool) -> Self {
         Runner {
-            sequence,
-            total,
-            done: 0,
+            sequence: plan.sequence.name(),
+            numbers: plan.steps().map(|p| (p.step, p.number)).collect(),
+            total: plan.len(),
             started: Instant::now(),
             quiet,
         }
@@ -43,27 +60,57 @@ impl Runner {
         self.started.elapsed()
     }
 
-    /// The step's progress line and its report.
-    fn finish(&self, name: &'static str, outcome: &'static str, started: Instant) -> StepReport {
-        let seconds = started.elapsed().as_secs_f64();
+    fn number(&self, step: Step) -> usize {
+        self.numbers.get(&step).copied().unwrap_or(0)
+    }
+
+    fn say(&self, step: Step, what: &str) {
         if !self.quiet {
             eprintln!(
-                "[{}] {name} ({}/{}): {outcome}, {seconds:.1}s",
-                self.sequence, self.done, self.total
+                "[{}] {step} ({}/{}): {what}",
+                self.sequence,
+                self.number(step),
+                self.total
             );
         }
+    }
+
+    /// The step's progress line and its report; then the failpoint, if
+    /// it names this step.
+    fn finish(&self, step: Step, outcome: &'static str, started: Instant) -> StepReport {
+        let seconds = started.elapsed().as_secs_f64();
+        self.say(step, &format!("{outcome}, {seconds:.1}s"));
+        failpoint(step.name());
         StepReport {
-            step: name,
+            step,
+            number: self.number(step),
             outcome,
+            reason: None,
             seconds,
         }
     }
 
-    /// Runs one step. `check` answers whether the postcondition holds;
+    fn failed(&self, step: Step) -> String {
+        format!("{} step {step} failed", self.sequence)
+    }
+
+    /// A planned step that does not run: its line says why.
+    pub fn skip(&self, step: Step, why: &'static str) -> StepReport {
+        self.say(step, &format!("skipped: {why}"));
+        StepReport {
+            step,
+            number: self.number(step),
+            outcome: "skipped",
+            reason: Some(why),
+            seconds: 0.0,
+        }
+    }
+
+    /// Runs one step. `check` observes whether the postcondition holds;
     /// `apply` converges. Both must be idempotent.
     pub async fn step<C, CF, A, AF>(
-        &mut self,
-        name: &'static str,
+        &self,
+        step: Step,
         deadline: Duration,
         check: C,
         apply: A,
@@ -74,84 +121,60 @@ impl Runner {
         A: FnOnce() -> AF,
         AF: Future<Output = anyhow::Result<()>>,
     {
-        self.done += 1;
         let t = Instant::now();
-        let outcome = if check().await? {
+        let outcome = if check().await.map_err(|e| e.context(self.failed(step)))? {
             "already done"
         } else {
             match tokio::time::timeout(deadline, apply()).await {
-                Ok(r) => r.map_err(|e| e.context(format!("{} step {name} failed", self.sequence)))?,
+                Ok(r) => r.map_err(|e| e.context(self.failed(step)))?,
                 Err(_) => anyhow::bail!(
-                    "{} step {name} did not finish within {deadline:?}; see 'selfnode status' and the logs in /var/log/selfnode, then run the command again (it resumes)",
+                    "{} step {step} did not finish within {deadline:?}; see 'selfnode status' and the logs in /var/log/selfnode, then run the command again (it resumes)",
                     self.sequence
                 ),
             }
             if !check().await? {
                 anyhow::bail!(
-                    "{} step {name} ran but its result is not there; run the command again",
+                    "{} step {step} ran but its result is not there; run the command again",
                     self.sequence
                 );
             }
-            failpoint(name);
             "done"
         };
-        Ok(self.finish(name, outcome, t))
+        Ok(self.finish(step, outcome, t))
     }
 
-    /// A step that is idempotent by construction (it compares before it
-    /// writes): it always runs and reports whether it changed anything.
-    pub async fn converge<A, AF>(
-        &mut self,
-        name: &'static str,
-        apply: A,
-    ) -> anyhow::Result<StepReport>
+    /// A step whose apply observes and converges in one call (it compares
+    /// before it writes) and says whether it changed anything.
+    pub async fn converge<A, AF>(&self, step: Step, apply: A) -> anyhow::Result<StepReport>
     where
         A: FnOnce() -> AF,
         AF: Future<Output = anyhow::Result<bool>>,
     {
-        self.done += 1;
         let t = Instant::now();
-        let changed = apply()
-            .await
-            .map_err(|e| e.context(format!("{} step {name} failed", self.sequence)))?;
+        let changed = apply().await.map_err(|e| e.context(self.failed(step)))?;
         let outcome = if changed { "done" } else { "already done" };
-        if changed {
-            failpoint(name);
-        }
-        Ok(self.finish(name, outcome, t))
+        Ok(self.finish(step, outcome, t))
     }
 
     /// A step that always runs: a wait for something outside our control.
     /// `apply` bounds itself (see [`until`]).
-    pub async fn wait<A, AF>(
-        &mut self,
-        name: &'static str,
-        what: &str,
-        apply: A,
-    ) -> anyhow::Result<StepReport>
+    pub async fn wait<A, AF>(&self, step: Step, what: &str, apply: A) -> anyhow::Result<StepReport>
     where
         A: FnOnce() -> AF,
         AF: Future<Output = anyhow::Result<()>>,
     {
-        self.done += 1;
-        if !self.quiet {
-            eprintln!(
-                "[{}] {name} ({}/{}): waiting for {what}",
-                self.sequence, self.done, self.total
-            );
-        }
+        self.say(step, &format!("waiting for {what}"));
         let t = Instant::now();
-        apply()
-            .await
-            .map_err(|e| e.context(format!("{} step {name} failed", self.sequence)))?;
-        failpoint(name);
-        Ok(self.finish(name, "done", t))
+        apply().await.map_err(|e| e.context(self.failed(step)))?;
+        Ok(self.finish(step, "done", t))
     }
 }
 
 /// Exits the process if the failpoint names `step`.
+/// Only debug builds (the tests' binary) honour it; a release build never
+/// exits on an environment variable.
 pub fn failpoint(step: &str) {
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == step) {
+    if cfg!(debug_assertions) && std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == step) {
         eprintln!("failpoint: exiting after step {step}");
         std::process::exit(FAILPOINT_EXIT);
     }
@@ -189,12 +212,28 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::plan::{plan, Observed, Sequence};
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    fn runner() -> Runner {
+        Runner::new(&plan(Sequence::Init, Observed::default()), true)
+    }
+
+    #[test]
+    fn a_step_is_numbered_by_its_place_in_the_plan_and_a_skip_says_why() {
+        let run = runner();
+        let r = run.skip(Step::StopTempPlane, "because");
+        assert_eq!(
+            (r.number, r.outcome, r.reason),
+            (17, "skipped", Some("because"))
+        );
+        assert_eq!(run.total, 19);
+    }
+
     #[tokio::test]
     async fn a_step_applies_only_when_its_check_fails_and_verifies_the_result() {
-        let mut run = Runner::new("test", 3, true);
+        let run = runner();
         let state = AtomicU32::new(0);
         let applied = AtomicU32::new(0);
         let check = || async { Ok(state.load(Ordering::SeqCst) == 1) };
@@ -204,13 +243,13 @@ mod tests {
             Ok(())
         };
         assert_eq!(
-            run.step("s", Duration::from_secs(1), check, apply)
+            run.step(Step::EnsurePki, Duration::from_secs(1), check, apply)
                 .await
                 .unwrap()
                 .outcome,
             "done"
         );
-        let again = run.step("s", Duration::from_secs(1), check, || async {
+        let again = run.step(Step::EnsurePki, Duration::from_secs(1), check, || async {
             unreachable!("already true")
         });
         assert_eq!(again.await.unwrap().outcome, "already done");
@@ -219,10 +258,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_apply_that_does_not_produce_its_result_is_an_error() {
-        let mut run = Runner::new("test", 1, true);
+        let run = runner();
         let err = run
             .step(
-                "s",
+                Step::EnsurePki,
                 Duration::from_secs(1),
                 || async { Ok(false) },
                 || async { Ok(()) },
@@ -234,10 +273,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_step_past_its_deadline_says_how_to_resume() {
-        let mut run = Runner::new("test", 1, true);
+        let run = runner();
         let err = run
             .step(
-                "slow",
+                Step::EnsurePki,
                 Duration::from_millis(50),
                 || async { Ok(false) },
                 || async {

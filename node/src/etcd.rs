@@ -1,0 +1,27 @@
+//! How this host reaches its etcd members: over mTLS on loopback with the
+//! health-check client certificate. Used by the agent (scheduled
+//! snapshots), the `etcd` and `status` commands, and the sequences.
+
+use std::time::Duration;
+
+use bootstrap::pki::names;
+
+use crate::paths::HostPaths;
+
+/// This host's self-hosted etcd member (client port 2379).
+pub fn config(paths: &HostPaths) -> etcd_mgr::EtcdConfig {
+    config_at(paths, bootstrap::plane::PlanePorts::default().etcd_client)
+}
+
+/// The etcd member listening on loopback `port` (the self-hosted member,
+/// or the temporary one while `init` runs).
+pub fn config_at(paths: &HostPaths, port: u16) -> etcd_mgr::EtcdConfig {
+    let pki = paths.pki_dir();
+    etcd_mgr::EtcdConfig {
+        endpoints: vec![format!("https://127.0.0.1:{port}")],
+        ca_file: pki.join(format!("{}.crt", names::ETCD_CA)),
+        cert_file: pki.join(format!("{}.crt", names::ETCD_HEALTHCHECK_CLIENT)),
+        key_file: pki.join(format!("{}.key", names::ETCD_HEALTHCHECK_CLIENT)),
+        timeout: Duration::from_secs(5),
+    }
+}

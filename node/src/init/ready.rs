@@ -1,0 +1,410 @@
+//! Waiting for the cluster: the node's registration, the self-hosted
+//! control plane's readiness, and the cluster's (node, kube-proxy,
+//! CoreDNS). The predicates are pure functions of API objects, so they are
+//! unit-tested on hand-written values.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, ListParams};
+
+use super::steps::{until, Runner, StepReport};
+use super::{Seq, Step};
+
+/// `register_control_plane_node`: the kubelet registers the Node; it gets
+/// the control-plane label, and the NoSchedule taint unless workloads are
+/// allowed on it.
+pub(super) async fn register_control_plane_node(
+    run: &Runner,
+    seq: &Seq<'_>,
+) -> anyhow::Result<StepReport> {
+    let node_name = &seq.spec.node_name;
+    run.wait(
+        Step::RegisterControlPlaneNode,
+        &format!("node {node_name} to register"),
+        || async {
+            let client = seq.client().await?;
+            let nodes: Api<Node> = Api::all(client.clone());
+            until(
+                "the kubelet to register the node",
+                Duration::from_secs(180),
+                Duration::from_millis(500),
+                || async { Ok(nodes.get_opt(node_name).await?.is_some()) },
+            )
+            .await?;
+            bootstrap::objects::mark_control_plane(
+                client,
+                node_name,
+                bootstrap::objects::FIELD_MANAGER,
+                !seq.spec.allow_workloads,
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// `wait_self_hosted_ready`: etcd's, the apiserver's, the
+/// controller-manager's and the scheduler's pods Ready, and the self-hosted
+/// apiserver's `/readyz` answering (verified against the cluster CA).
+pub(super) async fn wait_self_hosted_ready(
+    run: &Runner,
+    seq: &Seq<'_>,
+) -> anyhow::Result<StepReport> {
+    let api_ca = seq.spec.pki_dir.join("ca.crt");
+    let (_, self_api) = seq.apiservers();
+    run.wait(
+        Step::WaitSelfHostedReady,
+        "the self-hosted control-plane pods to be Ready",
+        || async {
+            let client = seq.client().await?;
+            until(
+                "etcd, kube-apiserver, kube-controller-manager and kube-scheduler pods Ready",
+                Duration::from_secs(600),
+                Duration::from_millis(500),
+                || async { pods_ready(&client, "tier=control-plane", 4).await },
+            )
+            .await?;
+            until(
+                "the self-hosted kube-apiserver /readyz",
+                Duration::from_secs(120),
+                Duration::from_millis(250),
+                || async {
+                    let probe =
+                        crate::agent::probe::https_ok(self_api, "/readyz", Some(&api_ca), None);
+                    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+                        Ok(r) => r.map(|()| true).map_err(anyhow::Error::msg),
+                        Err(_) => anyhow::bail!("/readyz did not answer within 5s"),
+                    }
+                },
+            )
+            .await
+        },
+    )
+    .await
+}
+
+/// `wait_cluster_ready`: the node, kube-proxy and CoreDNS Ready.
+pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
+    let node_name = &seq.spec.node_name;
+    run.wait(
+        Step::WaitClusterReady,
+        "the node, kube-proxy and CoreDNS to be Ready",
+        || async {
+            let client = seq.client().await?;
+            let nodes: Api<Node> = Api::all(client.clone());
+            until(
+                "the node to be Ready",
+                Duration::from_secs(300),
+                Duration::from_millis(500),
+                || async {
+                    Ok(nodes
+                        .get_opt(node_name)
+                        .await?
+                        .as_ref()
+                        .is_some_and(node_ready))
+                },
+            )
+            .await?;
+            until(
+                "kube-proxy Ready",
+                Duration::from_secs(300),
+                Duration::from_millis(500),
+                || async { pods_ready(&client, "k8s-app=kube-proxy", 1).await },
+            )
+            .await?;
+            until(
+                "CoreDNS Ready",
+                Duration::from_secs(300),
+                Duration::from_millis(500),
+                || async { pods_ready(&client, "k8s-app=kube-dns", 1).await },
+            )
+            .await
+        },
+    )
+    .await
+}
+
+/// The Node's `Ready` condition is `True`.
+pub(crate) fn node_ready(n: &Node) -> bool {
+    let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The Pod's `Ready` condition is `True`.
+pub(crate) fn pod_ready(p: &Pod) -> bool {
+    let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// `Ok(true)` when at least `min` of `pods` exist and all are Ready;
+/// otherwise an error naming the pods that are not and why (from
+/// [`pod_not_ready_reason`], or `warning(name)` when the status says
+/// nothing).
+pub(crate) fn all_ready<'p>(
+    pods: &'p [Pod],
+    min: usize,
+    selector: &str,
+    mut warning: impl FnMut(&'p str) -> String,
+) -> anyhow::Result<bool> {
+    if pods.len() < min {
+        anyhow::bail!("{} of {min} pods ({selector}) exist", pods.len());
+    }
+    let mut not_ready = Vec::new();
+    for p in pods.iter().filter(|p| !pod_ready(p)) {
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        let mut why = pod_not_ready_reason(p);
+        if why.is_empty() {
+            why = warning(name);
+        }
+        not_ready.push(if why.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name} ({why})")
+        });
+    }
+    if !not_ready.is_empty() {
+        anyhow::bail!("not Ready yet: {}", not_ready.join("; "));
+    }
+    Ok(true)
+}
+
+/// At least `min` pods in kube-system match `selector`, and all are Ready.
+async fn pods_ready(client: &kube::Client, selector: &str, min: usize) -> anyhow::Result<bool> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let list = api.list(&ListParams::default().labels(selector)).await?;
+    // The events of the pods whose status says nothing, fetched first so
+    // the predicate stays synchronous.
+    let mut warnings = std::collections::HashMap::new();
+    for p in list
+        .items
+        .iter()
+        .filter(|p| !pod_ready(p) && pod_not_ready_reason(p).is_empty())
+    {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let w = last_warning(client, &name).await.unwrap_or_default();
+        warnings.insert(name, w);
+    }
+    all_ready(&list.items, min, selector, |name| {
+        warnings.get(name).cloned().unwrap_or_default()
+    })
+}
+
+/// Why a pod is not Ready, from its own status: a container's waiting or
+/// last termination reason and message, its restart count, or the
+/// scheduling condition's message. Empty when the status says nothing
+/// useful (a pod whose sandbox cannot be made only shows
+/// `ContainerCreating`; the reason is then in its events, see
+/// [`last_warning`]).
+pub(crate) fn pod_not_ready_reason(p: &Pod) -> String {
+    let Some(status) = p.status.as_ref() else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    for c in status.container_statuses.iter().flatten() {
+        let state = c.state.as_ref();
+        if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.as_deref().unwrap_or("waiting");
+            if reason != "ContainerCreating" || w.message.is_some() {
+                parts.push(format!(
+                    "{}: {reason}{}",
+                    c.name,
+                    w.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            parts.push(format!(
+                "{}: restarted {} times, last exit {}{}",
+                c.name,
+                c.restart_count,
+                t.exit_code,
+                t.message
+                    .as_deref()
+                    .map(|m| format!(": {}", m.trim()))
+                    .unwrap_or_default()
+            ));
+        }
+        if state.and_then(|s| s.running.as_ref()).is_some() && !c.ready {
+            parts.push(format!("{}: running, readiness probe not passing", c.name));
+        }
+    }
+    if parts.is_empty() && status.phase.as_deref() == Some("Pending") {
+        if let Some(c) = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status != "True")
+        {
+            parts.push(format!(
+                "not scheduled: {}",
+                c.message.as_deref().unwrap_or("no reason given")
+            ));
+        }
+    }
+    parts.join(", ")
+}
+
+/// The newest Warning event about pod `name` in kube-system, as
+/// `Reason: message`.
+async fn last_warning(client: &kube::Client, name: &str) -> anyhow::Result<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), "kube-system");
+    let list = events
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=Pod,involvedObject.name={name},type=Warning"
+        )))
+        .await?;
+    Ok(newest_warning(&list.items))
+}
+
+/// `Reason: message` of the newest event (by last timestamp or event time).
+pub(crate) fn newest_warning(events: &[Event]) -> String {
+    events
+        .iter()
+        .max_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+        })
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.as_deref().unwrap_or("Warning"),
+                e.message.as_deref().unwrap_or("").trim()
+            )
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("a valid Pod")
+    }
+
+    fn ready_pod(name: &str) -> Pod {
+        pod(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+    }
+
+    #[test]
+    fn a_node_is_ready_only_with_a_true_ready_condition() {
+        let node = |conds: serde_json::Value| -> Node {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "n"}, "status": {"conditions": conds}}),
+            )
+            .unwrap()
+        };
+        assert!(node_ready(&node(serde_json::json!([
+            {"type": "MemoryPressure", "status": "False"},
+            {"type": "Ready", "status": "True"}
+        ]))));
+        assert!(!node_ready(&node(
+            serde_json::json!([{"type": "Ready", "status": "False"}])
+        )));
+        assert!(!node_ready(&node(
+            serde_json::json!([{"type": "Ready", "status": "Unknown"}])
+        )));
+        assert!(!node_ready(
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "n"}})).unwrap()
+        ));
+    }
+
+    #[test]
+    fn too_few_pods_is_not_ready_and_says_how_many() {
+        let err = all_ready(&[ready_pod("a")], 4, "tier=control-plane", |_| {
+            String::new()
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "1 of 4 pods (tier=control-plane) exist");
+        assert!(all_ready(&[ready_pod("a"), ready_pod("b")], 2, "x", |_| String::new()).unwrap());
+    }
+
+    #[test]
+    fn a_crash_looping_container_is_named_with_its_last_exit() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "kube-apiserver-cp1"},
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{
+                    "name": "kube-apiserver", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": "bad flag --foo\n"}}
+                }]
+            }
+        }));
+        let err = all_ready(&[p, ready_pod("b")], 2, "x", |_| String::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not Ready yet: kube-apiserver-cp1 (kube-apiserver: CrashLoopBackOff: back-off 40s, \
+             kube-apiserver: restarted 3 times, last exit 1: bad flag --foo)"
+        );
+    }
+
+    #[test]
+    fn a_running_container_failing_readiness_and_an_unscheduled_pod_say_so() {
+        let running = pod(serde_json::json!({
+            "metadata": {"name": "coredns-1"},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "coredns", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"running": {}}
+            }]}
+        }));
+        assert_eq!(
+            pod_not_ready_reason(&running),
+            "coredns: running, readiness probe not passing"
+        );
+        let pending = pod(serde_json::json!({
+            "metadata": {"name": "coredns-2"},
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False",
+                "message": "0/1 nodes are available: 1 node(s) had untolerated taint"
+            }]}
+        }));
+        assert_eq!(
+            pod_not_ready_reason(&pending),
+            "not scheduled: 0/1 nodes are available: 1 node(s) had untolerated taint"
+        );
+    }
+
+    #[test]
+    fn a_pod_whose_status_says_nothing_gets_its_newest_warning() {
+        let creating = pod(serde_json::json!({
+            "metadata": {"name": "coredns-3"},
+            "status": {"phase": "Pending", "containerStatuses": [{
+                "name": "coredns", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}}
+            }]}
+        }));
+        assert_eq!(pod_not_ready_reason(&creating), "");
+        let events: Vec<Event> = serde_json::from_value(serde_json::json!([
+            {"metadata": {"name": "e1"}, "involvedObject": {}, "reason": "FailedCreatePodSandBox",
+             "message": "old", "lastTimestamp": "2026-11-30T10:00:00Z"},
+            {"metadata": {"name": "e2"}, "involvedObject": {}, "reason": "FailedCreatePodSandBox",
+             "message": " bridge has 10.244.0.1/24 \n", "lastTimestamp": "2026-11-30T10:00:05Z"}
+        ]))
+        .unwrap();
+        let w = newest_warning(&events);
+        assert_eq!(w, "FailedCreatePodSandBox: bridge has 10.244.0.1/24");
+        let err = all_ready(&[creating], 1, "k8s-app=kube-dns", |name| {
+            assert_eq!(name, "coredns-3");
+            w.clone()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not Ready yet: coredns-3 (FailedCreatePodSandBox: bridge has 10.244.0.1/24)"
+        );
+        assert_eq!(newest_warning(&[]), "");
+    }
+}

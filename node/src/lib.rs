@@ -1,0 +1,15 @@
+//! The `selfnode` binary's code as a library: `main.rs` parses the command
+//! line and calls [`commands::dispatch`]; tests use the same types (the
+//! init plan's [`init::Step`]s, the agent's [`status::AgentStatus`])
+//! instead of keeping copies.
+
+pub mod agent;
+pub mod checkpoint;
+pub mod cli;
+pub mod commands;
+pub mod etcd;
+pub mod fsutil;
+pub mod host;
+pub mod init;
+pub mod paths;
+pub mod status;
