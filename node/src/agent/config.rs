@@ -208,6 +208,9 @@ pub struct KubeletInputs {
     pub client_ca: Option<PathBuf>,
     /// The cluster DNS Service IP(s) pods get in their resolv.conf.
     pub cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain (`cluster.local` unless configured): the
+    /// search paths pods get.
+    pub cluster_domain: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -228,7 +231,7 @@ struct KubeletConfiguration {
     static_pod_path: String,
     pod_logs_dir: String,
     volume_plugin_dir: String,
-    cluster_domain: &'static str,
+    cluster_domain: String,
     #[serde(rename = "clusterDNS", skip_serializing_if = "Vec::is_empty")]
     cluster_dns: Vec<String>,
     rotate_certificates: bool,
@@ -319,7 +322,7 @@ pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
         static_pod_path: k.static_pod_dir.display().to_string(),
         pod_logs_dir: k.pod_logs_dir.display().to_string(),
         volume_plugin_dir: k.volume_plugin_dir.display().to_string(),
-        cluster_domain: "cluster.local",
+        cluster_domain: k.cluster_domain.clone(),
         cluster_dns: k.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
         rotate_certificates: k.in_cluster,
         resolv_conf: "/etc/resolv.conf",
@@ -388,6 +391,7 @@ mod tests {
             } else {
                 Vec::new()
             },
+            cluster_domain: "cluster.local".into(),
         }
     }
 
@@ -437,6 +441,15 @@ mod tests {
             "kubelet-in-cluster.json",
             &render_kubelet(&kubelet_inputs(true), V1_CGROUPFS),
         );
+    }
+
+    #[test]
+    fn the_configured_cluster_domain_reaches_the_kubelet() {
+        let mut k = kubelet_inputs(true);
+        k.cluster_domain = "lab.internal".into();
+        let out: serde_json::Value =
+            serde_json::from_str(&render_kubelet(&k, V1_CGROUPFS)).unwrap();
+        assert_eq!(out["clusterDomain"], "lab.internal");
     }
 
     #[test]

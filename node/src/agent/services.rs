@@ -22,6 +22,14 @@ pub struct NodeIdentity {
     /// The cluster DNS Service IP (kube-dns), for the kubelet's clusterDNS.
     #[serde(default)]
     pub cluster_dns: Option<std::net::IpAddr>,
+    /// The cluster's DNS domain, for the kubelet's clusterDomain (pods'
+    /// search paths). Files written before it existed mean the default.
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
+}
+
+fn default_cluster_domain() -> String {
+    bootstrap::config::DEFAULT_CLUSTER_DOMAIN.to_string()
 }
 
 impl NodeIdentity {
@@ -121,6 +129,10 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
                 .and_then(|n| n.cluster_dns)
                 .into_iter()
                 .collect(),
+            cluster_domain: node
+                .as_ref()
+                .map(|n| n.cluster_domain.clone())
+                .unwrap_or_else(default_cluster_domain),
         };
         for dir in [
             &inputs.static_pod_dir,

@@ -93,6 +93,7 @@ pub(super) async fn write_node_identity(run: &Runner, seq: &Seq<'_>) -> anyhow::
         node_name: seq.spec.node_name.clone(),
         node_ip: seq.spec.advertise_address,
         cluster_dns: Some(seq.spec.dns_service_ip()?),
+        cluster_domain: seq.spec.cluster_domain.clone(),
     };
     let report = run
         .step(
