@@ -35,16 +35,7 @@ use kube::{Api, Client};
 // ---- harness ---------------------------------------------------------------
 
 fn bundle_bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SELFNODE_BUNDLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/selfnode/bundle"));
-    let bin = dir.join("bin").join(name);
-    assert!(
-        bin.is_file(),
-        "no {} (set SELFNODE_BUNDLE to use another bundle): build it with fixtures/build-bundle.sh",
-        bin.display()
-    );
-    bin
+    testkit::bundle_bin(name)
 }
 
 /// The real file system, for the test only (no atomic rename needed here).

@@ -45,12 +45,10 @@ fn objects_golden() {
         check_golden(&format!("{GOLDEN_DIR}/{name}"), &o.to_yaml().unwrap());
     }
     // A golden file for an object no longer rendered is a failure too.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(GOLDEN_DIR);
+    let dir = testkit::golden_dir(env!("CARGO_MANIFEST_DIR")).join(GOLDEN_DIR);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let file = entry.unwrap().file_name().to_string_lossy().into_owned();
-        if std::env::var_os("UPDATE_GOLDEN").is_some() && !names.contains(&file) {
+        if testkit::updating_golden() && !names.contains(&file) {
             std::fs::remove_file(dir.join(&file)).unwrap();
             continue;
         }

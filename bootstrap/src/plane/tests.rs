@@ -33,25 +33,7 @@ pub(crate) fn spec() -> PlaneSpec {
 /// Compares `actual` with the golden file `tests/golden/<name>`;
 /// `UPDATE_GOLDEN=1` rewrites it instead.
 pub(crate) fn check_golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual,
-        expected,
-        "golden file {} differs (UPDATE_GOLDEN=1 to accept)",
-        path.display()
-    );
+    testkit::golden(env!("CARGO_MANIFEST_DIR"), name, actual);
 }
 
 fn render_processes(procs: &[ProcessSpec]) -> String {

@@ -24,15 +24,7 @@ use serde_json::Value;
 static MACHINE: Mutex<()> = Mutex::new(());
 
 pub fn bundle_dir() -> PathBuf {
-    let dir = std::env::var_os("SELFNODE_BUNDLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/selfnode/bundle"));
-    assert!(
-        dir.join("VERSION").is_file(),
-        "no bundle at {} (set SELFNODE_BUNDLE or build it with fixtures/build-bundle.sh)",
-        dir.display()
-    );
-    dir
+    testkit::bundle_dir()
 }
 
 pub fn selfnode_bin() -> &'static str {
