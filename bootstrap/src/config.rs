@@ -64,6 +64,31 @@ pub enum ConfigError {
     San(String),
 }
 
+impl ConfigError {
+    /// Whether a retry cannot help (exit 2): every variant: a config file, a flag or their combination is wrong. An exhaustive match,
+    /// so a new variant must be classified here.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            ConfigError::File { .. }
+            | ConfigError::ApiVersion { .. }
+            | ConfigError::Kind { .. }
+            | ConfigError::Cidr { .. }
+            | ConfigError::CidrHostBits { .. }
+            | ConfigError::Overlap { .. }
+            | ConfigError::ServiceCidrTooSmall(..)
+            | ConfigError::PodCidrTooSmall(..)
+            | ConfigError::AdvertiseNotLocal { .. }
+            | ConfigError::AdvertiseUnusable(..)
+            | ConfigError::NoAddress
+            | ConfigError::ClusterName(..)
+            | ConfigError::NodeName(..)
+            | ConfigError::ClusterDomain(..)
+            | ConfigError::AdvertiseNotIp(..)
+            | ConfigError::San(..) => true,
+        }
+    }
+}
+
 /// The config file's shape. Every field is optional; unknown fields are refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -58,6 +58,10 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The production defaults for the pod network `cluster_cidr`: bridge
+    /// [`DEFAULT_BRIDGE`], the kernel's MTU, conflist in
+    /// [`DEFAULT_CONF_DIR`], `/proc/sys`, `/lib/modules`, a resync every
+    /// 30 s and retries after 1 s doubling up to 30 s.
     pub fn new(cluster_cidr: IpNet) -> Self {
         AgentConfig {
             cluster_cidr,
@@ -434,24 +438,73 @@ pub fn own_pod_cidr(node: &Node, ipv6: bool) -> Result<Option<IpNet>, AgentError
 /// The network agent failed (a pass, or for good).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The node name is empty.
     #[error("no node name given: pass the Node's name (the DaemonSet sets it from spec.nodeName)")]
     NoNodeName,
+    /// The CNI configuration is invalid or cannot be written.
     #[error(transparent)]
     Cni(#[from] CniError),
+    /// Forwarding or `br_netfilter` cannot be set up.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The kernel's routes cannot be read or changed.
     #[error(transparent)]
     Routes(#[from] RouteError),
+    /// The kernel refused at least one route change (the others were made).
     #[error("the kernel refused to {} route {}: {}", first.action, first.route, first.error)]
-    RoutesRefused { first: RouteFailure },
+    RoutesRefused {
+        /// The first refusal.
+        first: RouteFailure,
+    },
+    /// A Node's `spec.podCIDR` or `spec.podCIDRs` entry does not parse.
     #[error("node {node} has an invalid pod CIDR {value:?}")]
-    InvalidPodCidr { node: String, value: String },
+    InvalidPodCidr {
+        /// The Node's name.
+        node: String,
+        /// The value found.
+        value: String,
+    },
+    /// A blocking task panicked or was cancelled.
     #[error("the {what} task failed: {reason}")]
-    Task { what: &'static str, reason: String },
+    Task {
+        /// Which task, e.g. `CNI config write`.
+        what: &'static str,
+        /// The join error.
+        reason: String,
+    },
+    /// The kernel did not answer in time.
     #[error("timed out after {after:?} waiting for {what}")]
-    Timeout { what: &'static str, after: Duration },
+    Timeout {
+        /// What was awaited.
+        what: &'static str,
+        /// How long.
+        after: Duration,
+    },
+    /// The Node watch stream ended (it should not).
     #[error("the Node watch ended")]
     WatchEnded,
+}
+
+impl AgentError {
+    /// True when the agent's configuration or the cluster's data is wrong
+    /// and a retry cannot help (`selfnode` exits 2):
+    /// [`AgentError::NoNodeName`] and [`AgentError::InvalidPodCidr`], and
+    /// [`AgentError::Cni`], [`AgentError::Kernel`] and
+    /// [`AgentError::Routes`] as their sources' `is_invalid_input` says.
+    /// Refused routes, failed tasks, timeouts and a watch that ended are
+    /// failures the next pass may fix.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            AgentError::NoNodeName | AgentError::InvalidPodCidr { .. } => true,
+            AgentError::Cni(e) => e.is_invalid_input(),
+            AgentError::Kernel(e) => e.is_invalid_input(),
+            AgentError::Routes(e) => e.is_invalid_input(),
+            AgentError::RoutesRefused { .. }
+            | AgentError::Task { .. }
+            | AgentError::Timeout { .. }
+            | AgentError::WatchEnded => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -221,48 +221,108 @@ pub fn write_conflist(dir: &Path, text: &str) -> Result<bool, CniError> {
 /// The CNI configuration is invalid or cannot be written.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
+    /// [`CniConfig::bridge`] is not a valid Linux interface name.
     #[error("invalid bridge name {name:?}: a Linux interface name has 1 to 15 characters, without '/', ':' or spaces")]
-    InvalidBridgeName { name: String },
+    InvalidBridgeName {
+        /// The name given.
+        name: String,
+    },
+    /// One CIDR is IPv4, the other IPv6.
     #[error("pod CIDR {pod_cidr} and cluster CIDR {cluster_cidr} are of different IP families; selfnode runs single-stack clusters")]
     FamilyMismatch {
+        /// This node's pod CIDR.
         pod_cidr: IpNet,
+        /// The cluster CIDR.
         cluster_cidr: IpNet,
     },
+    /// The pod CIDR is not inside the cluster CIDR.
     #[error("this node's pod CIDR {pod_cidr} is not inside the cluster CIDR {cluster_cidr}; check the controller-manager's --cluster-cidr and the network agent's --cluster-cidr")]
     PodCidrOutsideCluster {
+        /// This node's pod CIDR.
         pod_cidr: IpNet,
+        /// The cluster CIDR.
         cluster_cidr: IpNet,
     },
+    /// The pod CIDR has no room for a gateway and a pod.
     #[error("this node's pod CIDR {pod_cidr} is too small for a gateway and pods; it needs a prefix of /{max} or shorter")]
-    PodCidrTooSmall { pod_cidr: IpNet, max: u8 },
+    PodCidrTooSmall {
+        /// This node's pod CIDR.
+        pod_cidr: IpNet,
+        /// The longest usable prefix (30 for IPv4, 126 for IPv6).
+        max: u8,
+    },
+    /// The MTU is below the family's minimum or above 65535.
     #[error("invalid MTU {mtu}: give a value from {min} to 65535")]
-    InvalidMtu { mtu: u32, min: u32 },
+    InvalidMtu {
+        /// The MTU given.
+        mtu: u32,
+        /// The family's minimum (576 for IPv4, 1280 for IPv6).
+        min: u32,
+    },
+    /// [`CniConfig::conf_dir`] is relative.
     #[error("the CNI configuration directory must be an absolute path, got {}", path.display())]
-    RelativeConfDir { path: PathBuf },
+    RelativeConfDir {
+        /// The directory given.
+        path: PathBuf,
+    },
+    /// The existing conflist cannot be read.
     #[error("cannot read {}", path.display())]
     Read {
+        /// The conflist.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// The configuration directory cannot be created.
     #[error("cannot create the CNI configuration directory {}", path.display())]
     CreateDir {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// The temporary file cannot be written, or not renamed into place.
     #[error("cannot write {}", path.display())]
     Write {
+        /// The temporary file, or the conflist for the rename.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// The directory cannot be fsynced after the rename.
     #[error("cannot sync directory {}", path.display())]
     SyncDir {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
+}
+
+impl CniError {
+    /// True when the configuration is wrong and a retry cannot help
+    /// (`selfnode` exits 2): [`CniError::InvalidBridgeName`],
+    /// [`CniError::FamilyMismatch`], [`CniError::PodCidrOutsideCluster`],
+    /// [`CniError::PodCidrTooSmall`], [`CniError::InvalidMtu`] and
+    /// [`CniError::RelativeConfDir`]. I/O errors are failures.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            CniError::InvalidBridgeName { .. }
+            | CniError::FamilyMismatch { .. }
+            | CniError::PodCidrOutsideCluster { .. }
+            | CniError::PodCidrTooSmall { .. }
+            | CniError::InvalidMtu { .. }
+            | CniError::RelativeConfDir { .. } => true,
+            CniError::Read { .. }
+            | CniError::CreateDir { .. }
+            | CniError::Write { .. }
+            | CniError::SyncDir { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -278,28 +338,9 @@ mod tests {
         )
     }
 
-    /// Compares `actual` with `tests/golden/<name>`; `UPDATE_GOLDEN=1`
-    /// rewrites it instead.
+    /// Compares `actual` with `tests/golden/<name>` (testkit).
     fn check_golden(name: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
-            .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(&path, actual).unwrap();
-        }
-        let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
-                path.display()
-            )
-        });
-        assert_eq!(
-            actual,
-            expected,
-            "golden file {} differs (UPDATE_GOLDEN=1 to accept)",
-            path.display()
-        );
+        testkit::golden(env!("CARGO_MANIFEST_DIR"), name, actual);
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub enum ModuleLoad {
     Modprobe,
     /// Loaded by selfnode itself from `modules.dep` (no `modprobe` in the
     /// image); the files loaded, dependencies first.
-    Direct { files: Vec<PathBuf> },
+    Direct {
+        /// The module files loaded, dependencies first.
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Makes sure `br_netfilter` is loaded (its sysctls appear under
@@ -222,23 +225,54 @@ fn finit_module(path: &Path) -> io::Result<()> {
 /// A kernel setting the pod network needs cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// A sysctl file cannot be read.
     #[error("cannot read sysctl {name}")]
     ReadSysctl {
+        /// The sysctl, dotted, e.g. `net.ipv4.ip_forward`.
         name: String,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// A sysctl file cannot be written.
     #[error("cannot set sysctl {name}={value} (the network agent must run privileged, with /proc/sys writable)")]
     WriteSysctl {
+        /// The sysctl, dotted.
         name: String,
+        /// The value wanted.
         value: String,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// Neither `modprobe` nor a direct load from `modules.dep` worked.
     #[error("cannot load kernel module {module}: {reason}")]
-    LoadModule { module: String, reason: String },
+    LoadModule {
+        /// The module, e.g. `br_netfilter`.
+        module: String,
+        /// What each way of loading it answered.
+        reason: String,
+    },
+    /// The module loaded but `net/bridge` did not appear under `/proc/sys`.
     #[error("{} is still missing after loading br_netfilter", path.display())]
-    NoBridgeSysctls { path: PathBuf },
+    NoBridgeSysctls {
+        /// The `net/bridge` directory.
+        path: PathBuf,
+    },
+}
+
+impl KernelError {
+    /// False for every variant: a missing privilege, module or sysctl is
+    /// the host's state, which may change (the agent retries); no input
+    /// of ours is wrong.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            KernelError::ReadSysctl { .. }
+            | KernelError::WriteSysctl { .. }
+            | KernelError::LoadModule { .. }
+            | KernelError::NoBridgeSysctls { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]

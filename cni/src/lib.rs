@@ -9,6 +9,8 @@
 //! - [`agent`]: the loop the `selfnode-network` DaemonSet runs on every
 //!   node (`selfnode network-agent`), tying the three together.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod config;
 pub mod kernel;

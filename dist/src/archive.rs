@@ -29,112 +29,262 @@ const HINT: &str = "export the image again (ctr export, skopeo copy ... oci-arch
 /// Errors of this module; each names the archive and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
+    /// The archive cannot be opened or read.
     #[error("cannot read OCI archive {archive}")]
-    Read { archive: PathBuf, source: io::Error },
+    Read {
+        /// The archive file.
+        archive: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The archive starts with the gzip magic.
     #[error(
         "{archive} is gzip-compressed; decompress it (gunzip) so it is a plain .tar OCI archive"
     )]
-    Compressed { archive: PathBuf },
+    Compressed {
+        /// The archive file.
+        archive: PathBuf,
+    },
+    /// The tar stream is malformed, or has no entries.
     #[error("{archive} is not a valid tar file (corrupt or truncated); {HINT}")]
-    NotTar { archive: PathBuf, source: io::Error },
+    NotTar {
+        /// The archive file.
+        archive: PathBuf,
+        /// The tar reader's error.
+        source: io::Error,
+    },
+    /// The file ends inside an entry.
     #[error("{archive} is truncated: {entry} should have {expected} bytes but the file ends after {got}; {HINT}")]
     Truncated {
+        /// The archive file.
         archive: PathBuf,
+        /// The entry's path in the tar.
         entry: String,
+        /// The entry's size from its header, bytes.
         expected: u64,
+        /// Bytes actually there.
         got: u64,
     },
+    /// A blob's SHA-256 is not the one in its file name.
     #[error("{archive} is corrupt: blob {entry} hashes to {actual}, not to its name; {HINT}")]
     BlobDigestMismatch {
+        /// The archive file.
         archive: PathBuf,
+        /// The blob's path in the tar.
         entry: String,
+        /// The digest of its content.
         actual: Digest,
     },
+    /// A file under `blobs/` is not `blobs/sha256/<64 lowercase hex>`.
     #[error("{archive} has an unexpected blob file {entry} (expected blobs/sha256/<64 lowercase hex>); {HINT}")]
-    BadBlobName { archive: PathBuf, entry: String },
+    BadBlobName {
+        /// The archive file.
+        archive: PathBuf,
+        /// Its path in the tar.
+        entry: String,
+    },
+    /// The archive has no `index.json`.
     #[error("{archive} is not an OCI image archive: it has no index.json (a 'docker save' from Docker before 25 is not supported); {HINT}")]
-    MissingIndex { archive: PathBuf },
+    MissingIndex {
+        /// The archive file.
+        archive: PathBuf,
+    },
+    /// `oci-layout` has an `imageLayoutVersion` other than `1.0.0`.
     #[error("{archive} has an unsupported oci-layout: {reason}")]
-    BadLayout { archive: PathBuf, reason: String },
+    BadLayout {
+        /// The archive file.
+        archive: PathBuf,
+        /// The version found.
+        reason: String,
+    },
+    /// A JSON document (layout, index, manifest, config) does not parse.
     #[error("{archive}: {what} is not valid")]
     Json {
+        /// The archive file.
         archive: PathBuf,
+        /// Which document, e.g. `manifest of image docker.io/library/busybox:1.36`.
         what: String,
+        /// The parser's error.
         source: serde_json::Error,
     },
+    /// A JSON document is larger than 4 MiB.
     #[error("{archive}: {what} is larger than {JSON_LIMIT} bytes")]
-    TooLarge { archive: PathBuf, what: String },
+    TooLarge {
+        /// The archive file.
+        archive: PathBuf,
+        /// Which document.
+        what: String,
+    },
+    /// `index.json` lists no manifests.
     #[error("{archive} contains no images (index.json lists no manifests)")]
-    Empty { archive: PathBuf },
+    Empty {
+        /// The archive file.
+        archive: PathBuf,
+    },
+    /// A descriptor names a blob the archive does not have.
     #[error("{archive}: {referenced_by} needs blob {digest}, which is not in the archive; {HINT}")]
     MissingBlob {
+        /// The archive file.
         archive: PathBuf,
+        /// The blob's digest.
         digest: Digest,
+        /// What refers to it, e.g. `layer 0 of image ...`.
         referenced_by: String,
     },
+    /// A blob's size differs from its descriptor's.
     #[error(
         "{archive}: blob {digest} has {actual} bytes but {referenced_by} says {expected}; {HINT}"
     )]
     SizeMismatch {
+        /// The archive file.
         archive: PathBuf,
+        /// The blob's digest.
         digest: Digest,
+        /// What refers to it.
         referenced_by: String,
+        /// Size in the descriptor, bytes.
         expected: u64,
+        /// Size in the archive, bytes.
         actual: u64,
     },
+    /// A manifest, index or layer has a media type selfnode cannot import.
     #[error("{archive}: {what} has unsupported media type {media_type:?}")]
     UnsupportedMediaType {
+        /// The archive file.
         archive: PathBuf,
+        /// Which descriptor.
         what: String,
+        /// Its media type.
         media_type: String,
     },
+    /// An `index.json` entry has no usable name annotation.
     #[error("{archive}: index.json entry {digest} has no image name (annotation {ANNOTATION_REF_NAME} with a full name like registry.example/app:1.0, or {ANNOTATION_CONTAINERD_IMAGE_NAME}); export it with a name")]
-    NoName { archive: PathBuf, digest: Digest },
+    NoName {
+        /// The archive file.
+        archive: PathBuf,
+        /// The entry's digest.
+        digest: Digest,
+    },
+    /// A name annotation fails [`normalise_reference`].
     #[error("{archive}: image name {name:?} is not valid: {reason}")]
     BadName {
+        /// The archive file.
         archive: PathBuf,
+        /// The name as annotated.
         name: String,
+        /// Why [`normalise_reference`] refused it.
         reason: &'static str,
     },
+    /// Two `index.json` entries normalise to the same name.
     #[error("{archive}: image {name} is listed twice in index.json")]
-    DuplicateName { archive: PathBuf, name: String },
+    DuplicateName {
+        /// The archive file.
+        archive: PathBuf,
+        /// The normalised name.
+        name: String,
+    },
+    /// A multi-platform image has no manifest for this host.
     #[error("{archive}: image {name} has no manifest for {platform} (it has: {available})")]
     NoMatchingPlatform {
+        /// The archive file.
         archive: PathBuf,
+        /// The image name.
         name: String,
+        /// This host, `os/architecture`.
         platform: String,
+        /// The platforms it has, comma-separated.
         available: String,
     },
+    /// A single-platform image's config is for another `os/architecture`.
     #[error("{archive}: image {name} is for {found}, this host is {platform}")]
     WrongPlatform {
+        /// The archive file.
         archive: PathBuf,
+        /// The image name.
         name: String,
+        /// The config's `os/architecture`.
         found: String,
+        /// This host, `os/architecture`.
         platform: String,
     },
+    /// The manifest's layer count differs from the config's diff IDs.
     #[error(
         "{archive}: image {name} has {layers} layers but its config lists {diff_ids} diff IDs"
     )]
     LayerCountMismatch {
+        /// The archive file.
         archive: PathBuf,
+        /// The image name.
         name: String,
+        /// Layers in the manifest.
         layers: usize,
+        /// Diff IDs in the config.
         diff_ids: usize,
     },
+    /// [`write_archive`] cannot write, sync or rename the file.
     #[error("cannot write OCI archive {archive}")]
-    Write { archive: PathBuf, source: io::Error },
+    Write {
+        /// The archive file.
+        archive: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// [`write_archive`] generated a layer whose size or digest differs
+    /// from its descriptor (a host file changed since the build).
     #[error("cannot write OCI archive {archive}: a layer of {image} changed while it was written ({expected} bytes expected, {actual} written)")]
     LayerChanged {
+        /// The archive file.
         archive: PathBuf,
+        /// The image the layer belongs to.
         image: String,
+        /// Size in the descriptor, bytes.
         expected: u64,
+        /// Bytes generated.
         actual: u64,
     },
+    /// [`write_archive`] cannot generate a layer.
     #[error("cannot write OCI archive {archive}")]
     Layer {
+        /// The archive file.
         archive: PathBuf,
+        /// The layer writer's error.
         source: crate::layer::LayerError,
     },
+}
+
+impl ArchiveError {
+    /// True for every variant (`selfnode` exits 2), as `selfnode` always
+    /// has: an archive that cannot be read or is malformed stays so on a
+    /// retry, the fix is another export. The [`write_archive`] variants
+    /// ([`ArchiveError::Write`], [`ArchiveError::LayerChanged`],
+    /// [`ArchiveError::Layer`]) are counted too; only tests write archives.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            ArchiveError::Read { .. }
+            | ArchiveError::Compressed { .. }
+            | ArchiveError::NotTar { .. }
+            | ArchiveError::Truncated { .. }
+            | ArchiveError::BlobDigestMismatch { .. }
+            | ArchiveError::BadBlobName { .. }
+            | ArchiveError::MissingIndex { .. }
+            | ArchiveError::BadLayout { .. }
+            | ArchiveError::Json { .. }
+            | ArchiveError::TooLarge { .. }
+            | ArchiveError::Empty { .. }
+            | ArchiveError::MissingBlob { .. }
+            | ArchiveError::SizeMismatch { .. }
+            | ArchiveError::UnsupportedMediaType { .. }
+            | ArchiveError::NoName { .. }
+            | ArchiveError::BadName { .. }
+            | ArchiveError::DuplicateName { .. }
+            | ArchiveError::NoMatchingPlatform { .. }
+            | ArchiveError::WrongPlatform { .. }
+            | ArchiveError::LayerCountMismatch { .. }
+            | ArchiveError::Write { .. }
+            | ArchiveError::LayerChanged { .. }
+            | ArchiveError::Layer { .. } => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +306,9 @@ pub struct ArchiveImage {
     pub manifest_position: Option<usize>,
     /// The manifest for this host's platform.
     pub manifest: Descriptor,
+    /// The config blob of that manifest.
     pub config: Descriptor,
+    /// The layers of that manifest, bottom first.
     pub layers: Vec<Descriptor>,
     /// From the config's `rootfs.diff_ids`, bottom first.
     pub diff_ids: Vec<Digest>,
@@ -315,6 +467,7 @@ impl OciArchive {
         Ok(out)
     }
 
+    /// The archive file, as given to [`OciArchive::open`].
     pub fn path(&self) -> &Path {
         &self.path
     }

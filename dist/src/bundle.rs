@@ -55,54 +55,144 @@ const HINT: &str = "rebuild it with fixtures/build-bundle.sh or download the bun
 /// Errors of this module. Every message names the file and ends with what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// The bundle directory is missing or not a directory.
     #[error("bundle directory {path} does not exist or is not a directory; {HINT}")]
-    NoBundle { path: PathBuf },
+    NoBundle {
+        /// The directory given.
+        path: PathBuf,
+    },
+    /// A bundle file or directory exists but cannot be read.
     #[error("cannot read {path}")]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A line of `VERSION` is not `KEY=value`, or a key is set twice.
     #[error("{path}:{line}: {reason}; {HINT}")]
     VersionSyntax {
+        /// The `VERSION` file.
         path: PathBuf,
+        /// 1-based line number.
         line: usize,
+        /// What is wrong with the line.
         reason: String,
     },
+    /// `VERSION` lacks a required key.
     #[error("{path} does not set {key}; {HINT}")]
-    MissingKey { path: PathBuf, key: &'static str },
+    MissingKey {
+        /// The `VERSION` file.
+        path: PathBuf,
+        /// The key, e.g. `ETCD_VERSION`.
+        key: &'static str,
+    },
+    /// A version value is not `[v]N.N[.N...][-suffix]`.
     #[error("{path} sets {key}={value:?}, which is not a version (expected something like {example}); {HINT}")]
     InvalidVersion {
+        /// The `VERSION` file.
         path: PathBuf,
+        /// The key.
         key: &'static str,
+        /// Its value as written.
         value: String,
+        /// A valid value for that key, for the message.
         example: &'static str,
     },
+    /// `BUNDLE_FORMAT` is not [`BUNDLE_FORMAT`].
     #[error("{path} has BUNDLE_FORMAT={found}, but this selfnode reads format {BUNDLE_FORMAT} only; use a bundle made for this selfnode version ({HINT})")]
-    UnsupportedFormat { path: PathBuf, found: String },
+    UnsupportedFormat {
+        /// The `VERSION` file.
+        path: PathBuf,
+        /// The value found.
+        found: String,
+    },
+    /// A required file does not exist.
     #[error("bundle file {path} is missing; {HINT}")]
-    MissingFile { path: PathBuf },
+    MissingFile {
+        /// The missing file.
+        path: PathBuf,
+    },
+    /// A required file is a directory or a special file.
     #[error("bundle file {path} is not a regular file; {HINT}")]
-    NotRegularFile { path: PathBuf },
+    NotRegularFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A binary or CNI plugin has no execute bit.
     #[error("bundle file {path} is not executable (mode {mode:o}); {HINT}")]
-    NotExecutable { path: PathBuf, mode: u32 },
+    NotExecutable {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A line of `SHA256SUMS` is not `<64 hex>  <relative path>`.
     #[error("{path}:{line}: expected '<sha256 hex>  <relative path>'; {HINT}")]
-    ChecksumSyntax { path: PathBuf, line: usize },
+    ChecksumSyntax {
+        /// The `SHA256SUMS` file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A required binary or plugin is not listed in `SHA256SUMS`.
     #[error("{sums} does not list {file}, so it cannot be verified; {HINT}")]
-    NotInChecksums { sums: PathBuf, file: String },
+    NotInChecksums {
+        /// The `SHA256SUMS` file.
+        sums: PathBuf,
+        /// The missing entry, relative to the bundle root, e.g. `bin/etcd`.
+        file: String,
+    },
+    /// A file's SHA-256 differs from its `SHA256SUMS` line.
     #[error("checksum mismatch for {path}: SHA256SUMS says {expected}, the file has {actual}; the bundle is damaged, {HINT}")]
     ChecksumMismatch {
+        /// The file.
         path: PathBuf,
+        /// The hash listed, lowercase hex.
         expected: String,
+        /// The file's hash, lowercase hex.
         actual: String,
     },
+}
+
+impl BundleError {
+    /// True for every variant: a bundle that is missing, unreadable,
+    /// malformed or damaged stays so on a retry (`selfnode` exits 2); the
+    /// fix is another bundle. [`BundleError::Read`] is counted too, as
+    /// `selfnode` always has.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            BundleError::NoBundle { .. }
+            | BundleError::Read { .. }
+            | BundleError::VersionSyntax { .. }
+            | BundleError::MissingKey { .. }
+            | BundleError::InvalidVersion { .. }
+            | BundleError::UnsupportedFormat { .. }
+            | BundleError::MissingFile { .. }
+            | BundleError::NotRegularFile { .. }
+            | BundleError::NotExecutable { .. }
+            | BundleError::ChecksumSyntax { .. }
+            | BundleError::NotInChecksums { .. }
+            | BundleError::ChecksumMismatch { .. } => true,
+        }
+    }
 }
 
 /// The pinned versions of a bundle (from its `VERSION` file), as written
 /// there (e.g. `v1.37.2`, `v3.7.3`, `3.10.2`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versions {
+    /// `KUBERNETES_VERSION`, e.g. `v1.37.2`.
     pub kubernetes: String,
+    /// `ETCD_VERSION`, e.g. `v3.7.3`.
     pub etcd: String,
+    /// `COREDNS_VERSION`, e.g. `v1.14.6`.
     pub coredns: String,
+    /// `PAUSE_VERSION`, e.g. `3.10.2`.
     pub pause: String,
+    /// `CONTAINERD_VERSION`, e.g. `v2.4.2`.
     pub containerd: String,
+    /// `BUNDLE_FORMAT`; always [`BUNDLE_FORMAT`] once parsed.
     pub bundle_format: u32,
 }
 
@@ -250,10 +340,12 @@ impl Bundle {
         Ok(bundle)
     }
 
+    /// The bundle directory, as given to [`Bundle::open`].
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The pinned versions from `VERSION`.
     pub fn versions(&self) -> &Versions {
         &self.versions
     }

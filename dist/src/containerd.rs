@@ -37,16 +37,36 @@ pub const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
+    /// The socket refused the connection (or does not exist).
     #[error("cannot connect to containerd at {socket}: {reason}; is containerd running and is this the right socket?")]
-    Connect { socket: PathBuf, reason: String },
+    Connect {
+        /// The containerd socket.
+        socket: PathBuf,
+        /// The transport error and its causes, joined with `: `.
+        reason: String,
+    },
+    /// The socket did not accept a connection within [`CONNECT_TIMEOUT`].
     #[error("containerd at {socket} did not accept a connection within {timeout:?}")]
-    ConnectTimeout { socket: PathBuf, timeout: Duration },
+    ConnectTimeout {
+        /// The containerd socket.
+        socket: PathBuf,
+        /// How long [`connect`] waited.
+        timeout: Duration,
+    },
+    /// The namespace is not valid containerd syntax.
     #[error("invalid containerd namespace {namespace:?}: use letters, digits and single '.', '_' or '-' between them")]
-    InvalidNamespace { namespace: String },
+    InvalidNamespace {
+        /// The namespace given.
+        namespace: String,
+    },
+    /// containerd answered a call with an error status.
     #[error("containerd {op} failed: {message} (code {code:?})")]
     Rpc {
+        /// The call, e.g. `Leases.Delete <id>`.
         op: String,
+        /// The gRPC status code.
         code: Code,
+        /// containerd's message.
         message: String,
     },
 }
@@ -66,6 +86,18 @@ impl ContainerdError {
         match self {
             ContainerdError::Rpc { code, .. } => Some(*code),
             _ => None,
+        }
+    }
+
+    /// True when the request itself is wrong (`selfnode` exits 2):
+    /// [`ContainerdError::InvalidNamespace`]. An unreachable or slow
+    /// containerd and its RPC errors are failures a retry may fix.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            ContainerdError::InvalidNamespace { .. } => true,
+            ContainerdError::Connect { .. }
+            | ContainerdError::ConnectTimeout { .. }
+            | ContainerdError::Rpc { .. } => false,
         }
     }
 }
@@ -189,10 +221,12 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Client {
+    /// The containerd socket this client is connected to.
     pub fn socket(&self) -> &Path {
         &self.socket
     }
 
+    /// The namespace every request carries.
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
@@ -213,22 +247,27 @@ impl Client {
         request
     }
 
+    /// The Content service (blobs). Wrap messages with [`Client::request`].
     pub fn content(&self) -> ContentClient<Channel> {
         ContentClient::new(self.channel.clone())
     }
 
+    /// The Images service (image records).
     pub fn images(&self) -> ImagesClient<Channel> {
         ImagesClient::new(self.channel.clone())
     }
 
+    /// The Snapshots service (unpacked layers).
     pub fn snapshots(&self) -> SnapshotsClient<Channel> {
         SnapshotsClient::new(self.channel.clone())
     }
 
+    /// The Diff service (applies layers to snapshots).
     pub fn diff(&self) -> DiffClient<Channel> {
         DiffClient::new(self.channel.clone())
     }
 
+    /// The Leases service (protects content from GC during writes).
     pub fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
     }
@@ -238,6 +277,7 @@ impl Client {
         containerd_client::services::v1::tasks_client::TasksClient::new(self.channel.clone())
     }
 
+    /// The Namespaces service.
     pub fn namespaces(
         &self,
     ) -> containerd_client::services::v1::namespaces_client::NamespacesClient<Channel> {

@@ -13,12 +13,32 @@
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
+    /// The file does not start with `\x7fELF`.
     #[error("not an ELF file (no \\x7fELF magic)")]
     NotElf,
+    /// An ELF class or byte order this reader does not know.
     #[error("unsupported ELF {what}")]
-    Unsupported { what: String },
+    Unsupported {
+        /// What, e.g. `class 3`.
+        what: String,
+    },
+    /// A header, program header or dynamic entry points outside the file
+    /// or is inconsistent.
     #[error("malformed ELF file: {reason}")]
-    Malformed { reason: String },
+    Malformed {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ElfError {
+    /// True for every variant (`selfnode` exits 2): the bytes of the file
+    /// are what they are, and reading them again gives the same answer.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            ElfError::NotElf | ElfError::Unsupported { .. } | ElfError::Malformed { .. } => true,
+        }
+    }
 }
 
 /// What an ELF file asks of the dynamic loader.

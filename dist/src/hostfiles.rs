@@ -32,33 +32,98 @@ const MAX_LINKS: usize = 40;
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum HostFilesError {
+    /// A path asked for does not exist under the host root.
     #[error("{path} is missing on this host; {hint}")]
-    Missing { path: PathBuf, hint: String },
-    #[error("{name} (needed by {needed_by}) is not on this host: looked in {searched}; {hint}")]
-    LibraryNotFound {
-        name: String,
-        needed_by: PathBuf,
-        searched: String,
+    Missing {
+        /// The host path (under the host root).
+        path: PathBuf,
+        /// What to install, from [`HostFiles::new`].
         hint: String,
     },
+    /// A `DT_NEEDED` library is in none of the search directories.
+    #[error("{name} (needed by {needed_by}) is not on this host: looked in {searched}; {hint}")]
+    LibraryNotFound {
+        /// The library's name, e.g. `libxtables.so.12`.
+        name: String,
+        /// The ELF file that needs it (host path).
+        needed_by: PathBuf,
+        /// The directories searched, comma-separated.
+        searched: String,
+        /// What to install, from [`HostFiles::new`].
+        hint: String,
+    },
+    /// A file, directory or link exists but cannot be read.
     #[error("cannot read {path}")]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The host path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file that starts like ELF cannot be parsed.
     #[error("cannot read the ELF headers of {path}")]
-    Elf { path: PathBuf, source: ElfError },
+    Elf {
+        /// The host path.
+        path: PathBuf,
+        /// What the ELF reader found.
+        source: ElfError,
+    },
+    /// A path asked for as a file is a directory or a special file.
     #[error("{path} is not a regular file")]
-    NotRegular { path: PathBuf },
+    NotRegular {
+        /// The host path.
+        path: PathBuf,
+    },
+    /// A path asked for as a directory is not one.
     #[error("{path} is not a directory")]
-    NotADirectory { path: PathBuf },
+    NotADirectory {
+        /// The host path.
+        path: PathBuf,
+    },
+    /// Resolving a path met more than 40 symbolic links.
     #[error("too many levels of symbolic links resolving {path}")]
-    SymlinkLoop { path: PathBuf },
+    SymlinkLoop {
+        /// The host path being resolved.
+        path: PathBuf,
+    },
+    /// A symbolic link's target is not UTF-8, so no image entry can hold it.
     #[error("the target of symbolic link {path} is not UTF-8")]
-    NonUtf8 { path: PathBuf },
+    NonUtf8 {
+        /// The link (host path).
+        path: PathBuf,
+    },
+    /// Two host paths would give one image path different entries.
     #[error("image path {path} would be both {first:?} and {second:?}")]
     Conflict {
+        /// The image path.
         path: String,
+        /// The entry collected first.
         first: HostEntry,
+        /// The entry that disagrees with it.
         second: HostEntry,
     },
+}
+
+impl HostFilesError {
+    /// True when the host lacks or has unusable files and a retry cannot
+    /// help until someone changes the host (`selfnode` exits 2): every
+    /// variant but [`HostFilesError::Read`] (an I/O failure);
+    /// [`HostFilesError::Elf`] as [`ElfError::is_invalid_input`] says.
+    /// [`HostFilesError::Conflict`] is invalid input too, not a conflict
+    /// with existing state: the two entries come from this host's files.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            HostFilesError::Elf { source, .. } => source.is_invalid_input(),
+            HostFilesError::Missing { .. }
+            | HostFilesError::LibraryNotFound { .. }
+            | HostFilesError::NotRegular { .. }
+            | HostFilesError::NotADirectory { .. }
+            | HostFilesError::SymlinkLoop { .. }
+            | HostFilesError::NonUtf8 { .. }
+            | HostFilesError::Conflict { .. } => true,
+            HostFilesError::Read { .. } => false,
+        }
+    }
 }
 
 /// One image entry taken from the host.

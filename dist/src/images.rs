@@ -51,21 +51,53 @@ const EPOCH: &str = "1970-01-01T00:00:00Z";
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// A layer cannot be generated (bad spec, unreadable host file).
     #[error("cannot build image {image}")]
-    Layer { image: String, source: LayerError },
+    Layer {
+        /// The image name.
+        image: String,
+        /// The layer writer's error.
+        source: LayerError,
+    },
+    /// kube-proxy's iptables and conntrack cannot be collected from this host.
     #[error("cannot build image {image}")]
     HostTools {
+        /// The image name.
         image: String,
+        /// What is missing or wrong on the host.
         source: NetfilterError,
     },
+    /// Every layer of the spec is empty.
     #[error("cannot build image {image}: it has no layers")]
-    NoLayers { image: String },
+    NoLayers {
+        /// The image name.
+        image: String,
+    },
+    /// The config or manifest cannot be serialised.
     #[error("cannot encode the {what} of image {image}")]
     Encode {
+        /// The image name.
         image: String,
+        /// `config` or `manifest`.
         what: &'static str,
+        /// serde_json's error.
         source: serde_json::Error,
     },
+}
+
+impl BuildError {
+    /// True when the spec, the bundle or the host is unusable and a retry
+    /// cannot help (`selfnode` exits 2): [`BuildError::NoLayers`], and
+    /// [`BuildError::Layer`] and [`BuildError::HostTools`] as their sources'
+    /// `is_invalid_input` says. [`BuildError::Encode`] is a failure.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            BuildError::Layer { source, .. } => source.is_invalid_input(),
+            BuildError::HostTools { source, .. } => source.is_invalid_input(),
+            BuildError::NoLayers { .. } => true,
+            BuildError::Encode { .. } => false,
+        }
+    }
 }
 
 /// What one image consists of (desired state). Layers are bottom first;
@@ -77,12 +109,21 @@ pub struct ImageSpec {
     pub component: String,
     /// Full image reference, e.g. `registry.k8s.io/kube-proxy:v1.37.2`.
     pub name: String,
+    /// Layers, bottom first; the first is [`base_layer`] from
+    /// [`ImageSpec::new`].
     pub layers: Vec<LayerSpec>,
+    /// The config's `Entrypoint`, e.g. `["/usr/local/bin/etcd"]`.
     pub entrypoint: Vec<String>,
+    /// The config's `Cmd` (arguments after the entrypoint).
     pub cmd: Vec<String>,
+    /// The config's `Env`, `KEY=value` ([`DEFAULT_PATH`] from
+    /// [`ImageSpec::new`]).
     pub env: Vec<String>,
+    /// The config's `WorkingDir` (`/` from [`ImageSpec::new`]).
     pub working_dir: Option<String>,
+    /// The config's `User` (`uid[:gid]` or a name); `None`: root.
     pub user: Option<String>,
+    /// The config's `Labels`.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -279,7 +320,9 @@ fn labels(spec: &mut ImageSpec, version: &str) {
 /// the spec to generate its bytes again for upload.
 #[derive(Debug, Clone)]
 pub struct BuiltLayer {
+    /// Media type [`MEDIA_TYPE_LAYER`], digest and size of the tarball.
     pub descriptor: Descriptor,
+    /// What generates the tarball again.
     pub spec: LayerSpec,
 }
 
@@ -287,11 +330,17 @@ pub struct BuiltLayer {
 /// layers as specs.
 #[derive(Debug, Clone)]
 pub struct BuiltImage {
+    /// Full image reference, as in [`ImageSpec::name`].
     pub name: String,
+    /// Descriptor of `manifest_json`.
     pub manifest: Descriptor,
+    /// The manifest, serialised.
     pub manifest_json: Vec<u8>,
+    /// Descriptor of `config_json`.
     pub config: Descriptor,
+    /// The image config, serialised.
     pub config_json: Vec<u8>,
+    /// The non-empty layers, bottom first.
     pub layers: Vec<BuiltLayer>,
 }
 

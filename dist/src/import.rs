@@ -68,52 +68,114 @@ fn backoff(attempt: u32) -> Duration {
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    /// containerd cannot be reached (or the namespace is invalid).
     #[error(transparent)]
     Connect(ContainerdError),
+    /// The bundle's `images/` cannot be listed.
     #[error("cannot list the bundle's image archives")]
-    Bundle { source: BundleError },
+    Bundle {
+        /// Why.
+        source: BundleError,
+    },
+    /// An archive fails verification; nothing was written.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// A component image cannot be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A containerd call for an image failed.
     #[error("cannot import image {image}")]
     Containerd {
+        /// The image name.
         image: String,
+        /// containerd's error.
         source: ContainerdError,
     },
+    /// A built layer cannot be generated a second time for upload.
     #[error("cannot import image {image}: layer {digest} could not be generated again for upload")]
     Layer {
+        /// The image name.
         image: String,
+        /// The layer's digest.
         digest: Digest,
+        /// The layer writer's error.
         source: LayerError,
     },
+    /// An archive blob cannot be read again for upload.
     #[error("cannot import image {image}: reading blob {digest} failed")]
     ReadBlob {
+        /// The image name.
         image: String,
+        /// The blob's digest.
         digest: Digest,
+        /// Why.
         source: io::Error,
     },
+    /// An uploaded blob's size or digest is not what was verified or built
+    /// (containerd refused the commit, or the producer gave other bytes).
     #[error("cannot import image {image}: blob {digest} changed while it was imported ({reason}); make sure nothing modifies the bundle during the import and retry")]
     BlobChanged {
+        /// The image name.
         image: String,
+        /// The expected digest.
         digest: Digest,
+        /// What differed.
         reason: String,
     },
+    /// containerd's diff of an unpacked layer is not the config's diff ID.
     #[error("cannot import image {image}: unpacking layer {layer} gave diff ID {actual}, but the image config says {expected}; the image is corrupt")]
     DiffIdMismatch {
+        /// The image name.
         image: String,
+        /// The layer blob's digest.
         layer: Digest,
+        /// The diff ID in the image config.
         expected: Digest,
+        /// The diff ID containerd computed.
         actual: String,
     },
+    /// Two sources define the same image name.
     #[error("image {name} is defined twice: by {first} and by {second}; rename or remove one of them from the bundle's images/")]
     NameConflict {
+        /// The image name.
         name: String,
+        /// The first source (an archive path, or the component images).
         first: String,
+        /// The second source.
         second: String,
     },
+    /// A blocking task or the upload stream ended unexpectedly.
     #[error("an import worker failed: {reason}")]
-    Worker { reason: String },
+    Worker {
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl ImportError {
+    /// True when the bundle, an archive or the request is unusable and a
+    /// retry cannot help (`selfnode` exits 2): [`ImportError::Bundle`] and
+    /// [`ImportError::Archive`]; [`ImportError::Connect`],
+    /// [`ImportError::Build`], [`ImportError::Containerd`] and
+    /// [`ImportError::Layer`] as their sources' `is_invalid_input` says
+    /// (an invalid namespace; a missing host tool; a bad layer spec).
+    /// Everything else is a failure a retry may fix, as `selfnode` always
+    /// had it, [`ImportError::DiffIdMismatch`] and
+    /// [`ImportError::NameConflict`] included.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            ImportError::Bundle { .. } | ImportError::Archive(_) => true,
+            ImportError::Connect(e) => e.is_invalid_input(),
+            ImportError::Build(e) => e.is_invalid_input(),
+            ImportError::Containerd { source, .. } => source.is_invalid_input(),
+            ImportError::Layer { source, .. } => source.is_invalid_input(),
+            ImportError::ReadBlob { .. }
+            | ImportError::BlobChanged { .. }
+            | ImportError::DiffIdMismatch { .. }
+            | ImportError::NameConflict { .. }
+            | ImportError::Worker { .. } => false,
+        }
+    }
 }
 
 /// How to import.
@@ -168,25 +230,32 @@ pub enum ImageOutcome {
 /// The result for one image.
 #[derive(Debug, Clone)]
 pub struct ImportedImage {
+    /// Full image name.
     pub name: String,
     /// Digest the image record points at.
     pub digest: Digest,
+    /// Built here or from which archive.
     pub source: ImageSource,
+    /// Whether anything was written.
     pub outcome: ImageOutcome,
     /// Blobs uploaded (not counting label-only updates).
     pub blobs_written: usize,
+    /// Bytes of those blobs.
     pub bytes_written: u64,
     /// Snapshots unpacked.
     pub snapshots_created: usize,
     /// Label updates and record creations/updates.
     pub metadata_writes: usize,
+    /// Wall time for this image.
     pub elapsed: Duration,
 }
 
 /// The result of an import.
 #[derive(Debug, Clone, Default)]
 pub struct ImportReport {
+    /// One entry per image, in import order.
     pub images: Vec<ImportedImage>,
+    /// Wall time of the whole import.
     pub elapsed: Duration,
 }
 
@@ -198,10 +267,12 @@ impl ImportReport {
             .all(|i| i.outcome == ImageOutcome::AlreadyPresent)
     }
 
+    /// Blob bytes uploaded, all images together.
     pub fn bytes_written(&self) -> u64 {
         self.images.iter().map(|i| i.bytes_written).sum()
     }
 
+    /// The result for image `name` (full name), if it was imported.
     pub fn image(&self, name: &str) -> Option<&ImportedImage> {
         self.images.iter().find(|i| i.name == name)
     }
@@ -212,14 +283,21 @@ impl ImportReport {
 pub enum ImportEvent {
     /// An archive was read and every blob in it verified.
     ArchiveVerified {
+        /// The archive file.
         path: PathBuf,
+        /// Names of the images in it, in index.json order.
         images: Vec<String>,
+        /// Time spent reading and hashing it.
         elapsed: Duration,
     },
+    /// Work on an image begins.
     ImageStarted {
+        /// Full image name.
         name: String,
+        /// Built here or from which archive.
         source: ImageSource,
     },
+    /// An image is in containerd, with what it took.
     ImageFinished(ImportedImage),
 }
 

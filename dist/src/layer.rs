@@ -23,26 +23,90 @@ const COPY_BUFFER: usize = 256 * 1024;
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
+    /// An image path is relative, the root, or has empty, `.`, `..` or
+    /// NUL components.
     #[error("invalid image path {path:?}: {reason}")]
-    InvalidPath { path: String, reason: &'static str },
+    InvalidPath {
+        /// The image path as given.
+        path: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// Two entries of the spec have the same image path.
     #[error("image path {path:?} is given twice in one layer")]
-    DuplicatePath { path: String },
+    DuplicatePath {
+        /// The image path.
+        path: String,
+    },
+    /// An entry that is not a directory is the parent of another entry.
     #[error("image path {path:?} is used as a directory by {child:?} but is not a directory")]
-    NotADirectory { path: String, child: String },
+    NotADirectory {
+        /// The parent's image path.
+        path: String,
+        /// The entry below it.
+        child: String,
+    },
+    /// A host file cannot be opened or read.
     #[error("cannot read {host} for image path {path:?}")]
     ReadHostFile {
+        /// The host file.
         host: PathBuf,
+        /// Its image path.
         path: String,
+        /// Why.
         source: io::Error,
     },
+    /// A host file is a directory or a special file.
     #[error("{host} (for image path {path:?}) is not a regular file")]
-    HostNotRegular { host: PathBuf, path: String },
+    HostNotRegular {
+        /// The host file.
+        host: PathBuf,
+        /// Its image path.
+        path: String,
+    },
+    /// A host file's size changed while it was copied.
     #[error("{host} changed while the layer was being built (expected {expected} bytes); retry once nothing writes to it")]
-    HostFileChanged { host: PathBuf, expected: u64 },
+    HostFileChanged {
+        /// The host file.
+        host: PathBuf,
+        /// Its size when the copy began, bytes.
+        expected: u64,
+    },
+    /// The tar header cannot hold the path or the symlink target (ustar
+    /// limits).
     #[error("cannot write tar header for {path:?}")]
-    Header { path: String, source: io::Error },
+    Header {
+        /// The image path.
+        path: String,
+        /// The tar library's error.
+        source: io::Error,
+    },
+    /// The output writer failed.
     #[error("cannot write layer data")]
-    Write { source: io::Error },
+    Write {
+        /// Why.
+        source: io::Error,
+    },
+}
+
+impl LayerError {
+    /// True when the spec or a host file is unusable as it is and a retry
+    /// cannot help (`selfnode` exits 2): [`LayerError::InvalidPath`],
+    /// [`LayerError::DuplicatePath`], [`LayerError::NotADirectory`],
+    /// [`LayerError::HostNotRegular`] and [`LayerError::Header`]. Read and
+    /// write errors and [`LayerError::HostFileChanged`] are not.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            LayerError::InvalidPath { .. }
+            | LayerError::DuplicatePath { .. }
+            | LayerError::NotADirectory { .. }
+            | LayerError::HostNotRegular { .. }
+            | LayerError::Header { .. } => true,
+            LayerError::ReadHostFile { .. }
+            | LayerError::HostFileChanged { .. }
+            | LayerError::Write { .. } => false,
+        }
+    }
 }
 
 /// Where the content of one layer entry comes from.
@@ -63,11 +127,14 @@ pub enum EntrySource {
 pub struct LayerEntry {
     /// Absolute path inside the image, e.g. `/usr/local/bin/etcd`.
     pub path: String,
+    /// Where its content comes from.
     pub source: EntrySource,
     /// Permission bits (including sticky/setuid bits). `None` for host files
     /// means 0755 if the host file has any execute bit, else 0644.
     pub mode: Option<u32>,
+    /// Owner user id in the image (0 unless set).
     pub uid: u64,
+    /// Owner group id in the image (0 unless set).
     pub gid: u64,
 }
 
@@ -78,6 +145,7 @@ pub struct LayerSpec {
 }
 
 impl LayerSpec {
+    /// An empty layer.
     pub fn new() -> LayerSpec {
         LayerSpec::default()
     }
@@ -145,10 +213,12 @@ impl LayerSpec {
         self
     }
 
+    /// The entries as added (parents not added implicitly yet).
     pub fn entries(&self) -> &[LayerEntry] {
         &self.entries
     }
 
+    /// True if nothing was added.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

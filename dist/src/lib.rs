@@ -6,6 +6,8 @@
 //! `<Thing>Error`; a message says what failed, and the underlying cause is
 //! its `source()` (print with `{:#}` through anyhow to get the whole chain).
 
+#![warn(missing_docs)]
+
 pub mod archive;
 pub mod bundle;
 pub mod containerd;

@@ -38,7 +38,7 @@
 //! looks for the kubelet's `KUBE-IPTABLES-HINT`/`KUBE-KUBELET-CANARY`
 //! chains, defaults to nft, and re-points the links before exec'ing the
 //! real command. Doing the same here would need a program in the image to
-//! run those commands (selfnode itself could be one, dispatching on argv[0],
+//! run those commands (selfnode itself could be one, dispatching on `argv[0]`,
 //! at the cost of its size in every kube-proxy image); the build-time choice
 //! gives the same answer on a node whose kubelet follows the alternatives.
 
@@ -56,16 +56,39 @@ pub const BACKEND_LABEL: &str = "selfnode.iptables-backend";
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum NetfilterError {
+    /// A tool, library or link cannot be collected from the host.
     #[error(transparent)]
     HostFiles(#[from] HostFilesError),
+    /// The alternatives link (`/usr/sbin/iptables` or `ip6tables`) is missing.
     #[error("cannot tell which iptables backend this host uses: {path} is missing; install the tools with `apt-get install {PACKAGES}`")]
-    NoSelection { path: PathBuf },
+    NoSelection {
+        /// The link (host path).
+        path: PathBuf,
+    },
+    /// The alternatives link resolves to neither multi-call binary.
     #[error("cannot tell which iptables backend this host uses: {path} resolves to {target}, which is neither xtables-legacy-multi nor xtables-nft-multi; select one with `update-alternatives --set {command} /usr/sbin/{command}-nft` (or `-legacy`)")]
     UnknownBackend {
+        /// The link (host path).
         path: PathBuf,
+        /// What it resolves to.
         target: String,
+        /// `iptables` or `ip6tables`.
         command: &'static str,
     },
+}
+
+impl NetfilterError {
+    /// True when the host's tools are missing or not selected and a retry
+    /// cannot help until someone fixes the host (`selfnode` exits 2):
+    /// [`NetfilterError::NoSelection`], [`NetfilterError::UnknownBackend`],
+    /// and [`NetfilterError::HostFiles`] as
+    /// [`HostFilesError::is_invalid_input`] says.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            NetfilterError::HostFiles(e) => e.is_invalid_input(),
+            NetfilterError::NoSelection { .. } | NetfilterError::UnknownBackend { .. } => true,
+        }
+    }
 }
 
 /// An iptables backend (the kernel interface iptables 1.8 programs).

@@ -43,8 +43,22 @@ pub const ANNOTATION_CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
+    /// A string is not `sha256:<64 lowercase hex>`.
     #[error("invalid digest {value:?}: expected sha256:<64 lowercase hex digits>")]
-    InvalidDigest { value: String },
+    InvalidDigest {
+        /// The string given.
+        value: String,
+    },
+}
+
+impl OciError {
+    /// True for every variant (`selfnode` exits 2): a malformed digest
+    /// stays malformed.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            OciError::InvalidDigest { .. } => true,
+        }
+    }
 }
 
 /// True for the manifest media types selfnode can import.
@@ -108,6 +122,7 @@ impl Digest {
         &self.0["sha256:".len()..]
     }
 
+    /// The whole digest, `sha256:<hex>`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -151,16 +166,22 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// What the content is, e.g. [`MEDIA_TYPE_MANIFEST`].
     pub media_type: String,
+    /// Digest of the content.
     pub digest: Digest,
+    /// Size of the content in bytes.
     pub size: u64,
+    /// Annotations, e.g. [`ANNOTATION_REF_NAME`] in an `index.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// The platform of a manifest listed in an index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
 }
 
 impl Descriptor {
+    /// A descriptor without annotations or platform.
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
         Descriptor {
             media_type: media_type.to_string(),
@@ -176,6 +197,7 @@ impl Descriptor {
         Descriptor::new(media_type, Digest::of(data), data.len() as u64)
     }
 
+    /// The annotation `key`, if set.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
     }
@@ -184,8 +206,11 @@ impl Descriptor {
 /// An image platform (`os`/`architecture`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
+    /// CPU architecture in Go's terms, e.g. `amd64`, `arm64`.
     pub architecture: String,
+    /// Operating system, e.g. `linux`.
     pub os: String,
+    /// CPU variant, e.g. `v8` for `arm64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
@@ -194,12 +219,17 @@ pub struct Platform {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
+    /// Always 2.
     pub schema_version: u32,
+    /// [`MEDIA_TYPE_MANIFEST`] (or Docker's); optional in the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// The image config blob.
     pub config: Descriptor,
+    /// The layer blobs, bottom first.
     #[serde(default)]
     pub layers: Vec<Descriptor>,
+    /// Annotations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
 }
@@ -208,11 +238,15 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
+    /// Always 2.
     pub schema_version: u32,
+    /// [`MEDIA_TYPE_INDEX`] (or Docker's manifest list); optional in the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// The manifests (or nested indexes) it lists.
     #[serde(default)]
     pub manifests: Vec<Descriptor>,
+    /// Annotations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
 }
@@ -221,15 +255,21 @@ pub struct Index {
 /// only what import needs is read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageConfig {
+    /// Creation time, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// CPU architecture, as in [`Platform::architecture`].
     #[serde(default)]
     pub architecture: String,
+    /// Operating system, as in [`Platform::os`].
     #[serde(default)]
     pub os: String,
+    /// How to run the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ContainerConfig>,
+    /// The layers' diff IDs.
     pub rootfs: RootFs,
+    /// One entry per layer (and per empty step), bottom first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<History>,
 }
@@ -237,20 +277,26 @@ pub struct ImageConfig {
 /// The execution parameters of an image (`config` of the image config).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerConfig {
+    /// `User`: `uid[:gid]` or a name; unset: root.
     #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `Env`: `KEY=value` entries.
     #[serde(rename = "Env", default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// `Entrypoint`.
     #[serde(rename = "Entrypoint", default, skip_serializing_if = "Vec::is_empty")]
     pub entrypoint: Vec<String>,
+    /// `Cmd`: arguments after the entrypoint.
     #[serde(rename = "Cmd", default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
+    /// `WorkingDir`.
     #[serde(
         rename = "WorkingDir",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub working_dir: Option<String>,
+    /// `Labels`.
     #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
@@ -258,16 +304,20 @@ pub struct ContainerConfig {
 /// `rootfs` of an image config: the diff IDs of its layers, bottom first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootFs {
+    /// `type`: always `layers`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// Digests of the uncompressed layers, bottom first.
     pub diff_ids: Vec<Digest>,
 }
 
 /// One `history` entry of an image config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
+    /// When the step ran, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// What the step did, free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
 }
@@ -296,6 +346,7 @@ pub struct HashingWriter<W> {
 }
 
 impl<W: Write> HashingWriter<W> {
+    /// A writer that passes everything on to `inner`.
     pub fn new(inner: W) -> Self {
         HashingWriter {
             inner,

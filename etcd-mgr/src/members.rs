@@ -32,13 +32,18 @@ pub struct MemberStatus {
     pub id: String,
     /// Empty until the member has started and published itself.
     pub name: String,
+    /// Peer URLs, e.g. `https://10.0.0.1:2380`.
     pub peer_urls: Vec<String>,
     /// Empty until the member has started.
     pub client_urls: Vec<String>,
+    /// A non-voting member (added by [`add_learner`], not promoted yet).
     pub is_learner: bool,
     /// Answered a Status call on one of its client URLs.
     pub healthy: bool,
+    /// The member's own Status names it as the leader.
     pub is_leader: bool,
+    /// Size of its database file in bytes, from its Status; `None` when
+    /// it did not answer.
     pub db_size: Option<i64>,
     /// Why it is not healthy.
     pub error: Option<String>,
@@ -48,7 +53,10 @@ pub struct MemberStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum RemoveOutcome {
     /// The member with this id (etcd prints it in hex: `{id:x}`) was removed.
-    Removed { id: u64 },
+    Removed {
+        /// The removed member's id.
+        id: u64,
+    },
     /// No member matched: already removed (or never added).
     NotAMember,
 }

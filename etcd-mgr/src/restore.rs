@@ -28,31 +28,86 @@ pub struct RestoreTarget {
     pub cluster_token: String,
 }
 
+/// A data directory cannot be restored from a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// The snapshot file fails [`verify_file`].
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A field of [`RestoreTarget`] is unusable (empty or malformed name,
+    /// peer URL or token; a data directory path without a file name).
     #[error("invalid restore target: {why}")]
-    InvalidTarget { why: String },
+    InvalidTarget {
+        /// Which field and what is wrong with it.
+        why: String,
+    },
+    /// The target data directory exists and has entries.
     #[error("refusing to restore into {path}: it exists and is not empty (it may hold the only copy of this member's data); move it aside, then run again")]
-    DataDirNotEmpty { path: PathBuf },
+    DataDirNotEmpty {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// A file system operation on the target, its parent or the staging
+    /// directory failed (including a missing parent).
     #[error("cannot {op} {path} while restoring etcd's data directory: {source}")]
     Io {
+        /// What was being done, e.g. `rename into place`.
         op: &'static str,
+        /// The path it was done to.
         path: PathBuf,
+        /// Why it failed.
         source: std::io::Error,
     },
+    /// `etcdutl` cannot be started.
     #[error("cannot run {etcdutl}: {source}")]
     Spawn {
+        /// The `etcdutl` binary.
         etcdutl: PathBuf,
+        /// Why it cannot be run.
         source: std::io::Error,
     },
+    /// `etcdutl snapshot restore` failed, or succeeded without writing the
+    /// staging directory.
     #[error("etcdutl snapshot restore of {snapshot} failed ({status}): {stderr}")]
     Etcdutl {
+        /// The snapshot file.
         snapshot: PathBuf,
+        /// Its exit status, e.g. `exit status: 1`.
         status: String,
+        /// Its stderr (its stdout when stderr was empty), trimmed.
         stderr: String,
     },
+}
+
+impl RestoreError {
+    /// True when the snapshot or the target is unusable and a retry
+    /// cannot help (`selfnode` exits 2): [`RestoreError::InvalidTarget`],
+    /// and [`RestoreError::Snapshot`] as [`SnapshotError::is_invalid_input`]
+    /// says. I/O, `etcdutl` and conflict errors are not.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            RestoreError::Snapshot(e) => e.is_invalid_input(),
+            RestoreError::InvalidTarget { .. } => true,
+            RestoreError::DataDirNotEmpty { .. }
+            | RestoreError::Io { .. }
+            | RestoreError::Spawn { .. }
+            | RestoreError::Etcdutl { .. } => false,
+        }
+    }
+
+    /// True when existing state is in the way (`selfnode` exits 3):
+    /// [`RestoreError::DataDirNotEmpty`], a data directory that may hold
+    /// the only copy of a member's data. Nothing else is.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            RestoreError::DataDirNotEmpty { .. } => true,
+            RestoreError::Snapshot(_)
+            | RestoreError::InvalidTarget { .. }
+            | RestoreError::Io { .. }
+            | RestoreError::Spawn { .. }
+            | RestoreError::Etcdutl { .. } => false,
+        }
+    }
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError {

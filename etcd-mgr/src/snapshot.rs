@@ -20,43 +20,101 @@ use tokio::io::AsyncWriteExt;
 
 use crate::{EtcdConfig, EtcdError};
 
+/// A snapshot cannot be saved, or a snapshot file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// etcd cannot be reached or its Snapshot call failed.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
+    /// The snapshot cannot be written, synced or renamed into place.
     #[error("cannot write the snapshot {path}: {source}")]
     Write {
+        /// The target file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// What etcd streamed fails [`verify_file`] or has no trailing hash.
     #[error("the snapshot from etcd is corrupt ({why}); nothing was saved, try again")]
-    Corrupt { why: String },
-    #[error("cannot read the snapshot file {path}: {source}")]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not an etcd snapshot: it is {bytes} bytes long, too short for a bolt database (empty, or cut off at the start of a copy)")]
-    TooShort { path: PathBuf, bytes: u64 },
-    #[error("{path} is not an etcd snapshot: {why}")]
-    NotBolt { path: PathBuf, why: String },
-    #[error("{path} is truncated or corrupt: {why}; it cannot be restored, use another snapshot")]
-    Truncated {
-        path: PathBuf,
-        bytes: u64,
+    Corrupt {
+        /// What the check found.
         why: String,
     },
+    /// The file cannot be opened or read, is not a regular file, or
+    /// changed while it was read.
+    #[error("cannot read the snapshot file {path}: {source}")]
+    Unreadable {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is shorter than a bbolt header and meta page (80 bytes).
+    #[error("{path} is not an etcd snapshot: it is {bytes} bytes long, too short for a bolt database (empty, or cut off at the start of a copy)")]
+    TooShort {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Its size in bytes.
+        bytes: u64,
+    },
+    /// No bbolt magic or version, an implausible page size, or no meta
+    /// page whose checksum holds.
+    #[error("{path} is not an etcd snapshot: {why}")]
+    NotBolt {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What is wrong, e.g. the magic number found.
+        why: String,
+    },
+    /// The size is not what a whole database (plus etcd's hash) has.
+    #[error("{path} is truncated or corrupt: {why}; it cannot be restored, use another snapshot")]
+    Truncated {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Its size in bytes.
+        bytes: u64,
+        /// Which size rule fails.
+        why: String,
+    },
+    /// The trailing SHA-256 does not match the database before it.
     #[error("{path} has the wrong checksum: its trailing SHA-256 is {expected} but its database hashes to {actual}; the file is corrupt, use another snapshot")]
     WrongChecksum {
+        /// The snapshot file.
         path: PathBuf,
+        /// The trailing 32 bytes, hex.
         expected: String,
+        /// SHA-256 of the bytes before them, hex.
         actual: String,
     },
 }
 
+impl SnapshotError {
+    /// True when the snapshot file is unusable and trying again with the
+    /// same file cannot help (`selfnode` exits 2): [`SnapshotError::Unreadable`],
+    /// [`SnapshotError::TooShort`], [`SnapshotError::NotBolt`],
+    /// [`SnapshotError::Truncated`] and [`SnapshotError::WrongChecksum`];
+    /// [`SnapshotError::Etcd`] as [`EtcdError::is_invalid_input`] says.
+    /// A failed write or a corrupt stream from etcd is not: a new save may
+    /// succeed.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            SnapshotError::Etcd(e) => e.is_invalid_input(),
+            SnapshotError::Unreadable { .. }
+            | SnapshotError::TooShort { .. }
+            | SnapshotError::NotBolt { .. }
+            | SnapshotError::Truncated { .. }
+            | SnapshotError::WrongChecksum { .. } => true,
+            SnapshotError::Write { .. } | SnapshotError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// What [`save`] wrote.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotInfo {
+    /// The snapshot file (the `path` given to [`save`]).
     pub path: PathBuf,
+    /// Its size in bytes, etcd's trailing SHA-256 included.
     pub bytes: u64,
     /// SHA-256 of the whole file.
     pub sha256: String,

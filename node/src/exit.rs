@@ -99,6 +99,41 @@ classify_by_is_invalid_input!(
 
 classify_by_is_conflict_and_is_invalid_input!(etcd_mgr::restore::RestoreError);
 
+classify_by_is_invalid_input!(
+    bootstrap::config::ConfigError,
+    bootstrap::plane::PlaneSpecError,
+    bootstrap::pki::PkiSpecError,
+);
+
+impl Classify for crate::agent::lock::LockError {
+    /// Another agent holds the lock: a conflict with what runs.
+    fn class(&self) -> Class {
+        use crate::agent::lock::LockError;
+        match self {
+            LockError::Held { .. } => Class::Conflict,
+            LockError::Open { .. } | LockError::Lock { .. } => Class::Failure,
+        }
+    }
+}
+
+impl Classify for crate::init::InitConflict {
+    fn class(&self) -> Class {
+        Class::Conflict
+    }
+}
+
+impl Classify for crate::init::RestoreConflict {
+    fn class(&self) -> Class {
+        Class::Conflict
+    }
+}
+
+impl Classify for crate::init::RestoreInputError {
+    fn class(&self) -> Class {
+        Class::Invalid
+    }
+}
+
 /// Asks one cause of an error chain for its class: `None` if the cause is
 /// not of the type this entry knows.
 pub type Classifier = fn(&(dyn StdError + 'static)) -> Option<Class>;
@@ -131,9 +166,13 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<cni::CniError>,
     by::<cni::kernel::KernelError>,
     by::<cni::routes::RouteError>,
-    // node's and bootstrap's error types: added by the lead
-    // (bootstrap::config::ConfigError, crate::agent::lock::LockError,
-    // crate::init::{InitConflict, RestoreConflict, RestoreInputError}).
+    by::<bootstrap::config::ConfigError>,
+    by::<bootstrap::plane::PlaneSpecError>,
+    by::<bootstrap::pki::PkiSpecError>,
+    by::<crate::agent::lock::LockError>,
+    by::<crate::init::InitConflict>,
+    by::<crate::init::RestoreConflict>,
+    by::<crate::init::RestoreInputError>,
 ];
 
 /// The class of one cause, if [`CLASSIFIERS`] knows its type.
@@ -240,9 +279,9 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_outside_does_not_hide_invalid_input_inside() {
+    fn a_wrapper_variant_takes_its_sources_class() {
         // ImportError::Layer is a failure unless its source says otherwise;
-        // here the layer spec is wrong, so the walk returns 2.
+        // here the layer spec is wrong, so the import is invalid input.
         let err = anyhow::Error::new(dist::import::ImportError::Layer {
             image: "localhost/selfnode:0.1.0".into(),
             digest: dist::oci::Digest::of(b""),
@@ -293,21 +332,54 @@ mod tests {
                 route: "x".into(),
                 reason: "x".into(),
             }),
+            Box::new(bootstrap::config::ConfigError::ClusterDomain(
+                "Lab.Internal".into(),
+            )),
+            Box::new(bootstrap::plane::PlaneSpecError::ZeroPort { field: "apiserver" }),
+            Box::new(bootstrap::pki::PkiSpecError::NoAdvertiseAddress),
+            Box::new(crate::agent::lock::LockError::Held {
+                pid: "1".into(),
+                path: PathBuf::from("/run/selfnode/agent.lock"),
+            }),
+            Box::new(crate::init::InitConflict {
+                existing: "a".into(),
+                node: "n".into(),
+                uid: "u".into(),
+            }),
+            Box::new(crate::init::RestoreConflict {
+                existing: "a".into(),
+                node: "n".into(),
+                pki_dir: PathBuf::from("/etc/kubernetes/pki"),
+            }),
+            Box::new(crate::init::RestoreInputError::NoPki {
+                missing: PathBuf::from("ca.key"),
+                pki_dir: PathBuf::from("/etc/kubernetes/pki"),
+            }),
         ];
-        assert_eq!(samples.len(), CLASSIFIERS.len(), "one sample per table line");
+        // One sample per line of CLASSIFIERS: a type added there needs its
+        // sample here, so that a missing line is caught.
+        assert_eq!(
+            samples.len(),
+            CLASSIFIERS.len(),
+            "one sample per table line"
+        );
         for sample in &samples {
-            assert!(classify(sample.as_ref()).is_some(), "not in CLASSIFIERS: {sample:?}");
+            assert!(
+                classify(sample.as_ref()).is_some(),
+                "not in CLASSIFIERS: {sample:?}"
+            );
         }
         let classes: Vec<Class> = samples
             .iter()
             .filter_map(|s| classify(s.as_ref()))
             .collect();
-        use Class::{Failure, Invalid};
+        use Class::{Conflict, Failure, Invalid};
         assert_eq!(
             classes,
             [
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
-                Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid,
+                Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Invalid,
+                Invalid, Invalid, Conflict, Conflict, Conflict, Invalid,
             ]
         );
     }

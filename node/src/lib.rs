@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod etcd;
+pub mod exit;
 pub mod fsutil;
 pub mod host;
 pub mod init;

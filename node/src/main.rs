@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(commands::exit_code_for(&err))
+            ExitCode::from(node::exit::exit_code(&err))
         }
     }
 }

@@ -339,3 +339,21 @@ pub enum PkiSpecError {
         reason: &'static str,
     },
 }
+
+impl PkiSpecError {
+    /// Whether a retry cannot help (exit 2): every variant: the desired PKI is inconsistent (bad input). An exhaustive match,
+    /// so a new variant must be classified here.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            PkiSpecError::InvalidClusterName { .. }
+            | PkiSpecError::InvalidNodeName { .. }
+            | PkiSpecError::NoAdvertiseAddress
+            | PkiSpecError::InvalidAdvertiseAddress { .. }
+            | PkiSpecError::ServiceCidrTooSmall { .. }
+            | PkiSpecError::InvalidDnsDomain { .. }
+            | PkiSpecError::InvalidExtraSan { .. }
+            | PkiSpecError::RelativeDir { .. }
+            | PkiSpecError::InvalidApiEndpoint { .. } => true,
+        }
+    }
+}

@@ -599,3 +599,26 @@ pub enum PlaneSpecError {
     #[error("kube-proxy conntrack max per core is {value}; give 0 (leave the host alone) or a positive number")]
     InvalidConntrackMax { value: i32 },
 }
+
+impl PlaneSpecError {
+    /// Whether a retry cannot help (exit 2): every variant: the desired plane is inconsistent (bad input), checked before anything is written. An exhaustive match,
+    /// so a new variant must be classified here.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            PlaneSpecError::Pki(..)
+            | PlaneSpecError::LoopbackAdvertiseAddress { .. }
+            | PlaneSpecError::InvalidVersion { .. }
+            | PlaneSpecError::InvalidImage { .. }
+            | PlaneSpecError::RelativeEtcdDataDir { .. }
+            | PlaneSpecError::FamilyMismatch { .. }
+            | PlaneSpecError::PodCidrSize { .. }
+            | PlaneSpecError::CidrOverlap { .. }
+            | PlaneSpecError::ServiceCidrTooSmallForDns { .. }
+            | PlaneSpecError::ZeroPort { .. }
+            | PlaneSpecError::PortClash { .. }
+            | PlaneSpecError::ReservedPort { .. }
+            | PlaneSpecError::InvalidReplicas { .. }
+            | PlaneSpecError::InvalidConntrackMax { .. } => true,
+        }
+    }
+}

@@ -26,8 +26,11 @@ pub const ROUTE_PROTOCOL: u8 = 0x53;
 /// cluster's family (if any) and its `spec.podCIDR` (if assigned yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeNetwork {
+    /// The Node's name.
     pub name: String,
+    /// Its InternalIP of the cluster's family, from `status.addresses`.
     pub internal_ip: Option<IpAddr>,
+    /// Its `spec.podCIDR`.
     pub pod_cidr: Option<IpNet>,
 }
 
@@ -35,7 +38,9 @@ pub struct NodeNetwork {
 /// via its InternalIP).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PodRoute {
+    /// The other node's pod CIDR.
     pub destination: IpNet,
+    /// The other node's InternalIP.
     pub gateway: IpAddr,
 }
 
@@ -49,17 +54,22 @@ impl fmt::Display for PodRoute {
 /// that get none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutePlan {
+    /// The routes, sorted by destination.
     pub routes: Vec<PodRoute>,
+    /// The other nodes without a route, in name order.
     pub skipped: Vec<SkippedNode>,
 }
 
 /// A node that gets no route, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedNode {
+    /// The Node's name.
     pub node: String,
+    /// Why it gets no route.
     pub reason: SkipReason,
 }
 
+/// Why [`desired_routes`] gives a node no route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipReason {
     /// No `spec.podCIDR` yet (the controller-manager assigns it shortly
@@ -70,13 +80,23 @@ pub enum SkipReason {
     /// The pod CIDR is not inside the cluster CIDR: routing it could
     /// hijack traffic that is not the cluster's.
     OutsideCluster {
+        /// The node's pod CIDR.
         pod_cidr: IpNet,
+        /// The cluster CIDR.
         cluster_cidr: IpNet,
     },
     /// The pod CIDR overlaps this node's or an earlier node's (by name).
-    Overlaps { pod_cidr: IpNet, other: String },
+    Overlaps {
+        /// The node's pod CIDR.
+        pod_cidr: IpNet,
+        /// The node whose CIDR it overlaps.
+        other: String,
+    },
     /// The node's InternalIP is this node's own address.
-    GatewayIsThisNode { ip: IpAddr },
+    GatewayIsThisNode {
+        /// The shared address.
+        ip: IpAddr,
+    },
 }
 
 impl fmt::Display for SkipReason {
@@ -171,19 +191,43 @@ pub fn desired_routes(self_name: &str, cluster_cidr: IpNet, nodes: &[NodeNetwork
 /// The kernel's routes cannot be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
+    /// The netlink socket cannot be opened.
     #[error("cannot open a netlink route socket")]
     Open {
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The route dump failed.
     #[error("cannot list the {family} routes of the main table")]
     Dump {
+        /// `IPv4` or `IPv6`.
         family: &'static str,
+        /// The netlink error.
         #[source]
         source: rtnetlink::Error,
     },
+    /// The wanted routes are malformed: a destination wanted twice, or a
+    /// gateway of another IP family than its destination.
     #[error("invalid route {route}: {reason}")]
-    InvalidRoute { route: String, reason: String },
+    InvalidRoute {
+        /// The route, as `ip route` would write it.
+        route: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl RouteError {
+    /// True when a route given to [`RouteTable::reconcile`] is malformed
+    /// and a retry cannot help (`selfnode` exits 2):
+    /// [`RouteError::InvalidRoute`]. Socket and dump errors are failures.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            RouteError::InvalidRoute { .. } => true,
+            RouteError::Open { .. } | RouteError::Dump { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 /// A route of the kernel's main table, as far as reconciling cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledRoute {
+    /// The destination prefix.
     pub destination: IpNet,
+    /// The next hop; `None` for a directly connected route.
     pub gateway: Option<IpAddr>,
     /// The route's protocol number ([`ROUTE_PROTOCOL`] for selfnode's).
     pub protocol: u8,
@@ -28,6 +30,7 @@ pub struct InstalledRoute {
 }
 
 impl InstalledRoute {
+    /// True if selfnode created it (its protocol is [`ROUTE_PROTOCOL`]).
     pub fn is_ours(&self) -> bool {
         self.protocol == ROUTE_PROTOCOL
     }
@@ -36,6 +39,7 @@ impl InstalledRoute {
 /// What one [`RouteTable::reconcile`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteChanges {
+    /// Wanted routes that were missing and were added.
     pub added: Vec<PodRoute>,
     /// Our route to the destination had another gateway.
     pub replaced: Vec<PodRoute>,

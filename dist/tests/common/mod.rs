@@ -22,15 +22,7 @@ use std::time::{Duration, Instant};
 /// The bundle directory: `$SELFNODE_BUNDLE` or the default cache location.
 /// Fails (never skips) when there is none.
 pub fn bundle_dir() -> PathBuf {
-    let dir = std::env::var_os("SELFNODE_BUNDLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(dist::bundle::DEFAULT_BUNDLE_DIR));
-    assert!(
-        dir.join("bin").is_dir(),
-        "no selfnode bundle at {} (set SELFNODE_BUNDLE to use another one): build it with fixtures/build-bundle.sh",
-        dir.display()
-    );
-    dir
+    testkit::bundle_dir()
 }
 
 /// The real bundle, opened.

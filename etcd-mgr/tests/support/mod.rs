@@ -23,16 +23,7 @@ use rcgen::{
 
 /// A binary of the pinned bundle; the test fails (never skips) without it.
 pub fn bundle_bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SELFNODE_BUNDLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/selfnode/bundle"));
-    let bin = dir.join("bin").join(name);
-    assert!(
-        bin.is_file(),
-        "no {} (set SELFNODE_BUNDLE to use another bundle): build it with fixtures/build-bundle.sh",
-        bin.display()
-    );
-    bin
+    testkit::bundle_bin(name)
 }
 
 // ---- PKI ---------------------------------------------------------------------

@@ -238,7 +238,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
             for planned in lane {
                 out.push(match planned.action {
                     plan::Action::Skip(why) => run.skip(planned.step, why),
-                    plan::Action::Run => execute(planned.step, &run, &seq).await?,
+                    plan::Action::Run => execute(planned.step, run, seq).await?,
                 });
             }
             anyhow::Ok(out)
