@@ -10,8 +10,9 @@
 # selfnode: a fresh host directory (--root), agent started and healthy, then
 #   the time of `selfnode init --allow-workloads` until it returns (pivoted,
 #   temporary plane gone, node, kube-proxy and CoreDNS Ready); also "to
-#   pivot" (end of wait_self_hosted_ready) and the floor: etcd + kube-apiserver
-#   from start to /readyz (start_temp_etcd + start_temp_apiserver).
+#   pivot" (when wait_self_hosted_ready ended, since the sequence started) and
+#   the floor: etcd + kube-apiserver from start to /readyz (from the end of
+#   write_node_identity to the end of start_temp_apiserver).
 # kubeadm: on the real root (kubeadm has no --root), containerd and the
 #   kubelet supplied by `selfnode agent` (same binaries, same images, same
 #   containerd config); the time of `kubeadm init` until it returns, and until
@@ -69,8 +70,9 @@ run_selfnode() {
   t1=$(now)
   local total pivot floor
   total=$(secs "$t0" "$t1")
-  pivot=$(echo "$json" | python3 -c 'import json,sys; s=json.load(sys.stdin)["steps"]; i=[x["step"] for x in s].index("wait_self_hosted_ready"); print("%.1f" % sum(x["seconds"] for x in s[:i+1]))')
-  floor=$(echo "$json" | python3 -c 'import json,sys; s={x["step"]:x["seconds"] for x in json.load(sys.stdin)["steps"]}; print("%.1f" % (s["start_temp_etcd"]+s["start_temp_apiserver"]))')
+  # Steps of concurrent lanes overlap: wall-clock ends (finished_at), not sums.
+  pivot=$(echo "$json" | python3 -c 'import json,sys; s={x["step"]:x["finished_at"] for x in json.load(sys.stdin)["steps"]}; print("%.1f" % s["wait_self_hosted_ready"])')
+  floor=$(echo "$json" | python3 -c 'import json,sys; s={x["step"]:x["finished_at"] for x in json.load(sys.stdin)["steps"]}; print("%.1f" % (s["start_temp_apiserver"]-s["write_node_identity"]))')
   stop_agent
   umount -R "$root" 2>/dev/null || true
   rm -rf "$root"

@@ -42,7 +42,11 @@ pub struct StepReport {
     /// Why a skipped step was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// How long the step took.
     pub seconds: f64,
+    /// When it ended, in seconds since the sequence started (steps of
+    /// concurrent lanes overlap, so their `seconds` do not add up).
+    pub finished_at: f64,
 }
 
 impl Runner {
@@ -87,6 +91,7 @@ impl Runner {
             outcome,
             reason: None,
             seconds,
+            finished_at: self.started.elapsed().as_secs_f64(),
         }
     }
 
@@ -103,6 +108,7 @@ impl Runner {
             outcome: "skipped",
             reason: Some(why),
             seconds: 0.0,
+            finished_at: self.started.elapsed().as_secs_f64(),
         }
     }
 
