@@ -11,55 +11,117 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+/// The `apiVersion` a config file must have.
 pub const API_VERSION: &str = "selfnode.dev/v1alpha1";
+/// The `kind` a config file must have.
 pub const INIT_KIND: &str = "InitConfiguration";
+/// Cluster name when neither a flag nor the file sets one.
 pub const DEFAULT_CLUSTER_NAME: &str = "selfnode";
+/// Pod CIDR when neither a flag nor the file sets one.
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+/// Service CIDR when neither a flag nor the file sets one.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+/// Cluster DNS domain when the file sets none (there is no flag for it).
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
+/// Invalid `init` input: a config file, a flag, or their combination. Every
+/// variant is bad input (see [`ConfigError::is_invalid_input`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// The config file is not YAML of [`InitFile`]'s shape (e.g. an unknown
+    /// or mistyped field).
     #[error("config file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The config file.
+        path: PathBuf,
+        /// The YAML parser's message.
+        reason: String,
+    },
+    /// The file's `apiVersion` is not [`API_VERSION`].
     #[error(
         "config file {path}: apiVersion {found:?} is not supported; use apiVersion: {API_VERSION}"
     )]
-    ApiVersion { path: PathBuf, found: String },
+    ApiVersion {
+        /// The config file.
+        path: PathBuf,
+        /// The `apiVersion` it has.
+        found: String,
+    },
+    /// The file's `kind` is not [`INIT_KIND`].
     #[error("config file {path}: kind {found:?} is not supported here; use kind: {INIT_KIND}")]
-    Kind { path: PathBuf, found: String },
+    Kind {
+        /// The config file.
+        path: PathBuf,
+        /// The `kind` it has.
+        found: String,
+    },
+    /// A CIDR setting does not parse.
     #[error("{field} {value:?} is not a valid CIDR (for example {example})")]
     Cidr {
+        /// The setting, as the message names it (`pod CIDR`, `service CIDR`).
         field: &'static str,
+        /// The text given.
         value: String,
+        /// A valid value to show the user.
         example: &'static str,
     },
+    /// A CIDR setting has host bits set (`10.244.1.5/16`).
     #[error("{field} {cidr} is a host address, not a network; did you mean {network}?")]
     CidrHostBits {
+        /// The setting, as the message names it (`pod CIDR`, `service CIDR`).
         field: &'static str,
+        /// The CIDR given.
         cidr: IpNet,
+        /// The same prefix with the host bits cleared.
         network: IpNet,
     },
+    /// The pod and service CIDRs overlap.
     #[error("the pod CIDR {pod} and the service CIDR {service} overlap; choose ranges that do not (defaults: {DEFAULT_POD_CIDR} and {DEFAULT_SERVICE_CIDR})")]
-    Overlap { pod: IpNet, service: IpNet },
+    Overlap {
+        /// The pod CIDR.
+        pod: IpNet,
+        /// The service CIDR.
+        service: IpNet,
+    },
+    /// The service CIDR (the field) has fewer than 4 host bits: narrower than
+    /// a /28 for IPv4, a /124 for IPv6.
     #[error("the service CIDR {0} is too small: it needs room for the kubernetes and kube-dns Service IPs (use a /28 or larger)")]
     ServiceCidrTooSmall(IpNet),
+    /// The IPv4 pod CIDR (the field) is narrower than a /24.
     #[error("the pod CIDR {0} is too small to give each node a /24; use a /16 for example")]
     PodCidrTooSmall(IpNet),
+    /// The advertise address is not assigned to this host.
     #[error("the advertise address {address} is not assigned to any interface of this host (local addresses: {local}); pass one of them with --advertise-address")]
-    AdvertiseNotLocal { address: IpAddr, local: String },
+    AdvertiseNotLocal {
+        /// The address given.
+        address: IpAddr,
+        /// This host's addresses, comma-separated, for the message.
+        local: String,
+    },
+    /// The advertise address (the field) is loopback, unspecified, multicast,
+    /// link-local or the IPv4 broadcast address.
     #[error("the advertise address {0} cannot be used: it must be a unicast address other nodes can reach (not loopback, unspecified or multicast)")]
     AdvertiseUnusable(IpAddr),
+    /// No advertise address was given and the host has no usable IPv4 address
+    /// to default to.
     #[error("no usable address on this host to advertise (found only loopback); pass --advertise-address")]
     NoAddress,
+    /// The cluster name (the field) is not a DNS label (RFC 1123, at most 63
+    /// characters).
     #[error("cluster name {0:?} is invalid: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit")]
     ClusterName(String),
+    /// The node name (the field) is not a lowercase DNS subdomain.
     #[error("node name {0:?} is invalid: use a lowercase DNS name (letters, digits, '-', '.')")]
     NodeName(String),
+    /// The cluster domain (the field) is not a lowercase DNS subdomain.
     #[error("cluster domain {0:?} is invalid: use a lowercase DNS name without a trailing dot, such as cluster.local")]
     ClusterDomain(String),
+    /// The advertise address (the field, as given) does not parse as a bare
+    /// IP address.
     #[error("the advertise address {0:?} is not an IP address: give a bare IP address of this host (no port, no brackets, no host name), such as 192.0.2.10")]
     AdvertiseNotIp(String),
+    /// An extra SAN (the field) is neither an IP address nor a lowercase DNS
+    /// subdomain.
     #[error("extra SAN {0:?} is neither an IP address nor a DNS name")]
     San(String),
 }
@@ -89,20 +151,32 @@ impl ConfigError {
     }
 }
 
-/// The config file's shape. Every field is optional; unknown fields are refused.
+/// The config file's shape. `apiVersion` and `kind` are required, every other
+/// field is optional; unknown fields are refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InitFile {
+    /// `apiVersion`; [`parse_file`] accepts only [`API_VERSION`].
     pub api_version: String,
+    /// `kind`; [`parse_file`] accepts only [`INIT_KIND`].
     pub kind: String,
+    /// `clusterName`.
     pub cluster_name: Option<String>,
+    /// `nodeName`.
     pub node_name: Option<String>,
+    /// `advertiseAddress`: an IP address of this host, as text.
     pub advertise_address: Option<String>,
+    /// `podCidr`, as text.
     pub pod_cidr: Option<String>,
+    /// `serviceCidr`, as text.
     pub service_cidr: Option<String>,
+    /// `clusterDomain`; only the file can set it.
     pub cluster_domain: Option<String>,
+    /// `extraSans`: extra API server certificate names (IP addresses or DNS
+    /// names); merged with the flag's.
     #[serde(default)]
     pub extra_sans: Vec<String>,
+    /// `bundle`: the bundle directory (binaries and images).
     pub bundle: Option<PathBuf>,
     /// Leave the control-plane node schedulable for ordinary pods (no
     /// `node-role.kubernetes.io/control-plane:NoSchedule` taint).
@@ -113,19 +187,29 @@ pub struct InitFile {
 /// What the command line said (all optional).
 #[derive(Debug, Default, Clone)]
 pub struct InitFlags {
+    /// `--cluster-name`.
     pub cluster_name: Option<String>,
+    /// `--node-name`.
     pub node_name: Option<String>,
+    /// `--advertise-address`: an IP address of this host, as text.
     pub advertise_address: Option<String>,
+    /// `--pod-cidr`, as text.
     pub pod_cidr: Option<String>,
+    /// `--service-cidr`, as text.
     pub service_cidr: Option<String>,
+    /// `--apiserver-cert-extra-sans` (repeatable); added to the file's.
     pub extra_sans: Vec<String>,
+    /// `--bundle`: the bundle directory (binaries and images).
     pub bundle: Option<PathBuf>,
+    /// `--allow-workloads`; `false` leaves the file's setting in force.
     pub allow_workloads: bool,
 }
 
 /// Facts about the host the defaults come from.
 #[derive(Debug, Clone)]
 pub struct HostIdentity {
+    /// The host name as the system reports it; the default node name is its
+    /// lowercase form.
     pub hostname: String,
     /// Addresses assigned to this host's interfaces, in interface order.
     pub addresses: Vec<IpAddr>,
@@ -134,18 +218,34 @@ pub struct HostIdentity {
 /// The validated settings `init` runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitSettings {
+    /// Cluster name: a DNS label.
     pub cluster_name: String,
+    /// This node's name: a lowercase DNS subdomain (default: the lowercased
+    /// hostname).
     pub node_name: String,
+    /// The address this node serves on: one of the host's addresses (default:
+    /// its first usable IPv4 address).
     pub advertise_address: IpAddr,
+    /// Pod network; does not overlap `service_cidr`.
     pub pod_cidr: IpNet,
+    /// Service network; has at least 4 host bits.
     pub service_cidr: IpNet,
+    /// Cluster DNS domain, e.g. `cluster.local`.
     pub cluster_domain: String,
+    /// Extra API server certificate names from the file and the flags: IP
+    /// addresses or DNS names, sorted, without duplicates.
     pub extra_sans: Vec<String>,
+    /// The bundle directory; `None`: the caller's default.
     pub bundle: Option<PathBuf>,
+    /// Leave the control-plane node schedulable for ordinary pods; set when
+    /// the flag or the file says so.
     pub allow_workloads: bool,
 }
 
-/// Parses a config file's text.
+/// Parses a config file's text; `path` is only for messages.
+///
+/// Errors with [`ConfigError::File`], [`ConfigError::ApiVersion`] or
+/// [`ConfigError::Kind`].
 pub fn parse_file(path: &std::path::Path, text: &str) -> Result<InitFile, ConfigError> {
     let file: InitFile = serde_saphyr::from_str(text).map_err(|e| ConfigError::File {
         path: path.to_path_buf(),
@@ -167,6 +267,8 @@ pub fn parse_file(path: &std::path::Path, text: &str) -> Result<InitFile, Config
 }
 
 /// Merges flags over the file over defaults and validates the result.
+///
+/// Errors with the [`ConfigError`] of the first setting found invalid.
 pub fn resolve(
     file: Option<InitFile>,
     flags: &InitFlags,

@@ -46,21 +46,30 @@ pub trait Host {
 /// A failed host operation.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
+    /// [`Host::read_file`] failed for another reason than a missing file.
     #[error("failed to read {}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: io::Error,
     },
+    /// [`Host::write_file`] failed.
     #[error("failed to write {}", path.display())]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: io::Error,
     },
+    /// [`Host::ensure_dir`] failed.
     #[error("failed to create directory {}", path.display())]
     CreateDir {
+        /// The directory.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: io::Error,
     },

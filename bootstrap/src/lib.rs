@@ -10,6 +10,8 @@
 //! - [`objects`]: the self-hosted control plane as typed Kubernetes objects
 //!   and their server-side apply.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod host;
 pub mod objects;

@@ -35,6 +35,7 @@ pub struct MemHost {
 }
 
 impl MemHost {
+    /// An empty file system: no files, no directories.
     pub fn new() -> Self {
         Self::default()
     }

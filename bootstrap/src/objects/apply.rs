@@ -22,6 +22,7 @@ use super::{meta, Object, CONTROL_PLANE_LABEL, NAMESPACE};
 /// What applying one object did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {
+    /// The object did not exist.
     Created,
     /// The object existed and the apply changed it.
     Updated,
@@ -32,31 +33,47 @@ pub enum ApplyOutcome {
 /// One applied object, for progress output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
+    /// The object's `kind`.
     pub kind: &'static str,
+    /// Its namespace; `None` for cluster-scoped objects.
     pub namespace: Option<String>,
+    /// Its name.
     pub name: String,
+    /// What the apply did.
     pub outcome: ApplyOutcome,
 }
 
 /// A request to the API server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// [`apply_all`]: the server-side apply of one object failed.
     #[error("failed to apply {object}: {source}; check that the API server is up and that the client is allowed to (the RBAC bindings must be applied with super-admin.conf, admin.conf only works once they exist)")]
     Apply {
+        /// The object, as `<Kind> <namespace>/<name>` (`<Kind> <name>` when
+        /// cluster-scoped).
         object: String,
+        /// The client's error.
         #[source]
         source: kube::Error,
     },
+    /// [`mark_control_plane`]: a request about the Node failed.
     #[error("failed to {action} node {node}: {source}")]
     Node {
+        /// The Node's name.
         node: String,
+        /// The request: `label`, `read` or `taint`.
         action: &'static str,
+        /// The client's error.
         #[source]
         source: kube::Error,
     },
+    /// [`ensure_kubernetes_service_target_port`]: a request about the
+    /// `kubernetes` Service failed.
     #[error("failed to {action} the kubernetes Service in the default namespace: {source}")]
     KubernetesService {
+        /// The request: `read` or `patch`.
         action: &'static str,
+        /// The client's error.
         #[source]
         source: kube::Error,
     },
@@ -68,6 +85,9 @@ pub enum ApplyError {
 /// Objects are applied in dependency order (see [`Object`]), whatever the
 /// order given. Idempotent: a second run reports every object
 /// [`ApplyOutcome::Unchanged`].
+///
+/// Returns one [`Applied`] per object, in apply order; stops at the first
+/// failure with [`ApplyError::Apply`].
 pub async fn apply_all(
     client: Client,
     objects: &[Object],
@@ -171,6 +191,9 @@ pub fn with_control_plane_taint(taints: &[Taint]) -> Option<Vec<Taint>> {
 /// Labels and taints `node_name` as a control-plane node (what kubeadm's
 /// mark-control-plane phase does). Idempotent; the taint is added with the
 /// Node's resourceVersion as a precondition and retried on conflict.
+/// With `taint` false, only the label is set.
+///
+/// Errors with [`ApplyError::Node`].
 pub async fn mark_control_plane(
     client: Client,
     node_name: &str,
@@ -241,6 +264,8 @@ pub async fn mark_control_plane(
 /// kube-proxy uses the ports of the EndpointSlices the apiservers write;
 /// but `kubectl get svc kubernetes` must not lie, and tools read it.)
 /// Returns true if it changed the Service.
+///
+/// Errors with [`ApplyError::KubernetesService`].
 pub async fn ensure_kubernetes_service_target_port(
     client: Client,
     port: u16,

@@ -48,6 +48,7 @@ pub const NAMESPACE: &str = "kube-system";
 pub const FIELD_MANAGER: &str = "selfnode";
 /// Label on every object selfnode manages (value [`MANAGED_BY_VALUE`]).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`] on selfnode's objects.
 pub const MANAGED_BY_VALUE: &str = "selfnode";
 /// Pod-template annotation (value `"true"`) marking the pods the node
 /// agent's checkpointer keeps a last-known-good copy of.
@@ -64,17 +65,26 @@ pub const SECRET_FILE_MODE: i32 = 0o400;
 /// Secret values (private keys): only their keys.
 #[derive(Clone, PartialEq)]
 pub enum Object {
+    /// A ServiceAccount.
     ServiceAccount(ServiceAccount),
+    /// A ClusterRole.
     ClusterRole(ClusterRole),
+    /// A ClusterRoleBinding.
     ClusterRoleBinding(ClusterRoleBinding),
+    /// A Secret (certificates, keys, kubeconfigs the components mount).
     Secret(Secret),
+    /// A ConfigMap.
     ConfigMap(ConfigMap),
+    /// A Service.
     Service(Service),
+    /// A DaemonSet.
     DaemonSet(DaemonSet),
+    /// A Deployment.
     Deployment(Deployment),
 }
 
 impl Object {
+    /// The object's Kubernetes `kind` (`Secret`, `DaemonSet`, ...).
     pub fn kind(&self) -> &'static str {
         match self {
             Object::ServiceAccount(_) => "ServiceAccount",
@@ -88,6 +98,7 @@ impl Object {
         }
     }
 
+    /// The object's metadata.
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
             Object::ServiceAccount(o) => &o.metadata,
@@ -101,10 +112,12 @@ impl Object {
         }
     }
 
+    /// `metadata.name`; empty when unset.
     pub fn name(&self) -> &str {
         self.metadata().name.as_deref().unwrap_or_default()
     }
 
+    /// `metadata.namespace`; `None` for cluster-scoped objects.
     pub fn namespace(&self) -> Option<&str> {
         self.metadata().namespace.as_deref()
     }
@@ -123,6 +136,8 @@ impl Object {
     }
 
     /// The object as YAML (what `kubectl apply -f` would take).
+    ///
+    /// Errors with [`ObjectsError::Render`].
     pub fn to_yaml(&self) -> Result<String, ObjectsError> {
         fn render<T: serde::Serialize>(v: &T) -> Result<String, ObjectsError> {
             serde_saphyr::to_string(v).map_err(|source| ObjectsError::Render {
@@ -194,14 +209,17 @@ impl fmt::Debug for PlaneFiles {
 }
 
 impl PlaneFiles {
+    /// No files.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds or replaces the contents of the file at absolute `path`.
     pub fn insert(&mut self, path: impl Into<PathBuf>, contents: impl Into<Vec<u8>>) {
         self.0.insert(path.into(), contents.into());
     }
 
+    /// The contents of the file at `path`, if given.
     pub fn get(&self, path: &Path) -> Option<&[u8]> {
         self.0.get(path).map(Vec::as_slice)
     }
@@ -219,6 +237,8 @@ impl PlaneFiles {
 
     /// Reads [`PlaneFiles::required`] from the host (after `ensure_pki`
     /// and `ensure_encryption_config`).
+    ///
+    /// Errors with [`ObjectsError::FileNotOnHost`] when one is missing.
     pub fn read(host: &dyn Host, spec: &PlaneSpec) -> Result<Self, ObjectsError> {
         spec.validate()?;
         let mut files = PlaneFiles::new();
@@ -233,6 +253,9 @@ impl PlaneFiles {
 }
 
 /// Every object of the self-hosted control plane, in apply order.
+///
+/// Errors with [`ObjectsError`]: an invalid spec, a file missing from
+/// `files`, or a config that cannot be rendered.
 pub fn self_hosted_objects(
     spec: &PlaneSpec,
     files: &PlaneFiles,
@@ -250,17 +273,32 @@ pub fn self_hosted_objects(
 /// The self-hosted objects cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectsError {
+    /// The [`PlaneSpec`] is invalid.
     #[error(transparent)]
     InvalidSpec(#[from] PlaneSpecError),
+    /// Reading a file from the host failed.
     #[error(transparent)]
     Host(#[from] HostError),
+    /// [`PlaneFiles::read`] found a required file absent on the host.
     #[error("{} is missing on this host: run the PKI and encryption steps of init first", path.display())]
-    FileNotOnHost { path: PathBuf },
+    FileNotOnHost {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The [`PlaneFiles`] given lack a file a component mounts.
     #[error("no contents given for {} (needed by {component})", path.display())]
-    MissingFile { path: PathBuf, component: String },
+    MissingFile {
+        /// The file.
+        path: PathBuf,
+        /// The component that mounts it (`kube-apiserver`, ...).
+        component: String,
+    },
+    /// An object or an embedded config could not be rendered as YAML.
     #[error("failed to render the {what} as YAML")]
     Render {
+        /// What was being rendered, for the message.
         what: &'static str,
+        /// The YAML serializer's error.
         #[source]
         source: serde_saphyr::SerializeError,
     },

@@ -8,27 +8,38 @@ use serde::{Deserialize, Serialize};
 /// A kubeconfig (`apiVersion: v1, kind: Config`). Unknown fields are ignored on read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kubeconfig {
+    /// `apiVersion`: `v1`.
     #[serde(rename = "apiVersion")]
     pub api_version: String,
+    /// `kind`: `Config` ([`Kubeconfig::from_yaml`] refuses anything else).
     pub kind: String,
+    /// `clusters`: API servers by name.
     #[serde(default)]
     pub clusters: Vec<NamedCluster>,
+    /// `contexts`: (cluster, user) pairs by name.
     #[serde(default)]
     pub contexts: Vec<NamedContext>,
+    /// `current-context`: the name of the context in use.
     #[serde(rename = "current-context", default)]
     pub current_context: String,
+    /// `users`: client credentials by name.
     #[serde(default)]
     pub users: Vec<NamedUser>,
 }
 
+/// An entry of `clusters`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedCluster {
+    /// The name contexts refer to it by.
     pub name: String,
+    /// The API server.
     pub cluster: Cluster,
 }
 
+/// An API server and the CA to trust for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
+    /// `https://host[:port]` of the API server.
     pub server: String,
     /// Base64 of the PEM CA bundle.
     #[serde(
@@ -39,26 +50,39 @@ pub struct Cluster {
     pub certificate_authority_data: Option<String>,
 }
 
+/// An entry of `contexts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedContext {
+    /// The name `current-context` refers to it by (`<user>@<cluster>` when
+    /// selfnode writes it).
     pub name: String,
+    /// The cluster and user it pairs.
     pub context: Context,
 }
 
+/// A cluster, a user, and optionally a default namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Context {
+    /// Name of an entry of `clusters`.
     pub cluster: String,
+    /// Name of an entry of `users`.
     pub user: String,
+    /// Default namespace; `None` means `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
 
+/// An entry of `users`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedUser {
+    /// The name contexts refer to it by (the certificate's CN when selfnode
+    /// writes it).
     pub name: String,
+    /// The credentials.
     pub user: AuthInfo,
 }
 
+/// Client credentials: an embedded certificate and key, or a bearer token.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthInfo {
     /// Base64 of the PEM client certificate.
@@ -75,6 +99,7 @@ pub struct AuthInfo {
         skip_serializing_if = "Option::is_none"
     )]
     pub client_key_data: Option<String>,
+    /// Bearer token, in clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }
@@ -133,6 +158,8 @@ impl Kubeconfig {
 
     /// Renders the YAML document the way kubectl writes one: plain scalars,
     /// each base64 blob on one line.
+    ///
+    /// Errors with [`KubeconfigError::Render`].
     pub fn to_yaml(&self) -> Result<String, KubeconfigError> {
         let mut options = serde_saphyr::SerializerOptions::default();
         options.prefer_block_scalars = false;
@@ -142,6 +169,8 @@ impl Kubeconfig {
 
     /// Parses a kubeconfig. The parser's message is deliberately dropped:
     /// it may quote the input, and kubeconfigs carry private keys.
+    ///
+    /// Errors with [`KubeconfigError::Parse`].
     pub fn from_yaml(bytes: &[u8]) -> Result<Self, KubeconfigError> {
         let text = std::str::from_utf8(bytes).map_err(|_| KubeconfigError::Parse)?;
         let kc: Kubeconfig = serde_saphyr::from_str(text).map_err(|_| KubeconfigError::Parse)?;
@@ -166,18 +195,24 @@ impl Kubeconfig {
     }
 }
 
-/// Decodes one of the `*-data` fields (base64 of PEM).
+/// Decodes one of the `*-data` fields (base64 of PEM); `None` when the field
+/// is absent or not valid base64.
 pub fn decode_data(field: Option<&str>) -> Option<Vec<u8>> {
     B64.decode(field?.trim()).ok()
 }
 
+/// A kubeconfig that cannot be rendered or read.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
+    /// [`Kubeconfig::to_yaml`] failed.
     #[error("failed to render kubeconfig as yaml")]
     Render {
+        /// The YAML serializer's error.
         #[source]
         source: serde_saphyr::SerializeError,
     },
+    /// [`Kubeconfig::from_yaml`] got bytes that are not UTF-8 YAML of a
+    /// kubeconfig, or whose `kind` is not `Config`.
     #[error("not a valid kubeconfig (yaml does not parse, or kind is not Config)")]
     Parse,
 }

@@ -48,33 +48,62 @@ pub const DIR_MODE: u32 = 0o700;
 
 /// File and identity names, as kubeadm's `constants` package has them.
 pub mod names {
-    /// Base names under the PKI directory (`<base>.crt`, `<base>.key`).
+    // Base names under the PKI directory (`<base>.crt`, `<base>.key`).
+
+    /// Base name of the cluster CA (CN `kubernetes`): signs the API server's
+    /// certificates and every kubeconfig's client certificate.
     pub const CA: &str = "ca";
+    /// Base name of the front-proxy CA (CN `front-proxy-ca`): signs the
+    /// aggregation layer's client certificate.
     pub const FRONT_PROXY_CA: &str = "front-proxy-ca";
+    /// Base name of the etcd CA (CN `etcd-ca`): signs etcd's certificates and
+    /// the clients of etcd.
     pub const ETCD_CA: &str = "etcd/ca";
+    /// Base name of the API server's serving certificate.
     pub const APISERVER: &str = "apiserver";
+    /// Base name of the API server's client certificate for the kubelets
+    /// (user [`APISERVER_KUBELET_CLIENT_USER`]).
     pub const APISERVER_KUBELET_CLIENT: &str = "apiserver-kubelet-client";
+    /// Base name of the API server's client certificate for aggregated APIs,
+    /// signed by the front-proxy CA.
     pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+    /// Base name of etcd's serving certificate (CN: the node name).
     pub const ETCD_SERVER: &str = "etcd/server";
+    /// Base name of etcd's peer certificate (CN: the node name).
     pub const ETCD_PEER: &str = "etcd/peer";
+    /// Base name of the etcd client certificate for health checks.
     pub const ETCD_HEALTHCHECK_CLIENT: &str = "etcd/healthcheck-client";
+    /// Base name of the API server's client certificate for etcd.
     pub const APISERVER_ETCD_CLIENT: &str = "apiserver-etcd-client";
-    /// Service-account signing key pair, under the PKI directory.
+    /// Service-account signing key pair, under the PKI directory: the
+    /// private key (PKCS#8 PEM).
     pub const SA_KEY: &str = "sa.key";
+    /// The public half of [`SA_KEY`] (SubjectPublicKeyInfo PEM).
     pub const SA_PUB: &str = "sa.pub";
 
-    /// Kubeconfig files, under the kubeconfig directory.
+    // Kubeconfig files, under the kubeconfig directory.
+
+    /// Kubeconfig of the cluster administrator (group
+    /// [`CLUSTER_ADMINS_GROUP`]).
     pub const ADMIN_CONF: &str = "admin.conf";
+    /// Kubeconfig that bypasses RBAC (group [`SYSTEM_MASTERS_GROUP`]).
     pub const SUPER_ADMIN_CONF: &str = "super-admin.conf";
+    /// Kubeconfig of kube-controller-manager (user
+    /// `system:kube-controller-manager`).
     pub const CONTROLLER_MANAGER_CONF: &str = "controller-manager.conf";
+    /// Kubeconfig of kube-scheduler (user `system:kube-scheduler`).
     pub const SCHEDULER_CONF: &str = "scheduler.conf";
+    /// Kubeconfig of this node's kubelet (user
+    /// `<NODE_USER_PREFIX><node name>`, group [`NODES_GROUP`]).
     pub const KUBELET_CONF: &str = "kubelet.conf";
 
     /// Group of `admin.conf`; RBAC must bind it to `cluster-admin`.
     pub const CLUSTER_ADMINS_GROUP: &str = "kubeadm:cluster-admins";
     /// Group of `super-admin.conf` (bypasses RBAC).
     pub const SYSTEM_MASTERS_GROUP: &str = "system:masters";
+    /// Group of every kubelet's client certificate.
     pub const NODES_GROUP: &str = "system:nodes";
+    /// Prefix of a kubelet's user name; the node name follows.
     pub const NODE_USER_PREFIX: &str = "system:node:";
     /// User of `apiserver-kubelet-client`; RBAC must let it use the kubelet API.
     pub const APISERVER_KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
@@ -85,6 +114,7 @@ pub mod names {
 pub struct PkiReport {
     /// Every file, in the order handled: CAs, service-account keys, leaves, kubeconfigs.
     pub entries: Vec<PkiEntry>,
+    /// Things to tell the user though nothing failed.
     pub warnings: Vec<PkiWarning>,
     /// The join pin of the cluster CA (see [`ca_cert_hash`]).
     pub ca_cert_hash: String,
@@ -107,12 +137,16 @@ impl PkiReport {
     }
 }
 
+/// One file of the PKI and what [`ensure_pki`] did with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PkiEntry {
+    /// The certificate, key or kubeconfig file.
     pub path: PathBuf,
+    /// What was done with it.
     pub action: PkiAction,
 }
 
+/// What [`ensure_pki`] did with one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PkiAction {
     /// The file did not exist.
@@ -138,35 +172,62 @@ impl fmt::Display for PkiAction {
 pub enum RenewReason {
     /// The other half of the pair (certificate or key) was missing.
     PairIncomplete {
+        /// The half that was missing.
         missing: PathBuf,
     },
+    /// The certificate (a file, or a kubeconfig's embedded one) cannot be read
+    /// as a PEM X.509 certificate, or has a shape no leaf of ours has (e.g. the
+    /// CA flag).
     CertUnreadable,
+    /// The key (a file, or a kubeconfig's embedded one) cannot be read as a
+    /// PKCS#8 PEM private key.
     KeyUnreadable,
+    /// The key is not the private half of the certificate's public key.
     KeyMismatch,
+    /// The certificate was not issued by the current CA.
     NotSignedByCa,
+    /// The certificate's validity starts in the future.
     NotYetValid {
+        /// Start of its validity.
         not_before: SystemTime,
     },
+    /// The certificate has expired.
     Expired {
+        /// End of its validity.
         not_after: SystemTime,
     },
+    /// The certificate expires within [`RENEW_BEFORE`] (and its CA outlives it).
     ExpiresSoon {
+        /// End of its validity.
         not_after: SystemTime,
     },
+    /// The subject's CN or O differs from what would be issued now.
     SubjectChanged {
+        /// The subject wanted, as `O=<org>, CN=<cn>` (or `CN=<cn>`).
         want: String,
+        /// The subject found, in the same form.
         got: String,
     },
+    /// The extended key usages (server auth, client auth) differ from what
+    /// would be issued now.
     UsageChanged,
+    /// The subject alternative names differ from what would be issued now.
     SansChanged {
+        /// Names wanted but missing from the certificate.
         added: Vec<String>,
+        /// Names in the certificate no longer wanted.
         removed: Vec<String>,
     },
     /// `sa.pub` is not the public half of `sa.key`.
     PublicKeyMismatch,
+    /// The kubeconfig does not parse, or its current context does not lead to
+    /// a cluster and a user.
     KubeconfigUnreadable,
+    /// The kubeconfig points at another API server than the spec's.
     ServerChanged {
+        /// The spec's API endpoint.
         want: String,
+        /// The kubeconfig's `server`.
         got: String,
     },
     /// The kubeconfig embeds another CA than the current one.
@@ -221,7 +282,9 @@ pub enum PkiWarning {
     /// The CA expires within a leaf's lifetime: leaves are now capped at its
     /// expiry and cannot be renewed past it.
     CaExpiresSoon {
+        /// The CA certificate.
         path: PathBuf,
+        /// End of its validity.
         not_after: SystemTime,
     },
 }
@@ -242,55 +305,106 @@ impl fmt::Display for PkiWarning {
 /// A PKI that [`ensure_pki`] cannot converge by itself.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// The [`PkiSpec`] is invalid.
     #[error(transparent)]
     InvalidSpec(#[from] PkiSpecError),
+    /// Reading or writing a file failed.
     #[error(transparent)]
     Host(#[from] HostError),
+    /// A CA certificate exists without its key.
     #[error("CA certificate {} exists but its key {} is missing: restore the key from a backup; {}", cert.display(), key.display(), ca_advice(cert, key))]
-    CaKeyMissing { cert: PathBuf, key: PathBuf },
+    CaKeyMissing {
+        /// The CA certificate.
+        cert: PathBuf,
+        /// The missing key.
+        key: PathBuf,
+    },
+    /// A CA certificate is not a PEM X.509 certificate, or cannot sign.
     #[error("CA certificate {} cannot be used: {reason}; restore it from a backup; {}", cert.display(), ca_advice(cert, key))]
     CaCertUnreadable {
+        /// The CA certificate.
         cert: PathBuf,
+        /// Its key.
         key: PathBuf,
+        /// What is wrong with the certificate.
         reason: String,
     },
+    /// A CA key is not a readable PKCS#8 PEM private key.
     #[error("CA key {} cannot be used: {reason}; restore it from a backup; {}", key.display(), ca_advice(cert, key))]
     CaKeyUnreadable {
+        /// The CA certificate.
         cert: PathBuf,
+        /// The key.
         key: PathBuf,
+        /// What is wrong with the key.
         reason: String,
     },
+    /// A CA key is not the private half of its certificate's public key.
     #[error("CA key {} does not match CA certificate {}: restore the matching pair from a backup; {}", key.display(), cert.display(), ca_advice(cert, key))]
-    CaKeyMismatch { cert: PathBuf, key: PathBuf },
+    CaKeyMismatch {
+        /// The CA certificate.
+        cert: PathBuf,
+        /// The key.
+        key: PathBuf,
+    },
+    /// A CA certificate lacks the CA basic constraint.
     #[error("{} is not a CA certificate (no CA basic constraint); {}", cert.display(), ca_advice(cert, key))]
-    NotACa { cert: PathBuf, key: PathBuf },
+    NotACa {
+        /// The certificate.
+        cert: PathBuf,
+        /// Its key.
+        key: PathBuf,
+    },
+    /// A CA certificate's validity starts in the future (likely a wrong clock).
     #[error("CA certificate {} is not valid before {}: check the system clock (date -u)", cert.display(), cert::fmt_time(*not_before))]
     CaNotYetValid {
+        /// The CA certificate.
         cert: PathBuf,
+        /// Start of its validity.
         not_before: SystemTime,
     },
+    /// A CA certificate has expired.
     #[error("CA certificate {} expired at {}; if the clock is right, {}", cert.display(), cert::fmt_time(*not_after), ca_advice(cert, key))]
     CaExpired {
+        /// The CA certificate.
         cert: PathBuf,
+        /// Its key.
         key: PathBuf,
+        /// End of its validity.
         not_after: SystemTime,
     },
+    /// `sa.key` exists but is not a readable PKCS#8 PEM private key.
     #[error("service-account key {} cannot be used: {reason}; restore it from a backup (a new key invalidates every service-account token in the cluster; to accept that, move the file away and run again)", path.display())]
-    ServiceAccountKeyUnreadable { path: PathBuf, reason: String },
+    ServiceAccountKeyUnreadable {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Generating a key or signing a certificate failed.
     #[error("failed to generate {what}")]
     Generate {
+        /// The file or base name being made.
         what: String,
+        /// The underlying error.
         #[source]
         source: rcgen::Error,
     },
+    /// A kubeconfig could not be rendered.
     #[error("failed to render {}", path.display())]
     Kubeconfig {
+        /// The kubeconfig file.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: KubeconfigError,
     },
+    /// [`ca_cert_hash`] got something that is not a PEM X.509 certificate.
     #[error("invalid CA certificate: {reason}")]
-    InvalidCaCert { reason: String },
+    InvalidCaCert {
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn ca_advice(cert: &Path, key: &Path) -> String {
@@ -305,6 +419,8 @@ fn ca_advice(cert: &Path, key: &Path) -> String {
 /// kubeadm's `discovery-token-ca-cert-hash` for a PEM CA certificate:
 /// `sha256:` and the lowercase hex SHA-256 of its DER SubjectPublicKeyInfo
 /// (kubeadm's `pubkeypin.Hash`). Only the first certificate of a bundle counts.
+///
+/// Errors with [`PkiError::InvalidCaCert`].
 pub fn ca_cert_hash(ca_pem: &[u8]) -> Result<String, PkiError> {
     let der = cert::pem_der(ca_pem, "CERTIFICATE")
         .map_err(|reason| PkiError::InvalidCaCert { reason })?;
@@ -322,6 +438,9 @@ pub fn ca_cert_hash(ca_pem: &[u8]) -> Result<String, PkiError> {
 /// Idempotent and resumable: whatever a killed earlier run left behind is
 /// either reused or replaced. All checks that can refuse (spec, CAs,
 /// service-account key) run before anything is written.
+///
+/// Returns what was done to each file; errors with [`PkiError`] (a CA or
+/// `sa.key` that cannot be used is never replaced).
 pub fn ensure_pki(host: &dyn Host, spec: &PkiSpec, now: SystemTime) -> Result<PkiReport, PkiError> {
     spec.validate()?;
     let now = cert::unix_secs(now);

@@ -10,8 +10,11 @@ use ipnet::IpNet;
 pub const DEFAULT_PKI_DIR: &str = "/etc/kubernetes/pki";
 /// kubeadm's `KubernetesDir`, where the kubeconfigs go.
 pub const DEFAULT_KUBECONFIG_DIR: &str = "/etc/kubernetes";
+/// kubeadm's default `clusterName`.
 pub const DEFAULT_CLUSTER_NAME: &str = "kubernetes";
+/// kubeadm's default `networking.dnsDomain`.
 pub const DEFAULT_DNS_DOMAIN: &str = "cluster.local";
+/// kubeadm's default `networking.serviceSubnet`.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The node-local API load balancer every kubeconfig points at.
 pub const DEFAULT_API_ENDPOINT: &str = "https://127.0.0.1:6443";
@@ -60,7 +63,8 @@ impl PkiSpec {
         }
     }
 
-    /// Checks every field; the first problem found is returned.
+    /// Checks every field; the first problem found is returned as a
+    /// [`PkiSpecError`].
     pub fn validate(&self) -> Result<(), PkiSpecError> {
         validate_cluster_name(&self.cluster_name)?;
         if let Err(reason) = check_dns_subdomain(&self.node_name) {
@@ -104,6 +108,8 @@ impl PkiSpec {
 
     /// The `kubernetes` Service's cluster IP: the first host address of the
     /// Service CIDR (kubeadm's `GetAPIServerVirtualIP`).
+    ///
+    /// Errors with [`PkiSpecError::ServiceCidrTooSmall`].
     pub fn kubernetes_service_ip(&self) -> Result<IpAddr, PkiSpecError> {
         let too_small = || PkiSpecError::ServiceCidrTooSmall {
             cidr: self.service_cidr,
@@ -312,30 +318,70 @@ fn parse_endpoint_host(endpoint: &str) -> Result<San, &'static str> {
 /// An invalid [`PkiSpec`].
 #[derive(Debug, thiserror::Error)]
 pub enum PkiSpecError {
+    /// `cluster_name` is empty, longer than 253 characters, or has characters
+    /// other than ASCII letters, digits, `-`, `.` and `_`.
     #[error("invalid cluster name {name:?}: use 1-253 letters, digits, '-', '.' or '_'")]
-    InvalidClusterName { name: String },
+    InvalidClusterName {
+        /// The name given.
+        name: String,
+    },
+    /// `node_name` is not a DNS-1123 subdomain.
     #[error(
         "invalid node name {name:?}: {reason}; node names must be lowercase DNS names (RFC 1123)"
     )]
-    InvalidNodeName { name: String, reason: &'static str },
-    #[error("no advertise address: give the IP address this node serves the API on")]
-    NoAdvertiseAddress,
-    #[error("invalid advertise address {address}: it must be a unicast address of this node")]
-    InvalidAdvertiseAddress { address: IpAddr },
-    #[error("service CIDR {cidr} is too small: it needs room for the kubernetes Service IP (at most /30 for IPv4, /126 for IPv6)")]
-    ServiceCidrTooSmall { cidr: IpNet },
-    #[error("invalid DNS domain {domain:?}: {reason}")]
-    InvalidDnsDomain {
-        domain: String,
+    InvalidNodeName {
+        /// The name given.
+        name: String,
+        /// Which rule it breaks.
         reason: &'static str,
     },
+    /// `advertise_addresses` is empty.
+    #[error("no advertise address: give the IP address this node serves the API on")]
+    NoAdvertiseAddress,
+    /// An advertise address is unspecified or multicast.
+    #[error("invalid advertise address {address}: it must be a unicast address of this node")]
+    InvalidAdvertiseAddress {
+        /// The address given.
+        address: IpAddr,
+    },
+    /// `service_cidr` is narrower than a /30 (IPv4) or a /126 (IPv6).
+    #[error("service CIDR {cidr} is too small: it needs room for the kubernetes Service IP (at most /30 for IPv4, /126 for IPv6)")]
+    ServiceCidrTooSmall {
+        /// The CIDR given.
+        cidr: IpNet,
+    },
+    /// `dns_domain` is not a DNS-1123 subdomain.
+    #[error("invalid DNS domain {domain:?}: {reason}")]
+    InvalidDnsDomain {
+        /// The domain given.
+        domain: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// An entry of `extra_sans` is neither an IP address nor a DNS-1123
+    /// subdomain (with an optional `*.` prefix).
     #[error("invalid extra SAN {san:?}: {reason}; use an IP address or a lowercase DNS name")]
-    InvalidExtraSan { san: String, reason: &'static str },
+    InvalidExtraSan {
+        /// The entry given.
+        san: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// `pki_dir` or `kubeconfig_dir` is a relative path.
     #[error("{field} must be an absolute path, got {}", path.display())]
-    RelativeDir { field: &'static str, path: PathBuf },
+    RelativeDir {
+        /// The field's name (`pki_dir` or `kubeconfig_dir`).
+        field: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
+    /// `api_endpoint` is not `https://host[:port]` with an IP address or DNS
+    /// name as host.
     #[error("invalid API endpoint {endpoint:?}: {reason} (example: https://127.0.0.1:6443)")]
     InvalidApiEndpoint {
+        /// The endpoint given.
         endpoint: String,
+        /// What is wrong with it.
         reason: &'static str,
     },
 }

@@ -29,6 +29,7 @@ const KIND: &str = "EncryptionConfiguration";
 /// What [`ensure_encryption_config`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncryptionReport {
+    /// The EncryptionConfiguration file (`<dir>/encryption-config.yaml`).
     pub path: PathBuf,
     /// True when a new key was generated (no file existed).
     pub created: bool,
@@ -39,12 +40,21 @@ pub struct EncryptionReport {
 /// The encryption configuration cannot be used as it is.
 #[derive(Debug, thiserror::Error)]
 pub enum EncryptionConfigError {
+    /// Reading or writing the file failed.
     #[error(transparent)]
     Host(#[from] HostError),
+    /// The file exists but does not parse or does not encrypt Secrets.
     #[error("encryption configuration {} cannot be used: {reason}; selfnode never replaces it by itself because its key decrypts every Secret stored in etcd: restore it from a backup, or, if this cluster never stored a Secret with it, move it away and run again", path.display())]
-    Unusable { path: PathBuf, reason: String },
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The new configuration could not be rendered as YAML.
     #[error("failed to render the encryption configuration")]
     Render {
+        /// The YAML serializer's error.
         #[source]
         source: serde_saphyr::SerializeError,
     },
@@ -109,6 +119,9 @@ struct Empty {}
 /// and encrypts Secrets: creates it with a fresh key from `rng` when absent,
 /// keeps it when usable (a user may have rotated keys or switched to KMS),
 /// refuses when unusable. Idempotent.
+///
+/// Returns what was done; errors with [`EncryptionConfigError::Unusable`] for
+/// a file that is there but cannot be used.
 pub fn ensure_encryption_config<R: rand::CryptoRng + ?Sized>(
     host: &dyn Host,
     dir: &Path,

@@ -165,9 +165,11 @@ pub(crate) fn etcd(spec: &PlaneSpec, placement: Placement, initial: &EtcdInitial
 pub struct EtcdInitial {
     /// `name=peer URL` of every member, this one included.
     pub members: Vec<(String, String)>,
+    /// `--initial-cluster-state`.
     pub state: InitialClusterState,
 }
 
+/// etcd's `--initial-cluster-state`: found a new cluster or join one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitialClusterState {
     /// A cluster of its own (the temporary member; a restored member).

@@ -62,7 +62,9 @@ pub struct ProcessSpec {
 pub enum HealthCheck {
     /// `GET https://<address><path>` answers 200.
     Https {
+        /// Address and port to connect to.
         address: SocketAddr,
+        /// Request path, with its leading `/` (`/readyz`, `/healthz`).
         path: String,
         /// CA that must have signed the serving certificate (whose SANs
         /// include `address`'s IP). `None`: the component serves a
@@ -89,7 +91,9 @@ impl HealthCheck {
 /// A client certificate and its key, as files.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClientCert {
+    /// The certificate (PEM).
     pub cert_file: PathBuf,
+    /// Its private key (PEM).
     pub key_file: PathBuf,
 }
 
@@ -98,6 +102,8 @@ pub struct ClientCert {
 /// next starts. The PKI ([`crate::pki::ensure_pki`] with
 /// [`PlaneSpec::pki_spec`]), the encryption configuration and the etcd data
 /// directory ([`prepare_temp_plane`]) must be in place first.
+///
+/// Errors with [`PlaneSpecError`] when the spec is invalid.
 pub fn temp_plane(spec: &PlaneSpec) -> Result<Vec<ProcessSpec>, PlaneSpecError> {
     spec.validate()?;
     let p = Placement::Temporary;
@@ -157,6 +163,8 @@ pub fn temp_plane(spec: &PlaneSpec) -> Result<Vec<ProcessSpec>, PlaneSpecError> 
 /// Creates what the temporary processes need besides the PKI: the temporary
 /// etcd member's data directory (mode 0700, which etcd insists on).
 /// Idempotent.
+///
+/// Errors with [`PrepareError`].
 pub fn prepare_temp_plane(host: &dyn Host, spec: &PlaneSpec) -> Result<(), PrepareError> {
     spec.validate()?;
     host.ensure_dir(&spec.temp_etcd_data_dir(), ETCD_DATA_DIR_MODE)?;
@@ -169,8 +177,10 @@ pub const ETCD_DATA_DIR_MODE: u32 = 0o700;
 /// [`prepare_temp_plane`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
+    /// The [`PlaneSpec`] is invalid.
     #[error(transparent)]
     InvalidSpec(#[from] PlaneSpecError),
+    /// Creating the directory failed.
     #[error(transparent)]
     Host(#[from] HostError),
 }

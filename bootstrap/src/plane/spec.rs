@@ -43,6 +43,7 @@ pub struct PlaneSpec {
     /// `vX.Y.Z` of the control-plane images (a label on the workloads, for
     /// skew checks).
     pub kubernetes_version: String,
+    /// Images of the self-hosted components.
     pub images: PlaneImages,
     /// Certificates and keys (kubeadm's layout), on the host and in the pods.
     pub pki_dir: PathBuf,
@@ -53,7 +54,9 @@ pub struct PlaneSpec {
     /// Where containerd reads CNI configurations on the host; the network
     /// agent writes there through a hostPath mount.
     pub cni_conf_dir: PathBuf,
+    /// TCP ports of the temporary and self-hosted components.
     pub ports: PlanePorts,
+    /// Replica counts of the self-hosted Deployments.
     pub replicas: PlaneReplicas,
     /// kube-proxy's `conntrack.maxPerCore`. `None` keeps kube-proxy's default
     /// (32768 per core, written to the host's `nf_conntrack_max`); `Some(0)`
@@ -66,10 +69,15 @@ pub struct PlaneSpec {
 /// `registry.k8s.io/kube-apiserver:v1.37.2`; the `dist` crate knows them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaneImages {
+    /// kube-apiserver (`registry.k8s.io/kube-apiserver:<vX.Y.Z>`).
     pub kube_apiserver: String,
+    /// kube-controller-manager.
     pub kube_controller_manager: String,
+    /// kube-scheduler.
     pub kube_scheduler: String,
+    /// kube-proxy (a DaemonSet on every node).
     pub kube_proxy: String,
+    /// CoreDNS, the cluster DNS.
     pub coredns: String,
     /// etcd (`registry.k8s.io/etcd:<X.Y.Z>-0`), the self-hosted members'
     /// static pods.
@@ -85,17 +93,23 @@ pub struct PlaneImages {
 pub struct PlanePorts {
     /// The self-hosted etcd member.
     pub etcd_client: u16,
+    /// The self-hosted etcd member's peer port.
     pub etcd_peer: u16,
     /// The temporary etcd member: both run during the pivot.
     pub temp_etcd_client: u16,
+    /// The temporary etcd member's peer port.
     pub temp_etcd_peer: u16,
     /// The self-hosted kube-apiserver (the port in the `kubernetes` Endpoints).
     pub apiserver: u16,
     /// The temporary kube-apiserver.
     pub temp_apiserver: u16,
+    /// The self-hosted kube-controller-manager's `--secure-port`.
     pub controller_manager: u16,
+    /// The temporary kube-controller-manager's `--secure-port`.
     pub temp_controller_manager: u16,
+    /// The self-hosted kube-scheduler's `--secure-port`.
     pub scheduler: u16,
+    /// The temporary kube-scheduler's `--secure-port`.
     pub temp_scheduler: u16,
     /// The node-local API load balancer on loopback that every client on a
     /// node uses (kubeconfigs, kube-proxy).
@@ -121,6 +135,7 @@ impl Default for PlanePorts {
 }
 
 impl PlanePorts {
+    /// The etcd client port of the member at `placement`.
     pub fn etcd_client_port(&self, placement: Placement) -> u16 {
         match placement {
             Placement::Temporary => self.temp_etcd_client,
@@ -128,6 +143,7 @@ impl PlanePorts {
         }
     }
 
+    /// The etcd peer port of the member at `placement`.
     pub fn etcd_peer_port(&self, placement: Placement) -> u16 {
         match placement {
             Placement::Temporary => self.temp_etcd_peer,
@@ -135,6 +151,7 @@ impl PlanePorts {
         }
     }
 
+    /// The kube-apiserver port at `placement`.
     pub fn apiserver_port(&self, placement: Placement) -> u16 {
         match placement {
             Placement::Temporary => self.temp_apiserver,
@@ -142,6 +159,7 @@ impl PlanePorts {
         }
     }
 
+    /// The kube-controller-manager port at `placement`.
     pub fn controller_manager_port(&self, placement: Placement) -> u16 {
         match placement {
             Placement::Temporary => self.temp_controller_manager,
@@ -149,6 +167,7 @@ impl PlanePorts {
         }
     }
 
+    /// The kube-scheduler port at `placement`.
     pub fn scheduler_port(&self, placement: Placement) -> u16 {
         match placement {
             Placement::Temporary => self.temp_scheduler,
@@ -186,8 +205,11 @@ const RESERVED_PORTS: [(u16, &str); 4] = [
 /// Replica counts of the self-hosted Deployments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaneReplicas {
+    /// kube-controller-manager replicas; at least 1.
     pub controller_manager: i32,
+    /// kube-scheduler replicas; at least 1.
     pub scheduler: i32,
+    /// CoreDNS replicas; at least 1.
     pub coredns: i32,
 }
 
@@ -207,10 +229,15 @@ impl Default for PlaneReplicas {
 pub struct PlaneEnv {
     /// `vX.Y.Z` of the bundle's Kubernetes.
     pub kubernetes_version: String,
+    /// The bundle's images of the self-hosted components.
     pub images: PlaneImages,
+    /// Becomes [`PlaneSpec::pki_dir`].
     pub pki_dir: PathBuf,
+    /// Becomes [`PlaneSpec::kubeconfig_dir`].
     pub kubeconfig_dir: PathBuf,
+    /// Becomes [`PlaneSpec::etcd_data_dir`].
     pub etcd_data_dir: PathBuf,
+    /// Becomes [`PlaneSpec::cni_conf_dir`].
     pub cni_conf_dir: PathBuf,
 }
 
@@ -337,7 +364,8 @@ impl PlaneSpec {
         }
     }
 
-    /// Checks every field; the first problem found is returned.
+    /// Checks every field; the first problem found is returned as a
+    /// [`PlaneSpecError`].
     pub fn validate(&self) -> Result<(), PlaneSpecError> {
         // Names, advertise address, service CIDR, domain and directories are
         // the PKI's too: one set of rules and messages.
@@ -455,12 +483,16 @@ impl PlaneSpec {
     }
 
     /// The `kubernetes` Service IP (first address of the service CIDR).
+    ///
+    /// Errors with [`PlaneSpecError::Pki`] when the service CIDR is too small.
     pub fn kubernetes_service_ip(&self) -> Result<IpAddr, PlaneSpecError> {
         Ok(self.pki_spec().kubernetes_service_ip()?)
     }
 
     /// The cluster DNS Service IP: the tenth address of the service CIDR
     /// (kubeadm's `GetDNSIP`).
+    ///
+    /// Errors with [`PlaneSpecError::ServiceCidrTooSmallForDns`].
     pub fn dns_service_ip(&self) -> Result<IpAddr, PlaneSpecError> {
         let too_small = PlaneSpecError::ServiceCidrTooSmallForDns {
             cidr: self.service_cidr,
@@ -558,46 +590,113 @@ fn check_version(v: &str) -> Result<(), PlaneSpecError> {
 /// An invalid [`PlaneSpec`].
 #[derive(Debug, thiserror::Error)]
 pub enum PlaneSpecError {
+    /// The derived [`PkiSpec`] is invalid (names, advertise address, service
+    /// CIDR, domain, directories).
     #[error(transparent)]
     Pki(#[from] PkiSpecError),
+    /// The advertise address is a loopback address.
     #[error("advertise address {address} is a loopback address: other nodes and pods could not reach the API or etcd there; give this node's address on the cluster network")]
-    LoopbackAdvertiseAddress { address: IpAddr },
-    #[error("invalid Kubernetes version {version:?}: expected vMAJOR.MINOR.PATCH, e.g. v1.37.2")]
-    InvalidVersion { version: String },
-    #[error("invalid image for {field}: {image:?}; give a reference like registry.k8s.io/kube-apiserver:v1.37.2")]
-    InvalidImage { field: &'static str, image: String },
-    #[error("etcd_data_dir must be an absolute path, got {}", path.display())]
-    RelativeEtcdDataDir { path: PathBuf },
-    #[error("the {what} {cidr} is not of the advertise address {address}'s IP family; selfnode runs single-stack clusters")]
-    FamilyMismatch {
-        what: &'static str,
-        cidr: IpNet,
+    LoopbackAdvertiseAddress {
+        /// The address given.
         address: IpAddr,
     },
+    /// `kubernetes_version` is not `vMAJOR.MINOR.PATCH` (with an optional
+    /// `-prerelease`/`+build` suffix).
+    #[error("invalid Kubernetes version {version:?}: expected vMAJOR.MINOR.PATCH, e.g. v1.37.2")]
+    InvalidVersion {
+        /// The version given.
+        version: String,
+    },
+    /// An image reference is empty or contains whitespace.
+    #[error("invalid image for {field}: {image:?}; give a reference like registry.k8s.io/kube-apiserver:v1.37.2")]
+    InvalidImage {
+        /// The [`PlaneImages`] field.
+        field: &'static str,
+        /// The reference given.
+        image: String,
+    },
+    /// `etcd_data_dir` is a relative path.
+    #[error("etcd_data_dir must be an absolute path, got {}", path.display())]
+    RelativeEtcdDataDir {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A CIDR is not of the advertise address's IP family.
+    #[error("the {what} {cidr} is not of the advertise address {address}'s IP family; selfnode runs single-stack clusters")]
+    FamilyMismatch {
+        /// Which CIDR (`pod CIDR`, `service CIDR`).
+        what: &'static str,
+        /// The CIDR given.
+        cidr: IpNet,
+        /// The advertise address.
+        address: IpAddr,
+    },
+    /// The pod CIDR's prefix is outside `/min..=/max`, so it cannot be cut
+    /// into at most 2^16 per-node subnets (/24 for IPv4, /64 for IPv6).
     #[error("pod CIDR {cidr} has the wrong size: each node gets a subnet of it, so its prefix must be between /{min} and /{max}")]
-    PodCidrSize { cidr: IpNet, min: u8, max: u8 },
+    PodCidrSize {
+        /// The pod CIDR given.
+        cidr: IpNet,
+        /// The shortest prefix allowed, in bits.
+        min: u8,
+        /// The longest prefix allowed, in bits.
+        max: u8,
+    },
+    /// The pod and service CIDRs overlap.
     #[error("pod CIDR {pod} and service CIDR {service} overlap; pick disjoint ranges")]
-    CidrOverlap { pod: IpNet, service: IpNet },
+    CidrOverlap {
+        /// The pod CIDR.
+        pod: IpNet,
+        /// The service CIDR.
+        service: IpNet,
+    },
+    /// The service CIDR has fewer than 16 addresses (narrower than /28 for
+    /// IPv4, /124 for IPv6), so it has no cluster DNS Service IP.
     #[error("service CIDR {cidr} is too small: it needs at least 16 addresses (the cluster DNS Service takes the tenth)")]
-    ServiceCidrTooSmallForDns { cidr: IpNet },
+    ServiceCidrTooSmallForDns {
+        /// The service CIDR given.
+        cidr: IpNet,
+    },
+    /// A port is 0.
     #[error("port {field} is 0; give a port from 1 to 65535")]
-    ZeroPort { field: &'static str },
+    ZeroPort {
+        /// The [`PlanePorts`] field.
+        field: &'static str,
+    },
+    /// Two ports are the same.
     #[error("ports {a} and {b} are both {port}; components that run at the same time on a node need distinct ports")]
     PortClash {
+        /// The port.
         port: u16,
+        /// The first [`PlanePorts`] field that has it.
         a: &'static str,
+        /// The second [`PlanePorts`] field that has it.
         b: &'static str,
     },
+    /// A port is one the kubelet or kube-proxy binds.
     #[error("port {field} is {port}, which {user} uses; pick another")]
     ReservedPort {
+        /// The [`PlanePorts`] field.
         field: &'static str,
+        /// The port.
         port: u16,
+        /// Who binds it, for the message (e.g. `the kubelet's API`).
         user: &'static str,
     },
+    /// A replica count is below 1.
     #[error("{field} replicas is {replicas}; it must be at least 1")]
-    InvalidReplicas { field: &'static str, replicas: i32 },
+    InvalidReplicas {
+        /// The [`PlaneReplicas`] field.
+        field: &'static str,
+        /// The count given.
+        replicas: i32,
+    },
+    /// `kube_proxy_conntrack_max_per_core` is negative.
     #[error("kube-proxy conntrack max per core is {value}; give 0 (leave the host alone) or a positive number")]
-    InvalidConntrackMax { value: i32 },
+    InvalidConntrackMax {
+        /// The value given.
+        value: i32,
+    },
 }
 
 impl PlaneSpecError {
