@@ -113,6 +113,10 @@ pub enum ConfigError {
     /// The node name (the field) is not a lowercase DNS subdomain.
     #[error("node name {0:?} is invalid: use a lowercase DNS name (letters, digits, '-', '.')")]
     NodeName(String),
+    /// The node name (the field) is longer than a label value may be: the
+    /// kubelet puts it in the Node's `kubernetes.io/hostname` label.
+    #[error("node name {0:?} has {len} characters; the kubelet puts it in the node's kubernetes.io/hostname label, which allows at most 63: use a shorter --node-name", len = .0.len())]
+    NodeNameTooLong(String),
     /// The cluster domain (the field) is not a lowercase DNS subdomain.
     #[error("cluster domain {0:?} is invalid: use a lowercase DNS name without a trailing dot, such as cluster.local")]
     ClusterDomain(String),
@@ -144,6 +148,7 @@ impl ConfigError {
             | ConfigError::NoAddress
             | ConfigError::ClusterName(..)
             | ConfigError::NodeName(..)
+            | ConfigError::NodeNameTooLong(..)
             | ConfigError::ClusterDomain(..)
             | ConfigError::AdvertiseNotIp(..)
             | ConfigError::San(..) => true,
@@ -286,6 +291,9 @@ pub fn resolve(
         pick(&flags.node_name, file.node_name).unwrap_or_else(|| host.hostname.to_lowercase());
     if !is_dns_subdomain(&node_name) {
         return Err(ConfigError::NodeName(node_name));
+    }
+    if node_name.len() > 63 {
+        return Err(ConfigError::NodeNameTooLong(node_name));
     }
     let pod_cidr = cidr(
         "pod CIDR",
@@ -457,10 +465,31 @@ mod tests {
             (InitFlags { advertise_address: Some("127.0.0.1".into()), ..Default::default() }, "must be a unicast address other nodes can reach"),
             (InitFlags { cluster_name: Some("My_Cluster".into()), ..Default::default() }, "cluster name \"My_Cluster\" is invalid"),
             (InitFlags { extra_sans: vec!["not a name".into()], ..Default::default() }, "neither an IP address nor a DNS name"),
+            (InitFlags { node_name: Some("cp-01.rack-07.row-12.datacenter-west.example-company.internal.lab".into()), ..Default::default() }, "has 65 characters; the kubelet puts it in the node's kubernetes.io/hostname label, which allows at most 63"),
+            (InitFlags { advertise_address: Some("cp1.lab.example".into()), ..Default::default() }, "the advertise address \"cp1.lab.example\" is not an IP address: give a bare IP address of this host"),
+            (InitFlags { advertise_address: Some("192.0.2.10:6443".into()), ..Default::default() }, "the advertise address \"192.0.2.10:6443\" is not an IP address"),
+            (InitFlags { advertise_address: Some("[2001:db8::10]".into()), ..Default::default() }, "the advertise address \"[2001:db8::10]\" is not an IP address"),
         ];
         for (flags, want) in cases {
             let err = check(flags.clone()).unwrap_err().to_string();
             assert!(err.contains(want), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_cluster_domain_is_reported_as_the_cluster_domain() {
+        for domain in ["Lab.Internal", "lab.internal.", "lab_internal"] {
+            let text = format!(
+                "apiVersion: selfnode.dev/v1alpha1\nkind: InitConfiguration\nclusterDomain: {domain}\n"
+            );
+            let file = parse_file(std::path::Path::new("init.yaml"), &text).unwrap();
+            let err = resolve(Some(file), &InitFlags::default(), &host()).unwrap_err();
+            assert_eq!(err, ConfigError::ClusterDomain(domain.into()));
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("cluster domain {domain:?} is invalid")),
+                "{err}"
+            );
         }
     }
 

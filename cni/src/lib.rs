@@ -6,12 +6,14 @@
 //!   purely and reconciled in the kernel over rtnetlink, marked with
 //!   [`routes::ROUTE_PROTOCOL`].
 //! - [`kernel`]: IP forwarding and `br_netfilter`.
+//! - [`cleanup`]: what `selfnode reset` removes of the pod network.
 //! - [`agent`]: the loop the `selfnode-network` DaemonSet runs on every
 //!   node (`selfnode network-agent`), tying the three together.
 
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod cleanup;
 pub mod config;
 pub mod kernel;
 pub mod routes;

@@ -165,6 +165,10 @@ pub struct ResetArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal)
     #[arg(short, long)]
     pub force: bool,
+    /// The bundle whose kube-proxy removes its iptables rules (kube-proxy --cleanup).
+    /// Default: <root>/var/cache/selfnode/bundle
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -95,6 +95,7 @@ classify_by_is_invalid_input!(
     cni::CniError,
     cni::kernel::KernelError,
     cni::routes::RouteError,
+    cni::cleanup::CleanupError,
 );
 
 classify_by_is_conflict_and_is_invalid_input!(etcd_mgr::restore::RestoreError);
@@ -166,6 +167,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<cni::CniError>,
     by::<cni::kernel::KernelError>,
     by::<cni::routes::RouteError>,
+    by::<cni::cleanup::CleanupError>,
     by::<bootstrap::config::ConfigError>,
     by::<bootstrap::plane::PlaneSpecError>,
     by::<bootstrap::pki::PkiSpecError>,
@@ -332,6 +334,7 @@ mod tests {
                 route: "x".into(),
                 reason: "x".into(),
             }),
+            Box::new(cni::cleanup::CleanupError::Nat("x".into())),
             Box::new(bootstrap::config::ConfigError::ClusterDomain(
                 "Lab.Internal".into(),
             )),
@@ -378,8 +381,8 @@ mod tests {
             classes,
             [
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
-                Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Invalid,
-                Invalid, Invalid, Conflict, Conflict, Conflict, Invalid,
+                Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
+                Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Invalid,
             ]
         );
     }

@@ -782,6 +782,37 @@ fn bad_input_is_refused_before_anything_is_written() {
             vec!["--bundle", "/nonexistent/bundle"],
             "/nonexistent/bundle",
         ),
+        // Another address family than the host's: named, before any write
+        // (the checkpoint included).
+        (
+            vec!["--pod-cidr", "fd00:10:244::/56"],
+            "pod CIDR fd00:10:244::/56",
+        ),
+        (
+            vec!["--service-cidr", "fd00:10:96::/112"],
+            "service CIDR fd00:10:96::/112",
+        ),
+        // The advertise address as typed.
+        (
+            vec!["--advertise-address", "cp1.lab.example"],
+            "the advertise address \"cp1.lab.example\" is not an IP address",
+        ),
+        (
+            vec!["--advertise-address", "192.0.2.10:6443"],
+            "the advertise address \"192.0.2.10:6443\" is not an IP address",
+        ),
+        (
+            vec!["--advertise-address", "[2001:db8::10]"],
+            "the advertise address \"[2001:db8::10]\" is not an IP address",
+        ),
+        // A node name the kubelet's hostname label cannot carry.
+        (
+            vec![
+                "--node-name",
+                "cp-01.rack-07.row-12.datacenter-west.example-company.internal.lab",
+            ],
+            "has 65 characters",
+        ),
     ];
     for (args, want) in cases {
         let out = host.init(&args, None);
@@ -980,4 +1011,192 @@ fn bundle_version(key: &str) -> String {
         .unwrap()
         .trim()
         .to_string()
+}
+
+/// The A records `server` (ip:port) answers for `name`: a plain DNS query
+/// over UDP, so the test needs no resolver tool in an image or on the host.
+fn dns_a(server: &str, name: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    // Header: id, flags (recursion desired), one question.
+    let mut q = vec![0x5e, 0x1f, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]); // root, type A, class IN
+    sock.send_to(&q, server).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf).map_err(|e| e.to_string())?;
+    let msg = &buf[..n];
+    if n < 12 || msg[0..2] != q[0..2] {
+        return Err(format!("not an answer to our query ({n} bytes)"));
+    }
+    let rcode = msg[3] & 0x0f;
+    if rcode != 0 {
+        return Err(format!("rcode {rcode} for {name}"));
+    }
+    let answers = u16::from_be_bytes([msg[6], msg[7]]);
+    // Skips a (possibly compressed) name at `at`; returns the next offset.
+    let skip_name = |mut at: usize| -> Option<usize> {
+        loop {
+            let len = *msg.get(at)? as usize;
+            if len == 0 {
+                return Some(at + 1);
+            }
+            if len & 0xc0 == 0xc0 {
+                return Some(at + 2);
+            }
+            at += len + 1;
+        }
+    };
+    let mut at = skip_name(12).ok_or("short question")? + 4;
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        at = skip_name(at).ok_or("short answer")?;
+        let rr = msg.get(at..at + 10).ok_or("short record")?;
+        let (rtype, rdlen) = (
+            u16::from_be_bytes([rr[0], rr[1]]),
+            u16::from_be_bytes([rr[8], rr[9]]) as usize,
+        );
+        let data = msg.get(at + 10..at + 10 + rdlen).ok_or("short data")?;
+        if rtype == 1 && rdlen == 4 {
+            out.push(std::net::Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        at += 10 + rdlen;
+    }
+    Ok(out)
+}
+
+fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap();
+    assert!(out.status.success(), "{cmd} {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn reset_leaves_nothing_that_breaks_a_cluster_with_other_network_settings() {
+    let mut host = TestHost::for_cluster();
+    host.start_agent();
+    host.wait_healthy(START);
+    let out = host.init(&["--allow-workloads"], None);
+    assert!(out.status.success(), "first init: {}", text(&out));
+
+    assert!(host.stop_agent(Duration::from_secs(120)).success());
+    let out = host
+        .selfnode()
+        .args([
+            "reset",
+            "--force",
+            "--bundle",
+            host.bundle.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "reset: {}", text(&out));
+    // Nothing of the first cluster's network is left on the host.
+    let link = std::process::Command::new("ip")
+        .args(["link", "show", "selfnode0"])
+        .output()
+        .unwrap();
+    assert!(
+        !link.status.success(),
+        "the pod bridge is left: {}",
+        text(&link)
+    );
+    let routes = run_ok("ip", &["route", "show", "proto", "83"]);
+    assert!(
+        routes.trim().is_empty(),
+        "selfnode's routes are left: {routes}"
+    );
+    let nat = run_ok("iptables", &["-w", "-t", "nat", "-S"]);
+    assert!(
+        !nat.contains("KUBE-") && !nat.contains("name: \\\"selfnode\\\""),
+        "NAT rules of the first cluster are left:\n{nat}"
+    );
+
+    // A second cluster with every network setting changed, the cluster
+    // domain from the config file.
+    host.start_agent();
+    host.wait_healthy(START);
+    let config = host.root.join("second.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: selfnode.dev/v1alpha1\nkind: InitConfiguration\nclusterDomain: lab.internal\n\
+         podCidr: 10.32.0.0/16\nserviceCidr: 10.112.0.0/12\nallowWorkloads: true\n",
+    )
+    .unwrap();
+    let out = host.init(&["--config", config.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "second init: {}\n{}",
+        text(&out),
+        host.diagnostics()
+    );
+
+    // The domain reached the kubelet...
+    let kubelet: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(host.root.join("var/lib/kubelet/config.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kubelet["clusterDomain"], "lab.internal", "{kubelet:#}");
+    assert_eq!(kubelet["clusterDNS"][0], "10.112.0.10", "{kubelet:#}");
+    // ...pods get addresses in the new pod CIDR...
+    let dns_ip = host.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "pods",
+        "-l",
+        "k8s-app=kube-dns",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    assert!(dns_ip.starts_with("10.32."), "CoreDNS pod IP {dns_ip}");
+    // ...CoreDNS serves the domain through its Service (kube-proxy)...
+    retry(
+        "kubernetes.default.svc.lab.internal from the cluster DNS",
+        Duration::from_secs(60),
+        || match dns_a("10.112.0.10:53", "kubernetes.default.svc.lab.internal") {
+            Ok(ips) if ips == [std::net::Ipv4Addr::new(10, 112, 0, 1)] => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    // ...and a pod's resolv.conf searches it.
+    let version = bundle_version("ETCD_VERSION")
+        .trim_start_matches('v')
+        .to_string();
+    host.kubectl_ok(&[
+        "run",
+        "dnscheck",
+        &format!("--image=registry.k8s.io/etcd:{version}-0"),
+        "--command",
+        "--",
+        "etcd",
+        "--data-dir=/tmp/d",
+    ]);
+    host.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/dnscheck",
+        "--timeout=120s",
+    ]);
+    let sandboxes = host
+        .root
+        .join("var/lib/selfnode/containerd/io.containerd.grpc.v1.cri/sandboxes");
+    let search = std::fs::read_dir(&sandboxes)
+        .unwrap()
+        .flatten()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("resolv.conf")).ok())
+        .find_map(|r| {
+            r.lines()
+                .find(|l| l.starts_with("search ") && l.contains("lab.internal"))
+                .map(str::to_string)
+        });
+    assert_eq!(
+        search.as_deref().map(|l| l.starts_with("search default.svc.lab.internal svc.lab.internal lab.internal")),
+        Some(true),
+        "{search:?}"
+    );
 }

@@ -38,7 +38,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(args) => init_sequence(&paths, args, None).await,
-        Command::Reset(args) => reset::run(&paths, args),
+        Command::Reset(args) => reset::run(&paths, args).await,
         Command::Status(args) => status::run(&paths, args.output).await,
         Command::Etcd(crate::cli::EtcdCommand::Snapshot(
             crate::cli::SnapshotCommand::Restore {

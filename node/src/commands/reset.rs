@@ -10,10 +10,12 @@ use crate::paths::HostPaths;
 
 /// `selfnode reset`: forget the cluster on this host. The agent must be
 /// stopped first (its stop already ends every container and releases their
-/// mounts); reset then removes the cluster's state and keeps the bundle,
-/// containerd's images and the scheduled etcd snapshots (they are what a
-/// restore starts from).
-pub fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
+/// mounts); reset then removes the cluster's state and what the cluster
+/// left in the host's network (the pod bridge, selfnode's routes, the pods'
+/// NAT rules, kube-proxy's rules), and keeps the bundle, containerd's
+/// images and the scheduled etcd snapshots (they are what a restore starts
+/// from).
+pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
     if let Some(pid) = lock::running_agent(&paths.agent_lock()) {
         anyhow::bail!(
             "the selfnode agent is running (pid {pid}); stop it first (kill -TERM {pid}, or systemctl stop selfnode-agent), then run reset again"
@@ -34,6 +36,7 @@ pub fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
     ];
     let present: Vec<&PathBuf> = targets.iter().filter(|p| p.exists()).collect();
     if present.is_empty() {
+        reset_network(paths, args.bundle.as_deref()).await?;
         println!("nothing to reset: this host holds no cluster state");
         return Ok(ExitCode::SUCCESS);
     }
@@ -70,6 +73,56 @@ pub fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
         }
     }
+    reset_network(paths, args.bundle.as_deref()).await?;
     println!("this host no longer belongs to a cluster; 'selfnode init' or 'selfnode join' can start again");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the cluster left in the host's network: kube-proxy's rules (its
+/// own `--cleanup`), then the pod network's bridge, routes and NAT rules.
+/// Idempotent; says what it removed.
+async fn reset_network(paths: &HostPaths, bundle: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let bundle = bundle.map_or_else(|| paths.default_bundle(), std::path::Path::to_path_buf);
+    let kube_proxy = bundle.join("bin/kube-proxy");
+    if kube_proxy.is_file() {
+        let out = std::process::Command::new(&kube_proxy)
+            .arg("--cleanup")
+            .output()
+            .with_context(|| format!("cannot run {}", kube_proxy.display()))?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "'{} --cleanup' failed: {}; kube-proxy's iptables rules may remain",
+                kube_proxy.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        eprintln!("[reset] removed kube-proxy's rules (kube-proxy --cleanup)");
+    } else {
+        eprintln!(
+            "[reset] no {}: kube-proxy's iptables rules are left; pass --bundle DIR to remove them",
+            kube_proxy.display()
+        );
+    }
+    let removed =
+        cni::cleanup::remove_host_network(cni::config::DEFAULT_BRIDGE, cni::config::NETWORK_NAME)
+            .await?;
+    if removed.bridge_removed {
+        eprintln!(
+            "[reset] removed the pod bridge {}",
+            cni::config::DEFAULT_BRIDGE
+        );
+    }
+    if removed.routes_removed > 0 {
+        eprintln!(
+            "[reset] removed {} pod network route(s)",
+            removed.routes_removed
+        );
+    }
+    if !removed.nat_chains_removed.is_empty() {
+        eprintln!(
+            "[reset] removed {} pod NAT chain(s)",
+            removed.nat_chains_removed.len()
+        );
+    }
+    Ok(())
 }
