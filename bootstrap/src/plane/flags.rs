@@ -309,20 +309,9 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
     f
 }
 
-/// The temporary controller-manager's controllers: kubeadm's set less the
-/// ones that walk API discovery at start (resource quota, garbage
-/// collector, namespace deletion, autoscaling). They are not needed in the
-/// half minute it lives, and initialising them delayed every other
-/// controller by about 4 s on a 2-core machine; the self-hosted one runs
-/// them all.
-pub(crate) const TEMP_CONTROLLERS: &str =
-    "*,bootstrapsigner,tokencleaner,-resourcequota-controller,\
--garbage-collector-controller,-namespace-controller,-horizontal-pod-autoscaler-controller";
-
 /// kube-controller-manager. kubeadm's flags (with the Pod CIDR given, so
 /// node CIDR allocation on) plus `--profiling=false` and an explicit
-/// `--secure-port` (the temporary one moves aside during the pivot); the
-/// temporary one runs [`TEMP_CONTROLLERS`].
+/// `--secure-port` (the temporary one moves aside during the pivot).
 pub(crate) fn controller_manager(spec: &PlaneSpec, placement: Placement) -> Flags {
     let conf = kubeconfig(spec, names::CONTROLLER_MANAGER_CONF);
     let ca = crt(spec, names::CA);
@@ -349,13 +338,7 @@ pub(crate) fn controller_manager(spec: &PlaneSpec, placement: Placement) -> Flag
         .file("cluster-signing-cert-file", ca)
         .file("cluster-signing-key-file", key(spec, names::CA))
         .text("use-service-account-credentials", "true")
-        .text(
-            "controllers",
-            match placement {
-                Placement::Temporary => TEMP_CONTROLLERS,
-                Placement::SelfHosted => "*,bootstrapsigner,tokencleaner",
-            },
-        )
+        .text("controllers", "*,bootstrapsigner,tokencleaner")
         .text("allocate-node-cidrs", "true")
         .text("cluster-cidr", spec.pod_cidr.to_string())
         .text("service-cluster-ip-range", spec.service_cidr.to_string())

@@ -152,7 +152,7 @@ fn apiserver_temp_and_self_hosted_differ_only_where_they_must() {
 }
 
 #[test]
-fn controller_manager_and_scheduler_differ_only_in_port_and_the_temporary_controllers() {
+fn controller_manager_and_scheduler_differ_only_in_port() {
     let s = spec();
     let d = diff(
         &flags::controller_manager(&s, Placement::Temporary),
@@ -160,18 +160,9 @@ fn controller_manager_and_scheduler_differ_only_in_port_and_the_temporary_contro
     );
     assert_eq!(
         d,
-        [
-            ("secure-port".to_string(), (some("10357"), some("10257"))),
-            (
-                "controllers".to_string(),
-                (
-                    some(flags::TEMP_CONTROLLERS),
-                    some("*,bootstrapsigner,tokencleaner")
-                )
-            ),
-        ]
-        .into_iter()
-        .collect()
+        [("secure-port".to_string(), (some("10357"), some("10257")))]
+            .into_iter()
+            .collect()
     );
     let d = diff(
         &flags::scheduler(&s, Placement::Temporary),

@@ -103,6 +103,7 @@ async fn reset_network(paths: &HostPaths, bundle: Option<&std::path::Path>) -> a
             kube_proxy.display()
         );
     }
+    remove_kubelet_chains();
     let removed =
         cni::cleanup::remove_host_network(cni::config::DEFAULT_BRIDGE, cni::config::NETWORK_NAME)
             .await?;
@@ -125,4 +126,25 @@ async fn reset_network(paths: &HostPaths, bundle: Option<&std::path::Path>) -> a
         );
     }
     Ok(())
+}
+
+/// The kubelet's iptables canaries (`KUBE-KUBELET-CANARY` in the mangle,
+/// nat and filter tables, IPv4 and IPv6): empty, unreferenced chains it
+/// creates to notice a flush. Missing chains and missing tools are fine.
+fn remove_kubelet_chains() {
+    for tool in ["iptables", "ip6tables"] {
+        for table in ["mangle", "nat", "filter"] {
+            let present = std::process::Command::new(tool)
+                .args(["-w", "-t", table, "-S", "KUBE-KUBELET-CANARY"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if present {
+                for op in ["-F", "-X"] {
+                    let _ = std::process::Command::new(tool)
+                        .args(["-w", "-t", table, op, "KUBE-KUBELET-CANARY"])
+                        .output();
+                }
+            }
+        }
+    }
 }

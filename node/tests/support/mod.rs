@@ -342,6 +342,17 @@ impl Drop for TestHost {
         }
         std::thread::sleep(Duration::from_millis(200));
         unmount_under(&self.root);
+        // A cluster changed the machine's network (the pod bridge and its
+        // address, routes, kube-proxy's and the pods' NAT rules): the
+        // product's own reset removes them, so the next test's cluster
+        // (with other CIDRs, say) starts clean.
+        if self.api_lb_port == 7445 {
+            let _ = self
+                .selfnode()
+                .args(["reset", "--force", "--bundle"])
+                .arg(&self.bundle)
+                .output();
+        }
         if let Some(dir) = self.dir.take() {
             if std::env::var_os("SELFNODE_KEEP_TEST_HOST").is_some() {
                 eprintln!("keeping test host at {}", dir.keep().display());
