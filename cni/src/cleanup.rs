@@ -6,7 +6,7 @@
 //! deleted through CNI (a node stopped with its pods).
 //!
 //! Only what is selfnode's is touched: the named bridge, routes marked
-//! [`ROUTE_PROTOCOL`], and `CNI-*` chains whose POSTROUTING rule carries
+//! [`ROUTE_PROTOCOL`](crate::routes::ROUTE_PROTOCOL), and `CNI-*` chains whose POSTROUTING rule carries
 //! the network's name in its comment.
 
 use std::process::Command;
@@ -14,8 +14,6 @@ use std::process::Command;
 use tokio_stream::StreamExt;
 
 use crate::routes::RouteTable;
-#[cfg(doc)]
-use crate::routes::ROUTE_PROTOCOL;
 
 /// What [`remove_host_network`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

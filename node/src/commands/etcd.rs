@@ -50,8 +50,18 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
             }
             Ok(ExitCode::SUCCESS)
         }
-        EtcdCommand::Snapshot(SnapshotCommand::Restore { .. }) => {
-            unreachable!("dispatch runs a restore as init's sequence")
+        EtcdCommand::Snapshot(SnapshotCommand::Restore {
+            file,
+            pki,
+            force,
+            init,
+        }) => {
+            let restore = crate::init::RestoreSource {
+                snapshot: file,
+                pki,
+                force,
+            };
+            super::init_sequence(paths, init, Some(restore)).await
         }
         EtcdCommand::Snapshot(SnapshotCommand::Save { file, output }) => {
             let info = etcd_mgr::snapshot::save(&cfg, &file).await?;

@@ -40,21 +40,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init_sequence(&paths, args, None).await,
         Command::Reset(args) => reset::run(&paths, args).await,
         Command::Status(args) => status::run(&paths, args.output).await,
-        Command::Etcd(crate::cli::EtcdCommand::Snapshot(
-            crate::cli::SnapshotCommand::Restore {
-                file,
-                pki,
-                force,
-                init,
-            },
-        )) => {
-            let restore = RestoreSource {
-                snapshot: file,
-                pki,
-                force,
-            };
-            init_sequence(&paths, init, Some(restore)).await
-        }
         Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await

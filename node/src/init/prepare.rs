@@ -102,11 +102,12 @@ pub(super) async fn write_node_identity(run: &Runner, seq: &Seq<'_>) -> anyhow::
             || async { Ok(NodeIdentity::read(&file)?.as_ref() == Some(&node_id)) },
             || async {
                 NodeHost.write_file(&file, &serde_json::to_vec_pretty(&node_id)?, 0o644)?;
-                temp_plane::reload_agent(&seq.agent_pid)
+                Ok(())
             },
         )
         .await?;
-    // A resumed run may follow a kill between the write and the signal.
+    // Always, not only after a write: a resumed run may follow a kill
+    // between the write and the signal.
     temp_plane::reload_agent(&seq.agent_pid)?;
     Ok(report)
 }
