@@ -32,9 +32,9 @@ ADDR=$(ip -4 -o route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\
 work=$(mktemp -d /tmp/selfnode-bench.XXXXXX)
 agent_pid=""
 
-stop_agent() {
+stop_agent() { # a node stop: the agent and every container
   [ -n "$agent_pid" ] || return 0
-  kill -TERM "$agent_pid" 2>/dev/null || true
+  "$S" stop --bundle "$B" >/dev/null 2>&1 || kill -TERM "$agent_pid" 2>/dev/null || true
   for _ in $(seq 1 120); do kill -0 "$agent_pid" 2>/dev/null || break; sleep 0.5; done
   kill -KILL "$agent_pid" 2>/dev/null || true
   wait "$agent_pid" 2>/dev/null || true

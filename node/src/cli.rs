@@ -38,6 +38,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// Forget the cluster on this host (stop the agent first); keeps the bundle and images
     Reset(ResetArgs),
+    /// Stop this node: the agent, the kubelet, every container and containerd
+    Stop(StopArgs),
     /// Show the host agent and the state of each component it supervises
     Status(StatusArgs),
     /// Look at and protect this cluster's etcd: members, snapshots
@@ -69,8 +71,9 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Runs until SIGTERM or SIGINT, then stops the kubelet, containerd and every container \
-process they started, in that order. Logs of the children go to <root>/var/log/selfnode/<component>.log; \
+    after_help = "Runs until SIGTERM or SIGINT, then stops the kubelet and containerd and leaves the \
+containers running: the next agent adopts them ('selfnode stop', or SIGUSR1, stops every container \
+too). Logs of the children go to <root>/var/log/selfnode/<component>.log; \
 'selfnode status' shows their state. Ship it as a systemd unit (contrib/selfnode-agent.service), or \
 without systemd: nohup selfnode agent >/var/log/selfnode/agent.log 2>&1 &"
 )]
@@ -166,6 +169,24 @@ pub struct ResetArgs {
     #[arg(short, long)]
     pub force: bool,
     /// The bundle whose kube-proxy removes its iptables rules (kube-proxy --cleanup).
+    /// Default: <root>/var/cache/selfnode/bundle
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Stopping the agent alone (SIGTERM, systemctl stop or restart, an upgrade) is not a node \
+stop: the containers keep running and the next agent adopts them, so the control plane stays up. \
+'selfnode stop' is the full stop, before maintenance or a reset: it asks a running agent (SIGUSR1) \
+to stop the kubelet, every container and containerd, and stops what an earlier agent stop left \
+running. Afterwards no process of the node runs and its mounts are released."
+)]
+pub struct StopArgs {
+    /// How long to wait for the agent to stop everything
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "120s", value_name = "DURATION")]
+    pub timeout: std::time::Duration,
+    /// The bundle whose containerd stops containers an earlier agent left running.
     /// Default: <root>/var/cache/selfnode/bundle
     #[arg(long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,

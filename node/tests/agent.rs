@@ -45,42 +45,102 @@ fn agent_starts_containerd_and_kubelet_and_restarts_them_after_kill_9() {
     );
 }
 
-#[test]
-fn sigterm_stops_kubelet_containerd_and_every_shim() {
-    let mut host = TestHost::new();
-    host.start_agent();
-    let st = host.wait_healthy(START);
-    let (containerd, kubelet) = (pid_of(&st, "containerd"), pid_of(&st, "kubelet"));
+/// A running container means a shim (double-forked, not the agent's child)
+/// and a container process: what an agent stop keeps and a node stop ends.
+struct RunningContainer {
+    id: String,
+    pid: u32,
+    shims: Vec<u32>,
+}
 
-    // A running container means a shim (double-forked, not our child) and a
-    // container process exist: the hard part of leaving nothing behind.
+fn run_container(host: &TestHost, name: &str) -> RunningContainer {
     let pause = format!("registry.k8s.io/pause:{}", bundle_version("PAUSE_VERSION"));
-    let id = format!("leftover-check-{}", std::process::id());
+    let id = format!("{name}-{}", std::process::id());
     let out = host.ctr(&["-n", "k8s.io", "run", "-d", &pause, &id]);
     assert!(
         out.status.success(),
         "ctr run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let shims: Vec<_> = host
+    let shims: Vec<u32> = host
         .leftover_processes()
         .into_iter()
         .filter(|(_, c)| c.contains("containerd-shim"))
+        .map(|(p, _)| p)
         .collect();
     assert!(
         !shims.is_empty(),
         "a shim runs for the container: {:?}",
         host.leftover_processes()
     );
+    let pid = task_pid(host, &id).unwrap_or_else(|| panic!("container task {id} listed"));
+    assert!(pid_alive(pid));
+    RunningContainer { id, pid, shims }
+}
+
+/// The PID of a running task, from containerd's own list.
+fn task_pid(host: &TestHost, id: &str) -> Option<u32> {
     let tasks = host.ctr(&["-n", "k8s.io", "task", "ls"]);
-    let tasks = String::from_utf8_lossy(&tasks.stdout).to_string();
-    let container: u32 = tasks
+    String::from_utf8_lossy(&tasks.stdout)
         .lines()
-        .find(|l| l.starts_with(&id))
+        .find(|l| l.starts_with(id) && l.contains("RUNNING"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("container task listed: {tasks}"));
-    assert!(pid_alive(container));
+}
+
+fn assert_nothing_runs(host: &TestHost, gone: &[(u32, &str)]) {
+    for (pid, what) in gone {
+        assert!(!pid_alive(*pid), "{what} (pid {pid}) still running");
+    }
+    assert_eq!(
+        host.leftover_processes(),
+        vec![],
+        "no process of this host outlives a node stop"
+    );
+    assert_eq!(
+        support::mounts_under(&host.root),
+        Vec::<String>::new(),
+        "no mount of this host is left"
+    );
+}
+
+#[test]
+fn selfnode_stop_stops_kubelet_containerd_and_every_shim() {
+    let mut host = TestHost::new();
+    host.start_agent();
+    let st = host.wait_healthy(START);
+    let (containerd, kubelet) = (pid_of(&st, "containerd"), pid_of(&st, "kubelet"));
+    let c = run_container(&host, "node-stop");
+
+    let out = host.stop_node(Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "selfnode stop: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        host.agent_log()
+    );
+    let mut gone = vec![
+        (containerd, "containerd"),
+        (kubelet, "kubelet"),
+        (c.pid, "the container"),
+    ];
+    gone.extend(c.shims.iter().map(|p| (*p, "a shim")));
+    assert_nothing_runs(&host, &gone);
+    let st = host.status();
+    assert_eq!(st["agent"]["running"], false);
+    for name in ["containerd", "images", "kubelet", "api-lb"] {
+        assert_eq!(TestHost::component(&st, name)["state"], "stopped", "{st:#}");
+    }
+}
+
+#[test]
+fn sigterm_keeps_containers_running_and_the_next_agent_adopts_them() {
+    let mut host = TestHost::new();
+    host.start_agent();
+    let st = host.wait_healthy(START);
+    let (containerd, kubelet) = (pid_of(&st, "containerd"), pid_of(&st, "kubelet"));
+    let c = run_container(&host, "agent-stop");
 
     let exit = host.stop_agent(Duration::from_secs(60));
     assert!(
@@ -89,33 +149,45 @@ fn sigterm_stops_kubelet_containerd_and_every_shim() {
         host.agent_log()
     );
     for (pid, what) in [(containerd, "containerd"), (kubelet, "kubelet")] {
+        assert!(!pid_alive(pid), "{what} (pid {pid}) stops with the agent");
+    }
+    assert!(pid_alive(c.pid), "the container outlives an agent stop");
+    for pid in &c.shims {
         assert!(
-            !pid_alive(pid),
-            "{what} (pid {pid}) still running after the agent stopped"
+            pid_alive(*pid),
+            "its shim (pid {pid}) outlives an agent stop"
         );
     }
+
+    // The next agent's containerd reconnects to the shim: the same process
+    // is the running task.
+    host.start_agent();
+    host.wait_healthy(START);
+    assert_eq!(
+        task_pid(&host, &c.id),
+        Some(c.pid),
+        "the new containerd adopts the running container\n{}",
+        host.component_log("containerd")
+    );
+
+    // Stopped again, then 'selfnode stop' with no agent running stops what
+    // the agent stop left.
+    assert!(host.stop_agent(Duration::from_secs(60)).success());
+    assert!(pid_alive(c.pid));
+    let out = host.stop_node(Duration::from_secs(60));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
-        !pid_alive(container),
-        "container process {container} still running"
+        out.status.success(),
+        "selfnode stop without an agent: {said}"
     );
-    for (pid, _) in &shims {
-        assert!(!pid_alive(*pid), "shim pid {pid} still running");
-    }
-    assert_eq!(
-        host.leftover_processes(),
-        vec![],
-        "no process of this host outlives the agent"
-    );
-    assert_eq!(
-        support::mounts_under(&host.root),
-        Vec::<String>::new(),
-        "no mount of this host is left"
-    );
-    let st = host.status();
-    assert_eq!(st["agent"]["running"], false);
-    for name in ["containerd", "images", "kubelet", "api-lb"] {
-        assert_eq!(TestHost::component(&st, name)["state"], "stopped", "{st:#}");
-    }
+    assert!(said.contains("stopped 1 container(s)"), "{said}");
+    let mut gone = vec![(c.pid, "the container")];
+    gone.extend(c.shims.iter().map(|p| (*p, "a shim")));
+    assert_nothing_runs(&host, &gone);
 }
 
 #[test]

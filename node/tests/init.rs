@@ -6,11 +6,10 @@ mod support;
 use node::init::plan::{plan, Observed, Sequence, Step};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use support::{pid_alive, TestHost};
+use std::time::Duration;
+use support::{pid_alive, retry, text, TestHost};
 
 const START: Duration = Duration::from_secs(180);
 /// The steps of a first `selfnode init`, from the plan itself.
@@ -68,25 +67,6 @@ fn assert_sans(host: &TestHost, addr: &str, sans: &[&str]) {
             served.contains(&want),
             "{want} not served on {addr}: {served}"
         );
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn retry(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String>) {
-    let end = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(()) => return,
-            Err(e) if Instant::now() > end => panic!("timed out waiting for {what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_secs(2)),
-        }
     }
 }
 
@@ -974,7 +954,12 @@ fn reset_and_restore(host: &mut TestHost, snapshot: &std::path::Path) {
         assert!(cp.status.success(), "{}", text(&cp));
     }
     assert!(host.stop_agent(Duration::from_secs(120)).success());
-    let out = host.selfnode().args(["reset", "--force"]).output().unwrap();
+    let out = host
+        .selfnode()
+        .args(["reset", "--force", "--bundle"])
+        .arg(&host.bundle)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "reset: {}", text(&out));
     host.start_agent();
     host.wait_healthy(START);

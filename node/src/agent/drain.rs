@@ -1,10 +1,19 @@
-//! A full stop leaves nothing behind: every containerd task is killed and
+//! A node stop leaves nothing behind: every containerd task is killed and
 //! deleted through containerd's API (which also unmounts its root
 //! filesystem) before containerd itself is stopped, and the mounts the kubelet
 //! and containerd made under their directories are released afterwards.
+//!
+//! An agent stop (SIGTERM, a crash, an upgrade) is not a node stop: it leaves
+//! containerd's shims and their containers running for the next agent to
+//! adopt. What such a stop left behind is drained later, without an agent, by
+//! [`drain_without_agent`] (`selfnode stop`, `selfnode reset`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::paths::HostPaths;
 
 use containerd_client::services::v1::{
     DeleteTaskRequest, KillRequest, ListNamespacesRequest, ListTasksRequest,
@@ -108,6 +117,152 @@ fn task_id(task: &containerd_client::types::v1::Process) -> String {
     } else {
         task.container_id.clone()
     }
+}
+
+/// Releases what containers held on the host once none runs: the mounts under
+/// containerd's state and the kubelet's directory, and the pod network's IP
+/// leases (host-local IPAM keeps them outside any `--root`; stale leases
+/// would exhaust the node's range over time). Returns how many mounts were
+/// released. Idempotent.
+pub fn release_host(paths: &HostPaths) -> usize {
+    let unmounted = unmount_under(&paths.containerd_state()) + unmount_under(&paths.kubelet_root());
+    if unmounted > 0 {
+        tracing::info!(
+            mounts = unmounted,
+            "released mounts of containerd and the kubelet"
+        );
+    }
+    let leases = Path::new("/var/lib/cni/networks").join(cni::config::NETWORK_NAME);
+    if leases.exists() {
+        if let Err(err) = std::fs::remove_dir_all(&leases) {
+            tracing::warn!(path = %leases.display(), %err, "cannot release pod IP leases");
+        }
+    }
+    unmounted
+}
+
+/// The containerd tasks whose shims may still run on this host, as
+/// `namespace/id`, from containerd's runtime state
+/// (`<state>/io.containerd.runtime.v2.task/<ns>/<id>`). Empty after a
+/// clean node stop, and after a power cut (the state lives under `/run`).
+pub fn live_tasks(paths: &HostPaths) -> Vec<String> {
+    let base = paths
+        .containerd_state()
+        .join("io.containerd.runtime.v2.task");
+    let mut out = Vec::new();
+    let Ok(namespaces) = std::fs::read_dir(&base) else {
+        return out;
+    };
+    for ns in namespaces.flatten() {
+        let Ok(tasks) = std::fs::read_dir(ns.path()) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            out.push(format!(
+                "{}/{}",
+                ns.file_name().to_string_lossy(),
+                task.file_name().to_string_lossy()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The socket a containerd started with `config` listens on (the agent may
+/// have been given `--containerd-socket`); `None` when the file does not say.
+pub fn socket_in_config(config: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let doc: toml::Table = toml::from_str(&text).ok()?;
+    doc.get("plugins")?
+        .get("io.containerd.server.v1.grpc")?
+        .get("address")?
+        .as_str()
+        .map(PathBuf::from)
+}
+
+/// Stops the containers an agent stop left running, with no agent on the
+/// host (the caller holds the agent lock): starts containerd from the
+/// agent's last configuration so it reconnects to its shims, kills and
+/// deletes every task through its API, stops it, and releases the host's
+/// mounts and leases. Does nothing but the release when no task is left.
+/// Returns how many tasks were stopped.
+///
+/// Errors: containerd cannot start or does not answer within 30 s, or a task
+/// cannot be stopped; the message names containerd's log.
+pub async fn drain_without_agent(
+    paths: &HostPaths,
+    bundle: &dist::bundle::Bundle,
+) -> anyhow::Result<usize> {
+    let tasks = live_tasks(paths);
+    if tasks.is_empty() {
+        release_host(paths);
+        return Ok(0);
+    }
+    let config = paths.containerd_config();
+    let socket = socket_in_config(&config).unwrap_or_else(|| paths.containerd_socket());
+    let log_path = paths.log_dir().join("containerd.log");
+    crate::fsutil::ensure_dir(&paths.log_dir(), 0o755)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut child = tokio::process::Command::new(bundle.bin("containerd"))
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .env("PATH", super::services::child_path(bundle))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bundle.bin("containerd").display()))?;
+    let pid = child.id();
+    let result = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if dist::containerd::version(&socket).await.is_ok() {
+                break;
+            }
+            if let Ok(Some(exit)) = child.try_wait() {
+                anyhow::bail!(
+                    "containerd {}; see {}",
+                    super::supervisor::describe_exit(Ok(exit)),
+                    log_path.display()
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "containerd did not answer on {} within 30s; see {}",
+                    socket.display(),
+                    log_path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drain_tasks(&socket, Duration::from_secs(60))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot stop every container: {e}"))
+    }
+    .await;
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    let stopped = result?;
+    release_host(paths);
+    Ok(stopped)
 }
 
 /// Lazily unmounts every mount point under `dir`, deepest first.

@@ -2,9 +2,19 @@
 //!
 //! Start-up order: take the host lock (before anything is written), open the
 //! bundle, become the subreaper, write configs, start containerd, import the
-//! bundle's images once containerd is ready, start the kubelet. Shutdown on
-//! SIGTERM/SIGINT runs in reverse: kubelet, then containerd, then whatever
-//! containerd left behind (shims, containers), so nothing outlives the agent.
+//! bundle's images once containerd is ready, start the kubelet.
+//!
+//! Two ways to stop ([`StopKind`]):
+//! - SIGTERM or SIGINT (`systemctl stop`/`restart`, an upgrade of the
+//!   binary) is an *agent stop*: the kubelet and containerd stop, and
+//!   containerd's shims keep every container running. The next agent adopts
+//!   them: containerd reconnects to its shims and the kubelet finds its pods
+//!   through the CRI, so the control plane never goes down. An agent killed
+//!   with SIGKILL ends the same way (its children get PR_SET_PDEATHSIG).
+//! - SIGUSR1 (`selfnode stop`) is a *node stop*: the kubelet, then every
+//!   container through containerd's API, then containerd, then whatever
+//!   containerd left behind (shims), the mounts and the pod IP leases, so
+//!   nothing outlives the agent.
 
 pub mod apilb;
 pub mod config;
@@ -192,37 +202,26 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tracker.clone(),
     ));
 
-    wait_for_stop_signal().await?;
-    tracing::info!("stopping: kubelet, then containerd, then anything containerd left behind");
+    let kind = wait_for_stop_signal().await?;
+    match kind {
+        StopKind::Agent => tracing::info!("agent stop: kubelet, then containerd; containers keep running for the next agent ('selfnode stop' stops them)"),
+        StopKind::Node => tracing::info!("node stop: kubelet, then every container, then containerd and anything it left behind"),
+    }
     stop_kubelet.cancel();
     let _ = kubelet_task.await;
     let _ = images_task.await;
     stop_extra.cancel();
     let _ = extra_task.await;
-    if *containerd_ready.borrow() {
+    if kind == StopKind::Node && *containerd_ready.borrow() {
         if let Err(err) = drain::drain_tasks(&socket, Duration::from_secs(30)).await {
             tracing::warn!(error = %err, "could not stop every container through containerd; killing what is left");
         }
     }
     stop_containerd.cancel();
     let _ = containerd_task.await;
-    reaper::terminate_adopted(&managed, Duration::from_secs(5)).await;
-    let unmounted = drain::unmount_under(&paths.containerd_state())
-        + drain::unmount_under(&paths.kubelet_root());
-    if unmounted > 0 {
-        tracing::info!(
-            mounts = unmounted,
-            "released mounts of containerd and the kubelet"
-        );
-    }
-    // host-local IPAM keeps pod IP leases on the host, outside any --root;
-    // after a full stop no pod holds one, and stale leases would exhaust
-    // the node's range over time.
-    let leases = std::path::Path::new("/var/lib/cni/networks").join(cni::config::NETWORK_NAME);
-    if leases.exists() {
-        if let Err(err) = std::fs::remove_dir_all(&leases) {
-            tracing::warn!(path = %leases.display(), %err, "cannot release pod IP leases");
-        }
+    if kind == StopKind::Node {
+        reaper::terminate_adopted(&managed, Duration::from_secs(5)).await;
+        drain::release_host(&paths);
     }
     stop_background.cancel();
     tracker.close();
@@ -254,14 +253,27 @@ async fn hup_loop(reload: watch::Sender<u64>, stop: CancellationToken) {
     }
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// What a stop signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopKind {
+    /// SIGTERM, SIGINT: the agent goes, the containers stay for the next one.
+    Agent,
+    /// SIGUSR1 (`selfnode stop`): every container goes too.
+    Node,
+}
+
+/// The signal that asks the agent for a node stop (`selfnode stop` sends it).
+pub const NODE_STOP_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR1;
+
+async fn wait_for_stop_signal() -> anyhow::Result<StopKind> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM"),
-        _ = int.recv() => tracing::info!("received SIGINT"),
-    }
-    Ok(())
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    Ok(tokio::select! {
+        _ = term.recv() => { tracing::info!("received SIGTERM"); StopKind::Agent }
+        _ = int.recv() => { tracing::info!("received SIGINT"); StopKind::Agent }
+        _ = usr1.recv() => { tracing::info!("received SIGUSR1"); StopKind::Node }
+    })
 }
 
 /// Imports the bundle's images once containerd is ready, retrying with

@@ -4,6 +4,7 @@ pub(crate) mod etcd;
 mod images;
 mod reset;
 mod status;
+mod stop;
 mod version;
 
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Init(args) => init_sequence(&paths, args, None).await,
         Command::Reset(args) => reset::run(&paths, args).await,
+        Command::Stop(args) => stop::run(&paths, args).await,
         Command::Status(args) => status::run(&paths, args.output).await,
         Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {

@@ -9,8 +9,8 @@ use crate::cli::ResetArgs;
 use crate::paths::HostPaths;
 
 /// `selfnode reset`: forget the cluster on this host. The agent must be
-/// stopped first (its stop already ends every container and releases their
-/// mounts); reset then removes the cluster's state and what the cluster
+/// stopped first; containers an agent stop left running are stopped (as
+/// `selfnode stop` does) and their mounts released; reset then removes the cluster's state and what the cluster
 /// left in the host's network (the pod bridge, selfnode's routes, the pods'
 /// NAT rules, kube-proxy's rules), and keeps the bundle, containerd's
 /// images and the scheduled etcd snapshots (they are what a restore starts
@@ -18,9 +18,11 @@ use crate::paths::HostPaths;
 pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
     if let Some(pid) = lock::running_agent(&paths.agent_lock()) {
         anyhow::bail!(
-            "the selfnode agent is running (pid {pid}); stop it first (kill -TERM {pid}, or systemctl stop selfnode-agent), then run reset again"
+            "the selfnode agent is running (pid {pid}); stop the node first ('selfnode stop', or systemctl stop selfnode-agent), then run reset again"
         );
     }
+    // No agent may start while the host is taken apart.
+    let _lock = lock::acquire(&paths.agent_lock())?;
     let targets: Vec<PathBuf> = vec![
         paths.kubeconfig_dir(),
         paths.checkpoint_dir(),
@@ -36,6 +38,7 @@ pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode>
     ];
     let present: Vec<&PathBuf> = targets.iter().filter(|p| p.exists()).collect();
     if present.is_empty() {
+        super::stop::stop_leftovers(paths, args.bundle.as_deref()).await?;
         reset_network(paths, args.bundle.as_deref()).await?;
         println!("nothing to reset: this host holds no cluster state");
         return Ok(ExitCode::SUCCESS);
@@ -57,8 +60,9 @@ pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode>
             return Ok(ExitCode::from(1));
         }
     }
-    // The kubelet leaves pod volume mounts when it is stopped abruptly.
-    crate::agent::drain::unmount_under(&paths.kubelet_root());
+    // An agent stop leaves the containers running; the kubelet leaves pod
+    // volume mounts when it is stopped abruptly.
+    super::stop::stop_leftovers(paths, args.bundle.as_deref()).await?;
     for p in present {
         let result = if p.is_dir() {
             std::fs::remove_dir_all(p)

@@ -248,6 +248,36 @@ impl TestHost {
         }
     }
 
+    /// `selfnode stop`: a node stop (the agent, if one runs, and every
+    /// container); reaps the agent child. Returns stop's output.
+    pub fn stop_node(&mut self, timeout: Duration) -> std::process::Output {
+        let out = self
+            .selfnode()
+            .arg("stop")
+            .arg("--bundle")
+            .arg(&self.bundle)
+            .arg("--timeout")
+            .arg(format!("{}s", timeout.as_secs()))
+            .output()
+            .expect("run selfnode stop");
+        if let Some(mut child) = self.agent.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if child.try_wait().ok().flatten().is_none() {
+                signal(child.id(), libc::SIGKILL);
+                let _ = child.wait();
+                panic!(
+                    "the agent is still running after 'selfnode stop': {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        out
+    }
+
     /// Processes (other than the agent) whose command line or working
     /// directory refers to this host's directory: what the agent started.
     pub fn leftover_processes(&self) -> Vec<(u32, String)> {
@@ -328,6 +358,13 @@ impl Drop for TestHost {
                 self.diagnostics()
             );
         }
+        // A node stop: the agent and every container, also those an agent
+        // stop left running. What it cannot stop is killed by PID below.
+        let _ = self
+            .selfnode()
+            .args(["stop", "--timeout", "60s", "--bundle"])
+            .arg(&self.bundle)
+            .output();
         if let Some(mut child) = self.agent.take() {
             signal(child.id(), libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(40);
@@ -359,6 +396,28 @@ impl Drop for TestHost {
             } else if let Err(err) = dir.close() {
                 eprintln!("warning: cannot remove test host dir: {err}");
             }
+        }
+    }
+}
+
+/// A command's stdout and stderr, for messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Calls `f` every 2 s until it succeeds; panics with its last error after
+/// `timeout`.
+pub fn retry(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String>) {
+    let end = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > end => panic!("timed out waiting for {what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_secs(2)),
         }
     }
 }
