@@ -277,6 +277,16 @@ impl Client {
         containerd_client::services::v1::tasks_client::TasksClient::new(self.channel.clone())
     }
 
+    /// Containers (metadata and labels; the CRI labels each with its pod's
+    /// `io.kubernetes.pod.*` and `io.kubernetes.container.name`).
+    pub fn containers(
+        &self,
+    ) -> containerd_client::services::v1::containers_client::ContainersClient<Channel> {
+        containerd_client::services::v1::containers_client::ContainersClient::new(
+            self.channel.clone(),
+        )
+    }
+
     /// The Namespaces service.
     pub fn namespaces(
         &self,

@@ -1,8 +1,11 @@
 //! The node's durable memory, in sled: what cannot be observed again.
 //!
-//! Today: the cluster identity ("this host initialised / joined cluster X"),
+//! The cluster identity ("this host initialised / joined cluster X"),
 //! recorded before etcd starts so a host never bootstraps a second cluster by
-//! accident, and the pivot commit marker. Pod checkpoints come later.
+//! accident; the pivot commit marker; and, on control-plane nodes, the last
+//! known good copy of each checkpointed control-plane pod with the Secrets and
+//! ConfigMaps it mounts ([`PodCheckpoint`], written by the agent's
+//! checkpointer), from which the agent brings the API back after a power cut.
 //!
 //! Every value is stored as `{"sha256": <hex of data>, "data": <json>}` and a
 //! mismatch is reported as corruption, never trusted. `meta/format_version`
@@ -15,13 +18,20 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const FORMAT_VERSION: u32 = 1;
+/// How long an open waits for another process that holds the database.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const FORMAT_KEY: &str = "meta/format_version";
 const IDENTITY_KEY: &str = "cluster/identity";
 const PIVOT_KEY: &str = "init/pivot_committed";
+const POD_PREFIX: &str = "pods/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("cannot open the checkpoint at {path}: {source}; if another selfnode command is running, wait for it")]
+    #[error("the checkpoint at {path} is held by another selfnode command (init, restore, or the agent's checkpointer) for over {}s; wait for it to end, then run this again", LOCK_WAIT.as_secs())]
+    Locked { path: PathBuf },
+    #[error("the checkpoint database at {path} is damaged ({source}); nothing in it is used. Move it aside and run 'selfnode init' again (it resumes), or 'selfnode reset' if the host must be rebuilt")]
+    Damaged { path: PathBuf, source: sled::Error },
+    #[error("cannot open the checkpoint at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
     #[error("checkpoint {path}: {source}")]
     Io { path: PathBuf, source: sled::Error },
@@ -46,6 +56,51 @@ pub struct ClusterIdentity {
     pub created: u64,
 }
 
+/// The last known good copy of one control-plane pod bound to this node:
+/// kept only after it was seen Running and Ready (in the API, and running in
+/// containerd), with everything it mounts from the API. Holds Secrets:
+/// deliberately not `Debug`, never logged.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodCheckpoint {
+    /// The component, the key of the entry (`kube-apiserver`).
+    pub component: String,
+    /// The pod as the API served it.
+    pub pod: k8s_openapi::api::core::v1::Pod,
+    pub secrets: Vec<k8s_openapi::api::core::v1::Secret>,
+    pub config_maps: Vec<k8s_openapi::api::core::v1::ConfigMap>,
+    /// Unix seconds when it was seen Running and Ready.
+    pub observed_at: u64,
+}
+
+impl PodCheckpoint {
+    /// What identifies this copy in messages: pod name and UID, never data.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (pod {}, uid {})",
+            self.component,
+            self.pod.metadata.name.as_deref().unwrap_or("?"),
+            self.pod.metadata.uid.as_deref().unwrap_or("?")
+        )
+    }
+
+    /// Equal but for when it was observed: nothing to write.
+    pub fn same_content(&self, other: &PodCheckpoint) -> bool {
+        self.component == other.component
+            && self.pod.metadata.uid == other.pod.metadata.uid
+            && self.pod.spec == other.pod.spec
+            && self
+                .secrets
+                .iter()
+                .map(|s| &s.data)
+                .eq(other.secrets.iter().map(|s| &s.data))
+            && self
+                .config_maps
+                .iter()
+                .map(|c| (&c.data, &c.binary_data))
+                .eq(other.config_maps.iter().map(|c| (&c.data, &c.binary_data)))
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     sha256: String,
@@ -62,10 +117,34 @@ impl Checkpoint {
         if let Some(parent) = path.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        let db = sled::open(path).map_err(|source| CheckpointError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // sled takes an exclusive file lock; the agent's checkpointer and
+        // the commands open the database briefly, so a short wait is normal.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::open(path) {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if started.elapsed() > LOCK_WAIT {
+                        return Err(CheckpointError::Locked {
+                            path: path.to_path_buf(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(source @ sled::Error::Corruption { .. }) => {
+                    return Err(CheckpointError::Damaged {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+                Err(source) => {
+                    return Err(CheckpointError::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        };
         let cp = Checkpoint {
             db,
             path: path.to_path_buf(),
@@ -167,6 +246,27 @@ impl Checkpoint {
 
     pub fn commit_pivot(&self) -> Result<(), CheckpointError> {
         self.put(PIVOT_KEY, &crate::status::now_unix())
+    }
+
+    /// Every pod checkpoint, by component. A corrupt entry is an error: the
+    /// caller reports it and uses none of them.
+    pub fn pods(&self) -> Result<Vec<PodCheckpoint>, CheckpointError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(POD_PREFIX) {
+            let (key, _) = item.map_err(|e| self.io(e))?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            if let Some(pod) = self.get::<PodCheckpoint>(&key)? {
+                out.push(pod);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps `pod` as its component's last known good copy.
+    pub fn put_pod(&self, pod: &PodCheckpoint) -> Result<(), CheckpointError> {
+        self.put(&format!("{POD_PREFIX}{}", pod.component), pod)?;
+        restrict(&self.path);
+        Ok(())
     }
 }
 

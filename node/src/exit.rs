@@ -117,6 +117,21 @@ impl Classify for crate::agent::lock::LockError {
     }
 }
 
+impl Classify for crate::checkpoint::CheckpointError {
+    /// Held by another command: a conflict with what runs; the rest fail.
+    fn class(&self) -> Class {
+        use crate::checkpoint::CheckpointError;
+        match self {
+            CheckpointError::Locked { .. } => Class::Conflict,
+            CheckpointError::Damaged { .. }
+            | CheckpointError::Open { .. }
+            | CheckpointError::Io { .. }
+            | CheckpointError::Version { .. }
+            | CheckpointError::Corrupt { .. } => Class::Failure,
+        }
+    }
+}
+
 impl Classify for crate::init::InitConflict {
     fn class(&self) -> Class {
         Class::Conflict
@@ -172,6 +187,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<bootstrap::plane::PlaneSpecError>,
     by::<bootstrap::pki::PkiSpecError>,
     by::<crate::agent::lock::LockError>,
+    by::<crate::checkpoint::CheckpointError>,
     by::<crate::init::InitConflict>,
     by::<crate::init::RestoreConflict>,
     by::<crate::init::RestoreInputError>,
@@ -344,6 +360,9 @@ mod tests {
                 pid: "1".into(),
                 path: PathBuf::from("/run/selfnode/agent.lock"),
             }),
+            Box::new(crate::checkpoint::CheckpointError::Locked {
+                path: PathBuf::from("/var/lib/selfnode/checkpoint"),
+            }),
             Box::new(crate::init::InitConflict {
                 existing: "a".into(),
                 node: "n".into(),
@@ -382,7 +401,7 @@ mod tests {
             [
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
                 Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
-                Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Invalid,
+                Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Conflict, Invalid,
             ]
         );
     }

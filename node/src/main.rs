@@ -33,9 +33,11 @@ fn main() -> ExitCode {
 /// Logs go to stderr. The agent logs at info by default; the short-lived
 /// commands stay quiet unless asked (SELFNODE_LOG=debug, RUST_LOG syntax).
 fn init_logging(cmd: &cli::Command) {
+    // kube-rs logs every failed connection at error level; the agent
+    // reports those failures itself, with what they mean.
     let default = match cmd {
-        cli::Command::Agent(_) => "info",
-        _ => "warn",
+        cli::Command::Agent(_) => "info,kube_client=off",
+        _ => "warn,kube_client=off",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SELFNODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

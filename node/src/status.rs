@@ -51,6 +51,9 @@ pub struct ComponentStatus {
     pub since: u64,
     /// Why the last run ended, or why the last attempt failed.
     pub last_error: Option<String>,
+    /// What it is doing, for people (the checkpoint: which copy serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     pub log: Option<PathBuf>,
 }
 
@@ -63,6 +66,7 @@ impl ComponentStatus {
             restarts: 0,
             since: now_unix(),
             last_error: None,
+            detail: None,
             log,
         }
     }

@@ -145,3 +145,151 @@ fn agent_restarts_keep_the_control_plane_and_workloads_running() {
         text(&rollout)
     );
 }
+
+/// The self-hosted control-plane pods (not checkpoint copies) are all
+/// Ready, and no checkpoint copy runs.
+fn self_hosted_plane_ready(host: &TestHost) -> Result<(), String> {
+    let out = host.kubectl(&["-n", "kube-system", "get", "pods", "-o", "json"]);
+    if !out.status.success() {
+        return Err(text(&out));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let pods = v["items"].as_array().cloned().unwrap_or_default();
+    for app in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
+        let ready = pods.iter().any(|p| {
+            p["metadata"]["labels"]["k8s-app"] == app
+                && p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if !ready {
+            return Err(format!("no Ready {app} pod"));
+        }
+    }
+    if let Some(copy) = pods
+        .iter()
+        .find(|p| p["metadata"]["labels"]["selfnode.dev/checkpoint-of"].is_string())
+    {
+        return Err(format!(
+            "the checkpoint copy {} still runs",
+            copy["metadata"]["name"]
+        ));
+    }
+    let manifest = host
+        .root
+        .join("etc/kubernetes/manifests/kube-apiserver-checkpoint.json");
+    if manifest.exists() {
+        return Err(format!("{} is still there", manifest.display()));
+    }
+    Ok(())
+}
+
+fn checkpoint_detail(host: &TestHost) -> String {
+    let st = host.status();
+    TestHost::component(&st, "checkpoint")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn power_cuts_bring_the_control_plane_back_from_the_checkpoint() {
+    let mut host = TestHost::for_cluster();
+    host.start_agent();
+    host.wait_healthy(START);
+    let out = host.init(&["--allow-workloads"], None);
+    assert!(out.status.success(), "init: {}", text(&out));
+    retry(
+        "the checkpointer to keep the API server",
+        Duration::from_secs(60),
+        || {
+            let d = checkpoint_detail(&host);
+            if d.contains("kube-apiserver") {
+                Ok(())
+            } else {
+                Err(d)
+            }
+        },
+    );
+    let store = host.root.join("var/lib/selfnode/checkpoint");
+    assert_private(&store);
+
+    for cut in 1..=5 {
+        host.kubectl_ok(&[
+            "create",
+            "configmap",
+            &format!("before-cut-{cut}"),
+            "--from-literal=cut=x",
+        ]);
+        host.power_cut();
+        let started = Instant::now();
+        host.start_agent();
+        retry(
+            &format!("cut {cut}: /readyz through the balancer"),
+            Duration::from_secs(180),
+            || readyz(&host),
+        );
+        let api = started.elapsed().as_secs_f64();
+        retry(
+            &format!("cut {cut}: the self-hosted control plane Ready, the copy gone"),
+            Duration::from_secs(300),
+            || self_hosted_plane_ready(&host),
+        );
+        eprintln!(
+            "cut {cut}: /readyz after {api:.1}s, self-hosted plane Ready after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        for earlier in 1..=cut {
+            host.kubectl_ok(&["get", "configmap", &format!("before-cut-{earlier}")]);
+        }
+        let name = format!("after-cut-{cut}");
+        let version = bundle_version("ETCD_VERSION")
+            .trim_start_matches('v')
+            .to_string();
+        host.kubectl_ok(&[
+            "create",
+            "deployment",
+            &name,
+            &format!("--image=registry.k8s.io/etcd:{version}-0"),
+            "--",
+            "etcd",
+            "--data-dir=/tmp/x",
+        ]);
+        let rollout = host.kubectl(&[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "--timeout=180s",
+        ]);
+        assert!(
+            rollout.status.success(),
+            "cut {cut}: a new Deployment runs: {}\n{}",
+            text(&rollout),
+            text(&host.kubectl(&["get", "pods", "-A", "-o", "wide"]))
+        );
+        let detail = checkpoint_detail(&host);
+        assert!(
+            detail.contains("kube-apiserver"),
+            "cut {cut}: status says which copy serves: {detail}"
+        );
+    }
+}
+
+/// The checkpoint holds Secrets: its directory 0700, its files 0600.
+fn assert_private(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_file() {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", e.path().display());
+        }
+    }
+}

@@ -17,6 +17,7 @@
 //!   nothing outlives the agent.
 
 pub mod apilb;
+pub mod checkpointer;
 pub mod config;
 pub mod drain;
 pub mod extra;
@@ -88,6 +89,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             ComponentStatus::new(IMAGES, None),
             ComponentStatus::new(KUBELET, Some(log_dir.join("kubelet.log"))),
             ComponentStatus::new(apilb::COMPONENT, None),
+            {
+                let mut c = ComponentStatus::new(checkpointer::COMPONENT, None);
+                c.state = ComponentState::Ready;
+                c.detail =
+                    Some("nothing kept: no control-plane pod of this node seen Ready".into());
+                c
+            },
         ],
         snapshots: None,
     });
@@ -145,6 +153,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         containerd_ready_tx,
         reload.clone(),
         tracker.clone(),
+    ));
+    tracker.spawn(checkpointer::run(
+        Arc::new(checkpointer::CheckpointerContext {
+            paths: paths.clone(),
+            containerd_socket: socket.clone(),
+        }),
+        status.clone(),
+        containerd_ready.clone(),
+        stop_background.clone(),
     ));
     let images_task = tracker.spawn(import_images(
         ctx.clone(),

@@ -141,6 +141,9 @@ fn print_table(running: Option<&str>, status: Option<&AgentStatus>, paths: &Host
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        if let Some(d) = &c.detail {
+            detail = d.clone();
+        }
         if c.state != ComponentState::Ready {
             if let Some(e) = &c.last_error {
                 detail = if detail.is_empty() {

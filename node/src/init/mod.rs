@@ -14,7 +14,7 @@ mod etcd_pivot;
 mod pivot;
 pub mod plan;
 mod prepare;
-mod ready;
+pub(crate) mod ready;
 mod restore;
 pub mod steps;
 mod temp_plane;
@@ -342,7 +342,8 @@ pub(crate) fn random_uid() -> String {
     hex::encode(bytes)
 }
 
-async fn kube_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+/// A client from a kubeconfig file (admin.conf, kubelet.conf).
+pub(crate) async fn kube_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("cannot read {}", kubeconfig.display()))?;
     let config =

@@ -48,9 +48,97 @@ pub struct TestHost {
     pub healthz_port: u16,
     pub api_lb_port: u16,
     agent: Option<Child>,
+    /// Network namespaces of the machine when the host was made: the ones
+    /// its pods add are removed by [`TestHost::power_cut`].
+    netns_before: Vec<String>,
+}
+
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every descendant of `roots` (and the roots), from /proc's parent PIDs.
+fn process_trees(roots: &[u32]) -> Vec<u32> {
+    let mut parent = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The command is in parentheses and may hold spaces: fields after ')'.
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            parent.push((pid, ppid));
+        }
+    }
+    let mut out: Vec<u32> = roots.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out
 }
 
 impl TestHost {
+    /// A power cut: SIGKILL to the agent, containerd, the kubelet, every
+    /// shim and every container of this host at once; then what a reboot
+    /// empties goes (the host's `run` directory, the tmpfs mounts under it
+    /// and the kubelet's, the pods' network namespaces). Disks keep the rest.
+    pub fn power_cut(&mut self) {
+        let mut roots: Vec<u32> = processes_referring_to(&self.root, None)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        if let Some(child) = &self.agent {
+            roots.push(child.id());
+        }
+        let all = process_trees(&roots);
+        for pid in &all {
+            signal(*pid, libc::SIGKILL);
+        }
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while all.iter().any(|p| pid_alive(*p)) {
+            assert!(
+                Instant::now() < deadline,
+                "processes survive SIGKILL: {all:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        unmount_under(&self.root.join("run"));
+        unmount_under(&self.root.join("var/lib/kubelet"));
+        for name in netns_names() {
+            if !self.netns_before.contains(&name) {
+                let path = Path::new("/run/netns").join(&name);
+                let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.root.join("run")) {
+            for e in entries.flatten() {
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
+    }
+
     /// A host for cluster tests: the API load balancer on its real port
     /// (7445), because the kubeconfigs `init` writes point there.
     pub fn for_cluster() -> Self {
@@ -111,6 +199,7 @@ impl TestHost {
             healthz_port: free_port(),
             api_lb_port: free_port(),
             agent: None,
+            netns_before: netns_names(),
         }
     }
 
@@ -333,6 +422,17 @@ impl TestHost {
                 ));
             }
         }
+        let manifests = std::fs::read_dir(self.root.join("etc/kubernetes/manifests"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        out.push_str(&format!("--- static pods
+{manifests}
+"));
         let agent = self.agent_log();
         let tail: Vec<&str> = agent.lines().rev().take(40).collect();
         out.push_str(&format!(
