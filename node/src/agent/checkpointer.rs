@@ -726,7 +726,10 @@ mod tests {
         let mounts = spec.containers[0].volume_mounts.as_ref().unwrap();
         assert_eq!(mounts.len(), 1, "and its mount");
         assert_eq!(spec.node_name, None);
-        assert_eq!(spec.node_selector, None, "the kubelet admits it without the API");
+        assert_eq!(
+            spec.node_selector, None,
+            "the kubelet admits it without the API"
+        );
         assert_eq!(spec.affinity, None);
         assert_eq!(spec.priority, None);
         assert_eq!(spec.service_account_name, None);

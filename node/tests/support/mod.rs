@@ -430,9 +430,7 @@ impl TestHost {
                     .join(" ")
             })
             .unwrap_or_default();
-        out.push_str(&format!("--- static pods
-{manifests}
-"));
+        out.push_str(&format!("--- static pods\n{manifests}\n"));
         let agent = self.agent_log();
         let tail: Vec<&str> = agent.lines().rev().take(40).collect();
         out.push_str(&format!(
