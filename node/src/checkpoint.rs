@@ -12,6 +12,7 @@
 //! is written on creation; an unknown version is refused. Every write is
 //! flushed before it returns. sled stays behind this module.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -33,6 +34,11 @@ pub enum CheckpointError {
     Damaged { path: PathBuf, source: sled::Error },
     #[error("cannot open the checkpoint at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
+    #[error("checkpoint index {path}: {source}")]
+    Index {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("checkpoint {path}: {source}")]
     Io { path: PathBuf, source: sled::Error },
     #[error("checkpoint {path} has format version {found}, this selfnode understands {FORMAT_VERSION}; use a matching selfnode version")]
@@ -249,24 +255,89 @@ impl Checkpoint {
     }
 
     /// Every pod checkpoint, by component. A corrupt entry is an error: the
-    /// caller reports it and uses none of them.
+    /// caller reports it and uses none of them. So is an entry the index
+    /// lists that the database does not hold as written: sled stops reading
+    /// its log at the first damaged record, silently, so a flipped byte
+    /// shows up as a lost or older entry, never as a checksum error.
     pub fn pods(&self) -> Result<Vec<PodCheckpoint>, CheckpointError> {
+        let index = self.read_index()?;
         let mut out = Vec::new();
+        let mut seen = BTreeMap::new();
         for item in self.db.scan_prefix(POD_PREFIX) {
-            let (key, _) = item.map_err(|e| self.io(e))?;
+            let (key, raw) = item.map_err(|e| self.io(e))?;
             let key = String::from_utf8_lossy(&key).into_owned();
+            seen.insert(key.clone(), hex::encode(Sha256::digest(&raw)));
             if let Some(pod) = self.get::<PodCheckpoint>(&key)? {
                 out.push(pod);
+            }
+        }
+        for (key, accepted) in &index {
+            match seen.get(key) {
+                Some(sum) if accepted.contains(sum) => {}
+                found => {
+                    return Err(CheckpointError::Corrupt {
+                        path: self.path.clone(),
+                        key: key.clone(),
+                        why: match found {
+                            None => "the database lost it (a damaged log)".into(),
+                            Some(_) => "it is not what was written last (a damaged log)".into(),
+                        },
+                    })
+                }
             }
         }
         Ok(out)
     }
 
-    /// Keeps `pod` as its component's last known good copy.
+    /// Keeps `pod` as its component's last known good copy. The index
+    /// beside the database accepts the old and the new bytes while the write
+    /// is under way, then only the new, so a crash in between is not taken
+    /// for damage.
     pub fn put_pod(&self, pod: &PodCheckpoint) -> Result<(), CheckpointError> {
-        self.put(&format!("{POD_PREFIX}{}", pod.component), pod)?;
+        let key = format!("{POD_PREFIX}{}", pod.component);
+        let raw = self.encode(&key, pod)?;
+        let sum = hex::encode(Sha256::digest(&raw));
+        let mut index = self.read_index()?;
+        let entry = index.entry(key.clone()).or_default();
+        entry.push(sum.clone());
+        self.write_index(&index)?;
+        self.db
+            .insert(key.as_bytes(), raw)
+            .map_err(|e| self.io(e))?;
+        self.flush()?;
+        index.insert(key, vec![sum]);
+        self.write_index(&index)?;
         restrict(&self.path);
         Ok(())
+    }
+
+    /// `<checkpoint>.index.json`: for each pod entry, the SHA-256 of the
+    /// stored bytes the database must hold.
+    fn index_path(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".index.json");
+        self.path.with_file_name(name)
+    }
+
+    fn read_index(&self) -> Result<BTreeMap<String, Vec<String>>, CheckpointError> {
+        let path = self.index_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
+                path: path.clone(),
+                key: "(index)".into(),
+                why: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(CheckpointError::Index { path, source: e }),
+        }
+    }
+
+    fn write_index(&self, index: &BTreeMap<String, Vec<String>>) -> Result<(), CheckpointError> {
+        let path = self.index_path();
+        let bytes = serde_json::to_vec(index).unwrap_or_default();
+        crate::fsutil::write_atomic(&path, &bytes, 0o600)
+            .map(|_| ())
+            .map_err(|source| CheckpointError::Index { path, source })
     }
 }
 
@@ -327,6 +398,39 @@ mod tests {
         cp.begin_restore(&restored).unwrap();
         assert_eq!(cp.cluster_identity().unwrap(), Some(restored));
         assert!(!cp.pivot_committed().unwrap());
+    }
+
+    fn pod() -> PodCheckpoint {
+        PodCheckpoint {
+            component: "kube-apiserver".into(),
+            pod: k8s_openapi::api::core::v1::Pod::default(),
+            secrets: vec![],
+            config_maps: vec![],
+            observed_at: 1,
+        }
+    }
+
+    #[test]
+    fn a_pod_entry_the_database_lost_is_reported_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cp");
+        {
+            let cp = Checkpoint::open(&p).unwrap();
+            cp.put_pod(&pod()).unwrap();
+            assert_eq!(cp.pods().unwrap().len(), 1);
+            // What sled does with a damaged log: the record is gone.
+            cp.db.remove("pods/kube-apiserver").unwrap();
+            cp.flush().unwrap();
+        }
+        let cp = Checkpoint::open(&p).unwrap();
+        let err = cp.pods().err().expect("refused").to_string();
+        assert!(
+            err.contains("pods/kube-apiserver") && err.contains("lost"),
+            "{err}"
+        );
+        // Keeping a new copy heals it.
+        cp.put_pod(&pod()).unwrap();
+        assert_eq!(cp.pods().unwrap().len(), 1);
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl Classify for crate::checkpoint::CheckpointError {
             CheckpointError::Locked { .. } => Class::Conflict,
             CheckpointError::Damaged { .. }
             | CheckpointError::Open { .. }
+            | CheckpointError::Index { .. }
             | CheckpointError::Io { .. }
             | CheckpointError::Version { .. }
             | CheckpointError::Corrupt { .. } => Class::Failure,

@@ -293,3 +293,157 @@ fn assert_private(dir: &std::path::Path) {
         }
     }
 }
+
+/// Starts a cluster and waits until the checkpointer keeps its API server;
+/// returns the kept pod's name.
+fn cluster_with_a_kept_apiserver(host: &mut TestHost) -> String {
+    host.start_agent();
+    host.wait_healthy(START);
+    let out = host.init(&["--allow-workloads"], None);
+    assert!(out.status.success(), "init: {}", text(&out));
+    let mut kept = String::new();
+    retry(
+        "the checkpointer to keep the API server",
+        Duration::from_secs(60),
+        || {
+            let d = checkpoint_detail(host);
+            match d.split("(pod ").nth(1).and_then(|r| r.split(',').next()) {
+                Some(pod) => {
+                    kept = pod.to_string();
+                    Ok(())
+                }
+                None => Err(d),
+            }
+        },
+    );
+    kept
+}
+
+#[test]
+fn a_power_cut_after_a_bad_apiserver_rollout_brings_back_the_last_good_one() {
+    let mut host = TestHost::for_cluster();
+    let good = cluster_with_a_kept_apiserver(&mut host);
+
+    // A flag the API server refuses: its new pod never becomes Ready; the
+    // surge rollout keeps the old one serving.
+    host.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "daemonset",
+        "kube-apiserver",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/template/spec/containers/0/command/-","value":"--no-such-flag=1"}]"#,
+    ]);
+    retry(
+        "the bad API server pod to start and fail",
+        Duration::from_secs(120),
+        || {
+            let pods = host.kubectl_ok(&[
+                "-n",
+                "kube-system",
+                "get",
+                "pods",
+                "-l",
+                "k8s-app=kube-apiserver",
+                "-o",
+                "custom-columns=NAME:.metadata.name,RESTARTS:.status.containerStatuses[0].restartCount",
+                "--no-headers",
+            ]);
+            let bad = pods.lines().filter(|l| !l.starts_with(&good)).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|r| r != "0" && r != "<none>")
+            });
+            if bad {
+                Ok(())
+            } else {
+                Err(pods)
+            }
+        },
+    );
+    // The checkpointer saw the bad pod for a while and kept the good one.
+    std::thread::sleep(Duration::from_secs(10));
+    let detail = checkpoint_detail(&host);
+    assert!(detail.contains(&good), "the good pod stays kept: {detail}");
+
+    host.power_cut();
+    host.start_agent();
+    retry("/readyz after the cut", Duration::from_secs(180), || {
+        readyz(&host)
+    });
+    let log = host.agent_log();
+    assert!(
+        log.contains(&format!(
+            "started the checkpoint copy of kube-apiserver (pod {good},"
+        )),
+        "the copy that came back is the last good one:\n{log}"
+    );
+    retry(
+        "the good self-hosted API server Ready again, the copy gone",
+        Duration::from_secs(300),
+        || self_hosted_plane_ready(&host),
+    );
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_reported_and_never_started() {
+    let mut host = TestHost::for_cluster();
+    cluster_with_a_kept_apiserver(&mut host);
+    assert!(host.stop_agent(Duration::from_secs(120)).success());
+
+    // Flip bytes inside the stored copy (its JSON is stored as is).
+    let store = host.root.join("var/lib/selfnode/checkpoint");
+    let mut flipped = 0;
+    for entry in walk(&store) {
+        let mut bytes = std::fs::read(&entry).unwrap();
+        let needle = b"\"component\"";
+        let mut at = 0;
+        while let Some(i) = bytes[at..].windows(needle.len()).position(|w| w == needle) {
+            let i = at + i;
+            bytes[i + 1] ^= 0x20;
+            flipped += 1;
+            at = i + needle.len();
+        }
+        std::fs::write(&entry, &bytes).unwrap();
+    }
+    assert!(flipped > 0, "found the stored copy in {}", store.display());
+
+    // The agent comes back over a running control plane: nothing is
+    // started from the damaged copy and the API keeps answering.
+    host.start_agent();
+    host.wait_for("the agent's containerd", START, |st| {
+        TestHost::component(st, "containerd")["state"] == "ready"
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        readyz(&host).expect("the API keeps answering");
+        assert!(
+            !host
+                .root
+                .join("etc/kubernetes/manifests/kube-apiserver-checkpoint.json")
+                .exists(),
+            "no static copy from a damaged checkpoint"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let log = host.agent_log();
+    assert!(
+        log.contains("checkpoint not used"),
+        "the damage is reported:\n{log}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -26,6 +26,7 @@ pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode>
     let targets: Vec<PathBuf> = vec![
         paths.kubeconfig_dir(),
         paths.checkpoint_dir(),
+        paths.state_dir().join("checkpoint.index.json"),
         paths.services_dir(),
         paths.state_dir().join("etcd"),
         paths.state_dir().join("etcd-bootstrap"),
