@@ -32,7 +32,7 @@ stop_agent() { # a node stop: the agent and every container
 # kubeconfig [apiserver pod name pattern]: 0 when the apiserver,
 # controller-manager and scheduler pods are all Ready.
 cp_ready() {
-  local out api=${2:-kube-apiserver}
+  local out api=${2:-kube-apiserver.*}
   out=$("$K" --kubeconfig "$1" -n kube-system get pods -o 'jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null) || return 1
   echo "$out" | grep -Eq "^$api True$" || return 1
   for c in kube-controller-manager kube-scheduler; do

@@ -60,6 +60,9 @@ pub enum Command {
     },
 }
 
+/// The agent's API load balancer port when `--api-lb-port` is not given.
+pub const DEFAULT_API_LB_PORT: u16 = 7445;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Output {
     /// A table for people
@@ -89,7 +92,7 @@ pub struct AgentArgs {
     pub kubelet_healthz_port: u16,
     /// Port of the node-local API load balancer on 127.0.0.1 (kubelet, kube-proxy and the
     /// control plane reach every healthy kube-apiserver through it)
-    #[arg(long, default_value_t = 7445, value_name = "PORT")]
+    #[arg(long, default_value_t = DEFAULT_API_LB_PORT, value_name = "PORT")]
     pub api_lb_port: u16,
     /// How often to save an etcd snapshot on a host with an etcd member (e.g. 30m, 6h; 0 turns
     /// scheduled snapshots off)
@@ -227,7 +230,7 @@ pub enum SnapshotCommand {
     },
     /// Build a working single-node cluster from a snapshot, on a host that belongs to no cluster
     #[command(
-        after_help = "The agent must be running. On a host that runs a cluster, --force is needed (its etcd data is moved aside, not deleted); or reset the host first. The snapshot may come from 'selfnode etcd snapshot save', the scheduled snapshots in <root>/var/lib/selfnode/snapshots, or upstream 'etcdctl snapshot save'; it is checked (bolt header, size, etcd's SHA-256, not an empty etcd) before anything is written. The cluster's Secrets are encrypted with a key from its PKI, so a restore needs the old PKI directory: pass --pki with a copy of it, or keep it in place. Then it runs init's steps with the temporary etcd started from the snapshot, and pivots as init does. Flags as for init; give the same ones the cluster was made with."
+        after_help = "The agent must be running. On a host that runs a cluster, --force is needed (its etcd data is moved aside, not deleted); or reset the host first. The snapshot may come from 'selfnode etcd snapshot save', the scheduled snapshots in <root>/var/lib/selfnode/snapshots, or upstream 'etcdctl snapshot save'; it is checked (bolt header, size, etcd's SHA-256, not an empty etcd) before anything is written. The cluster's Secrets are encrypted with a key from its PKI, so a restore needs the old PKI: the host's own if it has one, else the copy the agent keeps with its scheduled snapshots (<dir of FILE>/pki, or <root>/var/lib/selfnode/snapshots/pki, kept across a reset), or the copy --pki names. Then it runs init's steps with the temporary etcd started from the snapshot, and pivots as init does. Flags as for init; give the same ones the cluster was made with."
     )]
     Restore {
         /// The snapshot file

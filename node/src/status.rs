@@ -80,6 +80,10 @@ pub struct AgentStatus {
     /// Unix seconds of the last write; a heartbeat.
     pub updated: u64,
     pub bundle: PathBuf,
+    /// The API load balancer's port on loopback (`--api-lb-port`): what
+    /// `init` writes into every kubeconfig. Absent in files of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_lb_port: Option<u16>,
     pub components: Vec<ComponentStatus>,
     /// Scheduled etcd snapshots, on hosts with an etcd member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,6 +153,7 @@ mod tests {
             started: 5,
             updated: 6,
             bundle: "/b".into(),
+            api_lb_port: Some(7445),
             components: vec![ComponentStatus::new("containerd", Some("/l".into()))],
             snapshots: None,
         };

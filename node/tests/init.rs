@@ -412,6 +412,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
             let files: Vec<String> = std::fs::read_dir(&snapshots)
                 .map_err(|e| e.to_string())?
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".db"))
                 .collect();
             let count = st["etcd"]["snapshots"]["count"].as_u64();
             if files.len() == 2 && count == Some(2) && st["etcd"]["last_snapshot_time"].is_u64() {
@@ -422,8 +423,17 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         },
     );
     assert_private_tree(&snapshots, false);
+    assert!(
+        ["ca.key", "etcd/ca.key", "sa.key"]
+            .iter()
+            .all(|f| snapshots.join("pki").join(f).is_file()),
+        "what a restore needs is kept beside the snapshots"
+    );
     for f in std::fs::read_dir(&snapshots).unwrap() {
         let f = f.unwrap().path();
+        if f.is_dir() {
+            continue;
+        }
         let ok = std::process::Command::new(host.bundle.join("bin/etcdutl"))
             .args(["snapshot", "status"])
             .arg(&f)
@@ -635,6 +645,8 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
 
     // Reset, then restore selfnode's snapshot: its objects are back, the
     // later one is not, and the cluster is as healthy as after init.
+    // No hand-made copy of the PKI: the one kept with the scheduled
+    // snapshots is used.
     reset_and_restore(&mut host, &snap);
     assert_healthy_self_hosted_cluster(&host, &[]);
     assert_configmaps_present(&host, &acked);
@@ -940,19 +952,10 @@ fn bare_etcd_snapshot(dir: &std::path::Path, name: &str, one_key: bool) -> std::
     file
 }
 
-/// Stops the agent, keeps a copy of the PKI, resets the host, starts the
-/// agent again and restores `snapshot` with that copy.
+/// Stops the agent, resets the host (its PKI goes), starts the agent again
+/// and restores `snapshot` with no `--pki`: the copy the agent keeps with
+/// its scheduled snapshots is used.
 fn reset_and_restore(host: &mut TestHost, snapshot: &std::path::Path) {
-    let backup = host.root.join("pki-backup");
-    if !backup.exists() {
-        let cp = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(host.root.join("etc/kubernetes/pki"))
-            .arg(&backup)
-            .output()
-            .unwrap();
-        assert!(cp.status.success(), "{}", text(&cp));
-    }
     assert!(host.stop_agent(Duration::from_secs(120)).success());
     let out = host
         .selfnode()
@@ -967,8 +970,6 @@ fn reset_and_restore(host: &mut TestHost, snapshot: &std::path::Path) {
         .selfnode()
         .args(["etcd", "snapshot", "restore"])
         .arg(snapshot)
-        .arg("--pki")
-        .arg(&backup)
         .args([
             "--allow-workloads",
             "--bundle",
@@ -984,6 +985,11 @@ fn reset_and_restore(host: &mut TestHost, snapshot: &std::path::Path) {
     );
     assert!(
         text(&out).contains("[restore] restore_etcd_data"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("using the PKI kept with the scheduled snapshots"),
         "{}",
         text(&out)
     );
@@ -1102,7 +1108,9 @@ fn reset_leaves_nothing_that_breaks_a_cluster_with_other_network_settings() {
     );
 
     // A second cluster with every network setting changed, the cluster
-    // domain from the config file.
+    // domain from the config file, and the agent's API load balancer on
+    // another port (which every kubeconfig must then name).
+    host.api_lb_port = 7446;
     host.start_agent();
     host.wait_healthy(START);
     let config = host.root.join("second.yaml");
@@ -1119,6 +1127,44 @@ fn reset_leaves_nothing_that_breaks_a_cluster_with_other_network_settings() {
         text(&out),
         host.diagnostics()
     );
+
+    // The agent's balancer port reached every kubeconfig (kubectl below
+    // goes through admin.conf) and kube-proxy.
+    for conf in [
+        "admin.conf",
+        "kubelet.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+    ] {
+        let text = std::fs::read_to_string(host.root.join("etc/kubernetes").join(conf)).unwrap();
+        assert!(
+            text.contains("https://127.0.0.1:7446"),
+            "{conf} names the agent's balancer port:\n{text}"
+        );
+    }
+    let proxy = host.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "configmap",
+        "kube-proxy",
+        "-o",
+        "yaml",
+    ]);
+    assert!(
+        proxy.contains("https://127.0.0.1:7446"),
+        "kube-proxy's kubeconfig: {proxy}"
+    );
+    let network = host.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "daemonset",
+        "selfnode-network",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env}",
+    ]);
+    assert!(network.contains("7446"), "the network agent: {network}");
 
     // The domain reached the kubelet...
     let kubelet: serde_json::Value = serde_json::from_slice(

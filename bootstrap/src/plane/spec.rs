@@ -239,6 +239,10 @@ pub struct PlaneEnv {
     pub etcd_data_dir: PathBuf,
     /// Becomes [`PlaneSpec::cni_conf_dir`].
     pub cni_conf_dir: PathBuf,
+    /// The port of the host agent's API load balancer on loopback (`selfnode
+    /// agent --api-lb-port`): becomes [`PlanePorts::api_load_balancer`], so
+    /// every kubeconfig and kube-proxy point at it.
+    pub api_load_balancer_port: u16,
 }
 
 impl PlaneSpec {
@@ -266,6 +270,7 @@ impl PlaneSpec {
             kubeconfig_dir,
             etcd_data_dir,
             cni_conf_dir,
+            api_load_balancer_port,
         } = env;
         PlaneSpec {
             cluster_name: cluster_name.clone(),
@@ -282,7 +287,10 @@ impl PlaneSpec {
             kubeconfig_dir,
             etcd_data_dir,
             cni_conf_dir,
-            ports: PlanePorts::default(),
+            ports: PlanePorts {
+                api_load_balancer: api_load_balancer_port,
+                ..PlanePorts::default()
+            },
             // One control-plane node to start with: one CoreDNS replica
             // (a second could not spread anyway).
             replicas: PlaneReplicas {

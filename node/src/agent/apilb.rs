@@ -11,6 +11,13 @@
 //! cluster CA) once the node has the CA, a TCP connect before that. An
 //! apiserver that accepts connections but cannot serve (its etcd is gone, it
 //! is starting or draining) gets no new connections while another can.
+//!
+//! The port is open only while some apiserver is healthy. With none (a power
+//! cut, before init), a client's connection is refused at once, as if it
+//! dialled the dead apiserver itself. An open port that closes every
+//! connection would be worse: client-go retries the EOF, and the kubelet's
+//! calls then take ~10 s each before it starts its static pods
+//! (kubernetes/kubernetes#103658), which is what brings the API back.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,6 +35,9 @@ use crate::status::ComponentState;
 
 pub const COMPONENT: &str = "api-lb";
 const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// The check period while no backend is healthy: the port opens soon after
+/// an apiserver becomes ready.
+const CHECK_EVERY_WHILE_DOWN: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -59,12 +70,21 @@ impl Backends {
         }
     }
 
-    pub fn mark(&self, addr: SocketAddr, healthy: bool) {
+    /// Records `addr`'s health; returns whether it changed.
+    pub fn mark(&self, addr: SocketAddr, healthy: bool) -> bool {
+        let mut changed = false;
         if let Ok(mut list) = self.list.write() {
             for b in list.iter_mut().filter(|b| b.addr == addr) {
+                changed |= b.healthy != healthy;
                 b.healthy = healthy;
             }
         }
+        changed
+    }
+
+    /// Whether some backend passed its last health check.
+    pub fn any_healthy(&self) -> bool {
+        self.snapshot().iter().any(|b| b.healthy)
     }
 
     pub fn snapshot(&self) -> Vec<Backend> {
@@ -105,12 +125,31 @@ pub struct ApiLb {
     pub ca_file: PathBuf,
 }
 
-/// Runs until `stop`. Binding failure is reported in the status and retried.
+/// Runs until `stop`: listens while some backend is healthy (see the module
+/// docs). Binding failure is reported in the status and retried.
 pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, tracker: TaskTracker) {
     let backends = Arc::new(Backends::default());
-    let listener = loop {
-        match TcpListener::bind(lb.listen).await {
-            Ok(l) => break l,
+    let health_changed = Arc::new(Notify::new());
+    tracker.spawn(check_loop(
+        lb.backends_file.clone(),
+        lb.ca_file.clone(),
+        backends.clone(),
+        health_changed.clone(),
+        status.clone(),
+        stop.clone(),
+    ));
+    loop {
+        while !backends.any_healthy() {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
+                    return;
+                }
+                _ = health_changed.notified() => {}
+            }
+        }
+        let listener = match TcpListener::bind(lb.listen).await {
+            Ok(l) => l,
             Err(err) => {
                 status.update(COMPONENT, |c| {
                     c.state = ComponentState::Failed;
@@ -120,37 +159,37 @@ pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, track
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
+                continue;
             }
-        }
-    };
-    tracing::info!(listen = %lb.listen, "api load balancer listening");
-    tracker.spawn(check_loop(
-        lb.backends_file.clone(),
-        lb.ca_file.clone(),
-        backends.clone(),
-        status.clone(),
-        stop.clone(),
-    ));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => {
-                status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
-                return;
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
-                    let backends = backends.clone();
-                    let stop = stop.clone();
-                    tracker.spawn(async move {
-                        tokio::select! {
-                            _ = stop.cancelled() => {}
-                            _ = forward(client, &backends) => {}
-                        }
-                    });
+        };
+        tracing::info!(listen = %lb.listen, "api load balancer listening");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
+                    return;
                 }
-                Err(err) => {
-                    tracing::warn!(%err, "api load balancer accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                _ = health_changed.notified() => {
+                    if !backends.any_healthy() {
+                        tracing::info!(listen = %lb.listen, "no apiserver is healthy: api load balancer port closed until one is");
+                        break;
+                    }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((client, _)) => {
+                        let backends = backends.clone();
+                        let stop = stop.clone();
+                        tracker.spawn(async move {
+                            tokio::select! {
+                                _ = stop.cancelled() => {}
+                                _ = forward(client, &backends) => {}
+                            }
+                        });
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "api load balancer accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
         }
@@ -166,7 +205,9 @@ async fn forward(mut client: TcpStream, backends: &Backends) {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 return;
             }
-            _ => backends.mark(addr, false),
+            _ => {
+                backends.mark(addr, false);
+            }
         }
     }
     // No backend: closing the connection is the honest answer.
@@ -193,6 +234,7 @@ async fn check_loop(
     file: PathBuf,
     ca_file: PathBuf,
     backends: Arc<Backends>,
+    health_changed: Arc<Notify>,
     status: StatusHandle,
     stop: CancellationToken,
 ) {
@@ -208,6 +250,7 @@ async fn check_loop(
                 Ok(addrs) => {
                     tracing::info!(backends = ?addrs, "api load balancer backends");
                     backends.set(&addrs);
+                    health_changed.notify_one();
                 }
                 Err(err) => {
                     tracing::warn!(file = %file.display(), %err, "ignoring invalid backends file")
@@ -217,10 +260,10 @@ async fn check_loop(
         }
         for b in backends.snapshot() {
             let up = backend_up(b.addr, &ca_file).await;
-            if up != b.healthy {
+            if backends.mark(b.addr, up) {
                 tracing::info!(backend = %b.addr, healthy = up, "api backend health changed");
+                health_changed.notify_one();
             }
-            backends.mark(b.addr, up);
         }
         let list = backends.snapshot();
         let healthy = list.iter().filter(|b| b.healthy).count();
@@ -233,9 +276,14 @@ async fn check_loop(
                 c.last_error = Some(format!("none of {} apiservers answers", list.len()));
             }
         });
+        let period = if healthy > 0 {
+            CHECK_EVERY
+        } else {
+            CHECK_EVERY_WHILE_DOWN
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
+            _ = tokio::time::sleep(period) => {}
         }
     }
 }

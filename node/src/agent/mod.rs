@@ -84,6 +84,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         started: now_unix(),
         updated: now_unix(),
         bundle: bundle.root().to_path_buf(),
+        api_lb_port: Some(opts.api_lb_port),
         components: vec![
             ComponentStatus::new(CONTAINERD, Some(log_dir.join("containerd.log"))),
             ComponentStatus::new(IMAGES, None),

@@ -7,6 +7,13 @@
 //! etcd's checksum before it keeps the file, then prunes by count and age
 //! (never the newest). What happened last is in the agent's status, which
 //! `selfnode status` shows.
+//!
+//! A snapshot alone cannot be restored: the cluster's Secrets are encrypted
+//! with a key from its PKI. So each snapshot also refreshes `pki/` in the
+//! same directory (0700, files 0600) with the files a restore needs (the
+//! CAs, the service-account keys, the encryption config), and `selfnode etcd
+//! snapshot restore` uses it when `--pki` is not given and the host's own
+//! PKI is gone (after a reset).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -25,6 +32,8 @@ pub struct Schedule {
     pub dir: PathBuf,
     /// Present while this host runs an etcd member.
     pub member_manifest: PathBuf,
+    /// The cluster's PKI directory, copied beside the snapshots.
+    pub pki_dir: PathBuf,
     pub etcd: etcd_mgr::EtcdConfig,
 }
 
@@ -78,8 +87,34 @@ async fn take(s: &Schedule) -> anyhow::Result<()> {
     let file = s.dir.join(etcd_mgr::snapshot::scheduled_name(now));
     let info = etcd_mgr::snapshot::save(&s.etcd, &file).await?;
     tracing::info!(file = %info.path.display(), bytes = info.bytes, "saved a scheduled etcd snapshot");
+    keep_pki(&s.pki_dir, &s.dir.join(PKI_COPY))?;
     for old in etcd_mgr::snapshot::prune(&s.dir, s.keep, s.max_age, now)? {
         tracing::info!(file = %old.display(), "removed an old etcd snapshot (retention)");
+    }
+    Ok(())
+}
+
+/// The directory beside the snapshots that holds what a restore needs.
+pub const PKI_COPY: &str = "pki";
+
+/// Copies the files a restore needs from `pki_dir` into `to` (0700, files
+/// 0600); unchanged files are not rewritten.
+pub fn keep_pki(pki_dir: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for rel in crate::init::restore::RESTORE_PKI_FILES {
+        let from = pki_dir.join(rel);
+        let bytes = std::fs::read(&from).with_context(|| {
+            format!(
+                "cannot keep the PKI beside the snapshots: {}",
+                from.display()
+            )
+        })?;
+        let dest = to.join(rel);
+        if let Some(dir) = dest.parent() {
+            crate::fsutil::ensure_dir(dir, 0o700)?;
+        }
+        crate::fsutil::write_atomic(&dest, &bytes, 0o600)
+            .with_context(|| format!("writing {}", dest.display()))?;
     }
     Ok(())
 }

@@ -56,6 +56,7 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
             force,
             init,
         }) => {
+            let pki = pki.or_else(|| kept_pki(paths, &file));
             let restore = crate::init::RestoreSource {
                 snapshot: file,
                 pki,
@@ -79,4 +80,27 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// After a reset the host's PKI is gone; the agent keeps what a restore
+/// needs beside its scheduled snapshots. Used when `--pki` is not given and
+/// the host has no PKI: the copy beside the snapshot file, else the one in
+/// the default snapshot directory.
+fn kept_pki(paths: &HostPaths, snapshot: &std::path::Path) -> Option<std::path::PathBuf> {
+    if paths.pki_dir().join("ca.key").exists() {
+        return None;
+    }
+    let beside = snapshot
+        .parent()
+        .map(|d| d.join(crate::agent::snapshots::PKI_COPY));
+    let default = paths.snapshot_dir().join(crate::agent::snapshots::PKI_COPY);
+    let found = beside
+        .into_iter()
+        .chain([default])
+        .find(|d| d.join("ca.key").is_file())?;
+    eprintln!(
+        "[restore] using the PKI kept with the scheduled snapshots: {}",
+        found.display()
+    );
+    Some(found)
 }

@@ -31,6 +31,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         .etcd_snapshot_dir
                         .unwrap_or_else(|| paths.snapshot_dir()),
                     member_manifest: paths.etcd_manifest(),
+                    pki_dir: paths.pki_dir(),
                     etcd: crate::etcd::config(&paths),
                 },
                 paths,

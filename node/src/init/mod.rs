@@ -15,7 +15,7 @@ mod pivot;
 pub mod plan;
 mod prepare;
 pub(crate) mod ready;
-mod restore;
+pub(crate) mod restore;
 pub mod steps;
 mod temp_plane;
 
@@ -151,8 +151,20 @@ pub fn plane_spec(
             kubeconfig_dir: paths.kubeconfig_dir(),
             etcd_data_dir: paths.state_dir().join("etcd"),
             cni_conf_dir: paths.cni_conf_dir(),
+            api_load_balancer_port: agent_api_lb_port(paths),
         },
     )
+}
+
+/// The API load balancer port of this host's agent, from the status it
+/// publishes; the agent's default when there is none yet (init refuses to
+/// run without an agent anyway, after validating its input).
+fn agent_api_lb_port(paths: &HostPaths) -> u16 {
+    std::fs::read(paths.agent_status())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::status::AgentStatus>(&b).ok())
+        .and_then(|s| s.api_lb_port)
+        .unwrap_or(crate::cli::DEFAULT_API_LB_PORT)
 }
 
 /// Refuses a host that already belongs to another cluster, before anything

@@ -57,7 +57,7 @@ pub struct RestoreConflict {
 
 /// The files a restore cannot do without: the CAs and keys that sign and
 /// read what is in etcd. Leaf certificates are made again if missing.
-const RESTORE_PKI_FILES: [&str; 9] = [
+pub(crate) const RESTORE_PKI_FILES: [&str; 9] = [
     "ca.crt",
     "ca.key",
     "front-proxy-ca.crt",

@@ -481,7 +481,7 @@ impl Drop for TestHost {
         // address, routes, kube-proxy's and the pods' NAT rules): the
         // product's own reset removes them, so the next test's cluster
         // (with other CIDRs, say) starts clean.
-        if self.api_lb_port == 7445 {
+        if self.api_lb_port == 7445 || self.root.join("var/lib/selfnode/node.json").exists() {
             let _ = self
                 .selfnode()
                 .args(["reset", "--force", "--bundle"])
