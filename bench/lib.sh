@@ -12,10 +12,14 @@ ADDR=$(ip -4 -o route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\
 agent_pid=""
 agent_root=/
 
-start_agent() { # root: starts the agent, returns once it answers
+launch_agent() { # root: starts the agent in the background, returns at once
   agent_root=$1
   "$S" --root "$1" agent --bundle "$B" >>"$work/agent.log" 2>&1 &
   agent_pid=$!
+}
+
+start_agent() { # root: starts the agent, returns once every component is healthy
+  launch_agent "$1"
   for _ in $(seq 1 300); do "$S" --root "$1" status >/dev/null 2>&1 && return 0; sleep 0.5; done
   echo "agent did not become healthy" >&2; tail -20 "$work/agent.log" >&2; return 1
 }
@@ -29,14 +33,15 @@ stop_agent() { # a node stop: the agent and every container
   agent_pid=""
 }
 
-# kubeconfig [apiserver pod name pattern]: 0 when the apiserver,
-# controller-manager and scheduler pods are all Ready.
+# kubeconfig [apiserver pod name pattern] [since, UTC RFC 3339]: 0 when the
+# apiserver, controller-manager and scheduler pods are all Ready, with
+# containers started at or after `since` when given (after a power cut the
+# API first serves the Ready status stored before it).
 cp_ready() {
-  local out api=${2:-kube-apiserver.*}
-  out=$("$K" --kubeconfig "$1" -n kube-system get pods -o 'jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null) || return 1
-  echo "$out" | grep -Eq "^$api True$" || return 1
-  for c in kube-controller-manager kube-scheduler; do
-    echo "$out" | grep -q "^$c.* True$" || return 1
+  local out api=${2:-kube-apiserver.*} since=${3:-}
+  out=$("$K" --kubeconfig "$1" -n kube-system get pods -o 'jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status} {.status.containerStatuses[0].state.running.startedAt}{"\n"}{end}' 2>/dev/null) || return 1
+  for c in "$api" 'kube-controller-manager.*' 'kube-scheduler.*'; do
+    echo "$out" | grep -E "^$c True " | awk -v s="$since" '$3 >= s {ok=1} END {exit !ok}' || return 1
   done
 }
 
