@@ -3,7 +3,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{pid_alive, signal, TestHost};
+use support::{bundle_version, pid_alive, signal, TestHost};
 
 const START: Duration = Duration::from_secs(180);
 
@@ -272,13 +272,4 @@ fn status_without_an_agent_says_so() {
     let st = host.status();
     assert_eq!(st["agent"]["running"], false);
     assert_eq!(st["healthy"], false);
-}
-
-fn bundle_version(key: &str) -> String {
-    let text = std::fs::read_to_string(support::bundle_dir().join("VERSION")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("{key} not in bundle VERSION"))
-        .trim()
-        .to_string()
 }

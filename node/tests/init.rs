@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{pid_alive, retry, text, TestHost};
+use support::{bundle_version, pid_alive, retry, text, TestHost};
 
 const START: Duration = Duration::from_secs(180);
 /// The steps of a first `selfnode init`, from the plan itself.
@@ -993,15 +993,6 @@ fn reset_and_restore(host: &mut TestHost, snapshot: &std::path::Path) {
         "{}",
         text(&out)
     );
-}
-
-fn bundle_version(key: &str) -> String {
-    let text = std::fs::read_to_string(support::bundle_dir().join("VERSION")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 /// The A records `server` (ip:port) answers for `name`: a plain DNS query

@@ -5,18 +5,9 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use support::{retry, text, TestHost};
+use support::{bundle_version, retry, text, TestHost};
 
 const START: Duration = Duration::from_secs(180);
-
-fn bundle_version(key: &str) -> String {
-    let text = std::fs::read_to_string(support::bundle_dir().join("VERSION")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("{key} not in bundle VERSION"))
-        .trim()
-        .to_string()
-}
 
 /// Every container of every pod: `namespace/pod/container` to
 /// (container ID, restart count), from the API.
@@ -44,6 +35,34 @@ fn containers(host: &TestHost) -> BTreeMap<String, (String, u64)> {
     out
 }
 
+/// A user Deployment from a locally imported image (etcd), rolled out.
+fn run_deployment(host: &TestHost, name: &str) {
+    let version = bundle_version("ETCD_VERSION")
+        .trim_start_matches('v')
+        .to_string();
+    host.kubectl_ok(&[
+        "create",
+        "deployment",
+        name,
+        &format!("--image=registry.k8s.io/etcd:{version}-0"),
+        "--",
+        "etcd",
+        "--data-dir=/tmp/data",
+    ]);
+    let rollout = host.kubectl(&[
+        "rollout",
+        "status",
+        &format!("deployment/{name}"),
+        "--timeout=180s",
+    ]);
+    assert!(
+        rollout.status.success(),
+        "{name} rollout: {}\n{}",
+        text(&rollout),
+        text(&host.kubectl(&["get", "pods", "-A", "-o", "wide"]))
+    );
+}
+
 /// The API through the node-local balancer (what admin.conf points at).
 fn readyz(host: &TestHost) -> Result<(), String> {
     let out = host.kubectl(&["get", "--raw", "/readyz"]);
@@ -57,10 +76,7 @@ fn readyz(host: &TestHost) -> Result<(), String> {
 #[test]
 fn agent_restarts_keep_the_control_plane_and_workloads_running() {
     let mut host = TestHost::for_cluster();
-    host.start_agent();
-    host.wait_healthy(START);
-    let out = host.init(&["--allow-workloads"], None);
-    assert!(out.status.success(), "init: {}", text(&out));
+    cluster(&mut host);
     let summary: serde_json::Value = {
         let out = host.init(&["--allow-workloads", "-o", "json"], None);
         assert!(out.status.success(), "second init: {}", text(&out));
@@ -72,20 +88,7 @@ fn agent_restarts_keep_the_control_plane_and_workloads_running() {
         summary["advertise_address"].as_str().unwrap()
     );
 
-    let version = bundle_version("ETCD_VERSION")
-        .trim_start_matches('v')
-        .to_string();
-    host.kubectl_ok(&[
-        "create",
-        "deployment",
-        "web",
-        &format!("--image=registry.k8s.io/etcd:{version}-0"),
-        "--",
-        "etcd",
-        "--data-dir=/tmp/web",
-    ]);
-    let rollout = host.kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"]);
-    assert!(rollout.status.success(), "web rollout: {}", text(&rollout));
+    run_deployment(&host, "web");
     let before = containers(&host);
     assert!(
         before
@@ -201,22 +204,7 @@ fn checkpoint_detail(host: &TestHost) -> String {
 #[test]
 fn power_cuts_bring_the_control_plane_back_from_the_checkpoint() {
     let mut host = TestHost::for_cluster();
-    host.start_agent();
-    host.wait_healthy(START);
-    let out = host.init(&["--allow-workloads"], None);
-    assert!(out.status.success(), "init: {}", text(&out));
-    retry(
-        "the checkpointer to keep the API server",
-        Duration::from_secs(60),
-        || {
-            let d = checkpoint_detail(&host);
-            if d.contains("kube-apiserver") {
-                Ok(())
-            } else {
-                Err(d)
-            }
-        },
-    );
+    cluster_with_a_kept_apiserver(&mut host);
     let store = host.root.join("var/lib/selfnode/checkpoint");
     assert_private(&store);
 
@@ -248,31 +236,7 @@ fn power_cuts_bring_the_control_plane_back_from_the_checkpoint() {
         for earlier in 1..=cut {
             host.kubectl_ok(&["get", "configmap", &format!("before-cut-{earlier}")]);
         }
-        let name = format!("after-cut-{cut}");
-        let version = bundle_version("ETCD_VERSION")
-            .trim_start_matches('v')
-            .to_string();
-        host.kubectl_ok(&[
-            "create",
-            "deployment",
-            &name,
-            &format!("--image=registry.k8s.io/etcd:{version}-0"),
-            "--",
-            "etcd",
-            "--data-dir=/tmp/x",
-        ]);
-        let rollout = host.kubectl(&[
-            "rollout",
-            "status",
-            &format!("deployment/{name}"),
-            "--timeout=180s",
-        ]);
-        assert!(
-            rollout.status.success(),
-            "cut {cut}: a new Deployment runs: {}\n{}",
-            text(&rollout),
-            text(&host.kubectl(&["get", "pods", "-A", "-o", "wide"]))
-        );
+        run_deployment(&host, &format!("after-cut-{cut}"));
         let detail = checkpoint_detail(&host);
         assert!(
             detail.contains("kube-apiserver"),
@@ -294,13 +258,18 @@ fn assert_private(dir: &std::path::Path) {
     }
 }
 
-/// Starts a cluster and waits until the checkpointer keeps its API server;
-/// returns the kept pod's name.
-fn cluster_with_a_kept_apiserver(host: &mut TestHost) -> String {
+/// Starts the agent and a single-node cluster that runs workloads.
+fn cluster(host: &mut TestHost) {
     host.start_agent();
     host.wait_healthy(START);
     let out = host.init(&["--allow-workloads"], None);
     assert!(out.status.success(), "init: {}", text(&out));
+}
+
+/// Starts a cluster and waits until the checkpointer keeps its API server;
+/// returns the kept pod's name.
+fn cluster_with_a_kept_apiserver(host: &mut TestHost) -> String {
+    cluster(host);
     let mut kept = String::new();
     retry(
         "the checkpointer to keep the API server",

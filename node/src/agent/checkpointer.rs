@@ -471,52 +471,39 @@ pub fn static_copy(
             }),
             ..Volume::default()
         };
+        // What the volume mounts from the API: (kind, name, items).
+        let mut sources: Vec<(&str, &str, Option<&Vec<KeyToPath>>)> = Vec::new();
         if let Some(s) = &v.secret {
             let name = s.secret_name.as_deref().unwrap_or_default();
-            let data = secrets.get(name).with_context(|| {
-                format!("volume {}: Secret {name} is not in the checkpoint", v.name)
-            })?;
-            layout(data, s.items.as_ref(), &format!("Secret {name}"))?;
-            volumes.push(host(&v.name));
+            sources.push(("Secret", name, s.items.as_ref()));
         } else if let Some(c) = &v.config_map {
-            let data = cms.get(c.name.as_str()).with_context(|| {
-                format!(
-                    "volume {}: ConfigMap {} is not in the checkpoint",
-                    v.name, c.name
-                )
-            })?;
-            layout(data, c.items.as_ref(), &format!("ConfigMap {}", c.name))?;
-            volumes.push(host(&v.name));
+            sources.push(("ConfigMap", c.name.as_str(), c.items.as_ref()));
         } else if let Some(p) = &v.projected {
-            let sources = p.sources.as_deref().unwrap_or_default();
-            if sources.iter().any(|s| s.service_account_token.is_some()) {
+            let projected = p.sources.as_deref().unwrap_or_default();
+            if projected.iter().any(|s| s.service_account_token.is_some()) {
                 dropped.push(v.name.clone());
                 continue;
             }
-            for src in sources {
+            for src in projected {
                 if let Some(s) = &src.secret {
-                    let data = secrets.get(s.name.as_str()).with_context(|| {
-                        format!(
-                            "volume {}: Secret {} is not in the checkpoint",
-                            v.name, s.name
-                        )
-                    })?;
-                    layout(data, s.items.as_ref(), &format!("Secret {}", s.name))?;
+                    sources.push(("Secret", s.name.as_str(), s.items.as_ref()));
                 }
                 if let Some(c) = &src.config_map {
-                    let data = cms.get(c.name.as_str()).with_context(|| {
-                        format!(
-                            "volume {}: ConfigMap {} is not in the checkpoint",
-                            v.name, c.name
-                        )
-                    })?;
-                    layout(data, c.items.as_ref(), &format!("ConfigMap {}", c.name))?;
+                    sources.push(("ConfigMap", c.name.as_str(), c.items.as_ref()));
                 }
             }
-            volumes.push(host(&v.name));
         } else {
             volumes.push(v);
+            continue;
         }
+        for (kind, name, items) in sources {
+            let store = if kind == "Secret" { &secrets } else { &cms };
+            let data = store.get(name).with_context(|| {
+                format!("volume {}: {kind} {name} is not in the checkpoint", v.name)
+            })?;
+            layout(data, items, &format!("{kind} {name}"))?;
+        }
+        volumes.push(host(&v.name));
     }
     spec.volumes = Some(volumes);
     for c in spec

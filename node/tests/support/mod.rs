@@ -27,6 +27,16 @@ pub fn bundle_dir() -> PathBuf {
     testkit::bundle_dir()
 }
 
+/// A pinned version from the bundle's VERSION file (`KEY=value`).
+pub fn bundle_version(key: &str) -> String {
+    let text = std::fs::read_to_string(bundle_dir().join("VERSION")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} not in bundle VERSION"))
+        .trim()
+        .to_string()
+}
+
 pub fn selfnode_bin() -> &'static str {
     env!("CARGO_BIN_EXE_selfnode")
 }
