@@ -73,17 +73,19 @@ fn netns_names() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Every process on the machine, by PID, from /proc.
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect()
+}
+
 /// Every descendant of `roots` (and the roots), from /proc's parent PIDs.
 fn process_trees(roots: &[u32]) -> Vec<u32> {
     let mut parent = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // The command is in parentheses and may hold spaces: fields after ')'.
         if let Some(ppid) = stat
@@ -553,14 +555,7 @@ pub fn pid_alive(pid: u32) -> bool {
 fn processes_referring_to(dir: &Path, except: Option<u32>) -> Vec<(u32, String)> {
     let needle = dir.to_string_lossy().to_string();
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         if Some(pid) == except || pid == std::process::id() || !pid_alive(pid) {
             continue;
         }
