@@ -113,8 +113,10 @@ pub async fn run(
         }
     }
     let mut client: Option<kube::Client> = None;
+    // What sled holds, so an unchanged pod costs no open of the database.
+    let mut kept: BTreeMap<String, PodCheckpoint> = BTreeMap::new();
     loop {
-        match keep_and_hand_back(&ctx, &mut client).await {
+        match keep_and_hand_back(&ctx, &mut client, &mut kept).await {
             Ok(Some(note)) => set(&status, ComponentState::Ready, note),
             Ok(None) => {}
             Err(err) => {
@@ -246,6 +248,7 @@ fn deactivate(paths: &HostPaths, component: &str) -> anyhow::Result<()> {
 async fn keep_and_hand_back(
     ctx: &CheckpointerContext,
     client: &mut Option<kube::Client>,
+    kept: &mut BTreeMap<String, PodCheckpoint>,
 ) -> anyhow::Result<Option<String>> {
     let kubeconfig = ctx.paths.kubelet_kubeconfig();
     let Some(node) = NodeIdentity::read(&ctx.paths.node_identity_file())? else {
@@ -254,10 +257,12 @@ async fn keep_and_hand_back(
     if !kubeconfig.exists() {
         return Ok(None);
     }
-    if client.is_none() {
-        *client = Some(crate::init::kube_client(&kubeconfig).await?);
-    }
-    let client = client.clone().expect("set above");
+    let client = match client {
+        Some(c) => c.clone(),
+        None => client
+            .insert(crate::init::kube_client(&kubeconfig).await?)
+            .clone(),
+    };
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let running = running_containers(&ctx.containerd_socket).await?;
     let mut notes = Vec::new();
@@ -281,15 +286,19 @@ async fn keep_and_hand_back(
         });
         let Some(pod) = serving else { continue };
         let cp = fetch(&client, component, pod).await?;
-        let stored = with_checkpoint(&ctx.paths, |c| c.pods())
-            .await
-            .ok()
-            .and_then(|all| all.into_iter().find(|p| p.component == *component));
-        if !stored.as_ref().is_some_and(|s| s.same_content(&cp)) {
+        if !kept.contains_key(*component) {
+            // First pass: what an earlier agent kept (a damaged entry reads as
+            // none and is written again).
+            if let Ok(all) = with_checkpoint(&ctx.paths, |c| c.pods()).await {
+                kept.extend(all.into_iter().map(|p| (p.component.clone(), p)));
+            }
+        }
+        if !kept.get(*component).is_some_and(|s| s.same_content(&cp)) {
             let copy = cp.clone();
             with_checkpoint(&ctx.paths, move |c| c.put_pod(&copy)).await?;
             tracing::info!(pod = %cp.describe(), "checkpointed: the last known good copy");
             notes.push(format!("kept {}", cp.describe()));
+            kept.insert(component.to_string(), cp.clone());
         }
         if copy_paths(&ctx.paths, component).manifest.exists() {
             deactivate(&ctx.paths, component)?;

@@ -194,6 +194,17 @@ pub fn render_containerd(cfg: &ContainerdConfig, facts: HostFacts) -> String {
     format!("# Written by selfnode agent; changes are overwritten at the next start.\n{body}")
 }
 
+/// The socket a containerd config rendered by [`render_containerd`] makes
+/// containerd listen on; `None` when the text does not say.
+pub fn containerd_socket_in(text: &str) -> Option<PathBuf> {
+    let doc: toml::Table = toml::from_str(text).ok()?;
+    doc.get("plugins")?
+        .get("io.containerd.server.v1.grpc")?
+        .get("address")?
+        .as_str()
+        .map(PathBuf::from)
+}
+
 /// Inputs for the KubeletConfiguration.
 #[derive(Debug, Clone)]
 pub struct KubeletInputs {
@@ -383,6 +394,14 @@ mod tests {
             "containerd-v1-cgroupfs.toml",
             &render_containerd(&containerd_cfg(), V1_CGROUPFS),
         );
+    }
+
+    #[test]
+    fn the_socket_is_read_back_from_a_rendered_config() {
+        let cfg = containerd_cfg();
+        let text = render_containerd(&cfg, V1_CGROUPFS);
+        assert_eq!(containerd_socket_in(&text), Some(cfg.socket));
+        assert_eq!(containerd_socket_in("version = 3\n"), None);
     }
 
     #[test]

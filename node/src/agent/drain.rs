@@ -8,7 +8,7 @@
 //! adopt. What such a stop left behind is drained later, without an agent, by
 //! [`drain_without_agent`] (`selfnode stop`, `selfnode reset`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -169,23 +169,12 @@ pub fn live_tasks(paths: &HostPaths) -> Vec<String> {
     out
 }
 
-/// The socket a containerd started with `config` listens on (the agent may
-/// have been given `--containerd-socket`); `None` when the file does not say.
-pub fn socket_in_config(config: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(config).ok()?;
-    let doc: toml::Table = toml::from_str(&text).ok()?;
-    doc.get("plugins")?
-        .get("io.containerd.server.v1.grpc")?
-        .get("address")?
-        .as_str()
-        .map(PathBuf::from)
-}
-
 /// Stops the containers an agent stop left running, with no agent on the
 /// host (the caller holds the agent lock): starts containerd from the
 /// agent's last configuration so it reconnects to its shims, kills and
 /// deletes every task through its API, stops it, and releases the host's
-/// mounts and leases. Does nothing but the release when no task is left.
+/// mounts and leases. For a host whose [`live_tasks`] are not empty (the
+/// caller looks first: with none, [`release_host`] is all there is to do).
 /// Returns how many tasks were stopped.
 ///
 /// Errors: containerd cannot start or does not answer within 30 s, or a task
@@ -194,13 +183,11 @@ pub async fn drain_without_agent(
     paths: &HostPaths,
     bundle: &dist::bundle::Bundle,
 ) -> anyhow::Result<usize> {
-    let tasks = live_tasks(paths);
-    if tasks.is_empty() {
-        release_host(paths);
-        return Ok(0);
-    }
     let config = paths.containerd_config();
-    let socket = socket_in_config(&config).unwrap_or_else(|| paths.containerd_socket());
+    let socket = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|text| super::config::containerd_socket_in(&text))
+        .unwrap_or_else(|| paths.containerd_socket());
     let log_path = paths.log_dir().join("containerd.log");
     crate::fsutil::ensure_dir(&paths.log_dir(), 0o755)?;
     let log = std::fs::OpenOptions::new()

@@ -160,9 +160,8 @@ pub fn plane_spec(
 /// publishes; the agent's default when there is none yet (init refuses to
 /// run without an agent anyway, after validating its input).
 fn agent_api_lb_port(paths: &HostPaths) -> u16 {
-    std::fs::read(paths.agent_status())
+    temp_plane::agent_status(paths)
         .ok()
-        .and_then(|b| serde_json::from_slice::<crate::status::AgentStatus>(&b).ok())
         .and_then(|s| s.api_lb_port)
         .unwrap_or(crate::cli::DEFAULT_API_LB_PORT)
 }

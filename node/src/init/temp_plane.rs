@@ -198,7 +198,8 @@ pub(super) fn reload_agent(pid: &str) -> anyhow::Result<()> {
     .with_context(|| format!("cannot signal the agent (pid {pid})"))
 }
 
-fn agent_status(paths: &HostPaths) -> anyhow::Result<AgentStatus> {
+/// The agent's published status (`run/selfnode/agent.json`).
+pub(super) fn agent_status(paths: &HostPaths) -> anyhow::Result<AgentStatus> {
     let bytes = std::fs::read(paths.agent_status())?;
     Ok(serde_json::from_slice(&bytes)?)
 }
