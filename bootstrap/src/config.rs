@@ -220,8 +220,10 @@ pub struct HostIdentity {
     pub addresses: Vec<IpAddr>,
 }
 
-/// The validated settings `init` runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The validated settings `init` runs with. Serializable: the checkpoint
+/// records them at the pivot, so `selfnode recover` renders the same
+/// control plane without asking for the flags again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct InitSettings {
     /// Cluster name: a DNS label.
     pub cluster_name: String,

@@ -30,6 +30,9 @@ use crate::{connect, EtcdConfig, EtcdError};
 pub struct MemberStatus {
     /// Hex, as etcdctl prints it.
     pub id: String,
+    /// The ID of the etcd cluster the member belongs to (hex), from the
+    /// member list's response header.
+    pub cluster_id: String,
     /// Empty until the member has started and published itself.
     pub name: String,
     /// Peer URLs, e.g. `https://10.0.0.1:2380`.
@@ -78,10 +81,12 @@ async fn members_via(
             op: "member list",
             source,
         })?;
+    let cluster_id = format!("{:x}", list.header().map_or(0, |h| h.cluster_id()));
     let mut out = Vec::new();
     for m in list.members() {
         let mut st = MemberStatus {
             id: format!("{:x}", m.id()),
+            cluster_id: cluster_id.clone(),
             name: m.name().to_string(),
             peer_urls: m.peer_urls().to_vec(),
             client_urls: m.client_urls().to_vec(),
@@ -532,6 +537,7 @@ mod tests {
     fn member(id: &str, name: &str, learner: bool, healthy: bool) -> MemberStatus {
         MemberStatus {
             id: id.into(),
+            cluster_id: "c1".into(),
             name: name.into(),
             peer_urls: vec![format!("https://10.0.0.{}:2380", id.len())],
             client_urls: vec![],

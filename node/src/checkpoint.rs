@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use bootstrap::config::InitSettings;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -24,6 +25,8 @@ pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const FORMAT_KEY: &str = "meta/format_version";
 const IDENTITY_KEY: &str = "cluster/identity";
 const PIVOT_KEY: &str = "init/pivot_committed";
+const SETTINGS_KEY: &str = "init/settings";
+const ETCD_MEMBER_KEY: &str = "etcd/member";
 const POD_PREFIX: &str = "pods/";
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,23 @@ pub struct ClusterIdentity {
     /// "init" (first control-plane node) or "join".
     pub role: String,
     pub created: u64,
+}
+
+/// This host's etcd member as the cluster knows it: what its static pod
+/// must say to rejoin the same cluster, kept so that a recovery never
+/// depends on the API or on an address read again from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdMemberIdentity {
+    pub name: String,
+    /// The member ID, hex, as `etcdctl member list` prints it.
+    pub id: String,
+    /// The etcd cluster ID, hex.
+    pub cluster_id: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub data_dir: PathBuf,
+    /// Unix seconds when recorded.
+    pub recorded_at: u64,
 }
 
 /// The last known good copy of one control-plane pod bound to this node:
@@ -250,8 +270,32 @@ impl Checkpoint {
         Ok(self.get::<u64>(PIVOT_KEY)?.is_some())
     }
 
-    pub fn commit_pivot(&self) -> Result<(), CheckpointError> {
-        self.put(PIVOT_KEY, &crate::status::now_unix())
+    /// Commits the pivot and records the settings the self-hosted plane was
+    /// made with, in one batch.
+    pub fn commit_pivot(&self, settings: &InitSettings) -> Result<(), CheckpointError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(SETTINGS_KEY, self.encode(SETTINGS_KEY, settings)?);
+        batch.insert(
+            PIVOT_KEY,
+            self.encode(PIVOT_KEY, &crate::status::now_unix())?,
+        );
+        self.db.apply_batch(batch).map_err(|e| self.io(e))?;
+        self.flush()
+    }
+
+    /// The settings recorded at the pivot (`None` before it, or on a host
+    /// pivoted by a selfnode that did not record them).
+    pub fn settings(&self) -> Result<Option<InitSettings>, CheckpointError> {
+        self.get(SETTINGS_KEY)
+    }
+
+    /// This host's etcd member, recorded once it is promoted.
+    pub fn etcd_member(&self) -> Result<Option<EtcdMemberIdentity>, CheckpointError> {
+        self.get(ETCD_MEMBER_KEY)
+    }
+
+    pub fn record_etcd_member(&self, member: &EtcdMemberIdentity) -> Result<(), CheckpointError> {
+        self.put(ETCD_MEMBER_KEY, member)
     }
 
     /// Every pod checkpoint, by component. A corrupt entry is an error: the
@@ -311,6 +355,20 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Forgets a component's copy (its pod left this node for good). The
+    /// index lets go of the entry first, so a crash in between leaves a
+    /// stale entry (removed again on the next pass), never one the index
+    /// reports as lost.
+    pub fn remove_pod(&self, component: &str) -> Result<(), CheckpointError> {
+        let key = format!("{POD_PREFIX}{component}");
+        let mut index = self.read_index()?;
+        if index.remove(&key).is_some() {
+            self.write_index(&index)?;
+        }
+        self.db.remove(key.as_bytes()).map_err(|e| self.io(e))?;
+        self.flush()
+    }
+
     /// `<checkpoint>.index.json`: for each pod entry, the SHA-256 of the
     /// stored bytes the database must hold.
     fn index_path(&self) -> PathBuf {
@@ -368,8 +426,22 @@ mod tests {
         }
     }
 
+    fn settings() -> InitSettings {
+        InitSettings {
+            cluster_name: "lab".into(),
+            node_name: "n1".into(),
+            advertise_address: "10.0.0.2".parse().unwrap(),
+            pod_cidr: "10.244.0.0/16".parse().unwrap(),
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+            cluster_domain: "cluster.local".into(),
+            extra_sans: vec!["api.lab".into()],
+            bundle: None,
+            allow_workloads: true,
+        }
+    }
+
     #[test]
-    fn identity_steps_and_pivot_survive_reopening() {
+    fn identity_settings_and_pivot_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cp");
         {
@@ -377,11 +449,34 @@ mod tests {
             assert_eq!(cp.cluster_identity().unwrap(), None);
             cp.record_cluster_identity(&id()).unwrap();
             assert!(!cp.pivot_committed().unwrap());
-            cp.commit_pivot().unwrap();
+            assert_eq!(cp.settings().unwrap(), None);
+            cp.commit_pivot(&settings()).unwrap();
         }
         let cp = Checkpoint::open(&p).unwrap();
         assert_eq!(cp.cluster_identity().unwrap(), Some(id()));
         assert!(cp.pivot_committed().unwrap());
+        assert_eq!(cp.settings().unwrap(), Some(settings()));
+    }
+
+    #[test]
+    fn a_removed_pod_entry_is_gone_and_not_reported_as_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(&dir.path().join("cp")).unwrap();
+        cp.put_pod(&pod()).unwrap();
+        let other = PodCheckpoint {
+            component: "kube-scheduler".into(),
+            ..pod()
+        };
+        cp.put_pod(&other).unwrap();
+        cp.remove_pod("kube-apiserver").unwrap();
+        let left: Vec<String> = cp
+            .pods()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.component)
+            .collect();
+        assert_eq!(left, ["kube-scheduler"]);
+        cp.remove_pod("kube-apiserver").unwrap(); // idempotent
     }
 
     #[test]
@@ -389,7 +484,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cp = Checkpoint::open(&dir.path().join("cp")).unwrap();
         cp.record_cluster_identity(&id()).unwrap();
-        cp.commit_pivot().unwrap();
+        cp.commit_pivot(&settings()).unwrap();
         let restored = ClusterIdentity {
             role: "restore".into(),
             cluster_uid: "u2".into(),

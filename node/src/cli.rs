@@ -42,6 +42,9 @@ pub enum Command {
     Stop(StopArgs),
     /// Show the host agent and the state of each component it supervises
     Status(StatusArgs),
+    /// Bring back lost control-plane components from this host's checkpoint, or the
+    /// whole control plane from an etcd snapshot
+    Recover(RecoverArgs),
     /// Look at and protect this cluster's etcd: members, snapshots
     #[command(subcommand)]
     Etcd(EtcdCommand),
@@ -164,6 +167,37 @@ impl InitArgs {
             allow_workloads: self.allow_workloads,
         }
     }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Without --from-snapshot, recover looks at this control-plane host and its cluster and \
+brings back what is lost, from what the host recorded (the checkpoint and the settings of the pivot): \
+etcd's static pod manifest (when its data is there); the API server, from the checkpoint's last known \
+good copy, when none runs; every self-hosted object that was deleted (created again, existing ones are \
+never changed); a controller-manager or scheduler with no Ready pod (deleted or crash-looping): a copy \
+runs on this node until its Deployment has a Ready pod again. It says what it found and what it did, \
+and does nothing on a healthy cluster.\n\nWith --from-snapshot FILE (total loss: etcd's data gone), \
+the cluster is made again from the snapshot with this host's recorded settings and PKI: a temporary \
+control plane from the snapshot, then the pivot, as 'selfnode init' does; kubeconfigs made before \
+still work. Refused while the control plane is healthy (use 'selfnode etcd snapshot restore FILE \
+--force' to roll a healthy cluster back).\n\nExit codes: 0 recovered (or nothing to do); 1 something \
+is still down (the message says what); 3 no pivoted cluster on this host, or a healthy one with \
+--from-snapshot."
+)]
+pub struct RecoverArgs {
+    /// Make the control plane again from this etcd snapshot (etcd's data on this host is lost)
+    #[arg(long, value_name = "FILE")]
+    pub from_snapshot: Option<PathBuf>,
+    /// With --from-snapshot: the old cluster's PKI, when this host's is gone
+    /// [default: this host's, else the copy kept with the scheduled snapshots]
+    #[arg(long, value_name = "DIR", requires = "from_snapshot")]
+    pub pki: Option<PathBuf>,
+    /// How long to wait for each component to come back
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", value_name = "DURATION")]
+    pub timeout: std::time::Duration,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -145,6 +145,12 @@ impl Classify for crate::init::RestoreConflict {
     }
 }
 
+impl Classify for crate::recover::RecoverRefused {
+    fn class(&self) -> Class {
+        Class::Conflict
+    }
+}
+
 impl Classify for crate::init::RestoreInputError {
     fn class(&self) -> Class {
         Class::Invalid
@@ -192,6 +198,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::init::InitConflict>,
     by::<crate::init::RestoreConflict>,
     by::<crate::init::RestoreInputError>,
+    by::<crate::recover::RecoverRefused>,
 ];
 
 /// The class of one cause, if [`CLASSIFIERS`] knows its type.
@@ -378,6 +385,7 @@ mod tests {
                 missing: PathBuf::from("ca.key"),
                 pki_dir: PathBuf::from("/etc/kubernetes/pki"),
             }),
+            Box::new(crate::recover::RecoverRefused::Healthy),
         ];
         // One sample per line of CLASSIFIERS: a type added there needs its
         // sample here, so that a missing line is caught.
@@ -403,6 +411,7 @@ mod tests {
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
                 Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
                 Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Conflict, Invalid,
+                Conflict,
             ]
         );
     }

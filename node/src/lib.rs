@@ -13,4 +13,5 @@ pub mod fsutil;
 pub mod host;
 pub mod init;
 pub mod paths;
+pub mod recover;
 pub mod status;

@@ -184,11 +184,17 @@ fn self_hosted_plane_ready(host: &TestHost) -> Result<(), String> {
             copy["metadata"]["name"]
         ));
     }
-    let manifest = host
-        .root
-        .join("etc/kubernetes/manifests/kube-apiserver-checkpoint.json");
-    if manifest.exists() {
-        return Err(format!("{} is still there", manifest.display()));
+    for app in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
+        let manifest = host
+            .root
+            .join(format!("etc/kubernetes/manifests/{app}-checkpoint.json"));
+        if manifest.exists() {
+            return Err(format!("{} is still there", manifest.display()));
+        }
     }
     Ok(())
 }
@@ -276,7 +282,11 @@ fn cluster_with_a_kept_apiserver(host: &mut TestHost) -> String {
         Duration::from_secs(60),
         || {
             let d = checkpoint_detail(host);
-            match d.split("(pod ").nth(1).and_then(|r| r.split(',').next()) {
+            match d
+                .split("kube-apiserver (pod ")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+            {
                 Some(pod) => {
                     kept = pod.to_string();
                     Ok(())
@@ -415,4 +425,204 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// `selfnode recover` on this host; returns its output.
+fn recover(host: &TestHost, args: &[&str]) -> std::process::Output {
+    host.selfnode()
+        .arg("recover")
+        .args(args)
+        .output()
+        .expect("run selfnode recover")
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn selfnode_recover_brings_back_deleted_components_and_a_lost_etcd() {
+    let mut host = TestHost::for_cluster();
+    cluster_with_a_kept_apiserver(&mut host);
+    retry(
+        "the checkpointer to keep the scheduler and the controller-manager",
+        Duration::from_secs(60),
+        || {
+            let d = checkpoint_detail(&host);
+            if d.contains("kube-scheduler (pod ") && d.contains("kube-controller-manager (pod ") {
+                Ok(())
+            } else {
+                Err(d)
+            }
+        },
+    );
+
+    // A healthy cluster: nothing to do, and nothing done.
+    let out = recover(&host, &[]);
+    assert!(
+        out.status.success(),
+        "recover on a healthy cluster: {}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("nothing to recover"),
+        "says so: {}",
+        text(&out)
+    );
+
+    // All schedulers and controller-managers deleted: their pods go, and
+    // nothing would ever make new ones.
+    host.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "delete",
+        "deployment",
+        "kube-scheduler",
+        "kube-controller-manager",
+    ]);
+    retry(
+        "the scheduler and controller-manager pods to go",
+        START,
+        || {
+            let pods = host.kubectl_ok(&[
+                "-n",
+                "kube-system",
+                "get",
+                "pods",
+                "-l",
+                "k8s-app in (kube-scheduler,kube-controller-manager)",
+                "-o",
+                "name",
+            ]);
+            if pods.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(pods)
+            }
+        },
+    );
+    let out = recover(&host, &["--timeout", "4m"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "recover: {}", text(&out));
+    for line in [
+        "Deployment kube-system/kube-scheduler was gone",
+        "Deployment kube-system/kube-controller-manager was gone",
+        "started the checkpoint copy of kube-scheduler",
+        "kube-scheduler has a Ready pod of its own: removed its copy",
+        "kube-controller-manager has a Ready pod of its own: removed its copy",
+    ] {
+        assert!(said.contains(line), "recover says {line:?}:\n{said}");
+    }
+    retry("the self-hosted plane Ready", START, || {
+        self_hosted_plane_ready(&host)
+    });
+    run_deployment(&host, "after-deployments-recovered");
+
+    // The API server DaemonSet deleted: its pod goes, and the API with it.
+    let _ = host.kubectl(&[
+        "-n",
+        "kube-system",
+        "delete",
+        "daemonset",
+        "kube-apiserver",
+        "--wait=false",
+    ]);
+    retry(
+        "the API to go away with its DaemonSet",
+        START,
+        || match readyz(&host) {
+            Ok(()) => Err("the API still answers".into()),
+            Err(_) => Ok(()),
+        },
+    );
+    let out = recover(&host, &["--timeout", "4m"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "recover: {}", text(&out));
+    for line in [
+        "no API server runs here: started the checkpoint copy of kube-apiserver",
+        "DaemonSet kube-system/kube-apiserver was gone",
+        "kube-apiserver has a Ready pod of its own: removed its copy",
+    ] {
+        assert!(said.contains(line), "recover says {line:?}:\n{said}");
+    }
+    retry("the self-hosted plane Ready", START, || {
+        self_hosted_plane_ready(&host)
+    });
+    run_deployment(&host, "after-daemonset-recovered");
+
+    // Total loss: etcd's data and every manifest gone, a snapshot and the
+    // PKI kept.
+    host.kubectl_ok(&["create", "configmap", "in-snapshot", "--from-literal=k=v"]);
+    let keep = tempfile::tempdir().unwrap();
+    let snapshot = keep.path().join("etcd.db");
+    let out = host
+        .selfnode()
+        .args(["etcd", "snapshot", "save"])
+        .arg(&snapshot)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "snapshot save: {}", text(&out));
+    host.kubectl_ok(&[
+        "create",
+        "configmap",
+        "after-snapshot",
+        "--from-literal=k=v",
+    ]);
+    let old_admin = keep.path().join("admin.conf");
+    std::fs::copy(host.root.join("etc/kubernetes/admin.conf"), &old_admin).unwrap();
+    let out = host.stop_node(Duration::from_secs(180));
+    assert!(out.status.success(), "selfnode stop: {}", text(&out));
+    std::fs::remove_dir_all(host.root.join("var/lib/selfnode/etcd")).unwrap();
+    std::fs::remove_dir_all(host.root.join("etc/kubernetes/manifests")).unwrap();
+    host.start_agent();
+    host.wait_for("the agent's containerd", START, |st| {
+        TestHost::component(st, "containerd")["state"] == "ready"
+    });
+    let out = recover(&host, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--from-snapshot"),
+        "points to the snapshot: {}",
+        text(&out)
+    );
+    let out = recover(&host, &["--from-snapshot", snapshot.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "recover --from-snapshot: {}",
+        text(&out)
+    );
+    assert!(stdout(&out).contains("[recover]"), "{}", text(&out));
+    let kubectl_old = |args: &[&str]| {
+        std::process::Command::new(host.bundle.join("bin/kubectl"))
+            .arg("--kubeconfig")
+            .arg(&old_admin)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let got = kubectl_old(&["get", "configmap", "in-snapshot"]);
+    assert!(
+        got.status.success(),
+        "the snapshot's objects, through the old admin.conf: {}",
+        text(&got)
+    );
+    let got = kubectl_old(&["get", "configmap", "after-snapshot"]);
+    assert!(
+        !got.status.success(),
+        "nothing written after the snapshot: {}",
+        text(&got)
+    );
+    retry(
+        "the self-hosted plane Ready",
+        Duration::from_secs(300),
+        || self_hosted_plane_ready(&host),
+    );
+    run_deployment(&host, "after-total-loss");
+    let out = host.selfnode().args(["etcd", "members"]).output().unwrap();
+    assert!(out.status.success(), "etcd healthy: {}", text(&out));
+
+    // Healthy again: --from-snapshot is refused (exit 3) and changes nothing.
+    let out = recover(&host, &["--from-snapshot", snapshot.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    host.kubectl_ok(&["get", "configmap", "in-snapshot"]);
 }

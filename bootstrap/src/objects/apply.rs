@@ -93,6 +93,31 @@ pub async fn apply_all(
     objects: &[Object],
     field_manager: &str,
 ) -> Result<Vec<Applied>, ApplyError> {
+    apply_objects(client, objects, field_manager, false).await
+}
+
+/// Creates those of `objects` that do not exist (with server-side apply as
+/// `field_manager`, in dependency order) and leaves every existing one as
+/// it is, whatever it holds: what `selfnode recover` does for deleted
+/// control-plane objects, without undoing an upgrade made with kubectl.
+///
+/// Returns one [`Applied`] per object: [`ApplyOutcome::Created`] or
+/// [`ApplyOutcome::Unchanged`]; stops at the first failure with
+/// [`ApplyError::Apply`].
+pub async fn create_missing(
+    client: Client,
+    objects: &[Object],
+    field_manager: &str,
+) -> Result<Vec<Applied>, ApplyError> {
+    apply_objects(client, objects, field_manager, true).await
+}
+
+async fn apply_objects(
+    client: Client,
+    objects: &[Object],
+    field_manager: &str,
+    only_missing: bool,
+) -> Result<Vec<Applied>, ApplyError> {
     let mut ordered: Vec<&Object> = objects.iter().collect();
     ordered.sort_by_key(|o| o.apply_rank());
     let pp = PatchParams::apply(field_manager).force();
@@ -102,17 +127,27 @@ pub async fn apply_all(
         let ns = obj.namespace().unwrap_or(NAMESPACE);
         let result = match obj {
             Object::ServiceAccount(o) => {
-                apply_one(namespaced::<ServiceAccount>(c, ns), o, &pp).await
+                apply_one(namespaced::<ServiceAccount>(c, ns), o, &pp, only_missing).await
             }
-            Object::ClusterRole(o) => apply_one(Api::<ClusterRole>::all(c), o, &pp).await,
+            Object::ClusterRole(o) => {
+                apply_one(Api::<ClusterRole>::all(c), o, &pp, only_missing).await
+            }
             Object::ClusterRoleBinding(o) => {
-                apply_one(Api::<ClusterRoleBinding>::all(c), o, &pp).await
+                apply_one(Api::<ClusterRoleBinding>::all(c), o, &pp, only_missing).await
             }
-            Object::Secret(o) => apply_one(namespaced::<Secret>(c, ns), o, &pp).await,
-            Object::ConfigMap(o) => apply_one(namespaced::<ConfigMap>(c, ns), o, &pp).await,
-            Object::Service(o) => apply_one(namespaced::<Service>(c, ns), o, &pp).await,
-            Object::DaemonSet(o) => apply_one(namespaced::<DaemonSet>(c, ns), o, &pp).await,
-            Object::Deployment(o) => apply_one(namespaced::<Deployment>(c, ns), o, &pp).await,
+            Object::Secret(o) => apply_one(namespaced::<Secret>(c, ns), o, &pp, only_missing).await,
+            Object::ConfigMap(o) => {
+                apply_one(namespaced::<ConfigMap>(c, ns), o, &pp, only_missing).await
+            }
+            Object::Service(o) => {
+                apply_one(namespaced::<Service>(c, ns), o, &pp, only_missing).await
+            }
+            Object::DaemonSet(o) => {
+                apply_one(namespaced::<DaemonSet>(c, ns), o, &pp, only_missing).await
+            }
+            Object::Deployment(o) => {
+                apply_one(namespaced::<Deployment>(c, ns), o, &pp, only_missing).await
+            }
         };
         let outcome = result.map_err(|source| ApplyError::Apply {
             object: obj.to_string(),
@@ -137,12 +172,20 @@ where
     Api::namespaced(client, ns)
 }
 
-async fn apply_one<K>(api: Api<K>, obj: &K, pp: &PatchParams) -> Result<ApplyOutcome, kube::Error>
+async fn apply_one<K>(
+    api: Api<K>,
+    obj: &K,
+    pp: &PatchParams,
+    only_missing: bool,
+) -> Result<ApplyOutcome, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let before = api.get_opt(&name).await?.and_then(|o| o.resource_version());
+    if only_missing && before.is_some() {
+        return Ok(ApplyOutcome::Unchanged);
+    }
     let after = api.patch(&name, pp, &Patch::Apply(obj)).await?;
     Ok(match before {
         None => ApplyOutcome::Created,

@@ -37,8 +37,8 @@ use crate::host::{Host, HostError};
 use crate::plane::{PlaneSpec, PlaneSpecError};
 
 pub use apply::{
-    apply_all, control_plane_node_patch, ensure_kubernetes_service_target_port, mark_control_plane,
-    with_control_plane_taint, Applied, ApplyError, ApplyOutcome,
+    apply_all, control_plane_node_patch, create_missing, ensure_kubernetes_service_target_port,
+    mark_control_plane, with_control_plane_taint, Applied, ApplyError, ApplyOutcome,
 };
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
 

@@ -48,11 +48,15 @@ pub struct Backend {
 }
 
 /// The backends and their last observed health, shared by the checker and
-/// the connection handlers.
+/// the connection handlers. Every change of health, whoever observed it (a
+/// check, or a connection that could not reach the backend), wakes the
+/// listener through `changed`, so the port closes when the last healthy
+/// backend goes, however that was noticed.
 #[derive(Debug, Default)]
 pub struct Backends {
     list: RwLock<Vec<Backend>>,
     next: AtomicUsize,
+    changed: Notify,
 }
 
 impl Backends {
@@ -68,9 +72,11 @@ impl Backends {
                 })
                 .collect();
         }
+        self.changed.notify_one();
     }
 
-    /// Records `addr`'s health; returns whether it changed.
+    /// Records `addr`'s health; returns whether it changed (and then wakes
+    /// the listener).
     pub fn mark(&self, addr: SocketAddr, healthy: bool) -> bool {
         let mut changed = false;
         if let Ok(mut list) = self.list.write() {
@@ -78,6 +84,10 @@ impl Backends {
                 changed |= b.healthy != healthy;
                 b.healthy = healthy;
             }
+        }
+        if changed {
+            tracing::info!(backend = %addr, healthy, "api backend health changed");
+            self.changed.notify_one();
         }
         changed
     }
@@ -129,12 +139,10 @@ pub struct ApiLb {
 /// docs). Binding failure is reported in the status and retried.
 pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, tracker: TaskTracker) {
     let backends = Arc::new(Backends::default());
-    let health_changed = Arc::new(Notify::new());
     tracker.spawn(check_loop(
         lb.backends_file.clone(),
         lb.ca_file.clone(),
         backends.clone(),
-        health_changed.clone(),
         status.clone(),
         stop.clone(),
     ));
@@ -145,7 +153,7 @@ pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, track
                     status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
                     return;
                 }
-                _ = health_changed.notified() => {}
+                _ = backends.changed.notified() => {}
             }
         }
         let listener = match TcpListener::bind(lb.listen).await {
@@ -169,7 +177,7 @@ pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, track
                     status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
                     return;
                 }
-                _ = health_changed.notified() => {
+                _ = backends.changed.notified() => {
                     if !backends.any_healthy() {
                         tracing::info!(listen = %lb.listen, "no apiserver is healthy: api load balancer port closed until one is");
                         break;
@@ -234,7 +242,6 @@ async fn check_loop(
     file: PathBuf,
     ca_file: PathBuf,
     backends: Arc<Backends>,
-    health_changed: Arc<Notify>,
     status: StatusHandle,
     stop: CancellationToken,
 ) {
@@ -250,7 +257,6 @@ async fn check_loop(
                 Ok(addrs) => {
                     tracing::info!(backends = ?addrs, "api load balancer backends");
                     backends.set(&addrs);
-                    health_changed.notify_one();
                 }
                 Err(err) => {
                     tracing::warn!(file = %file.display(), %err, "ignoring invalid backends file")
@@ -259,11 +265,7 @@ async fn check_loop(
             last_text = text;
         }
         for b in backends.snapshot() {
-            let up = backend_up(b.addr, &ca_file).await;
-            if backends.mark(b.addr, up) {
-                tracing::info!(backend = %b.addr, healthy = up, "api backend health changed");
-                health_changed.notify_one();
-            }
+            backends.mark(b.addr, backend_up(b.addr, &ca_file).await);
         }
         let list = backends.snapshot();
         let healthy = list.iter().filter(|b| b.healthy).count();
@@ -388,5 +390,59 @@ mod tests {
                 .healthy,
             "the dead one is marked down"
         );
+    }
+
+    /// A connection that finds the last healthy backend gone marks it down;
+    /// the port must close then, even though the next check sees no change.
+    #[tokio::test]
+    async fn the_port_closes_when_a_connection_finds_the_last_backend_gone() {
+        use crate::status::{AgentStatus, ComponentStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let file = dir.path().join("apiservers");
+        std::fs::write(&file, format!("{}\n", backend.local_addr().unwrap())).unwrap();
+        let listen = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let status = super::super::supervisor::StatusHandle::new(AgentStatus {
+            pid: 1,
+            version: "test".into(),
+            started: 0,
+            updated: 0,
+            bundle: dir.path().into(),
+            api_lb_port: Some(listen.port()),
+            components: vec![ComponentStatus::new(COMPONENT, None)],
+            snapshots: None,
+        });
+        let stop = CancellationToken::new();
+        let lb = ApiLb {
+            listen,
+            backends_file: file,
+            ca_file: dir.path().join("no-ca.crt"), // TCP checks
+        };
+        tokio::spawn(run(lb, status, stop.clone(), TaskTracker::new()));
+        let until = |open: bool| async move {
+            for _ in 0..100 {
+                if TcpStream::connect(listen).await.is_ok() == open {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            false
+        };
+        assert!(
+            until(true).await,
+            "the port opens while the backend answers"
+        );
+        drop(backend);
+        // Within the check period: this connection is what finds it down.
+        drop(TcpStream::connect(listen).await);
+        assert!(
+            until(false).await,
+            "the port closes once the backend is gone"
+        );
+        stop.cancel();
     }
 }

@@ -18,9 +18,15 @@
 //!   (`<component>-checkpoint`), its Secrets and ConfigMaps as 0600 files
 //!   under `etc/kubernetes/checkpoint-volumes`. The kubelet starts it, the API
 //!   answers, and the kubelet then starts the self-hosted pods bound to it.
-//! - **Hand back**: once a self-hosted API server pod is Ready and running,
-//!   the static copy and its files go. Both bind the same port with
-//!   `--permit-port-sharing`, so the API has no gap in between.
+//!   The controller-manager's and scheduler's copies are not started here
+//!   (their pods come back once the API does); `selfnode recover` starts them
+//!   when their Deployments are gone or crash-looping (`crate::recover`).
+//! - **Hand back**: once a self-hosted pod of a component with a running
+//!   copy is Ready and running here, the static copy and its files go. Both
+//!   bind the same port with `--permit-port-sharing`, so there is no gap.
+//! - **Prune**: once the node no longer carries the control-plane label (it
+//!   left the control plane), its copies are deleted, so they never come
+//!   back on a node that is not meant to serve the API.
 //!
 //! A corrupt checkpoint is reported in `selfnode status` and never used.
 
@@ -47,10 +53,32 @@ use crate::status::{now_unix, ComponentState};
 
 /// The component's name in `selfnode status`.
 pub const COMPONENT: &str = "checkpoint";
-/// Control-plane components kept, by their pods' `k8s-app` label. The
-/// controller-manager and scheduler are not: once the API is back the
-/// kubelet restarts their pods, which stay bound to the node.
-pub const CHECKPOINTED: &[&str] = &["kube-apiserver"];
+/// One control-plane component the checkpointer keeps.
+pub struct Kept {
+    /// The pods' `k8s-app` label and container name.
+    pub component: &'static str,
+    /// Started from the checkpoint at agent start when no container of it
+    /// runs. Only the API server: once it answers, the kubelet restarts the
+    /// controller-manager and scheduler pods bound to the node; their copies
+    /// are for `selfnode recover` (deleted or crash-looping Deployments).
+    pub at_agent_start: bool,
+}
+
+/// Control-plane components kept, by their pods' `k8s-app` label.
+pub const CHECKPOINTED: &[Kept] = &[
+    Kept {
+        component: "kube-apiserver",
+        at_agent_start: true,
+    },
+    Kept {
+        component: "kube-controller-manager",
+        at_agent_start: false,
+    },
+    Kept {
+        component: "kube-scheduler",
+        at_agent_start: false,
+    },
+];
 /// How often the pods are looked at.
 pub const PERIOD: Duration = Duration::from_secs(5);
 const NAMESPACE: &str = "kube-system";
@@ -169,6 +197,12 @@ async fn recover_at_start(ctx: &CheckpointerContext) -> anyhow::Result<Option<St
         if running.iter().any(|c| c.container == cp.component) {
             continue; // an agent restart: the self-hosted pod kept running
         }
+        if !CHECKPOINTED
+            .iter()
+            .any(|k| k.component == cp.component && k.at_agent_start)
+        {
+            continue;
+        }
         activate(&ctx.paths, cp)?;
         notes.push(format!(
             "no {} container ran at agent start: started the checkpoint copy of {}, kept {}",
@@ -229,7 +263,7 @@ pub fn activate(paths: &HostPaths, cp: &PodCheckpoint) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn deactivate(paths: &HostPaths, component: &str) -> anyhow::Result<()> {
+pub fn deactivate(paths: &HostPaths, component: &str) -> anyhow::Result<()> {
     let copy = copy_paths(paths, component);
     match std::fs::remove_file(&copy.manifest) {
         Ok(()) => {}
@@ -243,8 +277,9 @@ fn deactivate(paths: &HostPaths, component: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One pass: keep what is Ready, hand back what the self-hosted pods serve.
-/// Returns a status note when something changed.
+/// One pass: keep what is Ready, hand back what the self-hosted pods serve,
+/// prune what this node no longer runs. Returns the status note: what
+/// changed, then every copy kept.
 async fn keep_and_hand_back(
     ctx: &CheckpointerContext,
     client: &mut Option<kube::Client>,
@@ -263,10 +298,34 @@ async fn keep_and_hand_back(
             .insert(crate::init::kube_client(&kubeconfig).await?)
             .clone(),
     };
+    if kept.is_empty() {
+        // First pass: what an earlier agent kept (a damaged entry reads as
+        // none and is written again).
+        if let Ok(all) = with_checkpoint(&ctx.paths, |c| c.pods()).await {
+            kept.extend(all.into_iter().map(|p| (p.component.clone(), p)));
+        }
+    }
+    let mut notes = Vec::new();
+    if !is_control_plane_node(&client, &node.node_name).await? {
+        // The node left the control plane (its label is gone, so the
+        // DaemonSet took its API server away): its copies must not come
+        // back after the next power cut.
+        for component in std::mem::take(kept).into_keys() {
+            with_checkpoint(&ctx.paths, {
+                let c = component.clone();
+                move |cp| cp.remove_pod(&c)
+            })
+            .await?;
+            tracing::info!(%component, "node is not a control-plane node: pruned its checkpoint copy");
+            notes.push(format!(
+                "pruned {component}: this node left the control plane"
+            ));
+        }
+        return Ok((!notes.is_empty()).then(|| notes.join("; ")));
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let running = running_containers(&ctx.containerd_socket).await?;
-    let mut notes = Vec::new();
-    for component in CHECKPOINTED {
+    for component in CHECKPOINTED.iter().map(|k| k.component) {
         let list = pods
             .list(
                 &ListParams::default()
@@ -281,19 +340,12 @@ async fn keep_and_hand_back(
             !is_mirror(p)
                 && crate::init::ready::pod_ready(p)
                 && running.iter().any(|c| {
-                    c.container == *component && Some(&c.pod_uid) == p.metadata.uid.as_ref()
+                    c.container == component && Some(&c.pod_uid) == p.metadata.uid.as_ref()
                 })
         });
         let Some(pod) = serving else { continue };
         let cp = fetch(&client, component, pod).await?;
-        if !kept.contains_key(*component) {
-            // First pass: what an earlier agent kept (a damaged entry reads as
-            // none and is written again).
-            if let Ok(all) = with_checkpoint(&ctx.paths, |c| c.pods()).await {
-                kept.extend(all.into_iter().map(|p| (p.component.clone(), p)));
-            }
-        }
-        if !kept.get(*component).is_some_and(|s| s.same_content(&cp)) {
+        if !kept.get(component).is_some_and(|s| s.same_content(&cp)) {
             let copy = cp.clone();
             with_checkpoint(&ctx.paths, move |c| c.put_pod(&copy)).await?;
             tracing::info!(pod = %cp.describe(), "checkpointed: the last known good copy");
@@ -308,17 +360,28 @@ async fn keep_and_hand_back(
                 cp.describe()
             ));
         }
-        if notes.is_empty() {
-            notes.push(format!(
-                "self-hosted; last known good copy of {}",
-                cp.describe()
-            ));
-        }
+    }
+    if !kept.is_empty() {
+        let copies: Vec<String> = kept.values().map(PodCheckpoint::describe).collect();
+        notes.push(format!("last known good: {}", copies.join(", ")));
     }
     Ok((!notes.is_empty()).then(|| notes.join("; ")))
 }
 
-fn is_mirror(pod: &Pod) -> bool {
+/// Whether this node carries the control-plane label (what the API server
+/// DaemonSet selects). The Node authorizer lets a kubelet read its own Node.
+async fn is_control_plane_node(client: &kube::Client, node: &str) -> anyhow::Result<bool> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let n = nodes
+        .get(node)
+        .await
+        .with_context(|| format!("reading Node {node}"))?;
+    Ok(n.metadata
+        .labels
+        .is_some_and(|l| l.contains_key(bootstrap::objects::CONTROL_PLANE_LABEL)))
+}
+
+pub fn is_mirror(pod: &Pod) -> bool {
     pod.metadata
         .annotations
         .as_ref()

@@ -8,7 +8,7 @@
 //! adopt. What such a stop left behind is drained later, without an agent, by
 //! [`drain_without_agent`] (`selfnode stop`, `selfnode reset`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -184,10 +184,7 @@ pub async fn drain_without_agent(
     bundle: &dist::bundle::Bundle,
 ) -> anyhow::Result<usize> {
     let config = paths.containerd_config();
-    let socket = std::fs::read_to_string(&config)
-        .ok()
-        .and_then(|text| super::config::containerd_socket_in(&text))
-        .unwrap_or_else(|| paths.containerd_socket());
+    let socket = containerd_socket(paths);
     let log_path = paths.log_dir().join("containerd.log");
     crate::fsutil::ensure_dir(&paths.log_dir(), 0o755)?;
     let log = std::fs::OpenOptions::new()
@@ -293,6 +290,15 @@ fn unescape_mountinfo(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// The socket this host's containerd listens on, as the agent last
+/// configured it (`--containerd-socket`), for commands that run beside it.
+pub fn containerd_socket(paths: &HostPaths) -> PathBuf {
+    std::fs::read_to_string(paths.containerd_config())
+        .ok()
+        .and_then(|text| super::config::containerd_socket_in(&text))
+        .unwrap_or_else(|| paths.containerd_socket())
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
                 snapshot: file,
                 pki,
                 force,
+                recover: false,
             };
             super::init_sequence(paths, init, Some(restore)).await
         }
@@ -86,7 +87,10 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
 /// needs beside its scheduled snapshots. Used when `--pki` is not given and
 /// the host has no PKI: the copy beside the snapshot file, else the one in
 /// the default snapshot directory.
-fn kept_pki(paths: &HostPaths, snapshot: &std::path::Path) -> Option<std::path::PathBuf> {
+pub(super) fn kept_pki(
+    paths: &HostPaths,
+    snapshot: &std::path::Path,
+) -> Option<std::path::PathBuf> {
     if paths.pki_dir().join("ca.key").exists() {
         return None;
     }

@@ -2,6 +2,7 @@
 
 pub(crate) mod etcd;
 mod images;
+mod recover;
 mod reset;
 mod status;
 mod stop;
@@ -43,6 +44,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reset(args) => reset::run(&paths, args).await,
         Command::Stop(args) => stop::run(&paths, args).await,
         Command::Status(args) => status::run(&paths, args.output).await,
+        Command::Recover(args) => recover::run(&paths, args).await,
         Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await
@@ -78,7 +80,12 @@ async fn init_sequence(
         restore,
     )?;
     let summary = crate::init::run(ctx).await?;
-    match args.output {
+    print_summary(&summary, args.output)
+}
+
+/// What `init` and every sequence from a snapshot print at the end.
+fn print_summary(summary: &crate::init::InitSummary, output: Output) -> anyhow::Result<ExitCode> {
+    match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
         Output::Table => {
             println!(

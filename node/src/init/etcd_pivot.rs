@@ -11,6 +11,7 @@ use bootstrap::plane::{EtcdInitial, Placement};
 
 use super::steps::{until, Runner, StepReport};
 use super::{Seq, Step};
+use crate::checkpoint::EtcdMemberIdentity;
 use crate::host::NodeHost;
 
 /// An etcd call retried for up to 30 s while it fails to connect or gets a
@@ -145,22 +146,37 @@ pub(super) async fn start_self_hosted_etcd(
     .await
 }
 
-/// `promote_etcd_member`: the learner becomes a voter once in sync.
+/// `promote_etcd_member`: the learner becomes a voter once in sync. The
+/// promoted member's identity then goes into the checkpoint (again on a
+/// resume: the record is idempotent).
 pub(super) async fn promote_etcd_member(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     let peer = seq.spec.etcd_peer_url(Placement::SelfHosted);
     let cfg = temp_etcd(seq);
-    run.step(
-        Step::PromoteEtcdMember,
-        Duration::from_secs(150),
-        || async {
-            Ok(self_hosted_member(seq)
-                .await?
-                .is_some_and(|m| !m.is_learner))
-        },
-        || async {
-            etcd_mgr::members::promote(&cfg, &peer, Duration::from_secs(140)).await?;
-            Ok(())
-        },
-    )
-    .await
+    let report = run
+        .step(
+            Step::PromoteEtcdMember,
+            Duration::from_secs(150),
+            || async {
+                Ok(self_hosted_member(seq)
+                    .await?
+                    .is_some_and(|m| !m.is_learner))
+            },
+            || async {
+                etcd_mgr::members::promote(&cfg, &peer, Duration::from_secs(140)).await?;
+                Ok(())
+            },
+        )
+        .await?;
+    if let Some(m) = self_hosted_member(seq).await? {
+        seq.checkpoint.record_etcd_member(&EtcdMemberIdentity {
+            name: m.name,
+            id: m.id,
+            cluster_id: m.cluster_id,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+            data_dir: seq.spec.etcd_data_dir.clone(),
+            recorded_at: crate::status::now_unix(),
+        })?;
+    }
+    Ok(report)
 }

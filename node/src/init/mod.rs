@@ -116,6 +116,9 @@ impl InitContext {
 
     fn sequence(&self) -> Sequence {
         match &self.restore {
+            Some(src) if src.recover => Sequence::Recover {
+                pki: src.pki.is_some(),
+            },
             Some(src) => Sequence::Restore {
                 pki: src.pki.is_some(),
             },

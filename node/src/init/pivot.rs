@@ -32,14 +32,16 @@ pub(super) async fn apply_self_hosted_objects(
     .await
 }
 
-/// `commit_pivot`: the marker in the checkpoint. Before it the temporary
-/// plane is authoritative on resume, after it the self-hosted one.
+/// `commit_pivot`: the marker in the checkpoint, with the settings the
+/// self-hosted objects were made with (what `selfnode recover` renders
+/// from). Before it the temporary plane is authoritative on resume, after
+/// it the self-hosted one.
 pub(super) async fn commit_pivot(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     run.step(
         Step::CommitPivot,
         Duration::from_secs(10),
         || async { Ok(seq.checkpoint.pivot_committed()?) },
-        || async { Ok(seq.checkpoint.commit_pivot()?) },
+        || async { Ok(seq.checkpoint.commit_pivot(&seq.ctx.settings)?) },
     )
     .await
 }

@@ -101,14 +101,27 @@ pub enum Sequence {
     /// `selfnode etcd snapshot restore`: init's sequence started from a
     /// snapshot; `pki` when `--pki DIR` gives the old cluster's keys.
     Restore { pki: bool },
+    /// `selfnode recover --from-snapshot`: the restore's plan on a host
+    /// whose control plane is gone, with the settings it recorded.
+    Recover { pki: bool },
 }
 
 impl Sequence {
-    /// The prefix of the progress lines (`[init]`, `[restore]`).
+    /// The prefix of the progress lines (`[init]`, `[restore]`, `[recover]`).
     pub fn name(self) -> &'static str {
         match self {
             Sequence::Init => "init",
             Sequence::Restore { .. } => "restore",
+            Sequence::Recover { .. } => "recover",
+        }
+    }
+
+    /// Starts from a snapshot: `Some(pki)`, where `pki` says whether the
+    /// old cluster's keys are given.
+    pub fn from_snapshot(self) -> Option<bool> {
+        match self {
+            Sequence::Init => None,
+            Sequence::Restore { pki } | Sequence::Recover { pki } => Some(pki),
         }
     }
 }
@@ -215,7 +228,7 @@ const NO_PKI: &str = "no --pki given: the host's own PKI is used";
 /// After the pivot, the temporary plane's steps, etcd's pivot and the
 /// objects are skipped; the checks that follow it run again.
 pub fn plan(sequence: Sequence, observed: Observed) -> Plan {
-    let restore = matches!(sequence, Sequence::Restore { .. });
+    let restore = sequence.from_snapshot().is_some();
     let pivoted = observed.pivoted;
     let mut number = 0;
     let mut lane = |steps: &[(Step, Option<Action>)]| -> Lane {
@@ -240,10 +253,10 @@ pub fn plan(sequence: Sequence, observed: Observed) -> Plan {
         Action::Run
     });
     let only_restore = |action: Option<Action>| if restore { action } else { None };
-    let restore_pki = match sequence {
-        Sequence::Restore { pki: true } => run,
-        Sequence::Restore { pki: false } => Some(Action::Skip(NO_PKI)),
-        Sequence::Init => None,
+    let restore_pki = match sequence.from_snapshot() {
+        Some(true) => run,
+        Some(false) => Some(Action::Skip(NO_PKI)),
+        None => None,
     };
     let objects = Some(if pivoted {
         Action::Skip(PIVOTED_OBJECTS)

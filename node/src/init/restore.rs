@@ -32,6 +32,8 @@ pub struct RestoreSource {
     /// Restore over the cluster this host runs (its etcd data is moved
     /// aside, not deleted).
     pub force: bool,
+    /// Run as `selfnode recover --from-snapshot` (its own progress prefix).
+    pub recover: bool,
 }
 
 /// A restore that cannot start: bad snapshot contents or missing keys.
