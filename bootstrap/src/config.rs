@@ -273,6 +273,48 @@ pub fn parse_file(path: &std::path::Path, text: &str) -> Result<InitFile, Config
     Ok(file)
 }
 
+/// A node's name: `given`, else the lowercased hostname; a lowercase DNS
+/// subdomain of at most 63 characters (init and join).
+///
+/// Errors: [`ConfigError::NodeName`], [`ConfigError::NodeNameTooLong`].
+pub fn node_name(given: Option<String>, host: &HostIdentity) -> Result<String, ConfigError> {
+    let name = given.unwrap_or_else(|| host.hostname.to_lowercase());
+    if !is_dns_subdomain(&name) {
+        return Err(ConfigError::NodeName(name));
+    }
+    if name.len() > 63 {
+        return Err(ConfigError::NodeNameTooLong(name));
+    }
+    Ok(name)
+}
+
+/// An advertise address as given: a bare IP, usable (unicast, not
+/// loopback) and assigned to this host (init and join).
+///
+/// Errors: [`ConfigError::AdvertiseNotIp`], [`ConfigError::AdvertiseUnusable`],
+/// [`ConfigError::AdvertiseNotLocal`].
+pub fn advertise_address(text: &str, host: &HostIdentity) -> Result<IpAddr, ConfigError> {
+    let addr: IpAddr = text
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::AdvertiseNotIp(text.to_string()))?;
+    if !usable(addr) {
+        return Err(ConfigError::AdvertiseUnusable(addr));
+    }
+    if !host.addresses.contains(&addr) {
+        return Err(ConfigError::AdvertiseNotLocal {
+            address: addr,
+            local: host
+                .addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(addr)
+}
+
 /// Merges flags over the file over defaults and validates the result.
 ///
 /// Errors with the [`ConfigError`] of the first setting found invalid.
@@ -289,14 +331,7 @@ pub fn resolve(
     if !is_dns_label(&cluster_name) {
         return Err(ConfigError::ClusterName(cluster_name));
     }
-    let node_name =
-        pick(&flags.node_name, file.node_name).unwrap_or_else(|| host.hostname.to_lowercase());
-    if !is_dns_subdomain(&node_name) {
-        return Err(ConfigError::NodeName(node_name));
-    }
-    if node_name.len() > 63 {
-        return Err(ConfigError::NodeNameTooLong(node_name));
-    }
+    let node_name = node_name(pick(&flags.node_name, file.node_name), host)?;
     let pod_cidr = cidr(
         "pod CIDR",
         pick(&flags.pod_cidr, file.pod_cidr)
@@ -324,30 +359,8 @@ pub fn resolve(
         return Err(ConfigError::PodCidrTooSmall(pod_cidr));
     }
 
-    let local = || {
-        host.addresses
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let advertise_address = match pick(&flags.advertise_address, file.advertise_address) {
-        Some(text) => {
-            let addr: IpAddr = text
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError::AdvertiseNotIp(text.clone()))?;
-            if !usable(addr) {
-                return Err(ConfigError::AdvertiseUnusable(addr));
-            }
-            if !host.addresses.contains(&addr) {
-                return Err(ConfigError::AdvertiseNotLocal {
-                    address: addr,
-                    local: local(),
-                });
-            }
-            addr
-        }
+        Some(text) => advertise_address(&text, host)?,
         None => host
             .addresses
             .iter()

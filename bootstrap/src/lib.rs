@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod host;
+pub mod join;
 pub mod objects;
 pub mod pki;
 pub mod plane;

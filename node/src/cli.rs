@@ -34,6 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Create a cluster on this host: a temporary control plane, then the self-hosted one, then the pivot
     Init(InitArgs),
+    /// Join this host to a cluster as a node, with the join string 'init' or 'token create' printed
+    Join(JoinArgs),
     /// Run the host agent in the foreground: supervise containerd and the kubelet
     Agent(AgentArgs),
     /// Forget the cluster on this host (stop the agent first); keeps the bundle and images
@@ -48,6 +50,9 @@ pub enum Command {
     /// Look at and protect this cluster's etcd: members, snapshots
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// Make, list and delete the bootstrap tokens hosts join with
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Import a bundle's container images into containerd
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -201,6 +206,43 @@ pub struct RecoverArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "The join string (TOKEN@HOST:PORT[,HOST:PORT...]/sha256:HEX) carries a bootstrap token, \
+the cluster's API endpoints and the pin of its CA. join reads the cluster's cluster-info, checks its \
+signature for the token and the CA against the pin (a cluster with another CA is refused: nothing is \
+written), records that this host belongs to the cluster, and lets the kubelet trade the token for its \
+client certificate; it ends when the node is Ready. The agent must be running. Interrupted (even by \
+kill -9), run it again with the same string: it resumes. A host that belongs to a cluster is refused \
+(exit 3): 'selfnode stop' and 'selfnode reset' first.\n\nExit codes: 0 joined; 1 a failure a retry \
+may fix (an unreachable endpoint); 2 bad input (a malformed string, an unknown, expired or deleted \
+token, a wrong CA pin); 3 the host belongs to a cluster."
+)]
+pub struct JoinArgs {
+    /// The join string (also accepted as --token)
+    #[arg(
+        value_name = "JOIN_STRING",
+        required_unless_present = "token",
+        conflicts_with = "token"
+    )]
+    pub join_string: Option<String>,
+    /// The join string, as the design names it
+    #[arg(long, value_name = "JOIN_STRING")]
+    pub token: Option<String>,
+    /// Join as a control-plane node (not built yet: refused)
+    #[arg(long)]
+    pub control_plane: bool,
+    /// This node's name [default: the hostname]
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The address the cluster reaches this node on [default: this host's address on the route
+    /// to the cluster]
+    #[arg(long, value_name = "IP")]
+    pub advertise_address: Option<String>,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
 pub struct ResetArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal)
     #[arg(short, long)]
@@ -233,6 +275,41 @@ pub struct StopArgs {
 pub struct StatusArgs {
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// `selfnode token`: run on a control-plane host (uses admin.conf).
+#[derive(Debug, Subcommand)]
+#[command(
+    after_help = "A bootstrap token is a Secret of type bootstrap.kubernetes.io/token in kube-system: \
+whoever holds it can add a node to the cluster until it expires (the controller-manager deletes it \
+then). 'token create' prints the join string, TOKEN@HOST:PORT[,HOST:PORT...]/sha256:HEX, which carries \
+the token, the API endpoints and the pin of the cluster CA; pass it to 'selfnode join' on the new host."
+)]
+pub enum TokenCommand {
+    /// Make a token and print its join string
+    Create {
+        /// How long the token is valid (at most 30 days)
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h", value_name = "DURATION")]
+        ttl: std::time::Duration,
+        /// What the token is for (shown by 'token list')
+        #[arg(long, default_value = "", value_name = "TEXT")]
+        description: String,
+        /// The token joins control-plane nodes
+        #[arg(long)]
+        control_plane: bool,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// List the tokens (never their secrets)
+    List {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Delete a token (by ID, or the whole token): hosts can no longer join with it
+    Delete {
+        #[arg(value_name = "ID|TOKEN")]
+        token: String,
+    },
 }
 
 // Parsed once per process: the size of a variant does not matter.

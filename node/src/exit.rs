@@ -98,7 +98,10 @@ classify_by_is_invalid_input!(
     cni::cleanup::CleanupError,
 );
 
-classify_by_is_conflict_and_is_invalid_input!(etcd_mgr::restore::RestoreError);
+classify_by_is_conflict_and_is_invalid_input!(
+    etcd_mgr::restore::RestoreError,
+    bootstrap::join::JoinError,
+);
 
 classify_by_is_invalid_input!(
     bootstrap::config::ConfigError,
@@ -151,6 +154,24 @@ impl Classify for crate::recover::RecoverRefused {
     }
 }
 
+impl Classify for crate::join::JoinConflict {
+    fn class(&self) -> Class {
+        Class::Conflict
+    }
+}
+
+impl Classify for crate::commands::ControlPlaneJoinNotBuilt {
+    fn class(&self) -> Class {
+        Class::Invalid
+    }
+}
+
+impl Classify for crate::tokens::TtlError {
+    fn class(&self) -> Class {
+        Class::Invalid
+    }
+}
+
 impl Classify for crate::init::RestoreInputError {
     fn class(&self) -> Class {
         Class::Invalid
@@ -199,6 +220,10 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::init::RestoreConflict>,
     by::<crate::init::RestoreInputError>,
     by::<crate::recover::RecoverRefused>,
+    by::<bootstrap::join::JoinError>,
+    by::<crate::tokens::TtlError>,
+    by::<crate::join::JoinConflict>,
+    by::<crate::commands::ControlPlaneJoinNotBuilt>,
 ];
 
 /// The class of one cause, if [`CLASSIFIERS`] knows its type.
@@ -386,6 +411,17 @@ mod tests {
                 pki_dir: PathBuf::from("/etc/kubernetes/pki"),
             }),
             Box::new(crate::recover::RecoverRefused::Healthy),
+            Box::new(bootstrap::join::JoinError::Token("x".into())),
+            Box::new(crate::tokens::TtlError {
+                given: "0s".into(),
+                max: "30days".into(),
+            }),
+            Box::new(crate::join::JoinConflict {
+                cluster: "a".into(),
+                node: "n".into(),
+                role: "init".into(),
+            }),
+            Box::new(crate::commands::ControlPlaneJoinNotBuilt),
         ];
         // One sample per line of CLASSIFIERS: a type added there needs its
         // sample here, so that a missing line is caught.
@@ -411,7 +447,7 @@ mod tests {
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
                 Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
                 Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Conflict, Invalid,
-                Conflict,
+                Conflict, Invalid, Invalid, Conflict, Invalid,
             ]
         );
     }

@@ -12,6 +12,8 @@ pub mod exit;
 pub mod fsutil;
 pub mod host;
 pub mod init;
+pub mod join;
 pub mod paths;
 pub mod recover;
 pub mod status;
+pub mod tokens;

@@ -111,6 +111,11 @@ impl HostPaths {
         self.join("etc/kubernetes/kubelet.conf")
     }
 
+    /// A joining kubelet's bootstrap kubeconfig (the token), 0600.
+    pub fn bootstrap_kubelet_kubeconfig(&self) -> PathBuf {
+        self.join("etc/kubernetes/bootstrap-kubelet.conf")
+    }
+
     pub fn static_pod_dir(&self) -> PathBuf {
         self.join("etc/kubernetes/manifests")
     }

@@ -227,11 +227,17 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
         }
         all
     };
+    let socket = crate::agent::drain::containerd_socket(paths);
     for component in pending {
-        let node = (component == API_SERVER).then_some(spec.node_name.as_str());
         let deadline = Instant::now() + wait;
         let mut back = false;
         while Instant::now() < deadline {
+            let running = if component == API_SERVER {
+                checkpointer::running_containers(&socket).await?
+            } else {
+                Vec::new()
+            };
+            let node = (component == API_SERVER).then_some((spec.node_name.as_str(), &running[..]));
             if ready_pod(&client, component, node).await.unwrap_or(false) {
                 back = true;
                 break;
@@ -388,26 +394,36 @@ async fn api_ready(spec: &PlaneSpec) -> Result<(), String> {
     }
 }
 
-/// Whether a self-hosted pod of `component` (not a checkpoint copy) is
-/// Ready, anywhere or on `node`.
+/// Whether a self-hosted pod of `component` (not a checkpoint copy, not
+/// terminating) is Ready, anywhere or on `node`. On this node the pod's
+/// container must also run in containerd (`running`): right after the API
+/// comes back, a pod whose container died while it was down still says
+/// Ready (the kubelet could not report), such as the pod of a deleted
+/// DaemonSet.
 async fn ready_pod(
     client: &kube::Client,
     component: &str,
-    node: Option<&str>,
+    node: Option<(&str, &[checkpointer::RunningContainer])>,
 ) -> anyhow::Result<bool> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let mut lp = ListParams::default().labels(&format!("k8s-app={component}"));
-    if let Some(node) = node {
+    if let Some((node, _)) = node {
         lp = lp.fields(&format!("spec.nodeName={node}"));
     }
     let list = pods
         .list(&lp)
         .await
         .with_context(|| format!("listing the {component} pods"))?;
-    Ok(list
-        .items
-        .iter()
-        .any(|p| !checkpointer::is_mirror(p) && crate::init::ready::pod_ready(p)))
+    Ok(list.items.iter().any(|p| {
+        !checkpointer::is_mirror(p)
+            && p.metadata.deletion_timestamp.is_none()
+            && crate::init::ready::pod_ready(p)
+            && node.is_none_or(|(_, running)| {
+                running.iter().any(|c| {
+                    c.container == component && Some(&c.pod_uid) == p.metadata.uid.as_ref()
+                })
+            })
+    }))
 }
 
 /// A copy of `component` made from the rendered objects, for a cluster

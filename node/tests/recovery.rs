@@ -591,7 +591,11 @@ fn selfnode_recover_brings_back_deleted_components_and_a_lost_etcd() {
         "recover --from-snapshot: {}",
         text(&out)
     );
-    assert!(stdout(&out).contains("[recover]"), "{}", text(&out));
+    assert!(
+        text(&out).contains("[recover] restore_etcd_data"),
+        "{}",
+        text(&out)
+    );
     let kubectl_old = |args: &[&str]| {
         std::process::Command::new(host.bundle.join("bin/kubectl"))
             .arg("--kubeconfig")

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Node, Secret, Service, ServiceAccount, ServicePort, ServiceSpec, Taint,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::NamespaceResourceScope;
@@ -134,6 +134,10 @@ async fn apply_objects(
             }
             Object::ClusterRoleBinding(o) => {
                 apply_one(Api::<ClusterRoleBinding>::all(c), o, &pp, only_missing).await
+            }
+            Object::Role(o) => apply_one(namespaced::<Role>(c, ns), o, &pp, only_missing).await,
+            Object::RoleBinding(o) => {
+                apply_one(namespaced::<RoleBinding>(c, ns), o, &pp, only_missing).await
             }
             Object::Secret(o) => apply_one(namespaced::<Secret>(c, ns), o, &pp, only_missing).await,
             Object::ConfigMap(o) => {

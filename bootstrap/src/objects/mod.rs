@@ -10,14 +10,16 @@
 //! What is here: the Secrets, the kube-apiserver DaemonSet, the
 //! controller-manager and scheduler Deployments, kube-proxy, the pod-network
 //! DaemonSet (`selfnode network-agent`), CoreDNS, and the RBAC bindings the
-//! PKI's identities rely on. Not here: bootstrap-token RBAC (join), and
-//! the control-plane label and taint of the Node, which the init sequence
+//! PKI's identities rely on, and what joining hosts need (`join_objects`:
+//! `cluster-info`, the bootstrap-token bindings, the cluster's settings for
+//! kubelets). Not here: the control-plane label and taint of the Node, which the init sequence
 //! sets with [`mark_control_plane`] once the kubelet registered it.
 
 mod addons;
 mod apply;
 pub(crate) mod control_plane;
 mod etcd;
+mod join;
 mod meta;
 pub mod network;
 
@@ -30,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::host::{Host, HostError};
@@ -41,6 +43,7 @@ pub use apply::{
     mark_control_plane, with_control_plane_taint, Applied, ApplyError, ApplyOutcome,
 };
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
+pub use join::{ClusterSettings, CLUSTER_SETTINGS};
 
 /// Namespace of every namespaced object here.
 pub const NAMESPACE: &str = "kube-system";
@@ -71,6 +74,10 @@ pub enum Object {
     ClusterRole(ClusterRole),
     /// A ClusterRoleBinding.
     ClusterRoleBinding(ClusterRoleBinding),
+    /// A Role.
+    Role(Role),
+    /// A RoleBinding.
+    RoleBinding(RoleBinding),
     /// A Secret (certificates, keys, kubeconfigs the components mount).
     Secret(Secret),
     /// A ConfigMap.
@@ -90,6 +97,8 @@ impl Object {
             Object::ServiceAccount(_) => "ServiceAccount",
             Object::ClusterRole(_) => "ClusterRole",
             Object::ClusterRoleBinding(_) => "ClusterRoleBinding",
+            Object::Role(_) => "Role",
+            Object::RoleBinding(_) => "RoleBinding",
             Object::Secret(_) => "Secret",
             Object::ConfigMap(_) => "ConfigMap",
             Object::Service(_) => "Service",
@@ -104,6 +113,8 @@ impl Object {
             Object::ServiceAccount(o) => &o.metadata,
             Object::ClusterRole(o) => &o.metadata,
             Object::ClusterRoleBinding(o) => &o.metadata,
+            Object::Role(o) => &o.metadata,
+            Object::RoleBinding(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
@@ -128,7 +139,7 @@ impl Object {
         match self {
             Object::ServiceAccount(_) => 0,
             Object::ClusterRole(_) => 1,
-            Object::ClusterRoleBinding(_) => 2,
+            Object::ClusterRoleBinding(_) | Object::Role(_) | Object::RoleBinding(_) => 2,
             Object::Secret(_) | Object::ConfigMap(_) => 3,
             Object::Service(_) => 4,
             Object::DaemonSet(_) | Object::Deployment(_) => 5,
@@ -149,6 +160,8 @@ impl Object {
             Object::ServiceAccount(o) => render(o),
             Object::ClusterRole(o) => render(o),
             Object::ClusterRoleBinding(o) => render(o),
+            Object::Role(o) => render(o),
+            Object::RoleBinding(o) => render(o),
             Object::Secret(o) => render(o),
             Object::ConfigMap(o) => render(o),
             Object::Service(o) => render(o),
@@ -173,6 +186,8 @@ impl fmt::Debug for Object {
             Object::ServiceAccount(o) => o.fmt(f),
             Object::ClusterRole(o) => o.fmt(f),
             Object::ClusterRoleBinding(o) => o.fmt(f),
+            Object::Role(o) => o.fmt(f),
+            Object::RoleBinding(o) => o.fmt(f),
             Object::ConfigMap(o) => o.fmt(f),
             Object::Service(o) => o.fmt(f),
             Object::DaemonSet(o) => o.fmt(f),
@@ -266,6 +281,7 @@ pub fn self_hosted_objects(
     out.extend(addons::kube_proxy(spec)?);
     out.extend(network::objects(spec));
     out.extend(addons::coredns(spec)?);
+    out.extend(join::objects(spec, files)?);
     out.sort_by_key(Object::apply_rank);
     Ok(out)
 }

@@ -76,11 +76,20 @@ fn the_expected_objects_in_dependency_order() {
             "ClusterRoleBinding kubeadm:node-proxier",
             "ClusterRoleBinding selfnode:network",
             "ClusterRoleBinding system:coredns",
+            "ClusterRoleBinding selfnode:kubelet-bootstrap",
+            "ClusterRoleBinding selfnode:node-autoapprove-bootstrap",
+            "ClusterRoleBinding selfnode:node-autoapprove-certificate-rotation",
+            "Role kube-public/selfnode:bootstrap-signer-clusterinfo",
+            "RoleBinding kube-public/selfnode:bootstrap-signer-clusterinfo",
+            "Role kube-system/selfnode:cluster-settings",
+            "RoleBinding kube-system/selfnode:cluster-settings",
             "Secret kube-system/kube-apiserver",
             "Secret kube-system/kube-controller-manager",
             "Secret kube-system/kube-scheduler",
             "ConfigMap kube-system/kube-proxy",
             "ConfigMap kube-system/coredns",
+            "ConfigMap kube-public/cluster-info",
+            "ConfigMap kube-system/selfnode-cluster",
             "Service kube-system/kube-dns",
             "DaemonSet kube-system/kube-apiserver",
             "Deployment kube-system/kube-controller-manager",
@@ -444,7 +453,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
     ensure_encryption_config(&h, &s.pki_dir, &mut rand::rng()).unwrap();
     let files = PlaneFiles::read(&h, &s).unwrap();
     let objs = self_hosted_objects(&s, &files).unwrap();
-    assert_eq!(objs.len(), 22);
+    assert_eq!(objs.len(), 31);
     // Debug output never shows contents (private keys).
     let dbg = format!("{files:?}");
     assert!(

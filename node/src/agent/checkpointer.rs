@@ -334,10 +334,11 @@ async fn keep_and_hand_back(
             )
             .await
             .with_context(|| format!("listing the {component} pods of this node"))?;
-        // The self-hosted pod (not a mirror of a static copy) that is Ready
-        // in the API and whose container runs here.
+        // The self-hosted pod (not a mirror of a static copy, not going
+        // away) that is Ready in the API and whose container runs here.
         let serving = list.items.iter().find(|p| {
             !is_mirror(p)
+                && p.metadata.deletion_timestamp.is_none()
                 && crate::init::ready::pod_ready(p)
                 && running.iter().any(|c| {
                     c.container == component && Some(&c.pod_uid) == p.metadata.uid.as_ref()

@@ -111,7 +111,11 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
     Arc::new(move || {
         let p = &ctx.paths;
         let kubeconfig = p.kubelet_kubeconfig();
-        let in_cluster = kubeconfig.exists();
+        // A joining node has only the bootstrap kubeconfig (a token); the
+        // kubelet trades it for a client certificate and writes kubeconfig.
+        let bootstrap_kubeconfig = p.bootstrap_kubelet_kubeconfig();
+        let bootstrapping = !kubeconfig.exists() && bootstrap_kubeconfig.exists();
+        let in_cluster = kubeconfig.exists() || bootstrapping;
         let client_ca = p.root().join("etc/kubernetes/pki/ca.crt");
         let node = NodeIdentity::read(&p.node_identity_file())?;
         let inputs = KubeletInputs {
@@ -156,6 +160,9 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
         ];
         if in_cluster {
             args.push(format!("--kubeconfig={}", kubeconfig.display()).into());
+        }
+        if bootstrapping {
+            args.push(format!("--bootstrap-kubeconfig={}", bootstrap_kubeconfig.display()).into());
         }
         if let Some(node) = &node {
             args.push(format!("--node-ip={}", node.node_ip).into());

@@ -2,10 +2,13 @@
 
 pub(crate) mod etcd;
 mod images;
+mod join;
+pub use join::ControlPlaneJoinNotBuilt;
 mod recover;
 mod reset;
 mod status;
 mod stop;
+mod token;
 mod version;
 
 use std::process::ExitCode;
@@ -41,11 +44,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(args) => init_sequence(&paths, args, None).await,
+        Command::Join(args) => join::run(&paths, args).await,
         Command::Reset(args) => reset::run(&paths, args).await,
         Command::Stop(args) => stop::run(&paths, args).await,
         Command::Status(args) => status::run(&paths, args.output).await,
         Command::Recover(args) => recover::run(&paths, args).await,
         Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
+        Command::Token(cmd) => token::run(&paths, cmd).await,
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await
         }
@@ -100,6 +105,10 @@ fn print_summary(summary: &crate::init::InitSummary, output: Output) -> anyhow::
             println!(
                 "API server: {} (CA pin {})",
                 summary.api_endpoint, summary.ca_cert_hash
+            );
+            println!(
+                "\nAdd a host (token valid for 24h; 'selfnode token create' makes more):\n  selfnode join {}",
+                summary.join_string
             );
         }
     }

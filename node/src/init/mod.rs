@@ -18,6 +18,7 @@ pub(crate) mod ready;
 pub(crate) mod restore;
 pub mod steps;
 mod temp_plane;
+mod token;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use crate::paths::HostPaths;
 pub use plan::{Sequence, Step};
 pub use restore::{RestoreConflict, RestoreInputError, RestoreSource};
 use steps::{Runner, StepReport};
+pub(crate) use temp_plane::reload_agent;
 
 /// What `init` (or a restore) reports when it is done; `-o json` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -42,6 +44,9 @@ pub struct InitSummary {
     pub api_endpoint: String,
     /// `sha256:<hex>` of the cluster CA's public key: the join pin.
     pub ca_cert_hash: String,
+    /// What `selfnode join` takes on the next host (holds a token valid
+    /// for a day, made by init).
+    pub join_string: String,
     pub seconds: f64,
     /// One entry per planned step, skipped ones included, in plan order.
     pub steps: Vec<StepReport>,
@@ -162,7 +167,7 @@ pub fn plane_spec(
 /// The API load balancer port of this host's agent, from the status it
 /// publishes; the agent's default when there is none yet (init refuses to
 /// run without an agent anyway, after validating its input).
-fn agent_api_lb_port(paths: &HostPaths) -> u16 {
+pub(crate) fn agent_api_lb_port(paths: &HostPaths) -> u16 {
     temp_plane::agent_status(paths)
         .ok()
         .and_then(|s| s.api_lb_port)
@@ -244,24 +249,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         ca_hash: std::sync::Mutex::new(String::new()),
         client: tokio::sync::OnceCell::new(),
     };
-    let mut reports = Vec::with_capacity(plan.len());
-    for phase in &plan.phases {
-        let (run, seq) = (&run, &seq);
-        let lanes = phase.lanes.iter().map(|lane| async move {
-            let mut out = Vec::with_capacity(lane.len());
-            for planned in lane {
-                out.push(match planned.action {
-                    plan::Action::Skip(why) => run.skip(planned.step, why),
-                    plan::Action::Run => execute(planned.step, run, seq).await?,
-                });
-            }
-            anyhow::Ok(out)
-        });
-        for lane in futures::future::try_join_all(lanes).await? {
-            reports.extend(lane);
-        }
-    }
-    reports.sort_by_key(|r| r.number);
+    let reports = steps::run_plan(&plan, &run, |step| execute(step, &run, &seq)).await?;
 
     let mut ca_hash = seq.ca_hash.lock().map(|h| h.clone()).unwrap_or_default();
     let api_ca = seq.spec.pki_dir.join("ca.crt");
@@ -269,6 +257,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         ca_hash = bootstrap::pki::ca_cert_hash(&std::fs::read(&api_ca)?)?;
     }
     let (_, self_api) = seq.apiservers();
+    let join_string = token::init_join_string(&seq).await?;
     Ok(InitSummary {
         cluster_name: ctx.settings.cluster_name.clone(),
         node_name: ctx.settings.node_name.clone(),
@@ -276,6 +265,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         admin_kubeconfig: seq.spec.kubeconfig_dir.join("admin.conf"),
         api_endpoint: format!("https://{self_api}"),
         ca_cert_hash: ca_hash,
+        join_string,
         seconds: run.elapsed().as_secs_f64(),
         steps: reports,
     })
@@ -307,6 +297,11 @@ async fn execute(step: Step, run: &Runner, seq: &Seq<'_>) -> anyhow::Result<Step
         Step::StopTempPlane => temp_plane::stop_temp_plane(run, seq).await,
         Step::PointLbAtSelfHosted => temp_plane::point_lb_at_self_hosted(run, seq).await,
         Step::WaitClusterReady => ready::wait_cluster_ready(run, seq).await,
+        Step::CreateJoinToken => token::create_join_token(run, seq).await,
+        Step::DiscoverCluster
+        | Step::WriteBootstrapKubeconfig
+        | Step::WaitNodeRegistered
+        | Step::WaitNodeReady => anyhow::bail!("{step} is a step of join, not of init"),
     }
 }
 

@@ -68,6 +68,20 @@ steps! {
     StopTempPlane => "stop_temp_plane",
     PointLbAtSelfHosted => "point_lb_at_self_hosted",
     WaitClusterReady => "wait_cluster_ready",
+    /// A bootstrap token valid for a day, for the join string init prints
+    /// (an unexpired one from an earlier run is reused).
+    CreateJoinToken => "create_join_token",
+    /// Join: `cluster-info` read, its signature and CA pin checked, the
+    /// cluster's settings read over TLS verified with that CA. Writes nothing.
+    DiscoverCluster => "discover_cluster",
+    /// Join: the cluster CA, the kubelet's bootstrap kubeconfig (the token)
+    /// and the balancer's API servers; the agent restarts the kubelet.
+    WriteBootstrapKubeconfig => "write_bootstrap_kubeconfig",
+    /// Join: the kubelet has its client certificate (TLS bootstrap) and its
+    /// Node exists.
+    WaitNodeRegistered => "wait_node_registered",
+    /// Join: the Node is Ready (the pod network runs on it).
+    WaitNodeReady => "wait_node_ready",
 }
 
 impl From<Step> for &'static str {
@@ -104,6 +118,8 @@ pub enum Sequence {
     /// `selfnode recover --from-snapshot`: the restore's plan on a host
     /// whose control plane is gone, with the settings it recorded.
     Recover { pki: bool },
+    /// `selfnode join`: a host joins a running cluster as a node.
+    Join,
 }
 
 impl Sequence {
@@ -113,6 +129,7 @@ impl Sequence {
             Sequence::Init => "init",
             Sequence::Restore { .. } => "restore",
             Sequence::Recover { .. } => "recover",
+            Sequence::Join => "join",
         }
     }
 
@@ -120,7 +137,7 @@ impl Sequence {
     /// old cluster's keys are given.
     pub fn from_snapshot(self) -> Option<bool> {
         match self {
-            Sequence::Init => None,
+            Sequence::Init | Sequence::Join => None,
             Sequence::Restore { pki } | Sequence::Recover { pki } => Some(pki),
         }
     }
@@ -228,6 +245,9 @@ const NO_PKI: &str = "no --pki given: the host's own PKI is used";
 /// After the pivot, the temporary plane's steps, etcd's pivot and the
 /// objects are skipped; the checks that follow it run again.
 pub fn plan(sequence: Sequence, observed: Observed) -> Plan {
+    if sequence == Sequence::Join {
+        return join_plan();
+    }
     let restore = sequence.from_snapshot().is_some();
     let pivoted = observed.pivoted;
     let mut number = 0;
@@ -293,6 +313,7 @@ pub fn plan(sequence: Sequence, observed: Observed) -> Plan {
         (Step::StopTempPlane, run),
         (Step::PointLbAtSelfHosted, run),
         (Step::WaitClusterReady, run),
+        (Step::CreateJoinToken, run),
     ]);
     Plan {
         sequence,
@@ -306,6 +327,33 @@ pub fn plan(sequence: Sequence, observed: Observed) -> Plan {
     }
 }
 
+/// `selfnode join`, one lane: discover (writes nothing), then the host
+/// records its cluster before it writes anything else, then the kubelet's
+/// TLS bootstrap. Every step checks first, so a re-run resumes.
+fn join_plan() -> Plan {
+    let steps = [
+        Step::DiscoverCluster,
+        Step::RecordClusterIdentity,
+        Step::WriteNodeIdentity,
+        Step::WriteBootstrapKubeconfig,
+        Step::WaitNodeRegistered,
+        Step::WaitNodeReady,
+    ];
+    let lane = steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| Planned {
+            step: *step,
+            number: i + 1,
+            action: Action::Run,
+        })
+        .collect();
+    Plan {
+        sequence: Sequence::Join,
+        phases: vec![Phase { lanes: vec![lane] }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +363,23 @@ mod tests {
             .filter(|p| pred(p))
             .map(|p| p.step.name())
             .collect()
+    }
+
+    #[test]
+    fn join_discovers_then_records_the_cluster_before_it_writes_anything() {
+        let p = plan(Sequence::Join, Observed::default());
+        assert_eq!(
+            names(&p, |s| s.action == Action::Run),
+            [
+                "discover_cluster",
+                "record_cluster_identity",
+                "write_node_identity",
+                "write_bootstrap_kubeconfig",
+                "wait_node_registered",
+                "wait_node_ready",
+            ]
+        );
+        assert_eq!(p.sequence.name(), "join");
     }
 
     #[test]
@@ -361,16 +426,22 @@ mod tests {
     #[test]
     fn init_runs_every_step_but_the_restore_ones_numbered_in_order() {
         let p = plan(Sequence::Init, Observed::default());
-        assert_eq!(p.len(), 19);
+        assert_eq!(p.len(), 20);
         let numbers: Vec<usize> = p.steps().map(|s| s.number).collect();
-        assert_eq!(numbers, (1..=19).collect::<Vec<_>>());
+        assert_eq!(numbers, (1..=20).collect::<Vec<_>>());
         assert!(p.steps().all(|s| s.action == Action::Run));
         let expected: Vec<&str> = Step::ALL
             .iter()
             .filter(|s| {
                 !matches!(
                     s,
-                    Step::RestorePki | Step::RestoreEtcdData | Step::AddSelfHostedToLb
+                    Step::RestorePki
+                        | Step::RestoreEtcdData
+                        | Step::AddSelfHostedToLb
+                        | Step::DiscoverCluster
+                        | Step::WriteBootstrapKubeconfig
+                        | Step::WaitNodeRegistered
+                        | Step::WaitNodeReady
                 )
             })
             .map(|s| s.name())
@@ -383,7 +454,7 @@ mod tests {
         let p = plan(Sequence::Init, Observed { pivoted: true });
         assert_eq!(
             p.len(),
-            19,
+            20,
             "the count is the plan's, skipped steps included"
         );
         assert_eq!(
@@ -399,6 +470,7 @@ mod tests {
                 "stop_temp_plane",
                 "point_lb_at_self_hosted",
                 "wait_cluster_ready",
+                "create_join_token",
             ]
         );
         for s in p.steps() {
@@ -411,10 +483,10 @@ mod tests {
     #[test]
     fn restore_adds_its_steps_and_skips_restore_pki_without_pki() {
         let with = plan(Sequence::Restore { pki: true }, Observed::default());
-        assert_eq!(with.len(), 22);
+        assert_eq!(with.len(), 23);
         assert!(with.steps().all(|s| s.action == Action::Run));
         let without = plan(Sequence::Restore { pki: false }, Observed::default());
-        assert_eq!(without.len(), 22);
+        assert_eq!(without.len(), 23);
         assert_eq!(
             without
                 .steps()

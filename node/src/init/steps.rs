@@ -176,6 +176,36 @@ impl Runner {
     }
 }
 
+/// Runs every phase of `plan` in order, the lanes of a phase side by side
+/// and the steps of a lane in order: `exec` runs one step, a skipped step
+/// gets its line. Returns the reports in plan order; stops at the first
+/// failure.
+pub async fn run_plan<F, Fut>(plan: &Plan, run: &Runner, exec: F) -> anyhow::Result<Vec<StepReport>>
+where
+    F: Fn(Step) -> Fut,
+    Fut: Future<Output = anyhow::Result<StepReport>>,
+{
+    let mut reports = Vec::with_capacity(plan.len());
+    for phase in &plan.phases {
+        let exec = &exec;
+        let lanes = phase.lanes.iter().map(|lane| async move {
+            let mut out = Vec::with_capacity(lane.len());
+            for planned in lane {
+                out.push(match planned.action {
+                    super::plan::Action::Skip(why) => run.skip(planned.step, why),
+                    super::plan::Action::Run => exec(planned.step).await?,
+                });
+            }
+            anyhow::Ok(out)
+        });
+        for lane in futures::future::try_join_all(lanes).await? {
+            reports.extend(lane);
+        }
+    }
+    reports.sort_by_key(|r| r.number);
+    Ok(reports)
+}
+
 /// Exits the process if the failpoint names `step`.
 /// Only debug builds (the tests' binary) honour it; a release build never
 /// exits on an environment variable.
@@ -234,7 +264,7 @@ mod tests {
             (r.number, r.outcome, r.reason),
             (17, "skipped", Some("because"))
         );
-        assert_eq!(run.total, 19);
+        assert_eq!(run.total, 20);
     }
 
     #[tokio::test]

@@ -187,7 +187,7 @@ pub(super) fn backends_text(addrs: &[SocketAddr]) -> String {
 }
 
 /// Asks the agent to re-read its services and configuration (SIGHUP).
-pub(super) fn reload_agent(pid: &str) -> anyhow::Result<()> {
+pub(crate) fn reload_agent(pid: &str) -> anyhow::Result<()> {
     let pid: i32 = pid
         .parse()
         .with_context(|| format!("agent pid {pid:?} is not a number"))?;

@@ -1,0 +1,184 @@
+//! What joining hosts need from the cluster, as kubeadm provides it:
+//! `cluster-info` in `kube-public` (readable anonymously, signed per token
+//! by the controller-manager's bootstrap signer), the bindings that let a
+//! bootstrap token ask for a kubelet client certificate and have it
+//! approved, and the cluster's settings a kubelet needs (cluster DNS,
+//! domain), readable by bootstrap tokens and nodes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::rbac::v1::{
+    ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{meta, Object, ObjectsError, PlaneFiles, NAMESPACE};
+use crate::join::{cluster_info, CLUSTER_INFO, CLUSTER_INFO_NAMESPACE, NODE_TOKEN_GROUP};
+use crate::plane::PlaneSpec;
+
+/// The ConfigMap (in `kube-system`) with [`ClusterSettings`].
+pub const CLUSTER_SETTINGS: &str = "selfnode-cluster";
+const SETTINGS_KEY: &str = "cluster.json";
+const NODES_GROUP: &str = "system:nodes";
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// The cluster-wide settings a joining host needs for its kubelet and its
+/// network, published at init.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSettings {
+    /// The cluster's name.
+    pub cluster_name: String,
+    /// The kubelet's `clusterDNS` (CoreDNS's Service IP).
+    pub cluster_dns: String,
+    /// The kubelet's `clusterDomain`.
+    pub cluster_domain: String,
+    /// The cluster's pod network.
+    pub pod_cidr: String,
+    /// The cluster's Service network.
+    pub service_cidr: String,
+    /// The control plane's Kubernetes version (`v1.x.y`).
+    pub kubernetes_version: String,
+}
+
+impl ClusterSettings {
+    /// Reads them back from their ConfigMap.
+    ///
+    /// Errors: the ConfigMap lacks the key or it does not parse (the
+    /// message says which).
+    pub fn from_config_map(cm: &ConfigMap) -> Result<ClusterSettings, String> {
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(SETTINGS_KEY))
+            .ok_or_else(|| format!("ConfigMap {CLUSTER_SETTINGS} has no {SETTINGS_KEY}"))?;
+        serde_json::from_str(text).map_err(|e| {
+            format!("ConfigMap {CLUSTER_SETTINGS}: {SETTINGS_KEY} does not parse: {e}")
+        })
+    }
+}
+
+fn binding_subject(kind: &str, name: &str) -> Subject {
+    Subject {
+        api_group: Some(RBAC_GROUP.to_string()),
+        kind: kind.to_string(),
+        name: name.to_string(),
+        namespace: None,
+    }
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: Some(RBAC_GROUP.to_string()),
+        kind: kind.to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn cluster_binding(name: &str, role: &str, group: &str) -> Object {
+    Object::ClusterRoleBinding(ClusterRoleBinding {
+        metadata: meta::object_meta(name, false, &[]),
+        role_ref: role_ref("ClusterRole", role),
+        subjects: Some(vec![binding_subject("Group", group)]),
+    })
+}
+
+/// A Role that may `get` one ConfigMap, and its binding to `subjects`.
+fn read_one_config_map(
+    namespace: &str,
+    role: &str,
+    config_map: &str,
+    subjects: Vec<Subject>,
+) -> [Object; 2] {
+    let mut m = meta::object_meta(role, true, &[]);
+    m.namespace = Some(namespace.to_string());
+    [
+        Object::Role(Role {
+            metadata: m.clone(),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".to_string()]),
+                resource_names: Some(vec![config_map.to_string()]),
+                verbs: vec!["get".to_string()],
+                ..PolicyRule::default()
+            }]),
+        }),
+        Object::RoleBinding(RoleBinding {
+            metadata: m,
+            role_ref: role_ref("Role", role),
+            subjects: Some(subjects),
+        }),
+    ]
+}
+
+/// The objects joining hosts need (see the module docs).
+pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object>, ObjectsError> {
+    let ca_path = spec.pki_dir.join("ca.crt");
+    let ca = files
+        .get(&ca_path)
+        .ok_or_else(|| ObjectsError::MissingFile {
+            path: ca_path.clone(),
+            component: "cluster-info".to_string(),
+        })?;
+    let server = format!(
+        "https://{}",
+        std::net::SocketAddr::new(spec.advertise_address, spec.ports.apiserver)
+    );
+    let mut info = cluster_info(&server, ca);
+    info.metadata.labels = meta::object_meta(CLUSTER_INFO, false, &[]).labels;
+    let settings = ClusterSettings {
+        cluster_name: spec.cluster_name.clone(),
+        cluster_dns: spec.dns_service_ip()?.to_string(),
+        cluster_domain: spec.cluster_domain.clone(),
+        pod_cidr: spec.pod_cidr.to_string(),
+        service_cidr: spec.service_cidr.to_string(),
+        kubernetes_version: spec.kubernetes_version.clone(),
+    };
+    let settings_cm = ConfigMap {
+        metadata: meta::object_meta(CLUSTER_SETTINGS, true, &[]),
+        data: Some(BTreeMap::from([(
+            SETTINGS_KEY.to_string(),
+            serde_json::to_string_pretty(&settings).unwrap_or_default(),
+        )])),
+        ..ConfigMap::default()
+    };
+    let mut out = vec![
+        // A bootstrap token may create a CSR for a kubelet client
+        // certificate, and such CSRs are approved (kubeadm's bindings).
+        cluster_binding(
+            "selfnode:kubelet-bootstrap",
+            "system:node-bootstrapper",
+            NODE_TOKEN_GROUP,
+        ),
+        cluster_binding(
+            "selfnode:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            NODE_TOKEN_GROUP,
+        ),
+        // Nodes renew their own client certificates.
+        cluster_binding(
+            "selfnode:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            NODES_GROUP,
+        ),
+        Object::ConfigMap(info),
+        Object::ConfigMap(settings_cm),
+    ];
+    out.extend(read_one_config_map(
+        CLUSTER_INFO_NAMESPACE,
+        "selfnode:bootstrap-signer-clusterinfo",
+        CLUSTER_INFO,
+        vec![binding_subject("User", "system:anonymous")],
+    ));
+    out.extend(read_one_config_map(
+        NAMESPACE,
+        "selfnode:cluster-settings",
+        CLUSTER_SETTINGS,
+        vec![
+            binding_subject("Group", NODE_TOKEN_GROUP),
+            binding_subject("Group", NODES_GROUP),
+        ],
+    ));
+    Ok(out)
+}

@@ -1,0 +1,43 @@
+//! `selfnode join`: checks the input, runs `crate::join`, prints.
+
+use std::process::ExitCode;
+
+use crate::cli::{JoinArgs, Output};
+use crate::paths::HostPaths;
+
+/// `join --control-plane` is refused until it is built (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("joining as a control-plane node is not built yet: join as a node (without --control-plane and with a token made without it)")]
+pub struct ControlPlaneJoinNotBuilt;
+
+pub async fn run(paths: &HostPaths, args: JoinArgs) -> anyhow::Result<ExitCode> {
+    // Everything from the input alone, before anything is asked or written.
+    let text = args.join_string.or(args.token).unwrap_or_default();
+    let join: bootstrap::join::JoinString = text.parse()?;
+    if args.control_plane || join.control_plane {
+        return Err(ControlPlaneJoinNotBuilt.into());
+    }
+    let host = crate::init::host_identity()?;
+    let node_name = bootstrap::config::node_name(args.node_name, &host)?;
+    let advertise_address = args
+        .advertise_address
+        .as_deref()
+        .map(|a| bootstrap::config::advertise_address(a, &host))
+        .transpose()?;
+    let ctx = crate::join::JoinContext {
+        paths: paths.clone(),
+        join,
+        node_name,
+        advertise_address,
+        quiet: args.output == Output::Json,
+    };
+    let summary = crate::join::run(ctx).await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Output::Table => println!(
+            "\nNode {} ({}) joined cluster {:?} and is Ready ({:.0}s). On a control-plane host: kubectl get nodes",
+            summary.node_name, summary.node_ip, summary.cluster_name, summary.seconds
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}

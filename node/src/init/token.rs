@@ -1,0 +1,52 @@
+//! `create_join_token`: the token behind the join string init prints.
+
+use std::time::Duration;
+
+use super::steps::{Runner, StepReport};
+use super::{Seq, Step};
+use crate::tokens::{self, INIT_TOKEN_DESCRIPTION, INIT_TOKEN_TTL};
+
+/// An init token that stays valid this long is reused.
+const REUSE_MARGIN: Duration = Duration::from_secs(3600);
+
+/// Done when an init token valid for at least another hour exists.
+pub(super) async fn create_join_token(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
+    run.step(
+        Step::CreateJoinToken,
+        Duration::from_secs(30),
+        || async { Ok(init_token(seq).await?.is_some()) },
+        || async {
+            tokens::create(
+                &seq.client().await?,
+                INIT_TOKEN_TTL,
+                INIT_TOKEN_DESCRIPTION,
+                false,
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// The ID of a valid token init made, if there is one.
+async fn init_token(seq: &Seq<'_>) -> anyhow::Result<Option<String>> {
+    let all = tokens::list(&seq.client().await?).await?;
+    Ok(all
+        .into_iter()
+        .filter(|t| t.description == INIT_TOKEN_DESCRIPTION && tokens::valid_for(t, REUSE_MARGIN))
+        .max_by(|a, b| a.expiration.cmp(&b.expiration))
+        .map(|t| t.id))
+}
+
+/// The join string of init's token (after `create_join_token`).
+pub(super) async fn init_join_string(seq: &Seq<'_>) -> anyhow::Result<String> {
+    let client = seq.client().await?;
+    let id = init_token(seq).await?.ok_or_else(|| {
+        anyhow::anyhow!("init's join token is gone; make one with 'selfnode token create'")
+    })?;
+    let token = tokens::get(&client, &id).await?.ok_or_else(|| {
+        anyhow::anyhow!("init's join token {id} is gone; make one with 'selfnode token create'")
+    })?;
+    tokens::join_string(&client, &token, false).await
+}

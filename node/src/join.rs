@@ -1,0 +1,436 @@
+//! `selfnode join`: a host joins a running cluster as a node, as `kubeadm
+//! join` does, on init's plan and runner (`Sequence::Join`):
+//!
+//! 1. `discover_cluster`: reads `kube-public/cluster-info` anonymously
+//!    (TLS not verified yet: nothing is trusted from it until checked),
+//!    checks the bootstrap signer's signature for the join string's token
+//!    and the CA against the string's pin, then reads the cluster's settings
+//!    (`kube-system/selfnode-cluster`) with the token over TLS verified with
+//!    that CA. Writes nothing.
+//! 2. `record_cluster_identity`: the host belongs to this cluster from now
+//!    on (refused if it belongs to another one; an interrupted join resumes,
+//!    it never inits).
+//! 3. `write_node_identity`, `write_bootstrap_kubeconfig`: the kubelet's
+//!    name, address and cluster DNS; the CA, the bootstrap kubeconfig (the
+//!    token) and the node-local balancer's API servers. The agent restarts
+//!    the kubelet, which asks for its client certificate (a CSR the
+//!    controller-manager approves for bootstrap tokens).
+//! 4. `wait_node_registered`, `wait_node_ready`.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::Context;
+use bootstrap::join::{ClusterInfo, JoinString, CLUSTER_INFO, CLUSTER_INFO_NAMESPACE};
+use bootstrap::objects::{ClusterSettings, CLUSTER_SETTINGS};
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::api::Api;
+use tokio::sync::OnceCell;
+
+use crate::agent::services::NodeIdentity;
+use crate::checkpoint::{Checkpoint, ClusterIdentity};
+use crate::init::plan::{self, Sequence, Step};
+use crate::init::steps::{self, until, Runner, StepReport};
+use crate::paths::HostPaths;
+
+/// The validated input of a join.
+pub struct JoinContext {
+    pub paths: HostPaths,
+    pub join: JoinString,
+    /// This node's name (a DNS subdomain; default: the lowercased hostname).
+    pub node_name: String,
+    /// The address the node serves on (default: the host's address on the
+    /// route to the cluster's first endpoint).
+    pub advertise_address: Option<IpAddr>,
+    pub quiet: bool,
+}
+
+/// What `join` reports; `-o json` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JoinSummary {
+    pub cluster_name: String,
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    /// The API servers the node-local balancer forwards to.
+    pub api_endpoints: Vec<String>,
+    pub seconds: f64,
+    pub steps: Vec<StepReport>,
+}
+
+/// This host already belongs to a cluster: exit code 3.
+#[derive(Debug, thiserror::Error)]
+#[error("this host already belongs to cluster {cluster:?} (node {node:?}, as {role}); nothing was written. Run 'selfnode stop' and 'selfnode reset' first to leave it")]
+pub struct JoinConflict {
+    pub cluster: String,
+    pub node: String,
+    pub role: String,
+}
+
+/// What discovery found, shared by the steps after it.
+struct Found {
+    info: ClusterInfo,
+    settings: ClusterSettings,
+    /// The endpoints as socket addresses (for the balancer).
+    endpoints: Vec<SocketAddr>,
+    node_ip: IpAddr,
+}
+
+struct Join<'a> {
+    ctx: &'a JoinContext,
+    agent_pid: String,
+    checkpoint: Checkpoint,
+    found: OnceCell<Found>,
+}
+
+impl Join<'_> {
+    fn found(&self) -> anyhow::Result<&Found> {
+        self.found
+            .get()
+            .context("discover_cluster has not run before this step")
+    }
+}
+
+/// Runs the join to the end (see the module docs).
+pub async fn run(ctx: JoinContext) -> anyhow::Result<JoinSummary> {
+    let paths = &ctx.paths;
+    let agent_pid = crate::agent::lock::running_agent(&paths.agent_lock()).context(
+        "the selfnode agent is not running on this host; start it first ('selfnode agent')",
+    )?;
+    let checkpoint = Checkpoint::open(&paths.checkpoint_dir())?;
+    if let Some(id) = checkpoint.cluster_identity()? {
+        let same = id.role == "join"
+            && id.cluster_uid == ctx.join.ca_hash
+            && id.node_name == ctx.node_name;
+        if !same {
+            return Err(JoinConflict {
+                cluster: id.cluster_name,
+                node: id.node_name,
+                role: id.role,
+            }
+            .into());
+        }
+    }
+    let plan = plan::plan(Sequence::Join, plan::Observed::default());
+    let run = Runner::new(&plan, ctx.quiet);
+    let join = Join {
+        ctx: &ctx,
+        agent_pid,
+        checkpoint,
+        found: OnceCell::new(),
+    };
+    let reports = steps::run_plan(&plan, &run, |step| execute(step, &run, &join)).await?;
+    let found = join.found()?;
+    Ok(JoinSummary {
+        cluster_name: found.settings.cluster_name.clone(),
+        node_name: ctx.node_name.clone(),
+        node_ip: found.node_ip,
+        api_endpoints: ctx.join.endpoints.clone(),
+        seconds: run.elapsed().as_secs_f64(),
+        steps: reports,
+    })
+}
+
+async fn execute(step: Step, run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
+    match step {
+        Step::DiscoverCluster => discover_cluster(run, join).await,
+        Step::RecordClusterIdentity => record_cluster_identity(run, join).await,
+        Step::WriteNodeIdentity => write_node_identity(run, join).await,
+        Step::WriteBootstrapKubeconfig => write_bootstrap_kubeconfig(run, join).await,
+        Step::WaitNodeRegistered => wait_node_registered(run, join).await,
+        Step::WaitNodeReady => wait_node_ready(run, join).await,
+        other => anyhow::bail!("{other} is not a step of join"),
+    }
+}
+
+/// How long an unsigned token is waited for: the bootstrap signer signs a
+/// new token within moments; a token it never signs is unknown.
+const SIGNATURE_WAIT: Duration = Duration::from_secs(20);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn discover_cluster(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
+    run.wait(
+        Step::DiscoverCluster,
+        "the cluster's signed cluster-info",
+        || async {
+            let js = &join.ctx.join;
+            let endpoints = resolve(&js.endpoints)?;
+            let started = std::time::Instant::now();
+            let (info, via) = loop {
+                match fetch_cluster_info(&endpoints).await {
+                    Ok((cm, via)) => match bootstrap::join::verify_cluster_info(&cm, js) {
+                        Ok(info) => break (info, via),
+                        Err(bootstrap::join::JoinError::UnknownToken { .. })
+                            if started.elapsed() < SIGNATURE_WAIT =>
+                        {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    Err(e) => return Err(e),
+                }
+            };
+            let settings = read_settings(via, &info, js).await?;
+            let node_ip = match join.ctx.advertise_address {
+                Some(ip) => ip,
+                None => local_address_towards(via)?,
+            };
+            join.found
+                .set(Found {
+                    info,
+                    settings,
+                    endpoints,
+                    node_ip,
+                })
+                .map_err(|_| anyhow::anyhow!("discover_cluster ran twice"))?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+fn resolve(endpoints: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for e in endpoints {
+        let addrs = e
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve the API endpoint {e}"))?;
+        out.extend(addrs);
+    }
+    Ok(out)
+}
+
+/// `cluster-info` from the first endpoint that answers, with TLS not
+/// verified (nothing in it is trusted before `verify_cluster_info`).
+async fn fetch_cluster_info(endpoints: &[SocketAddr]) -> anyhow::Result<(ConfigMap, SocketAddr)> {
+    let mut errors = Vec::new();
+    for addr in endpoints {
+        let mut config = kube::Config::new(format!("https://{addr}").parse()?);
+        config.accept_invalid_certs = true;
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.read_timeout = Some(CONNECT_TIMEOUT);
+        let client = kube::Client::try_from(config)?;
+        let cms: Api<ConfigMap> = Api::namespaced(client, CLUSTER_INFO_NAMESPACE);
+        match cms.get(CLUSTER_INFO).await {
+            Ok(cm) => return Ok((cm, *addr)),
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    anyhow::bail!(
+        "cannot read {CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO} from any API endpoint of the join string ({}); check that this host reaches the cluster's API servers and that the join string is current",
+        errors.join("; ")
+    )
+}
+
+/// The cluster's settings, read with the token over TLS verified against
+/// the pinned CA: proof that the endpoint holds the CA-signed key.
+async fn read_settings(
+    via: SocketAddr,
+    info: &ClusterInfo,
+    js: &JoinString,
+) -> anyhow::Result<ClusterSettings> {
+    let client = token_client(&format!("https://{via}"), info, js)?;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "kube-system");
+    let cm = cms.get(CLUSTER_SETTINGS).await.with_context(|| {
+        format!("reading kube-system/{CLUSTER_SETTINGS} from {via} with the token (TLS verified with the cluster CA)")
+    })?;
+    ClusterSettings::from_config_map(&cm).map_err(anyhow::Error::msg)
+}
+
+fn token_client(server: &str, info: &ClusterInfo, js: &JoinString) -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::new(server.parse()?);
+    config.root_cert = Some(bootstrap::join::certs_der(&info.ca_pem)?);
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.auth_info.token = Some(js.token.expose().into());
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The host's address on the route to `peer` (what the kernel would use as
+/// source): a connected UDP socket sends nothing.
+fn local_address_towards(peer: SocketAddr) -> anyhow::Result<IpAddr> {
+    let bind: SocketAddr = if peer.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let sock = std::net::UdpSocket::bind(bind)?;
+    sock.connect(peer)
+        .with_context(|| format!("no route from this host to {peer}"))?;
+    Ok(sock.local_addr()?.ip())
+}
+
+async fn record_cluster_identity(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
+    let found = join.found()?;
+    run.step(
+        Step::RecordClusterIdentity,
+        Duration::from_secs(10),
+        || async { Ok(join.checkpoint.cluster_identity()?.is_some()) },
+        || async {
+            let id = ClusterIdentity {
+                cluster_name: found.settings.cluster_name.clone(),
+                // A joined host knows its cluster by the CA it pinned.
+                cluster_uid: join.ctx.join.ca_hash.clone(),
+                node_name: join.ctx.node_name.clone(),
+                role: "join".into(),
+                created: crate::status::now_unix(),
+            };
+            Ok(join.checkpoint.record_cluster_identity(&id)?)
+        },
+    )
+    .await
+}
+
+async fn write_node_identity(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
+    let found = join.found()?;
+    let file = join.ctx.paths.node_identity_file();
+    let node_id = NodeIdentity {
+        node_name: join.ctx.node_name.clone(),
+        node_ip: found.node_ip,
+        cluster_dns: Some(
+            found
+                .settings
+                .cluster_dns
+                .parse()
+                .context("the cluster's clusterDNS is not an IP address")?,
+        ),
+        cluster_domain: found.settings.cluster_domain.clone(),
+    };
+    run.step(
+        Step::WriteNodeIdentity,
+        Duration::from_secs(10),
+        || async { Ok(NodeIdentity::read(&file)?.as_ref() == Some(&node_id)) },
+        || async {
+            crate::fsutil::write_atomic(&file, &serde_json::to_vec_pretty(&node_id)?, 0o644)?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+async fn write_bootstrap_kubeconfig(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
+    let found = join.found()?;
+    let paths = &join.ctx.paths;
+    let lb_port = crate::init::agent_api_lb_port(paths);
+    let loopback: IpAddr = if found.node_ip.is_ipv6() {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    };
+    let files = [
+        (
+            paths.pki_dir().join("ca.crt"),
+            found.info.ca_pem.clone(),
+            0o644,
+        ),
+        (
+            paths.bootstrap_kubelet_kubeconfig(),
+            bootstrap::join::bootstrap_kubeconfig(
+                &format!("https://{}", SocketAddr::new(loopback, lb_port)),
+                &found.info.ca_pem,
+                &join.ctx.join.token,
+            )
+            .into_bytes(),
+            0o600,
+        ),
+        (
+            paths.apiservers_file(),
+            std::iter::once(
+                "# kube-apiservers for the node-local load balancer; written by selfnode join"
+                    .to_string(),
+            )
+            .chain(found.endpoints.iter().map(SocketAddr::to_string))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into_bytes(),
+            0o644,
+        ),
+    ];
+    let report = run
+        .step(
+            Step::WriteBootstrapKubeconfig,
+            Duration::from_secs(10),
+            || async {
+                // Done once the kubelet has its own credentials, or when the
+                // files are as they would be written.
+                Ok(paths.kubelet_kubeconfig().exists()
+                    || files
+                        .iter()
+                        .all(|(p, bytes, _)| std::fs::read(p).ok().as_ref() == Some(bytes)))
+            },
+            || async {
+                crate::fsutil::ensure_dir(&paths.pki_dir(), 0o755)?;
+                for (path, bytes, mode) in &files {
+                    crate::fsutil::write_atomic(path, bytes, *mode)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    // Always: a resumed run may follow a kill between the write and the
+    // signal.
+    crate::init::reload_agent(&join.agent_pid)?;
+    Ok(report)
+}
+
+async fn node_client(paths: &HostPaths) -> anyhow::Result<Option<kube::Client>> {
+    let kc = paths.kubelet_kubeconfig();
+    if !kc.exists() {
+        return Ok(None);
+    }
+    Ok(Some(crate::init::kube_client(&kc).await?))
+}
+
+async fn wait_node_registered(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
+    let name = &join.ctx.node_name;
+    let paths = &join.ctx.paths;
+    run.wait(
+        Step::WaitNodeRegistered,
+        &format!("the kubelet's client certificate and Node {name}"),
+        || async {
+            until(
+                &format!("the kubelet to bootstrap its credentials and register Node {name} (see {}; on a control-plane host 'kubectl get csr' shows its request)", paths.log_dir().join("kubelet.log").display()),
+                Duration::from_secs(180),
+                Duration::from_millis(500),
+                || async {
+                    let Some(client) = node_client(paths).await? else {
+                        anyhow::bail!("{} is not written yet", paths.kubelet_kubeconfig().display());
+                    };
+                    let nodes: Api<Node> = Api::all(client);
+                    Ok(nodes.get_opt(name).await?.is_some())
+                },
+            )
+            .await
+        },
+    )
+    .await
+}
+
+async fn wait_node_ready(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
+    let name = &join.ctx.node_name;
+    let paths = &join.ctx.paths;
+    run.wait(
+        Step::WaitNodeReady,
+        &format!("Node {name} to be Ready"),
+        || async {
+            until(
+                &format!(
+                    "Node {name} to be Ready (it needs the pod network's DaemonSet pod on it)"
+                ),
+                Duration::from_secs(300),
+                Duration::from_millis(500),
+                || async {
+                    let client = node_client(paths)
+                        .await?
+                        .context("the kubelet's kubeconfig is gone")?;
+                    let nodes: Api<Node> = Api::all(client);
+                    Ok(nodes
+                        .get_opt(name)
+                        .await?
+                        .is_some_and(|n| crate::init::ready::node_ready(&n)))
+                },
+            )
+            .await
+        },
+    )
+    .await
+}

@@ -1,0 +1,212 @@
+//! Bootstrap tokens on a running cluster (`selfnode token`, and init's
+//! `create_join_token`): Secrets of type `bootstrap.kubernetes.io/token`
+//! with an expiry; the controller-manager's token cleaner deletes expired
+//! ones and its bootstrap signer signs `cluster-info` with each valid one.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use bootstrap::join::{
+    BootstrapToken, JoinString, TokenInfo, CLUSTER_INFO, CLUSTER_INFO_NAMESPACE, TOKEN_NAMESPACE,
+    TOKEN_SECRET_PREFIX, TOKEN_SECRET_TYPE,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, PostParams};
+
+/// The description of the token `init` makes.
+pub const INIT_TOKEN_DESCRIPTION: &str = "made by selfnode init";
+/// How long the token `init` makes is valid.
+pub const INIT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The longest TTL `token create` accepts: a join token is a credential
+/// that adds machines to the cluster; it should not outlive its use.
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A token that was made, with the string that joins with it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Created {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// What `selfnode join` takes (contains the token's secret).
+    pub join_string: String,
+}
+
+/// Refuses a TTL of zero or above [`MAX_TTL`] (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("--ttl {given}: a join token must expire, within {max} at most; pass e.g. --ttl 24h")]
+pub struct TtlError {
+    pub given: String,
+    pub max: String,
+}
+
+pub fn check_ttl(ttl: Duration) -> Result<(), TtlError> {
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(TtlError {
+            given: humantime::format_duration(ttl).to_string(),
+            max: humantime::format_duration(MAX_TTL).to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Makes a token valid for `ttl` and its join string.
+pub async fn create(
+    client: &kube::Client,
+    ttl: Duration,
+    description: &str,
+    control_plane: bool,
+) -> anyhow::Result<Created> {
+    check_ttl(ttl)?;
+    let token = BootstrapToken::generate();
+    let expiration = humantime::format_rfc3339_seconds(SystemTime::now() + ttl).to_string();
+    let secret = token.secret_object(&expiration, description, control_plane);
+    let api: Api<Secret> = Api::namespaced(client.clone(), TOKEN_NAMESPACE);
+    api.create(&PostParams::default(), &secret)
+        .await
+        .context("creating the bootstrap token Secret")?;
+    let info = TokenInfo::from_secret(&secret).context("reading back the token made")?;
+    let join_string = join_string(client, &token, control_plane).await?;
+    Ok(Created { info, join_string })
+}
+
+/// The join string for `token`: the cluster's API endpoints (the
+/// `kubernetes` EndpointSlice: every API server that serves) and the pin of
+/// the CA `cluster-info` names.
+pub async fn join_string(
+    client: &kube::Client,
+    token: &BootstrapToken,
+    control_plane: bool,
+) -> anyhow::Result<String> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), CLUSTER_INFO_NAMESPACE);
+    let info = cms
+        .get(CLUSTER_INFO)
+        .await
+        .with_context(|| format!("reading {CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO}"))?;
+    let (server, ca) = bootstrap::join::cluster_info_contents(&info)?;
+    let ca_hash = bootstrap::pki::ca_cert_hash(&ca)?;
+    let mut endpoints = api_endpoints(client).await.unwrap_or_default();
+    if endpoints.is_empty() {
+        endpoints.push(
+            server
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_string(),
+        );
+    }
+    Ok(JoinString {
+        token: token.clone(),
+        endpoints,
+        ca_hash,
+        control_plane,
+    }
+    .to_string())
+}
+
+/// `host:port` of every ready endpoint of the `kubernetes` Service.
+async fn api_endpoints(client: &kube::Client) -> anyhow::Result<Vec<String>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let list = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await?;
+    let mut out = Vec::new();
+    for s in list.items {
+        let port = s
+            .ports
+            .iter()
+            .flatten()
+            .find_map(|p| p.port)
+            .unwrap_or(6443);
+        for e in s.endpoints.into_iter().flatten() {
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in e.addresses {
+                let host = if a.contains(':') { format!("[{a}]") } else { a };
+                out.push(format!("{host}:{port}"));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Every bootstrap token, soonest to expire first.
+pub async fn list(client: &kube::Client) -> anyhow::Result<Vec<TokenInfo>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), TOKEN_NAMESPACE);
+    let secrets = api
+        .list(&ListParams::default().fields(&format!("type={TOKEN_SECRET_TYPE}")))
+        .await
+        .context("listing bootstrap token Secrets")?;
+    let mut out: Vec<TokenInfo> = secrets
+        .items
+        .iter()
+        .filter_map(TokenInfo::from_secret)
+        .collect();
+    out.sort_by(|a, b| a.expiration.cmp(&b.expiration).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// The secret-bearing token with this ID, when the cluster holds it.
+pub async fn get(client: &kube::Client, id: &str) -> anyhow::Result<Option<BootstrapToken>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), TOKEN_NAMESPACE);
+    let Some(s) = api.get_opt(&format!("{TOKEN_SECRET_PREFIX}{id}")).await? else {
+        return Ok(None);
+    };
+    let data = s.data.unwrap_or_default();
+    let field = |k: &str| {
+        data.get(k)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .unwrap_or_default()
+    };
+    Ok(format!("{}.{}", field("token-id"), field("token-secret"))
+        .parse()
+        .ok())
+}
+
+/// Deletes the token with this ID (or the token's ID part). Returns
+/// whether it existed.
+pub async fn delete(client: &kube::Client, id_or_token: &str) -> anyhow::Result<bool> {
+    let id = id_or_token.split('.').next().unwrap_or_default();
+    if id.len() != 6
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(bootstrap::join::JoinError::Token(id.to_string()).into());
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), TOKEN_NAMESPACE);
+    match api
+        .delete(&format!("{TOKEN_SECRET_PREFIX}{id}"), &Default::default())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e).context("deleting the bootstrap token Secret"),
+    }
+}
+
+/// Whether `expiration` (RFC 3339) is more than `margin` away.
+pub fn valid_for(info: &TokenInfo, margin: Duration) -> bool {
+    let Some(exp) = info.expiration.as_deref() else {
+        return true;
+    };
+    humantime::parse_rfc3339(exp).is_ok_and(|t| t > SystemTime::now() + margin)
+}
+
+/// Time left until `expiration`, for tables (`23h59m`, `expired`).
+pub fn time_left(info: &TokenInfo) -> String {
+    let Some(exp) = info.expiration.as_deref() else {
+        return "never".into();
+    };
+    match humantime::parse_rfc3339(exp)
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+    {
+        Some(d) => {
+            let mins = d.as_secs() / 60;
+            format!("{}h{:02}m", mins / 60, mins % 60)
+        }
+        None => "expired".into(),
+    }
+}
