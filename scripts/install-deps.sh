@@ -21,7 +21,7 @@ packages=(
   iptables conntrack  # kube-proxy's tools, copied into its image from the host
   kmod                # modprobe br_netfilter
   file                # the bundle build checks that binaries are static
-  util-linux          # mount, umount, unshare, flock, findmnt
+  util-linux          # mount, umount, unshare, nsenter, flock, findmnt
   procps              # pgrep (bench/recovery.sh finds a host's shims)
   curl ca-certificates  # tests call the API servers' health endpoints
   gzip                # image layers
@@ -50,7 +50,7 @@ check() { # check PACKAGE COMMAND...
   fi
 }
 for pair in protoc:protobuf-compiler openssl:openssl runc:runc ip:iproute2 iptables:iptables \
-  conntrack:conntrack modprobe:kmod file:file unshare:util-linux mount:util-linux pgrep:procps curl:curl gcc:gcc gzip:gzip; do
+  conntrack:conntrack modprobe:kmod file:file unshare:util-linux nsenter:util-linux mount:util-linux pgrep:procps curl:curl gcc:gcc gzip:gzip; do
   check "${pair#*:}" command -v "${pair%%:*}"
 done
 for plugin in bridge host-local loopback portmap; do

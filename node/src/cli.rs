@@ -80,6 +80,27 @@ pub enum Output {
     Json,
 }
 
+/// `--cgroup-root`: an absolute cgroup path of plain names (`/a/b`).
+fn parse_cgroup_root(s: &str) -> Result<String, String> {
+    let ok = s.starts_with('/')
+        && s.len() > 1
+        && s[1..].split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not an absolute cgroup path of plain names, such as /selfnode-node2"
+        ))
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(
     after_help = "Runs until SIGTERM or SIGINT, then stops the kubelet and containerd and leaves the \
@@ -102,6 +123,10 @@ pub struct AgentArgs {
     /// control plane reach every healthy kube-apiserver through it)
     #[arg(long, default_value_t = DEFAULT_API_LB_PORT, value_name = "PORT")]
     pub api_lb_port: u16,
+    /// The cgroup the kubelet puts pods under (its cgroupRoot), created if missing; for
+    /// several nodes on one machine (tests), each with its own. Default: the root cgroup
+    #[arg(long, value_name = "CGROUP", value_parser = parse_cgroup_root)]
+    pub cgroup_root: Option<String>,
     /// How often to save an etcd snapshot on a host with an etcd member (e.g. 30m, 6h; 0 turns
     /// scheduled snapshots off)
     #[arg(long, default_value = "6h", value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -429,5 +454,26 @@ mod tests {
                 sub.get_name()
             );
         }
+    }
+
+    #[test]
+    fn a_cgroup_root_is_an_absolute_path_of_plain_names() {
+        assert_eq!(
+            parse_cgroup_root("/selfnode-node2").as_deref(),
+            Ok("/selfnode-node2")
+        );
+        assert!(parse_cgroup_root("/a/b_c.d").is_ok());
+        for bad in ["", "/", "relative", "/a//b", "/a/../b", "/a b", "/a/"] {
+            assert!(parse_cgroup_root(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn join_takes_the_string_as_an_argument_or_as_token_not_both() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["selfnode", "join"], args].concat());
+        assert!(parse(&["abc"]).is_ok());
+        assert!(parse(&["--token", "abc"]).is_ok());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["abc", "--token", "abc"]).is_err());
     }
 }

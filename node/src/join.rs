@@ -144,7 +144,7 @@ async fn execute(step: Step, run: &Runner, join: &Join<'_>) -> anyhow::Result<St
 
 /// How long an unsigned token is waited for: the bootstrap signer signs a
 /// new token within moments; a token it never signs is unknown.
-const SIGNATURE_WAIT: Duration = Duration::from_secs(20);
+const SIGNATURE_WAIT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn discover_cluster(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {

@@ -1,7 +1,8 @@
 //! The node-local API load balancer (like Talos' KubePrism or k3s' agent LB).
 //!
-//! Listens on 127.0.0.1 and forwards each TCP connection, TLS untouched, to a
-//! healthy kube-apiserver. The kubelet, kube-proxy, the control-plane pods and
+//! Listens on 127.0.0.1 and on ::1 (kubeconfigs of an IPv6 cluster name
+//! `[::1]`; a host without IPv6 gets the IPv4 port only) and forwards each TCP
+//! connection, TLS untouched, to a healthy kube-apiserver. The kubelet, kube-proxy, the control-plane pods and
 //! the node's admin kubeconfig all use it, so losing one control-plane node, or
 //! the temporary apiserver stopping at the pivot, is invisible to them.
 //!
@@ -26,7 +27,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,14 +50,25 @@ pub struct Backend {
 
 /// The backends and their last observed health, shared by the checker and
 /// the connection handlers. Every change of health, whoever observed it (a
-/// check, or a connection that could not reach the backend), wakes the
-/// listener through `changed`, so the port closes when the last healthy
-/// backend goes, however that was noticed.
-#[derive(Debug, Default)]
+/// check, or a connection that could not reach the backend), updates
+/// `serving` (some backend is healthy), which every listener watches, so
+/// the port closes when the last healthy backend goes, however that was
+/// noticed.
+#[derive(Debug)]
 pub struct Backends {
     list: RwLock<Vec<Backend>>,
     next: AtomicUsize,
-    changed: Notify,
+    serving: watch::Sender<bool>,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Backends {
+            list: RwLock::default(),
+            next: AtomicUsize::default(),
+            serving: watch::Sender::new(false),
+        }
+    }
 }
 
 impl Backends {
@@ -72,7 +84,14 @@ impl Backends {
                 })
                 .collect();
         }
-        self.changed.notify_one();
+        self.publish();
+    }
+
+    /// Sends `serving` to the listeners when it changed.
+    fn publish(&self) {
+        let now = self.any_healthy();
+        self.serving
+            .send_if_modified(|v| std::mem::replace(v, now) != now);
     }
 
     /// Records `addr`'s health; returns whether it changed (and then wakes
@@ -87,7 +106,7 @@ impl Backends {
         }
         if changed {
             tracing::info!(backend = %addr, healthy, "api backend health changed");
-            self.changed.notify_one();
+            self.publish();
         }
         changed
     }
@@ -129,7 +148,10 @@ pub fn parse_backends(text: &str) -> Result<Vec<SocketAddr>, String> {
 }
 
 pub struct ApiLb {
-    pub listen: SocketAddr,
+    /// Where to listen: the IPv4 loopback first (its failure to bind is
+    /// reported), then others (the IPv6 loopback: skipped where the host has
+    /// no IPv6).
+    pub listen: Vec<SocketAddr>,
     pub backends_file: PathBuf,
     /// The cluster CA that signs the apiservers' serving certificates.
     pub ca_file: PathBuf,
@@ -146,22 +168,48 @@ pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, track
         status.clone(),
         stop.clone(),
     ));
+    for (i, addr) in lb.listen.iter().enumerate() {
+        tracker.spawn(listen(
+            *addr,
+            i == 0,
+            backends.clone(),
+            status.clone(),
+            stop.clone(),
+            tracker.clone(),
+        ));
+    }
+    stop.cancelled().await;
+    status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
+}
+
+/// One listening address: bound while some backend is healthy. `required`:
+/// a failure to bind is reported and retried; otherwise (the IPv6
+/// loopback of a host without IPv6) it is logged once and the address is
+/// left alone.
+async fn listen(
+    addr: SocketAddr,
+    required: bool,
+    backends: Arc<Backends>,
+    status: StatusHandle,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut serving = backends.serving.subscribe();
     loop {
-        while !backends.any_healthy() {
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
-                    return;
-                }
-                _ = backends.changed.notified() => {}
-            }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = serving.wait_for(|s| *s) => if r.is_err() { return },
         }
-        let listener = match TcpListener::bind(lb.listen).await {
+        let listener = match TcpListener::bind(addr).await {
             Ok(l) => l,
+            Err(err) if !required => {
+                tracing::info!(listen = %addr, %err, "api load balancer: not listening on this address");
+                return;
+            }
             Err(err) => {
                 status.update(COMPONENT, |c| {
                     c.state = ComponentState::Failed;
-                    c.last_error = Some(format!("cannot listen on {}: {err}", lb.listen));
+                    c.last_error = Some(format!("cannot listen on {addr}: {err}"));
                 });
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -170,16 +218,16 @@ pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, track
                 continue;
             }
         };
-        tracing::info!(listen = %lb.listen, "api load balancer listening");
+        tracing::info!(listen = %addr, "api load balancer listening");
         loop {
             tokio::select! {
-                _ = stop.cancelled() => {
-                    status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
-                    return;
-                }
-                _ = backends.changed.notified() => {
-                    if !backends.any_healthy() {
-                        tracing::info!(listen = %lb.listen, "no apiserver is healthy: api load balancer port closed until one is");
+                _ = stop.cancelled() => return,
+                r = serving.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    if !*serving.borrow_and_update() {
+                        tracing::info!(listen = %addr, "no apiserver is healthy: api load balancer port closed until one is");
                         break;
                     }
                 }
@@ -393,56 +441,61 @@ mod tests {
     }
 
     /// A connection that finds the last healthy backend gone marks it down;
-    /// the port must close then, even though the next check sees no change.
+    /// the ports (IPv4 and IPv6 loopback) must close then, even though the
+    /// next check sees no change.
     #[tokio::test]
-    async fn the_port_closes_when_a_connection_finds_the_last_backend_gone() {
+    async fn the_ports_close_when_a_connection_finds_the_last_backend_gone() {
         use crate::status::{AgentStatus, ComponentStatus};
         let dir = tempfile::tempdir().unwrap();
         let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let file = dir.path().join("apiservers");
         std::fs::write(&file, format!("{}\n", backend.local_addr().unwrap())).unwrap();
-        let listen = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let free = |a: &'static str| async move {
+            TcpListener::bind(a).await.unwrap().local_addr().unwrap()
+        };
+        let v4 = free("127.0.0.1:0").await;
+        let v6 = free("[::1]:0").await;
         let status = super::super::supervisor::StatusHandle::new(AgentStatus {
             pid: 1,
             version: "test".into(),
             started: 0,
             updated: 0,
             bundle: dir.path().into(),
-            api_lb_port: Some(listen.port()),
+            api_lb_port: Some(v4.port()),
             components: vec![ComponentStatus::new(COMPONENT, None)],
             snapshots: None,
         });
         let stop = CancellationToken::new();
         let lb = ApiLb {
-            listen,
+            listen: vec![v4, v6],
             backends_file: file,
             ca_file: dir.path().join("no-ca.crt"), // TCP checks
         };
         tokio::spawn(run(lb, status, stop.clone(), TaskTracker::new()));
-        let until = |open: bool| async move {
+        let until = |addr: SocketAddr, open: bool| async move {
             for _ in 0..100 {
-                if TcpStream::connect(listen).await.is_ok() == open {
+                if TcpStream::connect(addr).await.is_ok() == open {
                     return true;
                 }
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
             false
         };
-        assert!(
-            until(true).await,
-            "the port opens while the backend answers"
-        );
+        for addr in [v4, v6] {
+            assert!(
+                until(addr, true).await,
+                "{addr} opens while the backend answers"
+            );
+        }
         drop(backend);
         // Within the check period: this connection is what finds it down.
-        drop(TcpStream::connect(listen).await);
-        assert!(
-            until(false).await,
-            "the port closes once the backend is gone"
-        );
+        drop(TcpStream::connect(v4).await);
+        for addr in [v4, v6] {
+            assert!(
+                until(addr, false).await,
+                "{addr} closes once the backend is gone"
+            );
+        }
         stop.cancel();
     }
 }

@@ -222,6 +222,8 @@ pub struct KubeletInputs {
     /// The cluster's DNS domain (`cluster.local` unless configured): the
     /// search paths pods get.
     pub cluster_domain: String,
+    /// `cgroupRoot`; `None`: the root cgroup (the kubelet's default).
+    pub cgroup_root: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -246,6 +248,8 @@ struct KubeletConfiguration {
     #[serde(rename = "clusterDNS", skip_serializing_if = "Vec::is_empty")]
     cluster_dns: Vec<String>,
     rotate_certificates: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup_root: Option<String>,
     resolv_conf: &'static str,
     eviction_hard: BTreeMap<&'static str, &'static str>,
 }
@@ -336,6 +340,7 @@ pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
         cluster_domain: k.cluster_domain.clone(),
         cluster_dns: k.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
         rotate_certificates: k.in_cluster,
+        cgroup_root: k.cgroup_root.clone(),
         resolv_conf: "/etc/resolv.conf",
         eviction_hard: eviction_hard(),
     };
@@ -385,7 +390,29 @@ mod tests {
                 Vec::new()
             },
             cluster_domain: "cluster.local".into(),
+            cgroup_root: None,
         }
+    }
+
+    #[test]
+    fn a_cgroup_root_reaches_the_kubelet_configuration() {
+        let mut k = kubelet_inputs(true);
+        let text = render_kubelet(&k, V1_CGROUPFS);
+        assert!(
+            !text.contains("cgroupRoot"),
+            "the kubelet's default: {text}"
+        );
+        k.cgroup_root = Some("/selfnode-node2".into());
+        let v: serde_json::Value = serde_json::from_str(
+            render_kubelet(&k, V1_CGROUPFS)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .as_str(),
+        )
+        .unwrap();
+        assert_eq!(v["cgroupRoot"], "/selfnode-node2");
     }
 
     #[test]

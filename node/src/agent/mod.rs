@@ -17,6 +17,7 @@
 //!   nothing outlives the agent.
 
 pub mod apilb;
+pub mod cgroups;
 pub mod checkpointer;
 pub mod config;
 pub mod drain;
@@ -54,6 +55,8 @@ pub struct AgentOptions {
     pub kubelet_healthz_port: u16,
     /// The node-local API load balancer's port on 127.0.0.1.
     pub api_lb_port: u16,
+    /// The kubelet's cgroupRoot (`--cgroup-root`); `None`: the root cgroup.
+    pub cgroup_root: Option<String>,
     /// The running selfnode binary, packed into selfnode's own image.
     pub selfnode_exe: PathBuf,
     pub snapshots: snapshots::Schedule,
@@ -106,6 +109,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         facts,
         containerd_socket: socket.clone(),
         kubelet_healthz_port: opts.kubelet_healthz_port,
+        cgroup_root: opts.cgroup_root.clone(),
     });
 
     let tracker = TaskTracker::new();
@@ -118,7 +122,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     ));
     tracker.spawn(reap_loop(managed.clone(), stop_background.clone()));
     let lb = apilb::ApiLb {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], opts.api_lb_port)),
+        listen: vec![
+            std::net::SocketAddr::from(([127, 0, 0, 1], opts.api_lb_port)),
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, opts.api_lb_port)),
+        ],
         backends_file: paths.apiservers_file(),
         ca_file: paths.pki_dir().join("ca.crt"),
     };

@@ -52,6 +52,8 @@ pub struct ServiceContext {
     pub facts: HostFacts,
     pub containerd_socket: PathBuf,
     pub kubelet_healthz_port: u16,
+    /// The kubelet's cgroupRoot; `None`: the root cgroup.
+    pub cgroup_root: Option<String>,
 }
 
 /// PATH for children: the bundle's binaries first (containerd finds its shim
@@ -137,7 +139,12 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
                 .as_ref()
                 .map(|n| n.cluster_domain.clone())
                 .unwrap_or_else(default_cluster_domain),
+            cgroup_root: ctx.cgroup_root.clone(),
         };
+        if let Some(cg) = &ctx.cgroup_root {
+            super::cgroups::ensure(cg, ctx.facts.cgroup)
+                .with_context(|| format!("creating the kubelet's cgroup root {cg}"))?;
+        }
         for dir in [
             &inputs.static_pod_dir,
             &inputs.pod_logs_dir,

@@ -26,6 +26,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 containerd_socket: args.containerd_socket,
                 kubelet_healthz_port: args.kubelet_healthz_port,
                 api_lb_port: args.api_lb_port,
+                cgroup_root: args.cgroup_root,
                 selfnode_exe: std::env::current_exe()?,
                 snapshots: crate::agent::snapshots::Schedule {
                     interval: args.etcd_snapshot_interval,

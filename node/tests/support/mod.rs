@@ -50,10 +50,176 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Another host's own network and filesystem view: a network namespace on
+/// the test LAN (a veth pair into the LAN bridge, `198.18.0.<index>/24`,
+/// default route via the bridge's `198.18.0.1`), and a mount namespace in
+/// which the first host's root directory is this host's own directory. The
+/// cluster's DaemonSets carry absolute host paths (under the first host's
+/// `--root`); in its mount namespace every host finds its own files there,
+/// as every real host has its own `/etc/cni` and `/var/lib/kubelet`.
+pub struct Netns {
+    pub name: String,
+    veth: String,
+    pub addr: std::net::IpAddr,
+    /// The mount namespace, bound to this file.
+    mnt: PathBuf,
+}
+
+/// The test LAN: a bridge on this machine with `198.18.0.1/24`. The first
+/// host advertises that address; hosts in namespaces join the bridge.
+pub struct Lan {
+    bridge: String,
+    pub gateway: std::net::IpAddr,
+}
+
+impl Lan {
+    pub fn create() -> Lan {
+        let bridge = format!("snb{}", std::process::id() % 100_000);
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        let lan = Lan {
+            bridge,
+            gateway: "198.18.0.1".parse().unwrap(),
+        };
+        ip(&["addr", "add", "198.18.0.1/24", "dev", &lan.bridge]);
+        ip(&["link", "set", &lan.bridge, "up"]);
+        lan
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+/// Where the mount namespaces of test hosts are bound (a private mount, as
+/// binding a namespace to a file requires).
+const MNT_NS_DIR: &str = "/run/selfnode-test-mntns";
+
+fn mnt_ns_dir() -> PathBuf {
+    let dir = PathBuf::from(MNT_NS_DIR);
+    let private = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(MNT_NS_DIR));
+    if !private {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["--bind", MNT_NS_DIR, MNT_NS_DIR])
+            .status()
+            .unwrap()
+            .success()
+            && Command::new("mount")
+                .args(["--make-private", MNT_NS_DIR])
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "cannot make {MNT_NS_DIR} a private mount");
+    }
+    dir
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// Host `index` (2..=254) on `lan`, seeing `own_dir` at `root_path`.
+    pub fn create(lan: &Lan, index: u8, own_dir: &Path, root_path: &Path) -> Netns {
+        let tag = format!("{}x{index}", std::process::id() % 100_000);
+        let name = format!("snh{tag}");
+        let veth = format!("snv{tag}");
+        let peer = format!("{veth}p");
+        let inner = format!("198.18.0.{index}");
+        ip(&["netns", "add", &name]);
+        let mnt = mnt_ns_dir().join(&name);
+        let ns = Netns {
+            name,
+            veth,
+            addr: inner.parse().unwrap(),
+            mnt,
+        };
+        ip(&[
+            "link", "add", &ns.veth, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &ns.veth, "master", &lan.bridge]);
+        ip(&["link", "set", &ns.veth, "up"]);
+        ip(&["link", "set", &peer, "netns", &ns.name]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["addr", "add", &format!("{inner}/24"), "dev", &peer]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["route", "add", "default", "via", &lan.gateway.to_string()]);
+        std::fs::write(&ns.mnt, b"").unwrap();
+        let out = Command::new("unshare")
+            .arg(format!("--mount={}", ns.mnt.display()))
+            .args(["--propagation", "private", "--", "mount", "--bind"])
+            .arg(own_dir)
+            .arg(root_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount namespace of {}: {}",
+            ns.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ns
+    }
+
+    /// A command run in this host's network and mount namespaces.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(format!("--mount={}", self.mnt.display()))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    /// The inode of the network namespace, as /proc/<pid>/ns/net names it.
+    fn net_inode(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .ok()
+            .map(|m| m.ino())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&self.mnt);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 pub struct TestHost {
-    _machine: MutexGuard<'static, ()>,
+    /// Taken by the first host of a test; the hosts it adds share it.
+    _machine: Option<MutexGuard<'static, ()>>,
     dir: Option<tempfile::TempDir>,
+    /// The host's directory, as the test sees it.
     pub root: PathBuf,
+    /// What the host's commands get as `--root`: `root`, except for a host
+    /// in namespaces, where it is the first host's path (see [`Netns`]).
+    root_arg: PathBuf,
     pub bundle: PathBuf,
     pub healthz_port: u16,
     pub api_lb_port: u16,
@@ -61,6 +227,9 @@ pub struct TestHost {
     /// Network namespaces of the machine when the host was made: the ones
     /// its pods add are removed by [`TestHost::power_cut`].
     netns_before: Vec<String>,
+    /// A host of its own network (see [`TestHost::in_netns`]); dropped after
+    /// the host is stopped and reset.
+    pub netns: Option<Netns>,
 }
 
 fn netns_names() -> Vec<String> {
@@ -112,10 +281,7 @@ impl TestHost {
     /// empties goes (the host's `run` directory, the tmpfs mounts under it
     /// and the kubelet's, the pods' network namespaces). Disks keep the rest.
     pub fn power_cut(&mut self) {
-        let mut roots: Vec<u32> = processes_referring_to(&self.root, None)
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
+        let mut roots: Vec<u32> = self.processes(None).into_iter().map(|(p, _)| p).collect();
         if let Some(child) = &self.agent {
             roots.push(child.id());
         }
@@ -204,8 +370,10 @@ impl TestHost {
             .unwrap();
         let root = dir.path().to_path_buf();
         TestHost {
-            _machine: machine,
+            _machine: Some(machine),
+            netns: None,
             dir: Some(dir),
+            root_arg: root.clone(),
             root,
             bundle: bundle_dir(),
             healthz_port: free_port(),
@@ -215,11 +383,77 @@ impl TestHost {
         }
     }
 
-    /// `selfnode --root <host root> ARGS…`
+    /// Another host of the same test, in its own network and mount
+    /// namespaces ([`Netns`], 198.18.0.<index> on `lan`) and its own cgroup
+    /// root: its agent,
+    /// containerd, kubelet and pods have their own network, API balancer
+    /// port and iptables. Made while the test's first host lives (it holds
+    /// the machine) and dropped before it.
+    pub fn in_netns(first: &TestHost, lan: &Lan, index: u8) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("selfnode-host-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        TestHost {
+            _machine: None,
+            netns: Some(Netns::create(lan, index, &root, &first.root_arg)),
+            dir: Some(dir),
+            root_arg: first.root_arg.clone(),
+            root,
+            bundle: bundle_dir(),
+            healthz_port: free_port(),
+            api_lb_port: 7445,
+            agent: None,
+            netns_before: netns_names(),
+        }
+    }
+
+    /// This host's processes: those referring to its root path (command
+    /// line or working directory) in its network namespace (hosts in
+    /// namespaces share the first host's root path).
+    fn processes(&self, except: Option<u32>) -> Vec<(u32, String)> {
+        use std::os::unix::fs::MetadataExt;
+        let net = |pid: &str| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .map(|m| m.ino())
+        };
+        let mine = match &self.netns {
+            Some(ns) => ns.net_inode(),
+            None => net("self"),
+        };
+        processes_referring_to(&self.root_arg, except)
+            .into_iter()
+            .filter(|(pid, _)| net(&pid.to_string()) == mine)
+            .collect()
+    }
+
+    /// The kubelet's cgroup root of a host in a namespace.
+    fn cgroup_root(&self) -> Option<String> {
+        self.netns.as_ref().map(|n| format!("/selfnode-{}", n.name))
+    }
+
+    /// `selfnode join ARGS…` on this host.
+    pub fn join(&self, args: &[&str]) -> std::process::Output {
+        self.selfnode()
+            .arg("join")
+            .args(args)
+            .output()
+            .expect("run selfnode join")
+    }
+
+    /// `selfnode --root <host root> ARGS…` (in the host's network
+    /// namespace, if it has one).
     pub fn selfnode(&self) -> Command {
-        let mut cmd = Command::new(selfnode_bin());
+        // nsenter, not `ip netns exec`: that one also remounts /sys, which
+        // hides the cgroup hierarchies the kubelet needs.
+        let mut cmd = match &self.netns {
+            Some(ns) => ns.command(selfnode_bin()),
+            None => Command::new(selfnode_bin()),
+        };
         cmd.arg("--root")
-            .arg(&self.root)
+            .arg(&self.root_arg)
             .env_remove("SELFNODE_ROOT");
         cmd
     }
@@ -233,8 +467,11 @@ impl TestHost {
             .arg("--kubelet-healthz-port")
             .arg(self.healthz_port.to_string())
             .arg("--api-lb-port")
-            .arg(self.api_lb_port.to_string())
-            .args(extra);
+            .arg(self.api_lb_port.to_string());
+        if let Some(cg) = self.cgroup_root() {
+            cmd.arg("--cgroup-root").arg(cg);
+        }
+        cmd.args(extra);
         cmd
     }
 
@@ -382,7 +619,7 @@ impl TestHost {
     /// Processes (other than the agent) whose command line or working
     /// directory refers to this host's directory: what the agent started.
     pub fn leftover_processes(&self) -> Vec<(u32, String)> {
-        processes_referring_to(&self.root, self.agent_pid())
+        self.processes(self.agent_pid())
     }
 
     /// Runs the bundle's `ctr` against this host's containerd.
@@ -484,7 +721,7 @@ impl Drop for TestHost {
             signal(child.id(), libc::SIGKILL);
             let _ = child.wait();
         }
-        for (pid, _) in processes_referring_to(&self.root, None) {
+        for (pid, _) in self.processes(None) {
             signal(pid, libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -500,12 +737,43 @@ impl Drop for TestHost {
                 .arg(&self.bundle)
                 .output();
         }
+        if let Some(cg) = self.cgroup_root() {
+            remove_cgroup(&cg);
+        }
+        // Its namespaces go before its directory (their mounts with them).
+        drop(self.netns.take());
         if let Some(dir) = self.dir.take() {
             if std::env::var_os("SELFNODE_KEEP_TEST_HOST").is_some() {
                 eprintln!("keeping test host at {}", dir.keep().display());
             } else if let Err(err) = dir.close() {
                 eprintln!("warning: cannot remove test host dir: {err}");
             }
+        }
+    }
+}
+
+/// Removes a cgroup and everything under it from every hierarchy (its
+/// processes are gone by now), deepest first.
+fn remove_cgroup(path: &str) {
+    let rel = path.trim_start_matches('/');
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        let top = h.path().join(rel);
+        if !top.is_dir() {
+            continue;
+        }
+        let mut dirs = vec![top.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(d) = std::fs::read_dir(&dirs[i]) {
+                dirs.extend(d.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
         }
     }
 }

@@ -1,0 +1,269 @@
+//! More than one host: tokens, and a host joining with the join string,
+//! end to end on real components (the second host in its own network
+//! namespace and cgroup root).
+
+mod support;
+
+use std::time::Duration;
+use support::{text, Lan, TestHost};
+
+const START: Duration = Duration::from_secs(180);
+
+fn code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+/// Nothing of a cluster on `host`: no identity, node identity, kubelet
+/// kubeconfig, bootstrap kubeconfig or CA.
+fn nothing_written(host: &TestHost) {
+    for path in [
+        "var/lib/selfnode/node.json",
+        "etc/kubernetes/bootstrap-kubelet.conf",
+        "etc/kubernetes/kubelet.conf",
+        "etc/kubernetes/pki/ca.crt",
+    ] {
+        assert!(
+            !host.root.join(path).exists(),
+            "{path} written by a join that failed"
+        );
+    }
+    // The checkpoint records no cluster: recover finds none.
+    let out = host.selfnode().arg("recover").output().unwrap();
+    assert!(
+        code(&out) == Some(3) && text(&out).contains("belongs to no cluster"),
+        "the host records no cluster: {}",
+        text(&out)
+    );
+}
+
+fn text_of(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+/// `selfnode token create` on the first host; returns the join string.
+fn token(host: &TestHost, args: &[&str]) -> String {
+    let out = host
+        .selfnode()
+        .args(["token", "create"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "token create: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is_written() {
+    let lan = Lan::create();
+    let mut first = TestHost::for_cluster();
+    first.start_agent();
+    first.wait_healthy(START);
+    let gateway = lan.gateway.to_string();
+    let out = first.init(
+        &[
+            "--allow-workloads",
+            "--advertise-address",
+            &gateway,
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "init: {}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let join = summary["join_string"].as_str().unwrap().to_string();
+    let ca_pin = summary["ca_cert_hash"].as_str().unwrap();
+    assert!(join.ends_with(&format!("/{ca_pin}")), "{join}");
+
+    // Tokens: init's, listed without its secret.
+    let out = first
+        .selfnode()
+        .args(["token", "list", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = join.split('@').next().unwrap().split('.').nth(1).unwrap();
+    assert!(!text_of(&listed).contains(secret), "no secret in the list");
+    assert_eq!(listed[0]["description"], "made by selfnode init");
+    let out = first
+        .selfnode()
+        .args(["token", "create", "--ttl", "0s"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "a token must expire: {}", text(&out));
+
+    let mut second = TestHost::in_netns(&first, &lan, 2);
+    second.start_agent();
+    second.wait_healthy(START);
+
+    // Bad input: a clear error, the documented exit code, nothing written.
+    let pinned_elsewhere = format!(
+        "{}/sha256:{}",
+        join.rsplit_once('/').unwrap().0,
+        "0".repeat(64)
+    );
+    let deleted = token(&first, &["--description", "deleted"]);
+    let out = first
+        .selfnode()
+        .args(["token", "delete", deleted.split('@').next().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let expired = token(&first, &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let unknown = format!(
+        "zzzzzz.zzzzzzzzzzzzzzzz@{}",
+        join.split_once('@').unwrap().1
+    );
+    let unreachable = format!(
+        "{}@198.18.0.99:6443/{ca_pin}",
+        join.split('@').next().unwrap()
+    );
+    for (what, string, exit, says) in [
+        (
+            "malformed",
+            "not-a-join-string".to_string(),
+            2,
+            "malformed join string",
+        ),
+        (
+            "wrong CA pin",
+            pinned_elsewhere,
+            2,
+            "is not the one the join string pins",
+        ),
+        ("unknown token", unknown, 2, "has no valid token zzzzzz"),
+        ("deleted token", deleted, 2, "has no valid token"),
+        ("expired token", expired, 2, "has no valid token"),
+        (
+            "unreachable endpoint",
+            unreachable,
+            1,
+            "cannot read kube-public/cluster-info",
+        ),
+    ] {
+        let out = second.join(&[&string, "--node-name", "node2"]);
+        assert_eq!(code(&out), Some(exit), "{what}: {}", text(&out));
+        assert!(text(&out).contains(says), "{what}: {}", text(&out));
+        assert!(
+            !text(&out).contains(join.split('@').next().unwrap()),
+            "{what}: the token is never echoed: {}",
+            text(&out)
+        );
+        nothing_written(&second);
+    }
+
+    // The join: one line per step, the node Ready in the cluster.
+    let out = second.join(&["--token", &join, "--node-name", "node2"]);
+    assert!(out.status.success(), "join: {}", text(&out));
+    for step in [
+        "discover_cluster",
+        "record_cluster_identity",
+        "write_bootstrap_kubeconfig",
+        "wait_node_ready",
+    ] {
+        assert!(
+            text(&out).contains(&format!("[join] {step} (")),
+            "{}",
+            text(&out)
+        );
+    }
+    let nodes = first.kubectl_ok(&["get", "nodes", "-o", "wide"]);
+    assert!(
+        nodes.contains("node2") && nodes.contains("198.18.0.2"),
+        "{nodes}"
+    );
+    let ready = first.kubectl_ok(&[
+        "get",
+        "node",
+        "node2",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(ready, "True");
+
+    // Pods on the two hosts reach each other by pod IP (the pod network's
+    // routes between hosts): a client on node2 writes to an etcd on vm.
+    let image = format!(
+        "registry.k8s.io/etcd:{}-0",
+        support::bundle_version("ETCD_VERSION").trim_start_matches('v')
+    );
+    let pod = |name: &str, node: &str, restart: &str, command: &[&str]| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node,
+                "restartPolicy": restart,
+                "containers": [{"name": name, "image": image, "imagePullPolicy": "Never", "command": command}],
+            },
+        })
+        .to_string()
+    };
+    let apply = |manifest: String| {
+        let file = first.root.join("pod.json");
+        std::fs::write(&file, manifest).unwrap();
+        first.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    };
+    apply(pod(
+        "server",
+        "vm",
+        "Always",
+        &[
+            "etcd",
+            "--data-dir=/tmp/data",
+            "--listen-client-urls=http://0.0.0.0:2379",
+            "--advertise-client-urls=http://127.0.0.1:2379",
+        ],
+    ));
+    first.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/server",
+        "--timeout=120s",
+    ]);
+    let server_ip = first.kubectl_ok(&["get", "pod", "server", "-o", "jsonpath={.status.podIP}"]);
+    apply(pod(
+        "client",
+        "node2",
+        "Never",
+        &[
+            "etcdctl",
+            &format!("--endpoints=http://{server_ip}:2379"),
+            "--dial-timeout=5s",
+            "put",
+            "from",
+            "node2",
+        ],
+    ));
+    support::retry(
+        "the client pod on node2 to finish",
+        Duration::from_secs(120),
+        || {
+            let phase =
+                first.kubectl_ok(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
+            match phase.as_str() {
+                "Succeeded" => Ok(()),
+                "Failed" => panic!(
+                    "node2's pod could not reach {server_ip}: {}",
+                    text(&first.kubectl(&["logs", "client"]))
+                ),
+                other => Err(other.to_string()),
+            }
+        },
+    );
+
+    // Run again with the same string: it converges and changes nothing.
+    let out = second.join(&[&join, "--node-name", "node2"]);
+    assert!(out.status.success(), "join again: {}", text(&out));
+    // A host that belongs to a cluster never joins another one (or this
+    // one under another name): exit 3.
+    let out = first.join(&[&join, "--node-name", "other"]);
+    assert_eq!(code(&out), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("already belongs to cluster"),
+        "{}",
+        text(&out)
+    );
+}
