@@ -65,8 +65,38 @@ pub async fn create(
         .await
         .context("creating the bootstrap token Secret")?;
     let info = TokenInfo::from_secret(&secret).context("reading back the token made")?;
+    wait_signed(client, token.id()).await?;
     let join_string = join_string(client, &token, control_plane).await?;
     Ok(Created { info, join_string })
+}
+
+/// How long a new token may wait for the bootstrap signer.
+pub const SIGN_WAIT: Duration = Duration::from_secs(90);
+
+/// Waits until the controller-manager's bootstrap signer has signed
+/// `cluster-info` for token `id`: a join string is printed only once a host
+/// can join with it.
+pub async fn wait_signed(client: &kube::Client, id: &str) -> anyhow::Result<()> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), CLUSTER_INFO_NAMESPACE);
+    let key = format!("{}{id}", bootstrap::join::JWS_KEY_PREFIX);
+    let deadline = std::time::Instant::now() + SIGN_WAIT;
+    loop {
+        let signed = cms
+            .get_opt(CLUSTER_INFO)
+            .await?
+            .and_then(|cm| cm.data)
+            .is_some_and(|d| d.contains_key(&key));
+        if signed {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the controller-manager has not signed {CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO} for token {id} within {}s (its bootstrapsigner controller does that): is a kube-controller-manager running? ('kubectl -n kube-system get pods -l k8s-app=kube-controller-manager'); the token exists and works once it is signed",
+                SIGN_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The join string for `token`: the cluster's API endpoints (the

@@ -550,6 +550,28 @@ fn selfnode_recover_brings_back_deleted_components_and_a_lost_etcd() {
     });
     run_deployment(&host, "after-daemonset-recovered");
 
+    // etcd's manifest lost, its data kept: the kubelet stops etcd and the
+    // API goes; recover writes the manifest again from the member identity
+    // recorded at the pivot.
+    std::fs::remove_file(host.root.join("etc/kubernetes/manifests/etcd.yaml")).unwrap();
+    retry("the API to go away with etcd", START, || {
+        match readyz(&host) {
+            Ok(()) => Err("the API still answers".into()),
+            Err(_) => Ok(()),
+        }
+    });
+    let out = recover(&host, &["--timeout", "4m"]);
+    assert!(out.status.success(), "recover: {}", text(&out));
+    assert!(
+        stdout(&out).contains("wrote the manifest of etcd member"),
+        "{}",
+        text(&out)
+    );
+    retry("the self-hosted plane Ready", START, || {
+        self_hosted_plane_ready(&host)
+    });
+    host.kubectl_ok(&["get", "deployment", "after-daemonset-recovered"]);
+
     // Total loss: etcd's data and every manifest gone, a snapshot and the
     // PKI kept.
     host.kubectl_ok(&["create", "configmap", "in-snapshot", "--from-literal=k=v"]);

@@ -45,6 +45,7 @@ pub(super) async fn init_join_string(seq: &Seq<'_>) -> anyhow::Result<String> {
     let id = init_token(seq).await?.ok_or_else(|| {
         anyhow::anyhow!("init's join token is gone; make one with 'selfnode token create'")
     })?;
+    tokens::wait_signed(&client, &id).await?;
     let token = tokens::get(&client, &id).await?.ok_or_else(|| {
         anyhow::anyhow!("init's join token {id} is gone; make one with 'selfnode token create'")
     })?;
