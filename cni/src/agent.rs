@@ -232,6 +232,9 @@ impl Agent {
         if let Err(e) = self.kernel().await {
             fail(e, &mut first_err);
         }
+        if let Err(e) = self.masquerade().await {
+            fail(e, &mut first_err);
+        }
 
         let networks: Vec<NodeNetwork> = nodes
             .iter()
@@ -310,6 +313,23 @@ impl Agent {
         }
         if forwarding? {
             info!(ipv6, "IP forwarding turned on");
+        }
+        Ok(())
+    }
+
+    /// selfnode's masquerade rule for traffic leaving the cluster network
+    /// ([`crate::masq`]).
+    async fn masquerade(&mut self) -> Result<(), AgentError> {
+        let cidr = self.cfg.cluster_cidr;
+        let changed = tokio::task::spawn_blocking(move || crate::masq::ensure(cidr))
+            .await
+            .map_err(|e| AgentError::Task {
+                what: "masquerade rule",
+                reason: e.to_string(),
+            })?
+            .map_err(AgentError::Masquerade)?;
+        if changed {
+            info!(cluster_cidr = %cidr, "masquerading pod traffic that leaves the cluster network");
         }
         Ok(())
     }
@@ -483,6 +503,10 @@ pub enum AgentError {
     /// The Node watch stream ended (it should not).
     #[error("the Node watch ended")]
     WatchEnded,
+    /// The masquerade rule cannot be read or added (the iptables tool's
+    /// message).
+    #[error("cannot set up masquerading of pod traffic leaving the cluster network: {0}")]
+    Masquerade(String),
 }
 
 impl AgentError {
@@ -502,7 +526,8 @@ impl AgentError {
             AgentError::RoutesRefused { .. }
             | AgentError::Task { .. }
             | AgentError::Timeout { .. }
-            | AgentError::WatchEnded => false,
+            | AgentError::WatchEnded
+            | AgentError::Masquerade(_) => false,
         }
     }
 }

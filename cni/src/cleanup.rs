@@ -3,7 +3,8 @@
 //! the old gateway address otherwise, and the bridge plugin refuses a
 //! different one), selfnode's host-gateway routes, and the NAT rules and
 //! chains the bridge plugin's `ipMasq` added for pods that were never
-//! deleted through CNI (a node stopped with its pods).
+//! deleted through CNI (a node stopped with its pods), and selfnode's
+//! masquerade rule ([`crate::masq`]).
 //!
 //! Only what is selfnode's is touched: the named bridge, routes marked
 //! [`ROUTE_PROTOCOL`](crate::routes::ROUTE_PROTOCOL), and `CNI-*` chains whose POSTROUTING rule carries
@@ -24,6 +25,8 @@ pub struct NetworkCleanup {
     pub routes_removed: usize,
     /// The `CNI-*` NAT chains deleted (with their POSTROUTING rules).
     pub nat_chains_removed: Vec<String>,
+    /// How many of selfnode's masquerade rules were deleted.
+    pub masquerade_rules_removed: usize,
 }
 
 /// Removing the host's pod network failed.
@@ -66,10 +69,12 @@ pub async fn remove_host_network(
     let routes_removed = table.reconcile(&[]).await?.deleted.len();
     let bridge_removed = delete_link(bridge).await?;
     let nat_chains_removed = remove_nat_rules(network)?;
+    let masquerade_rules_removed = crate::masq::remove_all().map_err(CleanupError::Nat)?;
     Ok(NetworkCleanup {
         bridge_removed,
         routes_removed,
         nat_chains_removed,
+        masquerade_rules_removed,
     })
 }
 
@@ -128,7 +133,7 @@ pub fn nat_rules_for(network: &str, postrouting: &str) -> Vec<(String, Vec<Strin
 }
 
 /// Splits an `iptables -S` rule into words, honouring double quotes.
-fn split_rule(rule: &str) -> Vec<String> {
+pub(crate) fn split_rule(rule: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;

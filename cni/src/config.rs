@@ -128,8 +128,9 @@ pub fn validate_bridge_name(name: &str) -> Result<(), CniError> {
 /// compare before writing.
 ///
 /// - `bridge`: `isGateway` (the bridge holds the subnet's first address and
-///   is the pods' default gateway), `ipMasq` (traffic leaving the node's
-///   pod subnet is masqueraded to the node's address), `hairpinMode` (a pod
+///   is the pods' default gateway), no `ipMasq` (it would masquerade pod
+///   traffic to other nodes' pods too; the network agent masquerades only
+///   what leaves the cluster network, [`crate::masq`]), `hairpinMode` (a pod
 ///   reaches itself through a Service). IPAM `host-local` over `pod_cidr`
 ///   with a default route.
 /// - `portmap`: `hostPort`s (capability `portMappings`), with SNAT so a pod
@@ -144,7 +145,7 @@ pub fn render_conflist(cfg: &CniConfig) -> String {
         "type": "bridge",
         "bridge": cfg.bridge,
         "isGateway": true,
-        "ipMasq": true,
+        "ipMasq": false,
         "hairpinMode": true,
         "ipam": {
             "type": "host-local",
@@ -372,9 +373,13 @@ mod tests {
         assert_eq!(types, ["bridge", "portmap"]);
         let b = &plugins[0];
         assert_eq!(b["bridge"], "selfnode0");
-        for k in ["isGateway", "ipMasq", "hairpinMode"] {
+        for k in ["isGateway", "hairpinMode"] {
             assert_eq!(b[k], true, "{k}");
         }
+        assert_eq!(
+            b["ipMasq"], false,
+            "pod-to-pod across nodes keeps its source"
+        );
         assert!(b.get("mtu").is_none());
         assert_eq!(b["ipam"]["type"], "host-local");
         assert_eq!(b["ipam"]["ranges"][0][0]["subnet"], "10.244.1.0/24");

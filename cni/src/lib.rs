@@ -16,6 +16,7 @@ pub mod agent;
 pub mod cleanup;
 pub mod config;
 pub mod kernel;
+pub mod masq;
 pub mod routes;
 
 pub use agent::{run, AgentConfig, AgentError};

@@ -111,6 +111,26 @@ fn agent_writes_the_conflist_and_follows_nodes_with_routes() {
             )
         });
         assert_eq!(text, want);
+        // Pod traffic is masqueraded only when it leaves the cluster network.
+        let nat = support::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns.name,
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-S",
+                "POSTROUTING",
+            ],
+        );
+        assert_eq!(
+            cni::masq::ours(&nat),
+            vec![cni::masq::rule("10.244.0.0/16".parse().unwrap())],
+            "{nat}"
+        );
 
         api.apply(node("n3", "10.0.0.3", Some("10.244.3.0/24")));
         eventually("the route to n3", 10, || {

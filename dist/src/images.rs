@@ -253,21 +253,7 @@ pub fn component_images(
         spec.entrypoint = vec![path];
         labels(&mut spec, &versions.kubernetes);
         if *component == "kube-proxy" {
-            let tools = NetfilterTools::from_host(Path::new("/")).map_err(|source| {
-                BuildError::HostTools {
-                    image: spec.name.clone(),
-                    source,
-                }
-            })?;
-            tools.add_to(spec.top_layer());
-            spec.labels
-                .insert(BACKEND_LABEL.to_string(), tools.iptables.to_string());
-            tracing::debug!(
-                image = %spec.name,
-                iptables = %tools.iptables,
-                ip6tables = %tools.ip6tables,
-                "added the host's iptables tools"
-            );
+            add_netfilter_tools(&mut spec)?;
         }
         specs.push(spec);
     }
@@ -297,8 +283,31 @@ pub fn component_images(
     selfnode.add_file(selfnode_exe, "/usr/local/bin/selfnode");
     selfnode.entrypoint = vec!["/usr/local/bin/selfnode".to_string()];
     labels(&mut selfnode, SELFNODE_VERSION);
+    // The network agent keeps the masquerade rule for pod traffic that
+    // leaves the cluster network, with the same tools as kube-proxy.
+    add_netfilter_tools(&mut selfnode)?;
     specs.push(selfnode);
     Ok(specs)
+}
+
+/// The host's iptables tools (the backend its alternatives select) in the
+/// image's top layer, labelled with the backend.
+fn add_netfilter_tools(spec: &mut ImageSpec) -> Result<(), BuildError> {
+    let tools =
+        NetfilterTools::from_host(Path::new("/")).map_err(|source| BuildError::HostTools {
+            image: spec.name.clone(),
+            source,
+        })?;
+    tools.add_to(spec.top_layer());
+    spec.labels
+        .insert(BACKEND_LABEL.to_string(), tools.iptables.to_string());
+    tracing::debug!(
+        image = %spec.name,
+        iptables = %tools.iptables,
+        ip6tables = %tools.ip6tables,
+        "added the host's iptables tools"
+    );
+    Ok(())
 }
 
 fn labels(spec: &mut ImageSpec, version: &str) {

@@ -79,6 +79,19 @@ pub struct Recorded {
     pub pivoted: bool,
 }
 
+impl Recorded {
+    /// The bundle the cluster was made with (the recorded `--bundle`, else
+    /// the host's default).
+    fn bundle(&self, paths: &HostPaths) -> anyhow::Result<dist::bundle::Bundle> {
+        let dir = self
+            .settings
+            .bundle
+            .clone()
+            .unwrap_or_else(|| paths.default_bundle());
+        Ok(dist::bundle::Bundle::open(&dir)?)
+    }
+}
+
 /// Reads the checkpoint once and closes it (the agent's checkpointer opens
 /// it every few seconds). A damaged pod entry is an error here: nothing is
 /// started from it.
@@ -130,12 +143,7 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
     crate::agent::lock::running_agent(&paths.agent_lock()).context(
         "the selfnode agent is not running on this host; start it first ('selfnode agent')",
     )?;
-    let bundle_dir = rec
-        .settings
-        .bundle
-        .clone()
-        .unwrap_or_else(|| paths.default_bundle());
-    let bundle = dist::bundle::Bundle::open(&bundle_dir)?;
+    let bundle = rec.bundle(paths)?;
     let spec = crate::init::plane_spec(paths, &rec.settings, &bundle);
     let mut report = RecoverReport::default();
 
@@ -457,9 +465,12 @@ fn rendered_copy(objects: &[Object], component: &str) -> anyhow::Result<PodCheck
             .collect(),
         config_maps: objects
             .iter()
-            .filter_map(|o| match o {
-                Object::ConfigMap(c) => Some(c.clone()),
-                _ => None,
+            .filter_map(|o| {
+                if let Object::ConfigMap(c) = o {
+                    Some(c.clone())
+                } else {
+                    None
+                }
             })
             .collect(),
         observed_at: crate::status::now_unix(),
@@ -475,12 +486,7 @@ pub async fn from_snapshot(
     quiet: bool,
 ) -> anyhow::Result<crate::init::InitSummary> {
     let rec = recorded(paths)?;
-    let bundle_dir = rec
-        .settings
-        .bundle
-        .clone()
-        .unwrap_or_else(|| paths.default_bundle());
-    let bundle = dist::bundle::Bundle::open(&bundle_dir)?;
+    let bundle = rec.bundle(paths)?;
     if rec.pivoted {
         let spec = crate::init::plane_spec(paths, &rec.settings, &bundle);
         let etcd_ok = etcd_mgr::members(&crate::etcd::config(paths))

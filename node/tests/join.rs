@@ -192,7 +192,7 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
     let pod = |name: &str, node: &str, restart: &str, command: &[&str]| {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name},
+            "metadata": {"name": name, "labels": {"run": name}},
             "spec": {
                 "nodeName": node,
                 "restartPolicy": restart,
@@ -237,22 +237,81 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
             "node2",
         ],
     ));
-    support::retry(
-        "the client pod on node2 to finish",
-        Duration::from_secs(120),
-        || {
-            let phase =
-                first.kubectl_ok(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
-            match phase.as_str() {
-                "Succeeded" => Ok(()),
-                "Failed" => panic!(
-                    "node2's pod could not reach {server_ip}: {}",
-                    text(&first.kubectl(&["logs", "client"]))
-                ),
-                other => Err(other.to_string()),
-            }
-        },
+    let finished = |name: &str| {
+        support::retry(
+            &format!("pod {name} on node2 to finish"),
+            Duration::from_secs(120),
+            || {
+                let phase =
+                    first.kubectl_ok(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]);
+                match phase.as_str() {
+                    "Succeeded" => Ok(()),
+                    "Failed" => panic!(
+                        "pod {name} on node2 failed: {}",
+                        text(&first.kubectl(&["logs", name]))
+                    ),
+                    other => Err(other.to_string()),
+                }
+            },
+        );
+    };
+    finished("client");
+    // ... with its own source address: the first host's connection
+    // tracking saw the client pod's IP, not node2's (no masquerading inside
+    // the cluster network).
+    let client_ip = first.kubectl_ok(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
+    let tracked = std::process::Command::new("conntrack")
+        .args(["-L", "-p", "tcp", "--dport", "2379", "-d", &server_ip])
+        .output()
+        .unwrap();
+    let tracked = text(&tracked);
+    assert!(
+        tracked.contains(&format!("src={client_ip} ")),
+        "the server saw {client_ip} as the source: {tracked}"
     );
+
+    // A Service for the server: its name resolves through CoreDNS from a
+    // pod on node2, and its ClusterIP answers from both hosts.
+    first.kubectl_ok(&["expose", "pod", "server", "--port=2379", "--name=server"]);
+    apply(pod(
+        "by-name",
+        "node2",
+        "Never",
+        &[
+            "etcdctl",
+            "--endpoints=http://server.default.svc.cluster.local:2379",
+            "--dial-timeout=5s",
+            "get",
+            "from",
+        ],
+    ));
+    finished("by-name");
+    let got = first.kubectl_ok(&["logs", "by-name"]);
+    assert!(
+        got.contains("node2"),
+        "read back through the Service: {got}"
+    );
+    let cluster_ip = first.kubectl_ok(&[
+        "get",
+        "service",
+        "server",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    for host in [&first, &second] {
+        let out = host
+            .on_host("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://{cluster_ip}:2379/health"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && text(&out).contains("true"),
+            "the ClusterIP answers on {}: {}",
+            host.root.display(),
+            text(&out)
+        );
+    }
 
     // Run again with the same string: it converges and changes nothing.
     let out = second.join(&[&join, "--node-name", "node2"]);

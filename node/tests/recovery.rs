@@ -436,6 +436,32 @@ fn recover(host: &TestHost, args: &[&str]) -> std::process::Output {
         .expect("run selfnode recover")
 }
 
+/// `selfnode recover` succeeds and says each of `says`; then the
+/// self-hosted plane is Ready with no copy left.
+fn recover_and_check(host: &TestHost, says: &[&str]) {
+    let out = recover(host, &["--timeout", "4m"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "recover: {}", text(&out));
+    for line in says {
+        assert!(said.contains(line), "recover says {line:?}:\n{said}");
+    }
+    retry("the self-hosted plane Ready", START, || {
+        self_hosted_plane_ready(host)
+    });
+}
+
+/// Waits until `/readyz` fails (the API went away `why`).
+fn wait_api_gone(host: &TestHost, why: &str) {
+    retry(
+        &format!("the API to go away {why}"),
+        START,
+        || match readyz(host) {
+            Ok(()) => Err("the API still answers".into()),
+            Err(_) => Ok(()),
+        },
+    );
+}
+
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -501,21 +527,16 @@ fn selfnode_recover_brings_back_deleted_components_and_a_lost_etcd() {
             }
         },
     );
-    let out = recover(&host, &["--timeout", "4m"]);
-    let said = stdout(&out);
-    assert!(out.status.success(), "recover: {}", text(&out));
-    for line in [
-        "Deployment kube-system/kube-scheduler was gone",
-        "Deployment kube-system/kube-controller-manager was gone",
-        "started the checkpoint copy of kube-scheduler",
-        "kube-scheduler has a Ready pod of its own: removed its copy",
-        "kube-controller-manager has a Ready pod of its own: removed its copy",
-    ] {
-        assert!(said.contains(line), "recover says {line:?}:\n{said}");
-    }
-    retry("the self-hosted plane Ready", START, || {
-        self_hosted_plane_ready(&host)
-    });
+    recover_and_check(
+        &host,
+        &[
+            "Deployment kube-system/kube-scheduler was gone",
+            "Deployment kube-system/kube-controller-manager was gone",
+            "started the checkpoint copy of kube-scheduler",
+            "kube-scheduler has a Ready pod of its own: removed its copy",
+            "kube-controller-manager has a Ready pod of its own: removed its copy",
+        ],
+    );
     run_deployment(&host, "after-deployments-recovered");
 
     // The API server DaemonSet deleted: its pod goes, and the API with it.
@@ -527,27 +548,15 @@ fn selfnode_recover_brings_back_deleted_components_and_a_lost_etcd() {
         "kube-apiserver",
         "--wait=false",
     ]);
-    retry(
-        "the API to go away with its DaemonSet",
-        START,
-        || match readyz(&host) {
-            Ok(()) => Err("the API still answers".into()),
-            Err(_) => Ok(()),
-        },
+    wait_api_gone(&host, "with its DaemonSet");
+    recover_and_check(
+        &host,
+        &[
+            "no API server runs here: started the checkpoint copy of kube-apiserver",
+            "DaemonSet kube-system/kube-apiserver was gone",
+            "kube-apiserver has a Ready pod of its own: removed its copy",
+        ],
     );
-    let out = recover(&host, &["--timeout", "4m"]);
-    let said = stdout(&out);
-    assert!(out.status.success(), "recover: {}", text(&out));
-    for line in [
-        "no API server runs here: started the checkpoint copy of kube-apiserver",
-        "DaemonSet kube-system/kube-apiserver was gone",
-        "kube-apiserver has a Ready pod of its own: removed its copy",
-    ] {
-        assert!(said.contains(line), "recover says {line:?}:\n{said}");
-    }
-    retry("the self-hosted plane Ready", START, || {
-        self_hosted_plane_ready(&host)
-    });
     run_deployment(&host, "after-daemonset-recovered");
 
     // etcd's manifest lost, its data kept: the kubelet stops etcd and the
@@ -608,16 +617,9 @@ fn selfnode_recover_brings_back_deleted_components_and_a_lost_etcd() {
         text(&out)
     );
     let out = recover(&host, &["--from-snapshot", snapshot.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "recover --from-snapshot: {}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("[recover] restore_etcd_data"),
-        "{}",
-        text(&out)
-    );
+    let said = text(&out);
+    assert!(out.status.success(), "recover --from-snapshot: {said}");
+    assert!(said.contains("[recover] restore_etcd_data"), "{said}");
     let kubectl_old = |args: &[&str]| {
         std::process::Command::new(host.bundle.join("bin/kubectl"))
             .arg("--kubeconfig")

@@ -364,20 +364,27 @@ impl TestHost {
 
     pub fn new() -> Self {
         let machine = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut host = TestHost::unstarted(Some(machine));
+        host.api_lb_port = free_port();
+        host
+    }
+
+    /// A host with a fresh directory as its root; nothing runs yet.
+    fn unstarted(machine: Option<MutexGuard<'static, ()>>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("selfnode-host-")
             .tempdir()
             .unwrap();
         let root = dir.path().to_path_buf();
         TestHost {
-            _machine: Some(machine),
+            _machine: machine,
             netns: None,
             dir: Some(dir),
             root_arg: root.clone(),
             root,
             bundle: bundle_dir(),
             healthz_port: free_port(),
-            api_lb_port: free_port(),
+            api_lb_port: 7445,
             agent: None,
             netns_before: netns_names(),
         }
@@ -390,23 +397,10 @@ impl TestHost {
     /// port and iptables. Made while the test's first host lives (it holds
     /// the machine) and dropped before it.
     pub fn in_netns(first: &TestHost, lan: &Lan, index: u8) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("selfnode-host-")
-            .tempdir()
-            .unwrap();
-        let root = dir.path().to_path_buf();
-        TestHost {
-            _machine: None,
-            netns: Some(Netns::create(lan, index, &root, &first.root_arg)),
-            dir: Some(dir),
-            root_arg: first.root_arg.clone(),
-            root,
-            bundle: bundle_dir(),
-            healthz_port: free_port(),
-            api_lb_port: 7445,
-            agent: None,
-            netns_before: netns_names(),
-        }
+        let mut host = TestHost::unstarted(None);
+        host.netns = Some(Netns::create(lan, index, &host.root, &first.root_arg));
+        host.root_arg = first.root_arg.clone();
+        host
     }
 
     /// This host's processes: those referring to its root path (command
@@ -432,6 +426,15 @@ impl TestHost {
     /// The kubelet's cgroup root of a host in a namespace.
     fn cgroup_root(&self) -> Option<String> {
         self.netns.as_ref().map(|n| format!("/selfnode-{}", n.name))
+    }
+
+    /// `program` run on this host: in its network and mount namespaces, if
+    /// it has them.
+    pub fn on_host(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        }
     }
 
     /// `selfnode join ARGS…` on this host.
