@@ -154,7 +154,25 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
         nothing_written(&second);
     }
 
-    // The join: one line per step, the node Ready in the cluster.
+    // The join, killed after every step of its plan (as kill -9 would) and
+    // run again each time: it resumes, never inits, and converges.
+    use node::init::plan::{plan, Observed, Sequence};
+    for planned in plan(Sequence::Join, Observed::default()).steps() {
+        let step = planned.step.name();
+        let out = second
+            .selfnode()
+            .env(node::init::steps::FAILPOINT_ENV, step)
+            .args(["join", &join, "--node-name", "node2"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            code(&out),
+            Some(node::init::steps::FAILPOINT_EXIT),
+            "join with the failpoint after {step}: {}",
+            text(&out)
+        );
+    }
+    // The last run: one line per step, the node Ready in the cluster.
     let out = second.join(&["--token", &join, "--node-name", "node2"]);
     assert!(out.status.success(), "join: {}", text(&out));
     for step in [
@@ -169,6 +187,19 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
             text(&out)
         );
     }
+    // The agent's --cgroup-root reached the kubelet: node2's pods live
+    // under its own cgroup, apart from the first host's.
+    let kubelet_config =
+        std::fs::read_to_string(second.root.join("var/lib/kubelet/config.yaml")).unwrap();
+    let ns = &second.netns.as_ref().unwrap().name;
+    assert!(
+        kubelet_config.contains(&format!("\"cgroupRoot\": \"/selfnode-{ns}\"")),
+        "{kubelet_config}"
+    );
+    assert!(
+        std::path::Path::new(&format!("/sys/fs/cgroup/memory/selfnode-{ns}/kubepods")).is_dir(),
+        "node2's pods are under its cgroup root"
+    );
     let nodes = first.kubectl_ok(&["get", "nodes", "-o", "wide"]);
     assert!(
         nodes.contains("node2") && nodes.contains("198.18.0.2"),
