@@ -192,9 +192,15 @@ impl FromStr for BootstrapToken {
                 secret: secret.to_string(),
             }),
             _ => {
-                // Never echo a secret back: show the ID part only.
-                let shown = s.split('.').next().unwrap_or_default();
-                Err(JoinError::Token(format!("{shown}.…")))
+                // Never echo a secret back: at most the ID's length of it.
+                let shown: String = s
+                    .split('.')
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(6)
+                    .collect();
+                Err(JoinError::Token(format!("{shown}…")))
             }
         }
     }
@@ -544,6 +550,7 @@ mod tests {
         assert!(!format!("{t:?}").contains(&t.secret));
         for bad in [
             "abcdef",
+            "abcdefqwertyuiopasdfgh",
             "abcde.qwertyuiopasdfgh",
             "ABCDEF.qwertyuiopasdfgh",
             "abcdef.qwertyuiopasdfg!",

@@ -45,23 +45,21 @@ fn binary(ipv6: bool) -> &'static str {
     }
 }
 
-/// Runs `binary args`; `Ok(true)` on success, `Ok(false)` on exit code 1
-/// (a `-C` that found no rule), the tool's message otherwise.
-fn run(ipv6: bool, args: &[&str]) -> Result<bool, String> {
+/// Runs `binary args`; its stdout, or its message.
+fn run(ipv6: bool, args: &[&str]) -> Result<String, String> {
     let bin = binary(ipv6);
     let out = Command::new(bin)
         .args(args)
         .output()
         .map_err(|e| format!("cannot run {bin}: {e}"))?;
-    match out.status.code() {
-        Some(0) => Ok(true),
-        Some(1) if args.contains(&"-C") => Ok(false),
-        _ => Err(format!(
+    if !out.status.success() {
+        return Err(format!(
             "{bin} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
-        )),
+        ));
     }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Adds the rule for `cluster_cidr` unless it is there, and removes
@@ -80,9 +78,7 @@ pub fn ensure(cluster_cidr: IpNet) -> Result<bool, String> {
             changed = true;
         }
     }
-    let mut check = vec!["-w", "-t", "nat", "-C", "POSTROUTING"];
-    check.extend(want.iter().map(String::as_str));
-    if !run(ipv6, &check)? {
+    if !ours(&listing).contains(&want) {
         let mut add = vec!["-w", "-t", "nat", "-A", "POSTROUTING"];
         add.extend(want.iter().map(String::as_str));
         run(ipv6, &add)?;
@@ -110,18 +106,7 @@ pub fn remove_all() -> Result<usize, String> {
 }
 
 fn list(ipv6: bool) -> Result<String, String> {
-    let bin = binary(ipv6);
-    let out = Command::new(bin)
-        .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
-        .output()
-        .map_err(|e| format!("cannot run {bin}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{bin} -t nat -S POSTROUTING: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run(ipv6, &["-w", "-t", "nat", "-S", "POSTROUTING"])
 }
 
 fn delete(ipv6: bool, spec: &[String]) -> Result<(), String> {

@@ -78,8 +78,15 @@ struct Found {
 struct Join<'a> {
     ctx: &'a JoinContext,
     agent_pid: String,
-    checkpoint: Checkpoint,
     found: OnceCell<Found>,
+}
+
+impl Join<'_> {
+    /// The checkpoint, opened for one call (the agent's checkpointer opens
+    /// it too; holding it through the join would stall it).
+    fn checkpoint(&self) -> anyhow::Result<Checkpoint> {
+        Ok(Checkpoint::open(&self.ctx.paths.checkpoint_dir())?)
+    }
 }
 
 impl Join<'_> {
@@ -96,8 +103,8 @@ pub async fn run(ctx: JoinContext) -> anyhow::Result<JoinSummary> {
     let agent_pid = crate::agent::lock::running_agent(&paths.agent_lock()).context(
         "the selfnode agent is not running on this host; start it first ('selfnode agent')",
     )?;
-    let checkpoint = Checkpoint::open(&paths.checkpoint_dir())?;
-    if let Some(id) = checkpoint.cluster_identity()? {
+    let recorded = Checkpoint::open(&paths.checkpoint_dir())?.cluster_identity()?;
+    if let Some(id) = recorded {
         let same = id.role == "join"
             && id.cluster_uid == ctx.join.ca_hash
             && id.node_name == ctx.node_name;
@@ -115,7 +122,6 @@ pub async fn run(ctx: JoinContext) -> anyhow::Result<JoinSummary> {
     let join = Join {
         ctx: &ctx,
         agent_pid,
-        checkpoint,
         found: OnceCell::new(),
     };
     let reports = steps::run_plan(&plan, &run, |step| execute(step, &run, &join)).await?;
@@ -263,7 +269,7 @@ async fn record_cluster_identity(run: &Runner, join: &Join<'_>) -> anyhow::Resul
     run.step(
         Step::RecordClusterIdentity,
         Duration::from_secs(10),
-        || async { Ok(join.checkpoint.cluster_identity()?.is_some()) },
+        || async { Ok(join.checkpoint()?.cluster_identity()?.is_some()) },
         || async {
             let id = ClusterIdentity {
                 cluster_name: found.settings.cluster_name.clone(),
@@ -273,7 +279,7 @@ async fn record_cluster_identity(run: &Runner, join: &Join<'_>) -> anyhow::Resul
                 role: "join".into(),
                 created: crate::status::now_unix(),
             };
-            Ok(join.checkpoint.record_cluster_identity(&id)?)
+            Ok(join.checkpoint()?.record_cluster_identity(&id)?)
         },
     )
     .await
@@ -399,7 +405,14 @@ async fn wait_node_registered(run: &Runner, join: &Join<'_>) -> anyhow::Result<S
                     Ok(nodes.get_opt(name).await?.is_some())
                 },
             )
-            .await
+            .await?;
+            // The kubelet has its own credentials: the token (valid for
+            // hours, able to add nodes) leaves the disk, as with kubeadm.
+            match std::fs::remove_file(paths.bootstrap_kubelet_kubeconfig()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
+                    .with_context(|| format!("removing {}", paths.bootstrap_kubelet_kubeconfig().display())),
+                _ => Ok(()),
+            }
         },
     )
     .await

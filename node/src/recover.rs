@@ -65,8 +65,10 @@ pub enum RecoverRefused {
     NotPivoted,
     #[error("this host's checkpoint holds no settings of its cluster (it was made by an older selfnode): run 'selfnode init' with the flags it was made with instead")]
     NoSettings,
-    #[error("the control plane on this host is healthy (etcd and the API answer): nothing to recover from a snapshot. To roll the cluster back to a snapshot, run 'selfnode etcd snapshot restore FILE --force'")]
+    #[error("etcd on this host serves the cluster's data: nothing to recover from a snapshot (that would throw away everything written since it). Run 'selfnode recover' for lost components; to roll the cluster back to a snapshot on purpose, 'selfnode etcd snapshot restore FILE --force'")]
     Healthy,
+    #[error("this host joined its cluster as a node ({cluster:?}); recover runs on a control-plane host of the cluster")]
+    NotControlPlane { cluster: String },
 }
 
 /// What this host recorded about its cluster at the pivot.
@@ -100,8 +102,15 @@ pub fn recorded(paths: &HostPaths) -> anyhow::Result<Recorded> {
         return Err(RecoverRefused::NoCluster.into());
     }
     let cp = Checkpoint::open(&paths.checkpoint_dir())?;
-    if cp.cluster_identity()?.is_none() {
-        return Err(RecoverRefused::NoCluster.into());
+    match cp.cluster_identity()? {
+        None => return Err(RecoverRefused::NoCluster.into()),
+        Some(id) if id.role == "join" => {
+            return Err(RecoverRefused::NotControlPlane {
+                cluster: id.cluster_name,
+            }
+            .into())
+        }
+        Some(_) => {}
     }
     let settings = cp.settings()?.ok_or(RecoverRefused::NoSettings)?;
     Ok(Recorded {
@@ -488,11 +497,12 @@ pub async fn from_snapshot(
     let rec = recorded(paths)?;
     let bundle = rec.bundle(paths)?;
     if rec.pivoted {
-        let spec = crate::init::plane_spec(paths, &rec.settings, &bundle);
+        // etcd serving means the data is there: a restore would throw away
+        // everything written since the snapshot; plain recover is the tool.
         let etcd_ok = etcd_mgr::members(&crate::etcd::config(paths))
             .await
             .is_ok_and(|m| m.iter().any(|m| m.healthy));
-        if etcd_ok && api_ready(&spec).await.is_ok() {
+        if etcd_ok {
             return Err(RecoverRefused::Healthy.into());
         }
     }

@@ -22,8 +22,9 @@ pub const INIT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// that adds machines to the cluster; it should not outlive its use.
 pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A token that was made, with the string that joins with it.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A token that was made, with the string that joins with it (holds the
+/// secret: not `Debug`).
+#[derive(Clone, serde::Serialize)]
 pub struct Created {
     #[serde(flatten)]
     pub info: TokenInfo,

@@ -182,10 +182,9 @@ pub async fn run(lb: ApiLb, status: StatusHandle, stop: CancellationToken, track
     status.update(COMPONENT, |c| c.state = ComponentState::Stopped);
 }
 
-/// One listening address: bound while some backend is healthy. `required`:
-/// a failure to bind is reported and retried; otherwise (the IPv6
-/// loopback of a host without IPv6) it is logged once and the address is
-/// left alone.
+/// One listening address: bound while some backend is healthy. A failure
+/// to bind is retried every 5 s; `required`: it is also reported in the
+/// status (not for the IPv6 loopback, which a host without IPv6 never has).
 async fn listen(
     addr: SocketAddr,
     required: bool,
@@ -203,8 +202,14 @@ async fn listen(
         let listener = match TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(err) if !required => {
-                tracing::info!(listen = %addr, %err, "api load balancer: not listening on this address");
-                return;
+                // Retried (lo may not be up yet in a new namespace), quietly:
+                // on a host without IPv6 this never succeeds.
+                tracing::debug!(listen = %addr, %err, "api load balancer: cannot listen on this address yet");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                continue;
             }
             Err(err) => {
                 status.update(COMPONENT, |c| {

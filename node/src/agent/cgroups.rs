@@ -24,11 +24,16 @@ pub fn ensure(root: &str, version: CgroupVersion) -> anyhow::Result<()> {
         for part in rel.split('/') {
             let parent = dir.clone();
             dir.push(part);
-            if dir.is_dir() {
-                continue;
+            if !dir.is_dir() {
+                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            // Also when the directory exists: a kill between its creation
+            // and these writes leaves an empty cpuset no task can join.
             for file in ["cpuset.cpus", "cpuset.mems"] {
+                let here = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+                if !here.trim().is_empty() {
+                    continue;
+                }
                 if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
                     std::fs::write(dir.join(file), value.trim())
                         .with_context(|| format!("writing {}", dir.join(file).display()))?;

@@ -24,9 +24,10 @@
 //! - **Hand back**: once a self-hosted pod of a component with a running
 //!   copy is Ready and running here, the static copy and its files go. Both
 //!   bind the same port with `--permit-port-sharing`, so there is no gap.
-//! - **Prune**: once the node no longer carries the control-plane label (it
-//!   left the control plane), its copies are deleted, so they never come
-//!   back on a node that is not meant to serve the API.
+//! - **Prune**: once the node has not carried the control-plane label for
+//!   [`PRUNE_AFTER`] while the API answered (it left the control plane),
+//!   its copies are deleted, so they never come back on a node that is not
+//!   meant to serve the API.
 //!
 //! A corrupt checkpoint is reported in `selfnode status` and never used.
 
@@ -81,6 +82,9 @@ pub const CHECKPOINTED: &[Kept] = &[
 ];
 /// How often the pods are looked at.
 pub const PERIOD: Duration = Duration::from_secs(5);
+/// How long the API must answer without the node's control-plane label
+/// before its copies are pruned.
+pub const PRUNE_AFTER: Duration = Duration::from_secs(600);
 const NAMESPACE: &str = "kube-system";
 /// Label and annotations of a static copy.
 pub const COPY_LABEL: &str = "selfnode.dev/checkpoint-of";
@@ -143,8 +147,9 @@ pub async fn run(
     let mut client: Option<kube::Client> = None;
     // What sled holds, so an unchanged pod costs no open of the database.
     let mut kept: BTreeMap<String, PodCheckpoint> = BTreeMap::new();
+    let mut unlabelled_since: Option<std::time::Instant> = None;
     loop {
-        match keep_and_hand_back(&ctx, &mut client, &mut kept).await {
+        match keep_and_hand_back(&ctx, &mut client, &mut kept, &mut unlabelled_since).await {
             Ok(Some(note)) => set(&status, ComponentState::Ready, note),
             Ok(None) => {}
             Err(err) => {
@@ -284,6 +289,7 @@ async fn keep_and_hand_back(
     ctx: &CheckpointerContext,
     client: &mut Option<kube::Client>,
     kept: &mut BTreeMap<String, PodCheckpoint>,
+    unlabelled_since: &mut Option<std::time::Instant>,
 ) -> anyhow::Result<Option<String>> {
     let kubeconfig = ctx.paths.kubelet_kubeconfig();
     let Some(node) = NodeIdentity::read(&ctx.paths.node_identity_file())? else {
@@ -306,10 +312,19 @@ async fn keep_and_hand_back(
         }
     }
     let mut notes = Vec::new();
-    if !is_control_plane_node(&client, &node.node_name).await? {
+    if is_control_plane_node(&client, &node.node_name).await? {
+        *unlabelled_since = None;
+    } else {
         // The node left the control plane (its label is gone, so the
         // DaemonSet took its API server away): its copies must not come
-        // back after the next power cut.
+        // back after the next power cut. Only once the API has answered
+        // without the label for PRUNE_AFTER: a label removed by mistake on
+        // the only control-plane node takes the API down within moments,
+        // and that node's copies are what `selfnode recover` needs then.
+        let since = *unlabelled_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < PRUNE_AFTER || kept.is_empty() {
+            return Ok(None);
+        }
         for component in std::mem::take(kept).into_keys() {
             with_checkpoint(&ctx.paths, {
                 let c = component.clone();

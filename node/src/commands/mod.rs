@@ -108,7 +108,7 @@ fn print_summary(summary: &crate::init::InitSummary, output: Output) -> anyhow::
                 summary.api_endpoint, summary.ca_cert_hash
             );
             println!(
-                "\nAdd a host (token valid for 24h; 'selfnode token create' makes more):\n  selfnode join {}",
+                "\nAdd a host (with init's token, valid up to 24h: 'selfnode token list' shows when it expires, 'selfnode token create' makes more):\n  selfnode join {}",
                 summary.join_string
             );
         }

@@ -13,7 +13,8 @@ const REUSE_MARGIN: Duration = Duration::from_secs(3600);
 pub(super) async fn create_join_token(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     run.step(
         Step::CreateJoinToken,
-        Duration::from_secs(30),
+        // Longer than the wait for the bootstrap signer inside create.
+        tokens::SIGN_WAIT + Duration::from_secs(30),
         || async { Ok(init_token(seq).await?.is_some()) },
         || async {
             tokens::create(
