@@ -104,20 +104,27 @@ pub async fn run(ctx: JoinContext) -> anyhow::Result<JoinSummary> {
         "the selfnode agent is not running on this host; start it first ('selfnode agent')",
     )?;
     let recorded = Checkpoint::open(&paths.checkpoint_dir())?.cluster_identity()?;
-    if let Some(id) = recorded {
+    if let Some(id) = &recorded {
         let same = id.role == "join"
             && id.cluster_uid == ctx.join.ca_hash
             && id.node_name == ctx.node_name;
         if !same {
             return Err(JoinConflict {
-                cluster: id.cluster_name,
-                node: id.node_name,
-                role: id.role,
+                cluster: id.cluster_name.clone(),
+                node: id.node_name.clone(),
+                role: id.role.clone(),
             }
             .into());
         }
     }
-    let plan = plan::plan(Sequence::Join, plan::Observed::default());
+    let joined = recorded.is_some() && paths.kubelet_kubeconfig().exists();
+    let plan = plan::plan(
+        Sequence::Join,
+        plan::Observed {
+            joined,
+            ..plan::Observed::default()
+        },
+    );
     let run = Runner::new(&plan, ctx.quiet);
     let join = Join {
         ctx: &ctx,
@@ -125,11 +132,21 @@ pub async fn run(ctx: JoinContext) -> anyhow::Result<JoinSummary> {
         found: OnceCell::new(),
     };
     let reports = steps::run_plan(&plan, &run, |step| execute(step, &run, &join)).await?;
-    let found = join.found()?;
+    // A joined host's run skipped discovery: what it recorded says the rest.
+    let (cluster_name, node_ip) = match join.found.get() {
+        Some(f) => (f.settings.cluster_name.clone(), f.node_ip),
+        None => {
+            let node = NodeIdentity::read(&paths.node_identity_file())?.context(
+                "this host joined but its node identity is gone; 'selfnode reset' and join again",
+            )?;
+            let cluster = recorded.map(|id| id.cluster_name).unwrap_or_default();
+            (cluster, node.node_ip)
+        }
+    };
     Ok(JoinSummary {
-        cluster_name: found.settings.cluster_name.clone(),
+        cluster_name,
         node_name: ctx.node_name.clone(),
-        node_ip: found.node_ip,
+        node_ip,
         api_endpoints: ctx.join.endpoints.clone(),
         seconds: run.elapsed().as_secs_f64(),
         steps: reports,

@@ -344,9 +344,27 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
         );
     }
 
-    // Run again with the same string: it converges and changes nothing.
+    // The token's secret left the disk once the kubelet had its own
+    // credentials.
+    assert!(!second
+        .root
+        .join("etc/kubernetes/bootstrap-kubelet.conf")
+        .exists());
+    // Run again with the same string after its token is gone (expired,
+    // deleted): a joined host needs no token; it converges.
+    let out = first
+        .selfnode()
+        .args(["token", "delete", join.split('@').next().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
     let out = second.join(&[&join, "--node-name", "node2"]);
     assert!(out.status.success(), "join again: {}", text(&out));
+    assert!(
+        text(&out).contains("skipped: the host has joined"),
+        "{}",
+        text(&out)
+    );
     // A host that belongs to a cluster never joins another one (or this
     // one under another name): exit 3.
     let out = first.join(&[&join, "--node-name", "other"]);

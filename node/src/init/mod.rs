@@ -237,6 +237,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
 
     let observed = plan::Observed {
         pivoted: checkpoint.pivot_committed()?,
+        joined: false,
     };
     let plan = plan::plan(ctx.sequence(), observed);
     let run = Runner::new(&plan, ctx.quiet);

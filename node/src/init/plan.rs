@@ -148,6 +148,9 @@ impl Sequence {
 pub struct Observed {
     /// The checkpoint holds the pivot's commit marker.
     pub pivoted: bool,
+    /// Join: the host recorded this cluster and its kubelet has its own
+    /// credentials (the token is no longer needed).
+    pub joined: bool,
 }
 
 /// Whether a planned step runs.
@@ -246,7 +249,7 @@ const NO_PKI: &str = "no --pki given: the host's own PKI is used";
 /// objects are skipped; the checks that follow it run again.
 pub fn plan(sequence: Sequence, observed: Observed) -> Plan {
     if sequence == Sequence::Join {
-        return join_plan();
+        return join_plan(observed.joined);
     }
     let restore = sequence.from_snapshot().is_some();
     let pivoted = observed.pivoted;
@@ -327,25 +330,35 @@ pub fn plan(sequence: Sequence, observed: Observed) -> Plan {
     }
 }
 
+/// Why a joined host's run skips the steps that need the token.
+const JOINED: &str = "the host has joined: its kubelet has its own credentials";
+
 /// `selfnode join`, one lane: discover (writes nothing), then the host
 /// records its cluster before it writes anything else, then the kubelet's
-/// TLS bootstrap. Every step checks first, so a re-run resumes.
-fn join_plan() -> Plan {
+/// TLS bootstrap. Every step checks first, so a re-run resumes; once the
+/// host has joined, a re-run needs no valid token (it may have expired)
+/// and only waits.
+fn join_plan(joined: bool) -> Plan {
+    let before = if joined {
+        Action::Skip(JOINED)
+    } else {
+        Action::Run
+    };
     let steps = [
-        Step::DiscoverCluster,
-        Step::RecordClusterIdentity,
-        Step::WriteNodeIdentity,
-        Step::WriteBootstrapKubeconfig,
-        Step::WaitNodeRegistered,
-        Step::WaitNodeReady,
+        (Step::DiscoverCluster, before),
+        (Step::RecordClusterIdentity, before),
+        (Step::WriteNodeIdentity, before),
+        (Step::WriteBootstrapKubeconfig, before),
+        (Step::WaitNodeRegistered, Action::Run),
+        (Step::WaitNodeReady, Action::Run),
     ];
     let lane = steps
         .iter()
         .enumerate()
-        .map(|(i, step)| Planned {
+        .map(|(i, (step, action))| Planned {
             step: *step,
             number: i + 1,
-            action: Action::Run,
+            action: *action,
         })
         .collect();
     Plan {
@@ -380,6 +393,17 @@ mod tests {
             ]
         );
         assert_eq!(p.sequence.name(), "join");
+        let joined = plan(
+            Sequence::Join,
+            Observed {
+                joined: true,
+                ..Observed::default()
+            },
+        );
+        assert_eq!(
+            names(&joined, |s| s.action == Action::Run),
+            ["wait_node_registered", "wait_node_ready"]
+        );
     }
 
     #[test]
@@ -451,7 +475,13 @@ mod tests {
 
     #[test]
     fn init_after_the_pivot_skips_the_temporary_plane_etcd_pivot_and_objects_and_says_why() {
-        let p = plan(Sequence::Init, Observed { pivoted: true });
+        let p = plan(
+            Sequence::Init,
+            Observed {
+                pivoted: true,
+                ..Observed::default()
+            },
+        );
         assert_eq!(
             p.len(),
             20,
@@ -504,7 +534,13 @@ mod tests {
 
     #[test]
     fn a_resumed_restore_after_the_pivot_does_not_touch_etcd_data() {
-        let p = plan(Sequence::Restore { pki: true }, Observed { pivoted: true });
+        let p = plan(
+            Sequence::Restore { pki: true },
+            Observed {
+                pivoted: true,
+                ..Observed::default()
+            },
+        );
         let skipped = names(&p, |s| matches!(s.action, Action::Skip(_)));
         for step in [
             "restore_etcd_data",
