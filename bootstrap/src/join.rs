@@ -107,6 +107,17 @@ pub struct BootstrapToken {
 
 const TOKEN_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
+/// Whether `part` has `len` characters from `[a-z0-9]`: a token ID (6) or
+/// secret (16).
+fn token_part(part: &str, len: usize) -> bool {
+    part.len() == len && part.bytes().all(|b| TOKEN_CHARS.contains(&b))
+}
+
+/// Whether `id` is a bootstrap token's public ID (`[a-z0-9]{6}`).
+pub fn valid_token_id(id: &str) -> bool {
+    token_part(id, 6)
+}
+
 impl BootstrapToken {
     /// A new random token (`rand`'s thread-local CSPRNG).
     pub fn generate() -> Self {
@@ -183,14 +194,13 @@ impl FromStr for BootstrapToken {
     type Err = JoinError;
 
     fn from_str(s: &str) -> Result<Self, JoinError> {
-        let ok = |part: &str, len: usize| {
-            part.len() == len && part.bytes().all(|b| TOKEN_CHARS.contains(&b))
-        };
         match s.split_once('.') {
-            Some((id, secret)) if ok(id, 6) && ok(secret, 16) => Ok(BootstrapToken {
-                id: id.to_string(),
-                secret: secret.to_string(),
-            }),
+            Some((id, secret)) if token_part(id, 6) && token_part(secret, 16) => {
+                Ok(BootstrapToken {
+                    id: id.to_string(),
+                    secret: secret.to_string(),
+                })
+            }
             _ => {
                 // Never echo a secret back: at most the ID's length of it.
                 let shown: String = s

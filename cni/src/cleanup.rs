@@ -10,8 +10,6 @@
 //! [`ROUTE_PROTOCOL`](crate::routes::ROUTE_PROTOCOL), and `CNI-*` chains whose POSTROUTING rule carries
 //! the network's name in its comment.
 
-use std::process::Command;
-
 use tokio_stream::StreamExt;
 
 use crate::routes::RouteTable;
@@ -161,18 +159,7 @@ pub(crate) fn split_rule(rule: &str) -> Vec<String> {
 }
 
 fn iptables(args: &[&str]) -> Result<String, CleanupError> {
-    let out = Command::new("iptables")
-        .args(args)
-        .output()
-        .map_err(|e| CleanupError::Nat(format!("cannot run iptables: {e}")))?;
-    if !out.status.success() {
-        return Err(CleanupError::Nat(format!(
-            "iptables {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::masq::run(false, args).map_err(CleanupError::Nat)
 }
 
 fn remove_nat_rules(network: &str) -> Result<Vec<String>, CleanupError> {

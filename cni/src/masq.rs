@@ -45,8 +45,9 @@ fn binary(ipv6: bool) -> &'static str {
     }
 }
 
-/// Runs `binary args`; its stdout, or its message.
-fn run(ipv6: bool, args: &[&str]) -> Result<String, String> {
+/// Runs `iptables` (`ip6tables` with `ipv6`) with `args`; its stdout, or
+/// its message. Shared with [`crate::cleanup`].
+pub(crate) fn run(ipv6: bool, args: &[&str]) -> Result<String, String> {
     let bin = binary(ipv6);
     let out = Command::new(bin)
         .args(args)

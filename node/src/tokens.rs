@@ -199,11 +199,7 @@ pub async fn get(client: &kube::Client, id: &str) -> anyhow::Result<Option<Boots
 /// whether it existed.
 pub async fn delete(client: &kube::Client, id_or_token: &str) -> anyhow::Result<bool> {
     let id = id_or_token.split('.').next().unwrap_or_default();
-    if id.len() != 6
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
+    if !bootstrap::join::valid_token_id(id) {
         return Err(bootstrap::join::JoinError::Token(id.to_string()).into());
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), TOKEN_NAMESPACE);
