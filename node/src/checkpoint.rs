@@ -298,6 +298,12 @@ impl Checkpoint {
         self.put(ETCD_MEMBER_KEY, member)
     }
 
+    /// This host's etcd member left the cluster: nothing to bring back.
+    pub fn forget_etcd_member(&self) -> Result<(), CheckpointError> {
+        self.db.remove(ETCD_MEMBER_KEY).map_err(|e| self.io(e))?;
+        self.flush()
+    }
+
     /// Every pod checkpoint, by component. A corrupt entry is an error: the
     /// caller reports it and uses none of them. So is an entry the index
     /// lists that the database does not hold as written: sled stops reading

@@ -238,9 +238,14 @@ signature for the token and the CA against the pin (a cluster with another CA is
 written), records that this host belongs to the cluster, and lets the kubelet trade the token for its \
 client certificate; it ends when the node is Ready. The agent must be running. Interrupted (even by \
 kill -9), run it again with the same string: it resumes. A host that belongs to a cluster is refused \
-(exit 3): 'selfnode stop' and 'selfnode reset' first.\n\nExit codes: 0 joined; 1 a failure a retry \
+(exit 3): 'selfnode stop' and 'selfnode reset' first.\n\nWith --control-plane (or a string ending \
+in /control-plane, from 'selfnode token create --control-plane'), the node also gets the control-plane \
+label: the kube-apiserver DaemonSet puts an API server on it, and this host's agent adds its etcd \
+member as a learner and promotes it once in sync (quorum-safe); join ends when both serve. The same \
+happens to any node labelled later with 'kubectl label node NODE node-role.kubernetes.io/control-plane='; \
+removing the label takes the member out again.\n\nExit codes: 0 joined; 1 a failure a retry \
 may fix (an unreachable endpoint); 2 bad input (a malformed string, an unknown, expired or deleted \
-token, a wrong CA pin); 3 the host belongs to a cluster."
+token, a wrong CA pin, --control-plane with a worker token); 3 the host belongs to a cluster."
 )]
 pub struct JoinArgs {
     /// The join string (also accepted as --token)
@@ -253,7 +258,8 @@ pub struct JoinArgs {
     /// The join string, as the design names it
     #[arg(long, value_name = "JOIN_STRING")]
     pub token: Option<String>,
-    /// Join as a control-plane node (not built yet: refused)
+    /// Join as a control-plane node: an API server and an etcd member here (needs a
+    /// token made with 'selfnode token create --control-plane')
     #[arg(long)]
     pub control_plane: bool,
     /// This node's name [default: the hostname]
@@ -319,7 +325,7 @@ pub enum TokenCommand {
         /// What the token is for (shown by 'token list')
         #[arg(long, default_value = "", value_name = "TEXT")]
         description: String,
-        /// The token joins control-plane nodes
+        /// The token joins control-plane nodes (it may label Nodes: treat it as the cluster's keys)
         #[arg(long)]
         control_plane: bool,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]

@@ -160,7 +160,7 @@ impl Classify for crate::join::JoinConflict {
     }
 }
 
-impl Classify for crate::commands::ControlPlaneJoinNotBuilt {
+impl Classify for crate::join::NotAControlPlaneToken {
     fn class(&self) -> Class {
         Class::Invalid
     }
@@ -223,7 +223,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<bootstrap::join::JoinError>,
     by::<crate::tokens::TtlError>,
     by::<crate::join::JoinConflict>,
-    by::<crate::commands::ControlPlaneJoinNotBuilt>,
+    by::<crate::join::NotAControlPlaneToken>,
 ];
 
 /// The class of one cause, if [`CLASSIFIERS`] knows its type.
@@ -421,7 +421,9 @@ mod tests {
                 node: "n".into(),
                 role: "init".into(),
             }),
-            Box::new(crate::commands::ControlPlaneJoinNotBuilt),
+            Box::new(crate::join::NotAControlPlaneToken {
+                token_id: "abcdef".into(),
+            }),
         ];
         // One sample per line of CLASSIFIERS: a type added there needs its
         // sample here, so that a missing line is caught.

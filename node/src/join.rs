@@ -33,6 +33,9 @@ use crate::init::plan::{self, Sequence, Step};
 use crate::init::steps::{self, until, Runner, StepReport};
 use crate::paths::HostPaths;
 
+/// The DNS name in every API server certificate (kubeadm's too).
+const API_SERVER_NAME: &str = "kubernetes";
+
 /// The validated input of a join.
 pub struct JoinContext {
     pub paths: HostPaths,
@@ -42,6 +45,9 @@ pub struct JoinContext {
     /// The address the node serves on (default: the host's address on the
     /// route to the cluster's first endpoint).
     pub advertise_address: Option<IpAddr>,
+    /// Join as a control-plane node (`--control-plane`, or a join string
+    /// ending in `/control-plane`).
+    pub control_plane: bool,
     pub quiet: bool,
 }
 
@@ -53,6 +59,8 @@ pub struct JoinSummary {
     pub node_ip: IpAddr,
     /// The API servers the node-local balancer forwards to.
     pub api_endpoints: Vec<String>,
+    /// Joined as a control-plane node (etcd member and kube-apiserver).
+    pub control_plane: bool,
     pub seconds: f64,
     pub steps: Vec<StepReport>,
 }
@@ -64,6 +72,14 @@ pub struct JoinConflict {
     pub cluster: String,
     pub node: String,
     pub role: String,
+}
+
+/// A control-plane join with a token made without `--control-plane`:
+/// exit code 2, nothing written.
+#[derive(Debug, thiserror::Error)]
+#[error("token {token_id} is not a control-plane token (it cannot label this node a control-plane node); nothing was written. Make one on a control-plane host with 'selfnode token create --control-plane', or join as a worker without --control-plane")]
+pub struct NotAControlPlaneToken {
+    pub token_id: String,
 }
 
 /// What discovery found, shared by the steps after it.
@@ -122,6 +138,7 @@ pub async fn run(ctx: JoinContext) -> anyhow::Result<JoinSummary> {
         Sequence::Join,
         plan::Observed {
             joined,
+            control_plane: ctx.control_plane,
             ..plan::Observed::default()
         },
     );
@@ -148,6 +165,7 @@ pub async fn run(ctx: JoinContext) -> anyhow::Result<JoinSummary> {
         node_name: ctx.node_name.clone(),
         node_ip,
         api_endpoints: ctx.join.endpoints.clone(),
+        control_plane: ctx.control_plane,
         seconds: run.elapsed().as_secs_f64(),
         steps: reports,
     })
@@ -161,6 +179,8 @@ async fn execute(step: Step, run: &Runner, join: &Join<'_>) -> anyhow::Result<St
         Step::WriteBootstrapKubeconfig => write_bootstrap_kubeconfig(run, join).await,
         Step::WaitNodeRegistered => wait_node_registered(run, join).await,
         Step::WaitNodeReady => wait_node_ready(run, join).await,
+        Step::LabelControlPlane => label_control_plane(run, join).await,
+        Step::WaitControlPlane => wait_control_plane(run, join).await,
         other => anyhow::bail!("{other} is not a step of join"),
     }
 }
@@ -193,6 +213,9 @@ async fn discover_cluster(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepR
                 }
             };
             let settings = read_settings(via, &info, js).await?;
+            if join.ctx.control_plane {
+                check_control_plane_token(via, &info, js).await?;
+            }
             let node_ip = match join.ctx.advertise_address {
                 Some(ip) => ip,
                 None => local_address_towards(via)?,
@@ -259,9 +282,46 @@ async fn read_settings(
     ClusterSettings::from_config_map(&cm).map_err(anyhow::Error::msg)
 }
 
+/// Whether the token carries the control-plane group (a SelfSubjectReview
+/// says what the API server authenticated it as): refused before anything
+/// is written otherwise.
+async fn check_control_plane_token(
+    via: SocketAddr,
+    info: &ClusterInfo,
+    js: &JoinString,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let client = token_client(&format!("https://{via}"), info, js)?;
+    let reviews: Api<SelfSubjectReview> = Api::all(client);
+    let review = reviews
+        .create(&kube::api::PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .context("asking the API server what the token is (SelfSubjectReview)")?;
+    let groups = review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.groups)
+        .unwrap_or_default();
+    if groups
+        .iter()
+        .any(|g| g == bootstrap::join::CONTROL_PLANE_TOKEN_GROUP)
+    {
+        Ok(())
+    } else {
+        Err(NotAControlPlaneToken {
+            token_id: js.token.id().to_string(),
+        }
+        .into())
+    }
+}
+
 fn token_client(server: &str, info: &ClusterInfo, js: &JoinString) -> anyhow::Result<kube::Client> {
     let mut config = kube::Config::new(server.parse()?);
     config.root_cert = Some(bootstrap::join::certs_der(&info.ca_pem)?);
+    // The name every API server's certificate carries: they share the
+    // DaemonSet's one certificate, which names the first control-plane
+    // node's address but not the others' (a join string lists them all).
+    config.tls_server_name = Some(API_SERVER_NAME.to_string());
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.auth_info.token = Some(js.token.expose().into());
     Ok(kube::Client::try_from(config)?)
@@ -457,6 +517,122 @@ async fn wait_node_ready(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepRe
                         .get_opt(name)
                         .await?
                         .is_some_and(|n| crate::init::ready::node_ready(&n)))
+                },
+            )
+            .await
+        },
+    )
+    .await
+}
+
+/// The token's client through this node's balancer (the CA the host
+/// pinned at discovery is on disk by now).
+fn token_client_via_lb(join: &Join<'_>) -> anyhow::Result<kube::Client> {
+    let paths = &join.ctx.paths;
+    let ca_file = paths.pki_dir().join("ca.crt");
+    let ca_pem = std::fs::read(&ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
+    let node = NodeIdentity::read(&paths.node_identity_file())?
+        .context("the node identity is not written yet")?;
+    let loopback: IpAddr = if node.node_ip.is_ipv6() {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    };
+    let server = format!(
+        "https://{}",
+        SocketAddr::new(loopback, crate::init::agent_api_lb_port(paths))
+    );
+    let mut config = kube::Config::new(server.parse()?);
+    config.root_cert = Some(bootstrap::join::certs_der(&ca_pem)?);
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.auth_info.token = Some(join.ctx.join.token.expose().into());
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// `label_control_plane`: the control-plane label (and taint, unless the
+/// cluster allows workloads on control-plane nodes) on this Node, set with
+/// the control-plane token (kubelets may not set node-role labels). Done
+/// when the Node carries the label, read with the kubelet's credentials.
+async fn label_control_plane(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
+    let name = &join.ctx.node_name;
+    let paths = &join.ctx.paths;
+    run.step(
+        Step::LabelControlPlane,
+        Duration::from_secs(60),
+        || async {
+            let client = node_client(paths)
+                .await?
+                .context("the kubelet's kubeconfig is gone")?;
+            crate::agent::checkpointer::is_control_plane_node(&client, name).await
+        },
+        || async {
+            let node = node_client(paths)
+                .await?
+                .context("the kubelet's kubeconfig is gone")?;
+            let cms: Api<ConfigMap> = Api::namespaced(node, "kube-system");
+            let settings = ClusterSettings::from_config_map(
+                &cms.get(CLUSTER_SETTINGS)
+                    .await
+                    .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?,
+            )
+            .map_err(anyhow::Error::msg)?;
+            bootstrap::objects::mark_control_plane(
+                token_client_via_lb(join)?,
+                name,
+                bootstrap::objects::FIELD_MANAGER,
+                !settings.allow_workloads,
+            )
+            .await
+            .map_err(|e| {
+                anyhow::Error::new(e).context(format!(
+                    "labelling Node {name} a control-plane node with token {} (a token made with 'selfnode token create --control-plane' may)",
+                    join.ctx.join.token.id()
+                ))
+            })?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// `wait_control_plane`: the agent's member controller has promoted this
+/// node's etcd member (its identity is in the checkpoint) and the
+/// kube-apiserver DaemonSet's pod is Ready here.
+async fn wait_control_plane(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
+    let name = &join.ctx.node_name;
+    let paths = &join.ctx.paths;
+    run.wait(
+        Step::WaitControlPlane,
+        &format!("the etcd member and kube-apiserver of {name}"),
+        || async {
+            until(
+                &format!(
+                    "the agent to add and promote this node's etcd member and the kube-apiserver pod on {name} to be Ready (see 'selfnode status' and {})",
+                    paths.log_dir().join("agent.log").display()
+                ),
+                Duration::from_secs(300),
+                Duration::from_secs(1),
+                || async {
+                    let member = Checkpoint::open(&paths.checkpoint_dir())?.etcd_member()?;
+                    if member.is_none() {
+                        anyhow::bail!("the etcd member is not promoted yet");
+                    }
+                    let client = node_client(paths)
+                        .await?
+                        .context("the kubelet's kubeconfig is gone")?;
+                    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                        Api::namespaced(client, "kube-system");
+                    let list = pods
+                        .list(
+                            &kube::api::ListParams::default()
+                                .labels("k8s-app=kube-apiserver")
+                                .fields(&format!("spec.nodeName={name}")),
+                        )
+                        .await?;
+                    Ok(list.items.iter().any(|p| {
+                        !crate::agent::checkpointer::is_mirror(p)
+                            && crate::init::ready::pod_ready(p)
+                    }))
                 },
             )
             .await

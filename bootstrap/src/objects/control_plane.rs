@@ -39,6 +39,20 @@ pub(crate) const SCHEDULER: &str = "kube-scheduler";
 /// Volume names in the pods.
 pub(crate) const PKI_VOLUME: &str = "pki";
 pub(crate) const KUBECONFIG_VOLUME: &str = "kubeconfig";
+/// The apiserver pod's volume of [`ETCD_CA_SECRET`]; no container mounts it.
+pub(crate) const ETCD_CA_VOLUME: &str = "etcd-member-ca";
+
+/// Secret (`kube-system`) with the etcd CA's certificate and key (keys
+/// `etcd-ca.crt`, `etcd-ca.key`): what a control-plane node's agent issues
+/// its etcd member's server, peer and healthcheck certificates with.
+///
+/// The kube-apiserver DaemonSet's pods name it as a volume that no
+/// container mounts. That volume is the only reason a node may read it:
+/// the Node authorizer lets a kubelet's credentials read the Secrets of
+/// the pods bound to that node, so a node gets the etcd CA exactly while
+/// the DaemonSet (its control-plane label) puts an apiserver there, and
+/// no key is ever copied between hosts by hand.
+pub const ETCD_CA_SECRET: &str = "selfnode-etcd-ca";
 
 /// The self-hosted flags of each control-plane component.
 pub(crate) fn component_flags(spec: &PlaneSpec) -> [(&'static str, Flags); 3] {
@@ -224,15 +238,49 @@ fn control_plane_pod(container: Container, volumes: Vec<Volume>, dns_policy: &st
     }
 }
 
+/// The files of [`ETCD_CA_SECRET`]: the etcd CA's certificate and key.
+pub(crate) fn etcd_ca_files(spec: &PlaneSpec) -> [PathBuf; 2] {
+    let base = spec.pki_dir.join(crate::pki::names::ETCD_CA);
+    [base.with_extension("crt"), base.with_extension("key")]
+}
+
+fn etcd_ca_secret(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Secret, ObjectsError> {
+    let mut data = BTreeMap::new();
+    for file in etcd_ca_files(spec) {
+        let bytes = files.get(&file).ok_or_else(|| ObjectsError::MissingFile {
+            path: file.clone(),
+            component: ETCD_CA_SECRET.to_string(),
+        })?;
+        data.insert(secret_key(spec, &file), ByteString(bytes.to_vec()));
+    }
+    Ok(Secret {
+        metadata: meta::object_meta(ETCD_CA_SECRET, true, &[("tier", "control-plane")]),
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Secret::default()
+    })
+}
+
 pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object>, ObjectsError> {
     let [(_, api_flags), (_, cm_flags), (_, sched_flags)] = component_flags(spec);
-    let api = mounted_secret(spec, APISERVER, &api_flags.files(), files)?;
+    let mut api = mounted_secret(spec, APISERVER, &api_flags.files(), files)?;
+    // Named, never mounted: see ETCD_CA_SECRET.
+    api.volumes.push(Volume {
+        name: ETCD_CA_VOLUME.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(ETCD_CA_SECRET.to_string()),
+            default_mode: Some(SECRET_FILE_MODE),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
     let cm = mounted_secret(spec, CONTROLLER_MANAGER, &cm_flags.files(), files)?;
     let sched = mounted_secret(spec, SCHEDULER, &sched_flags.files(), files)?;
     let out = vec![
         Object::Secret(api.secret.clone()),
         Object::Secret(cm.secret.clone()),
         Object::Secret(sched.secret.clone()),
+        Object::Secret(etcd_ca_secret(spec, files)?),
         Object::DaemonSet(apiserver_daemonset(spec, &api_flags, api)),
         Object::Deployment(controller_manager_deployment(spec, &cm_flags, cm)),
         Object::Deployment(scheduler_deployment(spec, &sched_flags, sched)),

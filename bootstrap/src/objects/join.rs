@@ -9,17 +9,24 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{
-    ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{meta, Object, ObjectsError, PlaneFiles, NAMESPACE};
-use crate::join::{cluster_info, CLUSTER_INFO, CLUSTER_INFO_NAMESPACE, NODE_TOKEN_GROUP};
+use crate::join::{
+    cluster_info, CLUSTER_INFO, CLUSTER_INFO_NAMESPACE, CONTROL_PLANE_TOKEN_GROUP, NODE_TOKEN_GROUP,
+};
 use crate::plane::PlaneSpec;
 
 /// The ConfigMap (in `kube-system`) with [`ClusterSettings`].
 pub const CLUSTER_SETTINGS: &str = "selfnode-cluster";
 const SETTINGS_KEY: &str = "cluster.json";
+/// Role (and binding, namespace `default`) that lets nodes read the API
+/// servers' EndpointSlice.
+const APISERVERS_ROLE: &str = "selfnode:node-apiservers";
+/// ClusterRole (and its binding) of control-plane tokens.
+const CONTROL_PLANE_JOIN_ROLE: &str = "selfnode:control-plane-join";
 const NODES_GROUP: &str = "system:nodes";
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -40,6 +47,11 @@ pub struct ClusterSettings {
     pub service_cidr: String,
     /// The control plane's Kubernetes version (`v1.x.y`).
     pub kubernetes_version: String,
+    /// Control-plane nodes take ordinary pods (no `NoSchedule` taint), as
+    /// the first one was made (`init --allow-workloads`). Absent in
+    /// clusters made before control-plane join: false.
+    #[serde(default)]
+    pub allow_workloads: bool,
 }
 
 impl ClusterSettings {
@@ -134,6 +146,7 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
         pod_cidr: spec.pod_cidr.to_string(),
         service_cidr: spec.service_cidr.to_string(),
         kubernetes_version: spec.kubernetes_version.clone(),
+        allow_workloads: spec.allow_workloads,
     };
     let settings_cm = ConfigMap {
         metadata: meta::object_meta(CLUSTER_SETTINGS, true, &[]),
@@ -162,9 +175,47 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
             NODES_GROUP,
         ),
+        // A control-plane token labels (and taints) the Node its kubelet
+        // registered: kubelets may not set node-role labels themselves.
+        // Holding such a token is holding the cluster: the label gives the
+        // node an apiserver and an etcd member.
+        Object::ClusterRole(ClusterRole {
+            metadata: meta::object_meta(CONTROL_PLANE_JOIN_ROLE, false, &[]),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["nodes".to_string()]),
+                verbs: vec!["get".to_string(), "patch".to_string()],
+                ..PolicyRule::default()
+            }]),
+            ..ClusterRole::default()
+        }),
+        cluster_binding(
+            CONTROL_PLANE_JOIN_ROLE,
+            CONTROL_PLANE_JOIN_ROLE,
+            CONTROL_PLANE_TOKEN_GROUP,
+        ),
         Object::ConfigMap(info),
         Object::ConfigMap(settings_cm),
     ];
+    // Every node's API balancer learns the API servers from the
+    // `kubernetes` EndpointSlice, with the kubelet's credentials.
+    let mut m = meta::object_meta(APISERVERS_ROLE, false, &[]);
+    m.namespace = Some("default".to_string());
+    out.push(Object::Role(Role {
+        metadata: m.clone(),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["discovery.k8s.io".to_string()]),
+            resources: Some(vec!["endpointslices".to_string()]),
+            resource_names: Some(vec!["kubernetes".to_string()]),
+            verbs: vec!["get".to_string()],
+            ..PolicyRule::default()
+        }]),
+    }));
+    out.push(Object::RoleBinding(RoleBinding {
+        metadata: m,
+        role_ref: role_ref("Role", APISERVERS_ROLE),
+        subjects: Some(vec![binding_subject("Group", NODES_GROUP)]),
+    }));
     out.extend(read_one_config_map(
         CLUSTER_INFO_NAMESPACE,
         "selfnode:bootstrap-signer-clusterinfo",

@@ -43,6 +43,7 @@ pub use apply::{
     mark_control_plane, with_control_plane_taint, Applied, ApplyError, ApplyOutcome,
 };
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
+pub use control_plane::ETCD_CA_SECRET;
 pub use join::{ClusterSettings, CLUSTER_SETTINGS};
 
 /// Namespace of every namespaced object here.
@@ -244,6 +245,7 @@ impl PlaneFiles {
         let mut all: Vec<PathBuf> = control_plane::component_flags(spec)
             .into_iter()
             .flat_map(|(_, f)| f.files())
+            .chain(control_plane::etcd_ca_files(spec))
             .collect();
         all.sort();
         all.dedup();

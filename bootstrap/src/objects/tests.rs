@@ -71,6 +71,7 @@ fn the_expected_objects_in_dependency_order() {
             "ServiceAccount kube-system/coredns",
             "ClusterRole selfnode:network",
             "ClusterRole system:coredns",
+            "ClusterRole selfnode:control-plane-join",
             "ClusterRoleBinding kubeadm:cluster-admins",
             "ClusterRoleBinding kubeadm:apiserver-kubelet-client",
             "ClusterRoleBinding kubeadm:node-proxier",
@@ -79,6 +80,9 @@ fn the_expected_objects_in_dependency_order() {
             "ClusterRoleBinding selfnode:kubelet-bootstrap",
             "ClusterRoleBinding selfnode:node-autoapprove-bootstrap",
             "ClusterRoleBinding selfnode:node-autoapprove-certificate-rotation",
+            "ClusterRoleBinding selfnode:control-plane-join",
+            "Role default/selfnode:node-apiservers",
+            "RoleBinding default/selfnode:node-apiservers",
             "Role kube-public/selfnode:bootstrap-signer-clusterinfo",
             "RoleBinding kube-public/selfnode:bootstrap-signer-clusterinfo",
             "Role kube-system/selfnode:cluster-settings",
@@ -86,6 +90,7 @@ fn the_expected_objects_in_dependency_order() {
             "Secret kube-system/kube-apiserver",
             "Secret kube-system/kube-controller-manager",
             "Secret kube-system/kube-scheduler",
+            "Secret kube-system/selfnode-etcd-ca",
             "ConfigMap kube-system/kube-proxy",
             "ConfigMap kube-system/coredns",
             "ConfigMap kube-public/cluster-info",
@@ -453,7 +458,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
     ensure_encryption_config(&h, &s.pki_dir, &mut rand::rng()).unwrap();
     let files = PlaneFiles::read(&h, &s).unwrap();
     let objs = self_hosted_objects(&s, &files).unwrap();
-    assert_eq!(objs.len(), 31);
+    assert_eq!(objs.len(), 36);
     // Debug output never shows contents (private keys).
     let dbg = format!("{files:?}");
     assert!(
@@ -463,7 +468,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
 }
 
 #[test]
-fn required_files_are_exactly_those_of_the_three_components() {
+fn required_files_are_exactly_those_of_the_three_components_and_the_etcd_ca() {
     let s = spec();
     let want: Vec<PathBuf> = [
         "/etc/kubernetes/controller-manager.conf",
@@ -477,6 +482,7 @@ fn required_files_are_exactly_those_of_the_three_components() {
         "/etc/kubernetes/pki/ca.key",
         "/etc/kubernetes/pki/encryption-config.yaml",
         "/etc/kubernetes/pki/etcd/ca.crt",
+        "/etc/kubernetes/pki/etcd/ca.key",
         "/etc/kubernetes/pki/front-proxy-ca.crt",
         "/etc/kubernetes/pki/front-proxy-client.crt",
         "/etc/kubernetes/pki/front-proxy-client.key",

@@ -686,6 +686,35 @@ fn inspect_ca(
             })
         }
         (Some(cert_pem), Some(key_pem)) => {
+            let ca = parse_ca(&cert_path, &key_path, &cert_pem, &key_pem, now)?;
+            Ok(CaPlan::Reuse {
+                cert_path,
+                key_path,
+                cert_pem,
+                key_pem,
+                ca,
+            })
+        }
+    }
+}
+
+/// A CA from its PEM files, checked as [`ensure_pki`] checks one on disk
+/// (the paths are for messages).
+fn parse_ca(
+    cert_path: &Path,
+    key_path: &Path,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    now: i64,
+) -> Result<Ca, PkiError> {
+    let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
+    let key_unreadable = |reason: String| PkiError::CaKeyUnreadable {
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+        reason,
+    };
+    {
+        {
             let cert_unreadable = |reason: String| PkiError::CaCertUnreadable {
                 cert: cert_path.clone(),
                 key: key_path.clone(),
@@ -722,17 +751,57 @@ fn inspect_ca(
                     not_after: cert::system_time(not_after),
                 });
             }
-            let ca = Ca::new(cert_pem.clone(), der.clone(), key)
-                .map_err(|e| cert_unreadable(format!("it cannot sign: {e}")))?;
-            Ok(CaPlan::Reuse {
-                cert_path,
-                key_path,
-                cert_pem,
-                key_pem,
-                ca,
-            })
+            Ca::new(cert_pem.to_vec(), der.clone(), key)
+                .map_err(|e| cert_unreadable(format!("it cannot sign: {e}")))
         }
     }
+}
+
+/// The certificates of an etcd member joining a running cluster on this
+/// node (a control-plane node that is not the first): `etcd/ca.crt`, and
+/// `etcd/server`, `etcd/peer` (CN and SANs: the node's name, its
+/// addresses, loopback) and `etcd/healthcheck-client` issued with the etcd
+/// CA given as PEM (from the cluster's `selfnode-etcd-ca` Secret). The CA's
+/// key is used in memory and never written. Idempotent as [`ensure_pki`]:
+/// valid leaves are kept, leaves of another CA or with other names renewed.
+///
+/// Errors with [`PkiError`]: an invalid spec, a CA that cannot sign, a
+/// write that fails.
+pub fn ensure_etcd_member(
+    host: &dyn Host,
+    spec: &PkiSpec,
+    ca_cert_pem: &[u8],
+    ca_key_pem: &[u8],
+    now: SystemTime,
+) -> Result<PkiReport, PkiError> {
+    spec.validate()?;
+    let now = cert::unix_secs(now);
+    let cert_path = spec.cert_path(names::ETCD_CA);
+    let key_path = spec.key_path(names::ETCD_CA);
+    let ca = parse_ca(&cert_path, &key_path, ca_cert_pem, ca_key_pem, now)?;
+    let mut run = Run {
+        host,
+        now,
+        report: PkiReport::default(),
+    };
+    host.ensure_dir(&spec.pki_dir, DIR_MODE)?;
+    host.ensure_dir(&spec.etcd_pki_dir(), DIR_MODE)?;
+    match host.read_file(&cert_path)? {
+        Some(old) if old == ca_cert_pem => run.keep(&cert_path, ca_cert_pem)?,
+        Some(_) => run.put(&cert_path, ca_cert_pem, Some(RenewReason::NotSignedByCa))?,
+        None => run.put(&cert_path, ca_cert_pem, None)?,
+    }
+    let member = [
+        names::ETCD_SERVER,
+        names::ETCD_PEER,
+        names::ETCD_HEALTHCHECK_CLIENT,
+    ];
+    for (base, ca_id, profile) in leaf_profiles(spec)? {
+        if matches!(ca_id, CaId::Etcd) && member.contains(&base) {
+            run.ensure_leaf(spec, base, &profile, &ca)?;
+        }
+    }
+    Ok(run.report)
 }
 
 /// The existing, readable `sa.key` (PEM and parsed), or `None` if absent.

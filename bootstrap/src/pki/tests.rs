@@ -1037,3 +1037,66 @@ fn report_reasons_read_well() {
         "2030-03-17T17:46:40Z"
     );
 }
+
+#[test]
+fn an_etcd_member_of_another_node_gets_its_own_certificates_and_never_the_ca_key() {
+    let first = MemHost::new();
+    run(&first, &spec(), t0());
+    let ca_crt = file(&first, "pki/etcd/ca.crt");
+    let ca_key = file(&first, "pki/etcd/ca.key");
+
+    let joining = MemHost::new();
+    let node2 = PkiSpec::new("cp-2", vec!["10.0.0.11".parse().unwrap()]);
+    let report = ensure_etcd_member(&joining, &node2, &ca_crt, &ca_key, t0()).unwrap();
+    assert_eq!(
+        actions(&report),
+        [
+            "pki/etcd/ca.crt",
+            "pki/etcd/server.crt",
+            "pki/etcd/server.key",
+            "pki/etcd/peer.crt",
+            "pki/etcd/peer.key",
+            "pki/etcd/healthcheck-client.crt",
+            "pki/etcd/healthcheck-client.key",
+        ]
+        .iter()
+        .map(|f| (f.to_string(), "created"))
+        .collect()
+    );
+    assert!(joining.file(p("pki/etcd/ca.key")).is_none(), "the CA key stays in memory");
+    let ca = cert(&joining, "pki/etcd/ca.crt");
+    for leaf in ["pki/etcd/server.crt", "pki/etcd/peer.crt"] {
+        let c = cert(&joining, leaf);
+        assert!(signed_by(&c, &ca), "{leaf}");
+        assert_eq!(c.cn, "cp-2");
+        assert!(c.ips.contains(&"10.0.0.11".parse::<IpAddr>().unwrap()), "{leaf}: {:?}", c.ips);
+        assert!(!c.ips.contains(&"10.0.0.10".parse::<IpAddr>().unwrap()), "{leaf}");
+        assert!(c.dns.contains("cp-2"), "{leaf}");
+    }
+    assert_eq!(joining.mode(p("pki/etcd/peer.key")), Some(0o600));
+
+    // Idempotent: a second pass keeps everything.
+    let again = ensure_etcd_member(&joining, &node2, &ca_crt, &ca_key, t0()).unwrap();
+    assert!(renewed(&again).is_empty(), "{:?}", renewed(&again));
+
+    // Another cluster's CA: the member's files are replaced, never mixed.
+    let other = MemHost::new();
+    run(&other, &spec(), t0());
+    let report = ensure_etcd_member(
+        &joining,
+        &node2,
+        &file(&other, "pki/etcd/ca.crt"),
+        &file(&other, "pki/etcd/ca.key"),
+        t0(),
+    )
+    .unwrap();
+    assert!(renewed(&report).contains("pki/etcd/ca.crt"));
+    assert!(renewed(&report).contains("pki/etcd/peer.crt"));
+
+    // A key that is not the certificate's: refused, nothing written.
+    joining.take_changes();
+    let err = ensure_etcd_member(&joining, &node2, &ca_crt, &file(&other, "pki/etcd/ca.key"), t0())
+        .unwrap_err();
+    assert!(matches!(err, PkiError::CaKeyMismatch { .. }), "{err}");
+    assert!(joining.take_changes().is_empty());
+}

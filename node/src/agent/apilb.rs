@@ -275,11 +275,19 @@ async fn forward(mut client: TcpStream, backends: &Backends) {
 }
 
 /// Whether `addr` can serve: `/readyz` when the CA is known, else a TCP
-/// connect.
+/// connect. The certificate is verified for the loopback address the
+/// balancer's clients dial (and verify), not for `addr`: every API server
+/// of the cluster serves the DaemonSet's one certificate, which names
+/// loopback and the Service IP but not each node's address.
 async fn backend_up(addr: SocketAddr, ca_file: &std::path::Path) -> bool {
     let check = async {
         if ca_file.is_file() {
-            super::probe::https_ok(addr, "/readyz", Some(ca_file), None)
+            let name = if addr.is_ipv6() {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            } else {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            };
+            super::probe::https_ok_as(addr, name, "/readyz", Some(ca_file), None)
                 .await
                 .is_ok()
         } else {

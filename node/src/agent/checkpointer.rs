@@ -231,7 +231,7 @@ async fn read_checkpoint(paths: &HostPaths) -> anyhow::Result<Option<Vec<PodChec
 
 /// Runs `f` on the sled checkpoint, opened for this call only (init and
 /// other commands open it too; the open waits for them), off the runtime.
-async fn with_checkpoint<T: Send + 'static>(
+pub(crate) async fn with_checkpoint<T: Send + 'static>(
     paths: &HostPaths,
     f: impl FnOnce(&Checkpoint) -> Result<T, crate::checkpoint::CheckpointError> + Send + 'static,
 ) -> anyhow::Result<T> {
@@ -386,7 +386,7 @@ async fn keep_and_hand_back(
 
 /// Whether this node carries the control-plane label (what the API server
 /// DaemonSet selects). The Node authorizer lets a kubelet read its own Node.
-async fn is_control_plane_node(client: &kube::Client, node: &str) -> anyhow::Result<bool> {
+pub(crate) async fn is_control_plane_node(client: &kube::Client, node: &str) -> anyhow::Result<bool> {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let n = nodes
         .get(node)

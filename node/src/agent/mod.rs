@@ -17,6 +17,7 @@
 //!   nothing outlives the agent.
 
 pub mod apilb;
+pub mod apiservers;
 pub mod cgroups;
 pub mod checkpointer;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod drain;
 pub mod extra;
 pub mod lock;
 pub mod logs;
+pub mod member;
 pub mod probe;
 pub mod reaper;
 pub mod services;
@@ -93,6 +95,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             ComponentStatus::new(IMAGES, None),
             ComponentStatus::new(KUBELET, Some(log_dir.join("kubelet.log"))),
             ComponentStatus::new(apilb::COMPONENT, None),
+            {
+                let mut c = ComponentStatus::new(member::COMPONENT, None);
+                c.state = ComponentState::Ready;
+                c.detail = Some("no cluster settled on this host yet".into());
+                c
+            },
             {
                 let mut c = ComponentStatus::new(checkpointer::COMPONENT, None);
                 c.state = ComponentState::Ready;
@@ -168,6 +176,20 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             containerd_socket: socket.clone(),
         }),
         status.clone(),
+        containerd_ready.clone(),
+        stop_background.clone(),
+    ));
+    tracker.spawn(member::run(
+        member::MemberContext {
+            paths: paths.clone(),
+            bundle: bundle.clone(),
+        },
+        status.clone(),
+        containerd_ready.clone(),
+        stop_background.clone(),
+    ));
+    tracker.spawn(apiservers::run(
+        paths.clone(),
         containerd_ready.clone(),
         stop_background.clone(),
     ));

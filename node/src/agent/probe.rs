@@ -32,11 +32,24 @@ pub async fn https_ok(
     ca_file: Option<&Path>,
     client: Option<&ClientCert>,
 ) -> Result<(), String> {
+    https_ok_as(address, address.ip(), path, ca_file, client).await
+}
+
+/// [`https_ok`], verifying the server's certificate for the address `name`
+/// instead of the one dialled: what a client that reaches `address`
+/// through a forwarder checks (the API balancer's clients dial loopback).
+pub async fn https_ok_as(
+    address: SocketAddr,
+    name: std::net::IpAddr,
+    path: &str,
+    ca_file: Option<&Path>,
+    client: Option<&ClientCert>,
+) -> Result<(), String> {
     let config = tls_config(ca_file, client)?;
     let tcp = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-    let name = ServerName::IpAddress(address.ip().into());
+    let name = ServerName::IpAddress(name.into());
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await

@@ -5,18 +5,11 @@ use std::process::ExitCode;
 use crate::cli::{JoinArgs, Output};
 use crate::paths::HostPaths;
 
-/// `join --control-plane` is refused until it is built (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("joining as a control-plane node is not built yet: join as a node (without --control-plane and with a token made without it)")]
-pub struct ControlPlaneJoinNotBuilt;
-
 pub async fn run(paths: &HostPaths, args: JoinArgs) -> anyhow::Result<ExitCode> {
     // Everything from the input alone, before anything is asked or written.
     let text = args.join_string.or(args.token).unwrap_or_default();
     let join: bootstrap::join::JoinString = text.parse()?;
-    if args.control_plane || join.control_plane {
-        return Err(ControlPlaneJoinNotBuilt.into());
-    }
+    let control_plane = args.control_plane || join.control_plane;
     let host = crate::init::host_identity()?;
     let node_name = bootstrap::config::node_name(args.node_name, &host)?;
     let advertise_address = args
@@ -29,11 +22,16 @@ pub async fn run(paths: &HostPaths, args: JoinArgs) -> anyhow::Result<ExitCode> 
         join,
         node_name,
         advertise_address,
+        control_plane,
         quiet: args.output == Output::Json,
     };
     let summary = crate::join::run(ctx).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Output::Table if summary.control_plane => println!(
+            "\nNode {} ({}) joined cluster {:?} as a control-plane node ({:.0}s): its etcd member is promoted and its kube-apiserver is Ready. Check with: selfnode etcd members",
+            summary.node_name, summary.node_ip, summary.cluster_name, summary.seconds
+        ),
         Output::Table => println!(
             "\nNode {} ({}) joined cluster {:?} and is Ready ({:.0}s). On a control-plane host: kubectl get nodes",
             summary.node_name, summary.node_ip, summary.cluster_name, summary.seconds

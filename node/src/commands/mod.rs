@@ -3,7 +3,6 @@
 pub(crate) mod etcd;
 mod images;
 mod join;
-pub use join::ControlPlaneJoinNotBuilt;
 mod recover;
 mod reset;
 mod status;

@@ -8,16 +8,10 @@ use crate::cli::{Output, TokenCommand};
 use crate::paths::HostPaths;
 
 pub async fn run(paths: &HostPaths, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
-    if let TokenCommand::Create {
-        ttl, control_plane, ..
-    } = &cmd
-    {
+    if let TokenCommand::Create { ttl, .. } = &cmd {
         // Before anything is asked of the cluster: a token nobody can use
         // is a credential for nothing.
         crate::tokens::check_ttl(*ttl)?;
-        if *control_plane {
-            return Err(super::ControlPlaneJoinNotBuilt.into());
-        }
     }
     let admin = paths.kubeconfig_dir().join("admin.conf");
     if !admin.exists() {

@@ -237,7 +237,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
 
     let observed = plan::Observed {
         pivoted: checkpoint.pivot_committed()?,
-        joined: false,
+        ..plan::Observed::default()
     };
     let plan = plan::plan(ctx.sequence(), observed);
     let run = Runner::new(&plan, ctx.quiet);
@@ -302,7 +302,9 @@ async fn execute(step: Step, run: &Runner, seq: &Seq<'_>) -> anyhow::Result<Step
         Step::DiscoverCluster
         | Step::WriteBootstrapKubeconfig
         | Step::WaitNodeRegistered
-        | Step::WaitNodeReady => anyhow::bail!("{step} is a step of join, not of init"),
+        | Step::WaitNodeReady
+        | Step::LabelControlPlane
+        | Step::WaitControlPlane => anyhow::bail!("{step} is a step of join, not of init"),
     }
 }
 

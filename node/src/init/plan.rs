@@ -82,6 +82,12 @@ steps! {
     WaitNodeRegistered => "wait_node_registered",
     /// Join: the Node is Ready (the pod network runs on it).
     WaitNodeReady => "wait_node_ready",
+    /// Control-plane join: the Node gets the control-plane label (and the
+    /// taint, unless the cluster allows workloads there), with the token.
+    LabelControlPlane => "label_control_plane",
+    /// Control-plane join: the agent's etcd member is promoted and the
+    /// DaemonSet's kube-apiserver is Ready on this node.
+    WaitControlPlane => "wait_control_plane",
 }
 
 impl From<Step> for &'static str {
@@ -151,6 +157,8 @@ pub struct Observed {
     /// Join: the host recorded this cluster and its kubelet has its own
     /// credentials (the token is no longer needed).
     pub joined: bool,
+    /// Join: as a control-plane node.
+    pub control_plane: bool,
 }
 
 /// Whether a planned step runs.
@@ -249,7 +257,7 @@ const NO_PKI: &str = "no --pki given: the host's own PKI is used";
 /// objects are skipped; the checks that follow it run again.
 pub fn plan(sequence: Sequence, observed: Observed) -> Plan {
     if sequence == Sequence::Join {
-        return join_plan(observed.joined);
+        return join_plan(observed.joined, observed.control_plane);
     }
     let restore = sequence.from_snapshot().is_some();
     let pivoted = observed.pivoted;
@@ -338,20 +346,30 @@ const JOINED: &str = "the host has joined: its kubelet has its own credentials";
 /// TLS bootstrap. Every step checks first, so a re-run resumes; once the
 /// host has joined, a re-run needs no valid token (it may have expired)
 /// and only waits.
-fn join_plan(joined: bool) -> Plan {
+///
+/// A control-plane join adds label_control_plane after the registration
+/// (the label brings the apiserver DaemonSet's pod and, through the agent,
+/// an etcd member) and wait_control_plane at the end.
+fn join_plan(joined: bool, control_plane: bool) -> Plan {
     let before = if joined {
         Action::Skip(JOINED)
     } else {
         Action::Run
     };
-    let steps = [
+    let mut steps = vec![
         (Step::DiscoverCluster, before),
         (Step::RecordClusterIdentity, before),
         (Step::WriteNodeIdentity, before),
         (Step::WriteBootstrapKubeconfig, before),
         (Step::WaitNodeRegistered, Action::Run),
-        (Step::WaitNodeReady, Action::Run),
     ];
+    if control_plane {
+        steps.push((Step::LabelControlPlane, Action::Run));
+    }
+    steps.push((Step::WaitNodeReady, Action::Run));
+    if control_plane {
+        steps.push((Step::WaitControlPlane, Action::Run));
+    }
     let lane = steps
         .iter()
         .enumerate()
@@ -403,6 +421,46 @@ mod tests {
         assert_eq!(
             names(&joined, |s| s.action == Action::Run),
             ["wait_node_registered", "wait_node_ready"]
+        );
+    }
+
+    #[test]
+    fn a_control_plane_join_labels_after_registering_and_waits_for_its_member() {
+        let cp = Observed {
+            control_plane: true,
+            ..Observed::default()
+        };
+        let p = plan(Sequence::Join, cp);
+        assert_eq!(
+            names(&p, |s| s.action == Action::Run),
+            [
+                "discover_cluster",
+                "record_cluster_identity",
+                "write_node_identity",
+                "write_bootstrap_kubeconfig",
+                "wait_node_registered",
+                "label_control_plane",
+                "wait_node_ready",
+                "wait_control_plane",
+            ]
+        );
+        let numbers: Vec<usize> = p.steps().map(|s| s.number).collect();
+        assert_eq!(numbers, (1..=8).collect::<Vec<_>>());
+        let rerun = plan(
+            Sequence::Join,
+            Observed {
+                joined: true,
+                ..cp
+            },
+        );
+        assert_eq!(
+            names(&rerun, |s| s.action == Action::Run),
+            [
+                "wait_node_registered",
+                "label_control_plane",
+                "wait_node_ready",
+                "wait_control_plane"
+            ]
         );
     }
 
@@ -466,6 +524,8 @@ mod tests {
                         | Step::WriteBootstrapKubeconfig
                         | Step::WaitNodeRegistered
                         | Step::WaitNodeReady
+                        | Step::LabelControlPlane
+                        | Step::WaitControlPlane
                 )
             })
             .map(|s| s.name())

@@ -428,6 +428,11 @@ impl TestHost {
         self.netns.as_ref().map(|n| format!("/selfnode-{}", n.name))
     }
 
+    /// What the host's commands get as `--root` (see [`TestHost::in_netns`]).
+    pub fn root_arg(&self) -> &Path {
+        &self.root_arg
+    }
+
     /// `program` run on this host: in its network and mount namespaces, if
     /// it has them.
     pub fn on_host(&self, program: &str) -> Command {

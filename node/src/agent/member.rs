@@ -1,0 +1,419 @@
+//! The etcd member of a control-plane node, driven by the node's label: the
+//! agent's member controller.
+//!
+//! The kube-apiserver is a DaemonSet on the nodes labelled
+//! `node-role.kubernetes.io/control-plane`, and each API server talks to
+//! the etcd member on its own node (loopback). So a node that gets the
+//! label (`selfnode join --control-plane`, or `kubectl label node`) needs
+//! an etcd member, and one that loses it must give its member up. Every
+//! [`PERIOD`] this task compares the label with what the node runs:
+//!
+//! - **Join** (labelled, no member recorded, a host that joined): reads
+//!   the etcd CA from the `selfnode-etcd-ca` Secret with the kubelet's
+//!   credentials (the Node authorizer allows it once the DaemonSet's pod,
+//!   which names that Secret, is bound here), issues this member's server,
+//!   peer and healthcheck certificates (the CA key stays in memory), adds
+//!   the member as a **learner** through the other control-plane nodes'
+//!   members (found at the addresses of the `kubernetes` EndpointSlice: each
+//!   API server runs beside its member; a learner does not count for
+//!   quorum), writes its static pod
+//!   (`--initial-cluster-state existing`), and **promotes** it once etcd
+//!   says it is in sync. The promoted member's identity goes into the
+//!   checkpoint, as at init. Each pass resumes where the last stopped: the
+//!   learner is found by its peer URL, the manifest rewritten only when it
+//!   differs.
+//! - **Leave** (the label gone for [`LEAVE_AFTER`] while the API answers,
+//!   a member recorded or its manifest present): removes the member through
+//!   etcd-mgr's quorum-safe `remove` (refused while the remaining voters
+//!   could not form a quorum, e.g. the last voter, so the only
+//!   control-plane node never removes its own member), then its static pod,
+//!   then moves its data directory aside (`etcd.removed-<unix time>`; a
+//!   removed member can never rejoin with it) and forgets it.
+//!
+//! The first host's member is made by `selfnode init` (the pivot); this
+//! task never adds one while a sequence owns etcd (the pivot marker is not
+//! committed yet, or a restore runs).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use bootstrap::host::Host;
+use bootstrap::objects::{ClusterSettings, CLUSTER_SETTINGS, ETCD_CA_SECRET};
+use bootstrap::plane::{EtcdInitial, InitialClusterState, Placement, PlaneSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::checkpointer::{is_control_plane_node, with_checkpoint};
+use super::services::NodeIdentity;
+use super::supervisor::StatusHandle;
+use crate::checkpoint::EtcdMemberIdentity;
+use crate::host::NodeHost;
+use crate::paths::HostPaths;
+use crate::status::ComponentState;
+
+pub const COMPONENT: &str = "etcd-member";
+/// How often the label is compared with the member.
+const PERIOD: Duration = Duration::from_secs(5);
+/// How long the label must stay gone, with the API answering, before the
+/// member leaves: a label removed and put back at once changes nothing.
+pub const LEAVE_AFTER: Duration = Duration::from_secs(30);
+/// How long one pass waits for a new learner to catch up before the next
+/// pass tries again.
+const PROMOTE_WAIT: Duration = Duration::from_secs(60);
+
+/// What the task needs, fixed for the agent's lifetime.
+pub struct MemberContext {
+    pub paths: HostPaths,
+    pub bundle: dist::bundle::Bundle,
+}
+
+/// Runs until `stop` (see the module docs).
+pub async fn run(
+    ctx: MemberContext,
+    status: StatusHandle,
+    mut containerd_ready: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        r = containerd_ready.wait_for(|r| *r) => if r.is_err() { return },
+    }
+    let mut client: Option<kube::Client> = None;
+    let mut unlabelled_since: Option<Instant> = None;
+    loop {
+        match pass(&ctx, &mut client, &mut unlabelled_since).await {
+            Ok(Some(note)) => status.update(COMPONENT, |c| {
+                c.state = ComponentState::Ready;
+                c.detail = Some(note);
+                c.last_error = None;
+            }),
+            Ok(None) => {}
+            Err(err) => {
+                let err = format!("{err:#}");
+                tracing::warn!(error = %err, "etcd member: this pass failed; retrying");
+                status.update(COMPONENT, |c| c.last_error = Some(err));
+                client = None;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PERIOD) => {}
+        }
+    }
+}
+
+/// What the checkpoint says about this host.
+struct Recorded {
+    joined: bool,
+    settled: bool,
+    member: Option<EtcdMemberIdentity>,
+}
+
+async fn recorded(paths: &HostPaths) -> anyhow::Result<Option<Recorded>> {
+    if !paths.checkpoint_dir().exists() {
+        return Ok(None);
+    }
+    with_checkpoint(paths, |c| {
+        let Some(id) = c.cluster_identity()? else {
+            return Ok(None);
+        };
+        let joined = id.role == "join";
+        Ok(Some(Recorded {
+            joined,
+            settled: joined || c.pivot_committed()?,
+            member: c.etcd_member()?,
+        }))
+    })
+    .await
+}
+
+/// One comparison of label and member; returns the status note.
+async fn pass(
+    ctx: &MemberContext,
+    client: &mut Option<kube::Client>,
+    unlabelled_since: &mut Option<Instant>,
+) -> anyhow::Result<Option<String>> {
+    let paths = &ctx.paths;
+    let kubeconfig = paths.kubelet_kubeconfig();
+    let Some(node) = NodeIdentity::read(&paths.node_identity_file())? else {
+        return Ok(None);
+    };
+    let Some(rec) = recorded(paths).await? else {
+        return Ok(None);
+    };
+    if !rec.settled || !kubeconfig.exists() {
+        return Ok(None);
+    }
+    let client = match client {
+        Some(c) => c.clone(),
+        None => client
+            .insert(crate::init::kube_client(&kubeconfig).await?)
+            .clone(),
+    };
+    let labelled = is_control_plane_node(&client, &node.node_name).await?;
+    let has_member = rec.member.is_some() || paths.etcd_manifest().exists();
+    if labelled {
+        *unlabelled_since = None;
+        if let Some(m) = &rec.member {
+            return Ok(Some(format!("etcd member {} ({}) runs here", m.name, m.id)));
+        }
+        if !rec.joined {
+            // The first host's member belongs to init and `recover`.
+            return Ok(None);
+        }
+        return join_member(ctx, &client, &node).await.map(Some);
+    }
+    if !has_member {
+        return Ok(Some("not a control-plane node: no etcd member here".into()));
+    }
+    let since = *unlabelled_since.get_or_insert_with(Instant::now);
+    if since.elapsed() < LEAVE_AFTER {
+        return Ok(Some(format!(
+            "the node lost its control-plane label: its etcd member leaves in {} s unless the label comes back",
+            LEAVE_AFTER.saturating_sub(since.elapsed()).as_secs()
+        )));
+    }
+    leave_member(ctx, &client, &node, rec.member.as_ref())
+        .await
+        .map(Some)
+}
+
+/// The cluster's settings as this node's [`PlaneSpec`] (its etcd flags,
+/// certificates and paths): name and address from the node's identity.
+async fn node_plane_spec(
+    ctx: &MemberContext,
+    client: &kube::Client,
+    node: &NodeIdentity,
+) -> anyhow::Result<PlaneSpec> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), bootstrap::objects::NAMESPACE);
+    let cm = cms
+        .get(CLUSTER_SETTINGS)
+        .await
+        .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?;
+    let cluster = ClusterSettings::from_config_map(&cm).map_err(anyhow::Error::msg)?;
+    let settings = bootstrap::config::InitSettings {
+        cluster_name: cluster.cluster_name,
+        node_name: node.node_name.clone(),
+        advertise_address: node.node_ip,
+        pod_cidr: cluster.pod_cidr.parse().context("the cluster's pod CIDR")?,
+        service_cidr: cluster
+            .service_cidr
+            .parse()
+            .context("the cluster's Service CIDR")?,
+        cluster_domain: cluster.cluster_domain,
+        extra_sans: Vec::new(),
+        bundle: None,
+        allow_workloads: cluster.allow_workloads,
+    };
+    Ok(crate::init::plane_spec(&ctx.paths, &settings, &ctx.bundle))
+}
+
+/// The client URLs of the etcd members on the other control-plane nodes:
+/// each API server the `kubernetes` EndpointSlice lists runs beside its
+/// etcd member (the DaemonSet's API server talks to the member on its own
+/// node), so the slice's addresses at the etcd client port. (A kubelet's
+/// credentials may read only its own Node, not list the others.)
+async fn other_members(
+    client: &kube::Client,
+    node: &NodeIdentity,
+    port: u16,
+) -> anyhow::Result<Vec<String>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice = slices
+        .get("kubernetes")
+        .await
+        .context("reading the kubernetes EndpointSlice (the API servers' addresses)")?;
+    let ips: std::collections::BTreeSet<std::net::IpAddr> = super::apiservers::addresses(&slice)
+        .into_iter()
+        .map(|a| a.ip())
+        .filter(|ip| *ip != node.node_ip)
+        .collect();
+    Ok(ips
+        .into_iter()
+        .map(|ip| format!("https://{}", std::net::SocketAddr::new(ip, port)))
+        .collect())
+}
+
+fn etcd_config(paths: &HostPaths, endpoints: Vec<String>) -> etcd_mgr::EtcdConfig {
+    etcd_mgr::EtcdConfig {
+        endpoints,
+        ..crate::etcd::config(paths)
+    }
+}
+
+async fn join_member(
+    ctx: &MemberContext,
+    client: &kube::Client,
+    node: &NodeIdentity,
+) -> anyhow::Result<String> {
+    let paths = &ctx.paths;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), bootstrap::objects::NAMESPACE);
+    let ca = match secrets.get(ETCD_CA_SECRET).await {
+        Ok(s) => s,
+        Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
+            return Ok(format!(
+                "control-plane node: waiting for the kube-apiserver pod to be bound here (it carries the etcd CA this member's certificates are issued with): {}",
+                e.message
+            ));
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading kube-system/{ETCD_CA_SECRET}")),
+    };
+    let data = ca.data.unwrap_or_default();
+    let field = |k: &str| {
+        data.get(k)
+            .map(|b| b.0.clone())
+            .with_context(|| format!("Secret {ETCD_CA_SECRET} has no {k}"))
+    };
+    let (ca_crt, ca_key) = (field("etcd-ca.crt")?, field("etcd-ca.key")?);
+    let spec = node_plane_spec(ctx, client, node).await?;
+    let pki = spec.pki_spec();
+    tokio::task::spawn_blocking(move || {
+        bootstrap::pki::ensure_etcd_member(&NodeHost, &pki, &ca_crt, &ca_key, SystemTime::now())
+    })
+    .await??;
+
+    let endpoints = other_members(client, node, spec.ports.etcd_client).await?;
+    if endpoints.is_empty() {
+        return Ok("control-plane node: no other control-plane node lists an etcd member to join yet".into());
+    }
+    let cfg = etcd_config(paths, endpoints);
+    let peer = spec.etcd_peer_url(Placement::SelfHosted);
+    let mut members = etcd_mgr::members(&cfg).await?;
+    if !members.iter().any(|m| m.peer_urls.contains(&peer)) {
+        // A member by this address is new: a static pod or data left by an
+        // earlier member of this node (removed since) would start the
+        // wrong identity.
+        remove_manifest(paths)?;
+        if let Some(p) = move_aside(&spec.etcd_data_dir)? {
+            tracing::warn!(kept = %p.display(), "moved an earlier member's etcd data aside");
+        }
+        let id = etcd_mgr::members::add_learner(&cfg, &peer).await?;
+        tracing::info!(member = %format!("{id:x}"), %peer, "added this node's etcd member as a learner");
+        members = etcd_mgr::members(&cfg).await?;
+    }
+    let initial = EtcdInitial {
+        members: members
+            .iter()
+            .filter_map(|m| {
+                let url = m.peer_urls.first()?.clone();
+                let name = if m.peer_urls.contains(&peer) {
+                    spec.etcd_member_name(Placement::SelfHosted)
+                } else if m.name.is_empty() {
+                    // Another learner that has not started: etcd checks the
+                    // URLs of --initial-cluster, not the names.
+                    format!("unstarted-{}", m.id)
+                } else {
+                    m.name.clone()
+                };
+                Some((name, url))
+            })
+            .collect(),
+        state: InitialClusterState::Existing,
+    };
+    let pod = bootstrap::objects::etcd_static_pod_yaml(&spec, &initial)?;
+    let manifest = paths.etcd_manifest();
+    let current = std::fs::read(&manifest).ok();
+    if current.is_none() {
+        NodeHost.ensure_dir(&spec.etcd_data_dir, bootstrap::plane::ETCD_DATA_DIR_MODE)?;
+        NodeHost.ensure_dir(&paths.static_pod_dir(), 0o755)?;
+        NodeHost.write_file(&manifest, pod.as_bytes(), 0o600)?;
+        tracing::info!(manifest = %manifest.display(), "wrote this node's etcd static pod");
+    }
+    etcd_mgr::members::promote(&cfg, &peer, PROMOTE_WAIT).await?;
+    let me = etcd_mgr::members(&cfg)
+        .await?
+        .into_iter()
+        .find(|m| m.peer_urls.contains(&peer))
+        .with_context(|| format!("the promoted member {peer} is gone from the member list"))?;
+    let identity = EtcdMemberIdentity {
+        name: spec.etcd_member_name(Placement::SelfHosted),
+        id: me.id.clone(),
+        cluster_id: me.cluster_id.clone(),
+        peer_urls: me.peer_urls.clone(),
+        client_urls: me.client_urls.clone(),
+        data_dir: spec.etcd_data_dir.clone(),
+        recorded_at: crate::status::now_unix(),
+    };
+    with_checkpoint(paths, move |c| c.record_etcd_member(&identity)).await?;
+    tracing::info!(member = %me.id, %peer, "this node's etcd member is a voting member");
+    Ok(format!("etcd member {} ({}) joined and was promoted", node.node_name, me.id))
+}
+
+async fn leave_member(
+    ctx: &MemberContext,
+    client: &kube::Client,
+    node: &NodeIdentity,
+    member: Option<&EtcdMemberIdentity>,
+) -> anyhow::Result<String> {
+    let paths = &ctx.paths;
+    let port = bootstrap::plane::PlanePorts::default().etcd_client;
+    let peer = match member.and_then(|m| m.peer_urls.first()) {
+        Some(p) => p.clone(),
+        None => format!(
+            "https://{}",
+            std::net::SocketAddr::new(
+                node.node_ip,
+                bootstrap::plane::PlanePorts::default().etcd_peer
+            )
+        ),
+    };
+    let mut endpoints = crate::etcd::config(paths).endpoints;
+    endpoints.extend(other_members(client, node, port).await?);
+    let cfg = etcd_config(paths, endpoints);
+    match etcd_mgr::members::remove(&cfg, &peer, Duration::from_secs(30)).await {
+        Ok(outcome) => tracing::info!(?outcome, %peer, "this node's etcd member left the cluster"),
+        Err(
+            e @ (etcd_mgr::EtcdError::LastVotingMember { .. }
+            | etcd_mgr::EtcdError::QuorumAtRisk { .. }),
+        ) => {
+            return Ok(format!(
+                "the node lost its control-plane label, but its etcd member stays: {e}"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    remove_manifest(paths)?;
+    let data_dir = member
+        .map(|m| m.data_dir.clone())
+        .unwrap_or_else(|| paths.state_dir().join("etcd"));
+    let aside = move_aside(&data_dir)?;
+    with_checkpoint(paths, |c| c.forget_etcd_member()).await?;
+    Ok(format!(
+        "left the control plane: etcd member {peer} removed quorum-safely, its static pod gone{}",
+        aside
+            .map(|p| format!(", its data kept at {}", p.display()))
+            .unwrap_or_default()
+    ))
+}
+
+/// Removes the member's static pod (the kubelet stops it).
+fn remove_manifest(paths: &HostPaths) -> anyhow::Result<()> {
+    let manifest = paths.etcd_manifest();
+    match std::fs::remove_file(&manifest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", manifest.display())),
+    }
+}
+
+/// Moves a member's data directory aside (`<dir>.removed-<unix time>`),
+/// if it holds data; returns where it went.
+fn move_aside(data_dir: &std::path::Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if !data_dir.join("member").exists() {
+        return Ok(None);
+    }
+    let to = data_dir.with_file_name(format!(
+        "{}.removed-{}",
+        data_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "etcd".into()),
+        crate::status::now_unix()
+    ));
+    std::fs::rename(data_dir, &to)
+        .with_context(|| format!("moving {} to {}", data_dir.display(), to.display()))?;
+    Ok(Some(to))
+}

@@ -1,0 +1,371 @@
+//! Control-plane hosts, end to end on real components: a host joins as a
+//! control-plane node (an API server from the DaemonSet, an etcd member
+//! added as a learner and promoted by its agent), a worker becomes one by
+//! its label alone (the seed), the cluster keeps serving with its first
+//! host powered off, and the label's removal takes the member out again.
+
+mod support;
+
+use std::time::Duration;
+use support::{text, Lan, TestHost};
+
+const START: Duration = Duration::from_secs(180);
+
+fn code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn token(host: &TestHost, args: &[&str]) -> String {
+    let out = host
+        .selfnode()
+        .args(["token", "create"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "token create: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `selfnode etcd members -o json` on `host`: (name, healthy, learner).
+fn members(host: &TestHost) -> Result<Vec<(String, bool, bool)>, String> {
+    let out = host
+        .selfnode()
+        .args(["etcd", "members", "-o", "json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|_| format!("etcd members: {}", text(&out)))?;
+    Ok(list
+        .as_array()
+        .ok_or_else(|| text(&out))?
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["healthy"].as_bool().unwrap_or(false),
+                m["is_learner"].as_bool().unwrap_or(true),
+            )
+        })
+        .collect())
+}
+
+/// Waits until `host` sees exactly `names` as healthy voting members.
+fn wait_voters(host: &TestHost, names: &[&str], timeout: Duration) {
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    support::retry(
+        &format!("etcd members {want:?}, all healthy voters"),
+        timeout,
+        || {
+            let list = members(host)?;
+            let mut got: Vec<String> = list
+                .iter()
+                .filter(|(_, healthy, learner)| *healthy && !learner)
+                .map(|(n, _, _)| n.clone())
+                .collect();
+            got.sort();
+            if got == want && list.len() == want.len() {
+                Ok(())
+            } else {
+                Err(format!("{list:?}"))
+            }
+        },
+    );
+}
+
+/// kubectl run on `host` (its network namespace: its own API balancer)
+/// with an admin kubeconfig copied there, as an operator would carry it.
+fn kubectl_on(host: &TestHost, admin: &str, args: &[&str]) -> std::process::Output {
+    host.on_host(host.bundle.join("bin/kubectl").to_str().unwrap())
+        .args(["--kubeconfig", admin, "--request-timeout=10s"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn kubectl_on_ok(host: &TestHost, admin: &str, what: &str, args: &[&str]) -> String {
+    let mut last = String::new();
+    support::retry(what, Duration::from_secs(180), || {
+        let out = kubectl_on(host, admin, args);
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text(&out))
+        }
+    });
+    last
+}
+
+#[test]
+fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_first_host() {
+    let lan = Lan::create();
+    let mut first = TestHost::for_cluster();
+    first.start_agent();
+    first.wait_healthy(START);
+    let gateway = lan.gateway.to_string();
+    let out = first.init(
+        &[
+            "--allow-workloads",
+            "--advertise-address",
+            &gateway,
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "init: {}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let worker_join = summary["join_string"].as_str().unwrap().to_string();
+    let node1 = summary["node_name"].as_str().unwrap().to_string();
+    let cp_join = token(&first, &["--control-plane", "--description", "cp"]);
+    assert!(cp_join.ends_with("/control-plane"), "{cp_join}");
+
+    let mut second = TestHost::in_netns(&first, &lan, 2);
+    second.start_agent();
+    second.wait_healthy(START);
+    // A worker's token cannot make a control-plane node: exit 2, and
+    // nothing written.
+    let out = second.join(&["--control-plane", &worker_join, "--node-name", "node2"]);
+    assert_eq!(code(&out), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not a control-plane token"),
+        "{}",
+        text(&out)
+    );
+    for path in ["var/lib/selfnode/node.json", "etc/kubernetes/pki/ca.crt"] {
+        assert!(!second.root.join(path).exists(), "{path} written");
+    }
+
+    // The control-plane join: label, etcd member, API server.
+    let out = second.join(&[&cp_join, "--node-name", "node2"]);
+    assert!(
+        out.status.success(),
+        "control-plane join: {}\n{}",
+        text(&out),
+        second.agent_log()
+    );
+    for step in ["label_control_plane", "wait_control_plane"] {
+        assert!(
+            text(&out).contains(&format!("[join] {step} (")),
+            "{}",
+            text(&out)
+        );
+    }
+    wait_voters(&first, &[&node1, "node2"], Duration::from_secs(60));
+    // Seen from node2 too, through its own member.
+    wait_voters(&second, &[&node1, "node2"], Duration::from_secs(60));
+    // The member's certificates were issued on node2 for node2; the etcd
+    // CA's key never reached its disk.
+    let pki = second.root.join("etc/kubernetes/pki/etcd");
+    assert!(pki.join("server.crt").exists() && pki.join("peer.crt").exists());
+    assert!(!pki.join("ca.key").exists(), "the etcd CA key stays in the Secret");
+    let peer = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(pki.join("peer.crt"))
+        .output()
+        .unwrap();
+    assert!(text(&peer).contains("198.18.0.2"), "{}", text(&peer));
+
+    // A worker, then the seed: its label alone makes it a control-plane
+    // node with its own member.
+    let mut third = TestHost::in_netns(&first, &lan, 3);
+    third.start_agent();
+    third.wait_healthy(START);
+    let out = third.join(&[&worker_join, "--node-name", "node3"]);
+    assert!(out.status.success(), "worker join: {}", text(&out));
+    first.kubectl_ok(&[
+        "label",
+        "node",
+        "node3",
+        "node-role.kubernetes.io/control-plane=",
+    ]);
+    wait_voters(&first, &[&node1, "node2", "node3"], Duration::from_secs(300));
+    support::retry(
+        "a Ready kube-apiserver pod on node3",
+        Duration::from_secs(180),
+        || {
+            let ready = first.kubectl_ok(&[
+                "-n",
+                "kube-system",
+                "get",
+                "pods",
+                "-l",
+                "k8s-app=kube-apiserver",
+                "--field-selector",
+                "spec.nodeName=node3",
+                "-o",
+                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            if ready.contains("True") {
+                Ok(())
+            } else {
+                Err(ready)
+            }
+        },
+    );
+    // Every node's balancer learned the three API servers.
+    for host in [&first, &second, &third] {
+        support::retry(
+            "the balancer to list three API servers",
+            Duration::from_secs(60),
+            || {
+                let file = std::fs::read_to_string(host.root.join("var/lib/selfnode/apiservers"))
+                    .unwrap_or_default();
+                let n = ["198.18.0.1:6443", "198.18.0.2:6443", "198.18.0.3:6443"]
+                    .iter()
+                    .filter(|a| file.contains(*a))
+                    .count();
+                if n == 3 {
+                    Ok(())
+                } else {
+                    Err(file)
+                }
+            },
+        );
+    }
+    // The scheduler and the controller-manager, spread over the three.
+    for d in ["kube-scheduler", "kube-controller-manager"] {
+        first.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "scale",
+            &format!("deployment/{d}"),
+            "--replicas=3",
+        ]);
+    }
+    for d in ["kube-scheduler", "kube-controller-manager"] {
+        first.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=300s",
+        ]);
+        let nodes = first.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "get",
+            "pods",
+            "-l",
+            &format!("k8s-app={d}"),
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ]);
+        let mut spread: Vec<&str> = nodes.split_whitespace().collect();
+        spread.sort();
+        spread.dedup();
+        assert_eq!(spread.len(), 3, "{d} spread over the nodes: {nodes}");
+    }
+
+    // HA: the first host loses power. The API keeps serving through the
+    // other hosts' balancers; a Deployment made afterwards runs.
+    let admin = first.root.join("etc/kubernetes/admin.conf");
+    for host in [&second, &third] {
+        std::fs::copy(&admin, host.root.join("etc/kubernetes/admin.conf")).unwrap();
+    }
+    let admin_arg = format!(
+        "{}/etc/kubernetes/admin.conf",
+        second.root_arg().display()
+    );
+    first.power_cut();
+    for host in [&second, &third] {
+        kubectl_on_ok(
+            host,
+            &admin_arg,
+            "the API through this host's balancer",
+            &["get", "--raw", "/readyz"],
+        );
+    }
+    support::retry(
+        "the first node to be NotReady",
+        Duration::from_secs(180),
+        || {
+            let out = kubectl_on(
+                &second,
+                &admin_arg,
+                &[
+                    "get",
+                    "node",
+                    &node1,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+            );
+            match String::from_utf8_lossy(&out.stdout).trim() {
+                "Unknown" | "False" => Ok(()),
+                other => Err(format!("{other} {}", text(&out))),
+            }
+        },
+    );
+    let image = format!(
+        "registry.k8s.io/etcd:{}-0",
+        support::bundle_version("ETCD_VERSION").trim_start_matches('v')
+    );
+    kubectl_on_ok(
+        &second,
+        &admin_arg,
+        "a Deployment created with the first host down",
+        &[
+            "create",
+            "deployment",
+            "after",
+            &format!("--image={image}"),
+            "--",
+            "etcd",
+            "--data-dir=/tmp/data",
+        ],
+    );
+    kubectl_on_ok(
+        &third,
+        &admin_arg,
+        "the Deployment to run",
+        &["rollout", "status", "deployment/after", "--timeout=170s"],
+    );
+
+    // The first host comes back by itself: its agent, its kept API server,
+    // its etcd member.
+    first.start_agent();
+    wait_voters(&second, &[&node1, "node2", "node3"], Duration::from_secs(300));
+    support::retry(
+        "the first node Ready again",
+        Duration::from_secs(300),
+        || {
+            let out = first.kubectl(&[
+                "get",
+                "node",
+                &node1,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            match String::from_utf8_lossy(&out.stdout).trim() {
+                "True" => Ok(()),
+                other => Err(format!("{other} {}", text(&out))),
+            }
+        },
+    );
+
+    // The label goes: node3's member leaves quorum-safely, its static pod
+    // and API server go.
+    first.kubectl_ok(&[
+        "label",
+        "node",
+        "node3",
+        "node-role.kubernetes.io/control-plane-",
+    ]);
+    wait_voters(&first, &[&node1, "node2"], Duration::from_secs(240));
+    support::retry(
+        "node3's etcd static pod to be gone",
+        Duration::from_secs(60),
+        || {
+            if third.root.join("etc/kubernetes/manifests/etcd.yaml").exists() {
+                Err("etcd.yaml is still there".into())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    drop(third);
+    drop(second);
+}
