@@ -294,7 +294,10 @@ async fn check_control_plane_token(
     let client = token_client(&format!("https://{via}"), info, js)?;
     let reviews: Api<SelfSubjectReview> = Api::all(client);
     let review = reviews
-        .create(&kube::api::PostParams::default(), &SelfSubjectReview::default())
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
         .await
         .context("asking the API server what the token is (SelfSubjectReview)")?;
     let groups = review
@@ -530,7 +533,8 @@ async fn wait_node_ready(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepRe
 fn token_client_via_lb(join: &Join<'_>) -> anyhow::Result<kube::Client> {
     let paths = &join.ctx.paths;
     let ca_file = paths.pki_dir().join("ca.crt");
-    let ca_pem = std::fs::read(&ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
+    let ca_pem =
+        std::fs::read(&ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
     let node = NodeIdentity::read(&paths.node_identity_file())?
         .context("the node identity is not written yet")?;
     let loopback: IpAddr = if node.node_ip.is_ipv6() {

@@ -159,7 +159,10 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     // CA's key never reached its disk.
     let pki = second.root.join("etc/kubernetes/pki/etcd");
     assert!(pki.join("server.crt").exists() && pki.join("peer.crt").exists());
-    assert!(!pki.join("ca.key").exists(), "the etcd CA key stays in the Secret");
+    assert!(
+        !pki.join("ca.key").exists(),
+        "the etcd CA key stays in the Secret"
+    );
     let peer = std::process::Command::new("openssl")
         .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
         .arg(pki.join("peer.crt"))
@@ -180,7 +183,11 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         "node3",
         "node-role.kubernetes.io/control-plane=",
     ]);
-    wait_voters(&first, &[&node1, "node2", "node3"], Duration::from_secs(300));
+    wait_voters(
+        &first,
+        &[&node1, "node2", "node3"],
+        Duration::from_secs(300),
+    );
     support::retry(
         "a Ready kube-apiserver pod on node3",
         Duration::from_secs(180),
@@ -265,10 +272,7 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     for host in [&second, &third] {
         std::fs::copy(&admin, host.root.join("etc/kubernetes/admin.conf")).unwrap();
     }
-    let admin_arg = format!(
-        "{}/etc/kubernetes/admin.conf",
-        second.root_arg().display()
-    );
+    let admin_arg = format!("{}/etc/kubernetes/admin.conf", second.root_arg().display());
     first.power_cut();
     for host in [&second, &third] {
         kubectl_on_ok(
@@ -327,7 +331,11 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     // The first host comes back by itself: its agent, its kept API server,
     // its etcd member.
     first.start_agent();
-    wait_voters(&second, &[&node1, "node2", "node3"], Duration::from_secs(300));
+    wait_voters(
+        &second,
+        &[&node1, "node2", "node3"],
+        Duration::from_secs(300),
+    );
     support::retry(
         "the first node Ready again",
         Duration::from_secs(300),
@@ -359,7 +367,11 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         "node3's etcd static pod to be gone",
         Duration::from_secs(60),
         || {
-            if third.root.join("etc/kubernetes/manifests/etcd.yaml").exists() {
+            if third
+                .root
+                .join("etc/kubernetes/manifests/etcd.yaml")
+                .exists()
+            {
                 Err("etcd.yaml is still there".into())
             } else {
                 Ok(())

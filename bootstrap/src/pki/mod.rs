@@ -713,48 +713,44 @@ fn parse_ca(
         key: key_path.clone(),
         reason,
     };
-    {
-        {
-            let cert_unreadable = |reason: String| PkiError::CaCertUnreadable {
-                cert: cert_path.clone(),
-                key: key_path.clone(),
-                reason,
-            };
-            let der = cert::pem_der(&cert_pem, "CERTIFICATE").map_err(cert_unreadable)?;
-            let (_, x509) = X509Certificate::from_der(&der)
-                .map_err(|_| cert_unreadable("it is not an X.509 certificate".to_string()))?;
-            let key = cert::parse_key(&key_pem).map_err(key_unreadable)?;
-            if !cert::key_matches(&key, &x509) {
-                return Err(PkiError::CaKeyMismatch {
-                    cert: cert_path,
-                    key: key_path,
-                });
-            }
-            if !x509.is_ca() {
-                return Err(PkiError::NotACa {
-                    cert: cert_path,
-                    key: key_path,
-                });
-            }
-            let not_before = x509.validity().not_before.timestamp();
-            let not_after = x509.validity().not_after.timestamp();
-            if now < not_before {
-                return Err(PkiError::CaNotYetValid {
-                    cert: cert_path,
-                    not_before: cert::system_time(not_before),
-                });
-            }
-            if now >= not_after {
-                return Err(PkiError::CaExpired {
-                    cert: cert_path,
-                    key: key_path,
-                    not_after: cert::system_time(not_after),
-                });
-            }
-            Ca::new(cert_pem.to_vec(), der.clone(), key)
-                .map_err(|e| cert_unreadable(format!("it cannot sign: {e}")))
-        }
+    let cert_unreadable = |reason: String| PkiError::CaCertUnreadable {
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+        reason,
+    };
+    let der = cert::pem_der(cert_pem, "CERTIFICATE").map_err(cert_unreadable)?;
+    let (_, x509) = X509Certificate::from_der(&der)
+        .map_err(|_| cert_unreadable("it is not an X.509 certificate".to_string()))?;
+    let key = cert::parse_key(key_pem).map_err(key_unreadable)?;
+    if !cert::key_matches(&key, &x509) {
+        return Err(PkiError::CaKeyMismatch {
+            cert: cert_path,
+            key: key_path,
+        });
     }
+    if !x509.is_ca() {
+        return Err(PkiError::NotACa {
+            cert: cert_path,
+            key: key_path,
+        });
+    }
+    let not_before = x509.validity().not_before.timestamp();
+    let not_after = x509.validity().not_after.timestamp();
+    if now < not_before {
+        return Err(PkiError::CaNotYetValid {
+            cert: cert_path,
+            not_before: cert::system_time(not_before),
+        });
+    }
+    if now >= not_after {
+        return Err(PkiError::CaExpired {
+            cert: cert_path,
+            key: key_path,
+            not_after: cert::system_time(not_after),
+        });
+    }
+    Ca::new(cert_pem.to_vec(), der.clone(), key)
+        .map_err(|e| cert_unreadable(format!("it cannot sign: {e}")))
 }
 
 /// The certificates of an etcd member joining a running cluster on this

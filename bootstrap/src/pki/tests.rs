@@ -1063,14 +1063,24 @@ fn an_etcd_member_of_another_node_gets_its_own_certificates_and_never_the_ca_key
         .map(|f| (f.to_string(), "created"))
         .collect()
     );
-    assert!(joining.file(p("pki/etcd/ca.key")).is_none(), "the CA key stays in memory");
+    assert!(
+        joining.file(p("pki/etcd/ca.key")).is_none(),
+        "the CA key stays in memory"
+    );
     let ca = cert(&joining, "pki/etcd/ca.crt");
     for leaf in ["pki/etcd/server.crt", "pki/etcd/peer.crt"] {
         let c = cert(&joining, leaf);
         assert!(signed_by(&c, &ca), "{leaf}");
         assert_eq!(c.cn, "cp-2");
-        assert!(c.ips.contains(&"10.0.0.11".parse::<IpAddr>().unwrap()), "{leaf}: {:?}", c.ips);
-        assert!(!c.ips.contains(&"10.0.0.10".parse::<IpAddr>().unwrap()), "{leaf}");
+        assert!(
+            c.ips.contains(&"10.0.0.11".parse::<IpAddr>().unwrap()),
+            "{leaf}: {:?}",
+            c.ips
+        );
+        assert!(
+            !c.ips.contains(&"10.0.0.10".parse::<IpAddr>().unwrap()),
+            "{leaf}"
+        );
         assert!(c.dns.contains("cp-2"), "{leaf}");
     }
     assert_eq!(joining.mode(p("pki/etcd/peer.key")), Some(0o600));
@@ -1095,8 +1105,14 @@ fn an_etcd_member_of_another_node_gets_its_own_certificates_and_never_the_ca_key
 
     // A key that is not the certificate's: refused, nothing written.
     joining.take_changes();
-    let err = ensure_etcd_member(&joining, &node2, &ca_crt, &file(&other, "pki/etcd/ca.key"), t0())
-        .unwrap_err();
+    let err = ensure_etcd_member(
+        &joining,
+        &node2,
+        &ca_crt,
+        &file(&other, "pki/etcd/ca.key"),
+        t0(),
+    )
+    .unwrap_err();
     assert!(matches!(err, PkiError::CaKeyMismatch { .. }), "{err}");
     assert!(joining.take_changes().is_empty());
 }

@@ -386,7 +386,10 @@ async fn keep_and_hand_back(
 
 /// Whether this node carries the control-plane label (what the API server
 /// DaemonSet selects). The Node authorizer lets a kubelet read its own Node.
-pub(crate) async fn is_control_plane_node(client: &kube::Client, node: &str) -> anyhow::Result<bool> {
+pub(crate) async fn is_control_plane_node(
+    client: &kube::Client,
+    node: &str,
+) -> anyhow::Result<bool> {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let n = nodes
         .get(node)

@@ -277,7 +277,10 @@ async fn join_member(
 
     let endpoints = other_members(client, node, spec.ports.etcd_client).await?;
     if endpoints.is_empty() {
-        return Ok("control-plane node: no other control-plane node lists an etcd member to join yet".into());
+        return Ok(
+            "control-plane node: no other control-plane node lists an etcd member to join yet"
+                .into(),
+        );
     }
     let cfg = etcd_config(paths, endpoints);
     let peer = spec.etcd_peer_url(Placement::SelfHosted);
@@ -339,7 +342,10 @@ async fn join_member(
     };
     with_checkpoint(paths, move |c| c.record_etcd_member(&identity)).await?;
     tracing::info!(member = %me.id, %peer, "this node's etcd member is a voting member");
-    Ok(format!("etcd member {} ({}) joined and was promoted", node.node_name, me.id))
+    Ok(format!(
+        "etcd member {} ({}) joined and was promoted",
+        node.node_name, me.id
+    ))
 }
 
 async fn leave_member(

@@ -23,7 +23,7 @@ pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode>
     }
     // No agent may start while the host is taken apart.
     let _lock = lock::acquire(&paths.agent_lock())?;
-    let targets: Vec<PathBuf> = vec![
+    let mut targets: Vec<PathBuf> = vec![
         paths.kubeconfig_dir(),
         paths.checkpoint_dir(),
         paths.state_dir().join("checkpoint.index.json"),
@@ -37,6 +37,17 @@ pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode>
         paths.cni_conf_dir().join("10-selfnode.conflist"),
         paths.agent_status(),
     ];
+    // The data of members that left the cluster (moved aside by the agent
+    // when the node lost its control-plane label): no member can use it.
+    if let Ok(entries) = std::fs::read_dir(paths.state_dir()) {
+        let mut removed: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("etcd.removed-"))
+            .map(|e| e.path())
+            .collect();
+        removed.sort();
+        targets.extend(removed);
+    }
     let present: Vec<&PathBuf> = targets.iter().filter(|p| p.exists()).collect();
     if present.is_empty() {
         super::stop::stop_leftovers(paths, args.bundle.as_deref()).await?;

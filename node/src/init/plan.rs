@@ -446,13 +446,7 @@ mod tests {
         );
         let numbers: Vec<usize> = p.steps().map(|s| s.number).collect();
         assert_eq!(numbers, (1..=8).collect::<Vec<_>>());
-        let rerun = plan(
-            Sequence::Join,
-            Observed {
-                joined: true,
-                ..cp
-            },
-        );
+        let rerun = plan(Sequence::Join, Observed { joined: true, ..cp });
         assert_eq!(
             names(&rerun, |s| s.action == Action::Run),
             [

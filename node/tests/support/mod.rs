@@ -94,6 +94,9 @@ impl Drop for Lan {
     }
 }
 
+/// Names of the test hosts' network namespaces start with this.
+const NETNS_PREFIX: &str = "snh";
+
 /// Where the mount namespaces of test hosts are bound (a private mount, as
 /// binding a namespace to a file requires).
 const MNT_NS_DIR: &str = "/run/selfnode-test-mntns";
@@ -135,7 +138,7 @@ impl Netns {
     /// Host `index` (2..=254) on `lan`, seeing `own_dir` at `root_path`.
     pub fn create(lan: &Lan, index: u8, own_dir: &Path, root_path: &Path) -> Netns {
         let tag = format!("{}x{index}", std::process::id() % 100_000);
-        let name = format!("snh{tag}");
+        let name = format!("{NETNS_PREFIX}{tag}");
         let veth = format!("snv{tag}");
         let peer = format!("{veth}p");
         let inner = format!("198.18.0.{index}");
@@ -303,7 +306,9 @@ impl TestHost {
         unmount_under(&self.root.join("run"));
         unmount_under(&self.root.join("var/lib/kubelet"));
         for name in netns_names() {
-            if !self.netns_before.contains(&name) {
+            // The pods' namespaces go; the other test hosts' (`snh…`,
+            // made after this host) are the network they live on.
+            if !self.netns_before.contains(&name) && !name.starts_with(NETNS_PREFIX) {
                 let path = Path::new("/run/netns").join(&name);
                 let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
                 let _ = std::fs::remove_file(&path);
