@@ -67,7 +67,7 @@ pub enum RecoverRefused {
     NoSettings,
     #[error("etcd on this host serves the cluster's data: nothing to recover from a snapshot (that would throw away everything written since it). Run 'selfnode recover' for lost components; to roll the cluster back to a snapshot on purpose, 'selfnode etcd snapshot restore FILE --force'")]
     Healthy,
-    #[error("this host joined its cluster as a node ({cluster:?}); recover runs on a control-plane host of the cluster")]
+    #[error("this host joined its cluster ({cluster:?}); recover runs on the host that ran 'selfnode init', which holds the cluster's keys and settings (a joined control-plane host brings back its own etcd member and API server by itself: its agent and checkpoint)")]
     NotControlPlane { cluster: String },
 }
 

@@ -15,17 +15,6 @@ fn code(out: &std::process::Output) -> Option<i32> {
     out.status.code()
 }
 
-fn token(host: &TestHost, args: &[&str]) -> String {
-    let out = host
-        .selfnode()
-        .args(["token", "create"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "token create: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// `selfnode etcd members -o json` on `host`: (name, healthy, learner).
 fn members(host: &TestHost) -> Result<Vec<(String, bool, bool)>, String> {
     let out = host
@@ -100,25 +89,10 @@ fn kubectl_on_ok(host: &TestHost, admin: &str, what: &str, args: &[&str]) -> Str
 #[test]
 fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_first_host() {
     let lan = Lan::create();
-    let mut first = TestHost::for_cluster();
-    first.start_agent();
-    first.wait_healthy(START);
-    let gateway = lan.gateway.to_string();
-    let out = first.init(
-        &[
-            "--allow-workloads",
-            "--advertise-address",
-            &gateway,
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "init: {}", text(&out));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (mut first, summary) = TestHost::init_on_lan(&lan);
     let worker_join = summary["join_string"].as_str().unwrap().to_string();
     let node1 = summary["node_name"].as_str().unwrap().to_string();
-    let cp_join = token(&first, &["--control-plane", "--description", "cp"]);
+    let cp_join = first.token_create(&["--control-plane", "--description", "cp"]);
     assert!(cp_join.ends_with("/control-plane"), "{cp_join}");
 
     let mut second = TestHost::in_netns(&first, &lan, 2);

@@ -40,37 +40,10 @@ fn text_of(v: &serde_json::Value) -> String {
     v.to_string()
 }
 
-/// `selfnode token create` on the first host; returns the join string.
-fn token(host: &TestHost, args: &[&str]) -> String {
-    let out = host
-        .selfnode()
-        .args(["token", "create"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "token create: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is_written() {
     let lan = Lan::create();
-    let mut first = TestHost::for_cluster();
-    first.start_agent();
-    first.wait_healthy(START);
-    let gateway = lan.gateway.to_string();
-    let out = first.init(
-        &[
-            "--allow-workloads",
-            "--advertise-address",
-            &gateway,
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "init: {}", text(&out));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (first, summary) = TestHost::init_on_lan(&lan);
     let join = summary["join_string"].as_str().unwrap().to_string();
     let ca_pin = summary["ca_cert_hash"].as_str().unwrap();
     assert!(join.ends_with(&format!("/{ca_pin}")), "{join}");
@@ -103,14 +76,14 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
         join.rsplit_once('/').unwrap().0,
         "0".repeat(64)
     );
-    let deleted = token(&first, &["--description", "deleted"]);
+    let deleted = first.token_create(&["--description", "deleted"]);
     let out = first
         .selfnode()
         .args(["token", "delete", deleted.split('@').next().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let expired = token(&first, &["--ttl", "1s"]);
+    let expired = first.token_create(&["--ttl", "1s"]);
     std::thread::sleep(Duration::from_secs(2));
     let unknown = format!(
         "zzzzzz.zzzzzzzzzzzzzzzz@{}",

@@ -24,7 +24,6 @@ use kube::api::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::checkpointer::with_checkpoint;
 use crate::paths::HostPaths;
 
 const PERIOD: Duration = Duration::from_secs(5);
@@ -54,31 +53,15 @@ pub async fn run(
     }
 }
 
-async fn settled(paths: &HostPaths) -> anyhow::Result<bool> {
-    if !paths.checkpoint_dir().exists() {
-        return Ok(false);
-    }
-    with_checkpoint(paths, |c| {
-        Ok(match c.cluster_identity()? {
-            Some(id) if id.role == "join" => true,
-            Some(_) => c.pivot_committed()?,
-            None => false,
-        })
-    })
-    .await
-}
-
 async fn pass(paths: &HostPaths, client: &mut Option<kube::Client>) -> anyhow::Result<()> {
     let kubeconfig = paths.kubelet_kubeconfig();
-    if !kubeconfig.exists() || !settled(paths).await? {
+    let settled = super::member::recorded(paths)
+        .await?
+        .is_some_and(|r| r.settled);
+    if !kubeconfig.exists() || !settled {
         return Ok(());
     }
-    let client = match client {
-        Some(c) => c.clone(),
-        None => client
-            .insert(crate::init::kube_client(&kubeconfig).await?)
-            .clone(),
-    };
+    let client = super::checkpointer::kubelet_client(&kubeconfig, client).await?;
     let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
     let slice = slices
         .get(SLICE)

@@ -298,12 +298,7 @@ async fn keep_and_hand_back(
     if !kubeconfig.exists() {
         return Ok(None);
     }
-    let client = match client {
-        Some(c) => c.clone(),
-        None => client
-            .insert(crate::init::kube_client(&kubeconfig).await?)
-            .clone(),
-    };
+    let client = kubelet_client(&kubeconfig, client).await?;
     if kept.is_empty() {
         // First pass: what an earlier agent kept (a damaged entry reads as
         // none and is written again).
@@ -382,6 +377,21 @@ async fn keep_and_hand_back(
         notes.push(format!("last known good: {}", copies.join(", ")));
     }
     Ok((!notes.is_empty()).then(|| notes.join("; ")))
+}
+
+/// The kubelet's client (its own credentials, through the node's
+/// balancer), made once and kept in `cache` by the agent's API tasks; a
+/// task drops it after a failed pass, so a renewed certificate is read.
+pub(crate) async fn kubelet_client(
+    kubeconfig: &Path,
+    cache: &mut Option<kube::Client>,
+) -> anyhow::Result<kube::Client> {
+    Ok(match cache {
+        Some(c) => c.clone(),
+        None => cache
+            .insert(crate::init::kube_client(kubeconfig).await?)
+            .clone(),
+    })
 }
 
 /// Whether this node carries the control-plane label (what the API server

@@ -46,7 +46,7 @@ use kube::api::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::checkpointer::{is_control_plane_node, with_checkpoint};
+use super::checkpointer::{is_control_plane_node, kubelet_client, with_checkpoint};
 use super::services::NodeIdentity;
 use super::supervisor::StatusHandle;
 use crate::checkpoint::EtcdMemberIdentity;
@@ -106,13 +106,17 @@ pub async fn run(
 }
 
 /// What the checkpoint says about this host.
-struct Recorded {
+pub(crate) struct Recorded {
     joined: bool,
-    settled: bool,
+    /// The host's cluster is settled: it joined, or its pivot is
+    /// committed. Before that (init, a restore) a sequence owns etcd and
+    /// the balancer's list.
+    pub settled: bool,
     member: Option<EtcdMemberIdentity>,
 }
 
-async fn recorded(paths: &HostPaths) -> anyhow::Result<Option<Recorded>> {
+/// `None` when the host belongs to no cluster.
+pub(crate) async fn recorded(paths: &HostPaths) -> anyhow::Result<Option<Recorded>> {
     if !paths.checkpoint_dir().exists() {
         return Ok(None);
     }
@@ -147,12 +151,7 @@ async fn pass(
     if !rec.settled || !kubeconfig.exists() {
         return Ok(None);
     }
-    let client = match client {
-        Some(c) => c.clone(),
-        None => client
-            .insert(crate::init::kube_client(&kubeconfig).await?)
-            .clone(),
-    };
+    let client = kubelet_client(&kubeconfig, client).await?;
     let labelled = is_control_plane_node(&client, &node.node_name).await?;
     let has_member = rec.member.is_some() || paths.etcd_manifest().exists();
     if labelled {

@@ -447,6 +447,42 @@ impl TestHost {
         }
     }
 
+    /// The first host of a multi-host test: its agent healthy, then
+    /// `selfnode init --allow-workloads` advertising the LAN's gateway
+    /// address (the address the other hosts reach it on); returns the host
+    /// and init's JSON summary.
+    pub fn init_on_lan(lan: &Lan) -> (TestHost, Value) {
+        let mut first = TestHost::for_cluster();
+        first.start_agent();
+        first.wait_healthy(Duration::from_secs(180));
+        let gateway = lan.gateway.to_string();
+        let out = first.init(
+            &[
+                "--allow-workloads",
+                "--advertise-address",
+                &gateway,
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "init: {}", text(&out));
+        let summary = serde_json::from_slice(&out.stdout).unwrap();
+        (first, summary)
+    }
+
+    /// `selfnode token create ARGS…` on this host; returns the join string.
+    pub fn token_create(&self, args: &[&str]) -> String {
+        let out = self
+            .selfnode()
+            .args(["token", "create"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "token create: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// `selfnode join ARGS…` on this host.
     pub fn join(&self, args: &[&str]) -> std::process::Output {
         self.selfnode()
