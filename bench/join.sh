@@ -75,6 +75,7 @@ lan_up() {
 lan_down() {
   umount -l $MNT/ns 2>/dev/null || true
   rm -f $MNT/ns
+  umount $MNT 2>/dev/null && rmdir $MNT 2>/dev/null || true
   ip link del $VETH 2>/dev/null || true
   ip netns del $NS 2>/dev/null || true
   ip link del $BR 2>/dev/null || true

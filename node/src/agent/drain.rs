@@ -249,27 +249,46 @@ pub async fn drain_without_agent(
     Ok(stopped)
 }
 
-/// Lazily unmounts every mount point under `dir`, deepest first.
+/// Lazily unmounts every mount point under `dir`, deepest first; never
+/// `dir` itself: a kubelet directory on its own disk (or bind mount) is
+/// the host's, and what the pods mounted is below it.
 pub fn unmount_under(dir: &Path) -> usize {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return 0;
     };
-    let mut points: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|p| Path::new(p).starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    points.dedup();
     let mut n = 0;
-    for p in points {
+    for p in mounts_below(&info, dir) {
         match nix::mount::umount2(Path::new(&p), nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) => n += 1,
             Err(err) => tracing::warn!(mount = %p, %err, "cannot unmount"),
         }
     }
     n
+}
+
+/// Every mount point of a `/proc/self/mountinfo` text, unescaped.
+fn mount_points(mountinfo: &str) -> impl Iterator<Item = String> + '_ {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+}
+
+/// Whether `dir` is a mount point in this process's mount namespace.
+pub fn is_mount_point(dir: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| mount_points(&info).any(|p| Path::new(&p) == dir))
+        .unwrap_or(false)
+}
+
+/// The mount points of `mountinfo` strictly below `dir`, deepest first.
+fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<String> {
+    let mut points: Vec<String> = mount_points(mountinfo)
+        .filter(|p| Path::new(p).starts_with(dir) && Path::new(p) != dir)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    points.dedup();
+    points
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -310,5 +329,25 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/var/lib/a\040b"), "/var/lib/a b");
         assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn the_kubelet_directory_itself_is_never_unmounted_only_what_is_below_it() {
+        // /var/lib/kubelet on its own disk, with a pod's tmpfs under it, and
+        // a sibling whose name merely starts the same.
+        let info = "\
+36 25 8:1 / / rw - ext4 /dev/sda1 rw
+90 36 8:17 / /var/lib/kubelet rw - ext4 /dev/sdb1 rw
+91 90 0:50 / /var/lib/kubelet/pods/u1/volumes/kubernetes.io~secret/s rw - tmpfs tmpfs rw
+92 91 0:51 / /var/lib/kubelet/pods/u1/volumes/kubernetes.io~secret/s/deeper rw - tmpfs tmpfs rw
+93 36 0:52 / /var/lib/kubelet-other rw - tmpfs tmpfs rw
+";
+        assert_eq!(
+            mounts_below(info, Path::new("/var/lib/kubelet")),
+            [
+                "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~secret/s/deeper",
+                "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~secret/s",
+            ]
+        );
     }
 }

@@ -77,7 +77,7 @@ pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode>
     super::stop::stop_leftovers(paths, args.bundle.as_deref()).await?;
     for p in present {
         let result = if p.is_dir() {
-            std::fs::remove_dir_all(p)
+            remove_dir(p)
         } else {
             std::fs::remove_file(p)
         };
@@ -92,6 +92,23 @@ pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode>
     reset_network(paths, args.bundle.as_deref()).await?;
     println!("this host no longer belongs to a cluster; 'selfnode init' or 'selfnode join' can start again");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes a directory tree; a directory that is a mount point (the
+/// kubelet's directory on its own disk) is emptied and kept.
+fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if !crate::agent::drain::is_mount_point(dir) {
+        return std::fs::remove_dir_all(dir);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() && !path.is_symlink() {
+            remove_dir(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// What the cluster left in the host's network: kube-proxy's rules (its
