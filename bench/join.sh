@@ -59,10 +59,15 @@ lan_up() {
   ip netns exec $NS ip addr add $JOIN_IP/24 dev ${VETH}p
   ip netns exec $NS ip link set ${VETH}p up
   ip netns exec $NS ip route add default via $ADDR
-  # The joining host's mount namespace, bound to a file (which needs a
-  # private mount), made before the first host mounts anything.
+}
+
+# The joining host's mount namespace, bound to a file (which needs a private
+# mount). Made anew before each run: a directory the first host's reset
+# deletes on the real root takes the joining host's bind mount on it along.
+mnt_up() {
   mkdir -p $MNT
   grep -q " $MNT " /proc/self/mountinfo || { mount --bind $MNT $MNT; mount --make-private $MNT; }
+  umount -l $MNT/ns 2>/dev/null || true
   : >$MNT/ns
   local binds=""
   for d in $JDIRS; do
@@ -85,6 +90,7 @@ lan_down() {
 }
 
 joiner_start() {
+  mnt_up
   jrun "$S" --root / agent --bundle "$B" --cgroup-root /selfnode-bench >>"$work/joiner-agent.log" 2>&1 &
   jagent_pid=$!
   for _ in $(seq 1 300); do jrun "$S" --root / status >/dev/null 2>&1 && return 0; sleep 0.5; done
@@ -101,7 +107,7 @@ joiner_reset() {
     wait "$jagent_pid" 2>/dev/null || true
     jagent_pid=""
   fi
-  jrun "$S" --root / reset --force --bundle "$B" >>"$work/joiner-reset.log" 2>&1 || true
+  [ -f $MNT/ns ] && jrun "$S" --root / reset --force --bundle "$B" >>"$work/joiner-reset.log" 2>&1 || true
   for d in $JDIRS; do find "$J$d" -mindepth 1 -delete 2>/dev/null || true; done
   [ -f /etc/kubernetes/admin.conf ] && "$K" --kubeconfig /etc/kubernetes/admin.conf delete node bench-node --ignore-not-found >/dev/null 2>&1 || true
 }
@@ -148,6 +154,7 @@ first=kubeadm
 kubeadm_up "$work/ka-init.txt"
 for i in $(seq 1 "$RUNS"); do
   echo "[bench] run $i/$RUNS: kubeadm join" >&2
+  mkdir -p "$J/var/lib/selfnode" "$J/etc/cni/net.d"
   cat >"$J/var/lib/selfnode/node.json" <<JSON
 {"node_name": "bench-node", "node_ip": "$JOIN_IP", "cluster_dns": "10.96.0.10", "cluster_domain": "cluster.local"}
 JSON

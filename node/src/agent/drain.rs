@@ -266,25 +266,63 @@ pub fn unmount_under(dir: &Path) -> usize {
     n
 }
 
-/// Every mount point of a `/proc/self/mountinfo` text, unescaped.
-fn mount_points(mountinfo: &str) -> impl Iterator<Item = String> + '_ {
+/// One line of `/proc/self/mountinfo`: id, parent id, device, the root of
+/// the mount within its filesystem, the mount point (unescaped).
+struct MountLine {
+    id: String,
+    parent: String,
+    dev: String,
+    root: PathBuf,
+    point: PathBuf,
+}
+
+fn mount_lines(mountinfo: &str) -> Vec<MountLine> {
     mountinfo
         .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            Some(MountLine {
+                id: f.next()?.to_string(),
+                parent: f.next()?.to_string(),
+                dev: f.next()?.to_string(),
+                root: PathBuf::from(unescape_mountinfo(f.next()?)),
+                point: PathBuf::from(unescape_mountinfo(f.next()?)),
+            })
+        })
+        .collect()
 }
 
 /// Whether `dir` is a mount point in this process's mount namespace.
 pub fn is_mount_point(dir: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|info| mount_points(&info).any(|p| Path::new(&p) == dir))
+        .map(|info| mount_lines(&info).iter().any(|m| m.point == dir))
         .unwrap_or(false)
 }
 
-/// The mount points of `mountinfo` strictly below `dir`, deepest first.
+/// Whether mount `m` binds the directory under it onto itself: its parent
+/// mount is of the same filesystem and shows the same directory there.
+fn self_bind(lines: &[MountLine], m: &MountLine) -> bool {
+    lines.iter().any(|p| {
+        p.id == m.parent
+            && p.dev == m.dev
+            && m.point
+                .strip_prefix(&p.point)
+                .is_ok_and(|rel| p.root.join(rel) == m.root)
+    })
+}
+
+/// What `unmount_under(dir)` unmounts, deepest first: every mount strictly
+/// below `dir`, and at `dir` itself only a bind of the directory onto
+/// itself (the kubelet makes its root directory such a mount, to make it
+/// shared). A mount of another filesystem or directory at `dir` (the
+/// kubelet's directory on its own disk, or bound from elsewhere) is the
+/// host's and stays.
 fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<String> {
-    let mut points: Vec<String> = mount_points(mountinfo)
-        .filter(|p| Path::new(p).starts_with(dir) && Path::new(p) != dir)
+    let lines = mount_lines(mountinfo);
+    let mut points: Vec<String> = lines
+        .iter()
+        .filter(|m| m.point.starts_with(dir) && (m.point != dir || self_bind(&lines, m)))
+        .map(|m| m.point.display().to_string())
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     points.dedup();
@@ -329,6 +367,34 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/var/lib/a\040b"), "/var/lib/a b");
         assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn the_kubelets_bind_of_its_directory_onto_itself_goes_with_what_is_below() {
+        let info = "\
+36 25 8:1 / / rw - ext4 /dev/sda1 rw
+90 36 8:1 /var/lib/kubelet /var/lib/kubelet rw shared:5 - ext4 /dev/sda1 rw
+91 90 0:50 / /var/lib/kubelet/pods/u1/volumes/kubernetes.io~secret/s rw - tmpfs tmpfs rw
+";
+        assert_eq!(
+            mounts_below(info, Path::new("/var/lib/kubelet")),
+            [
+                "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~secret/s",
+                "/var/lib/kubelet",
+            ]
+        );
+        // Bound from elsewhere, with the kubelet's self-bind on top: only
+        // the self-bind goes.
+        let info = "\
+36 25 8:1 / / rw - ext4 /dev/sda1 rw
+90 36 8:1 /srv/k/kubelet /var/lib/kubelet rw - ext4 /dev/sda1 rw
+95 90 8:1 /srv/k/kubelet /var/lib/kubelet rw shared:5 - ext4 /dev/sda1 rw
+";
+        let got = mounts_below(info, Path::new("/var/lib/kubelet"));
+        assert_eq!(got, ["/var/lib/kubelet"], "one of the two mounts");
+        let lines = mount_lines(info);
+        let is = |id: &str| self_bind(&lines, lines.iter().find(|m| m.id == id).unwrap());
+        assert!(is("95") && !is("90"));
     }
 
     #[test]
