@@ -117,6 +117,7 @@ node_ready() {
 }
 
 cleanup() {
+  set +e
   joiner_reset
   case "$first" in
     selfnode) stop_agent; "$S" reset --force --bundle "$B" >/dev/null 2>&1 || true ;;
