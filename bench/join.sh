@@ -91,7 +91,10 @@ lan_down() {
 
 joiner_start() {
   mnt_up
-  jrun "$S" --root / agent --bundle "$B" --cgroup-root /selfnode-bench >>"$work/joiner-agent.log" 2>&1 &
+  # nsenter itself (not jrun, a function: its subshell would be $!) execs
+  # the agent, so $! is the agent's PID (kubeadm's run signals it).
+  nsenter --net=/run/netns/$NS --mount=$MNT/ns -- \
+    "$S" --root / agent --bundle "$B" --cgroup-root /selfnode-bench >>"$work/joiner-agent.log" 2>&1 &
   jagent_pid=$!
   for _ in $(seq 1 300); do jrun "$S" --root / status >/dev/null 2>&1 && return 0; sleep 0.5; done
   echo "the joining host's agent did not become healthy" >&2; tail -20 "$work/joiner-agent.log" >&2; return 1
