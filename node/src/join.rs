@@ -452,11 +452,25 @@ async fn write_bootstrap_kubeconfig(run: &Runner, join: &Join<'_>) -> anyhow::Re
             },
         )
         .await?;
+    // The balancer reads its list every 250 ms while it has no healthy
+    // API server; the kubelet restarted before its port opens would be
+    // refused and back off for seconds. So the signal waits (briefly) for
+    // the port.
+    let lb = SocketAddr::new(loopback, lb_port);
+    let deadline = std::time::Instant::now() + LB_OPEN_WAIT;
+    while tokio::net::TcpStream::connect(lb).await.is_err() && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Always: a resumed run may follow a kill between the write and the
     // signal.
     crate::init::reload_agent(&join.agent_pid)?;
     Ok(report)
 }
+
+/// How long the kubelet's restart waits for the node's balancer to open
+/// (it does once one of the join string's API servers answers).
+const LB_OPEN_WAIT: Duration = Duration::from_secs(10);
 
 async fn node_client(paths: &HostPaths) -> anyhow::Result<Option<kube::Client>> {
     let kc = paths.kubelet_kubeconfig();
