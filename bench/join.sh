@@ -112,12 +112,25 @@ joiner_reset() {
   fi
   [ -f $MNT/ns ] && jrun "$S" --root / reset --force --bundle "$B" >>"$work/joiner-reset.log" 2>&1 || true
   for d in $JDIRS; do find "$J$d" -mindepth 1 -delete 2>/dev/null || true; done
-  [ -f /etc/kubernetes/admin.conf ] && "$K" --kubeconfig /etc/kubernetes/admin.conf delete node bench-node --ignore-not-found >/dev/null 2>&1 || true
+  if [ -f /etc/kubernetes/admin.conf ]; then
+    "$K" --kubeconfig /etc/kubernetes/admin.conf delete node bench-node --ignore-not-found --wait=true >/dev/null 2>&1 || true
+    for _ in $(seq 1 60); do
+      "$K" --kubeconfig /etc/kubernetes/admin.conf get node bench-node >/dev/null 2>&1 || return 0
+      sleep 0.5
+    done
+    echo "Node bench-node is still there after the joining host's reset" >&2; return 1
+  fi
 }
 
+# since (UTC, RFC 3339 seconds): the Node is Ready and was made at or after
+# `since` (never an earlier run's Node whose status is stale).
 node_ready() {
-  [ "$("$K" --kubeconfig /etc/kubernetes/admin.conf get node bench-node -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+  local out
+  out=$("$K" --kubeconfig /etc/kubernetes/admin.conf get node bench-node -o 'jsonpath={.metadata.creationTimestamp} {.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) || return 1
+  [ "${out#* }" = True ] && [[ ! "${out%% *}" < "$1" ]]
 }
+
+utc() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
 cleanup() {
   set +e
@@ -142,10 +155,11 @@ join=$("$S" init --bundle "$B" --allow-workloads --advertise-address $ADDR -o js
 for i in $(seq 1 "$RUNS"); do
   echo "[bench] run $i/$RUNS: selfnode join" >&2
   joiner_start
+  since=$(utc)
   t0=$(now)
   jrun "$S" --root / join "$join" --node-name bench-node -o json >"$work/join.json"
   t1=$(now)
-  node_ready || { echo "selfnode join returned but the Node is not Ready" >&2; exit 1; }
+  node_ready "$since" || { echo "selfnode join returned but the Node is not Ready" >&2; exit 1; }
   echo "$(secs "$t0" "$t1")" >>"$work/sn.txt"
   joiner_reset
 done
@@ -172,6 +186,7 @@ JSON
   cmd=$("$B/bin/kubeadm" token create --print-join-command --kubeconfig /etc/kubernetes/admin.conf)
   ( for _ in $(seq 1 1200); do [ -f "$J/etc/kubernetes/bootstrap-kubelet.conf" ] && { kill -HUP "$jagent_pid"; exit 0; }; sleep 0.1; done ) &
   hup=$!
+  since=$(utc)
   t0=$(now)
   # shellcheck disable=SC2086
   # No preflight: its checks cost kubeadm a hostname lookup that times out
@@ -179,7 +194,7 @@ JSON
   jrun "$B/bin/kubeadm" ${cmd#kubeadm } --node-name bench-node --cri-socket $CRI \
     --skip-phases=preflight >"$work/kubeadm-join.log" 2>&1 || { tail -30 "$work/kubeadm-join.log" >&2; exit 1; }
   t1=$(now)
-  until node_ready; do sleep 0.2; done
+  until node_ready "$since"; do sleep 0.2; done
   t2=$(now)
   wait "$hup" 2>/dev/null || true
   echo "$(secs "$t0" "$t1") $(secs "$t0" "$t2")" >>"$work/ka.txt"
