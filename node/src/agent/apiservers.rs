@@ -67,7 +67,14 @@ async fn pass(paths: &HostPaths, client: &mut Option<kube::Client>) -> anyhow::R
         .get(SLICE)
         .await
         .context("reading the kubernetes EndpointSlice")?;
-    let learned = addresses(&slice);
+    // The slice's port is the last writer's: during init's pivot that can
+    // be the temporary API server's (6444), which stops moments later. The
+    // self-hosted API servers all serve on the DaemonSet's port.
+    let port = bootstrap::plane::PlanePorts::default().apiserver;
+    let learned: BTreeSet<SocketAddr> = addresses(&slice)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
     if learned.is_empty() {
         return Ok(());
     }
@@ -93,23 +100,16 @@ async fn pass(paths: &HostPaths, client: &mut Option<kube::Client>) -> anyhow::R
     Ok(())
 }
 
-/// `address:port` of every endpoint the slice lists (not only the Ready
+/// The address of every endpoint the slice lists (not only the Ready
 /// ones: the balancer checks each itself, and a server that is starting
 /// should be known before it is Ready).
-pub fn addresses(slice: &EndpointSlice) -> BTreeSet<SocketAddr> {
-    let ports: Vec<u16> = slice
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| p.port.and_then(|p| u16::try_from(p).ok()))
-        .collect();
+pub fn addresses(slice: &EndpointSlice) -> BTreeSet<IpAddr> {
     slice
         .endpoints
         .iter()
         .flatten()
         .flat_map(|e| e.addresses.iter())
         .filter_map(|a| a.parse::<IpAddr>().ok())
-        .flat_map(|ip| ports.iter().map(move |p| SocketAddr::new(ip, *p)))
         .collect()
 }
 
@@ -119,7 +119,7 @@ mod tests {
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
 
     #[test]
-    fn every_address_of_the_slice_at_its_port() {
+    fn every_address_of_the_slice() {
         let slice = EndpointSlice {
             address_type: "IPv4".into(),
             endpoints: Some(vec![
@@ -133,25 +133,13 @@ mod tests {
                 },
             ]),
             ports: Some(vec![EndpointPort {
-                port: Some(6443),
+                port: Some(6444),
                 ..EndpointPort::default()
             }]),
             ..EndpointSlice::default()
         };
         let got: Vec<String> = addresses(&slice).iter().map(|a| a.to_string()).collect();
-        assert_eq!(got, ["198.18.0.1:6443", "198.18.0.2:6443"]);
-    }
-
-    #[test]
-    fn a_slice_without_ports_gives_nothing() {
-        let slice = EndpointSlice {
-            address_type: "IPv4".into(),
-            endpoints: Some(vec![Endpoint {
-                addresses: vec!["198.18.0.1".into()],
-                ..Endpoint::default()
-            }]),
-            ..EndpointSlice::default()
-        };
-        assert!(addresses(&slice).is_empty());
+        assert_eq!(got, ["198.18.0.1", "198.18.0.2"]);
+        assert!(addresses(&EndpointSlice::default()).is_empty());
     }
 }

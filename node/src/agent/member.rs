@@ -227,7 +227,6 @@ async fn other_members(
         .context("reading the kubernetes EndpointSlice (the API servers' addresses)")?;
     let ips: std::collections::BTreeSet<std::net::IpAddr> = super::apiservers::addresses(&slice)
         .into_iter()
-        .map(|a| a.ip())
         .filter(|ip| *ip != node.node_ip)
         .collect();
     Ok(ips
