@@ -36,9 +36,8 @@ pub async fn run(
     mut containerd_ready: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        r = containerd_ready.wait_for(|r| *r) => if r.is_err() { return },
+    if !super::checkpointer::containerd_up(&mut containerd_ready, &stop).await {
+        return;
     }
     let mut client: Option<kube::Client> = None;
     loop {

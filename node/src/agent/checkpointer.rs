@@ -124,9 +124,8 @@ pub async fn run(
     mut containerd_ready: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        r = containerd_ready.wait_for(|r| *r) => if r.is_err() { return },
+    if !containerd_up(&mut containerd_ready, &stop).await {
+        return;
     }
     match recover_at_start(&ctx).await {
         Ok(Some(note)) => {
@@ -377,6 +376,18 @@ async fn keep_and_hand_back(
         notes.push(format!("last known good: {}", copies.join(", ")));
     }
     Ok((!notes.is_empty()).then(|| notes.join("; ")))
+}
+
+/// Waits until containerd is ready; false when `stop` comes first (or the
+/// sender is gone). The agent's API tasks start with it.
+pub(crate) async fn containerd_up(
+    ready: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        r = ready.wait_for(|r| *r) => r.is_ok(),
+    }
 }
 
 /// The kubelet's client (its own credentials, through the node's

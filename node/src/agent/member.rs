@@ -46,7 +46,7 @@ use kube::api::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::checkpointer::{is_control_plane_node, kubelet_client, with_checkpoint};
+use super::checkpointer::{containerd_up, is_control_plane_node, kubelet_client, with_checkpoint};
 use super::services::NodeIdentity;
 use super::supervisor::StatusHandle;
 use crate::checkpoint::EtcdMemberIdentity;
@@ -77,9 +77,8 @@ pub async fn run(
     mut containerd_ready: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        r = containerd_ready.wait_for(|r| *r) => if r.is_err() { return },
+    if !containerd_up(&mut containerd_ready, &stop).await {
+        return;
     }
     let mut client: Option<kube::Client> = None;
     let mut unlabelled_since: Option<Instant> = None;
