@@ -143,6 +143,13 @@ impl Checkpoint {
         if let Some(parent) = path.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
+        // Owner-only before sled writes its first file into it: the
+        // directory's mode is what keeps every later file private, including
+        // the snapshot files sled writes on its own (with the umask's mode).
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            let _ = std::fs::DirBuilder::new().mode(0o700).create(path);
+        }
         // sled takes an exclusive file lock; the agent's checkpointer and
         // the commands open the database briefly, so a short wait is normal.
         let started = std::time::Instant::now();
@@ -181,7 +188,6 @@ impl Checkpoint {
                     .insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())
                     .map_err(|e| cp.io(e))?;
                 cp.flush()?;
-                restrict(path);
             }
             Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
             Some(v) => {
@@ -191,6 +197,9 @@ impl Checkpoint {
                 })
             }
         }
+        // sled writes a new snapshot file when it opens a database with a
+        // log to replay: every open tightens what it finds.
+        restrict(path);
         Ok(cp)
     }
 
@@ -462,6 +471,33 @@ mod tests {
         assert_eq!(cp.cluster_identity().unwrap(), Some(id()));
         assert!(cp.pivot_committed().unwrap());
         assert_eq!(cp.settings().unwrap(), Some(settings()));
+    }
+
+    #[test]
+    fn the_checkpoint_is_owner_only_and_every_open_tightens_what_it_finds() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cp");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        {
+            let cp = Checkpoint::open(&p).unwrap();
+            assert_eq!(mode(&p), 0o700);
+            cp.put_pod(&pod()).unwrap();
+        }
+        // As sled leaves the snapshot files it writes, with the umask's mode.
+        for e in std::fs::read_dir(&p).unwrap().flatten() {
+            if e.path().is_file() {
+                std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644))
+                    .unwrap();
+            }
+        }
+        let _cp = Checkpoint::open(&p).unwrap();
+        assert_eq!(mode(&p), 0o700);
+        for e in std::fs::read_dir(&p).unwrap().flatten() {
+            if e.path().is_file() {
+                assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+            }
+        }
     }
 
     #[test]

@@ -41,13 +41,30 @@ pub fn selfnode_bin() -> &'static str {
     env!("CARGO_BIN_EXE_selfnode")
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port that was free a moment ago on every address, for a
+/// listener a test starts later. It is taken below the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`, 32768 up by default): a port the
+/// kernel handed out with `bind(:0)` can be given again as the local port
+/// of any outgoing connection (the kubelet's, the API server's) before the
+/// listener binds it, which failed a CI run. Below that range only
+/// listeners take ports, and each test binary walks its own stretch (by
+/// PID) so parallel tests never get the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000; // 20000..32000: no component's fixed port
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() * 97 % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left in {LOW}..{}", LOW + SPAN);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// Another host's own network and filesystem view: a network namespace on
