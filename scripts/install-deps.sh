@@ -25,6 +25,13 @@ packages=(
   procps              # pgrep (bench/recovery.sh finds a host's shims)
   curl ca-certificates  # tests call the API servers' health endpoints
   gzip                # image layers
+  # Appliance images (selfnode image build) and their boot tests:
+  xorriso             # the hybrid ISO (BIOS, also when written to a USB stick)
+  isolinux syslinux syslinux-common  # BIOS boot loaders: ISO, and the raw image's FAT partition
+  mtools dosfstools   # the raw image's FAT boot partition, written without mounting
+  fdisk               # sfdisk: the raw image's GPT
+  e2fsprogs           # mke2fs, copied into the image: formats the data disk on first boot
+  qemu-system-x86     # boots the images in the tests (software emulation, no KVM)
 )
 need=()
 for pkg in "${packages[@]}"; do
@@ -53,6 +60,13 @@ for pair in protoc:protobuf-compiler openssl:openssl runc:runc ip:iproute2 iptab
   conntrack:conntrack modprobe:kmod file:file unshare:util-linux nsenter:util-linux mount:util-linux pgrep:procps curl:curl gcc:gcc gzip:gzip; do
   check "${pair#*:}" command -v "${pair%%:*}"
 done
+for pair in xorriso:xorriso mcopy:mtools mkfs.fat:dosfstools sfdisk:fdisk syslinux:syslinux \
+  mke2fs:e2fsprogs qemu-system-x86_64:qemu-system-x86 depmod:kmod; do
+  check "${pair#*:}" command -v "${pair%%:*}"
+done
+for f in /usr/lib/ISOLINUX/isolinux.bin /usr/lib/ISOLINUX/isohdpfx.bin /usr/lib/syslinux/modules/bios/ldlinux.c32 /usr/lib/syslinux/mbr/gptmbr.bin; do
+  check syslinux-common test -f "$f"
+done
 for plugin in bridge host-local loopback portmap; do
   check containernetworking-plugins test -x "/usr/lib/cni/$plugin"
 done
@@ -65,3 +79,10 @@ check libprotobuf-dev protoc -I"$probe" --descriptor_set_out="$probe/out" "$prob
 
 # The upstream components at the versions pinned in versions.env.
 bash fixtures/build-bundle.sh >&2
+
+# The appliance's default kernel: Debian's linux-image-amd64, fetched like
+# any other package (the mirror serves only its current version, so it is
+# not pinned), unpacked under /var/cache/selfnode/kernels/<package> with the
+# module index depmod writes (the package's postinst would), and linked as
+# /var/cache/selfnode/kernel. 'selfnode image build' takes it by default.
+bash fixtures/fetch-kernel.sh >&2

@@ -126,7 +126,9 @@ pub fn load_module(
     })
 }
 
-fn load_module_direct(
+/// Loads `name` and its dependencies with `finit_module(2)` only (see
+/// [`load_module`]); what selfnode's own `modprobe` runs.
+pub fn load_module_direct(
     name: &str,
     proc_sys: &Path,
     modules_dir: &Path,

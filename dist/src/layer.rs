@@ -260,7 +260,7 @@ fn normalise(path: &str) -> Result<String, LayerError> {
 }
 
 /// The sorted, complete entry list (with implicit parents).
-fn resolve(spec: &LayerSpec) -> Result<BTreeMap<String, LayerEntry>, LayerError> {
+pub(crate) fn resolve(spec: &LayerSpec) -> Result<BTreeMap<String, LayerEntry>, LayerError> {
     let mut map: BTreeMap<String, LayerEntry> = BTreeMap::new();
     for entry in &spec.entries {
         let rel = normalise(&entry.path)?;

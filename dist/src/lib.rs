@@ -8,9 +8,11 @@
 
 #![warn(missing_docs)]
 
+pub mod appliance;
 pub mod archive;
 pub mod bundle;
 pub mod containerd;
+pub mod cpio;
 pub mod elf;
 pub mod hostfiles;
 pub mod images;

@@ -56,6 +56,9 @@ pub enum Command {
     /// Import a bundle's container images into containerd
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// Build bootable appliance images (ISO, raw disk) in which selfnode is PID 1
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print selfnode's version and, with --bundle, the bundle's component versions
     Version(VersionArgs),
     /// Run the pod-network agent (what the selfnode-network DaemonSet runs on every node)
@@ -394,6 +397,62 @@ pub enum ImagesCommand {
     /// Build OCI images from the bundle's binaries (and load the bundle's images/*.tar) into
     /// containerd's k8s.io namespace. Re-running is a no-op.
     Import(ImportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a bootable image: Debian's kernel, an initramfs with selfnode as /init, containerd,
+    /// runc, the kubelet, the CNI plugins and the bundle's images (the first boot needs no
+    /// network), and a BIOS boot loader. The node's role and network come from --config and
+    /// from selfnode.* kernel parameters, validated here and again at boot.
+    ///
+    /// Example: selfnode image build --format iso --config node1.yaml --out node1.iso
+    Build(ImageBuildArgs),
+}
+
+/// `selfnode image build`.
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// iso: a hybrid ISO that boots from a CD or when written to a USB stick; raw: a GPT disk
+    /// image for dd, with an empty data partition for the node's state
+    #[arg(long, value_enum)]
+    pub format: ImageFormat,
+    /// The file to write (written beside it first, then renamed)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The node's configuration (YAML, kind ApplianceConfiguration: role init|join|control-plane-join,
+    /// joinString, hostname, allowWorkloads, network, dataDevice). Without it the boot loader's
+    /// kernel command line must carry selfnode.role=...
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The bundle to put in the image
+    #[arg(long, value_name = "DIR", default_value = dist::bundle::DEFAULT_BUNDLE_DIR)]
+    pub bundle: PathBuf,
+    /// The kernel (a bzImage). Default: Debian's, fetched by scripts/install-deps.sh into
+    /// /var/cache/selfnode/kernel/vmlinuz
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// The kernel's modules directory (lib/modules/<release>, indexed by depmod). Default: the
+    /// one beside the default kernel; none with --kernel (everything built in)
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+    /// Size of the raw image's data partition in MiB (0: none; the node then looks for a blank
+    /// disk)
+    #[arg(long, value_name = "MIB", default_value_t = 4096)]
+    pub data_size_mib: u64,
+    /// Every date in the image (seconds since 1970); the same inputs give the same bytes
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 1_700_000_000, value_name = "SECONDS")]
+    pub source_date_epoch: u64,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImageFormat {
+    /// Hybrid ISO 9660 (CD or USB stick, BIOS)
+    Iso,
+    /// GPT disk image (dd to a disk or USB stick, BIOS)
+    Raw,
 }
 
 #[derive(Debug, Args)]

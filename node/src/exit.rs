@@ -91,6 +91,7 @@ classify_by_is_invalid_input!(
     dist::layer::LayerError,
     dist::netfilter::NetfilterError,
     dist::oci::OciError,
+    dist::appliance::ApplianceError,
     cni::AgentError,
     cni::CniError,
     cni::kernel::KernelError,
@@ -108,6 +109,13 @@ classify_by_is_invalid_input!(
     bootstrap::plane::PlaneSpecError,
     bootstrap::pki::PkiSpecError,
 );
+
+impl Classify for crate::appliance::config::ConfigError {
+    /// Every configuration error is the user's input.
+    fn class(&self) -> Class {
+        Class::Invalid
+    }
+}
 
 impl Classify for crate::agent::lock::LockError {
     /// Another agent holds the lock: a conflict with what runs.
@@ -206,6 +214,8 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<dist::layer::LayerError>,
     by::<dist::netfilter::NetfilterError>,
     by::<dist::oci::OciError>,
+    by::<dist::appliance::ApplianceError>,
+    by::<crate::appliance::config::ConfigError>,
     by::<cni::AgentError>,
     by::<cni::CniError>,
     by::<cni::kernel::KernelError>,

@@ -4,6 +4,7 @@
 //! instead of keeping copies.
 
 pub mod agent;
+pub mod appliance;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

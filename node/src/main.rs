@@ -7,6 +7,14 @@ use node::{cli, commands};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The kernel started us as /init of an appliance image.
+    if node::appliance::is_init() {
+        node::appliance::run();
+    }
+    // The appliance's /usr/sbin/modprobe is selfnode.
+    if node::appliance::modprobe::invoked_as_modprobe() {
+        return node::appliance::modprobe::main();
+    }
     let cli = cli::Cli::parse();
     // One TLS crypto provider for the whole process (deps.md): ring.
     let _ = rustls::crypto::ring::default_provider().install_default();

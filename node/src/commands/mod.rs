@@ -1,6 +1,7 @@
 //! Thin command handlers: parse (done by clap), call the library, print.
 
 pub(crate) mod etcd;
+mod image;
 mod images;
 mod join;
 mod recover;
@@ -54,6 +55,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await
         }
+        Command::Image(crate::cli::ImageCommand::Build(args)) => image::build(args),
         Command::Version(args) => version::run(args),
         Command::NetworkAgent(args) => network_agent(args).await,
         Command::Completion { shell } => {

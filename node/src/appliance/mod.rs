@@ -1,0 +1,525 @@
+//! selfnode as PID 1 of an appliance image (`selfnode image build`).
+//!
+//! [`run`] is what `/init` does when the kernel starts it, in order, each
+//! step a line on the console:
+//!
+//! 1. moves the root from the initramfs (the kernel's rootfs, on which
+//!    `pivot_root(2)` refuses to work, so no container could start) to a
+//!    tmpfs, file by file, freeing each as it goes, and executes itself
+//!    there (as `switch_root` does);
+//! 2. mounts `/proc`, `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/run` and
+//!    the unified cgroup hierarchy (cgroup v2), makes `/` shared (the
+//!    kubelet's mount propagation needs it);
+//! 3. prints the banner, loads the kernel modules ([`dist::appliance::BOOT_MODULES`]);
+//! 4. reads the configuration ([`config`]) from the image's file and the
+//!    kernel command line. An invalid one prints the field and the rule and
+//!    the machine stays up (no reboot loop) until it is powered off;
+//! 5. sets the host name, brings up the network ([`net`]) and the
+//!    persistent storage ([`storage`]);
+//! 6. starts `selfnode agent` (restarted if it exits) and, once containerd
+//!    and the kubelet are ready, the role's command (`selfnode init` or
+//!    `selfnode join`; both converge when run again, so every boot runs
+//!    it), and prints each state change of the agent's components and a
+//!    status line every minute;
+//! 7. reaps every orphan, and on SIGTERM or SIGINT (Ctrl-Alt-Del) reboots,
+//!    on SIGUSR1 halts, on SIGUSR2, SIGPWR or the ACPI power button powers
+//!    off (busybox init's conventions): `selfnode stop` first, then every
+//!    process, then the file systems.
+
+pub mod config;
+pub mod modprobe;
+pub mod net;
+pub mod storage;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The environment variable that says the root was moved already.
+const SWITCHED: &str = "SELFNODE_ROOT_SWITCHED";
+const NEW_ROOT: &str = "/sysroot";
+const DATA_MOUNT: &str = "/mnt/data";
+const AGENT_LOG: &str = "/var/log/selfnode/agent.log";
+/// How often the status line is printed.
+const STATUS_EVERY: Duration = Duration::from_secs(60);
+
+/// True if this process is PID 1 (the kernel started it as init).
+pub fn is_init() -> bool {
+    std::process::id() == 1
+}
+
+/// One line on the console.
+fn say(msg: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "selfnode: {msg}");
+    let _ = out.flush();
+}
+
+/// The last signal that asks for a shutdown (0: none).
+static SHUTDOWN: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SHUTDOWN.store(sig, Ordering::SeqCst);
+}
+
+/// PID 1. Never returns: the machine powers off, reboots or halts.
+pub fn run() -> ! {
+    // The kernel starts init with HOME and TERM only; the agent, mke2fs and
+    // the kubelet look their programs up on PATH.
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    }
+    if std::env::var_os(SWITCHED).is_none() {
+        if let Err(e) = switch_root() {
+            say(&format!("cannot move the root to a tmpfs ({e:#}); containers will not start"));
+        }
+    }
+    if let Err(e) = mount_basics() {
+        say(&format!("mounting the basic file systems failed: {e:#}"));
+    }
+    install_signals();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    say(&format!(
+        "selfnode {} appliance, PID 1, kernel {}",
+        env!("CARGO_PKG_VERSION"),
+        release.trim()
+    ));
+    load_modules();
+    spawn_power_button_watch();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let file = std::fs::read_to_string(dist::appliance::CONFIG_PATH).ok();
+    let config = match config::parse(
+        file.as_deref().map(|t| (dist::appliance::CONFIG_PATH, t)),
+        &cmdline,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            say(&format!("{e}"));
+            say("the configuration is invalid: this machine stays up for inspection and starts nothing; fix it (the image's --config, or the selfnode.* kernel parameters in the boot loader's configuration) and reboot");
+            idle_forever();
+        }
+    };
+    match boot(&config) {
+        Ok(()) => {}
+        Err(e) => {
+            say(&format!("{e:#}"));
+            say("the node cannot start: this machine stays up for inspection; power it off, fix the cause and boot again");
+            idle_forever();
+        }
+    }
+    unreachable!("boot runs until shutdown")
+}
+
+/// Copies the initramfs into a tmpfs and executes `/init` there.
+fn switch_root() -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(NEW_ROOT)?;
+    mount(Some("tmpfs"), NEW_ROOT, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))?;
+    move_tree(Path::new("/"), Path::new(NEW_ROOT))?;
+    std::env::set_current_dir(NEW_ROOT)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    std::env::set_current_dir("/")?;
+    let err = std::os::unix::process::CommandExt::exec(Command::new("/init").env(SWITCHED, "1"));
+    Err(err.into())
+}
+
+/// Moves every entry under `from` (but `NEW_ROOT`) into `to`, removing
+/// each file once copied so memory use stays flat.
+fn move_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    // The whole listing first: removing entries while a ramfs directory
+    // is being read skips some of the others.
+    let listing: Vec<std::fs::DirEntry> = std::fs::read_dir(from)?.flatten().collect();
+    for e in listing {
+        let src = e.path();
+        if src == Path::new(NEW_ROOT) {
+            continue;
+        }
+        let dst = to.join(e.file_name());
+        let meta = std::fs::symlink_metadata(&src)?;
+        if meta.file_type().is_symlink() {
+            symlink(std::fs::read_link(&src)?, &dst)?;
+            std::fs::remove_file(&src)?;
+        } else if meta.is_dir() {
+            std::fs::create_dir_all(&dst)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.permissions().mode()))?;
+            move_tree(&src, &dst)?;
+            let _ = std::fs::remove_dir(&src);
+        } else if meta.is_file() {
+            std::fs::copy(&src, &dst)?;
+            std::fs::remove_file(&src)?;
+        }
+    }
+    Ok(())
+}
+
+fn mount_basics() -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
+        ("proc", "/proc", "proc", nosuid, None),
+        ("sysfs", "/sys", "sysfs", nosuid, None),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=620,ptmxmode=666")),
+        ("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None),
+    ];
+    for (src, at, fstype, flags, data) in mounts {
+        std::fs::create_dir_all(at)?;
+        match mount(Some(src), at, Some(fstype), flags, data) {
+            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => anyhow::bail!("mounting {fstype} on {at}: {e}"),
+        }
+    }
+    // Every controller for the kubelet's pods.
+    if let Ok(list) = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
+        let enable: String = list.split_whitespace().map(|c| format!("+{c} ")).collect();
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.trim());
+    }
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SHARED, None::<&str>)?;
+    for dir in ["/var/log/selfnode", "/var/lib", "/etc/kubernetes", "/tmp"] {
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(())
+}
+
+fn install_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPWR] {
+        // SAFETY: the handler only stores into an atomic, which is
+        // async-signal-safe; it replaces no handler anything relies on.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+    // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
+    let _ = nix::sys::reboot::set_cad_enabled(false);
+}
+
+fn load_modules() {
+    // The kernel runs this for the modules it needs on demand.
+    let _ = std::fs::write("/proc/sys/kernel/modprobe", "/usr/sbin/modprobe");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dir = Path::new("/usr/lib/modules").join(release.trim());
+    let mut failed = Vec::new();
+    for m in dist::appliance::BOOT_MODULES {
+        if let Err(e) = modprobe::load(&dir, m, 0) {
+            failed.push(format!("{m} ({e})"));
+        }
+    }
+    if failed.is_empty() {
+        say(&format!("kernel modules loaded ({})", dist::appliance::BOOT_MODULES.len()));
+    } else {
+        say(&format!("some kernel modules did not load (built in, or no such hardware): {}", failed.join("; ")));
+    }
+}
+
+/// Watches the input devices named "Power Button" for KEY_POWER and asks
+/// for a power-off (as SIGUSR2 would).
+fn spawn_power_button_watch() {
+    let Ok(rd) = std::fs::read_dir("/sys/class/input") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("event") {
+            continue;
+        }
+        let label = std::fs::read_to_string(e.path().join("device/name")).unwrap_or_default();
+        if !label.contains("Power Button") {
+            continue;
+        }
+        let dev = format!("/dev/input/{name}");
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let Ok(mut f) = std::fs::File::open(&dev) else {
+                return;
+            };
+            // struct input_event: timeval (16 bytes), type u16, code u16, value i32.
+            let mut ev = [0u8; 24];
+            while f.read_exact(&mut ev).is_ok() {
+                let kind = u16::from_ne_bytes([ev[16], ev[17]]);
+                let code = u16::from_ne_bytes([ev[18], ev[19]]);
+                let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+                if kind == 1 && code == 116 && value == 1 {
+                    SHUTDOWN.store(libc::SIGUSR2, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+}
+
+/// Reaps every exited child; returns the (pid, status) pairs.
+fn reap() -> Vec<(i32, i32)> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut out = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid.as_raw(), code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => out.push((pid.as_raw(), 128 + sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    out
+}
+
+/// Waits for a shutdown request, reaping orphans; then shuts down.
+fn idle_forever() -> ! {
+    loop {
+        reap();
+        if SHUTDOWN.load(Ordering::SeqCst) != 0 {
+            shutdown(None);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn boot(config: &config::ApplianceConfig) -> anyhow::Result<()> {
+    let sys = Path::new("/sys");
+    let card = net::pick_interface(sys, config.interface.as_deref(), Duration::from_secs(20))?;
+    let mac = std::fs::read_to_string(sys.join("class/net").join(&card).join("address")).unwrap_or_default();
+    let hostname = config.hostname.clone().unwrap_or_else(|| {
+        let tail: String = mac.trim().split(':').skip(3).collect();
+        format!("selfnode-{tail}")
+    });
+    nix::unistd::sethostname(&hostname)?;
+    say(&format!("hostname {hostname}"));
+    say(&format!(
+        "network: {card}, {}",
+        match config.addressing {
+            config::Addressing::Dhcp => "DHCP".to_string(),
+            config::Addressing::Static { address, prefix, .. } => format!("static {address}/{prefix}"),
+        }
+    ));
+    let state = net::configure(sys, &card, &config.addressing, &config.dns, Duration::from_secs(60))?;
+    net::write_resolver(Path::new("/etc"), &state, &hostname)?;
+    say(&format!(
+        "network up: {} {}/{} ({}), gateway {}, name servers {}",
+        state.interface,
+        state.address,
+        state.prefix,
+        state.how,
+        state.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+        if state.dns.is_empty() {
+            "none".to_string()
+        } else {
+            state.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        }
+    ));
+    match storage::pick(sys, Path::new("/dev"), config.data_device.as_deref(), Duration::from_secs(5))? {
+        Some(dev) => {
+            let st = storage::prepare(&dev, Path::new(DATA_MOUNT), &|m: &str| say(m))?;
+            say(&format!(
+                "persistent storage: {} on /var/lib and /etc/kubernetes ({})",
+                st.device,
+                if st.formatted { "formatted now, first boot" } else { "kept from an earlier boot" }
+            ));
+        }
+        None => say("no persistent storage (no selfnode-data partition or label, no blank disk): this node forgets everything when it powers off"),
+    }
+    supervise(config)
+}
+
+/// A child and what to do when it ends.
+struct Running {
+    child: Child,
+    started: Instant,
+}
+
+fn start_agent() -> anyhow::Result<Running> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(AGENT_LOG)?;
+    let child = Command::new("/init")
+        .arg("agent")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    say(&format!("agent started (pid {}, log {AGENT_LOG})", child.id()));
+    Ok(Running {
+        child,
+        started: Instant::now(),
+    })
+}
+
+fn role_command(config: &config::ApplianceConfig) -> Command {
+    let mut cmd = Command::new("/init");
+    match &config.role {
+        config::Role::Init => {
+            cmd.arg("init");
+            if config.allow_workloads {
+                cmd.arg("--allow-workloads");
+            }
+        }
+        config::Role::Join(js) => {
+            cmd.args(["join", js]);
+        }
+        config::Role::ControlPlaneJoin(js) => {
+            cmd.args(["join", "--control-plane", js]);
+        }
+    }
+    cmd
+}
+
+fn role_name(role: &config::Role) -> &'static str {
+    match role {
+        config::Role::Init => "init",
+        config::Role::Join(_) => "join",
+        config::Role::ControlPlaneJoin(_) => "control-plane join",
+    }
+}
+
+/// Runs the agent and the role until a shutdown is asked for.
+fn supervise(config: &config::ApplianceConfig) -> anyhow::Result<()> {
+    let paths = crate::paths::HostPaths::under("/");
+    let mut agent = Some(start_agent()?);
+    let mut agent_backoff = Duration::from_secs(2);
+    let mut agent_restart_at: Option<Instant> = None;
+    let mut role: Option<Child> = None;
+    let mut role_done = false;
+    let mut role_retry_at: Option<Instant> = None;
+    let mut states: std::collections::BTreeMap<String, String> = Default::default();
+    let mut last_status = Instant::now() - STATUS_EVERY;
+    let mut printed_first = false;
+    loop {
+        if SHUTDOWN.load(Ordering::SeqCst) != 0 {
+            shutdown(agent.as_mut().map(|a| &mut a.child));
+        }
+        for (pid, code) in reap() {
+            if agent.as_ref().is_some_and(|a| a.child.id() as i32 == pid) {
+                let ran = agent.take().map(|a| a.started.elapsed()).unwrap_or_default();
+                if ran > Duration::from_secs(60) {
+                    agent_backoff = Duration::from_secs(2);
+                }
+                say(&format!(
+                    "the agent exited (status {code}); starting it again in {}s (its log: {AGENT_LOG})",
+                    agent_backoff.as_secs()
+                ));
+                agent_restart_at = Some(Instant::now() + agent_backoff);
+                agent_backoff = (agent_backoff * 2).min(Duration::from_secs(60));
+            }
+            if role.as_ref().is_some_and(|r| r.id() as i32 == pid) {
+                role = None;
+                match code {
+                    0 => {
+                        role_done = true;
+                        say(&format!("{} done: this node is part of its cluster", role_name(&config.role)));
+                    }
+                    2 | 3 => {
+                        role_done = true;
+                        say(&format!(
+                            "{} failed with exit {code} (wrong input or conflicting state; see the lines above): not retried",
+                            role_name(&config.role)
+                        ));
+                    }
+                    _ => {
+                        say(&format!("{} failed (exit {code}); trying again in 30s", role_name(&config.role)));
+                        role_retry_at = Some(Instant::now() + Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+        if agent.is_none() && agent_restart_at.is_some_and(|t| Instant::now() >= t) {
+            agent_restart_at = None;
+            match start_agent() {
+                Ok(a) => agent = Some(a),
+                Err(e) => {
+                    say(&format!("cannot start the agent: {e:#}"));
+                    agent_restart_at = Some(Instant::now() + agent_backoff);
+                }
+            }
+        }
+        let status: Option<crate::status::AgentStatus> = std::fs::read(paths.agent_status())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(st) = &status {
+            for c in &st.components {
+                let now = c.state.as_str().to_string();
+                if states.get(&c.name) != Some(&now) {
+                    let why = c
+                        .last_error
+                        .as_deref()
+                        .filter(|_| now != "ready")
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
+                    say(&format!("{} {now}{why}", c.name));
+                    states.insert(c.name.clone(), now);
+                }
+            }
+        }
+        let ready = |name: &str| states.get(name).map(String::as_str) == Some("ready");
+        let base_ready = ready("containerd") && ready("kubelet");
+        if base_ready && (!printed_first || last_status.elapsed() >= STATUS_EVERY) {
+            printed_first = true;
+            last_status = Instant::now();
+            let line: Vec<String> = states.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            say(&format!("status: {}", line.join(" ")));
+        }
+        if base_ready && !role_done && role.is_none() && role_retry_at.is_none_or(|t| Instant::now() >= t) {
+            role_retry_at = None;
+            say(&format!("running {}", role_name(&config.role)));
+            match role_command(config).stdin(Stdio::null()).spawn() {
+                Ok(c) => role = Some(c),
+                Err(e) => {
+                    say(&format!("cannot run {}: {e}", role_name(&config.role)));
+                    role_retry_at = Some(Instant::now() + Duration::from_secs(30));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Stops the node and the machine; never returns.
+fn shutdown(agent: Option<&mut Child>) -> ! {
+    use nix::sys::reboot::{reboot, RebootMode};
+    use nix::sys::signal::{kill, Signal};
+    let sig = SHUTDOWN.load(Ordering::SeqCst);
+    let (mode, what) = match sig {
+        libc::SIGUSR1 => (RebootMode::RB_HALT_SYSTEM, "halting"),
+        libc::SIGUSR2 | libc::SIGPWR => (RebootMode::RB_POWER_OFF, "powering off"),
+        _ => (RebootMode::RB_AUTOBOOT, "rebooting"),
+    };
+    say(&format!("{what}: stopping the node (selfnode stop)"));
+    if let Ok(mut stop) = Command::new("/init").arg("stop").stdin(Stdio::null()).spawn() {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            match stop.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                _ => {
+                    let _ = stop.kill();
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(a) = agent {
+        let _ = kill(nix::unistd::Pid::from_raw(a.id() as i32), Signal::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    say(&format!("{what}: stopping every process"));
+    let everyone = nix::unistd::Pid::from_raw(-1);
+    let _ = kill(everyone, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        reap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = kill(everyone, Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    reap();
+    nix::unistd::sync();
+    for at in ["/etc/kubernetes", "/var/lib", DATA_MOUNT] {
+        let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
+    }
+    nix::unistd::sync();
+    say(&format!("{what} now"));
+    let _ = reboot(mode);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
