@@ -284,7 +284,9 @@ pub fn check(req: &ImageRequest) -> Result<(), ApplianceError> {
         .prefix(".selfnode-image-check")
         .tempfile_in(&parent)
         .map_err(out_err)?;
-    let (files, programs): (&[(&str, &'static str)], &[(&str, &'static str)]) = match req.format {
+    // (file or program, the Debian package with it)
+    type Needs = &'static [(&'static str, &'static str)];
+    let (files, programs): (Needs, Needs) = match req.format {
         Format::Iso => (
             &[
                 (ISOLINUX_BIN, "isolinux"),

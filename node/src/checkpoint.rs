@@ -487,8 +487,7 @@ mod tests {
         // As sled leaves the snapshot files it writes, with the umask's mode.
         for e in std::fs::read_dir(&p).unwrap().flatten() {
             if e.path().is_file() {
-                std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644))
-                    .unwrap();
+                std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
             }
         }
         let _cp = Checkpoint::open(&p).unwrap();

@@ -441,7 +441,12 @@ pub struct ImageBuildArgs {
     #[arg(long, value_name = "MIB", default_value_t = 4096)]
     pub data_size_mib: u64,
     /// Every date in the image (seconds since 1970); the same inputs give the same bytes
-    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 1_700_000_000, value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "SOURCE_DATE_EPOCH",
+        default_value_t = 1_700_000_000,
+        value_name = "SECONDS"
+    )]
     pub source_date_epoch: u64,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -260,7 +260,12 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
         Ok(js.value.clone())
     };
     let role = match &f.role {
-        None => return Err(missing("role", "set it to init, join or control-plane-join")),
+        None => {
+            return Err(missing(
+                "role",
+                "set it to init, join or control-plane-join",
+            ))
+        }
         Some(r) => match r.value.as_str() {
             "init" => Role::Init,
             "join" => Role::Join(join(r)?),
@@ -269,7 +274,11 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
         },
     };
     if let (Role::Init, Some(js)) = (&role, &f.join_string) {
-        return Err(bad("joinString", js, "role init makes a new cluster and takes no join string"));
+        return Err(bad(
+            "joinString",
+            js,
+            "role init makes a new cluster and takes no join string",
+        ));
     }
     let hostname = match &f.hostname {
         None => None,
@@ -309,7 +318,11 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
                 && i.value != "."
                 && i.value != "..";
             if !ok {
-                return Err(bad("network.interface", i, "must be a network interface name (1 to 15 characters, no '/')"));
+                return Err(bad(
+                    "network.interface",
+                    i,
+                    "must be a network interface name (1 to 15 characters, no '/')",
+                ));
             }
             Some(i.value.clone())
         }
@@ -342,8 +355,13 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
                     Some(ip)
                 }
             };
-            if net.addr().is_loopback() || net.addr().is_unspecified() || net.addr().is_multicast() {
-                return Err(bad("network.address", a, "must be a unicast address of this host, not loopback"));
+            if net.addr().is_loopback() || net.addr().is_unspecified() || net.addr().is_multicast()
+            {
+                return Err(bad(
+                    "network.address",
+                    a,
+                    "must be a unicast address of this host, not loopback",
+                ));
             }
             Addressing::Static {
                 address: net.addr(),
@@ -353,7 +371,11 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
         }
     };
     if let (Addressing::Dhcp, Some(g)) = (&addressing, &f.gateway) {
-        return Err(bad("network.gateway", g, "DHCP gives the gateway; set network.address too for a static one"));
+        return Err(bad(
+            "network.gateway",
+            g,
+            "DHCP gives the gateway; set network.address too for a static one",
+        ));
     }
     let mut dns = Vec::new();
     if let Some(d) = &f.dns {
@@ -369,7 +391,11 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
         None => None,
         Some(d) => {
             if !d.value.starts_with("/dev/") || d.value.contains("..") || d.value.len() <= 5 {
-                return Err(bad("dataDevice", d, "must be a block device path under /dev (e.g. /dev/sdb or /dev/nvme0n1p3)"));
+                return Err(bad(
+                    "dataDevice",
+                    d,
+                    "must be a block device path under /dev (e.g. /dev/sdb or /dev/nvme0n1p3)",
+                ));
             }
             Some(d.value.clone())
         }
@@ -389,7 +415,8 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }

@@ -69,11 +69,16 @@ pub fn run() -> ! {
     // The kernel starts init with HOME and TERM only; the agent, mke2fs and
     // the kubelet look their programs up on PATH.
     if std::env::var_os("PATH").is_none() {
-        std::env::set_var("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        std::env::set_var(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
     }
     if std::env::var_os(SWITCHED).is_none() {
         if let Err(e) = switch_root() {
-            say(&format!("cannot move the root to a tmpfs ({e:#}); containers will not start"));
+            say(&format!(
+                "cannot move the root to a tmpfs ({e:#}); containers will not start"
+            ));
         }
     }
     if let Err(e) = mount_basics() {
@@ -116,7 +121,13 @@ pub fn run() -> ! {
 fn switch_root() -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
     std::fs::create_dir_all(NEW_ROOT)?;
-    mount(Some("tmpfs"), NEW_ROOT, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))?;
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )?;
     move_tree(Path::new("/"), Path::new(NEW_ROOT))?;
     std::env::set_current_dir(NEW_ROOT)?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
@@ -145,7 +156,10 @@ fn move_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
             std::fs::remove_file(&src)?;
         } else if meta.is_dir() {
             std::fs::create_dir_all(&dst)?;
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.permissions().mode()))?;
+            std::fs::set_permissions(
+                &dst,
+                std::fs::Permissions::from_mode(meta.permissions().mode()),
+            )?;
             move_tree(&src, &dst)?;
             let _ = std::fs::remove_dir(&src);
         } else if meta.is_file() {
@@ -162,10 +176,34 @@ fn mount_basics() -> anyhow::Result<()> {
     let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
         ("proc", "/proc", "proc", nosuid, None),
         ("sysfs", "/sys", "sysfs", nosuid, None),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=620,ptmxmode=666")),
-        ("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
-        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("gid=5,mode=620,ptmxmode=666"),
+        ),
+        (
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
         ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None),
     ];
     for (src, at, fstype, flags, data) in mounts {
@@ -180,7 +218,13 @@ fn mount_basics() -> anyhow::Result<()> {
         let enable: String = list.split_whitespace().map(|c| format!("+{c} ")).collect();
         let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.trim());
     }
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SHARED, None::<&str>)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SHARED,
+        None::<&str>,
+    )?;
     for dir in ["/var/log/selfnode", "/var/lib", "/etc/kubernetes", "/tmp"] {
         std::fs::create_dir_all(dir)?;
     }
@@ -189,8 +233,18 @@ fn mount_basics() -> anyhow::Result<()> {
 
 fn install_signals() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPWR] {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGPWR,
+    ] {
         // SAFETY: the handler only stores into an atomic, which is
         // async-signal-safe; it replaces no handler anything relies on.
         let _ = unsafe { sigaction(sig, &action) };
@@ -211,9 +265,15 @@ fn load_modules() {
         }
     }
     if failed.is_empty() {
-        say(&format!("kernel modules loaded ({})", dist::appliance::BOOT_MODULES.len()));
+        say(&format!(
+            "kernel modules loaded ({})",
+            dist::appliance::BOOT_MODULES.len()
+        ));
     } else {
-        say(&format!("some kernel modules did not load (built in, or no such hardware): {}", failed.join("; ")));
+        say(&format!(
+            "some kernel modules did not load (built in, or no such hardware): {}",
+            failed.join("; ")
+        ));
     }
 }
 
@@ -281,7 +341,8 @@ fn idle_forever() -> ! {
 fn boot(config: &config::ApplianceConfig) -> anyhow::Result<()> {
     let sys = Path::new("/sys");
     let card = net::pick_interface(sys, config.interface.as_deref(), Duration::from_secs(20))?;
-    let mac = std::fs::read_to_string(sys.join("class/net").join(&card).join("address")).unwrap_or_default();
+    let mac = std::fs::read_to_string(sys.join("class/net").join(&card).join("address"))
+        .unwrap_or_default();
     let hostname = config.hostname.clone().unwrap_or_else(|| {
         let tail: String = mac.trim().split(':').skip(3).collect();
         format!("selfnode-{tail}")
@@ -292,10 +353,18 @@ fn boot(config: &config::ApplianceConfig) -> anyhow::Result<()> {
         "network: {card}, {}",
         match config.addressing {
             config::Addressing::Dhcp => "DHCP".to_string(),
-            config::Addressing::Static { address, prefix, .. } => format!("static {address}/{prefix}"),
+            config::Addressing::Static {
+                address, prefix, ..
+            } => format!("static {address}/{prefix}"),
         }
     ));
-    let state = net::configure(sys, &card, &config.addressing, &config.dns, Duration::from_secs(60))?;
+    let state = net::configure(
+        sys,
+        &card,
+        &config.addressing,
+        &config.dns,
+        Duration::from_secs(60),
+    )?;
     net::write_resolver(Path::new("/etc"), &state, &hostname)?;
     say(&format!(
         "network up: {} {}/{} ({}), gateway {}, name servers {}",
@@ -303,11 +372,19 @@ fn boot(config: &config::ApplianceConfig) -> anyhow::Result<()> {
         state.address,
         state.prefix,
         state.how,
-        state.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+        state
+            .gateway
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "none".into()),
         if state.dns.is_empty() {
             "none".to_string()
         } else {
-            state.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            state
+                .dns
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     ));
     match storage::pick(sys, Path::new("/dev"), config.data_device.as_deref(), Duration::from_secs(5))? {
@@ -331,14 +408,20 @@ struct Running {
 }
 
 fn start_agent() -> anyhow::Result<Running> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(AGENT_LOG)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(AGENT_LOG)?;
     let child = Command::new("/init")
         .arg("agent")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
-    say(&format!("agent started (pid {}, log {AGENT_LOG})", child.id()));
+    say(&format!(
+        "agent started (pid {}, log {AGENT_LOG})",
+        child.id()
+    ));
     Ok(Running {
         child,
         started: Instant::now(),
@@ -390,7 +473,10 @@ fn supervise(config: &config::ApplianceConfig) -> anyhow::Result<()> {
         }
         for (pid, code) in reap() {
             if agent.as_ref().is_some_and(|a| a.child.id() as i32 == pid) {
-                let ran = agent.take().map(|a| a.started.elapsed()).unwrap_or_default();
+                let ran = agent
+                    .take()
+                    .map(|a| a.started.elapsed())
+                    .unwrap_or_default();
                 if ran > Duration::from_secs(60) {
                     agent_backoff = Duration::from_secs(2);
                 }
@@ -406,7 +492,10 @@ fn supervise(config: &config::ApplianceConfig) -> anyhow::Result<()> {
                 match code {
                     0 => {
                         role_done = true;
-                        say(&format!("{} done: this node is part of its cluster", role_name(&config.role)));
+                        say(&format!(
+                            "{} done: this node is part of its cluster",
+                            role_name(&config.role)
+                        ));
                     }
                     2 | 3 => {
                         role_done = true;
@@ -416,7 +505,10 @@ fn supervise(config: &config::ApplianceConfig) -> anyhow::Result<()> {
                         ));
                     }
                     _ => {
-                        say(&format!("{} failed (exit {code}); trying again in 30s", role_name(&config.role)));
+                        say(&format!(
+                            "{} failed (exit {code}); trying again in 30s",
+                            role_name(&config.role)
+                        ));
                         role_retry_at = Some(Instant::now() + Duration::from_secs(30));
                     }
                 }
@@ -458,7 +550,11 @@ fn supervise(config: &config::ApplianceConfig) -> anyhow::Result<()> {
             let line: Vec<String> = states.iter().map(|(k, v)| format!("{k}={v}")).collect();
             say(&format!("status: {}", line.join(" ")));
         }
-        if base_ready && !role_done && role.is_none() && role_retry_at.is_none_or(|t| Instant::now() >= t) {
+        if base_ready
+            && !role_done
+            && role.is_none()
+            && role_retry_at.is_none_or(|t| Instant::now() >= t)
+        {
             role_retry_at = None;
             say(&format!("running {}", role_name(&config.role)));
             match role_command(config).stdin(Stdio::null()).spawn() {
@@ -484,12 +580,18 @@ fn shutdown(agent: Option<&mut Child>) -> ! {
         _ => (RebootMode::RB_AUTOBOOT, "rebooting"),
     };
     say(&format!("{what}: stopping the node (selfnode stop)"));
-    if let Ok(mut stop) = Command::new("/init").arg("stop").stdin(Stdio::null()).spawn() {
+    if let Ok(mut stop) = Command::new("/init")
+        .arg("stop")
+        .stdin(Stdio::null())
+        .spawn()
+    {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             match stop.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
                 _ => {
                     let _ = stop.kill();
                     break;

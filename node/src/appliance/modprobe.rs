@@ -48,13 +48,17 @@ pub fn load(dir: &Path, name: &str, depth: usize) -> Result<(), String> {
         return Err(format!("{name}: soft dependencies nest too deep"));
     }
     let norm = |s: &str| s.replace('-', "_");
-    let dep = std::fs::read_to_string(dir.join("modules.dep")).map_err(|e| format!("{}: {e}", dir.join("modules.dep").display()))?;
+    let dep = std::fs::read_to_string(dir.join("modules.dep"))
+        .map_err(|e| format!("{}: {e}", dir.join("modules.dep").display()))?;
     let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
     let module_name = |path: &str| -> String {
         let file = path.rsplit('/').next().unwrap_or(path);
         norm(file.split(".ko").next().unwrap_or(file))
     };
-    let known = |n: &str| dep.lines().any(|l| l.split(':').next().map(module_name).as_deref() == Some(n));
+    let known = |n: &str| {
+        dep.lines()
+            .any(|l| l.split(':').next().map(module_name).as_deref() == Some(n))
+    };
     let is_builtin = |n: &str| builtin.lines().any(|l| module_name(l) == n);
     let mut targets = Vec::new();
     let wanted = norm(name);
@@ -64,7 +68,9 @@ pub fn load(dir: &Path, name: &str, depth: usize) -> Result<(), String> {
         let aliases = std::fs::read_to_string(dir.join("modules.alias")).unwrap_or_default();
         for line in aliases.lines() {
             let mut parts = line.split_whitespace();
-            if let (Some("alias"), Some(pattern), Some(module)) = (parts.next(), parts.next(), parts.next()) {
+            if let (Some("alias"), Some(pattern), Some(module)) =
+                (parts.next(), parts.next(), parts.next())
+            {
                 if glob(pattern, name) && !targets.contains(&norm(module)) {
                     targets.push(norm(module));
                 }
@@ -72,7 +78,10 @@ pub fn load(dir: &Path, name: &str, depth: usize) -> Result<(), String> {
         }
     }
     if targets.is_empty() {
-        return Err(format!("{name}: no such module or alias in {}", dir.display()));
+        return Err(format!(
+            "{name}: no such module or alias in {}",
+            dir.display()
+        ));
     }
     let softdep = std::fs::read_to_string(dir.join("modules.softdep")).unwrap_or_default();
     let mut last_err = None;
@@ -97,7 +106,11 @@ pub fn load(dir: &Path, name: &str, depth: usize) -> Result<(), String> {
                 }
             }
         }
-        match cni::kernel::load_module_direct(t, Path::new("/proc/sys"), dir.parent().unwrap_or(dir)) {
+        match cni::kernel::load_module_direct(
+            t,
+            Path::new("/proc/sys"),
+            dir.parent().unwrap_or(dir),
+        ) {
             Ok(_) => return Ok(()),
             Err(e) => last_err = Some(e.to_string()),
         }
@@ -148,8 +161,14 @@ mod tests {
     #[test]
     fn aliases_match_as_shell_globs() {
         assert!(glob("crypto-crc32c", "crypto-crc32c"));
-        assert!(glob("pci:v00001AF4d00001000sv*sd*bc*sc*i*", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"));
-        assert!(!glob("pci:v00001AF4d00001000sv*", "pci:v00001AF4d00001001sv0"));
+        assert!(glob(
+            "pci:v00001AF4d00001000sv*sd*bc*sc*i*",
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
+        ));
+        assert!(!glob(
+            "pci:v00001AF4d00001000sv*",
+            "pci:v00001AF4d00001001sv0"
+        ));
         assert!(glob("fs-ext[234]", "fs-ext4"));
         assert!(!glob("fs-ext[!4]", "fs-ext4"));
         assert!(glob("a?c", "abc"));
@@ -160,7 +179,11 @@ mod tests {
     fn an_unknown_name_is_an_error_that_names_it() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("modules.dep"), "kernel/lib/libcrc32c.ko:\n").unwrap();
-        std::fs::write(dir.path().join("modules.alias"), "alias crypto-crc32c crc32c_generic\n").unwrap();
+        std::fs::write(
+            dir.path().join("modules.alias"),
+            "alias crypto-crc32c crc32c_generic\n",
+        )
+        .unwrap();
         let err = load(dir.path(), "nothing-like-it", 0).unwrap_err();
         assert!(err.contains("nothing-like-it"), "{err}");
     }

@@ -62,7 +62,9 @@ pub fn pick_interface(sys: &Path, want: Option<&str>, wait: Duration) -> anyhow:
             // Type 1 is Ethernet; a card without a device is virtual.
             let ethernet: Vec<&String> = cards
                 .iter()
-                .filter(|c| read(c, "type") == "1" && sys.join("class/net").join(c).join("device").exists())
+                .filter(|c| {
+                    read(c, "type") == "1" && sys.join("class/net").join(c).join("device").exists()
+                })
                 .collect();
             // Bring them up so carrier is known.
             for c in &ethernet {
@@ -94,7 +96,9 @@ pub fn pick_interface(sys: &Path, want: Option<&str>, wait: Duration) -> anyhow:
 }
 
 fn set_up_blocking(card: &str) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
@@ -128,7 +132,9 @@ pub fn configure(
     let mac = std::fs::read_to_string(sys.join("class/net").join(card).join("address"))
         .map(|s| s.trim().to_string())
         .with_context(|| format!("reading {card}'s MAC address"))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
@@ -151,7 +157,8 @@ pub fn configure(
             Addressing::Dhcp => {
                 let card = card.to_string();
                 let mac = mac.clone();
-                let lease = tokio::task::spawn_blocking(move || dhcp(&card, &mac, dhcp_wait)).await??;
+                let lease =
+                    tokio::task::spawn_blocking(move || dhcp(&card, &mac, dhcp_wait)).await??;
                 (
                     IpAddr::V4(lease.address),
                     lease.prefix,
@@ -164,7 +171,9 @@ pub fn configure(
         match handle.address().add(index, address, prefix).execute().await {
             Ok(()) => {}
             Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => {}
-            Err(e) => return Err(e).with_context(|| format!("adding {address}/{prefix} to {card}")),
+            Err(e) => {
+                return Err(e).with_context(|| format!("adding {address}/{prefix} to {card}"))
+            }
         }
         if let Some(IpAddr::V4(gw)) = gateway {
             let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
@@ -174,7 +183,9 @@ pub fn configure(
             match handle.route().add(route).execute().await {
                 Ok(()) => {}
                 Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => {}
-                Err(e) => return Err(e).with_context(|| format!("adding the default route via {gw}")),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("adding the default route via {gw}"))
+                }
             }
         }
         for d in extra_dns {
@@ -312,7 +323,8 @@ pub fn parse_reply(buf: &[u8], xid: u32) -> anyhow::Result<Option<(MessageType, 
 fn dhcp(card: &str, mac: &str, wait: Duration) -> anyhow::Result<Lease> {
     use std::os::fd::AsFd;
     let chaddr = mac_bytes(mac)?;
-    let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68))).context("binding UDP port 68 for DHCP")?;
+    let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)))
+        .context("binding UDP port 68 for DHCP")?;
     sock.set_broadcast(true)?;
     nix::sys::socket::setsockopt(
         &sock.as_fd(),
@@ -343,12 +355,20 @@ fn dhcp(card: &str, mac: &str, wait: Duration) -> anyhow::Result<Lease> {
     while Instant::now() < deadline {
         if last_sent.elapsed() >= Duration::from_secs(2) {
             let msg = request_message(&chaddr, xid, offer.as_ref().map(|o| (o.address, o.server)));
-            sock.send_to(&msg, server).context("sending a DHCP message")?;
+            sock.send_to(&msg, server)
+                .context("sending a DHCP message")?;
             last_sent = Instant::now();
         }
         let n = match sock.recv(&mut buf) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Err(e).context("receiving DHCP"),
         };
         match parse_reply(&buf[..n], xid)? {
@@ -381,12 +401,27 @@ mod tests {
         assert!(msg.flags().broadcast());
 
         let mut offer = v4::Message::default();
-        offer.set_opcode(v4::Opcode::BootReply).set_xid(7).set_yiaddr(Ipv4Addr::new(10, 0, 2, 15));
-        offer.opts_mut().insert(DhcpOption::MessageType(MessageType::Offer));
-        offer.opts_mut().insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
-        offer.opts_mut().insert(DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 2, 2)]));
-        offer.opts_mut().insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 2, 3)]));
-        offer.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 2)));
+        offer
+            .set_opcode(v4::Opcode::BootReply)
+            .set_xid(7)
+            .set_yiaddr(Ipv4Addr::new(10, 0, 2, 15));
+        offer
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Offer));
+        offer
+            .opts_mut()
+            .insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
+        offer
+            .opts_mut()
+            .insert(DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 2, 2)]));
+        offer
+            .opts_mut()
+            .insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
+                10, 0, 2, 3,
+            )]));
+        offer
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 2)));
         let mut buf = Vec::new();
         offer.encode(&mut Encoder::new(&mut buf)).unwrap();
         let (kind, lease) = parse_reply(&buf, 7).unwrap().unwrap();
@@ -401,7 +436,10 @@ mod tests {
                 server: Ipv4Addr::new(10, 0, 2, 2),
             }
         );
-        assert!(parse_reply(&buf, 8).unwrap().is_none(), "another client's reply");
+        assert!(
+            parse_reply(&buf, 8).unwrap().is_none(),
+            "another client's reply"
+        );
         let req = request_message(&mac, 7, Some((lease.address, lease.server)));
         let msg = v4::Message::decode(&mut Decoder::new(&req)).unwrap();
         assert_eq!(msg.opts().msg_type(), Some(MessageType::Request));

@@ -47,10 +47,15 @@ pub fn content(dev: &Path) -> anyhow::Result<Content> {
     f.seek(SeekFrom::Start(0))?;
     f.read_exact(&mut head)?;
     if head.len() as u64 > EXT_LABEL_OFFSET + 16 {
-        let magic = u16::from_le_bytes([head[EXT_MAGIC_OFFSET as usize], head[EXT_MAGIC_OFFSET as usize + 1]]);
+        let magic = u16::from_le_bytes([
+            head[EXT_MAGIC_OFFSET as usize],
+            head[EXT_MAGIC_OFFSET as usize + 1],
+        ]);
         if magic == 0xEF53 {
             let raw = &head[EXT_LABEL_OFFSET as usize..EXT_LABEL_OFFSET as usize + 16];
-            let label = String::from_utf8_lossy(raw).trim_end_matches('\0').to_string();
+            let label = String::from_utf8_lossy(raw)
+                .trim_end_matches('\0')
+                .to_string();
             return Ok(Content::Ext(label));
         }
     }
@@ -77,16 +82,30 @@ fn uevent(sys: &Path, name: &str, key: &str) -> Option<String> {
 
 fn block_devices(sys: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(sys.join("class/block"))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
-    v.retain(|n| !n.starts_with("loop") && !n.starts_with("ram") && !n.starts_with("sr") && !n.starts_with("zram"));
+    v.retain(|n| {
+        !n.starts_with("loop")
+            && !n.starts_with("ram")
+            && !n.starts_with("sr")
+            && !n.starts_with("zram")
+    });
     v
 }
 
 /// Picks the device (see the module documentation), waiting up to `wait`
 /// for disks to appear. `None`: no candidate (the node runs from memory).
-pub fn pick(sys: &Path, dev: &Path, want: Option<&str>, wait: std::time::Duration) -> anyhow::Result<Option<PathBuf>> {
+pub fn pick(
+    sys: &Path,
+    dev: &Path,
+    want: Option<&str>,
+    wait: std::time::Duration,
+) -> anyhow::Result<Option<PathBuf>> {
     let deadline = std::time::Instant::now() + wait;
     loop {
         if let Some(w) = want {
@@ -95,7 +114,10 @@ pub fn pick(sys: &Path, dev: &Path, want: Option<&str>, wait: std::time::Duratio
             }
         } else {
             let devices = block_devices(sys);
-            if let Some(p) = devices.iter().find(|n| uevent(sys, n, "PARTNAME").as_deref() == Some(DATA_PARTITION)) {
+            if let Some(p) = devices
+                .iter()
+                .find(|n| uevent(sys, n, "PARTNAME").as_deref() == Some(DATA_PARTITION))
+            {
                 return Ok(Some(dev.join(p)));
             }
             for n in &devices {
@@ -110,13 +132,19 @@ pub fn pick(sys: &Path, dev: &Path, want: Option<&str>, wait: std::time::Duratio
                 for n in &devices {
                     let base = sys.join("class/block").join(n);
                     let whole = !base.join("partition").exists();
-                    let ro = std::fs::read_to_string(base.join("ro")).unwrap_or_default().trim() == "1";
+                    let ro = std::fs::read_to_string(base.join("ro"))
+                        .unwrap_or_default()
+                        .trim()
+                        == "1";
                     let sectors: u64 = std::fs::read_to_string(base.join("size"))
                         .ok()
                         .and_then(|s| s.trim().parse().ok())
                         .unwrap_or(0);
                     let has_parts = std::fs::read_dir(&base)
-                        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with(n.as_str())))
+                        .map(|rd| {
+                            rd.flatten()
+                                .any(|e| e.file_name().to_string_lossy().starts_with(n.as_str()))
+                        })
                         .unwrap_or(false);
                     if whole && !ro && !has_parts && sectors * 512 >= 1 << 30 {
                         if let Ok(Content::Blank) = content(&dev.join(n)) {
@@ -160,14 +188,29 @@ pub fn prepare(device: &Path, mnt: &Path, say: &dyn Fn(&str)) -> anyhow::Result<
     };
     use nix::mount::{mount, MsFlags};
     std::fs::create_dir_all(mnt)?;
-    mount(Some(device), mnt, Some("ext4"), MsFlags::empty(), None::<&str>)
-        .with_context(|| format!("mounting {} on {}", device.display(), mnt.display()))?;
-    for (sub, at) in [("var-lib", "/var/lib"), ("etc-kubernetes", "/etc/kubernetes")] {
+    mount(
+        Some(device),
+        mnt,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting {} on {}", device.display(), mnt.display()))?;
+    for (sub, at) in [
+        ("var-lib", "/var/lib"),
+        ("etc-kubernetes", "/etc/kubernetes"),
+    ] {
         let from = mnt.join(sub);
         std::fs::create_dir_all(&from)?;
         std::fs::create_dir_all(at)?;
-        mount(Some(&from), at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .with_context(|| format!("binding {} on {at}", from.display()))?;
+        mount(
+            Some(&from),
+            at,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("binding {} on {at}", from.display()))?;
     }
     Ok(Storage {
         device: device.display().to_string(),
@@ -188,7 +231,8 @@ mod tests {
         let mut bytes = vec![0u8; 4 * MIB];
         bytes[EXT_MAGIC_OFFSET as usize] = 0x53;
         bytes[EXT_MAGIC_OFFSET as usize + 1] = 0xEF;
-        bytes[EXT_LABEL_OFFSET as usize..EXT_LABEL_OFFSET as usize + 13].copy_from_slice(b"selfnode-data");
+        bytes[EXT_LABEL_OFFSET as usize..EXT_LABEL_OFFSET as usize + 13]
+            .copy_from_slice(b"selfnode-data");
         std::fs::write(&p, &bytes).unwrap();
         assert_eq!(content(&p).unwrap(), Content::Ext("selfnode-data".into()));
         let mut bytes = vec![0u8; 4 * MIB];

@@ -14,11 +14,13 @@ pub fn build(args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
     let config = match &args.config {
         None => None,
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| crate::appliance::config::ConfigError {
-                field: "--config".into(),
-                source_name: "the command line".into(),
-                value: path.display().to_string(),
-                why: format!("cannot be read: {e}"),
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                crate::appliance::config::ConfigError {
+                    field: "--config".into(),
+                    source_name: "the command line".into(),
+                    value: path.display().to_string(),
+                    why: format!("cannot be read: {e}"),
+                }
             })?;
             crate::appliance::config::parse(Some((&path.display().to_string(), &text)), "")?;
             Some(text.into_bytes())
@@ -74,7 +76,12 @@ pub fn build(args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
 
 /// The single `<release>` directory under `dir`, if there is exactly one.
 fn only_release(dir: &std::path::Path) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     if found.len() == 1 {
         found.pop()
     } else {
