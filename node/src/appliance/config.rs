@@ -158,12 +158,30 @@ pub fn parse(file: Option<(&str, &str)>, cmdline: &str) -> Result<ApplianceConfi
         } else {
             serde_saphyr::from_str(text).map_err(|e| {
                 let msg = e.to_string();
-                let field = msg
-                    .split('`')
+                let first = msg.lines().next().unwrap_or_default().to_string();
+                // An unknown field is quoted in backticks; a bad value's
+                // field is the key on the line the parser names.
+                let quoted = msg.split('`').nth(1).map(str::to_string);
+                let on_line = msg
+                    .split("line ")
                     .nth(1)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| "(file)".into());
-                err(&field, "", format!("not a valid {KIND}: {msg}"))
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| text.lines().nth(n.saturating_sub(1)))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(k, v)| {
+                        (
+                            k.trim().trim_start_matches("- ").to_string(),
+                            v.trim().to_string(),
+                        )
+                    });
+                match (quoted, on_line) {
+                    (Some(field), _) => err(&field, "", format!("not a field of {KIND}: {first}")),
+                    (None, Some((field, value))) => {
+                        err(&field, &value, format!("not a valid value: {first}"))
+                    }
+                    (None, None) => err("(file)", "", format!("not a valid {KIND}: {first}")),
+                }
             })?
         };
         if let Some(v) = &parsed.api_version {
