@@ -421,7 +421,10 @@ fn usable(a: IpAddr) -> bool {
         }
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// An RFC 1123 label in lower case (1 to 63 of `a-z`, `0-9`, `-`, not
+/// starting or ending with `-`): what a Node's name and its
+/// `kubernetes.io/hostname` label take.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

@@ -8,10 +8,8 @@
 //! in that order, one link per entry. The same inputs always give the same
 //! bytes. Host files stream through a fixed buffer.
 
-use crate::layer::{resolve, EntrySource, LayerError, LayerSpec};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use crate::layer::{copy_host_file, open_host_file, resolve, EntrySource, LayerError, LayerSpec};
+use std::io::Write;
 
 const COPY_BUFFER: usize = 256 * 1024;
 const S_IFDIR: u32 = 0o040000;
@@ -68,27 +66,7 @@ pub fn write_cpio<W: Write>(spec: &LayerSpec, mut out: W) -> Result<u64, LayerEr
                 w.align()?;
             }
             EntrySource::HostFile(host) => {
-                let read_err = |source| LayerError::ReadHostFile {
-                    host: host.clone(),
-                    path: entry.path.clone(),
-                    source,
-                };
-                let mut file = File::open(host).map_err(read_err)?;
-                let meta = file.metadata().map_err(read_err)?;
-                if !meta.is_file() {
-                    return Err(LayerError::HostNotRegular {
-                        host: host.clone(),
-                        path: entry.path.clone(),
-                    });
-                }
-                let size = meta.len();
-                let perm = entry
-                    .mode
-                    .unwrap_or(if meta.permissions().mode() & 0o111 != 0 {
-                        0o755
-                    } else {
-                        0o644
-                    });
+                let (file, size, perm) = open_host_file(entry, host)?;
                 header(
                     &mut w,
                     rel,
@@ -99,25 +77,7 @@ pub fn write_cpio<W: Write>(spec: &LayerSpec, mut out: W) -> Result<u64, LayerEr
                     1,
                     size,
                 )?;
-                let mut left = size;
-                while left > 0 {
-                    let want = left.min(buf.len() as u64) as usize;
-                    let n = file.read(&mut buf[..want]).map_err(read_err)?;
-                    if n == 0 {
-                        return Err(LayerError::HostFileChanged {
-                            host: host.clone(),
-                            expected: size,
-                        });
-                    }
-                    w.put(&buf[..n])?;
-                    left -= n as u64;
-                }
-                if file.read(&mut buf[..1]).map_err(read_err)? != 0 {
-                    return Err(LayerError::HostFileChanged {
-                        host: host.clone(),
-                        expected: size,
-                    });
-                }
+                copy_host_file(file, size, entry, host, &mut buf, |b| w.put(b))?;
                 w.align()?;
             }
         }
@@ -187,6 +147,7 @@ fn header<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn spec(dir: &std::path::Path) -> LayerSpec {
         let host = dir.join("prog");

@@ -340,6 +340,71 @@ fn pad<W: Write>(out: &mut W, size: u64) -> Result<(), LayerError> {
     Ok(())
 }
 
+/// Opens host file `host` of `entry`: the file, its size, and the mode it
+/// gets (the entry's, else 0755 if the host file has an execute bit, else
+/// 0644). Shared with [`crate::cpio`].
+pub(crate) fn open_host_file(
+    entry: &LayerEntry,
+    host: &Path,
+) -> Result<(File, u64, u32), LayerError> {
+    let read_err = |source| LayerError::ReadHostFile {
+        host: host.to_path_buf(),
+        path: entry.path.clone(),
+        source,
+    };
+    let file = File::open(host).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(LayerError::HostNotRegular {
+            host: host.to_path_buf(),
+            path: entry.path.clone(),
+        });
+    }
+    let mode = entry
+        .mode
+        .unwrap_or(if meta.permissions().mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        });
+    Ok((file, meta.len(), mode))
+}
+
+/// Streams exactly `size` bytes of `file` to `put` through `buf`; a file
+/// that shrank or grew since it was opened is an error.
+pub(crate) fn copy_host_file(
+    mut file: File,
+    size: u64,
+    entry: &LayerEntry,
+    host: &Path,
+    buf: &mut [u8],
+    mut put: impl FnMut(&[u8]) -> Result<(), LayerError>,
+) -> Result<(), LayerError> {
+    let read_err = |source| LayerError::ReadHostFile {
+        host: host.to_path_buf(),
+        path: entry.path.clone(),
+        source,
+    };
+    let changed = || LayerError::HostFileChanged {
+        host: host.to_path_buf(),
+        expected: size,
+    };
+    let mut left = size;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = file.read(&mut buf[..want]).map_err(read_err)?;
+        if n == 0 {
+            return Err(changed());
+        }
+        put(&buf[..n])?;
+        left -= n as u64;
+    }
+    if file.read(&mut buf[..1]).map_err(read_err)? != 0 {
+        return Err(changed());
+    }
+    Ok(())
+}
+
 /// Writes the layer tarball for `spec` to `out`; returns its size in bytes.
 pub fn write_layer<W: Write>(spec: &LayerSpec, mut out: W) -> Result<u64, LayerError> {
     let entries = resolve(spec)?;
@@ -349,48 +414,12 @@ pub fn write_layer<W: Write>(spec: &LayerSpec, mut out: W) -> Result<u64, LayerE
     for (rel, entry) in &entries {
         match &entry.source {
             EntrySource::HostFile(host) => {
-                let read_err = |source| LayerError::ReadHostFile {
-                    host: host.clone(),
-                    path: entry.path.clone(),
-                    source,
-                };
-                let mut file = File::open(host).map_err(read_err)?;
-                let meta = file.metadata().map_err(read_err)?;
-                if !meta.is_file() {
-                    return Err(LayerError::HostNotRegular {
-                        host: host.clone(),
-                        path: entry.path.clone(),
-                    });
-                }
-                let size = meta.len();
-                let mode = entry
-                    .mode
-                    .unwrap_or(if meta.permissions().mode() & 0o111 != 0 {
-                        0o755
-                    } else {
-                        0o644
-                    });
+                let (file, size, mode) = open_host_file(entry, host)?;
                 let header = header_for(rel, entry, size, mode)?;
                 out.write_all(header.as_bytes()).map_err(write_err)?;
-                let mut left = size;
-                while left > 0 {
-                    let want = left.min(buf.len() as u64) as usize;
-                    let n = file.read(&mut buf[..want]).map_err(read_err)?;
-                    if n == 0 {
-                        return Err(LayerError::HostFileChanged {
-                            host: host.clone(),
-                            expected: size,
-                        });
-                    }
-                    out.write_all(&buf[..n]).map_err(write_err)?;
-                    left -= n as u64;
-                }
-                if file.read(&mut buf[..1]).map_err(read_err)? != 0 {
-                    return Err(LayerError::HostFileChanged {
-                        host: host.clone(),
-                        expected: size,
-                    });
-                }
+                copy_host_file(file, size, entry, host, &mut buf, |b| {
+                    out.write_all(b).map_err(write_err)
+                })?;
                 pad(&mut out, size)?;
                 total += BLOCK as u64 + size.div_ceil(BLOCK as u64) * BLOCK as u64;
             }

@@ -301,7 +301,7 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
     let hostname = match &f.hostname {
         None => None,
         Some(h) => {
-            if !is_dns_label(&h.value) {
+            if !bootstrap::config::is_dns_label(&h.value) {
                 return Err(bad(
                     "hostname",
                     h,
@@ -427,16 +427,6 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
         dns,
         data_device,
     })
-}
-
-/// RFC 1123 label, lower case: what a Node name and its hostname label take.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]

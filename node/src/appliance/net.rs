@@ -102,14 +102,20 @@ fn set_up_blocking(card: &str) -> anyhow::Result<()> {
     rt.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        let index = link_index(&handle, card).await?;
-        handle
-            .link()
-            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await?;
-        anyhow::Ok(())
+        set_up(&handle, card).await.map(|_| ())
     })
+}
+
+/// Brings link `name` up; its index.
+async fn set_up(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<u32> {
+    let index = link_index(handle, name).await?;
+    handle
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("bringing up {name}"))?;
+    Ok(index)
 }
 
 async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<u32> {
@@ -138,16 +144,8 @@ pub fn configure(
     rt.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        for name in ["lo", card] {
-            let index = link_index(&handle, name).await?;
-            handle
-                .link()
-                .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
-                .execute()
-                .await
-                .with_context(|| format!("bringing up {name}"))?;
-        }
-        let index = link_index(&handle, card).await?;
+        set_up(&handle, "lo").await?;
+        let index = set_up(&handle, card).await?;
         let (address, prefix, gateway, mut dns, how) = match addressing {
             Addressing::Static {
                 address,
