@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Benchmark: an appliance ISO (role init) from power-on to a Ready
+# single-node self-hosted cluster, under qemu-system-x86_64 with software
+# emulation (no KVM on this machine: every figure here is that of an
+# emulated CPU, many times slower than the same machine's own), then a
+# second boot of the same data disk (the cluster must be kept).
+# Root only. Writes bench/results/appliance-<date>.md.
+#
+#   bash bench/appliance.sh [TIMEOUT_MINUTES]   # default 60 per boot
+#
+# "Ready" is the console's "init done" line: `selfnode init` returned, which
+# it does once the pivot is done and the node, kube-proxy and CoreDNS are
+# Ready. The times are read off the console's timestamps (kernel uptime for
+# the boot loader, the harness's clock for the rest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LIMIT=$((${1:-60} * 60))
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+cargo build --release --quiet -p node
+S=$PWD/target/x86_64-unknown-linux-gnu/release/selfnode
+work=$(mktemp -d /tmp/selfnode-appliance.XXXXXX)
+qpid=""
+cleanup() { [ -n "$qpid" ] && kill -KILL "$qpid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat >"$work/node.yaml" <<'EOF'
+apiVersion: selfnode.dev/v1alpha1
+kind: ApplianceConfiguration
+role: init
+allowWorkloads: true
+hostname: bench-1
+EOF
+t0=$SECONDS
+"$S" image build --format iso --config "$work/node.yaml" --out "$work/node.iso" -o json >"$work/build.json"
+build_s=$((SECONDS - t0))
+size_mib=$(( $(stat -c %s "$work/node.iso") >> 20 ))
+truncate -s 16G "$work/data.img"
+
+boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
+  local n=$1 console=$work/console$1.log
+  : >"$console"
+  qemu-system-x86_64 -m 6144 -smp 2 -cpu max -display none -no-reboot \
+    -serial "file:$console" -monitor "unix:$work/mon$n,server,nowait" \
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0 -device virtio-rng-pci \
+    -cdrom "$work/node.iso" -boot d -drive "file=$work/data.img,format=raw,if=virtio" \
+    </dev/null >/dev/null 2>&1 &
+  qpid=$!
+  local start=$SECONDS ctr="" done=""
+  while (( SECONDS - start < LIMIT )); do
+    [ -z "$ctr" ] && grep -q "selfnode: containerd ready" "$console" && ctr=$((SECONDS - start))
+    if grep -q "selfnode: init done" "$console"; then done=$((SECONDS - start)); break; fi
+    kill -0 "$qpid" 2>/dev/null || break
+    sleep 2
+  done
+  echo "${ctr:-none} ${done:-none}"
+  # The power button: selfnode stop, then power-off.
+  python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(b"system_powerdown\n")' "$work/mon$n" 2>/dev/null || true
+  for _ in $(seq 1 300); do kill -0 "$qpid" 2>/dev/null || break; sleep 1; done
+  kill -KILL "$qpid" 2>/dev/null || true
+  qpid=""
+}
+
+echo "[bench] first boot (formats the data disk, runs init)" >&2
+read -r ctr1 ready1 < <(boot 1)
+echo "[bench] second boot (same disk)" >&2
+read -r ctr2 ready2 < <(boot 2)
+kept=no
+grep -q "kept from an earlier boot" "$work/console2.log" && kept=yes
+
+out=bench/results/appliance-$(date -u +%F).md
+{
+  echo "# Appliance ISO under QEMU (software emulation), $(date -u +%FT%RZ)"
+  echo
+  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r), no KVM (TCG). Guest: 2 vCPUs, 6 GiB, virtio disk and network, user-mode network with DHCP. Command: \`bash bench/appliance.sh ${1:-60}\`."
+  echo
+  echo "| | first boot | second boot |"
+  echo "|---|---|---|"
+  echo "| power-on to containerd ready (s) | $ctr1 | $ctr2 |"
+  echo "| power-on to 'init done' (cluster Ready) (s) | $ready1 | $ready2 |"
+  echo
+  echo "Image: ${size_mib} MiB ISO, built in ${build_s} s (release selfnode). Second boot kept the node's storage: $kept."
+  echo "\"none\" means the line did not appear within ${1:-60} minutes."
+  echo
+  echo '```'
+  grep -a "^selfnode: \|^\[init\]\|^error" "$work/console1.log" | tail -80
+  echo '```'
+} >"$out"
+cat "$out"
