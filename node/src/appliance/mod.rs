@@ -407,17 +407,42 @@ struct Running {
     started: Instant,
 }
 
+/// Starts `selfnode agent` with its output piped into [`AGENT_LOG`],
+/// capped as the agent caps its components' logs (the file is in memory).
 fn start_agent() -> anyhow::Result<Running> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(AGENT_LOG)?;
-    let child = Command::new("/init")
+    use crate::agent::logs::{RotatingLog, DEFAULT_CAP};
+    let log = std::sync::Arc::new(std::sync::Mutex::new(RotatingLog::open(
+        Path::new(AGENT_LOG),
+        DEFAULT_CAP,
+    )?));
+    let mut child = Command::new("/init")
         .arg("agent")
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()?;
+    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("piped")),
+        Box::new(child.stderr.take().expect("piped")),
+    ];
+    for pipe in pipes {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            while reader
+                .read_until(b'\n', &mut line)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
+                if let Ok(mut l) = log.lock() {
+                    let _ = l.write_line(&line);
+                }
+                line.clear();
+            }
+        });
+    }
     say(&format!(
         "agent started (pid {}, log {AGENT_LOG})",
         child.id()
