@@ -434,6 +434,16 @@ mod tests {
             Box::new(crate::join::NotAControlPlaneToken {
                 token_id: "abcdef".into(),
             }),
+            Box::new(dist::appliance::ApplianceError::Kernel {
+                path: PathBuf::from("/boot/vmlinuz"),
+                why: "is not a Linux bzImage".into(),
+            }),
+            Box::new(crate::appliance::config::ConfigError {
+                field: "role".into(),
+                source_name: "node.yaml".into(),
+                value: "master".into(),
+                why: "must be init, join or control-plane-join".into(),
+            }),
         ];
         // One sample per line of CLASSIFIERS: a type added there needs its
         // sample here, so that a missing line is caught.
@@ -459,7 +469,7 @@ mod tests {
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
                 Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
                 Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Conflict, Invalid,
-                Conflict, Invalid, Invalid, Conflict, Invalid,
+                Conflict, Invalid, Invalid, Conflict, Invalid, Invalid, Invalid,
             ]
         );
     }

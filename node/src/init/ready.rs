@@ -99,11 +99,11 @@ pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::R
                 Duration::from_secs(300),
                 Duration::from_millis(500),
                 || async {
-                    Ok(nodes
-                        .get_opt(node_name)
-                        .await?
-                        .as_ref()
-                        .is_some_and(node_ready))
+                    match nodes.get_opt(node_name).await? {
+                        Some(n) if node_ready(&n) => Ok(true),
+                        Some(n) => anyhow::bail!("{}", node_not_ready_reason(&n)),
+                        None => anyhow::bail!("no Node {node_name} yet (the kubelet registers it)"),
+                    }
                 },
             )
             .await?;
@@ -130,6 +130,35 @@ pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::R
 pub(crate) fn node_ready(n: &Node) -> bool {
     let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
     conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Why a Node is not Ready, for people: its `Ready` condition's reason and
+/// message, and every pressure condition that is `True` (the kubelet's
+/// disk pressure on a nearly full disk taints the node and keeps pods off).
+pub(crate) fn node_not_ready_reason(n: &Node) -> String {
+    let conditions = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    for c in &conditions {
+        let pressure = c.type_.ends_with("Pressure") && c.status == "True";
+        if (c.type_ == "Ready" && c.status != "True") || pressure {
+            parts.push(format!(
+                "{}={} {}: {}",
+                c.type_,
+                c.status,
+                c.reason.as_deref().unwrap_or_default(),
+                c.message.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    if parts.is_empty() {
+        "the Node has no Ready condition yet".to_string()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// The Pod's `Ready` condition is `True`.
@@ -279,6 +308,60 @@ pub(crate) fn newest_warning(events: &[Event]) -> String {
             )
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod node_reason_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+
+    #[test]
+    fn a_node_under_disk_pressure_says_so() {
+        let cond = |t: &str, st: &str, reason: &str, msg: &str| NodeCondition {
+            type_: t.into(),
+            status: st.into(),
+            reason: Some(reason.into()),
+            message: Some(msg.into()),
+            ..Default::default()
+        };
+        let n = Node {
+            status: Some(NodeStatus {
+                conditions: Some(vec![
+                    cond(
+                        "MemoryPressure",
+                        "False",
+                        "KubeletHasSufficientMemory",
+                        "ok",
+                    ),
+                    cond(
+                        "DiskPressure",
+                        "True",
+                        "KubeletHasDiskPressure",
+                        "kubelet has disk pressure",
+                    ),
+                    cond(
+                        "Ready",
+                        "False",
+                        "KubeletNotReady",
+                        "container runtime network not ready",
+                    ),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let why = node_not_ready_reason(&n);
+        assert!(
+            why.contains("DiskPressure=True KubeletHasDiskPressure"),
+            "{why}"
+        );
+        assert!(why.contains("container runtime network not ready"), "{why}");
+        assert!(!why.contains("MemoryPressure"), "{why}");
+        assert_eq!(
+            node_not_ready_reason(&Node::default()),
+            "the Node has no Ready condition yet"
+        );
+    }
 }
 
 #[cfg(test)]
