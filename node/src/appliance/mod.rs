@@ -45,9 +45,18 @@ const AGENT_LOG: &str = "/var/log/selfnode/agent.log";
 /// How often the status line is printed.
 const STATUS_EVERY: Duration = Duration::from_secs(60);
 
-/// True if this process is PID 1 (the kernel started it as init).
+/// True if the kernel started this process as the appliance's init: PID 1
+/// *and* run as `/init`. PID 1 alone is not enough: in a container (the
+/// selfnode-network DaemonSet runs `selfnode network-agent`) selfnode is
+/// PID 1 of its PID namespace too.
 pub fn is_init() -> bool {
-    std::process::id() == 1
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    started_as_init(std::process::id(), Path::new(&argv0))
+}
+
+/// [`is_init`]'s rule, for a PID and `argv[0]`.
+pub fn started_as_init(pid: u32, argv0: &Path) -> bool {
+    pid == 1 && argv0 == Path::new("/init")
 }
 
 /// One line on the console.
@@ -648,5 +657,20 @@ fn shutdown(agent: Option<&mut Child>) -> ! {
     let _ = reboot(mode);
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pid_1_run_as_slash_init_is_the_appliance_init() {
+        assert!(started_as_init(1, Path::new("/init")));
+        // The network agent's container: PID 1 of its namespace.
+        assert!(!started_as_init(1, Path::new("/usr/local/bin/selfnode")));
+        assert!(!started_as_init(1, Path::new("selfnode")));
+        // The agent the appliance's init starts runs /init too.
+        assert!(!started_as_init(113, Path::new("/init")));
     }
 }
