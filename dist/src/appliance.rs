@@ -711,24 +711,8 @@ fn build_iso(req: &ImageRequest, stage: &Path, out: &Path) -> Result<(), Applian
 
 /// `YYYYMMDDhhmmss00` for xorriso (UTC).
 fn format_date(epoch: u64) -> String {
-    let days = epoch / 86_400;
-    let secs = epoch % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}00",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    let (y, mo, d, h, mi, s) = crate::containerd::utc_civil(epoch);
+    format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}00")
 }
 
 const MIB: u64 = 1 << 20;

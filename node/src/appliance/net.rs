@@ -96,13 +96,21 @@ pub fn pick_interface(sys: &Path, want: Option<&str>, wait: Duration) -> anyhow:
 }
 
 fn set_up_blocking(card: &str) -> anyhow::Result<()> {
+    with_netlink(async |handle| set_up(&handle, card).await.map(|_| ()))
+}
+
+/// Runs `f` with an rtnetlink handle on a runtime of its own (PID 1 has
+/// no runtime; these calls are few and short).
+fn with_netlink<T>(
+    f: impl AsyncFnOnce(rtnetlink::Handle) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        set_up(&handle, card).await.map(|_| ())
+        f(handle).await
     })
 }
 
@@ -138,12 +146,7 @@ pub fn configure(
     let mac = std::fs::read_to_string(sys.join("class/net").join(card).join("address"))
         .map(|s| s.trim().to_string())
         .with_context(|| format!("reading {card}'s MAC address"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
+    with_netlink(async |handle| {
         set_up(&handle, "lo").await?;
         let index = set_up(&handle, card).await?;
         let (address, prefix, gateway, mut dns, how) = match addressing {
