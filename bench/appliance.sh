@@ -20,7 +20,13 @@ cargo build --release --quiet -p node
 S=$PWD/target/x86_64-unknown-linux-gnu/release/selfnode
 work=$(mktemp -d /tmp/selfnode-appliance.XXXXXX)
 qpid=""
-cleanup() { [ -n "$qpid" ] && kill -KILL "$qpid" 2>/dev/null; rm -rf "$work"; }
+# The consoles are kept for a look afterwards (the disk images are not).
+keep=/var/tmp/selfnode-appliance-bench
+cleanup() {
+  [ -n "$qpid" ] && kill -KILL "$qpid" 2>/dev/null
+  mkdir -p "$keep" && cp "$work"/console*.log "$keep"/ 2>/dev/null
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 cat >"$work/node.yaml" <<'EOF'
@@ -50,6 +56,7 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
     [ -z "$ctr" ] && grep -q "selfnode: containerd ready" "$console" && ctr=$((SECONDS - start))
     if grep -q "selfnode: init done" "$console"; then done=$((SECONDS - start)); break; fi
     kill -0 "$qpid" 2>/dev/null || break
+    (( (SECONDS - start) % 300 < 2 )) && echo "[bench] boot $n, $((SECONDS - start)) s: $(grep -a '^selfnode: ' "$console" | tail -1)" >&2
     sleep 2
   done
   echo "${ctr:-none} ${done:-none}"

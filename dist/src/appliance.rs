@@ -415,8 +415,19 @@ pub fn initramfs_spec(req: &ImageRequest) -> Result<LayerSpec, ApplianceError> {
     }
     spec.add_dir("/tmp", 0o1777);
     // The bundle at its default path: the agent finds it without flags.
+    // Its dynamically linked programs (runc: libseccomp, libc) get their
+    // libraries from this host, as they do when they run here.
     let bundle_root = req.bundle.root();
-    add_tree(&mut spec, bundle_root, crate::bundle::DEFAULT_BUNDLE_DIR)?;
+    let mut bundle_libs = HostFiles::new(
+        &req.host_root,
+        "the bundle's programs run with this host's libraries: install the package that has it (runc needs `apt-get install libseccomp2`)",
+    );
+    add_tree(
+        &mut spec,
+        &mut bundle_libs,
+        bundle_root,
+        crate::bundle::DEFAULT_BUNDLE_DIR,
+    )?;
     // This host's tools, with their libraries.
     let tools = NetfilterTools::from_host(&req.host_root)?;
     let mut files = HostFiles::new(
@@ -427,6 +438,7 @@ pub fn initramfs_spec(req: &ImageRequest) -> Result<LayerSpec, ApplianceError> {
         files.add_elf(program)?;
     }
     let mut entries = tools.entries();
+    entries.extend(bundle_libs.entries().clone());
     entries.extend(files.entries().clone());
     let dirs: BTreeSet<String> = spec.entries().iter().map(|e| e.path.clone()).collect();
     for (path, entry) in &entries {
@@ -473,8 +485,14 @@ pub fn initramfs_spec(req: &ImageRequest) -> Result<LayerSpec, ApplianceError> {
 }
 
 /// Adds every file, link and directory under host dir `from` at `to`,
-/// following the link `from` itself is.
-fn add_tree(spec: &mut LayerSpec, from: &Path, to: &str) -> Result<(), ApplianceError> {
+/// following the link `from` itself is, and to `libs` the libraries its
+/// executable files need.
+fn add_tree(
+    spec: &mut LayerSpec,
+    libs: &mut HostFiles,
+    from: &Path,
+    to: &str,
+) -> Result<(), ApplianceError> {
     let from = std::fs::canonicalize(from).map_err(|source| ApplianceError::Io {
         path: from.to_path_buf(),
         source,
@@ -503,6 +521,12 @@ fn add_tree(spec: &mut LayerSpec, from: &Path, to: &str) -> Result<(), Appliance
                 })?;
                 spec.add_symlink(&target, &link.to_string_lossy());
             } else if name != ".lock" {
+                let executable = e.metadata().is_ok_and(|m| {
+                    std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                });
+                if executable {
+                    libs.add_libraries_for(&path, &target)?;
+                }
                 spec.add_file(path, &target);
             }
         }

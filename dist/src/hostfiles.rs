@@ -402,6 +402,47 @@ impl HostFiles {
         Ok(info)
     }
 
+    /// Adds, from the root, the loader and every library (transitively)
+    /// that ELF file `file` needs, when `file` itself comes from elsewhere:
+    /// a bundle's program, placed at image path `at` (for `$ORIGIN`). A file
+    /// that is not ELF, or a static program, adds nothing. The appliance's
+    /// initramfs uses this: the bundle's runc needs libseccomp and libc.
+    pub fn add_libraries_for(
+        &mut self,
+        file: &std::path::Path,
+        at: &str,
+    ) -> Result<(), HostFilesError> {
+        let data = fs::read(file).map_err(|source| HostFilesError::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let info = match elf::parse(&data) {
+            Ok(info) => info,
+            Err(ElfError::NotElf) => return Ok(()),
+            Err(source) => {
+                return Err(HostFilesError::Elf {
+                    path: file.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        self.add_needed(at, &info).map_err(|e| match e {
+            // The program is not under the root: name it where it is.
+            HostFilesError::LibraryNotFound {
+                name,
+                needed_by,
+                searched,
+                hint,
+            } if needed_by == self.host_path(at) => HostFilesError::LibraryNotFound {
+                name,
+                needed_by: file.to_path_buf(),
+                searched,
+                hint,
+            },
+            e => e,
+        })
+    }
+
     fn add_dependencies(&mut self, canonical: &str) -> Result<(), HostFilesError> {
         if !self.walked.insert(canonical.to_string()) {
             return Ok(());
@@ -409,8 +450,14 @@ impl HostFiles {
         let Some(info) = self.elf_info(canonical)? else {
             return Ok(());
         };
+        self.add_needed(canonical, &info)
+    }
+
+    /// Adds the libraries and the loader that `info` (the object at image
+    /// path `needed_by`) names, with theirs.
+    fn add_needed(&mut self, needed_by: &str, info: &ElfInfo) -> Result<(), HostFilesError> {
         for name in &info.needed {
-            let found = self.find_library(name, canonical, &info)?;
+            let found = self.find_library(name, needed_by, info)?;
             let library = self.add_file(&found)?;
             self.add_dependencies(&library)?;
         }
@@ -604,6 +651,69 @@ mod tests {
         let mut layer = LayerSpec::new();
         files.add_to(&mut layer);
         crate::layer::hash_layer(&layer).unwrap();
+    }
+
+    /// The appliance's case: the bundle's runc is not in the root, its
+    /// libraries are; a static program adds nothing; a library the root
+    /// lacks is named with the program's own path.
+    #[test]
+    fn a_program_from_outside_the_root_gets_its_libraries_from_the_root() {
+        let dir = merged_usr_root();
+        let root = dir.path();
+        let t = multiarch();
+        file(
+            root,
+            &format!("/usr/lib/{t}/libseccomp.so.2"),
+            &elf64(None, &["libc.so.6"], None),
+        );
+        let bundle = tempfile::tempdir().unwrap();
+        let runc = bundle.path().join("runc");
+        fs::write(
+            &runc,
+            elf64(
+                Some("/lib64/ld-linux-x86-64.so.2"),
+                &["libseccomp.so.2", "libc.so.6"],
+                None,
+            ),
+        )
+        .unwrap();
+        let static_one = bundle.path().join("kubelet");
+        fs::write(&static_one, elf64(None, &[], None)).unwrap();
+        let not_elf = bundle.path().join("VERSIONS");
+        fs::write(&not_elf, "etcd v3\n").unwrap();
+
+        let mut files = HostFiles::new(root, HINT);
+        files
+            .add_libraries_for(&static_one, "/b/bin/kubelet")
+            .unwrap();
+        files.add_libraries_for(&not_elf, "/b/VERSIONS").unwrap();
+        assert!(files.entries().is_empty(), "{:?}", files.entries());
+        files.add_libraries_for(&runc, "/b/bin/runc").unwrap();
+        let got: Vec<&str> = files.entries().keys().map(String::as_str).collect();
+        let seccomp = format!("/usr/lib/{t}/libseccomp.so.2");
+        let libc = format!("/usr/lib/{t}/libc.so.6");
+        let loader = format!("/usr/lib/{t}/ld-linux-x86-64.so.2");
+        assert_eq!(
+            got,
+            vec![
+                "/lib",
+                "/lib64",
+                loader.as_str(),
+                libc.as_str(),
+                seccomp.as_str(),
+                "/usr/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+        // The program itself is not added: it is the caller's.
+        assert!(!files.entries().contains_key("/b/bin/runc"));
+
+        fs::remove_file(root.join(seccomp.trim_start_matches('/'))).unwrap();
+        let err = HostFiles::new(root, HINT)
+            .add_libraries_for(&runc, "/b/bin/runc")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("libseccomp.so.2"), "{err}");
+        assert!(err.contains(&runc.display().to_string()), "{err}");
     }
 
     #[test]

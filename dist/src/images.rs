@@ -246,6 +246,23 @@ pub fn component_images(
 ) -> Result<Vec<ImageSpec>, BuildError> {
     let versions = bundle.versions();
     let mut specs = Vec::new();
+    // In the order the node needs them, as the import goes in this order:
+    // the pause image (every pod's sandbox) and etcd (the first pod) first.
+    let mut pause = ImageSpec::new("pause", &pause_image(versions));
+    pause.add_file(bundle.bin("pause"), "/pause");
+    pause.entrypoint = vec!["/pause".to_string()];
+    labels(&mut pause, &versions.pause);
+    specs.push(pause);
+
+    let mut etcd = ImageSpec::new("etcd", &etcd_image(versions));
+    for bin in ["etcd", "etcdctl", "etcdutl"] {
+        etcd.add_file(bundle.bin(bin), &format!("/usr/local/bin/{bin}"));
+    }
+    etcd.top_layer().add_dir("/var/lib/etcd", 0o700);
+    etcd.entrypoint = vec!["/usr/local/bin/etcd".to_string()];
+    labels(&mut etcd, &versions.etcd);
+    specs.push(etcd);
+
     for component in KUBE_COMPONENTS {
         let mut spec = ImageSpec::new(component, &kube_image(component, versions));
         let path = format!("/usr/local/bin/{component}");
@@ -258,26 +275,11 @@ pub fn component_images(
         specs.push(spec);
     }
 
-    let mut etcd = ImageSpec::new("etcd", &etcd_image(versions));
-    for bin in ["etcd", "etcdctl", "etcdutl"] {
-        etcd.add_file(bundle.bin(bin), &format!("/usr/local/bin/{bin}"));
-    }
-    etcd.top_layer().add_dir("/var/lib/etcd", 0o700);
-    etcd.entrypoint = vec!["/usr/local/bin/etcd".to_string()];
-    labels(&mut etcd, &versions.etcd);
-    specs.push(etcd);
-
     let mut coredns = ImageSpec::new("coredns", &coredns_image(versions));
     coredns.add_file(bundle.bin("coredns"), "/coredns");
     coredns.entrypoint = vec!["/coredns".to_string()];
     labels(&mut coredns, &versions.coredns);
     specs.push(coredns);
-
-    let mut pause = ImageSpec::new("pause", &pause_image(versions));
-    pause.add_file(bundle.bin("pause"), "/pause");
-    pause.entrypoint = vec!["/pause".to_string()];
-    labels(&mut pause, &versions.pause);
-    specs.push(pause);
 
     let mut selfnode = ImageSpec::new("selfnode", &selfnode_image());
     selfnode.add_file(selfnode_exe, "/usr/local/bin/selfnode");
@@ -456,6 +458,8 @@ mod tests {
         (dir, bundle)
     }
 
+    /// Names as upstream and kubeadm give them, in the import order: the
+    /// pause image and etcd first (the node's first pod needs both).
     #[test]
     fn names_follow_upstream_and_kubeadm() {
         let (_dir, bundle) = fake_bundle();
@@ -468,13 +472,13 @@ mod tests {
         assert_eq!(
             names,
             [
+                "registry.k8s.io/pause:3.10.2",
+                "registry.k8s.io/etcd:3.7.3-0",
                 "registry.k8s.io/kube-apiserver:v1.37.2",
                 "registry.k8s.io/kube-controller-manager:v1.37.2",
                 "registry.k8s.io/kube-scheduler:v1.37.2",
                 "registry.k8s.io/kube-proxy:v1.37.2",
-                "registry.k8s.io/etcd:3.7.3-0",
                 "registry.k8s.io/coredns/coredns:v1.14.6",
-                "registry.k8s.io/pause:3.10.2",
                 &format!("localhost/selfnode:{SELFNODE_VERSION}"),
             ]
         );

@@ -515,6 +515,9 @@ async fn wait_node_registered(run: &Runner, join: &Join<'_>) -> anyhow::Result<S
 async fn wait_node_ready(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
     let name = &join.ctx.node_name;
     let paths = &join.ctx.paths;
+    // The node's first pods (the pod network's, kube-proxy) need the
+    // bundle's images: no registry is asked.
+    crate::init::ready::bundle_images_imported(run, Step::WaitNodeReady, paths).await?;
     run.wait(
         Step::WaitNodeReady,
         &format!("Node {name} to be Ready"),

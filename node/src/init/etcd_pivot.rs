@@ -112,20 +112,26 @@ pub(super) async fn start_self_hosted_etcd(
     let manifest = seq.paths.etcd_manifest();
     let pod = bootstrap::objects::etcd_static_pod_yaml(spec, &EtcdInitial::join_temporary(spec))?;
     let peer = spec.etcd_peer_url(Placement::SelfHosted);
+    let done = || async {
+        let same = std::fs::read(&manifest).ok().as_deref() == Some(pod.as_bytes());
+        Ok(same && self_hosted_member(seq).await?.is_some_and(|m| m.healthy))
+    };
+    // The member is the first pod: its image and the pause image must be
+    // in containerd before the kubelet is asked for it.
+    if !done().await? {
+        super::ready::bundle_images_imported(run, Step::StartSelfHostedEtcd, seq.paths).await?;
+    }
     run.step(
         Step::StartSelfHostedEtcd,
         Duration::from_secs(180),
-        || async {
-            let same = std::fs::read(&manifest).ok().as_deref() == Some(pod.as_bytes());
-            Ok(same && self_hosted_member(seq).await?.is_some_and(|m| m.healthy))
-        },
+        done,
         || async {
             // etcd wants its data private; the kubelet would make the
             // hostPath 0755.
             NodeHost.ensure_dir(&spec.etcd_data_dir, bootstrap::plane::ETCD_DATA_DIR_MODE)?;
             NodeHost.ensure_dir(&seq.paths.static_pod_dir(), 0o755)?;
             NodeHost.write_file(&manifest, pod.as_bytes(), 0o600)?;
-            until(
+            let waited = until(
                 "the kubelet to start the etcd static pod",
                 Duration::from_secs(170),
                 Duration::from_millis(250),
@@ -140,7 +146,25 @@ pub(super) async fn start_self_hosted_etcd(
                     }
                 },
             )
-            .await
+            .await;
+            match waited {
+                Ok(()) => Ok(()),
+                // Why the pod is not up is the kubelet's to say.
+                Err(e) => {
+                    let kubelet = match seq.client().await {
+                        Ok(c) => {
+                            super::ready::static_pod_report(
+                                &c,
+                                bootstrap::objects::ETCD,
+                                &spec.node_name,
+                            )
+                            .await
+                        }
+                        Err(c) => format!("cannot ask the API about the pod: {c:#}"),
+                    };
+                    Err(anyhow::anyhow!("{e:#}; {kubelet}"))
+                }
+            }
         },
     )
     .await

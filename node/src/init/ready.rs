@@ -278,6 +278,88 @@ pub(crate) fn pod_not_ready_reason(p: &Pod) -> String {
     parts.join(", ")
 }
 
+/// How long a sequence waits for the agent to import the bundle's images:
+/// seconds on a host, about ten minutes in an emulated appliance (QEMU
+/// without KVM).
+pub(crate) const IMAGES_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// Waits until the agent reports the bundle's images imported (its
+/// `images` component Ready), before `step` asks the kubelet for a pod: no
+/// registry is reachable, so a pod whose image (or the pause image of its
+/// sandbox) is not imported yet fails with a pull error and the kubelet's
+/// back-off. Says so on the step's line when it has to wait.
+pub(crate) async fn bundle_images_imported(
+    run: &Runner,
+    step: Step,
+    paths: &crate::paths::HostPaths,
+) -> anyhow::Result<()> {
+    let imported = || -> anyhow::Result<bool> {
+        let st = super::temp_plane::agent_status(paths)?;
+        match st
+            .components
+            .iter()
+            .find(|c| c.name == crate::agent::IMAGES)
+        {
+            Some(c) if c.state == crate::status::ComponentState::Ready => Ok(true),
+            Some(c) => anyhow::bail!(
+                "the image import is {}{}",
+                c.state.as_str(),
+                c.last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+            None => anyhow::bail!("the agent does not report its image import"),
+        }
+    };
+    if imported().unwrap_or(false) {
+        return Ok(());
+    }
+    run.say(step, "waiting for the agent to import the bundle's images");
+    until(
+        &format!(
+            "the agent to import the bundle's images (see 'selfnode status' and {})",
+            paths.log_dir().join("agent.log").display()
+        ),
+        IMAGES_DEADLINE,
+        Duration::from_secs(1),
+        || async { imported() },
+    )
+    .await
+}
+
+/// What the kubelet reports about its static pod `name` on `node`: the
+/// reason from its mirror pod's status (`<name>-<node>` in kube-system, see
+/// [`pod_not_ready_reason`]) or that pod's newest Warning event (a sandbox
+/// that cannot be made, an image that is not there), as one clause for an
+/// error message. Says so when the kubelet has not written the mirror pod.
+pub(crate) async fn static_pod_report(client: &kube::Client, name: &str, node: &str) -> String {
+    let mirror = format!("{name}-{node}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    match pods.get_opt(&mirror).await {
+        Err(e) => format!("cannot read pod kube-system/{mirror}: {e}"),
+        Ok(None) => format!(
+            "the kubelet has not reported pod kube-system/{mirror} (no mirror pod): see its log"
+        ),
+        Ok(Some(p)) => {
+            let mut why = pod_not_ready_reason(&p);
+            if why.is_empty() {
+                why = last_warning(client, &mirror).await.unwrap_or_default();
+            }
+            if why.is_empty() {
+                why = format!(
+                    "phase {}, no reason given",
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.phase.as_deref())
+                        .unwrap_or("unknown")
+                );
+            }
+            format!("the kubelet reports pod kube-system/{mirror}: {why}")
+        }
+    }
+}
+
 /// The newest Warning event about pod `name` in kube-system, as
 /// `Reason: message`.
 async fn last_warning(client: &kube::Client, name: &str) -> anyhow::Result<String> {

@@ -68,7 +68,8 @@ impl Runner {
         self.numbers.get(&step).copied().unwrap_or(0)
     }
 
-    fn say(&self, step: Step, what: &str) {
+    /// One progress line for `step`: `[init] <step> (n/N): <what>`.
+    pub fn say(&self, step: Step, what: &str) {
         if !self.quiet {
             eprintln!(
                 "[{}] {step} ({}/{}): {what}",
