@@ -293,25 +293,8 @@ pub(crate) async fn bundle_images_imported(
     step: Step,
     paths: &crate::paths::HostPaths,
 ) -> anyhow::Result<()> {
-    let imported = || -> anyhow::Result<bool> {
-        let st = super::temp_plane::agent_status(paths)?;
-        match st
-            .components
-            .iter()
-            .find(|c| c.name == crate::agent::IMAGES)
-        {
-            Some(c) if c.state == crate::status::ComponentState::Ready => Ok(true),
-            Some(c) => anyhow::bail!(
-                "the image import is {}{}",
-                c.state.as_str(),
-                c.last_error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            ),
-            None => anyhow::bail!("the agent does not report its image import"),
-        }
-    };
+    let imported =
+        || super::temp_plane::component_ready(paths, crate::agent::IMAGES, "the image import");
     if imported().unwrap_or(false) {
         return Ok(());
     }

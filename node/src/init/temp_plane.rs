@@ -204,6 +204,25 @@ pub(super) fn agent_status(paths: &HostPaths) -> anyhow::Result<AgentStatus> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
+/// Whether the agent reports its component `name` Ready (`false` while it
+/// does not list it); an error saying `what` is in which state, with the
+/// component's last error, while it is listed and not Ready.
+pub(super) fn component_ready(paths: &HostPaths, name: &str, what: &str) -> anyhow::Result<bool> {
+    let st = agent_status(paths)?;
+    match st.components.iter().find(|c| c.name == name) {
+        Some(c) if c.state == ComponentState::Ready => Ok(true),
+        Some(c) => anyhow::bail!(
+            "{what} is {}{}",
+            c.state.as_str(),
+            c.last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+        None => Ok(false),
+    }
+}
+
 /// Writes the service file and waits until the agent reports it ready.
 async fn start_service(
     run: &Runner,
@@ -232,21 +251,7 @@ async fn start_service(
             &format!("{name} to be healthy ({})", p.health.url()),
             Duration::from_secs(170),
             Duration::from_millis(200),
-            || async {
-                let st = agent_status(paths)?;
-                match st.components.iter().find(|c| c.name == name) {
-                    Some(c) if c.state == ComponentState::Ready => Ok(true),
-                    Some(c) => anyhow::bail!(
-                        "{name} is {}{}",
-                        c.state.as_str(),
-                        c.last_error
-                            .as_deref()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    ),
-                    None => Ok(false),
-                }
-            },
+            || async { component_ready(paths, &name, &name) },
         )
         .await
     })
