@@ -45,6 +45,19 @@ pub(super) async fn register_control_plane_node(
     .await
 }
 
+/// When the restore this sequence runs began (unix seconds, the identity
+/// it recorded at its start, so a resumed restore keeps it); `None` for an
+/// init.
+fn restore_began(seq: &Seq<'_>) -> anyhow::Result<Option<i64>> {
+    if seq.ctx.restore.is_none() {
+        return Ok(None);
+    }
+    Ok(seq
+        .checkpoint
+        .cluster_identity()?
+        .map(|id| id.created as i64))
+}
+
 /// `wait_self_hosted_ready`: etcd's, the apiserver's, the
 /// controller-manager's and the scheduler's pods Ready, and the self-hosted
 /// apiserver's `/readyz` answering (verified against the cluster CA).
@@ -54,6 +67,7 @@ pub(super) async fn wait_self_hosted_ready(
 ) -> anyhow::Result<StepReport> {
     let api_ca = seq.spec.pki_dir.join("ca.crt");
     let (_, self_api) = seq.apiservers();
+    let restore_began = restore_began(seq)?;
     run.wait(
         Step::WaitSelfHostedReady,
         "the self-hosted control-plane pods to be Ready",
@@ -63,7 +77,7 @@ pub(super) async fn wait_self_hosted_ready(
                 "etcd, kube-apiserver, kube-controller-manager and kube-scheduler pods Ready",
                 Duration::from_secs(600),
                 Duration::from_millis(500),
-                || async { pods_ready(&client, "tier=control-plane", 4).await },
+                || async { pods_ready(&client, "tier=control-plane", 4, restore_began).await },
             )
             .await?;
             until(
@@ -88,6 +102,7 @@ pub(super) async fn wait_self_hosted_ready(
 /// `wait_cluster_ready`: the node, kube-proxy and CoreDNS Ready.
 pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     let node_name = &seq.spec.node_name;
+    let restore_began = restore_began(seq)?;
     run.wait(
         Step::WaitClusterReady,
         "the node, kube-proxy and CoreDNS to be Ready",
@@ -111,14 +126,14 @@ pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::R
                 "kube-proxy Ready",
                 Duration::from_secs(300),
                 Duration::from_millis(500),
-                || async { pods_ready(&client, "k8s-app=kube-proxy", 1).await },
+                || async { pods_ready(&client, "k8s-app=kube-proxy", 1, restore_began).await },
             )
             .await?;
             until(
                 "CoreDNS Ready",
                 Duration::from_secs(300),
                 Duration::from_millis(500),
-                || async { pods_ready(&client, "k8s-app=kube-dns", 1).await },
+                || async { pods_ready(&client, "k8s-app=kube-dns", 1, restore_began).await },
             )
             .await
         },
@@ -161,6 +176,24 @@ pub(crate) fn node_not_ready_reason(n: &Node) -> String {
     }
 }
 
+/// The pod is Ready by a condition that turned `True` before `since`
+/// (unix seconds). After a restore every pod's status is the snapshot's:
+/// Ready, from the old cluster's kubelet, while this node's kubelet is still
+/// starting the new containers. Its first status for them is not Ready
+/// (none runs yet), so a Ready seen after it has a later transition time.
+pub(crate) fn ready_from_before(p: &Pod, since: i64) -> bool {
+    let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| {
+        cs.iter().any(|c| {
+            c.type_ == "Ready"
+                && c.status == "True"
+                && c.last_transition_time
+                    .as_ref()
+                    .is_none_or(|t| t.0.as_second() < since)
+        })
+    })
+}
+
 /// The Pod's `Ready` condition is `True`.
 pub(crate) fn pod_ready(p: &Pod) -> bool {
     let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
@@ -200,9 +233,30 @@ pub(crate) fn all_ready<'p>(
 }
 
 /// At least `min` pods in kube-system match `selector`, and all are Ready.
-async fn pods_ready(client: &kube::Client, selector: &str, min: usize) -> anyhow::Result<bool> {
+/// In a restore (`restore_began`, unix seconds), a Ready that the snapshot
+/// brought back does not count: see [`ready_from_before`].
+async fn pods_ready(
+    client: &kube::Client,
+    selector: &str,
+    min: usize,
+    restore_began: Option<i64>,
+) -> anyhow::Result<bool> {
     let api: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let list = api.list(&ListParams::default().labels(selector)).await?;
+    if let Some(since) = restore_began {
+        let stale: Vec<&str> = list
+            .items
+            .iter()
+            .filter(|p| ready_from_before(p, since))
+            .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+            .collect();
+        if !stale.is_empty() {
+            anyhow::bail!(
+                "not Ready yet: {} (Ready in the snapshot's status; this node's kubelet has not reported the pod since the restore began)",
+                stale.join(", ")
+            );
+        }
+    }
     // The events of the pods whose status says nothing, fetched first so
     // the predicate stays synchronous.
     let mut warnings = std::collections::HashMap::new();
@@ -465,6 +519,34 @@ mod tests {
         assert!(!node_ready(
             &serde_json::from_value(serde_json::json!({"metadata": {"name": "n"}})).unwrap()
         ));
+    }
+
+    /// The CI failure of 2026-12-01 (init.rs, after reset and restore):
+    /// the restore ended on the snapshot's Ready while the new kube-apiserver
+    /// container was still failing its startup probe.
+    #[test]
+    fn after_a_restore_only_a_ready_from_this_nodes_kubelet_counts() {
+        let at = |t: &str| {
+            pod(serde_json::json!({
+                "metadata": {"name": "kube-apiserver-x"},
+                "status": {"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": t}
+                ]}
+            }))
+        };
+        // 2026-12-01T08:36:00Z
+        let began = 1_796_114_160;
+        assert!(ready_from_before(&at("2026-12-01T08:35:59Z"), began));
+        assert!(!ready_from_before(&at("2026-12-01T08:36:00Z"), began));
+        assert!(!ready_from_before(&at("2026-12-01T08:40:00Z"), began));
+        // No time at all: not trusted.
+        assert!(ready_from_before(&ready_pod("a"), began));
+        // Not Ready is not "Ready from before".
+        let not_ready = pod(serde_json::json!({
+            "metadata": {"name": "b"},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "2020-01-01T00:00:00Z"}]}
+        }));
+        assert!(!ready_from_before(&not_ready, began));
     }
 
     #[test]
