@@ -45,17 +45,66 @@ pub(super) async fn register_control_plane_node(
     .await
 }
 
-/// When the restore this sequence runs began (unix seconds, the identity
-/// it recorded at its start, so a resumed restore keeps it); `None` for an
-/// init.
-fn restore_began(seq: &Seq<'_>) -> anyhow::Result<Option<i64>> {
-    if seq.ctx.restore.is_none() {
-        return Ok(None);
+/// How long a restore sees pods Ready before it believes it: longer than
+/// the kubelet's status sync (10 s), in which it puts its own view of each
+/// pod over the status the snapshot brought back.
+const RESTORED_STATUS_HOLD: Duration = Duration::from_secs(20);
+
+/// After a restore every pod's status is the snapshot's: Ready, from the
+/// kubelet as it was then, while this node's kubelet may be starting new
+/// containers (after a reset) or still running the same ones (`--force`).
+/// The kubelet reconciles the API's status with its own within one sync,
+/// so a Ready held for [`RESTORED_STATUS_HOLD`] is the kubelet's. Any
+/// not-Ready answer starts the count again.
+#[derive(Debug, Default)]
+pub(crate) struct HeldReady {
+    since: Option<std::time::Instant>,
+}
+
+impl HeldReady {
+    /// Whether `ready`, seen at `now`, has held for `hold`.
+    pub(crate) fn observe(&mut self, ready: bool, now: std::time::Instant, hold: Duration) -> bool {
+        if !ready {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.duration_since(since) >= hold
     }
-    Ok(seq
-        .checkpoint
-        .cluster_identity()?
-        .map(|id| id.created as i64))
+}
+
+/// [`pods_ready`], held for [`RESTORED_STATUS_HOLD`] in a restore.
+async fn pods_ready_held(
+    client: &kube::Client,
+    selector: &str,
+    min: usize,
+    restore: bool,
+    held: &std::sync::Mutex<HeldReady>,
+) -> anyhow::Result<bool> {
+    let ready = match pods_ready(client, selector, min).await {
+        Ok(r) => r,
+        Err(e) => {
+            held.lock()
+                .unwrap()
+                .observe(false, std::time::Instant::now(), Duration::ZERO);
+            return Err(e);
+        }
+    };
+    if !restore {
+        return Ok(ready);
+    }
+    let hold = RESTORED_STATUS_HOLD;
+    if held
+        .lock()
+        .unwrap()
+        .observe(ready, std::time::Instant::now(), hold)
+    {
+        return Ok(true);
+    }
+    anyhow::bail!(
+        "Ready, held for {}s before it counts after a restore (the snapshot's pod status until the kubelet reports its own)",
+        hold.as_secs()
+    )
 }
 
 /// `wait_self_hosted_ready`: etcd's, the apiserver's, the
@@ -67,7 +116,8 @@ pub(super) async fn wait_self_hosted_ready(
 ) -> anyhow::Result<StepReport> {
     let api_ca = seq.spec.pki_dir.join("ca.crt");
     let (_, self_api) = seq.apiservers();
-    let restore_began = restore_began(seq)?;
+    let restore = seq.ctx.restore.is_some();
+    let held = std::sync::Mutex::new(HeldReady::default());
     run.wait(
         Step::WaitSelfHostedReady,
         "the self-hosted control-plane pods to be Ready",
@@ -77,7 +127,9 @@ pub(super) async fn wait_self_hosted_ready(
                 "etcd, kube-apiserver, kube-controller-manager and kube-scheduler pods Ready",
                 Duration::from_secs(600),
                 Duration::from_millis(500),
-                || async { pods_ready(&client, "tier=control-plane", 4, restore_began).await },
+                || async {
+                    pods_ready_held(&client, "tier=control-plane", 4, restore, &held).await
+                },
             )
             .await?;
             until(
@@ -102,7 +154,8 @@ pub(super) async fn wait_self_hosted_ready(
 /// `wait_cluster_ready`: the node, kube-proxy and CoreDNS Ready.
 pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     let node_name = &seq.spec.node_name;
-    let restore_began = restore_began(seq)?;
+    let restore = seq.ctx.restore.is_some();
+    let (proxy_held, dns_held) = Default::default();
     run.wait(
         Step::WaitClusterReady,
         "the node, kube-proxy and CoreDNS to be Ready",
@@ -126,14 +179,18 @@ pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::R
                 "kube-proxy Ready",
                 Duration::from_secs(300),
                 Duration::from_millis(500),
-                || async { pods_ready(&client, "k8s-app=kube-proxy", 1, restore_began).await },
+                || async {
+                    pods_ready_held(&client, "k8s-app=kube-proxy", 1, restore, &proxy_held).await
+                },
             )
             .await?;
             until(
                 "CoreDNS Ready",
                 Duration::from_secs(300),
                 Duration::from_millis(500),
-                || async { pods_ready(&client, "k8s-app=kube-dns", 1, restore_began).await },
+                || async {
+                    pods_ready_held(&client, "k8s-app=kube-dns", 1, restore, &dns_held).await
+                },
             )
             .await
         },
@@ -176,24 +233,6 @@ pub(crate) fn node_not_ready_reason(n: &Node) -> String {
     }
 }
 
-/// The pod is Ready by a condition that turned `True` before `since`
-/// (unix seconds). After a restore every pod's status is the snapshot's:
-/// Ready, from the old cluster's kubelet, while this node's kubelet is still
-/// starting the new containers. Its first status for them is not Ready
-/// (none runs yet), so a Ready seen after it has a later transition time.
-pub(crate) fn ready_from_before(p: &Pod, since: i64) -> bool {
-    let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions.is_some_and(|cs| {
-        cs.iter().any(|c| {
-            c.type_ == "Ready"
-                && c.status == "True"
-                && c.last_transition_time
-                    .as_ref()
-                    .is_none_or(|t| t.0.as_second() < since)
-        })
-    })
-}
-
 /// The Pod's `Ready` condition is `True`.
 pub(crate) fn pod_ready(p: &Pod) -> bool {
     let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
@@ -233,30 +272,9 @@ pub(crate) fn all_ready<'p>(
 }
 
 /// At least `min` pods in kube-system match `selector`, and all are Ready.
-/// In a restore (`restore_began`, unix seconds), a Ready that the snapshot
-/// brought back does not count: see [`ready_from_before`].
-async fn pods_ready(
-    client: &kube::Client,
-    selector: &str,
-    min: usize,
-    restore_began: Option<i64>,
-) -> anyhow::Result<bool> {
+async fn pods_ready(client: &kube::Client, selector: &str, min: usize) -> anyhow::Result<bool> {
     let api: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let list = api.list(&ListParams::default().labels(selector)).await?;
-    if let Some(since) = restore_began {
-        let stale: Vec<&str> = list
-            .items
-            .iter()
-            .filter(|p| ready_from_before(p, since))
-            .map(|p| p.metadata.name.as_deref().unwrap_or_default())
-            .collect();
-        if !stale.is_empty() {
-            anyhow::bail!(
-                "not Ready yet: {} (Ready in the snapshot's status; this node's kubelet has not reported the pod since the restore began)",
-                stale.join(", ")
-            );
-        }
-    }
     // The events of the pods whose status says nothing, fetched first so
     // the predicate stays synchronous.
     let mut warnings = std::collections::HashMap::new();
@@ -525,28 +543,18 @@ mod tests {
     /// the restore ended on the snapshot's Ready while the new kube-apiserver
     /// container was still failing its startup probe.
     #[test]
-    fn after_a_restore_only_a_ready_from_this_nodes_kubelet_counts() {
-        let at = |t: &str| {
-            pod(serde_json::json!({
-                "metadata": {"name": "kube-apiserver-x"},
-                "status": {"phase": "Running", "conditions": [
-                    {"type": "Ready", "status": "True", "lastTransitionTime": t}
-                ]}
-            }))
-        };
-        // 2026-12-01T08:36:00Z
-        let began = 1_796_114_160;
-        assert!(ready_from_before(&at("2026-12-01T08:35:59Z"), began));
-        assert!(!ready_from_before(&at("2026-12-01T08:36:00Z"), began));
-        assert!(!ready_from_before(&at("2026-12-01T08:40:00Z"), began));
-        // No time at all: not trusted.
-        assert!(ready_from_before(&ready_pod("a"), began));
-        // Not Ready is not "Ready from before".
-        let not_ready = pod(serde_json::json!({
-            "metadata": {"name": "b"},
-            "status": {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "2020-01-01T00:00:00Z"}]}
-        }));
-        assert!(!ready_from_before(&not_ready, began));
+    fn after_a_restore_ready_counts_once_it_has_held() {
+        let hold = Duration::from_secs(20);
+        let t0 = std::time::Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut h = HeldReady::default();
+        assert!(!h.observe(true, at(0), hold), "the snapshot's Ready");
+        assert!(!h.observe(false, at(8), hold), "the kubelet's own view");
+        assert!(!h.observe(true, at(15), hold));
+        assert!(!h.observe(true, at(34), hold));
+        assert!(h.observe(true, at(35), hold));
+        // Outside a restore there is no hold.
+        assert!(HeldReady::default().observe(true, at(0), Duration::ZERO));
     }
 
     #[test]
