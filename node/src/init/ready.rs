@@ -45,68 +45,6 @@ pub(super) async fn register_control_plane_node(
     .await
 }
 
-/// How long a restore sees pods Ready before it believes it: longer than
-/// the kubelet's status sync (10 s), in which it puts its own view of each
-/// pod over the status the snapshot brought back.
-const RESTORED_STATUS_HOLD: Duration = Duration::from_secs(20);
-
-/// After a restore every pod's status is the snapshot's: Ready, from the
-/// kubelet as it was then, while this node's kubelet may be starting new
-/// containers (after a reset) or still running the same ones (`--force`).
-/// The kubelet reconciles the API's status with its own within one sync,
-/// so a Ready held for [`RESTORED_STATUS_HOLD`] is the kubelet's. Any
-/// not-Ready answer starts the count again.
-#[derive(Debug, Default)]
-pub(crate) struct HeldReady {
-    since: Option<std::time::Instant>,
-}
-
-impl HeldReady {
-    /// Whether `ready`, seen at `now`, has held for `hold`.
-    pub(crate) fn observe(&mut self, ready: bool, now: std::time::Instant, hold: Duration) -> bool {
-        if !ready {
-            self.since = None;
-            return false;
-        }
-        let since = *self.since.get_or_insert(now);
-        now.duration_since(since) >= hold
-    }
-}
-
-/// [`pods_ready`], held for [`RESTORED_STATUS_HOLD`] in a restore.
-async fn pods_ready_held(
-    client: &kube::Client,
-    selector: &str,
-    min: usize,
-    restore: bool,
-    held: &std::sync::Mutex<HeldReady>,
-) -> anyhow::Result<bool> {
-    let ready = match pods_ready(client, selector, min).await {
-        Ok(r) => r,
-        Err(e) => {
-            held.lock()
-                .unwrap()
-                .observe(false, std::time::Instant::now(), Duration::ZERO);
-            return Err(e);
-        }
-    };
-    if !restore {
-        return Ok(ready);
-    }
-    let hold = RESTORED_STATUS_HOLD;
-    if held
-        .lock()
-        .unwrap()
-        .observe(ready, std::time::Instant::now(), hold)
-    {
-        return Ok(true);
-    }
-    anyhow::bail!(
-        "Ready, held for {}s before it counts after a restore (the snapshot's pod status until the kubelet reports its own)",
-        hold.as_secs()
-    )
-}
-
 /// `wait_self_hosted_ready`: etcd's, the apiserver's, the
 /// controller-manager's and the scheduler's pods Ready, and the self-hosted
 /// apiserver's `/readyz` answering (verified against the cluster CA).
@@ -116,8 +54,6 @@ pub(super) async fn wait_self_hosted_ready(
 ) -> anyhow::Result<StepReport> {
     let api_ca = seq.spec.pki_dir.join("ca.crt");
     let (_, self_api) = seq.apiservers();
-    let restore = seq.ctx.restore.is_some();
-    let held = std::sync::Mutex::new(HeldReady::default());
     run.wait(
         Step::WaitSelfHostedReady,
         "the self-hosted control-plane pods to be Ready",
@@ -127,9 +63,7 @@ pub(super) async fn wait_self_hosted_ready(
                 "etcd, kube-apiserver, kube-controller-manager and kube-scheduler pods Ready",
                 Duration::from_secs(600),
                 Duration::from_millis(500),
-                || async {
-                    pods_ready_held(&client, "tier=control-plane", 4, restore, &held).await
-                },
+                || async { pods_ready(&client, "tier=control-plane", 4).await },
             )
             .await?;
             until(
@@ -154,8 +88,6 @@ pub(super) async fn wait_self_hosted_ready(
 /// `wait_cluster_ready`: the node, kube-proxy and CoreDNS Ready.
 pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     let node_name = &seq.spec.node_name;
-    let restore = seq.ctx.restore.is_some();
-    let (proxy_held, dns_held) = Default::default();
     run.wait(
         Step::WaitClusterReady,
         "the node, kube-proxy and CoreDNS to be Ready",
@@ -179,18 +111,14 @@ pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::R
                 "kube-proxy Ready",
                 Duration::from_secs(300),
                 Duration::from_millis(500),
-                || async {
-                    pods_ready_held(&client, "k8s-app=kube-proxy", 1, restore, &proxy_held).await
-                },
+                || async { pods_ready(&client, "k8s-app=kube-proxy", 1).await },
             )
             .await?;
             until(
                 "CoreDNS Ready",
                 Duration::from_secs(300),
                 Duration::from_millis(500),
-                || async {
-                    pods_ready_held(&client, "k8s-app=kube-dns", 1, restore, &dns_held).await
-                },
+                || async { pods_ready(&client, "k8s-app=kube-dns", 1).await },
             )
             .await
         },
@@ -537,24 +465,6 @@ mod tests {
         assert!(!node_ready(
             &serde_json::from_value(serde_json::json!({"metadata": {"name": "n"}})).unwrap()
         ));
-    }
-
-    /// The CI failure of 2026-12-01 (init.rs, after reset and restore):
-    /// the restore ended on the snapshot's Ready while the new kube-apiserver
-    /// container was still failing its startup probe.
-    #[test]
-    fn after_a_restore_ready_counts_once_it_has_held() {
-        let hold = Duration::from_secs(20);
-        let t0 = std::time::Instant::now();
-        let at = |s| t0 + Duration::from_secs(s);
-        let mut h = HeldReady::default();
-        assert!(!h.observe(true, at(0), hold), "the snapshot's Ready");
-        assert!(!h.observe(false, at(8), hold), "the kubelet's own view");
-        assert!(!h.observe(true, at(15), hold));
-        assert!(!h.observe(true, at(34), hold));
-        assert!(h.observe(true, at(35), hold));
-        // Outside a restore there is no hold.
-        assert!(HeldReady::default().observe(true, at(0), Duration::ZERO));
     }
 
     #[test]
