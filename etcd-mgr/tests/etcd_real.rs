@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use etcd_client::GetOptions;
 use etcd_mgr::members::{add_learner, promote, remove, RemoveOutcome};
 use etcd_mgr::restore::{restore_data_dir, RestoreError, RestoreTarget};
 use etcd_mgr::snapshot::{self, verify_file, SnapshotError};
@@ -295,6 +296,21 @@ async fn snapshots_are_verified_and_restore_into_a_working_member() {
     for m in &mut members {
         m.wait_ready(&pki).await;
         assert_keys(&pki, &m.spec.client_url(), KEYS).await;
+        // The revision moved past any a client of the old member saw, and
+        // the revisions below are compacted: a watch from one of them
+        // fails and its client lists again.
+        let mut c = pki.client(&m.spec.client_url()).await;
+        let now = c.get("k/", None).await.unwrap();
+        let rev = now.header().unwrap().revision();
+        assert!(
+            rev > etcd_mgr::restore::BUMP_REVISION as i64,
+            "restored revision {rev}"
+        );
+        let old = c
+            .get("k/", Some(GetOptions::new().with_revision(2)))
+            .await
+            .unwrap_err();
+        assert!(old.to_string().contains("compacted"), "{old}");
     }
     drop(members);
 

@@ -412,8 +412,9 @@ async fn api_ready(spec: &PlaneSpec) -> Result<(), String> {
 }
 
 /// Whether a self-hosted pod of `component` (not a checkpoint copy, not
-/// terminating) is Ready, anywhere or on `node`. On this node the pod's
-/// container must also run in containerd (`running`): right after the API
+/// terminating) is Ready, anywhere or on `node`. On this node the
+/// containers its status names must also run in containerd (`running`,
+/// see [`crate::init::ready::status_is_current`]): right after the API
 /// comes back, a pod whose container died while it was down still says
 /// Ready (the kubelet could not report), such as the pod of a deleted
 /// DaemonSet.
@@ -436,9 +437,7 @@ async fn ready_pod(
             && p.metadata.deletion_timestamp.is_none()
             && crate::init::ready::pod_ready(p)
             && node.is_none_or(|(_, running)| {
-                running.iter().any(|c| {
-                    c.container == component && Some(&c.pod_uid) == p.metadata.uid.as_ref()
-                })
+                crate::init::ready::status_is_current(p, running).is_ok()
             })
     }))
 }

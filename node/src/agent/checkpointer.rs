@@ -664,6 +664,9 @@ pub fn static_copy(
 /// A container running on this host, from containerd's CRI labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningContainer {
+    /// containerd's container ID: the one a pod's status gives as
+    /// `containerd://<id>`.
+    pub id: String,
     pub pod_uid: String,
     pub pod_name: String,
     pub container: String,
@@ -707,6 +710,7 @@ pub async fn running_containers(socket: &Path) -> anyhow::Result<Vec<RunningCont
         .filter_map(|c| {
             let label = |k: &str| c.labels.get(k).cloned();
             Some(RunningContainer {
+                id: c.id.clone(),
                 pod_uid: label("io.kubernetes.pod.uid")?,
                 pod_name: label("io.kubernetes.pod.name")?,
                 container: label("io.kubernetes.container.name")?,

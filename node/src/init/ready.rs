@@ -10,6 +10,7 @@ use kube::api::{Api, ListParams};
 
 use super::steps::{until, Runner, StepReport};
 use super::{Seq, Step};
+use crate::agent::checkpointer::{running_containers, RunningContainer};
 
 /// `register_control_plane_node`: the kubelet registers the Node; it gets
 /// the control-plane label, and the NoSchedule taint unless workloads are
@@ -54,6 +55,7 @@ pub(super) async fn wait_self_hosted_ready(
 ) -> anyhow::Result<StepReport> {
     let api_ca = seq.spec.pki_dir.join("ca.crt");
     let (_, self_api) = seq.apiservers();
+    let (node, socket) = (&seq.spec.node_name, seq.paths.containerd_socket());
     run.wait(
         Step::WaitSelfHostedReady,
         "the self-hosted control-plane pods to be Ready",
@@ -63,7 +65,7 @@ pub(super) async fn wait_self_hosted_ready(
                 "etcd, kube-apiserver, kube-controller-manager and kube-scheduler pods Ready",
                 Duration::from_secs(600),
                 Duration::from_millis(500),
-                || async { pods_ready(&client, "tier=control-plane", 4).await },
+                || async { pods_ready(&client, "tier=control-plane", 4, node, &socket).await },
             )
             .await?;
             until(
@@ -88,6 +90,7 @@ pub(super) async fn wait_self_hosted_ready(
 /// `wait_cluster_ready`: the node, kube-proxy and CoreDNS Ready.
 pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     let node_name = &seq.spec.node_name;
+    let (node, socket) = (node_name, seq.paths.containerd_socket());
     run.wait(
         Step::WaitClusterReady,
         "the node, kube-proxy and CoreDNS to be Ready",
@@ -111,14 +114,14 @@ pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::R
                 "kube-proxy Ready",
                 Duration::from_secs(300),
                 Duration::from_millis(500),
-                || async { pods_ready(&client, "k8s-app=kube-proxy", 1).await },
+                || async { pods_ready(&client, "k8s-app=kube-proxy", 1, node, &socket).await },
             )
             .await?;
             until(
                 "CoreDNS Ready",
                 Duration::from_secs(300),
                 Duration::from_millis(500),
-                || async { pods_ready(&client, "k8s-app=kube-dns", 1).await },
+                || async { pods_ready(&client, "k8s-app=kube-dns", 1, node, &socket).await },
             )
             .await
         },
@@ -171,19 +174,31 @@ pub(crate) fn pod_ready(p: &Pod) -> bool {
 /// otherwise an error naming the pods that are not and why (from
 /// [`pod_not_ready_reason`], or `warning(name)` when the status says
 /// nothing).
+///
+/// With `here` (this node's name and the containers running in its
+/// containerd), a Ready pod on this node counts only if its status is
+/// current ([`status_is_current`]).
 pub(crate) fn all_ready<'p>(
     pods: &'p [Pod],
     min: usize,
     selector: &str,
+    here: Option<(&str, &[RunningContainer])>,
     mut warning: impl FnMut(&'p str) -> String,
 ) -> anyhow::Result<bool> {
     if pods.len() < min {
         anyhow::bail!("{} of {min} pods ({selector}) exist", pods.len());
     }
     let mut not_ready = Vec::new();
-    for p in pods.iter().filter(|p| !pod_ready(p)) {
+    for p in pods {
+        let stale = match here {
+            Some((node, running)) if on_node(p, node) => status_is_current(p, running).err(),
+            _ => None,
+        };
+        if pod_ready(p) && stale.is_none() {
+            continue;
+        }
         let name = p.metadata.name.as_deref().unwrap_or_default();
-        let mut why = pod_not_ready_reason(p);
+        let mut why = stale.unwrap_or_else(|| pod_not_ready_reason(p));
         if why.is_empty() {
             why = warning(name);
         }
@@ -199,10 +214,54 @@ pub(crate) fn all_ready<'p>(
     Ok(true)
 }
 
-/// At least `min` pods in kube-system match `selector`, and all are Ready.
-async fn pods_ready(client: &kube::Client, selector: &str, min: usize) -> anyhow::Result<bool> {
+/// Whether `p` is bound to `node`.
+fn on_node(p: &Pod, node: &str) -> bool {
+    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+}
+
+/// Whether `p`'s status describes containers that run on this node now:
+/// every container status names a containerd ID (`containerd://<id>`) that
+/// is among `running`. `Err` says which does not. A status can be older
+/// than the containers: after a restore every pod's status is the
+/// snapshot's (Ready, with the IDs of containers that a reset removed)
+/// until the kubelet reports again; after the API was down, a container
+/// that died meanwhile still says Ready.
+pub(crate) fn status_is_current(p: &Pod, running: &[RunningContainer]) -> Result<(), String> {
+    let statuses = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    if statuses.is_empty() {
+        return Err("the kubelet has not reported its containers yet".to_string());
+    }
+    for c in statuses {
+        let id = c.container_id.as_deref().unwrap_or_default();
+        let bare = id.split_once("://").map_or(id, |(_, bare)| bare);
+        if bare.is_empty() || !running.iter().any(|r| r.id == bare) {
+            let short: String = bare.chars().take(13).collect();
+            return Err(format!(
+                "its status names container {} {short}, which does not run on this node (a status from before the kubelet's next report)",
+                c.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// At least `min` pods in kube-system match `selector`, and all are Ready;
+/// those on this node (`node`) also with a current status
+/// ([`status_is_current`], from containerd at `socket`).
+async fn pods_ready(
+    client: &kube::Client,
+    selector: &str,
+    min: usize,
+    node: &str,
+    socket: &std::path::Path,
+) -> anyhow::Result<bool> {
     let api: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let list = api.list(&ListParams::default().labels(selector)).await?;
+    let running = running_containers(socket).await?;
     // The events of the pods whose status says nothing, fetched first so
     // the predicate stays synchronous.
     let mut warnings = std::collections::HashMap::new();
@@ -215,7 +274,7 @@ async fn pods_ready(client: &kube::Client, selector: &str, min: usize) -> anyhow
         let w = last_warning(client, &name).await.unwrap_or_default();
         warnings.insert(name, w);
     }
-    all_ready(&list.items, min, selector, |name| {
+    all_ready(&list.items, min, selector, Some((node, &running)), |name| {
         warnings.get(name).cloned().unwrap_or_default()
     })
 }
@@ -469,12 +528,17 @@ mod tests {
 
     #[test]
     fn too_few_pods_is_not_ready_and_says_how_many() {
-        let err = all_ready(&[ready_pod("a")], 4, "tier=control-plane", |_| {
+        let err = all_ready(&[ready_pod("a")], 4, "tier=control-plane", None, |_| {
             String::new()
         })
         .unwrap_err();
         assert_eq!(err.to_string(), "1 of 4 pods (tier=control-plane) exist");
-        assert!(all_ready(&[ready_pod("a"), ready_pod("b")], 2, "x", |_| String::new()).unwrap());
+        assert!(
+            all_ready(&[ready_pod("a"), ready_pod("b")], 2, "x", None, |_| {
+                String::new()
+            })
+            .unwrap()
+        );
     }
 
     #[test]
@@ -491,7 +555,7 @@ mod tests {
                 }]
             }
         }));
-        let err = all_ready(&[p, ready_pod("b")], 2, "x", |_| String::new()).unwrap_err();
+        let err = all_ready(&[p, ready_pod("b")], 2, "x", None, |_| String::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "not Ready yet: kube-apiserver-cp1 (kube-apiserver: CrashLoopBackOff: back-off 40s, \
@@ -544,7 +608,7 @@ mod tests {
         .unwrap();
         let w = newest_warning(&events);
         assert_eq!(w, "FailedCreatePodSandBox: bridge has 10.244.0.1/24");
-        let err = all_ready(&[creating], 1, "k8s-app=kube-dns", |name| {
+        let err = all_ready(&[creating], 1, "k8s-app=kube-dns", None, |name| {
             assert_eq!(name, "coredns-3");
             w.clone()
         })
@@ -554,5 +618,70 @@ mod tests {
             "not Ready yet: coredns-3 (FailedCreatePodSandBox: bridge has 10.244.0.1/24)"
         );
         assert_eq!(newest_warning(&[]), "");
+    }
+
+    #[test]
+    fn a_ready_status_naming_containers_that_do_not_run_here_is_not_believed() {
+        let running = |id: &str| RunningContainer {
+            id: id.to_string(),
+            pod_uid: "u1".to_string(),
+            pod_name: "kube-apiserver-x".to_string(),
+            container: "kube-apiserver".to_string(),
+        };
+        let restored = pod(serde_json::json!({
+            "metadata": {"name": "kube-apiserver-x", "uid": "u1"},
+            "spec": {"nodeName": "cp1", "containers": []},
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{
+                    "name": "kube-apiserver", "image": "i", "imageID": "", "ready": true,
+                    "restartCount": 0, "containerID": "containerd://0123456789abcdef0123",
+                    "state": {"running": {}}
+                }]
+            }
+        }));
+        // The snapshot's status, after a reset: its container is gone.
+        let new = [running("fedcba9876543210")];
+        let err = all_ready(
+            std::slice::from_ref(&restored),
+            1,
+            "x",
+            Some(("cp1", &new)),
+            |_| String::new(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not Ready yet: kube-apiserver-x (its status names container kube-apiserver \
+             0123456789abc, which does not run on this node (a status from before the \
+             kubelet's next report))"
+        );
+        // The kubelet's own report: the container runs.
+        let same = [running("0123456789abcdef0123")];
+        assert!(all_ready(
+            std::slice::from_ref(&restored),
+            1,
+            "x",
+            Some(("cp1", &same)),
+            |_| { String::new() }
+        )
+        .unwrap());
+        // A pod on another node is not checked against this node's containers.
+        assert!(all_ready(
+            std::slice::from_ref(&restored),
+            1,
+            "x",
+            Some(("cp2", &new)),
+            |_| { String::new() }
+        )
+        .unwrap());
+        // A Ready status without container statuses is not a kubelet's report.
+        let bare = ready_pod("b");
+        assert_eq!(
+            status_is_current(&bare, &same).unwrap_err(),
+            "the kubelet has not reported its containers yet"
+        );
+        assert_eq!(status_is_current(&restored, &same), Ok(()));
     }
 }
