@@ -20,7 +20,8 @@ cargo build --release --quiet -p node
 S=$PWD/target/x86_64-unknown-linux-gnu/release/selfnode
 work=$(mktemp -d /tmp/selfnode-appliance.XXXXXX)
 qpid=""
-# The consoles are kept for a look afterwards (the disk images are not).
+# The consoles and the guest's logs (its /var/log is on the data disk) are
+# kept for a look afterwards; the disk images are not.
 keep=/var/tmp/selfnode-appliance-bench
 cleanup() {
   [ -n "$qpid" ] && kill -KILL "$qpid" 2>/dev/null
@@ -65,6 +66,9 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
   for _ in $(seq 1 300); do kill -0 "$qpid" 2>/dev/null || break; sleep 1; done
   kill -KILL "$qpid" 2>/dev/null || true
   qpid=""
+  # The guest's logs, read off its data disk without mounting it.
+  rm -rf "$keep/logs$n" && mkdir -p "$keep/logs$n"
+  debugfs -R "rdump /var-log $keep/logs$n" "$work/data.img" >/dev/null 2>&1 || true
 }
 
 echo "[bench] first boot (formats the data disk, runs init)" >&2
@@ -86,7 +90,7 @@ out=bench/results/appliance-$(date -u +%F).md
   echo "| power-on to 'init done' (cluster Ready) (s) | $ready1 | $ready2 |"
   echo
   echo "Image: ${size_mib} MiB ISO, built in ${build_s} s (release selfnode). Second boot kept the node's storage: $kept."
-  echo "\"none\" means the line did not appear within ${1:-60} minutes."
+  echo "\"none\" means the line did not appear within ${1:-60} minutes. The guest's logs of each boot are in $keep/logs<N>."
   echo
   echo '```'
   grep -a "^selfnode: \|^\[init\]\|^error" "$work/console1.log" | tail -80

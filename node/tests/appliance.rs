@@ -213,7 +213,7 @@ fn an_iso_and_a_raw_image_boot_to_the_agent_and_the_power_button_powers_off() {
             "network up: eth0 10.0.2.15/24 (dhcp), gateway 10.0.2.2",
             BOOT,
         );
-        vm.wait_line("persistent storage: /dev/vda on /var/lib and /etc/kubernetes (formatted now, first boot)", BOOT);
+        vm.wait_line("persistent storage: /dev/vda on /var/lib, /etc/kubernetes and /var/log (formatted now, first boot)", BOOT);
         vm.wait_line("selfnode: containerd ready", BOOT);
         let status = vm.wait_line("selfnode: status: ", BOOT);
         assert!(

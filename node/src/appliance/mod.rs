@@ -400,7 +400,7 @@ fn boot(config: &config::ApplianceConfig) -> anyhow::Result<()> {
         Some(dev) => {
             let st = storage::prepare(&dev, Path::new(DATA_MOUNT), &|m: &str| say(m))?;
             say(&format!(
-                "persistent storage: {} on /var/lib and /etc/kubernetes ({})",
+                "persistent storage: {} on /var/lib, /etc/kubernetes and /var/log ({})",
                 st.device,
                 if st.formatted { "formatted now, first boot" } else { "kept from an earlier boot" }
             ));
@@ -417,7 +417,8 @@ struct Running {
 }
 
 /// Starts `selfnode agent` with its output piped into [`AGENT_LOG`],
-/// capped as the agent caps its components' logs (the file is in memory).
+/// capped as the agent caps its components' logs (on the data disk when
+/// there is one, in memory otherwise).
 fn start_agent() -> anyhow::Result<Running> {
     use crate::agent::logs::{RotatingLog, DEFAULT_CAP};
     let log = std::sync::Arc::new(std::sync::Mutex::new(RotatingLog::open(

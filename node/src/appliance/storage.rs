@@ -1,8 +1,9 @@
 //! The appliance's persistent storage: one ext4 file system labelled
 //! [`dist::appliance::DATA_PARTITION`], mounted at `/mnt/data`, with
-//! `/var/lib` and `/etc/kubernetes` bound from it, so a reboot keeps the
-//! node (its checkpoint, etcd, containerd's images, the kubelet's
-//! credentials).
+//! `/var/lib`, `/etc/kubernetes` and `/var/log` bound from it, so a reboot
+//! keeps the node (its checkpoint, etcd, containerd's images, the
+//! kubelet's credentials) and the logs of the boots before (the agent's,
+//! its components', the pods').
 //!
 //! Which device, in this order: `dataDevice` (configured); the GPT
 //! partition named `selfnode-data` (the raw image has one); a file system
@@ -163,8 +164,8 @@ pub fn pick(
 }
 
 /// Formats `device` if blank (refuses one holding anything else), mounts
-/// it at `mnt` and binds `var-lib` and `etc-kubernetes` from it over
-/// `/var/lib` and `/etc/kubernetes`.
+/// it at `mnt` and binds `var-lib`, `etc-kubernetes` and `var-log` from it
+/// over `/var/lib`, `/etc/kubernetes` and `/var/log`.
 pub fn prepare(device: &Path, mnt: &Path, say: &dyn Fn(&str)) -> anyhow::Result<Storage> {
     let formatted = match content(device)? {
         Content::Ext(_) => false,
@@ -199,6 +200,7 @@ pub fn prepare(device: &Path, mnt: &Path, say: &dyn Fn(&str)) -> anyhow::Result<
     for (sub, at) in [
         ("var-lib", "/var/lib"),
         ("etc-kubernetes", "/etc/kubernetes"),
+        ("var-log", "/var/log"),
     ] {
         let from = mnt.join(sub);
         std::fs::create_dir_all(&from)?;
