@@ -641,41 +641,28 @@ mod tests {
                 }]
             }
         }));
+        let check = |node: &str, here: &[RunningContainer]| {
+            all_ready(
+                std::slice::from_ref(&restored),
+                1,
+                "x",
+                Some((node, here)),
+                |_| String::new(),
+            )
+        };
         // The snapshot's status, after a reset: its container is gone.
         let new = [running("fedcba9876543210")];
-        let err = all_ready(
-            std::slice::from_ref(&restored),
-            1,
-            "x",
-            Some(("cp1", &new)),
-            |_| String::new(),
-        )
-        .unwrap_err();
         assert_eq!(
-            err.to_string(),
+            check("cp1", &new).unwrap_err().to_string(),
             "not Ready yet: kube-apiserver-x (its status names container kube-apiserver \
              0123456789abc, which does not run on this node (a status from before the \
              kubelet's next report))"
         );
         // The kubelet's own report: the container runs.
         let same = [running("0123456789abcdef0123")];
-        assert!(all_ready(
-            std::slice::from_ref(&restored),
-            1,
-            "x",
-            Some(("cp1", &same)),
-            |_| { String::new() }
-        )
-        .unwrap());
+        assert!(check("cp1", &same).unwrap());
         // A pod on another node is not checked against this node's containers.
-        assert!(all_ready(
-            std::slice::from_ref(&restored),
-            1,
-            "x",
-            Some(("cp2", &new)),
-            |_| { String::new() }
-        )
-        .unwrap());
+        assert!(check("cp2", &new).unwrap());
         // A Ready status without container statuses is not a kubelet's report.
         let bare = ready_pod("b");
         assert_eq!(
