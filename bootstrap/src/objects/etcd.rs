@@ -71,7 +71,10 @@ pub fn etcd_static_pod(spec: &PlaneSpec, initial: &EtcdInitial) -> Pod {
             exec: Some(ExecAction {
                 command: Some(health),
             }),
-            period_seconds: Some(2),
+            // Each probe execs etcdctl in the container (no unauthenticated
+            // health listener, see flags.rs): every 5 s, not more, since on
+            // a slow CPU each exec is a process start and a TLS handshake.
+            period_seconds: Some(5),
             timeout_seconds: Some(10),
             failure_threshold: Some(3),
             ..Probe::default()

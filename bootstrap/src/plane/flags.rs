@@ -120,6 +120,11 @@ pub(crate) fn encryption_config_path(pki_dir: &Path) -> PathBuf {
     pki_dir.join(ENCRYPTION_CONFIG_FILE)
 }
 
+/// etcd's `--heartbeat-interval`, in milliseconds (see [`etcd`]).
+pub const ETCD_HEARTBEAT_MS: u32 = 500;
+/// etcd's `--election-timeout`, in milliseconds: ten heartbeats.
+pub const ETCD_ELECTION_TIMEOUT_MS: u32 = 5000;
+
 /// etcd, for either member. kubeadm's flags, except:
 /// - no `--listen-metrics-urls=http://127.0.0.1:2381`: that listener has no
 ///   authentication; health is checked on the client port with the
@@ -127,7 +132,17 @@ pub(crate) fn encryption_config_path(pki_dir: &Path) -> PathBuf {
 /// - the temporary member listens on its own ports and data directory, so
 ///   both run on the first node while the self-hosted member joins;
 /// - `--initial-cluster`/`--initial-cluster-state` come from `initial`: etcd
-///   reads them only when its data directory is empty.
+///   reads them only when its data directory is empty;
+/// - `--heartbeat-interval=500` and `--election-timeout=5000` (ms) where
+///   etcd's defaults are 100 and 1000, the values etcd's tuning guide gives
+///   for slow networks and that OpenShift uses on its slower clouds. Under
+///   a starved CPU (an emulated appliance running both members and two
+///   apiservers during the pivot) raft messages took longer than the
+///   1-2 s election timeout: the two members started election after
+///   election and had no leader for 90 s at a time. The cost is the time
+///   to notice a dead leader (about 5 s instead of 1 s), which the
+///   Kubernetes clients ride out with their retries; a commit never waits
+///   for a heartbeat.
 pub(crate) fn etcd(spec: &PlaneSpec, placement: Placement, initial: &EtcdInitial) -> Flags {
     let peer = spec.etcd_peer_url(placement);
     let client = https_url(
@@ -156,7 +171,9 @@ pub(crate) fn etcd(spec: &PlaneSpec, placement: Placement, initial: &EtcdInitial
         .text("peer-client-cert-auth", "true")
         .text("snapshot-count", "10000")
         .text("feature-gates", "InitialCorruptCheck=true")
-        .text("watch-progress-notify-interval", "5s");
+        .text("watch-progress-notify-interval", "5s")
+        .text("heartbeat-interval", ETCD_HEARTBEAT_MS.to_string())
+        .text("election-timeout", ETCD_ELECTION_TIMEOUT_MS.to_string());
     f
 }
 
