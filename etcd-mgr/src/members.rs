@@ -13,8 +13,10 @@
 //! After its removal a member's etcd exits by itself (status 0); started
 //! again on its old data directory it exits at once (status 1). So whoever
 //! runs it stops its service and deletes its data directory. When the
-//! leader is the one removed, the others elect a new leader first (about a
-//! second with etcd's default timings): writes right after fail meanwhile.
+//! leader is the one removed, [`remove`] first hands its leadership to a
+//! healthy voter that stays (etcd's MoveLeader), so the cluster keeps a
+//! leader; if that fails the others elect one after an election timeout,
+//! and writes fail meanwhile.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -261,6 +263,9 @@ pub async fn remove(
                 if !staying.is_empty() {
                     endpoints = staying;
                 }
+                if m.is_leader && sent.is_none() {
+                    hand_over_leadership(cfg, &list, &m).await;
+                }
                 sent = Some(id);
                 let answer = remove_via(cfg, &endpoints, id).await;
                 match answer {
@@ -291,6 +296,43 @@ pub async fn remove(
                 last,
             });
         }
+    }
+}
+
+/// Before the leader `m` is removed, makes a healthy voter that stays the
+/// leader (etcd's MoveLeader, sent to `m`), so the cluster has a leader
+/// throughout: otherwise the others notice the leader gone only after an
+/// election timeout (5-10 s with selfnode's 5 s timeout) and writes fail
+/// meanwhile. Best effort: when it fails the removal goes on and the others
+/// elect a leader themselves.
+async fn hand_over_leadership(cfg: &EtcdConfig, list: &[MemberStatus], m: &MemberStatus) {
+    let Some(next) = list
+        .iter()
+        .find(|o| o.id != m.id && o.healthy && !o.is_learner)
+    else {
+        return;
+    };
+    let Some(next_id) = parse_id(&next.id) else {
+        return;
+    };
+    let call = async {
+        let mut c = connect(cfg, &m.client_urls).await?;
+        c.move_leader(next_id)
+            .await
+            .map(drop)
+            .map_err(|source| EtcdError::Rpc {
+                op: "move leader",
+                source,
+            })
+    };
+    match tokio::time::timeout(cfg.timeout, call).await {
+        Ok(Ok(())) => {
+            info!(from = %m.name, to = %next.name, "moved etcd leadership before removing the leader")
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "cannot move etcd leadership; the others will elect a leader")
+        }
+        Err(_) => debug!("moving etcd leadership timed out; the others will elect a leader"),
     }
 }
 

@@ -87,11 +87,17 @@ async fn learner_flow_moves_the_data_to_a_new_member() {
     );
     let ms = etcd_mgr::members(&cfg_a).await.unwrap();
     assert!(ms.iter().all(|m| !m.is_learner && m.healthy), "{ms:?}");
+    // a founded the cluster and leads it.
+    assert!(ms.iter().any(|m| m.name == "a" && m.is_leader), "{ms:?}");
 
-    // Remove a, through a's own endpoint (the request goes to b).
+    // Remove a, through a's own endpoint (the request goes to b). a hands
+    // its leadership to b first, so b leads the moment a is gone (without
+    // the hand-over b would have no leader until its election timeout).
     let t = Instant::now();
     let out = remove(&cfg_a, "a", Duration::from_secs(60)).await.unwrap();
     assert_eq!(out, RemoveOutcome::Removed { id: a_id });
+    let b_status = pki.client(&b.client_url()).await.status().await.unwrap();
+    assert_eq!(b_status.leader(), b_id, "b leads right after a's removal");
     eprintln!(
         "remove a right after promoting b: {:?} ({:?} after b started)",
         t.elapsed(),
