@@ -264,7 +264,7 @@ pub async fn remove(
                     endpoints = staying;
                 }
                 if m.is_leader && sent.is_none() {
-                    hand_over_leadership(cfg, &list, &m).await;
+                    hand_over_leadership(cfg, &list, m).await;
                 }
                 sent = Some(id);
                 let answer = remove_via(cfg, &endpoints, id).await;
