@@ -68,7 +68,7 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
   qpid=""
   # The guest's logs, read off its data disk without mounting it.
   rm -rf "$keep/logs$n" && mkdir -p "$keep/logs$n"
-  debugfs -R "rdump /var-log $keep/logs$n" "$work/data.img" >/dev/null 2>&1 || true
+  debugfs -c -R "rdump /var-log $keep/logs$n" "$work/data.img" >/dev/null 2>&1 || true
 }
 
 echo "[bench] first boot (formats the data disk, runs init)" >&2
