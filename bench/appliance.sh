@@ -60,8 +60,9 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
     (( (SECONDS - start) % 300 < 2 )) && echo "[bench] boot $n, $((SECONDS - start)) s: $(grep -a '^selfnode: ' "$console" | tail -1)" >&2
     sleep 2
   done
-  echo "${ctr:-none} ${done:-none}"
-  # The power button: selfnode stop, then power-off.
+  # The power button: selfnode stop, then power-off. The figures are printed
+  # only once QEMU is gone: the caller reads them and starts the next boot
+  # on the same disk, which QEMU locks.
   python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(b"system_powerdown\n")' "$work/mon$n" 2>/dev/null || true
   for _ in $(seq 1 300); do kill -0 "$qpid" 2>/dev/null || break; sleep 1; done
   kill -KILL "$qpid" 2>/dev/null || true
@@ -69,6 +70,7 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
   # The guest's logs, read off its data disk without mounting it.
   rm -rf "$keep/logs$n" && mkdir -p "$keep/logs$n"
   debugfs -c -R "rdump /var-log $keep/logs$n" "$work/data.img" >/dev/null 2>&1 || true
+  echo "${ctr:-none} ${done:-none}"
 }
 
 echo "[bench] first boot (formats the data disk, runs init)" >&2
