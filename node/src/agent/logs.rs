@@ -3,6 +3,9 @@
 //! A child's stdout and stderr are piped into one file. When the file passes
 //! `cap` bytes it is renamed to `<name>.1` (replacing the previous one) and a
 //! fresh file is started, so a chatty kubelet never fills the disk.
+//!
+//! Files are 0640 in a 0750 directory (the audit's F19): they persist (on
+//! an appliance, on its data disk) and are nobody else's business.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -22,10 +25,16 @@ pub struct RotatingLog {
 
 impl RotatingLog {
     pub fn open(path: &Path, cap: u64) -> io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_log(path)?;
+        // A file an older version made with the umask's 0644.
+        file.set_permissions(std::fs::Permissions::from_mode(LOG_MODE))?;
         let size = file.metadata()?.len();
         Ok(RotatingLog {
             path: path.to_path_buf(),
@@ -48,13 +57,21 @@ impl RotatingLog {
         let mut old = self.path.clone().into_os_string();
         old.push(".1");
         std::fs::rename(&self.path, &old)?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = open_log(&self.path)?;
         self.size = 0;
         Ok(())
     }
+}
+
+const LOG_MODE: u32 = 0o640;
+
+fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_MODE)
+        .open(path)
 }
 
 pub type SharedLog = Arc<Mutex<RotatingLog>>;
@@ -101,5 +118,27 @@ mod tests {
             std::fs::read(dir.path().join("kubelet.log.1")).unwrap(),
             b"0123456789\n"
         );
+    }
+
+    #[test]
+    fn logs_are_0640_in_a_0750_directory_also_after_rotation_and_upgrade() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("log/selfnode");
+        let p = logs.join("etcd.log");
+        let mut log = RotatingLog::open(&p, 4).unwrap();
+        assert_eq!(mode(&logs), 0o750);
+        assert_eq!(mode(&p), 0o640);
+        log.write_line(b"12345\n").unwrap();
+        log.write_line(b"rotated\n").unwrap();
+        assert_eq!(mode(&p), 0o640);
+        assert_eq!(mode(&logs.join("etcd.log.1")), 0o640);
+        // A file an older version left world-readable.
+        let old = logs.join("kubelet.log");
+        std::fs::write(&old, b"x\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        RotatingLog::open(&old, 4).unwrap();
+        assert_eq!(mode(&old), 0o640);
     }
 }
