@@ -198,7 +198,13 @@ pub(crate) fn all_ready<'p>(
             continue;
         }
         let name = p.metadata.name.as_deref().unwrap_or_default();
-        let mut why = stale.unwrap_or_else(|| pod_not_ready_reason(p));
+        // A pod that says it is not Ready says why itself; the stale-status
+        // reason is for the one that says Ready.
+        let mut why = if pod_ready(p) {
+            stale.unwrap_or_default()
+        } else {
+            pod_not_ready_reason(p)
+        };
         if why.is_empty() {
             why = warning(name);
         }
