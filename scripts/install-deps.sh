@@ -30,7 +30,7 @@ packages=(
   isolinux syslinux syslinux-common  # BIOS boot loaders: ISO, and the raw image's FAT partition
   mtools dosfstools   # the raw image's FAT boot partition, written without mounting
   fdisk               # sfdisk: the raw image's GPT
-  e2fsprogs           # mke2fs, copied into the image: formats the data disk on first boot
+  e2fsprogs           # mke2fs, copied into the image: formats the data disk on first boot; debugfs: bench/appliance.sh reads the guest's logs
   qemu-system-x86     # boots the images in the tests (software emulation, no KVM)
 )
 need=()

@@ -194,13 +194,14 @@ pub(crate) fn all_ready<'p>(
             Some((node, running)) if on_node(p, node) => status_is_current(p, running).err(),
             _ => None,
         };
-        if pod_ready(p) && stale.is_none() {
+        let ready = pod_ready(p);
+        if ready && stale.is_none() {
             continue;
         }
         let name = p.metadata.name.as_deref().unwrap_or_default();
         // A pod that says it is not Ready says why itself; the stale-status
         // reason is for the one that says Ready.
-        let mut why = if pod_ready(p) {
+        let mut why = if ready {
             stale.unwrap_or_default()
         } else {
             pod_not_ready_reason(p)
