@@ -76,22 +76,82 @@ fn open_log(path: &Path) -> io::Result<File> {
 
 pub type SharedLog = Arc<Mutex<RotatingLog>>;
 
-/// Copies `reader` line by line into `log` until EOF (the child closed it).
+/// Longest line written whole, in bytes, its newline included. A child
+/// that writes more without a newline gets the rest of that line dropped and
+/// [`CUT_MARK`] in its place: the agent's memory stays bounded whatever a
+/// child prints (the audit's F24).
+pub const MAX_LINE: usize = 64 * 1024;
+/// Ends a line cut at [`MAX_LINE`].
+pub const CUT_MARK: &[u8] = b" [selfnode: line cut at 64 KiB]\n";
+
+/// Copies `reader` line by line into `log` until EOF (the child closed it)
+/// or a read error. Lines are cut at [`MAX_LINE`]; a last line without a
+/// newline gets one. A log that cannot be written (a full disk) is reported
+/// once, and once more when it works again, not on every line.
 pub async fn pump(reader: impl AsyncRead + Unpin, log: SharedLog) {
     let mut reader = BufReader::new(reader);
     let mut line = Vec::with_capacity(512);
+    // The line being read was cut: drop its bytes up to its newline.
+    let mut dropping = false;
+    let mut failing = false;
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let Ok(mut log) = log.lock() else { return };
-                if let Err(err) = log.write_line(&line) {
-                    tracing::warn!(path = %log.path.display(), %err, "cannot write component log");
-                }
+        let Ok(buf) = reader.fill_buf().await else { return };
+        if buf.is_empty() {
+            if !line.is_empty() {
+                line.push(b'\n');
+                write(&log, &line, &mut failing);
             }
+            return;
+        }
+        let (part, ends) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let used = part.len();
+        let mut full = false;
+        if !dropping {
+            let room = MAX_LINE - line.len();
+            if part.len() > room {
+                line.extend_from_slice(&part[..room]);
+                line.extend_from_slice(CUT_MARK);
+                dropping = !ends;
+                full = true;
+            } else {
+                line.extend_from_slice(part);
+                full = ends;
+            }
+        } else if ends {
+            dropping = false;
+        }
+        reader.consume(used);
+        if full {
+            if !write(&log, &line, &mut failing) {
+                return;
+            }
+            line.clear();
         }
     }
+}
+
+/// Writes one line; false only if the log's lock is poisoned (a panic
+/// while it was held), when pumping stops.
+fn write(log: &SharedLog, line: &[u8], failing: &mut bool) -> bool {
+    let Ok(mut log) = log.lock() else {
+        return false;
+    };
+    match log.write_line(line) {
+        Ok(()) if *failing => {
+            *failing = false;
+            tracing::info!(path = %log.path.display(), "component log written again");
+        }
+        Ok(()) => {}
+        Err(err) if !*failing => {
+            *failing = true;
+            tracing::warn!(path = %log.path.display(), %err, "cannot write component log; its lines are dropped until it can be written again (a full disk?)");
+        }
+        Err(_) => {}
+    }
+    true
 }
 
 /// A marker line from the agent itself (start, exit) in a component's log.
@@ -140,5 +200,38 @@ mod tests {
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
         RotatingLog::open(&old, 4).unwrap();
         assert_eq!(mode(&old), 0o640);
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_with_a_mark_and_the_next_line_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("kubelet.log");
+        let log: SharedLog = Arc::new(Mutex::new(RotatingLog::open(&p, DEFAULT_CAP).unwrap()));
+        let whole = [vec![b'w'; MAX_LINE - 1], b"\n".to_vec()].concat();
+        let input = [
+            b"short\n".to_vec(),
+            whole.clone(),             // exactly MAX_LINE: kept whole
+            vec![b'x'; 3 * MAX_LINE], // no newline for 192 KiB
+            b"tail of the long line\n".to_vec(),
+            [vec![b'y'; MAX_LINE], b"\n".to_vec()].concat(), // one byte too long
+            b"next\n".to_vec(),
+            b"no newline at EOF".to_vec(),
+        ]
+        .concat();
+        pump(&input[..], log.clone()).await;
+        let want = [
+            b"short\n".to_vec(),
+            whole,
+            vec![b'x'; MAX_LINE],
+            CUT_MARK.to_vec(),
+            vec![b'y'; MAX_LINE],
+            CUT_MARK.to_vec(),
+            b"next\n".to_vec(),
+            b"no newline at EOF\n".to_vec(),
+        ]
+        .concat();
+        let got = std::fs::read(&p).unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the log differs from the expected cut");
     }
 }
