@@ -27,7 +27,7 @@ use bootstrap::plane::{
     ensure_encryption_config, prepare_temp_plane, temp_plane, HealthCheck, PlaneImages, PlanePorts,
     PlaneSpec, ProcessSpec,
 };
-use k8s_openapi::api::core::v1::{Endpoints, Node, Service, Taint};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Secret, Service, Taint};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
@@ -111,6 +111,7 @@ fn setup(dir: &Path) -> PlaneSpec {
     spec.pki_dir = dir.join("etc/kubernetes/pki");
     spec.kubeconfig_dir = dir.join("etc/kubernetes");
     spec.etcd_data_dir = dir.join("var/lib/selfnode/etcd");
+    spec.audit_log_dir = dir.join("var/log/kubernetes/audit");
     let mut ports: Vec<u16> = Vec::new();
     while ports.len() < 11 {
         let p = free_port();
@@ -407,6 +408,42 @@ fn temp_plane_serves_objects_apply_and_self_hosted_lines_run_alongside() {
         }
         // admin.conf now works through the binding.
         nodes.list(&ListParams::default()).await.unwrap();
+
+        // The audit log names who read a Secret, without its contents;
+        // the list of nodes (a read of anything else) is not in it.
+        let secrets: Api<Secret> = Api::namespaced(admin.clone(), "kube-system");
+        secrets.get("kube-apiserver").await.unwrap();
+        let audit_log = spec.audit_log_dir.join("kube-apiserver-temporary.log");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let events: Vec<serde_json::Value> = loop {
+            let events: Vec<serde_json::Value> = fs::read_to_string(&audit_log)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let seen = events.iter().any(|e| {
+                e["verb"] == "get"
+                    && e["objectRef"]["resource"] == "secrets"
+                    && e["objectRef"]["name"] == "kube-apiserver"
+                    && e["user"]["username"] == "kubernetes-admin"
+            });
+            if seen || Instant::now() > deadline {
+                assert!(seen, "no audit event of the Secret read in {}", audit_log.display());
+                break events;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        for e in &events {
+            assert_eq!(e["level"], "Metadata", "{e}");
+            assert!(e.get("requestObject").is_none() && e.get("responseObject").is_none(), "{e}");
+            assert!(
+                !(e["objectRef"]["resource"] == "nodes" && e["verb"] == "list"),
+                "reads of other objects are not recorded: {e}"
+            );
+        }
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&audit_log), 0o600);
+        assert_eq!(mode(&spec.audit_log_dir), 0o700);
 
         // Node label and taint, keeping a taint someone else set.
         let node = Node {

@@ -36,6 +36,12 @@ impl HostPaths {
         self.join("run/selfnode")
     }
 
+    /// The kube-apiservers' audit logs on a control-plane host
+    /// (`bootstrap::plane::DEFAULT_AUDIT_LOG_DIR` under the root).
+    pub fn audit_log_dir(&self) -> PathBuf {
+        self.join(bootstrap::plane::DEFAULT_AUDIT_LOG_DIR)
+    }
+
     /// Per-component logs of the supervised children.
     pub fn log_dir(&self) -> PathBuf {
         self.join("var/log/selfnode")

@@ -39,6 +39,8 @@ pub(crate) const SCHEDULER: &str = "kube-scheduler";
 /// Volume names in the pods.
 pub(crate) const PKI_VOLUME: &str = "pki";
 pub(crate) const KUBECONFIG_VOLUME: &str = "kubeconfig";
+/// The apiserver pod's hostPath volume of `PlaneSpec::audit_log_dir`.
+pub(crate) const AUDIT_LOG_VOLUME: &str = "audit-log";
 /// The apiserver pod's volume of [`ETCD_CA_SECRET`]; no container mounts it.
 pub(crate) const ETCD_CA_VOLUME: &str = "etcd-member-ca";
 
@@ -274,6 +276,15 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
         }),
         ..Volume::default()
     });
+    // The audit log (plane::audit), on each host's disk.
+    let audit_dir = spec.audit_log_dir.display().to_string();
+    api.volumes.push(meta::host_path(
+        AUDIT_LOG_VOLUME,
+        &audit_dir,
+        Some("DirectoryOrCreate"),
+    ));
+    api.mounts
+        .push(meta::mount(AUDIT_LOG_VOLUME, &audit_dir, false));
     let cm = mounted_secret(spec, CONTROLLER_MANAGER, &cm_flags.files(), files)?;
     let sched = mounted_secret(spec, SCHEDULER, &sched_flags.files(), files)?;
     let out = vec![

@@ -253,13 +253,20 @@ impl PlaneFiles {
     }
 
     /// Reads [`PlaneFiles::required`] from the host (after `ensure_pki`
-    /// and `ensure_encryption_config`).
+    /// and `ensure_encryption_config`), except the audit policy, which is
+    /// selfnode's own and taken from this version (a host of an older one
+    /// has none).
     ///
     /// Errors with [`ObjectsError::FileNotOnHost`] when one is missing.
     pub fn read(host: &dyn Host, spec: &PlaneSpec) -> Result<Self, ObjectsError> {
         spec.validate()?;
         let mut files = PlaneFiles::new();
+        let policy = crate::plane::audit_policy_path(&spec.kubeconfig_dir);
         for path in Self::required(spec) {
+            if path == policy {
+                files.insert(path, crate::plane::AUDIT_POLICY);
+                continue;
+            }
             match host.read_file(&path)? {
                 Some(bytes) => files.insert(path, bytes),
                 None => return Err(ObjectsError::FileNotOnHost { path }),

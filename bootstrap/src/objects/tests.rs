@@ -199,7 +199,28 @@ fn every_file_a_flag_names_is_mounted_from_its_secret() {
         let cmd = pod.containers[0].command.clone().unwrap();
         assert_eq!(cmd[0], name);
         let data = secret_data(&objs, name);
-        let paths = paths_in_command(&cmd);
+        // Logs it writes are on a writable hostPath; every other path is
+        // a file it reads, from its Secret.
+        let (logs, paths): (Vec<String>, Vec<String>) = paths_in_command(&cmd)
+            .into_iter()
+            .partition(|p| Path::new(p).starts_with(&s.audit_log_dir));
+        assert_eq!(logs.is_empty(), name != control_plane::APISERVER, "{name}: {logs:?}");
+        for log in &logs {
+            let dir = s.audit_log_dir.display().to_string();
+            let mounted = pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == dir && m.read_only == Some(false))
+                .unwrap_or_else(|| panic!("{name}: {log} is not on a writable mount"));
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mounted.name)
+                .unwrap();
+            assert_eq!(volume.host_path.as_ref().unwrap().path, dir, "{name}: {log}");
+        }
         assert!(paths.len() >= 2, "{name}: {paths:?}");
         for path in &paths {
             let (secret, key) =
@@ -471,6 +492,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
 fn required_files_are_exactly_those_of_the_three_components_and_the_etcd_ca() {
     let s = spec();
     let want: Vec<PathBuf> = [
+        "/etc/kubernetes/audit-policy.yaml",
         "/etc/kubernetes/controller-manager.conf",
         "/etc/kubernetes/pki/apiserver-etcd-client.crt",
         "/etc/kubernetes/pki/apiserver-etcd-client.key",

@@ -24,6 +24,9 @@ pub(crate) enum Value {
     File(PathBuf),
     /// A directory the component owns (etcd's data dir; host only).
     Dir(PathBuf),
+    /// A file the component writes (the apiserver's audit log), in a
+    /// directory the pods mount from the host.
+    Output(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +65,14 @@ impl Flags {
         self
     }
 
+    fn output(&mut self, name: &'static str, path: PathBuf) -> &mut Self {
+        self.0.push(Flag {
+            name,
+            value: Value::Output(path),
+        });
+        self
+    }
+
     fn sorted(&self) -> Vec<&Flag> {
         let mut v: Vec<&Flag> = self.0.iter().collect();
         v.sort_by_key(|f| f.name);
@@ -75,7 +86,7 @@ impl Flags {
             .map(|f| {
                 let value = match &f.value {
                     Value::Text(s) => s.clone(),
-                    Value::File(p) | Value::Dir(p) => p.display().to_string(),
+                    Value::File(p) | Value::Dir(p) | Value::Output(p) => p.display().to_string(),
                 };
                 format!("--{}={value}", f.name)
             })
@@ -235,7 +246,8 @@ impl EtcdInitial {
 }
 
 /// kube-apiserver. kubeadm's flags plus `--encryption-provider-config`
-/// (secrets encrypted at rest) and `--profiling=false`. Placement decides:
+/// (secrets encrypted at rest), `--profiling=false` and the audit log
+/// (`--audit-policy-file`, `--audit-log-*`). Placement decides:
 /// - `--secure-port`: the temporary one moves aside so both serve during
 ///   the pivot;
 /// - `--endpoint-reconciler-type=none` for the temporary one, so only
@@ -318,6 +330,25 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
             encryption_config_path(&spec.pki_dir),
         )
         .text("profiling", "false")
+        // The audit log (plane::audit). The temporary apiserver, which runs
+        // beside the self-hosted one on the first host, writes its own file.
+        .file(
+            "audit-policy-file",
+            super::audit_policy_path(&spec.kubeconfig_dir),
+        )
+        .output(
+            "audit-log-path",
+            spec.audit_log_dir.join(match placement {
+                Placement::Temporary => "kube-apiserver-temporary.log",
+                Placement::SelfHosted => "kube-apiserver.log",
+            }),
+        )
+        .text("audit-log-maxage", super::AUDIT_LOG_MAXAGE_DAYS.to_string())
+        .text(
+            "audit-log-maxbackup",
+            super::AUDIT_LOG_MAXBACKUP.to_string(),
+        )
+        .text("audit-log-maxsize", super::AUDIT_LOG_MAXSIZE_MB.to_string())
         // SO_REUSEPORT: an upgraded pod binds beside the old one (surge).
         .text("permit-port-sharing", "true");
     if placement == Placement::Temporary {

@@ -1,6 +1,7 @@
 //! The control plane's shape: [`PlaneSpec`] (what the user's config decides),
-//! the temporary control plane as host processes ([`temp_plane`]), and the
-//! encryption-at-rest configuration ([`ensure_encryption_config`]).
+//! the temporary control plane as host processes ([`temp_plane`]), the
+//! encryption-at-rest configuration ([`ensure_encryption_config`]) and the
+//! apiserver's audit policy (`audit`).
 //!
 //! Every component's command line is built in one place (`flags`), once for
 //! each [`Placement`]: the temporary processes read the PKI from the host;
@@ -9,6 +10,7 @@
 //! must run side by side during the pivot (ports, the `kubernetes` endpoint
 //! reconciler, and the advertise address, which a DaemonSet takes per node).
 
+mod audit;
 mod encryption;
 pub(crate) mod flags;
 pub(crate) mod spec;
@@ -22,6 +24,11 @@ use std::path::PathBuf;
 use crate::host::{Host, HostError};
 use crate::pki::names;
 
+pub use audit::{
+    audit_policy_path, ensure_audit_files, AUDIT_LOG_DIR_MODE, AUDIT_LOG_MAXAGE_DAYS,
+    AUDIT_LOG_MAXBACKUP, AUDIT_LOG_MAXSIZE_MB, AUDIT_POLICY, AUDIT_POLICY_FILE,
+    DEFAULT_AUDIT_LOG_DIR,
+};
 pub use encryption::{
     ensure_encryption_config, EncryptionConfigError, EncryptionReport, ENCRYPTION_CONFIG_FILE,
     ENCRYPTION_KEY_NAME,
@@ -161,13 +168,14 @@ pub fn temp_plane(spec: &PlaneSpec) -> Result<Vec<ProcessSpec>, PlaneSpecError> 
 }
 
 /// Creates what the temporary processes need besides the PKI: the temporary
-/// etcd member's data directory (mode 0700, which etcd insists on).
-/// Idempotent.
+/// etcd member's data directory (mode 0700, which etcd insists on), the
+/// audit policy and the audit log directory. Idempotent.
 ///
 /// Errors with [`PrepareError`].
 pub fn prepare_temp_plane(host: &dyn Host, spec: &PlaneSpec) -> Result<(), PrepareError> {
     spec.validate()?;
     host.ensure_dir(&spec.temp_etcd_data_dir(), ETCD_DATA_DIR_MODE)?;
+    ensure_audit_files(host, &spec.kubeconfig_dir, &spec.audit_log_dir)?;
     Ok(())
 }
 

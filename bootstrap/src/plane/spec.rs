@@ -51,6 +51,9 @@ pub struct PlaneSpec {
     pub kubeconfig_dir: PathBuf,
     /// The self-hosted etcd member's data directory on this node.
     pub etcd_data_dir: PathBuf,
+    /// Where each control-plane host's kube-apiservers write their audit
+    /// logs (see `plane::audit`).
+    pub audit_log_dir: PathBuf,
     /// Where containerd reads CNI configurations on the host; the network
     /// agent writes there through a hostPath mount.
     pub cni_conf_dir: PathBuf,
@@ -237,6 +240,8 @@ pub struct PlaneEnv {
     pub kubeconfig_dir: PathBuf,
     /// Becomes [`PlaneSpec::etcd_data_dir`].
     pub etcd_data_dir: PathBuf,
+    /// Becomes [`PlaneSpec::audit_log_dir`].
+    pub audit_log_dir: PathBuf,
     /// Becomes [`PlaneSpec::cni_conf_dir`].
     pub cni_conf_dir: PathBuf,
     /// The port of the host agent's API load balancer on loopback (`selfnode
@@ -269,6 +274,7 @@ impl PlaneSpec {
             pki_dir,
             kubeconfig_dir,
             etcd_data_dir,
+            audit_log_dir,
             cni_conf_dir,
             api_load_balancer_port,
         } = env;
@@ -286,6 +292,7 @@ impl PlaneSpec {
             pki_dir,
             kubeconfig_dir,
             etcd_data_dir,
+            audit_log_dir,
             cni_conf_dir,
             ports: PlanePorts {
                 api_load_balancer: api_load_balancer_port,
@@ -329,6 +336,7 @@ impl PlaneSpec {
             pki_dir: PathBuf::from(crate::pki::DEFAULT_PKI_DIR),
             kubeconfig_dir: PathBuf::from(crate::pki::DEFAULT_KUBECONFIG_DIR),
             etcd_data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
+            audit_log_dir: PathBuf::from(super::DEFAULT_AUDIT_LOG_DIR),
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             ports: PlanePorts::default(),
             replicas: PlaneReplicas::default(),
@@ -354,6 +362,7 @@ impl PlaneSpec {
             pki_dir,
             kubeconfig_dir,
             etcd_data_dir: _,
+            audit_log_dir: _,
             cni_conf_dir: _,
             ports: _,
             replicas: _,
@@ -394,6 +403,11 @@ impl PlaneSpec {
         if !self.etcd_data_dir.is_absolute() {
             return Err(PlaneSpecError::RelativeEtcdDataDir {
                 path: self.etcd_data_dir.clone(),
+            });
+        }
+        if !self.audit_log_dir.is_absolute() {
+            return Err(PlaneSpecError::RelativeAuditLogDir {
+                path: self.audit_log_dir.clone(),
             });
         }
         self.check_networks()?;
@@ -629,6 +643,12 @@ pub enum PlaneSpecError {
         /// The path given.
         path: PathBuf,
     },
+    /// `audit_log_dir` is a relative path.
+    #[error("audit_log_dir must be an absolute path, got {}", path.display())]
+    RelativeAuditLogDir {
+        /// The path given.
+        path: PathBuf,
+    },
     /// A CIDR is not of the advertise address's IP family.
     #[error("the {what} {cidr} is not of the advertise address {address}'s IP family; selfnode runs single-stack clusters")]
     FamilyMismatch {
@@ -717,6 +737,7 @@ impl PlaneSpecError {
             | PlaneSpecError::InvalidVersion { .. }
             | PlaneSpecError::InvalidImage { .. }
             | PlaneSpecError::RelativeEtcdDataDir { .. }
+            | PlaneSpecError::RelativeAuditLogDir { .. }
             | PlaneSpecError::FamilyMismatch { .. }
             | PlaneSpecError::PodCidrSize { .. }
             | PlaneSpecError::CidrOverlap { .. }

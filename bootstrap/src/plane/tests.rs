@@ -145,6 +145,14 @@ fn apiserver_temp_and_self_hosted_differ_only_where_they_must() {
                 some("https://127.0.0.1:2379"),
             ),
         ),
+        // Both write audit logs on the first host during the pivot.
+        (
+            "audit-log-path".to_string(),
+            (
+                some("/var/log/kubernetes/audit/kube-apiserver-temporary.log"),
+                some("/var/log/kubernetes/audit/kube-apiserver.log"),
+            ),
+        ),
     ]
     .into_iter()
     .collect();
@@ -215,7 +223,8 @@ fn security_flags_are_on() {
 #[test]
 fn file_flags_are_typed_as_files() {
     // Every flag whose value is an absolute path is a Value::File (so the
-    // objects mount it), except etcd's data dir, which is a Dir.
+    // objects mount it), except etcd's data dir, which is a Dir, and the
+    // audit log, an Output in the audit log directory.
     let s = spec();
     let sh = Placement::SelfHosted;
     let all = [
@@ -232,6 +241,10 @@ fn file_flags_are_typed_as_files() {
                     Some(Value::Dir(p)) => assert_eq!(
                         (k.as_str(), p.as_path()),
                         ("data-dir", s.etcd_data_dir.as_path())
+                    ),
+                    Some(Value::Output(p)) => assert_eq!(
+                        (k.as_str(), p.parent()),
+                        ("audit-log-path", Some(s.audit_log_dir.as_path()))
                     ),
                     other => panic!("--{k}={v} is {other:?}"),
                 }
@@ -300,6 +313,11 @@ fn validation_errors_are_clear() {
             "relative data dir",
             |s| s.etcd_data_dir = "var/etcd".into(),
             &["etcd_data_dir must be an absolute path", "var/etcd"],
+        ),
+        (
+            "relative audit log dir",
+            |s| s.audit_log_dir = "audit".into(),
+            &["audit_log_dir must be an absolute path", "audit"],
         ),
         (
             "relative pki",
@@ -395,8 +413,15 @@ fn small_valid_variants() {
 fn prepare_creates_the_temporary_etcd_data_dir_0700() {
     let h = MemHost::new();
     let s = spec();
+    // ensure_pki made the kubeconfig directory.
+    h.ensure_dir(&s.kubeconfig_dir, 0o700).unwrap();
     prepare_temp_plane(&h, &s).unwrap();
     assert_eq!(h.dir_mode(s.temp_etcd_data_dir()), Some(0o700));
+    assert_eq!(h.dir_mode(&s.audit_log_dir), Some(0o700));
+    assert_eq!(
+        h.file(s.kubeconfig_dir.join("audit-policy.yaml")).unwrap(),
+        crate::plane::AUDIT_POLICY.as_bytes()
+    );
     prepare_temp_plane(&h, &s).unwrap();
     let mut bad = spec();
     bad.advertise_address = "127.0.0.1".parse().unwrap();
