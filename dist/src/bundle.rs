@@ -18,7 +18,7 @@ use crate::oci::{Digest, HashingWriter};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The bundle layout version this code reads.
@@ -294,6 +294,29 @@ fn is_version(value: &str) -> bool {
         && value.len() <= 128
 }
 
+/// The files a [`Bundle::verify_checksums_since`] pass found intact, for the
+/// next pass to skip. Serialised as JSON by its keeper (the agent).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChecksumRecord {
+    /// The bundle directory the record is of.
+    pub root: PathBuf,
+    /// By path relative to the root, as `SHA256SUMS` lists it.
+    pub files: BTreeMap<String, FileStamp>,
+}
+
+/// One file as checked: the hash it matched and its metadata then.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime_s: i64,
+    /// Modification time, nanoseconds within the second.
+    pub mtime_ns: i64,
+}
+
 /// An opened, layout-checked bundle.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -396,6 +419,48 @@ impl Bundle {
     /// required binary and CNI plugin is listed. Reads all binaries (hundreds
     /// of MB): blocking, a few seconds; uses up to 4 threads.
     pub fn verify_checksums(&self) -> Result<(), BundleError> {
+        self.check_files(&self.checksum_list()?)
+    }
+
+    /// [`Bundle::verify_checksums`] for a host that starts often: a file
+    /// whose expected hash, size and modification time are those `earlier`
+    /// recorded is not read again. Returns the record of this pass (every
+    /// listed file; the caller keeps it for the next one) and how many files
+    /// were read. A record of another bundle directory counts for nothing.
+    ///
+    /// What this skips is a re-read of an unchanged file: a file damaged in
+    /// place with its size and mtime kept is not noticed until the record is
+    /// lost. Errors: as [`Bundle::verify_checksums`].
+    pub fn verify_checksums_since(
+        &self,
+        earlier: Option<&ChecksumRecord>,
+    ) -> Result<(ChecksumRecord, usize), BundleError> {
+        let earlier = earlier.filter(|r| r.root == self.root);
+        let mut record = ChecksumRecord {
+            root: self.root.clone(),
+            files: BTreeMap::new(),
+        };
+        let mut todo = Vec::new();
+        for (file, sha256) in self.checksum_list()? {
+            let meta = check_regular(&self.root.join(&file))?;
+            let stamp = FileStamp {
+                sha256,
+                size: meta.len(),
+                mtime_s: meta.mtime(),
+                mtime_ns: meta.mtime_nsec(),
+            };
+            if earlier.and_then(|r| r.files.get(&file)) != Some(&stamp) {
+                todo.push((file.clone(), stamp.sha256.clone()));
+            }
+            record.files.insert(file, stamp);
+        }
+        self.check_files(&todo)?;
+        Ok((record, todo.len()))
+    }
+
+    /// `SHA256SUMS` as (path relative to the root, lowercase hex hash),
+    /// checked to list every required binary and CNI plugin.
+    fn checksum_list(&self) -> Result<Vec<(String, String)>, BundleError> {
         let sums_path = self.root.join("SHA256SUMS");
         let text = std::fs::read_to_string(&sums_path).map_err(|source| BundleError::Read {
             path: sums_path.clone(),
@@ -439,6 +504,11 @@ impl Bundle {
                 });
             }
         }
+        Ok(wanted)
+    }
+
+    /// Hashes `wanted` (relative path, expected hash) on up to 4 threads.
+    fn check_files(&self, wanted: &[(String, String)]) -> Result<(), BundleError> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -723,6 +793,42 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with(&format!("checksum mismatch for {}", kubelet.display())));
+    }
+
+    #[test]
+    fn a_checksum_record_skips_unchanged_files_and_rereads_changed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        write_fake_bundle(dir.path()).unwrap();
+        let bundle = Bundle::open(dir.path()).unwrap();
+        let listed = bundle.checksum_list().unwrap().len();
+        let (first, read) = bundle.verify_checksums_since(None).unwrap();
+        assert_eq!(read, listed);
+        assert_eq!(first.files.len(), listed);
+        let (second, read) = bundle.verify_checksums_since(Some(&first)).unwrap();
+        assert_eq!((read, &second), (0, &first));
+        // A record of another directory is not trusted.
+        let other = ChecksumRecord {
+            root: "/elsewhere".into(),
+            ..first.clone()
+        };
+        let (_, read) = bundle.verify_checksums_since(Some(&other)).unwrap();
+        assert_eq!(read, listed);
+
+        // Damage with a new mtime (what a copy or an edit leaves) is read
+        // and found; the record of the good pass still names it.
+        let kubelet = dir.path().join("bin/kubelet");
+        std::fs::write(&kubelet, "#!/bin/sh\necho tampered\n").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(&kubelet)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        match bundle.verify_checksums_since(Some(&first)).unwrap_err() {
+            BundleError::ChecksumMismatch { path, .. } => assert_eq!(path, kubelet),
+            other => panic!("unexpected error {other}"),
+        }
     }
 
     #[test]

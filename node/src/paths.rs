@@ -55,6 +55,13 @@ impl HostPaths {
         self.run_dir().join("agent.json")
     }
 
+    /// The record of the bundle's last good checksum pass (JSON; see
+    /// `dist::bundle::ChecksumRecord`): lets the agent's start skip files
+    /// that did not change since.
+    pub fn bundle_checksums(&self) -> PathBuf {
+        self.state_dir().join("bundle-checksums.json")
+    }
+
     /// The kube-apiservers the node-local load balancer forwards to.
     pub fn apiservers_file(&self) -> PathBuf {
         self.state_dir().join("apiservers")

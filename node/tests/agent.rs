@@ -141,6 +141,18 @@ fn sigterm_keeps_containers_running_and_the_next_agent_adopts_them() {
     let st = host.wait_healthy(START);
     let (containerd, kubelet) = (pid_of(&st, "containerd"), pid_of(&st, "kubelet"));
     let c = run_container(&host, "agent-stop");
+    // The first start read every file SHA256SUMS lists.
+    let listed = std::fs::read_to_string(support::bundle_dir().join("SHA256SUMS"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let log = host.agent_log();
+    assert!(
+        log.lines().any(|l| l.contains("bundle checksums verified")
+            && l.contains(&format!(" read={listed} listed={listed} "))),
+        "{log}"
+    );
 
     let exit = host.stop_agent(Duration::from_secs(60));
     assert!(
@@ -163,6 +175,13 @@ fn sigterm_keeps_containers_running_and_the_next_agent_adopts_them() {
     // is the running task.
     host.start_agent();
     host.wait_healthy(START);
+    // Its bundle check read no file: none changed since the first agent's.
+    let log = host.agent_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("bundle checksums verified") && l.contains(" read=0 ")),
+        "{log}"
+    );
     assert_eq!(
         task_pid(&host, &c.id),
         Some(c.pid),
@@ -261,6 +280,33 @@ fn a_missing_bundle_is_a_configuration_error() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("nope"), "names the directory: {stderr}");
     assert_eq!(host.leftover_processes(), vec![]);
+}
+
+#[test]
+fn a_damaged_bundle_binary_is_refused_before_anything_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = TestHost::new();
+    let bundle = support::bundle_without(&host.root, "bin/containerd");
+    let fake = bundle.join("bin/containerd");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = host
+        .selfnode()
+        .args(["agent", "--bundle"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("checksum mismatch") && stderr.contains(&fake.display().to_string()),
+        "names the file: {stderr}"
+    );
+    assert_eq!(host.leftover_processes(), vec![], "nothing was started");
+    assert!(
+        !host.root.join("var/lib/selfnode/bundle-checksums.json").exists(),
+        "no record of a failed pass"
+    );
 }
 
 #[test]

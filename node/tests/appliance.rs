@@ -337,17 +337,11 @@ fn bad_input_at_build_time_is_refused_with_exit_2_before_anything_is_written() {
     };
 
     // A bundle without its kubelet.
-    let partial = dir.path().join("partial-bundle");
-    std::fs::create_dir_all(partial.join("bin")).unwrap();
     let bundle = support::bundle_dir();
-    for entry in ["VERSION", "SHA256SUMS", "cni", "images"] {
-        std::os::unix::fs::symlink(bundle.join(entry), partial.join(entry)).unwrap();
-    }
-    for e in std::fs::read_dir(bundle.join("bin")).unwrap().flatten() {
-        if e.file_name() != "kubelet" {
-            std::os::unix::fs::symlink(e.path(), partial.join("bin").join(e.file_name())).unwrap();
-        }
-    }
+    let partial = support::bundle_without(dir.path(), "bin/kubelet");
+    // A bundle whose kubelet is not the one its SHA256SUMS lists.
+    let damaged = support::bundle_without(&dir.path().join("damaged"), "bin/kubelet");
+    write_executable(&damaged.join("bin/kubelet"), "#!/bin/sh\necho not the kubelet\n");
     let bad_config = dir.path().join("bad.yaml");
     std::fs::write(
         &bad_config,
@@ -373,6 +367,11 @@ fn bad_input_at_build_time_is_refused_with_exit_2_before_anything_is_written() {
             "bundle missing a binary",
             vec!["--bundle".into(), partial.display().to_string()],
             vec!["kubelet"],
+        ),
+        (
+            "bundle with a damaged binary",
+            vec!["--bundle".into(), damaged.display().to_string()],
+            vec!["checksum mismatch", "bin/kubelet", "the bundle is damaged"],
         ),
         (
             "output not writable",
@@ -415,4 +414,10 @@ fn bad_input_at_build_time_is_refused_with_exit_2_before_anything_is_written() {
         }
         assert_eq!(listing(dir.path()), before, "{what}: something was written");
     }
+}
+
+fn write_executable(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }

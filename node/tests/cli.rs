@@ -3,28 +3,8 @@
 
 mod support;
 
-use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
-
-/// A copy of the real bundle (symlinked files) without `skip`.
-fn bundle_without(dir: &Path, skip: &str) -> std::path::PathBuf {
-    let src = support::bundle_dir();
-    let dst = dir.join("bundle");
-    for sub in ["bin", "cni/bin", "images"] {
-        std::fs::create_dir_all(dst.join(sub)).unwrap();
-        for e in std::fs::read_dir(src.join(sub)).unwrap().flatten() {
-            let rel = Path::new(sub).join(e.file_name());
-            if rel != Path::new(skip) {
-                symlink(e.path(), dst.join(&rel)).unwrap();
-            }
-        }
-    }
-    for f in ["VERSION", "SHA256SUMS"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
-    }
-    dst
-}
 
 fn selfnode(root: &Path) -> Command {
     let mut cmd = Command::new(support::selfnode_bin());
@@ -35,7 +15,7 @@ fn selfnode(root: &Path) -> Command {
 #[test]
 fn images_import_names_the_missing_binary_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = bundle_without(dir.path(), "bin/kube-scheduler");
+    let bundle = support::bundle_without(dir.path(), "bin/kube-scheduler");
     let out = selfnode(dir.path())
         .args(["images", "import", "--bundle"])
         .arg(&bundle)

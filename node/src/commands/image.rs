@@ -27,6 +27,9 @@ pub fn build(args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let bundle = dist::bundle::Bundle::open(&args.bundle)?;
+    // Every boot would run what the image carries: a damaged binary is
+    // refused here, not found on a machine.
+    bundle.verify_checksums()?;
     let (kernel, modules) = match (&args.kernel, &args.modules) {
         (Some(k), m) => (k.clone(), m.clone()),
         (None, m) => {

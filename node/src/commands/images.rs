@@ -11,6 +11,8 @@ use crate::paths::HostPaths;
 pub async fn import(paths: &HostPaths, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let bundle_dir = args.bundle.unwrap_or_else(|| paths.default_bundle());
     let bundle = dist::bundle::Bundle::open(&bundle_dir)?;
+    // The images are built from the bundle's binaries.
+    bundle.verify_checksums()?;
     let socket = args
         .containerd_socket
         .unwrap_or_else(|| paths.containerd_socket());

@@ -27,6 +27,27 @@ pub fn bundle_dir() -> PathBuf {
     testkit::bundle_dir()
 }
 
+/// A copy of the real bundle in `dir/bundle` without the file `skip`
+/// (relative to the bundle root, e.g. `bin/kubelet`): its binaries and
+/// images are symlinks, `VERSION` and `SHA256SUMS` copies.
+pub fn bundle_without(dir: &Path, skip: &str) -> PathBuf {
+    let src = bundle_dir();
+    let dst = dir.join("bundle");
+    for sub in ["bin", "cni/bin", "images"] {
+        std::fs::create_dir_all(dst.join(sub)).unwrap();
+        for e in std::fs::read_dir(src.join(sub)).unwrap().flatten() {
+            let rel = Path::new(sub).join(e.file_name());
+            if rel != Path::new(skip) {
+                std::os::unix::fs::symlink(e.path(), dst.join(&rel)).unwrap();
+            }
+        }
+    }
+    for f in ["VERSION", "SHA256SUMS"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    dst
+}
+
 /// A pinned version from the bundle's VERSION file (`KEY=value`).
 pub fn bundle_version(key: &str) -> String {
     let text = std::fs::read_to_string(bundle_dir().join("VERSION")).unwrap();
