@@ -24,7 +24,9 @@ qpid=""
 # kept for a look afterwards; the disk images are not.
 keep=/var/tmp/selfnode-appliance-bench
 cleanup() {
-  [ -n "$qpid" ] && kill -KILL "$qpid" 2>/dev/null
+  # boot() runs in a subshell (process substitution): its QEMU's pid is in
+  # a file, so a TERM to this script stops that QEMU too.
+  [ -s "$work/qemu.pid" ] && kill -KILL "$(cat "$work/qemu.pid")" 2>/dev/null
   mkdir -p "$keep" && cp "$work"/console*.log "$keep"/ 2>/dev/null
   rm -rf "$work"
 }
@@ -52,6 +54,7 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
     -cdrom "$work/node.iso" -boot d -drive "file=$work/data.img,format=raw,if=virtio" \
     </dev/null >/dev/null 2>&1 &
   qpid=$!
+  echo "$qpid" >"$work/qemu.pid"
   local start=$SECONDS ctr="" done=""
   while (( SECONDS - start < LIMIT )); do
     [ -z "$ctr" ] && grep -q "selfnode: containerd ready" "$console" && ctr=$((SECONDS - start))
@@ -67,6 +70,7 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
   for _ in $(seq 1 300); do kill -0 "$qpid" 2>/dev/null || break; sleep 1; done
   kill -KILL "$qpid" 2>/dev/null || true
   qpid=""
+  rm -f "$work/qemu.pid"
   # The guest's logs, read off its data disk without mounting it.
   rm -rf "$keep/logs$n" && mkdir -p "$keep/logs$n"
   debugfs -c -R "rdump /var-log $keep/logs$n" "$work/data.img" >/dev/null 2>&1 || true
