@@ -428,14 +428,21 @@ fn temp_plane_serves_objects_apply_and_self_hosted_lines_run_alongside() {
                     && e["user"]["username"] == "kubernetes-admin"
             });
             if seen || Instant::now() > deadline {
-                assert!(seen, "no audit event of the Secret read in {}", audit_log.display());
+                assert!(
+                    seen,
+                    "no audit event of the Secret read in {}",
+                    audit_log.display()
+                );
                 break events;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         for e in &events {
             assert_eq!(e["level"], "Metadata", "{e}");
-            assert!(e.get("requestObject").is_none() && e.get("responseObject").is_none(), "{e}");
+            assert!(
+                e.get("requestObject").is_none() && e.get("responseObject").is_none(),
+                "{e}"
+            );
             assert!(
                 !(e["objectRef"]["resource"] == "nodes" && e["verb"] == "list"),
                 "reads of other objects are not recorded: {e}"

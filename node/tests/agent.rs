@@ -304,7 +304,10 @@ fn a_damaged_bundle_binary_is_refused_before_anything_starts() {
     );
     assert_eq!(host.leftover_processes(), vec![], "nothing was started");
     assert!(
-        !host.root.join("var/lib/selfnode/bundle-checksums.json").exists(),
+        !host
+            .root
+            .join("var/lib/selfnode/bundle-checksums.json")
+            .exists(),
         "no record of a failed pass"
     );
 }

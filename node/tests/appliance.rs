@@ -341,7 +341,10 @@ fn bad_input_at_build_time_is_refused_with_exit_2_before_anything_is_written() {
     let partial = support::bundle_without(dir.path(), "bin/kubelet");
     // A bundle whose kubelet is not the one its SHA256SUMS lists.
     let damaged = support::bundle_without(&dir.path().join("damaged"), "bin/kubelet");
-    write_executable(&damaged.join("bin/kubelet"), "#!/bin/sh\necho not the kubelet\n");
+    write_executable(
+        &damaged.join("bin/kubelet"),
+        "#!/bin/sh\necho not the kubelet\n",
+    );
     let bad_config = dir.path().join("bad.yaml");
     std::fs::write(
         &bad_config,

@@ -358,22 +358,37 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
 
     // The self-hosted apiserver's audit log, on this host: a Secret read
     // through admin.conf is in it, by name and user.
-    host.kubectl_ok(&["-n", "kube-system", "get", "secret", "kube-apiserver", "-o", "name"]);
-    let audit = host.root.join("var/log/kubernetes/audit/kube-apiserver.log");
-    retry("the Secret read in the audit log", Duration::from_secs(30), || {
-        let text = std::fs::read_to_string(&audit).map_err(|e| format!("{}: {e}", audit.display()))?;
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .any(|e| {
-                e["verb"] == "get"
-                    && e["objectRef"]["resource"] == "secrets"
-                    && e["objectRef"]["name"] == "kube-apiserver"
-                    && e["user"]["username"] == "kubernetes-admin"
-                    && e["level"] == "Metadata"
-            })
-            .then_some(())
-            .ok_or_else(|| format!("no such event in {}", audit.display()))
-    });
+    host.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "secret",
+        "kube-apiserver",
+        "-o",
+        "name",
+    ]);
+    let audit = host
+        .root
+        .join("var/log/kubernetes/audit/kube-apiserver.log");
+    retry(
+        "the Secret read in the audit log",
+        Duration::from_secs(30),
+        || {
+            let text =
+                std::fs::read_to_string(&audit).map_err(|e| format!("{}: {e}", audit.display()))?;
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|e| {
+                    e["verb"] == "get"
+                        && e["objectRef"]["resource"] == "secrets"
+                        && e["objectRef"]["name"] == "kube-apiserver"
+                        && e["user"]["username"] == "kubernetes-admin"
+                        && e["level"] == "Metadata"
+                })
+                .then_some(())
+                .ok_or_else(|| format!("no such event in {}", audit.display()))
+        },
+    );
     assert_eq!(
         std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777,
         0o600

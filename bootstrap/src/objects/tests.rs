@@ -204,7 +204,11 @@ fn every_file_a_flag_names_is_mounted_from_its_secret() {
         let (logs, paths): (Vec<String>, Vec<String>) = paths_in_command(&cmd)
             .into_iter()
             .partition(|p| Path::new(p).starts_with(&s.audit_log_dir));
-        assert_eq!(logs.is_empty(), name != control_plane::APISERVER, "{name}: {logs:?}");
+        assert_eq!(
+            logs.is_empty(),
+            name != control_plane::APISERVER,
+            "{name}: {logs:?}"
+        );
         for log in &logs {
             let dir = s.audit_log_dir.display().to_string();
             let mounted = pod.containers[0]
@@ -219,7 +223,11 @@ fn every_file_a_flag_names_is_mounted_from_its_secret() {
                 .flatten()
                 .find(|v| v.name == mounted.name)
                 .unwrap();
-            assert_eq!(volume.host_path.as_ref().unwrap().path, dir, "{name}: {log}");
+            assert_eq!(
+                volume.host_path.as_ref().unwrap().path,
+                dir,
+                "{name}: {log}"
+            );
         }
         assert!(paths.len() >= 2, "{name}: {paths:?}");
         for path in &paths {

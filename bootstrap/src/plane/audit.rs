@@ -107,15 +107,25 @@ mod tests {
             .iter()
             .position(|r| {
                 r["resources"].as_array().into_iter().flatten().any(|g| {
-                    g["group"] == "" && g["resources"].as_array().unwrap().contains(&"secrets".into())
+                    g["group"] == ""
+                        && g["resources"]
+                            .as_array()
+                            .unwrap()
+                            .contains(&"secrets".into())
                 })
             })
             .unwrap();
         assert_eq!(rules[secrets]["level"], "Metadata");
         for r in &rules[..secrets] {
-            assert!(r.get("verbs").is_none_or(|v| v == &serde_json::json!(["watch"])), "{r}");
+            assert!(
+                r.get("verbs")
+                    .is_none_or(|v| v == &serde_json::json!(["watch"])),
+                "{r}"
+            );
         }
-        assert!(rules.iter().all(|r| r["level"] == "None" || r["level"] == "Metadata"));
+        assert!(rules
+            .iter()
+            .all(|r| r["level"] == "None" || r["level"] == "Metadata"));
         assert_eq!(rules.last().unwrap(), &serde_json::json!({"level": "None"}));
     }
 

@@ -95,7 +95,9 @@ pub async fn pump(reader: impl AsyncRead + Unpin, log: SharedLog) {
     let mut dropping = false;
     let mut failing = false;
     loop {
-        let Ok(buf) = reader.fill_buf().await else { return };
+        let Ok(buf) = reader.fill_buf().await else {
+            return;
+        };
         if buf.is_empty() {
             if !line.is_empty() {
                 line.push(b'\n');
@@ -210,7 +212,7 @@ mod tests {
         let whole = [vec![b'w'; MAX_LINE - 1], b"\n".to_vec()].concat();
         let input = [
             b"short\n".to_vec(),
-            whole.clone(),             // exactly MAX_LINE: kept whole
+            whole.clone(),            // exactly MAX_LINE: kept whole
             vec![b'x'; 3 * MAX_LINE], // no newline for 192 KiB
             b"tail of the long line\n".to_vec(),
             [vec![b'y'; MAX_LINE], b"\n".to_vec()].concat(), // one byte too long
