@@ -12,7 +12,9 @@
 //! ```
 //!
 //! [`Bundle::open`] checks the layout (cheap: metadata only);
-//! [`Bundle::verify_checksums`] reads every binary and checks SHA256SUMS.
+//! [`Bundle::verify_checksums`] reads every binary and checks SHA256SUMS;
+//! [`Bundle::verify_checksums_since`] skips the files unchanged (size,
+//! mtime) since the record of an earlier pass, for the agent's start.
 
 use crate::oci::{Digest, HashingWriter};
 use std::collections::{BTreeMap, HashSet};
