@@ -344,14 +344,16 @@ async fn keep_and_hand_back(
             .await
             .with_context(|| format!("listing the {component} pods of this node"))?;
         // The self-hosted pod (not a mirror of a static copy, not going
-        // away) that is Ready in the API and whose container runs here.
+        // away) that is Ready in the API, by a status that names the
+        // containers running here now: after a power cut the pod's status
+        // says Ready for containers that are gone until the kubelet
+        // reports again, and its restarted container (same pod UID) may
+        // not serve yet. The rule `init` and `recover` wait by.
         let serving = list.items.iter().find(|p| {
             !is_mirror(p)
                 && p.metadata.deletion_timestamp.is_none()
                 && crate::init::ready::pod_ready(p)
-                && running.iter().any(|c| {
-                    c.container == component && Some(&c.pod_uid) == p.metadata.uid.as_ref()
-                })
+                && crate::init::ready::status_is_current(p, &running).is_ok()
         });
         let Some(pod) = serving else { continue };
         let cp = fetch(&client, component, pod).await?;
@@ -667,8 +669,7 @@ pub struct RunningContainer {
     /// containerd's container ID: the one a pod's status gives as
     /// `containerd://<id>`.
     pub id: String,
-    pub pod_uid: String,
-    pub pod_name: String,
+    /// The container's name in its pod (`io.kubernetes.container.name`).
     pub container: String,
 }
 
@@ -711,8 +712,6 @@ pub async fn running_containers(socket: &Path) -> anyhow::Result<Vec<RunningCont
             let label = |k: &str| c.labels.get(k).cloned();
             Some(RunningContainer {
                 id: c.id.clone(),
-                pod_uid: label("io.kubernetes.pod.uid")?,
-                pod_name: label("io.kubernetes.pod.name")?,
                 container: label("io.kubernetes.container.name")?,
             })
         })

@@ -631,8 +631,6 @@ mod tests {
     fn a_ready_status_naming_containers_that_do_not_run_here_is_not_believed() {
         let running = |id: &str| RunningContainer {
             id: id.to_string(),
-            pod_uid: "u1".to_string(),
-            pod_name: "kube-apiserver-x".to_string(),
             container: "kube-apiserver".to_string(),
         };
         let restored = pod(serde_json::json!({
