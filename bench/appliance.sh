@@ -19,7 +19,6 @@ LIMIT=$((${1:-60} * 60))
 cargo build --release --quiet -p node
 S=$PWD/target/x86_64-unknown-linux-gnu/release/selfnode
 work=$(mktemp -d /tmp/selfnode-appliance.XXXXXX)
-qpid=""
 # The consoles and the guest's logs (its /var/log is on the data disk) are
 # kept for a look afterwards; the disk images are not.
 keep=/var/tmp/selfnode-appliance-bench
@@ -53,7 +52,7 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0 -device virtio-rng-pci \
     -cdrom "$work/node.iso" -boot d -drive "file=$work/data.img,format=raw,if=virtio" \
     </dev/null >/dev/null 2>&1 &
-  qpid=$!
+  local qpid=$!
   echo "$qpid" >"$work/qemu.pid"
   local start=$SECONDS ctr="" done=""
   while (( SECONDS - start < LIMIT )); do
@@ -69,7 +68,6 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
   python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(b"system_powerdown\n")' "$work/mon$n" 2>/dev/null || true
   for _ in $(seq 1 300); do kill -0 "$qpid" 2>/dev/null || break; sleep 1; done
   kill -KILL "$qpid" 2>/dev/null || true
-  qpid=""
   rm -f "$work/qemu.pid"
   # The guest's logs, read off its data disk without mounting it.
   rm -rf "$keep/logs$n" && mkdir -p "$keep/logs$n"

@@ -284,12 +284,10 @@ fn a_missing_bundle_is_a_configuration_error() {
 
 #[test]
 fn a_damaged_bundle_binary_is_refused_before_anything_starts() {
-    use std::os::unix::fs::PermissionsExt;
     let host = TestHost::new();
-    let bundle = support::bundle_without(&host.root, "bin/containerd");
+    let bundle =
+        support::damaged_bundle(&host.root, "bin/containerd", "#!/bin/sh\nexec sleep 1000\n");
     let fake = bundle.join("bin/containerd");
-    std::fs::write(&fake, "#!/bin/sh\nexec sleep 1000\n").unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = host
         .selfnode()
         .args(["agent", "--bundle"])

@@ -340,9 +340,9 @@ fn bad_input_at_build_time_is_refused_with_exit_2_before_anything_is_written() {
     let bundle = support::bundle_dir();
     let partial = support::bundle_without(dir.path(), "bin/kubelet");
     // A bundle whose kubelet is not the one its SHA256SUMS lists.
-    let damaged = support::bundle_without(&dir.path().join("damaged"), "bin/kubelet");
-    write_executable(
-        &damaged.join("bin/kubelet"),
+    let damaged = support::damaged_bundle(
+        &dir.path().join("damaged"),
+        "bin/kubelet",
         "#!/bin/sh\necho not the kubelet\n",
     );
     let bad_config = dir.path().join("bad.yaml");
@@ -417,10 +417,4 @@ fn bad_input_at_build_time_is_refused_with_exit_2_before_anything_is_written() {
         }
         assert_eq!(listing(dir.path()), before, "{what}: something was written");
     }
-}
-
-fn write_executable(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }

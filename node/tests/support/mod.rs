@@ -48,6 +48,17 @@ pub fn bundle_without(dir: &Path, skip: &str) -> PathBuf {
     dst
 }
 
+/// [`bundle_without`] `file`, with a shell script of `text` (mode 0755)
+/// in its place: a bundle that opens but fails its `SHA256SUMS` check.
+pub fn damaged_bundle(dir: &Path, file: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bundle = bundle_without(dir, file);
+    let path = bundle.join(file);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bundle
+}
+
 /// A pinned version from the bundle's VERSION file (`KEY=value`).
 pub fn bundle_version(key: &str) -> String {
     let text = std::fs::read_to_string(bundle_dir().join("VERSION")).unwrap();
