@@ -53,6 +53,9 @@ pub enum Command {
     /// Make, list and delete the bootstrap tokens hosts join with
     #[command(subcommand)]
     Token(TokenCommand),
+    /// See when the cluster's certificates expire, and renew them
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Import a bundle's container images into containerd
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -343,6 +346,38 @@ pub enum TokenCommand {
     Delete {
         #[arg(value_name = "ID|TOKEN")]
         token: String,
+    },
+}
+
+/// `selfnode certs`: the PKI made by init (kubeadm's layout, /etc/kubernetes/pki).
+#[derive(Debug, Subcommand)]
+#[command(
+    after_help = "CAs are valid 10 years, every other certificate 1 year. The agent of the host that ran \
+'selfnode init' re-issues each certificate when less than 30 days are left and publishes it to the \
+control plane: it applies the component's Secret in kube-system and rolls its pods (check it with \
+'selfnode status', component 'certificates'). 'certs renew' does the same at once for every \
+certificate. The kubelets rotate their own client certificates."
+)]
+pub enum CertsCommand {
+    /// List every certificate of this host's PKI and when it expires
+    CheckExpiration {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Re-issue every certificate and kubeconfig (not the CAs) and roll the control plane onto them
+    #[command(
+        after_help = "Runs on the host that ran 'selfnode init', after the pivot. Keeps the CAs and the \
+service-account key, so nothing signed by them and no join string changes. Then applies the \
+kube-apiserver, kube-controller-manager and kube-scheduler Secrets and rolls their pods, and waits \
+until they have rolled out. Copies of admin.conf made elsewhere keep working until their own \
+certificate expires; copy /etc/kubernetes/admin.conf again."
+    )]
+    Renew {
+        /// How long to wait for each control-plane workload to roll out
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", value_name = "DURATION")]
+        timeout: std::time::Duration,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 

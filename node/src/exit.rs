@@ -162,6 +162,12 @@ impl Classify for crate::recover::RecoverRefused {
     }
 }
 
+impl Classify for crate::certs::CertsRefused {
+    fn class(&self) -> Class {
+        Class::Conflict
+    }
+}
+
 impl Classify for crate::join::JoinConflict {
     fn class(&self) -> Class {
         Class::Conflict
@@ -230,6 +236,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::init::RestoreConflict>,
     by::<crate::init::RestoreInputError>,
     by::<crate::recover::RecoverRefused>,
+    by::<crate::certs::CertsRefused>,
     by::<bootstrap::join::JoinError>,
     by::<crate::tokens::TtlError>,
     by::<crate::join::JoinConflict>,

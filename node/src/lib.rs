@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod appliance;
+pub mod certs;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

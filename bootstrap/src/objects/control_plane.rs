@@ -263,6 +263,52 @@ fn etcd_ca_secret(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Secret, Object
     })
 }
 
+/// A control-plane component's Secret (its certificates, keys and
+/// kubeconfigs) and the workload whose pods mount it: what publishing
+/// renewed certificates after the pivot applies (`selfnode certs renew`).
+#[derive(Debug, Clone)]
+pub struct ComponentSecret {
+    /// The component: `kube-apiserver`, `kube-controller-manager`,
+    /// `kube-scheduler` (the Secret's and the workload's name).
+    pub component: &'static str,
+    /// The workload's kind: `DaemonSet` (kube-apiserver) or `Deployment`.
+    pub workload_kind: &'static str,
+    /// The Secret, as [`crate::objects::self_hosted_objects`] renders it.
+    pub secret: Secret,
+    /// The value of [`CONFIG_HASH_ANNOTATION`] the workload's pod template
+    /// carries for this Secret: a different one rolls the pods.
+    pub config_hash: String,
+}
+
+/// The Secrets of the three control-plane components, rendered from the
+/// host's files exactly as [`crate::objects::self_hosted_objects`] renders
+/// them (the same Secret, the same config hash), without the rest.
+///
+/// Errors with [`ObjectsError`] (invalid spec, a file a component mounts
+/// missing from `files`).
+pub fn component_secrets(
+    spec: &PlaneSpec,
+    files: &PlaneFiles,
+) -> Result<Vec<ComponentSecret>, ObjectsError> {
+    spec.validate()?;
+    component_flags(spec)
+        .into_iter()
+        .map(|(component, flags)| {
+            let m = mounted_secret(spec, component, &flags.files(), files)?;
+            Ok(ComponentSecret {
+                component,
+                workload_kind: if component == APISERVER {
+                    "DaemonSet"
+                } else {
+                    "Deployment"
+                },
+                secret: m.secret,
+                config_hash: m.hash,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object>, ObjectsError> {
     let [(_, api_flags), (_, cm_flags), (_, sched_flags)] = component_flags(spec);
     let mut api = mounted_secret(spec, APISERVER, &api_flags.files(), files)?;

@@ -42,7 +42,7 @@ pub use apply::{
     apply_all, control_plane_node_patch, create_missing, ensure_kubernetes_service_target_port,
     mark_control_plane, with_control_plane_taint, Applied, ApplyError, ApplyOutcome,
 };
-pub use control_plane::ETCD_CA_SECRET;
+pub use control_plane::{component_secrets, ComponentSecret, ETCD_CA_SECRET};
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
 pub use join::{ClusterSettings, CLUSTER_SETTINGS};
 

@@ -422,6 +422,42 @@ fn a_changed_certificate_changes_the_pod_template_hash() {
 }
 
 #[test]
+fn component_secrets_are_the_self_hosted_secrets_and_template_hashes() {
+    let s = spec();
+    let objs = objects();
+    let secrets = component_secrets(&s, &files(&s)).unwrap();
+    let names: Vec<_> = secrets
+        .iter()
+        .map(|c| (c.workload_kind, c.component))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("DaemonSet", "kube-apiserver"),
+            ("Deployment", "kube-controller-manager"),
+            ("Deployment", "kube-scheduler"),
+        ]
+    );
+    for c in &secrets {
+        let Object::Secret(full) = find(&objs, "Secret", c.component) else {
+            unreachable!()
+        };
+        assert_eq!(&c.secret, full, "{}", c.component);
+        let tmeta = match find(&objs, c.workload_kind, c.component) {
+            Object::DaemonSet(d) => d.spec.template.metadata.clone(),
+            Object::Deployment(d) => d.spec.template.metadata.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            tmeta.unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION],
+            c.config_hash,
+            "{}",
+            c.component
+        );
+    }
+}
+
+#[test]
 fn kube_proxy_reaches_the_api_through_the_local_load_balancer() {
     let objs = objects();
     let Object::ConfigMap(cm) = find(&objs, "ConfigMap", "kube-proxy") else {

@@ -223,6 +223,8 @@ pub enum RenewReason {
     /// The kubeconfig does not parse, or its current context does not lead to
     /// a cluster and a user.
     KubeconfigUnreadable,
+    /// The file was valid; [`renew_pki`] re-issues every leaf and kubeconfig.
+    Requested,
     /// The kubeconfig points at another API server than the spec's.
     ServerChanged {
         /// The spec's API endpoint.
@@ -269,6 +271,7 @@ impl fmt::Display for RenewReason {
             }
             PublicKeyMismatch => f.write_str("it is not the public half of sa.key"),
             KubeconfigUnreadable => f.write_str("it is not a kubeconfig selfnode can read"),
+            Requested => f.write_str("renewal was requested"),
             ServerChanged { want, got } => write!(f, "server is {got}, want {want}"),
             KubeconfigCaChanged => f.write_str("it embeds another CA than the current one"),
             KubeconfigLayoutChanged => f.write_str("its cluster, user or context names changed"),
@@ -433,6 +436,109 @@ pub fn ca_cert_hash(ca_pem: &[u8]) -> Result<String, PkiError> {
     ))
 }
 
+/// What kind of certificate an [`CertExpiry`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertKind {
+    /// A CA (`ca`, `front-proxy-ca`, `etcd/ca`): 10 years, never renewed by selfnode.
+    Ca,
+    /// A leaf certificate file under the PKI directory.
+    Leaf,
+    /// The client certificate embedded in a kubeconfig.
+    Kubeconfig,
+}
+
+/// One certificate of the PKI `spec` describes and when it stops being
+/// valid: a row of `selfnode certs check-expiration`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    /// kubeadm's name: the base name (`apiserver`, `etcd/server`) or the
+    /// kubeconfig file (`admin.conf`).
+    pub name: String,
+    /// The certificate or kubeconfig file.
+    pub path: PathBuf,
+    /// What it is.
+    pub kind: CertKind,
+    /// Base name of the CA that signs it (`ca`, `front-proxy-ca`,
+    /// `etcd/ca`); `None` for a CA.
+    pub signed_by: Option<&'static str>,
+    /// End of its validity; `None` when the file is not on this host or
+    /// cannot be read (then `problem` says which).
+    pub not_after: Option<SystemTime>,
+    /// Why `not_after` is unknown: "not on this host" or what could not be read.
+    pub problem: Option<String>,
+}
+
+/// Every certificate of the PKI `spec` describes, read from `host`: the
+/// three CAs, the leaves of kubeadm's `certs` phase, and the client
+/// certificates of the kubeconfigs, in that order. Reads only; a file that
+/// is absent or unreadable is a row with a `problem`, not an error (a host
+/// that joined holds only its etcd member's files).
+///
+/// Errors with [`PkiError`] for an invalid spec or a failed read.
+pub fn expiration(host: &dyn Host, spec: &PkiSpec) -> Result<Vec<CertExpiry>, PkiError> {
+    spec.validate()?;
+    let ca_name = |id: CaId| match id {
+        CaId::Cluster => names::CA,
+        CaId::FrontProxy => names::FRONT_PROXY_CA,
+        CaId::Etcd => names::ETCD_CA,
+    };
+    let mut out = Vec::new();
+    let mut row = |name: &str, path: PathBuf, kind, signed_by, pem: Result<Vec<u8>, String>| {
+        let (not_after, problem) = match pem.and_then(|pem| cert_not_after(&pem)) {
+            Ok(t) => (Some(t), None),
+            Err(why) => (None, Some(why)),
+        };
+        out.push(CertExpiry {
+            name: name.to_string(),
+            path,
+            kind,
+            signed_by,
+            not_after,
+            problem,
+        });
+    };
+    let read = |path: &Path| -> Result<Result<Vec<u8>, String>, PkiError> {
+        Ok(host
+            .read_file(path)?
+            .ok_or_else(|| "not on this host".to_string()))
+    };
+    for base in [names::CA, names::FRONT_PROXY_CA, names::ETCD_CA] {
+        let path = spec.cert_path(base);
+        let pem = read(&path)?;
+        row(base, path, CertKind::Ca, None, pem);
+    }
+    for (base, ca, _) in leaf_profiles(spec)? {
+        let path = spec.cert_path(base);
+        let pem = read(&path)?;
+        row(base, path, CertKind::Leaf, Some(ca_name(ca)), pem);
+    }
+    for (file, _) in kubeconfig_profiles(spec) {
+        let path = spec.kubeconfig_path(file);
+        let pem = read(&path)?.and_then(|bytes| {
+            let kc = Kubeconfig::from_yaml(&bytes)
+                .map_err(|_| "it is not a kubeconfig selfnode can read".to_string())?;
+            let (_, user) = kc
+                .current()
+                .ok_or_else(|| "its current context names no user".to_string())?;
+            kubeconfig::decode_data(user.user.client_certificate_data.as_deref()).ok_or_else(|| {
+                "it embeds no client certificate (the kubelet's may be a file it rotates)"
+                    .to_string()
+            })
+        });
+        row(file, path, CertKind::Kubeconfig, Some(names::CA), pem);
+    }
+    Ok(out)
+}
+
+/// The end of validity of the first certificate in `pem`.
+fn cert_not_after(pem: &[u8]) -> Result<SystemTime, String> {
+    let der = cert::pem_der(pem, "CERTIFICATE")?;
+    let (_, c) = X509Certificate::from_der(&der)
+        .map_err(|_| "it is not an X.509 certificate".to_string())?;
+    Ok(cert::system_time(c.validity().not_after.timestamp()))
+}
+
 /// Brings the PKI described by `spec` into place through `host`, as of `now`.
 ///
 /// Idempotent and resumable: whatever a killed earlier run left behind is
@@ -442,6 +548,25 @@ pub fn ca_cert_hash(ca_pem: &[u8]) -> Result<String, PkiError> {
 /// Returns what was done to each file; errors with [`PkiError`] (a CA or
 /// `sa.key` that cannot be used is never replaced).
 pub fn ensure_pki(host: &dyn Host, spec: &PkiSpec, now: SystemTime) -> Result<PkiReport, PkiError> {
+    converge(host, spec, now, false)
+}
+
+/// [`ensure_pki`], except that every leaf certificate and kubeconfig is
+/// re-issued (new key, new validity from `now`) even when it is valid, as
+/// kubeadm's `certs renew all`. CAs and the service-account key are kept:
+/// nothing signed by them, and no join pin, changes.
+///
+/// Errors as [`ensure_pki`].
+pub fn renew_pki(host: &dyn Host, spec: &PkiSpec, now: SystemTime) -> Result<PkiReport, PkiError> {
+    converge(host, spec, now, true)
+}
+
+fn converge(
+    host: &dyn Host,
+    spec: &PkiSpec,
+    now: SystemTime,
+    renew_all: bool,
+) -> Result<PkiReport, PkiError> {
     spec.validate()?;
     let now = cert::unix_secs(now);
 
@@ -456,6 +581,7 @@ pub fn ensure_pki(host: &dyn Host, spec: &PkiSpec, now: SystemTime) -> Result<Pk
     let mut run = Run {
         host,
         now,
+        renew_all,
         report: PkiReport::default(),
     };
     host.ensure_dir(&spec.pki_dir, DIR_MODE)?;
@@ -778,6 +904,7 @@ pub fn ensure_etcd_member(
     let mut run = Run {
         host,
         now,
+        renew_all: false,
         report: PkiReport::default(),
     };
     host.ensure_dir(&spec.pki_dir, DIR_MODE)?;
@@ -818,7 +945,16 @@ fn inspect_sa(host: &dyn Host, spec: &PkiSpec) -> Result<SaPlan, PkiError> {
 struct Run<'a> {
     host: &'a dyn Host,
     now: i64,
+    /// Re-issue valid leaves and kubeconfigs too ([`renew_pki`]).
+    renew_all: bool,
     report: PkiReport,
+}
+
+impl Run<'_> {
+    /// Why a leaf that passed its checks is replaced anyway, if it is.
+    fn requested(&self) -> Option<RenewReason> {
+        self.renew_all.then_some(RenewReason::Requested)
+    }
 }
 
 impl Run<'_> {
@@ -964,11 +1100,14 @@ impl Run<'_> {
         let key_file = self.host.read_file(&key_path)?;
         let reason = match (&cert_file, &key_file) {
             (Some(c), Some(k)) => match cert::check_leaf(c, k, profile, ca, self.now) {
-                Ok(()) => {
-                    self.keep(&key_path, k)?;
-                    self.keep(&cert_path, c)?;
-                    return Ok(());
-                }
+                Ok(()) => match self.requested() {
+                    None => {
+                        self.keep(&key_path, k)?;
+                        self.keep(&cert_path, c)?;
+                        return Ok(());
+                    }
+                    requested => requested,
+                },
                 Err(reason) => Some(reason),
             },
             (None, Some(_)) => Some(RenewReason::PairIncomplete {
@@ -1007,7 +1146,10 @@ impl Run<'_> {
         let existing = self.host.read_file(&path)?;
         let replaced = match &existing {
             Some(bytes) => match check_kubeconfig(bytes, spec, profile, ca, self.now) {
-                Ok(()) => return self.keep(&path, bytes),
+                Ok(()) => match self.requested() {
+                    None => return self.keep(&path, bytes),
+                    requested => requested,
+                },
                 Err(reason) => Some(reason),
             },
             None => None,

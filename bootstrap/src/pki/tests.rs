@@ -493,6 +493,113 @@ fn leaves_are_renewed_30_days_before_expiry_and_cas_are_kept() {
 }
 
 #[test]
+fn renew_pki_reissues_every_valid_leaf_and_kubeconfig_and_keeps_the_cas() {
+    let host = MemHost::new();
+    let spec = spec();
+    let first = run(&host, &spec, t0());
+    let old: BTreeMap<&str, Vec<u8>> = ALL_FILES.iter().map(|r| (*r, file(&host, r))).collect();
+
+    let later = t0() + days(100);
+    let report = renew_pki(&host, &spec, later).unwrap();
+    let kept = set(&[
+        "pki/ca.crt",
+        "pki/ca.key",
+        "pki/front-proxy-ca.crt",
+        "pki/front-proxy-ca.key",
+        "pki/etcd/ca.crt",
+        "pki/etcd/ca.key",
+        "pki/sa.key",
+        "pki/sa.pub",
+    ]);
+    let all: BTreeSet<String> = ALL_FILES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(renewed(&report), &all - &kept);
+    assert_eq!(reason(&report, "pki/apiserver.crt"), RenewReason::Requested);
+    assert_eq!(reason(&report, "admin.conf"), RenewReason::Requested);
+    for r in ALL_FILES {
+        assert_eq!(file(&host, r) == old[r], kept.contains(r), "{r}");
+        assert_eq!(host.mode(p(r)), Some(0o600), "{r}");
+    }
+    // New validity from `later`, same names, same CA, same join pin.
+    let api = cert(&host, "pki/apiserver.crt");
+    assert_eq!(
+        api.not_after - cert::unix_secs(later),
+        LEAF_VALIDITY.as_secs() as i64
+    );
+    assert_eq!(api.dns, inspect(&old["pki/apiserver.crt"]).dns);
+    assert!(signed_by(&api, &cert(&host, "pki/ca.crt")));
+    assert_eq!(report.ca_cert_hash, first.ca_cert_hash);
+    // The next ordinary pass keeps what the renewal wrote.
+    assert!(renewed(&run(&host, &spec, later)).is_empty());
+}
+
+#[test]
+fn expiration_lists_every_certificate_with_its_end_of_validity() {
+    let host = MemHost::new();
+    let spec = spec();
+    run(&host, &spec, t0());
+    let rows = expiration(&host, &spec).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ca",
+            "front-proxy-ca",
+            "etcd/ca",
+            "apiserver",
+            "apiserver-kubelet-client",
+            "front-proxy-client",
+            "etcd/server",
+            "etcd/peer",
+            "etcd/healthcheck-client",
+            "apiserver-etcd-client",
+            "admin.conf",
+            "super-admin.conf",
+            "controller-manager.conf",
+            "scheduler.conf",
+            "kubelet.conf",
+        ]
+    );
+    for r in &rows {
+        assert!(r.problem.is_none(), "{r:?}");
+        // Each row's end of validity, checked against the file read here.
+        let read = match r.kind {
+            CertKind::Kubeconfig => kubeconfig_parts(&host, &rel(&r.path)).1,
+            _ => cert(&host, &rel(&r.path)),
+        };
+        assert_eq!(
+            r.not_after.map(cert::unix_secs),
+            Some(read.not_after),
+            "{r:?}"
+        );
+        let validity = if r.kind == CertKind::Ca {
+            CA_VALIDITY
+        } else {
+            LEAF_VALIDITY
+        };
+        assert_eq!(
+            cert::unix_secs(r.not_after.unwrap()) - cert::unix_secs(t0()),
+            validity.as_secs() as i64,
+            "{r:?}"
+        );
+    }
+    let by = |n: &str| rows.iter().find(|r| r.name == n).unwrap().signed_by;
+    assert_eq!(by("ca"), None);
+    assert_eq!(by("front-proxy-client"), Some("front-proxy-ca"));
+    assert_eq!(by("etcd/peer"), Some("etcd/ca"));
+    assert_eq!(by("scheduler.conf"), Some("ca"));
+
+    // A host that holds only part of the PKI (a joined one), and a file
+    // that is not a certificate: rows with a problem, not an error.
+    host.remove(p("admin.conf"));
+    host.put(p("pki/apiserver.crt"), "garbage", 0o600);
+    let rows = expiration(&host, &spec).unwrap();
+    let problem = |n: &str| rows.iter().find(|r| r.name == n).unwrap().problem.clone();
+    assert_eq!(problem("admin.conf").as_deref(), Some("not on this host"));
+    assert_eq!(problem("apiserver").as_deref(), Some("it is not PEM"));
+    assert_eq!(problem("ca"), None);
+}
+
+#[test]
 fn expired_leaf_is_renewed() {
     let host = MemHost::new();
     run(&host, &spec(), t0());

@@ -136,6 +136,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 c
             },
             {
+                let mut c = ComponentStatus::new(crate::certs::COMPONENT, None);
+                c.state = ComponentState::Ready;
+                c.detail = Some("not checked yet: the first check is a minute after start".into());
+                c
+            },
+            {
                 let mut c = ComponentStatus::new(checkpointer::COMPONENT, None);
                 c.state = ComponentState::Ready;
                 c.detail =
@@ -218,6 +224,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             paths: paths.clone(),
             bundle: bundle.clone(),
         },
+        status.clone(),
+        containerd_ready.clone(),
+        stop_background.clone(),
+    ));
+    tracker.spawn(crate::certs::run(
+        paths.clone(),
         status.clone(),
         containerd_ready.clone(),
         stop_background.clone(),

@@ -1,5 +1,6 @@
 //! Thin command handlers: parse (done by clap), call the library, print.
 
+mod certs;
 pub(crate) mod etcd;
 mod image;
 mod images;
@@ -52,6 +53,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Recover(args) => recover::run(&paths, args).await,
         Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
         Command::Token(cmd) => token::run(&paths, cmd).await,
+        Command::Certs(cmd) => certs::run(&paths, cmd).await,
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await
         }

@@ -52,8 +52,10 @@ pub(super) async fn restore_pki(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<S
 }
 
 /// `ensure_pki`: idempotent by construction (it reports what it changed).
+/// Holds the PKI lock: after the pivot the agent renews certificates too.
 pub(super) async fn ensure_pki(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     run.converge(Step::EnsurePki, || async {
+        let _lock = crate::certs::PkiLock::acquire(seq.paths, Duration::from_secs(120)).await?;
         let report = bootstrap::pki::ensure_pki(
             &NodeHost,
             &seq.spec.pki_spec(),
