@@ -172,14 +172,23 @@ pub fn render_conflist(cfg: &CniConfig) -> String {
     format!("{conflist:#}\n")
 }
 
-/// Writes `text` to `<dir>/10-selfnode.conflist` unless it already holds
-/// exactly that: a temporary file in `dir` (a name containerd ignores),
+/// Mode of the conflist: only containerd (root) reads it (CIS 1.1.9).
+pub const CONFLIST_MODE: u32 = 0o600;
+
+/// Writes `text` to `<dir>/10-selfnode.conflist` (mode [`CONFLIST_MODE`])
+/// unless it already holds exactly that (then only a looser mode is
+/// corrected): a temporary file in `dir` (a name containerd ignores),
 /// fsync, rename over the conflist, fsync `dir`. Creates `dir` if needed.
-/// Returns whether the file changed.
+/// Returns whether the file's contents changed.
 pub fn write_conflist(dir: &Path, text: &str) -> Result<bool, CniError> {
     let path = dir.join(CONFLIST_FILE);
     match fs::read(&path) {
-        Ok(current) if current == text.as_bytes() => return Ok(false),
+        Ok(current) if current == text.as_bytes() => {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(CONFLIST_MODE))
+                .map_err(|source| CniError::Write { path, source })?;
+            return Ok(false);
+        }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(source) => return Err(CniError::Read { path, source }),
@@ -196,7 +205,7 @@ pub fn write_conflist(dir: &Path, text: &str) -> Result<bool, CniError> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o644)
+            .mode(CONFLIST_MODE)
             .open(tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()
@@ -440,13 +449,15 @@ mod tests {
         assert!(write_conflist(&dir, &text).unwrap(), "first write");
         let path = dir.join(CONFLIST_FILE);
         assert_eq!(fs::read_to_string(&path).unwrap(), text);
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
         let mtime = fs::metadata(&path).unwrap().modified().unwrap();
         assert!(!write_conflist(&dir, &text).unwrap(), "unchanged");
         assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+        // A file an older version wrote 0644: same contents, mode corrected.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(!write_conflist(&dir, &text).unwrap(), "unchanged");
+        assert_eq!(mode(&path), 0o600);
 
         let mut c = cfg();
         c.mtu = Some(1400);

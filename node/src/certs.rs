@@ -27,11 +27,12 @@
 //! Every writer of the PKI after the pivot holds [`PkiLock`], so two
 //! renewals never interleave a key of one with a certificate of the other.
 //!
-//! What is not renewed here: the etcd CA's leaves of a *joined*
-//! control-plane host (its agent issues them once, from the
-//! `selfnode-etcd-ca` Secret, when it joins), and the kubelets' client
-//! certificates, which the kubelets rotate themselves (the agent turns
-//! `rotateCertificates` on).
+//! Not renewed here: the etcd member certificates of a *joined*
+//! control-plane host (its member controller, `agent/member.rs`, issues
+//! them from the `selfnode-etcd-ca` Secret and re-issues them when less
+//! than 30 days are left, checked at agent start and every hour), and the
+//! kubelets' client certificates, which the kubelets rotate themselves
+//! (the agent turns `rotateCertificates` on).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -41,6 +42,8 @@ use bootstrap::objects::{ComponentSecret, Object, CONFIG_HASH_ANNOTATION, NAMESP
 use bootstrap::pki::{CertExpiry, CertKind, PkiReport};
 use bootstrap::plane::PlaneSpec;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
@@ -273,6 +276,35 @@ async fn set_config_hash(
     client: &kube::Client,
     c: &ComponentSecret,
 ) -> anyhow::Result<(bool, bool)> {
+    if c.workload_kind == "DaemonSet" {
+        set_template_hash::<DaemonSet>(client, c, |d| d.spec.template.metadata.as_ref()).await
+    } else {
+        set_template_hash::<Deployment>(client, c, |d| d.spec.template.metadata.as_ref()).await
+    }
+}
+
+async fn set_template_hash<K>(
+    client: &kube::Client,
+    c: &ComponentSecret,
+    template: fn(&K) -> Option<&ObjectMeta>,
+) -> anyhow::Result<(bool, bool)>
+where
+    K: kube::Resource<Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), NAMESPACE);
+    let Some(live) = api.get_opt(c.component).await? else {
+        return Ok((false, true));
+    };
+    let current = template(&live)
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(CONFIG_HASH_ANNOTATION));
+    if current == Some(&c.config_hash) {
+        return Ok((false, false));
+    }
     let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
         CONFIG_HASH_ANNOTATION: c.config_hash,
     }}}}});
@@ -280,36 +312,7 @@ async fn set_config_hash(
         field_manager: Some(PATCH_MANAGER.to_string()),
         ..PatchParams::default()
     };
-    let template_hash =
-        |meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
-            meta.and_then(|m| m.annotations.as_ref())
-                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
-                .cloned()
-        };
-    let name = c.component;
-    if c.workload_kind == "DaemonSet" {
-        let api: Api<DaemonSet> = Api::namespaced(client.clone(), NAMESPACE);
-        let Some(d) = api.get_opt(name).await? else {
-            return Ok((false, true));
-        };
-        if template_hash(d.spec.template.metadata.as_ref()).as_deref()
-            == Some(c.config_hash.as_str())
-        {
-            return Ok((false, false));
-        }
-        api.patch(name, &pp, &Patch::Merge(&patch)).await?;
-    } else {
-        let api: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-        let Some(d) = api.get_opt(name).await? else {
-            return Ok((false, true));
-        };
-        if template_hash(d.spec.template.metadata.as_ref()).as_deref()
-            == Some(c.config_hash.as_str())
-        {
-            return Ok((false, false));
-        }
-        api.patch(name, &pp, &Patch::Merge(&patch)).await?;
-    }
+    api.patch(c.component, &pp, &Patch::Merge(&patch)).await?;
     Ok((true, false))
 }
 
@@ -368,23 +371,33 @@ async fn wait_rolled(
     p: &Published,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let name = p.component.clone();
-    let what = format!("{} {}/{name} to roll out", p.workload, NAMESPACE);
     if p.workload == "DaemonSet" {
-        let api: Api<DaemonSet> = Api::namespaced(client.clone(), NAMESPACE);
-        crate::init::steps::until(&what, timeout, Duration::from_secs(1), || async {
-            daemonset_rolled(&api.get(&name).await?).map_err(anyhow::Error::msg)?;
-            Ok(true)
-        })
-        .await
+        wait_until_rolled::<DaemonSet>(client, p, timeout, daemonset_rolled).await
     } else {
-        let api: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-        crate::init::steps::until(&what, timeout, Duration::from_secs(1), || async {
-            deployment_rolled(&api.get(&name).await?).map_err(anyhow::Error::msg)?;
-            Ok(true)
-        })
-        .await
+        wait_until_rolled::<Deployment>(client, p, timeout, deployment_rolled).await
     }
+}
+
+async fn wait_until_rolled<K>(
+    client: &kube::Client,
+    p: &Published,
+    timeout: Duration,
+    rolled: fn(&K) -> Result<(), String>,
+) -> anyhow::Result<()>
+where
+    K: kube::Resource<Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), NAMESPACE);
+    let what = format!("{} {}/{} to roll out", p.workload, NAMESPACE, p.component);
+    crate::init::steps::until(&what, timeout, Duration::from_secs(1), || async {
+        rolled(&api.get(&p.component).await?).map_err(anyhow::Error::msg)?;
+        Ok(true)
+    })
+    .await
 }
 
 /// What `selfnode certs renew` did.

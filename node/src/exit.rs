@@ -428,6 +428,7 @@ mod tests {
                 pki_dir: PathBuf::from("/etc/kubernetes/pki"),
             }),
             Box::new(crate::recover::RecoverRefused::Healthy),
+            Box::new(crate::certs::CertsRefused::NotPivoted),
             Box::new(bootstrap::join::JoinError::Token("x".into())),
             Box::new(crate::tokens::TtlError {
                 given: "0s".into(),
@@ -476,7 +477,7 @@ mod tests {
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
                 Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
                 Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Conflict, Invalid,
-                Conflict, Invalid, Invalid, Conflict, Invalid, Invalid, Invalid,
+                Conflict, Conflict, Invalid, Invalid, Conflict, Invalid, Invalid, Invalid,
             ]
         );
     }

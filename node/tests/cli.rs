@@ -50,6 +50,26 @@ fn images_import_without_containerd_says_what_to_check() {
 }
 
 #[test]
+fn certs_on_a_host_of_no_cluster_say_so_exit_3_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["certs", "renew"][..],
+        &["certs", "check-expiration", "-o", "json"],
+    ] {
+        let out = selfnode(dir.path()).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("belongs to no cluster"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("selfnode init"), "{args:?}: {stderr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn version_reports_the_bundle_versions_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let out = selfnode(dir.path())

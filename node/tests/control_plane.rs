@@ -144,6 +144,75 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         .unwrap();
     assert!(text(&peer).contains("198.18.0.2"), "{}", text(&peer));
 
+    // Its agent renews them: a serving certificate with 5 days left (made
+    // here by openssl with the etcd CA from the first host's disk) is
+    // re-issued by the member controller's first pass after a restart,
+    // and the member keeps serving. check-expiration on a joined host
+    // lists what it holds.
+    let residual = |host: &TestHost, name: &str| -> Option<i64> {
+        let out = host
+            .selfnode()
+            .args(["certs", "check-expiration", "-o", "json"])
+            .output()
+            .unwrap();
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        rows.as_array()?.iter().find(|r| r["name"] == name)?["residualDays"].as_i64()
+    };
+    assert_eq!(residual(&second, "etcd/server"), Some(364));
+    assert_eq!(
+        residual(&second, "admin.conf"),
+        None,
+        "not on a joined host"
+    );
+    let ca = first.root.join("etc/kubernetes/pki/etcd");
+    let csr = second.root.join("short.csr");
+    let short = second.root.join("short.crt");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        pki.join("server.key").to_str().unwrap(),
+        "-subj",
+        "/CN=node2",
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        ca.join("ca.crt").to_str().unwrap(),
+        "-CAkey",
+        ca.join("ca.key").to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "5",
+        "-out",
+        short.to_str().unwrap(),
+    ]);
+    std::fs::copy(&short, pki.join("server.crt")).unwrap();
+    assert_eq!(residual(&second, "etcd/server"), Some(4));
+    second.stop_agent(Duration::from_secs(60));
+    second.start_agent();
+    support::retry(
+        "node2's etcd certificate renewed",
+        Duration::from_secs(180),
+        || match residual(&second, "etcd/server") {
+            Some(364) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    wait_voters(&second, &[&node1, "node2"], Duration::from_secs(120));
+
     // A worker, then the seed: its label alone makes it a control-plane
     // node with its own member.
     let mut third = TestHost::in_netns(&first, &lan, 3);

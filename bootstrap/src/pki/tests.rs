@@ -65,6 +65,23 @@ const ALL_FILES: [&str; 27] = [
     "kubelet.conf",
 ];
 
+/// The CAs and service-account keys: never renewed.
+const CAS_AND_SA_KEYS: [&str; 8] = [
+    "pki/ca.crt",
+    "pki/ca.key",
+    "pki/front-proxy-ca.crt",
+    "pki/front-proxy-ca.key",
+    "pki/etcd/ca.crt",
+    "pki/etcd/ca.key",
+    "pki/sa.key",
+    "pki/sa.pub",
+];
+
+/// Every file but [`CAS_AND_SA_KEYS`]: leaves and kubeconfigs.
+fn leaves() -> BTreeSet<String> {
+    &set(&ALL_FILES) - &set(&CAS_AND_SA_KEYS)
+}
+
 fn p(rel: &str) -> PathBuf {
     Path::new("/etc/kubernetes").join(rel)
 }
@@ -456,18 +473,7 @@ fn leaves_are_renewed_30_days_before_expiry_and_cas_are_kept() {
     // 10 days left: every leaf and kubeconfig is re-issued, CAs and SA keys stay.
     let later = t0() + LEAF_VALIDITY - days(10);
     let report = run(&host, &spec, later);
-    let kept = set(&[
-        "pki/ca.crt",
-        "pki/ca.key",
-        "pki/front-proxy-ca.crt",
-        "pki/front-proxy-ca.key",
-        "pki/etcd/ca.crt",
-        "pki/etcd/ca.key",
-        "pki/sa.key",
-        "pki/sa.pub",
-    ]);
-    let all: BTreeSet<String> = ALL_FILES.iter().map(|s| s.to_string()).collect();
-    assert_eq!(renewed(&report), &all - &kept);
+    assert_eq!(renewed(&report), leaves());
     assert!(matches!(
         reason(&report, "pki/apiserver.crt"),
         RenewReason::ExpiresSoon { .. }
@@ -501,22 +507,15 @@ fn renew_pki_reissues_every_valid_leaf_and_kubeconfig_and_keeps_the_cas() {
 
     let later = t0() + days(100);
     let report = renew_pki(&host, &spec, later).unwrap();
-    let kept = set(&[
-        "pki/ca.crt",
-        "pki/ca.key",
-        "pki/front-proxy-ca.crt",
-        "pki/front-proxy-ca.key",
-        "pki/etcd/ca.crt",
-        "pki/etcd/ca.key",
-        "pki/sa.key",
-        "pki/sa.pub",
-    ]);
-    let all: BTreeSet<String> = ALL_FILES.iter().map(|s| s.to_string()).collect();
-    assert_eq!(renewed(&report), &all - &kept);
+    assert_eq!(renewed(&report), leaves());
     assert_eq!(reason(&report, "pki/apiserver.crt"), RenewReason::Requested);
     assert_eq!(reason(&report, "admin.conf"), RenewReason::Requested);
     for r in ALL_FILES {
-        assert_eq!(file(&host, r) == old[r], kept.contains(r), "{r}");
+        assert_eq!(
+            file(&host, r) == old[r],
+            CAS_AND_SA_KEYS.contains(&r),
+            "{r}"
+        );
         assert_eq!(host.mode(p(r)), Some(0o600), "{r}");
     }
     // New validity from `later`, same names, same CA, same join pin.

@@ -30,6 +30,11 @@
 //!   then moves its data directory aside (`etcd.removed-<unix time>`; a
 //!   removed member can never rejoin with it) and forgets it.
 //!
+//! - **Renew** (a joined host's recorded member, at agent start and every
+//!   [`CERT_CHECK`]): the member's certificates are issued again from the
+//!   Secret's CA when less than 30 days are left; etcd reads its
+//!   certificate files at each new connection, so nothing restarts.
+//!
 //! The first host's member is made by `selfnode init` (the pivot); this
 //! task never adds one while a sequence owns etcd (the pivot marker is not
 //! committed yet, or a restore runs).
@@ -60,6 +65,9 @@ const PERIOD: Duration = Duration::from_secs(5);
 /// How long the label must stay gone, with the API answering, before the
 /// member leaves: a label removed and put back at once changes nothing.
 pub const LEAVE_AFTER: Duration = Duration::from_secs(30);
+/// How often a joined member's certificates are checked (the first pass
+/// after the agent starts checks at once).
+const CERT_CHECK: Duration = Duration::from_secs(3600);
 /// How long one pass waits for a new learner to catch up before the next
 /// pass tries again.
 const PROMOTE_WAIT: Duration = Duration::from_secs(60);
@@ -82,8 +90,16 @@ pub async fn run(
     }
     let mut client: Option<kube::Client> = None;
     let mut unlabelled_since: Option<Instant> = None;
+    let mut last_cert_check: Option<Instant> = None;
     loop {
-        match pass(&ctx, &mut client, &mut unlabelled_since).await {
+        match pass(
+            &ctx,
+            &mut client,
+            &mut unlabelled_since,
+            &mut last_cert_check,
+        )
+        .await
+        {
             Ok(Some(note)) => status.update(COMPONENT, |c| {
                 c.state = ComponentState::Ready;
                 c.detail = Some(note);
@@ -138,6 +154,7 @@ async fn pass(
     ctx: &MemberContext,
     client: &mut Option<kube::Client>,
     unlabelled_since: &mut Option<Instant>,
+    last_cert_check: &mut Option<Instant>,
 ) -> anyhow::Result<Option<String>> {
     let paths = &ctx.paths;
     let kubeconfig = paths.kubelet_kubeconfig();
@@ -156,6 +173,19 @@ async fn pass(
     if labelled {
         *unlabelled_since = None;
         if let Some(m) = &rec.member {
+            // A joined member's certificates come from its agent (the first
+            // host's from init and its agent's certificate check): renewed
+            // here once they have less than 30 days left. etcd reads its
+            // certificate files at each new connection.
+            if rec.joined && last_cert_check.is_none_or(|t| t.elapsed() >= CERT_CHECK) {
+                *last_cert_check = Some(Instant::now());
+                if let Ok((_, report)) = issue_member_certs(ctx, &client, &node).await? {
+                    let renewed = report.changed().count();
+                    if renewed > 0 {
+                        tracing::info!(files = renewed, "etcd member: re-issued its certificates");
+                    }
+                }
+            }
             return Ok(Some(format!("etcd member {} ({}) runs here", m.name, m.id)));
         }
         if !rec.joined {
@@ -241,20 +271,23 @@ fn etcd_config(paths: &HostPaths, endpoints: Vec<String>) -> etcd_mgr::EtcdConfi
     }
 }
 
-async fn join_member(
+/// This member's server, peer and healthcheck certificates, issued (or
+/// kept while valid, re-issued when less than 30 days are left) with the
+/// etcd CA of the `selfnode-etcd-ca` Secret. The inner `Err` is the status
+/// note while that Secret cannot be read yet (no apiserver pod bound here).
+async fn issue_member_certs(
     ctx: &MemberContext,
     client: &kube::Client,
     node: &NodeIdentity,
-) -> anyhow::Result<String> {
-    let paths = &ctx.paths;
+) -> anyhow::Result<Result<(PlaneSpec, bootstrap::pki::PkiReport), String>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), bootstrap::objects::NAMESPACE);
     let ca = match secrets.get(ETCD_CA_SECRET).await {
         Ok(s) => s,
         Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
-            return Ok(format!(
+            return Ok(Err(format!(
                 "control-plane node: waiting for the kube-apiserver pod to be bound here (it carries the etcd CA this member's certificates are issued with): {}",
                 e.message
-            ));
+            )));
         }
         Err(e) => return Err(e).with_context(|| format!("reading kube-system/{ETCD_CA_SECRET}")),
     };
@@ -267,10 +300,23 @@ async fn join_member(
     let (ca_crt, ca_key) = (field("etcd-ca.crt")?, field("etcd-ca.key")?);
     let spec = node_plane_spec(ctx, client, node).await?;
     let pki = spec.pki_spec();
-    tokio::task::spawn_blocking(move || {
+    let report = tokio::task::spawn_blocking(move || {
         bootstrap::pki::ensure_etcd_member(&NodeHost, &pki, &ca_crt, &ca_key, SystemTime::now())
     })
     .await??;
+    Ok(Ok((spec, report)))
+}
+
+async fn join_member(
+    ctx: &MemberContext,
+    client: &kube::Client,
+    node: &NodeIdentity,
+) -> anyhow::Result<String> {
+    let paths = &ctx.paths;
+    let spec = match issue_member_certs(ctx, client, node).await? {
+        Ok((spec, _)) => spec,
+        Err(waiting) => return Ok(waiting),
+    };
 
     let endpoints = other_members(client, node, spec.ports.etcd_client).await?;
     if endpoints.is_empty() {

@@ -436,7 +436,7 @@ fn write_status(status: &StatusHandle, path: &std::path::Path) {
     snap.updated = now_unix();
     match serde_json::to_vec_pretty(&snap) {
         Ok(bytes) => {
-            if let Err(err) = write_atomic(path, &bytes, 0o644) {
+            if let Err(err) = write_atomic(path, &bytes, 0o640) {
                 tracing::warn!(path = %path.display(), %err, "cannot write agent status");
             }
         }

@@ -123,6 +123,23 @@ pub struct Lan {
 
 impl Lan {
     pub fn create() -> Lan {
+        // A LAN left by a test run that was killed (its Drop never ran)
+        // still holds the gateway address: replies to the hosts would go
+        // out of that bridge, and every join would fail far from the cause.
+        let out = Command::new("ip")
+            .args(["-br", "addr", "show"])
+            .output()
+            .expect("run ip");
+        let held: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" 198.18.0.1/"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        assert!(
+            held.is_empty(),
+            "198.18.0.1 (the test LAN's gateway) is already on {held:?}, left by an earlier test run that was killed; delete it ('ip link del {}') and run again",
+            held.join(" ")
+        );
         let bridge = format!("snb{}", std::process::id() % 100_000);
         ip(&["link", "add", &bridge, "type", "bridge"]);
         let lan = Lan {
