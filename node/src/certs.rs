@@ -226,25 +226,25 @@ fn init_host_spec(paths: &HostPaths) -> anyhow::Result<PlaneSpec> {
     Ok(crate::init::plane_spec(paths, &settings, &bundle))
 }
 
-/// The CAs' certificates and keys and `sa.key` must be there before a
-/// renewal: `ensure_pki` would make new ones for missing files, and a new
-/// CA or service-account key after the pivot cuts off every node and
-/// every service-account token. Renewal never does that by itself.
-fn require_cluster_keys(pki: &bootstrap::pki::PkiSpec) -> anyhow::Result<()> {
-    use bootstrap::pki::names;
-    let mut missing = Vec::new();
-    for base in [names::CA, names::FRONT_PROXY_CA, names::ETCD_CA] {
-        missing.extend([pki.cert_path(base), pki.key_path(base)]);
-    }
-    missing.push(pki.pki_dir.join(names::SA_KEY));
-    missing.retain(|p| !p.exists());
+/// The cluster's keys (`init::restore::RESTORE_PKI_FILES`: the CAs'
+/// certificates and keys, the service-account pair, the encryption
+/// config) must be there before a renewal: `ensure_pki` would make new ones
+/// for missing files, and a new CA or service-account key after the pivot
+/// cuts off every node and every service-account token. Renewal never
+/// does that by itself.
+fn require_cluster_keys(pki_dir: &std::path::Path) -> anyhow::Result<()> {
+    let missing: Vec<String> = crate::init::restore::RESTORE_PKI_FILES
+        .iter()
+        .map(|rel| pki_dir.join(rel))
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
     anyhow::bail!(
         "not renewing: {} missing; new keys would cut off every node and service-account token of the running cluster. Restore them (the agent keeps a copy beside its etcd snapshots, by default in /var/lib/selfnode/snapshots/pki)",
-        list.join(", ")
+        missing.join(", ")
     )
 }
 
@@ -452,7 +452,7 @@ pub async fn renew(
     let spec = init_host_spec(paths)?;
     let _lock = PkiLock::acquire(paths, Duration::from_secs(120)).await?;
     let pki = spec.pki_spec();
-    require_cluster_keys(&pki)?;
+    require_cluster_keys(&pki.pki_dir)?;
     let report: PkiReport = tokio::task::spawn_blocking(move || {
         bootstrap::pki::renew_pki(&NodeHost, &pki, SystemTime::now())
     })
@@ -580,7 +580,7 @@ async fn agent_pass(paths: &HostPaths) -> anyhow::Result<Option<String>> {
     };
     let _lock = PkiLock::acquire(paths, Duration::from_secs(60)).await?;
     let pki = spec.pki_spec();
-    require_cluster_keys(&pki)?;
+    require_cluster_keys(&pki.pki_dir)?;
     let report = tokio::task::spawn_blocking(move || {
         bootstrap::pki::ensure_pki(&NodeHost, &pki, SystemTime::now())
     })
@@ -710,24 +710,14 @@ mod tests {
     #[test]
     fn renewal_refuses_while_a_ca_or_the_service_account_key_is_missing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut pki = bootstrap::pki::PkiSpec::new("cp-1", vec!["10.0.0.10".parse().unwrap()]);
-        pki.pki_dir = dir.path().join("pki");
-        std::fs::create_dir_all(pki.pki_dir.join("etcd")).unwrap();
-        let files = [
-            "ca.crt",
-            "ca.key",
-            "front-proxy-ca.crt",
-            "front-proxy-ca.key",
-            "etcd/ca.crt",
-            "etcd/ca.key",
-            "sa.key",
-        ];
-        for f in files {
-            std::fs::write(pki.pki_dir.join(f), "x").unwrap();
+        let pki = dir.path().join("pki");
+        std::fs::create_dir_all(pki.join("etcd")).unwrap();
+        for f in crate::init::restore::RESTORE_PKI_FILES {
+            std::fs::write(pki.join(f), "x").unwrap();
         }
         require_cluster_keys(&pki).unwrap();
         for f in ["etcd/ca.key", "sa.key"] {
-            std::fs::remove_file(pki.pki_dir.join(f)).unwrap();
+            std::fs::remove_file(pki.join(f)).unwrap();
         }
         let err = require_cluster_keys(&pki).unwrap_err().to_string();
         assert!(err.starts_with("not renewing:"), "{err}");

@@ -59,6 +59,7 @@ pub struct RestoreConflict {
 
 /// The files a restore cannot do without: the CAs and keys that sign and
 /// read what is in etcd. Leaf certificates are made again if missing.
+/// A certificate renewal (`crate::certs`) refuses without them too.
 pub(crate) const RESTORE_PKI_FILES: [&str; 9] = [
     "ca.crt",
     "ca.key",
