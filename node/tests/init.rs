@@ -40,15 +40,21 @@ fn sans_of(pem: &[u8]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The SANs in `apiserver.crt` and in the certificate `addr` serves.
-fn apiserver_sans(host: &TestHost, addr: &str) -> (String, String) {
-    let on_disk = std::fs::read(host.root.join("etc/kubernetes/pki/apiserver.crt")).unwrap();
-    let out = std::process::Command::new("openssl")
+/// What `openssl s_client` prints for the API server at `addr`: the
+/// certificate it serves among the session details.
+fn s_client(addr: &str) -> Vec<u8> {
+    std::process::Command::new("openssl")
         .args(["s_client", "-connect", addr, "-servername", "kubernetes"])
         .stdin(std::process::Stdio::null())
         .output()
-        .expect("run openssl s_client");
-    (sans_of(&on_disk), sans_of(&out.stdout))
+        .expect("run openssl s_client")
+        .stdout
+}
+
+/// The SANs in `apiserver.crt` and in the certificate `addr` serves.
+fn apiserver_sans(host: &TestHost, addr: &str) -> (String, String) {
+    let on_disk = std::fs::read(host.root.join("etc/kubernetes/pki/apiserver.crt")).unwrap();
+    (sans_of(&on_disk), sans_of(&s_client(addr)))
 }
 
 fn assert_sans(host: &TestHost, addr: &str, sans: &[&str]) {
@@ -626,12 +632,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     // the control plane onto them through its Secrets; the API then serves
     // the new certificate, and the upgrades made with kubectl above stay.
     let served_cert = || {
-        let out = std::process::Command::new("openssl")
-            .args(["s_client", "-connect", &api, "-servername", "kubernetes"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run openssl s_client");
-        let pem = text(&out);
+        let pem = String::from_utf8_lossy(&s_client(&api)).into_owned();
         let begin = pem
             .find("-----BEGIN CERTIFICATE-----")
             .expect("a certificate served");
