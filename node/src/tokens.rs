@@ -30,6 +30,11 @@ pub struct Created {
     pub info: TokenInfo,
     /// What `selfnode join` takes (contains the token's secret).
     pub join_string: String,
+    /// Whether `cluster-info` carries this token's signature. False only
+    /// when the token expired before the bootstrap signer got to it (a
+    /// very short `--ttl`): the signer never signs an expired token, so
+    /// such a token cannot join.
+    pub signed: bool,
 }
 
 /// Refuses a TTL of zero or above [`MAX_TTL`] (exit code 2).
@@ -66,18 +71,38 @@ pub async fn create(
         .await
         .context("creating the bootstrap token Secret")?;
     let info = TokenInfo::from_secret(&secret).context("reading back the token made")?;
-    wait_signed(client, token.id()).await?;
+    let expires = humantime::parse_rfc3339(&expiration).context("reading back the expiry")?;
+    let signed = wait_signed(client, token.id(), expires).await? == Signing::Signed;
     let join_string = join_string(client, &token, control_plane).await?;
-    Ok(Created { info, join_string })
+    Ok(Created {
+        info,
+        join_string,
+        signed,
+    })
 }
 
 /// How long a new token may wait for the bootstrap signer.
-pub const SIGN_WAIT: Duration = Duration::from_secs(90);
+pub const SIGN_WAIT: Duration = Duration::from_secs(180);
+
+/// How a wait for the bootstrap signer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signing {
+    Signed,
+    /// The token expired first; the signer skips expired tokens, so it
+    /// never will be.
+    ExpiredUnsigned,
+}
 
 /// Waits until the controller-manager's bootstrap signer has signed
-/// `cluster-info` for token `id`: a join string is printed only once a host
-/// can join with it.
-pub async fn wait_signed(client: &kube::Client, id: &str) -> anyhow::Result<()> {
+/// `cluster-info` for token `id`, which expires at `expires`: a join string
+/// is printed only once a host can join with it. Stops waiting when the
+/// token expires (`ExpiredUnsigned`; the signer skips expired tokens);
+/// errors after [`SIGN_WAIT`] when no signer answers.
+pub async fn wait_signed(
+    client: &kube::Client,
+    id: &str,
+    expires: SystemTime,
+) -> anyhow::Result<Signing> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), CLUSTER_INFO_NAMESPACE);
     let key = format!("{}{id}", bootstrap::join::JWS_KEY_PREFIX);
     let deadline = std::time::Instant::now() + SIGN_WAIT;
@@ -88,7 +113,10 @@ pub async fn wait_signed(client: &kube::Client, id: &str) -> anyhow::Result<()> 
             .and_then(|cm| cm.data)
             .is_some_and(|d| d.contains_key(&key));
         if signed {
-            return Ok(());
+            return Ok(Signing::Signed);
+        }
+        if SystemTime::now() >= expires {
+            return Ok(Signing::ExpiredUnsigned);
         }
         if std::time::Instant::now() > deadline {
             anyhow::bail!(

@@ -31,6 +31,13 @@ pub async fn run(paths: &HostPaths, cmd: TokenCommand) -> anyhow::Result<ExitCod
             output,
         } => {
             let made = crate::tokens::create(&client, ttl, &description, control_plane).await?;
+            if !made.signed {
+                eprintln!(
+                    "warning: token {} expired (--ttl {}) before the controller-manager signed cluster-info for it: no host can join with it; ask for a longer --ttl",
+                    made.info.id,
+                    humantime::format_duration(ttl)
+                );
+            }
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&made)?),
                 Output::Table => {

@@ -1,6 +1,6 @@
 //! `create_join_token`: the token behind the join string init prints.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::steps::{Runner, StepReport};
 use super::{Seq, Step};
@@ -46,7 +46,9 @@ pub(super) async fn init_join_string(seq: &Seq<'_>) -> anyhow::Result<String> {
     let id = init_token(seq).await?.ok_or_else(|| {
         anyhow::anyhow!("init's join token is gone; make one with 'selfnode token create'")
     })?;
-    tokens::wait_signed(&client, &id).await?;
+    // init_token keeps only tokens valid for another hour: the wait ends
+    // long before this one expires.
+    tokens::wait_signed(&client, &id, SystemTime::now() + REUSE_MARGIN).await?;
     let token = tokens::get(&client, &id).await?.ok_or_else(|| {
         anyhow::anyhow!("init's join token {id} is gone; make one with 'selfnode token create'")
     })?;
