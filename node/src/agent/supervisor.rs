@@ -4,7 +4,10 @@
 //! start, so a kubeconfig written by `init` changes the kubelet's flags on its
 //! next start), spawn in its own process group with stdout/stderr piped into a
 //! capped log file, probe readiness, and on exit restart with capped
-//! exponential back-off and jitter. Cancellation stops the child with SIGTERM,
+//! exponential back-off and jitter. A service that was ready and then fails
+//! its health check for [`UNHEALTHY_RESTART`] without a break (wedged: it
+//! accepts connections but does not answer) is stopped and started again,
+//! as a systemd watchdog or a liveness probe would. Cancellation stops the child with SIGTERM,
 //! then SIGKILL after the grace period. Children also get PR_SET_PDEATHSIG, so
 //! an agent killed with SIGKILL takes containerd and the kubelet with it.
 
@@ -136,6 +139,13 @@ pub struct Backoff {
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// How long a service that was ready may fail every health check before it
+/// is restarted. Generous on purpose: the kubelet's liveness probe of etcd
+/// allows 80 s; under QEMU's emulation a loaded etcd or kubelet answers
+/// late for minutes and still makes progress. A wedged one restarts at
+/// most this often (it has to be ready again first).
+pub const UNHEALTHY_RESTART: Duration = Duration::from_secs(5 * 60);
 
 impl Default for Backoff {
     fn default() -> Self {
@@ -319,6 +329,7 @@ async fn watch_child(
 ) -> RunOutcome {
     let mut is_ready = false;
     let mut failures = 0u32;
+    let mut unhealthy_since: Option<tokio::time::Instant> = None;
     loop {
         // Probe quickly until ready, then every few seconds as a health check.
         let period = if is_ready {
@@ -350,6 +361,7 @@ async fn watch_child(
                 match result {
                     Ok(()) => {
                         failures = 0;
+                        unhealthy_since = None;
                         if !is_ready {
                             is_ready = true;
                             tracing::info!(service = name, pid, "ready");
@@ -367,9 +379,20 @@ async fn watch_child(
                             });
                             is_ready = false;
                             ready.send_replace(false);
+                            unhealthy_since = Some(tokio::time::Instant::now());
                         }
                     }
-                    Err(_) => {}
+                    Err(why) => {
+                        if unhealthy_since.is_some_and(|t| t.elapsed() >= UNHEALTHY_RESTART) {
+                            let why = format!(
+                                "failed every health check for {}, restarted (last: {why})",
+                                humantime::format_duration(UNHEALTHY_RESTART)
+                            );
+                            tracing::warn!(service = name, pid, reason = %why, "restarting a wedged service");
+                            stop_child(name, child, pid, spec.stop_grace).await;
+                            return RunOutcome::Failed(why);
+                        }
+                    }
                 }
             }
         }
@@ -459,6 +482,109 @@ mod tests {
         assert!(d[7] <= 36.0 && d[7] >= 24.0, "capped at 30s ±20%: {d:?}");
         let after_stable = b.after_run(Duration::from_secs(120)).as_secs_f64();
         assert!((0.8..=1.2).contains(&after_stable), "{after_stable}");
+    }
+
+    /// A service that was ready and then fails every health check (a
+    /// `sleep` standing in for a wedged containerd) is stopped and started
+    /// again after `UNHEALTHY_RESTART`, with the reason in its status; one
+    /// that fails only now and then is left alone.
+    #[tokio::test(start_paused = true)]
+    async fn a_service_wedged_for_too_long_is_restarted() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("svc.log");
+        let starts = Arc::new(AtomicU32::new(0));
+        let checks = Arc::new(AtomicU32::new(0));
+        let spec: SpecFn = {
+            let (starts, checks) = (starts.clone(), checks.clone());
+            Arc::new(move || {
+                starts.fetch_add(1, Ordering::SeqCst);
+                let checks = checks.clone();
+                Ok(ServiceSpec {
+                    config_digest: String::new(),
+                    program: "/bin/sleep".into(),
+                    args: vec!["600".into()],
+                    env: vec![],
+                    log: log.clone(),
+                    // Ready, then two failures and a success (flaky, kept),
+                    // then nothing but failures (wedged).
+                    probe: Arc::new(move || {
+                        let n = checks.fetch_add(1, Ordering::SeqCst);
+                        Box::pin(async move {
+                            match n {
+                                0 | 3 => Ok(()),
+                                _ => Err("connection timed out".to_string()),
+                            }
+                        })
+                    }),
+                    stop_grace: Duration::from_secs(5),
+                })
+            })
+        };
+        let mut st = AgentStatus {
+            pid: 1,
+            version: String::new(),
+            started: 0,
+            updated: 0,
+            bundle: PathBuf::new(),
+            api_lb_port: None,
+            components: vec![],
+            snapshots: None,
+        };
+        st.components
+            .push(crate::status::ComponentStatus::new("svc", None));
+        let status = StatusHandle::new(st);
+        let cancel = CancellationToken::new();
+        let (ready, _) = watch::channel(false);
+        let (_reload_tx, reload) = watch::channel(0u64);
+        let tracker = TaskTracker::new();
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(run(
+            Service {
+                name: "svc".into(),
+                spec,
+            },
+            status.clone(),
+            ManagedPids::default(),
+            cancel.clone(),
+            ready,
+            reload,
+            tracker.clone(),
+        ));
+        let restarted = loop {
+            let c = status.snapshot().unwrap().components[0].clone();
+            if c.restarts > 0 {
+                break c;
+            }
+            assert!(
+                started.elapsed() < UNHEALTHY_RESTART * 2,
+                "not restarted: {c:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            started.elapsed() >= UNHEALTHY_RESTART,
+            "restarted after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(restarted.restarts, 1);
+        let why = restarted.last_error.unwrap();
+        assert!(
+            why.contains("failed every health check for 5m")
+                && why.contains("connection timed out"),
+            "{why}"
+        );
+        while starts.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        tracker.close();
+        tracker.wait().await;
+        assert_eq!(
+            status.snapshot().unwrap().components[0].state,
+            ComponentState::Stopped
+        );
     }
 
     #[test]

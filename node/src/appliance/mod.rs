@@ -563,6 +563,15 @@ fn supervise(config: &config::ApplianceConfig) -> anyhow::Result<()> {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(st) = &status {
+            // A service the agent no longer runs (the temporary control
+            // plane after the pivot) leaves the line, not frozen in it.
+            states.retain(|name, _| {
+                let kept = st.components.iter().any(|c| &c.name == name);
+                if !kept {
+                    say(&format!("{name} removed"));
+                }
+                kept
+            });
             for c in &st.components {
                 let now = c.state.as_str().to_string();
                 if states.get(&c.name) != Some(&now) {
