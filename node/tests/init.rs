@@ -1319,6 +1319,13 @@ fn reset_leaves_nothing_that_breaks_a_cluster_with_other_network_settings() {
         .output()
         .unwrap();
     assert!(out.status.success(), "reset: {}", text(&out));
+    // The pods' logs go with the cluster (the kubelet would count the next
+    // cluster's etcd restarts from them: its static pod keeps its UID).
+    assert!(
+        !host.root.join("var/log/pods").exists(),
+        "pod logs are left: {}",
+        text(&out)
+    );
     // Nothing of the first cluster's network is left on the host.
     let link = std::process::Command::new("ip")
         .args(["link", "show", "selfnode0"])

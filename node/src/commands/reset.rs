@@ -12,7 +12,7 @@ use crate::paths::HostPaths;
 /// stopped first; containers an agent stop left running are stopped (as
 /// `selfnode stop` does) and their mounts released; reset then removes the cluster's state and what the cluster
 /// left in the host's network (the pod bridge, selfnode's routes, the pods'
-/// NAT rules, kube-proxy's rules), and keeps the bundle, containerd's
+/// NAT rules, kube-proxy's rules) and the pods' logs, and keeps the bundle, containerd's
 /// images and the scheduled etcd snapshots (they are what a restore starts
 /// from).
 pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +36,11 @@ pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode>
         paths.kubelet_root(),
         paths.cni_conf_dir().join("10-selfnode.conflist"),
         paths.agent_status(),
+        // The cluster's container logs. The kubelet counts a static pod's
+        // restarts from the files here when containerd has none, and a
+        // static pod keeps its UID from cluster to cluster: left in place,
+        // the next cluster's etcd showed the last one's 12 restarts.
+        paths.pod_logs_dir(),
     ];
     // The data of members that left the cluster (moved aside by the agent
     // when the node lost its control-plane label): no member can use it.
