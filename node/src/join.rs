@@ -402,11 +402,7 @@ async fn write_bootstrap_kubeconfig(run: &Runner, join: &Join<'_>) -> anyhow::Re
         std::net::Ipv4Addr::LOCALHOST.into()
     };
     let files = [
-        (
-            paths.pki_dir().join("ca.crt"),
-            found.info.ca_pem.clone(),
-            0o644,
-        ),
+        (paths.ca_cert(), found.info.ca_pem.clone(), 0o644),
         (
             paths.bootstrap_kubelet_kubeconfig(),
             bootstrap::join::bootstrap_kubeconfig(
@@ -549,7 +545,7 @@ async fn wait_node_ready(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepRe
 /// pinned at discovery is on disk by now).
 fn token_client_via_lb(join: &Join<'_>) -> anyhow::Result<kube::Client> {
     let paths = &join.ctx.paths;
-    let ca_file = paths.pki_dir().join("ca.crt");
+    let ca_file = paths.ca_cert();
     let ca_pem =
         std::fs::read(&ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
     let node = NodeIdentity::read(&paths.node_identity_file())?

@@ -87,6 +87,21 @@ impl HostPaths {
         self.join("etc/kubernetes/pki")
     }
 
+    /// The cluster CA's certificate (what the kubelet checks clients with).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.pki_dir().join("ca.crt")
+    }
+
+    /// This host's etcd member's data (init's `PlaneSpec::etcd_data_dir`).
+    pub fn etcd_data_dir(&self) -> PathBuf {
+        self.state_dir().join("etcd")
+    }
+
+    /// The temporary member's data during init's pivot, beside the member's.
+    pub fn temp_etcd_data_dir(&self) -> PathBuf {
+        bootstrap::plane::temp_etcd_data_dir_beside(&self.etcd_data_dir())
+    }
+
     pub fn kubeconfig_dir(&self) -> PathBuf {
         self.join("etc/kubernetes")
     }
@@ -152,6 +167,11 @@ impl HostPaths {
         self.join("etc/cni/net.d")
     }
 
+    /// The pod network's conflist, which selfnode's network agent writes.
+    pub fn cni_conflist(&self) -> PathBuf {
+        self.cni_conf_dir().join(cni::config::CONFLIST_FILE)
+    }
+
     /// Where `selfnode init` and the README's set-up command put the bundle.
     pub fn default_bundle(&self) -> PathBuf {
         self.join("var/cache/selfnode/bundle")
@@ -161,6 +181,25 @@ impl HostPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The etcd directories reset removes are the ones init's plane spec
+    /// uses (one derivation, in bootstrap, for the temporary member's).
+    #[test]
+    fn etcd_data_dirs_are_the_plane_specs() {
+        let p = HostPaths::under("/");
+        assert_eq!(
+            p.etcd_data_dir(),
+            Path::new(bootstrap::plane::DEFAULT_ETCD_DATA_DIR)
+        );
+        assert_eq!(
+            p.temp_etcd_data_dir(),
+            Path::new("/var/lib/selfnode/etcd-bootstrap")
+        );
+        assert_eq!(
+            p.cni_conflist(),
+            Path::new("/etc/cni/net.d/10-selfnode.conflist")
+        );
+    }
 
     #[test]
     fn paths_stay_under_the_root() {

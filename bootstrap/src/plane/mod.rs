@@ -35,8 +35,8 @@ pub use encryption::{
 };
 pub use flags::{EtcdInitial, InitialClusterState};
 pub use spec::{
-    PlaneEnv, PlaneImages, PlanePorts, PlaneReplicas, PlaneSpec, PlaneSpecError,
-    DEFAULT_ETCD_DATA_DIR, DEFAULT_POD_CIDR,
+    temp_etcd_data_dir_beside, PlaneEnv, PlaneImages, PlanePorts, PlaneReplicas, PlaneSpec,
+    PlaneSpecError, DEFAULT_ETCD_DATA_DIR, DEFAULT_POD_CIDR,
 };
 
 /// Where a component runs; its flags differ only where both must coexist

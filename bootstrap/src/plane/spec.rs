@@ -1,7 +1,7 @@
 //! [`PlaneSpec`]: what the control plane must look like, and its validation.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
@@ -12,6 +12,18 @@ use crate::pki::{PkiSpec, PkiSpecError};
 /// Where this node's self-hosted etcd member keeps its data (the temporary
 /// member uses a sibling, see [`PlaneSpec::temp_etcd_data_dir`]).
 pub const DEFAULT_ETCD_DATA_DIR: &str = "/var/lib/selfnode/etcd";
+
+/// The temporary member's data directory during init's pivot, beside the
+/// member's `data_dir`: `<data_dir>-bootstrap` (`/var/lib/selfnode/etcd` →
+/// `/var/lib/selfnode/etcd-bootstrap`).
+pub fn temp_etcd_data_dir_beside(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "etcd".into());
+    name.push("-bootstrap");
+    data_dir.with_file_name(name)
+}
 /// The Pod network when the user gives none (kubeadm has no default; this is
 /// the common one of flannel and many guides).
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
@@ -557,13 +569,7 @@ impl PlaneSpec {
     /// The temporary member's data directory: `<etcd_data_dir>-bootstrap`,
     /// removed once the pivot is done.
     pub fn temp_etcd_data_dir(&self) -> PathBuf {
-        let mut name = self
-            .etcd_data_dir
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_else(|| "etcd".into());
-        name.push("-bootstrap");
-        self.etcd_data_dir.with_file_name(name)
+        temp_etcd_data_dir_beside(&self.etcd_data_dir)
     }
 
     /// The data directory of the member at `placement`.

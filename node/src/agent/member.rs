@@ -427,7 +427,7 @@ async fn leave_member(
     remove_manifest(paths)?;
     let data_dir = member
         .map(|m| m.data_dir.clone())
-        .unwrap_or_else(|| paths.state_dir().join("etcd"));
+        .unwrap_or_else(|| paths.etcd_data_dir());
     let aside = move_aside(&data_dir)?;
     with_checkpoint(paths, |c| c.forget_etcd_member()).await?;
     Ok(format!(

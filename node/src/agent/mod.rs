@@ -175,7 +175,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, opts.api_lb_port)),
         ],
         backends_file: paths.apiservers_file(),
-        ca_file: paths.pki_dir().join("ca.crt"),
+        ca_file: paths.ca_cert(),
     };
     tracker.spawn(apilb::run(
         lb,

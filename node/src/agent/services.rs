@@ -118,7 +118,7 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
         let bootstrap_kubeconfig = p.bootstrap_kubelet_kubeconfig();
         let bootstrapping = !kubeconfig.exists() && bootstrap_kubeconfig.exists();
         let in_cluster = kubeconfig.exists() || bootstrapping;
-        let client_ca = p.root().join("etc/kubernetes/pki/ca.crt");
+        let client_ca = p.ca_cert();
         let node = NodeIdentity::read(&p.node_identity_file())?;
         let inputs = KubeletInputs {
             containerd_socket: ctx.containerd_socket.clone(),

@@ -28,13 +28,13 @@ pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode>
         paths.checkpoint_dir(),
         paths.state_dir().join("checkpoint.index.json"),
         paths.services_dir(),
-        paths.state_dir().join("etcd"),
-        paths.state_dir().join("etcd-bootstrap"),
+        paths.etcd_data_dir(),
+        paths.temp_etcd_data_dir(),
         paths.etcd_manifest(),
         paths.apiservers_file(),
         paths.node_identity_file(),
         paths.kubelet_root(),
-        paths.cni_conf_dir().join("10-selfnode.conflist"),
+        paths.cni_conflist(),
         paths.agent_status(),
         // The cluster's container logs. The kubelet counts a static pod's
         // restarts from the files here when containerd has none, and a

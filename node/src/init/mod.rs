@@ -157,7 +157,7 @@ pub fn plane_spec(
             images,
             pki_dir: paths.pki_dir(),
             kubeconfig_dir: paths.kubeconfig_dir(),
-            etcd_data_dir: paths.state_dir().join("etcd"),
+            etcd_data_dir: paths.etcd_data_dir(),
             audit_log_dir: paths.audit_log_dir(),
             cni_conf_dir: paths.cni_conf_dir(),
             api_load_balancer_port: agent_api_lb_port(paths),
