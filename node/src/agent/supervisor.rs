@@ -192,24 +192,20 @@ pub async fn run(
     tracker: TaskTracker,
 ) {
     let name = svc.name.as_str();
+    let cx = Ctx {
+        name,
+        svc: &svc,
+        status: &status,
+        managed: &managed,
+        cancel: &cancel,
+        ready: &ready,
+        tracker: &tracker,
+    };
     let mut backoff = Backoff::default();
     loop {
         let started = tokio::time::Instant::now();
         let outcome = match (svc.spec)() {
-            Ok(spec) => {
-                run_once(
-                    name,
-                    &svc,
-                    &spec,
-                    &status,
-                    &managed,
-                    &cancel,
-                    &ready,
-                    reload.clone(),
-                    &tracker,
-                )
-                .await
-            }
+            Ok(spec) => run_once(&cx, &spec, reload.clone()).await,
             Err(err) => RunOutcome::Failed(format!("cannot prepare {name}: {err:#}")),
         };
         ready.send_replace(false);
@@ -246,6 +242,17 @@ pub async fn run(
     }
 }
 
+/// What each run of one service shares with the loop around it.
+struct Ctx<'a> {
+    name: &'a str,
+    svc: &'a Service,
+    status: &'a StatusHandle,
+    managed: &'a ManagedPids,
+    cancel: &'a CancellationToken,
+    ready: &'a watch::Sender<bool>,
+    tracker: &'a TaskTracker,
+}
+
 enum RunOutcome {
     Cancelled,
     /// Stopped because its spec changed on reload; start again at once.
@@ -253,18 +260,14 @@ enum RunOutcome {
     Failed(String),
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_once(
-    name: &str,
-    svc: &Service,
-    spec: &ServiceSpec,
-    status: &StatusHandle,
-    managed: &ManagedPids,
-    cancel: &CancellationToken,
-    ready: &watch::Sender<bool>,
-    reload: watch::Receiver<u64>,
-    tracker: &TaskTracker,
-) -> RunOutcome {
+async fn run_once(cx: &Ctx<'_>, spec: &ServiceSpec, reload: watch::Receiver<u64>) -> RunOutcome {
+    let Ctx {
+        name,
+        status,
+        managed,
+        tracker,
+        ..
+    } = *cx;
     let log: SharedLog = match RotatingLog::open(&spec.log, logs::DEFAULT_CAP) {
         Ok(l) => Arc::new(Mutex::new(l)),
         Err(err) => {
@@ -299,10 +302,7 @@ async fn run_once(
         c.pid = Some(pid);
     });
 
-    let outcome = watch_child(
-        name, svc, spec, &mut child, pid, status, cancel, ready, reload,
-    )
-    .await;
+    let outcome = watch_child(cx, spec, &mut child, pid, reload).await;
     if let Ok(mut m) = managed.lock() {
         m.remove(&pid);
     }
@@ -315,18 +315,21 @@ async fn run_once(
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn watch_child(
-    name: &str,
-    svc: &Service,
+    cx: &Ctx<'_>,
     spec: &ServiceSpec,
     child: &mut Child,
     pid: u32,
-    status: &StatusHandle,
-    cancel: &CancellationToken,
-    ready: &watch::Sender<bool>,
     mut reload: watch::Receiver<u64>,
 ) -> RunOutcome {
+    let Ctx {
+        name,
+        svc,
+        status,
+        cancel,
+        ready,
+        ..
+    } = *cx;
     let mut is_ready = false;
     let mut failures = 0u32;
     let mut unhealthy_since: Option<tokio::time::Instant> = None;
