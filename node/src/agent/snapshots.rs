@@ -32,6 +32,10 @@ pub struct Schedule {
     pub dir: PathBuf,
     /// Present while this host runs an etcd member.
     pub member_manifest: PathBuf,
+    /// The member's data directory: a snapshot older than it is of the
+    /// cluster this host had before a reset (the directory kept them), not
+    /// of this one.
+    pub member_data_dir: PathBuf,
     /// The cluster's PKI directory, copied beside the snapshots.
     pub pki_dir: PathBuf,
     pub etcd: etcd_mgr::EtcdConfig,
@@ -67,11 +71,20 @@ pub async fn run(schedule: Schedule, status: StatusHandle, stop: CancellationTok
     }
 }
 
-/// Whether the newest scheduled snapshot is older than the interval.
+/// Whether the newest scheduled snapshot of this member is older than the
+/// interval. Snapshots taken before the member's data directory was made
+/// (a cluster this host had before `reset`; `reset` keeps them) do not
+/// count: a new cluster gets its first snapshot at once, not up to an
+/// interval later. Where the filesystem keeps no birth time, all count.
 fn due(s: &Schedule) -> std::io::Result<bool> {
+    let born = std::fs::metadata(&s.member_data_dir)
+        .and_then(|m| m.created())
+        .ok();
     let newest = etcd_mgr::snapshot::list_scheduled(&s.dir)?
-        .last()
-        .map(|(_, at)| *at);
+        .into_iter()
+        .map(|(_, at)| at)
+        .filter(|at| born.is_none_or(|b| *at + Duration::from_secs(1) >= b))
+        .max();
     Ok(match newest {
         None => true,
         Some(at) => SystemTime::now()
@@ -136,5 +149,62 @@ fn describe(s: &Schedule, last_error: Option<String>) -> SnapshotStatus {
         last_time: files.last().map(|(_, t)| unix(*t)),
         last_error,
         checked: now_unix(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(dir: &std::path::Path) -> Schedule {
+        Schedule {
+            interval: Duration::from_secs(6 * 3600),
+            keep: 10,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            dir: dir.join("snapshots"),
+            member_manifest: dir.join("etcd.json"),
+            member_data_dir: dir.join("etcd"),
+            pki_dir: dir.join("pki"),
+            etcd: crate::etcd::config(&crate::paths::HostPaths::under(dir)),
+        }
+    }
+
+    fn snapshot_at(s: &Schedule, at: SystemTime) {
+        std::fs::create_dir_all(&s.dir).unwrap();
+        std::fs::write(s.dir.join(etcd_mgr::snapshot::scheduled_name(at)), b"").unwrap();
+    }
+
+    /// A recent snapshot of this member's cluster is enough; one taken
+    /// before its data directory existed (the cluster before a reset) is
+    /// not, however recent.
+    #[test]
+    fn a_snapshot_of_the_cluster_before_a_reset_does_not_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = schedule(tmp.path());
+        std::fs::create_dir_all(&s.member_data_dir).unwrap();
+        if std::fs::metadata(&s.member_data_dir)
+            .and_then(|m| m.created())
+            .is_err()
+        {
+            eprintln!("no birth times on this filesystem: the rule cannot apply here");
+            return;
+        }
+        assert!(due(&s).unwrap(), "no snapshot at all");
+        snapshot_at(&s, SystemTime::now() - Duration::from_secs(3600));
+        assert!(due(&s).unwrap(), "an hour old, older than the member");
+        snapshot_at(&s, SystemTime::now());
+        assert!(!due(&s).unwrap(), "one of this member, just taken");
+    }
+
+    /// Without a data directory to date them by, snapshots count by age.
+    #[test]
+    fn without_a_data_directory_the_newest_snapshot_counts_by_age() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = schedule(tmp.path());
+        snapshot_at(&s, SystemTime::now() - Duration::from_secs(3600));
+        assert!(!due(&s).unwrap(), "an hour old, the interval is 6 h");
+        let t = schedule(&tmp.path().join("other"));
+        snapshot_at(&t, SystemTime::now() - Duration::from_secs(7 * 3600));
+        assert!(due(&t).unwrap(), "seven hours old");
     }
 }

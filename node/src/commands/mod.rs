@@ -37,6 +37,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         .etcd_snapshot_dir
                         .unwrap_or_else(|| paths.snapshot_dir()),
                     member_manifest: paths.etcd_manifest(),
+                    member_data_dir: paths.etcd_data_dir(),
                     pki_dir: paths.pki_dir(),
                     etcd: crate::etcd::config(&paths),
                 },
