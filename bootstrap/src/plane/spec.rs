@@ -24,6 +24,7 @@ pub fn temp_etcd_data_dir_beside(data_dir: &Path) -> PathBuf {
     name.push("-bootstrap");
     data_dir.with_file_name(name)
 }
+
 /// The Pod network when the user gives none (kubeadm has no default; this is
 /// the common one of flannel and many guides).
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";

@@ -7,9 +7,10 @@
 //! exponential back-off and jitter. A service that was ready and then fails
 //! its health check for [`UNHEALTHY_RESTART`] without a break (wedged: it
 //! accepts connections but does not answer) is stopped and started again,
-//! as a systemd watchdog or a liveness probe would. Cancellation stops the child with SIGTERM,
-//! then SIGKILL after the grace period. Children also get PR_SET_PDEATHSIG, so
-//! an agent killed with SIGKILL takes containerd and the kubelet with it.
+//! as a systemd watchdog or a liveness probe would. Cancellation stops the
+//! child with SIGTERM, then SIGKILL after the grace period. Children also
+//! get PR_SET_PDEATHSIG, so an agent killed with SIGKILL takes containerd
+//! and the kubelet with it.
 
 use std::ffi::OsString;
 use std::future::Future;
