@@ -47,35 +47,14 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Checkpoint;
+use crate::agent::control::NodeIdentity;
+use crate::cluster::{InitHost, NotInitHost};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
 
-/// The agent's component name in `selfnode status`.
-pub const COMPONENT: &str = "certificates";
-/// How often the agent checks and renews.
-pub const PERIOD: Duration = Duration::from_secs(3600);
-/// The agent's first check, after start: long enough for the kubelet to
-/// bring the API back after a reboot.
-const FIRST_CHECK: Duration = Duration::from_secs(60);
 /// Field manager of the config-hash patches.
 const PATCH_MANAGER: &str = "selfnode-certs";
-
-/// Why `certs renew` cannot run on this host.
-#[derive(Debug, thiserror::Error)]
-pub enum CertsRefused {
-    #[error("this host belongs to no cluster: there are no certificates to renew ('selfnode init' makes them)")]
-    NoCluster,
-    #[error("this host joined its cluster ({cluster:?}): the cluster's certificates are renewed on the host that ran 'selfnode init', which holds the CAs' keys (its agent does it by itself 30 days before they expire)")]
-    Joined { cluster: String },
-    #[error("the cluster on this host has not pivoted yet: run 'selfnode init' again, it resumes where it stopped and renews what is due")]
-    NotPivoted,
-    #[error("this host's checkpoint holds no settings of its cluster (it was made by an older selfnode): run 'selfnode init' with the flags it was made with instead")]
-    NoSettings,
-}
 
 /// Exclusive right to write the PKI: an `flock` on `run/selfnode/pki.lock`
 /// (released by the kernel if the holder dies).
@@ -163,11 +142,12 @@ fn days_between(a: SystemTime, b: SystemTime) -> i64 {
 /// host that ran init, else the node's identity (a joined host holds only
 /// part of the files; the rest are rows "not on this host").
 fn host_pki_spec(paths: &HostPaths) -> anyhow::Result<bootstrap::pki::PkiSpec> {
-    if let Ok(spec) = init_host_spec(paths) {
-        return Ok(spec.pki_spec());
+    if let Ok(host) = InitHost::load(paths) {
+        return Ok(host
+            .plane_spec(paths, crate::agent::control::api_lb_port(paths))
+            .pki_spec());
     }
-    let id = crate::agent::services::NodeIdentity::read(&paths.node_identity_file())?
-        .ok_or(CertsRefused::NoCluster)?;
+    let id = NodeIdentity::read(&paths.node_identity_file())?.ok_or(NotInitHost::NoCluster)?;
     // Only the names and paths matter for reading expiries.
     Ok(bootstrap::pki::PkiSpec {
         cluster_name: bootstrap::pki::DEFAULT_CLUSTER_NAME.to_string(),
@@ -192,48 +172,14 @@ pub fn expiration(paths: &HostPaths) -> anyhow::Result<Vec<ExpiryRow>> {
         .collect())
 }
 
-/// The plane spec of the cluster this host made, from its checkpoint:
-/// only on the host that ran init, after the pivot.
-fn init_host_spec(paths: &HostPaths) -> anyhow::Result<PlaneSpec> {
-    if !paths.checkpoint_dir().exists() {
-        return Err(CertsRefused::NoCluster.into());
-    }
-    let (settings, pivoted) = {
-        let cp = Checkpoint::open(&paths.checkpoint_dir())?;
-        match cp.cluster_identity()? {
-            None => return Err(CertsRefused::NoCluster.into()),
-            Some(id) if id.role == "join" => {
-                return Err(CertsRefused::Joined {
-                    cluster: id.cluster_name,
-                }
-                .into())
-            }
-            Some(_) => {}
-        }
-        (
-            cp.settings()?.ok_or(CertsRefused::NoSettings)?,
-            cp.pivot_committed()?,
-        )
-    };
-    if !pivoted {
-        return Err(CertsRefused::NotPivoted.into());
-    }
-    let dir = settings
-        .bundle
-        .clone()
-        .unwrap_or_else(|| paths.default_bundle());
-    let bundle = dist::bundle::Bundle::open(&dir)?;
-    Ok(crate::init::plane_spec(paths, &settings, &bundle))
-}
-
-/// The cluster's keys (`init::restore::RESTORE_PKI_FILES`: the CAs'
+/// The cluster's keys ([`crate::cluster::CLUSTER_KEY_FILES`]: the CAs'
 /// certificates and keys, the service-account pair, the encryption
 /// config) must be there before a renewal: `ensure_pki` would make new ones
 /// for missing files, and a new CA or service-account key after the pivot
 /// cuts off every node and every service-account token. Renewal never
 /// does that by itself.
 fn require_cluster_keys(pki_dir: &std::path::Path) -> anyhow::Result<()> {
-    let missing: Vec<String> = crate::init::restore::RESTORE_PKI_FILES
+    let missing: Vec<String> = crate::cluster::CLUSTER_KEY_FILES
         .iter()
         .map(|rel| pki_dir.join(rel))
         .filter(|p| !p.exists())
@@ -338,55 +284,6 @@ where
     Ok((true, false))
 }
 
-/// Whether a DaemonSet's rollout is complete, as `kubectl rollout status`
-/// decides: `Err` says what it still waits for.
-pub(crate) fn daemonset_rolled(d: &DaemonSet) -> Result<(), String> {
-    let generation = d.metadata.generation.unwrap_or(0);
-    let s = d.status.clone().unwrap_or_default();
-    if s.observed_generation.unwrap_or(0) < generation {
-        return Err("the controller has not seen the change yet".to_string());
-    }
-    let want = s.desired_number_scheduled;
-    let updated = s.updated_number_scheduled.unwrap_or(0);
-    if updated < want {
-        return Err(format!("{updated} of {want} pods updated"));
-    }
-    let available = s.number_available.unwrap_or(0);
-    if available < want {
-        return Err(format!("{available} of {want} updated pods available"));
-    }
-    Ok(())
-}
-
-/// Whether a Deployment's rollout is complete, as `kubectl rollout status`
-/// decides: `Err` says what it still waits for.
-pub(crate) fn deployment_rolled(d: &Deployment) -> Result<(), String> {
-    let generation = d.metadata.generation.unwrap_or(0);
-    let s = d.status.clone().unwrap_or_default();
-    if s.observed_generation.unwrap_or(0) < generation {
-        return Err("the controller has not seen the change yet".to_string());
-    }
-    let want = d.spec.replicas.unwrap_or(1);
-    let updated = s.updated_replicas.unwrap_or(0);
-    if updated < want {
-        return Err(format!("{updated} of {want} replicas updated"));
-    }
-    let total = s.replicas.unwrap_or(0);
-    if total > updated {
-        return Err(format!(
-            "{} old replicas still terminating",
-            total - updated
-        ));
-    }
-    let available = s.available_replicas.unwrap_or(0);
-    if available < updated {
-        return Err(format!(
-            "{available} of {updated} updated replicas available"
-        ));
-    }
-    Ok(())
-}
-
 /// Waits until `p`'s workload has rolled out.
 async fn wait_rolled(
     client: &kube::Client,
@@ -394,9 +291,10 @@ async fn wait_rolled(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     if p.workload == "DaemonSet" {
-        wait_until_rolled::<DaemonSet>(client, p, timeout, daemonset_rolled).await
+        wait_until_rolled::<DaemonSet>(client, p, timeout, crate::readiness::daemonset_rolled).await
     } else {
-        wait_until_rolled::<Deployment>(client, p, timeout, deployment_rolled).await
+        wait_until_rolled::<Deployment>(client, p, timeout, crate::readiness::deployment_rolled)
+            .await
     }
 }
 
@@ -404,7 +302,7 @@ async fn wait_until_rolled<K>(
     client: &kube::Client,
     p: &Published,
     timeout: Duration,
-    rolled: fn(&K) -> Result<(), String>,
+    rolled: fn(&K) -> Result<(), crate::readiness::NotYet>,
 ) -> anyhow::Result<()>
 where
     K: kube::Resource<Scope = NamespaceResourceScope>
@@ -415,8 +313,8 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), NAMESPACE);
     let what = format!("{} {}/{} to roll out", p.workload, NAMESPACE, p.component);
-    crate::init::steps::until(&what, timeout, Duration::from_secs(1), || async {
-        rolled(&api.get(&p.component).await?).map_err(anyhow::Error::msg)?;
+    crate::wait::until(&what, timeout, Duration::from_secs(1), || async {
+        rolled(&api.get(&p.component).await?)?;
         Ok(true)
     })
     .await
@@ -449,7 +347,7 @@ pub async fn renew(
             println!("[certs] {text} ({:.1}s)", started.elapsed().as_secs_f64());
         }
     };
-    let spec = init_host_spec(paths)?;
+    let spec = InitHost::load(paths)?.plane_spec(paths, crate::agent::control::api_lb_port(paths));
     let _lock = PkiLock::acquire(paths, Duration::from_secs(120)).await?;
     let pki = spec.pki_spec();
     require_cluster_keys(&pki.pki_dir)?;
@@ -467,7 +365,7 @@ pub async fn renew(
     for w in &report.warnings {
         line(&format!("warning: {w}"));
     }
-    let client = crate::init::kube_client(&spec.kubeconfig_dir.join("super-admin.conf"))
+    let client = crate::cluster::kube_client(&spec.kubeconfig_dir.join("super-admin.conf"))
         .await
         .context("the new certificates are on this host, but the API server cannot be reached to publish them; run 'selfnode certs renew' again once it answers (the agent also publishes them within the hour)")?;
     let published = publish(&client, &spec).await?;
@@ -511,71 +409,23 @@ pub async fn renew(
     })
 }
 
-/// The agent's task (see the module docs): renews on the host that ran
-/// init; on every host reports the next certificate to expire, and is
-/// `unhealthy` in `selfnode status` once one has less than 30 days left
-/// (renewal is not happening: `last_error` says why).
-pub async fn run(
-    paths: HostPaths,
-    status: crate::agent::supervisor::StatusHandle,
-    mut containerd_ready: watch::Receiver<bool>,
-    stop: CancellationToken,
-) {
-    if !crate::agent::checkpointer::containerd_up(&mut containerd_ready, &stop).await {
-        return;
-    }
-    let mut wait = FIRST_CHECK;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = PERIOD;
-        let outcome = agent_pass(&paths).await;
-        // What the files say after the pass, renewed or not: a leaf with
-        // less than RENEW_BEFORE left means renewal is not happening.
-        let rows = expiration(&paths).unwrap_or_default();
-        let state = if next_to_expire(&rows).is_some_and(|(days, _)| days < RENEW_BEFORE_DAYS) {
-            crate::status::ComponentState::Unhealthy
-        } else {
-            crate::status::ComponentState::Ready
-        };
-        match outcome {
-            Ok(note) => status.update(COMPONENT, |c| {
-                c.state = state;
-                c.detail = Some(note.unwrap_or_else(|| summary(&rows, 0, &[])));
-                c.last_error = None;
-            }),
-            Err(err) => {
-                let err = format!("{err:#}");
-                tracing::warn!(error = %err, "certificates: this check failed; retrying in 5 minutes");
-                status.update(COMPONENT, |c| {
-                    c.state = state;
-                    c.detail = Some(summary(&rows, 0, &[]));
-                    c.last_error = Some(err);
-                });
-                wait = Duration::from_secs(300);
-            }
-        }
-    }
-}
-
 /// `bootstrap::pki::RENEW_BEFORE` in days.
-const RENEW_BEFORE_DAYS: i64 = (bootstrap::pki::RENEW_BEFORE.as_secs() / 86_400) as i64;
+pub const RENEW_BEFORE_DAYS: i64 = (bootstrap::pki::RENEW_BEFORE.as_secs() / 86_400) as i64;
 
 /// The leaf or kubeconfig that expires first, with its residual days.
-fn next_to_expire(rows: &[ExpiryRow]) -> Option<(i64, &ExpiryRow)> {
+pub fn next_to_expire(rows: &[ExpiryRow]) -> Option<(i64, &ExpiryRow)> {
     rows.iter()
         .filter(|r| r.kind != CertKind::Ca)
         .filter_map(|r| Some((r.residual_days?, r)))
         .min_by_key(|(d, _)| *d)
 }
 
-/// One check: `None` when this host does not own the cluster's PKI.
-async fn agent_pass(paths: &HostPaths) -> anyhow::Result<Option<String>> {
-    let spec = match init_host_spec(paths) {
-        Ok(spec) => spec,
-        Err(e) if e.downcast_ref::<CertsRefused>().is_some() => return Ok(None),
+/// The agent's check (`agent::tasks::certs`): renews what is due and
+/// publishes it. `None` when this host does not own the cluster's PKI.
+pub async fn agent_pass(paths: &HostPaths, api_lb_port: u16) -> anyhow::Result<Option<String>> {
+    let spec = match InitHost::load(paths) {
+        Ok(host) => host.plane_spec(paths, api_lb_port),
+        Err(e) if e.downcast_ref::<NotInitHost>().is_some() => return Ok(None),
         Err(e) => return Err(e),
     };
     let _lock = PkiLock::acquire(paths, Duration::from_secs(60)).await?;
@@ -592,7 +442,7 @@ async fn agent_pass(paths: &HostPaths) -> anyhow::Result<Option<String>> {
     for w in &report.warnings {
         tracing::warn!("certificates: {w}");
     }
-    let client = crate::init::kube_client(&spec.kubeconfig_dir.join("super-admin.conf")).await?;
+    let client = crate::cluster::kube_client(&spec.kubeconfig_dir.join("super-admin.conf")).await?;
     let published = publish(&client, &spec).await?;
     let rolled: Vec<&str> = published
         .iter()
@@ -606,7 +456,7 @@ async fn agent_pass(paths: &HostPaths) -> anyhow::Result<Option<String>> {
 }
 
 /// The status line: the next certificate to expire, and what this check did.
-fn summary(rows: &[ExpiryRow], renewed: usize, rolled: &[&str]) -> String {
+pub fn summary(rows: &[ExpiryRow], renewed: usize, rolled: &[&str]) -> String {
     let mut s = match next_to_expire(rows) {
         Some((days, r)) => format!(
             "next to expire: {} at {} ({days} days; renewed 30 days before)",
@@ -627,92 +477,12 @@ fn summary(rows: &[ExpiryRow], renewed: usize, rolled: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{DaemonSetStatus, DeploymentSpec, DeploymentStatus};
-
-    fn ds(generation: i64, observed: i64, desired: i32, updated: i32, available: i32) -> DaemonSet {
-        let mut d = DaemonSet::default();
-        d.metadata.generation = Some(generation);
-        d.status = Some(DaemonSetStatus {
-            observed_generation: Some(observed),
-            desired_number_scheduled: desired,
-            updated_number_scheduled: Some(updated),
-            number_available: Some(available),
-            ..DaemonSetStatus::default()
-        });
-        d
-    }
-
-    fn deploy(
-        generation: i64,
-        observed: i64,
-        total: i32,
-        updated: i32,
-        available: i32,
-    ) -> Deployment {
-        Deployment {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                generation: Some(generation),
-                ..Default::default()
-            },
-            spec: DeploymentSpec {
-                replicas: Some(1),
-                ..DeploymentSpec::default()
-            },
-            status: Some(DeploymentStatus {
-                observed_generation: Some(observed),
-                replicas: Some(total),
-                updated_replicas: Some(updated),
-                available_replicas: Some(available),
-                ..DeploymentStatus::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn a_daemonset_has_rolled_once_every_pod_is_updated_and_available() {
-        assert!(daemonset_rolled(&ds(3, 3, 1, 1, 1)).is_ok());
-        assert!(daemonset_rolled(&ds(4, 3, 1, 1, 1))
-            .unwrap_err()
-            .contains("not seen the change"));
-        assert_eq!(
-            daemonset_rolled(&ds(4, 4, 2, 1, 2)).unwrap_err(),
-            "1 of 2 pods updated"
-        );
-        assert_eq!(
-            daemonset_rolled(&ds(4, 4, 1, 1, 0)).unwrap_err(),
-            "0 of 1 updated pods available"
-        );
-        assert!(
-            daemonset_rolled(&DaemonSet::default()).is_ok(),
-            "no pods wanted"
-        );
-    }
-
-    #[test]
-    fn a_deployment_has_rolled_once_no_old_replica_is_left() {
-        assert!(deployment_rolled(&deploy(2, 2, 1, 1, 1)).is_ok());
-        assert!(deployment_rolled(&deploy(3, 2, 1, 1, 1)).is_err());
-        // A surge pod next to the old one: not yet.
-        assert_eq!(
-            deployment_rolled(&deploy(3, 3, 2, 1, 1)).unwrap_err(),
-            "1 old replicas still terminating"
-        );
-        assert_eq!(
-            deployment_rolled(&deploy(3, 3, 1, 0, 1)).unwrap_err(),
-            "0 of 1 replicas updated"
-        );
-        assert_eq!(
-            deployment_rolled(&deploy(3, 3, 1, 1, 0)).unwrap_err(),
-            "0 of 1 updated replicas available"
-        );
-    }
-
     #[test]
     fn renewal_refuses_while_a_ca_or_the_service_account_key_is_missing() {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         std::fs::create_dir_all(pki.join("etcd")).unwrap();
-        for f in crate::init::restore::RESTORE_PKI_FILES {
+        for f in crate::cluster::CLUSTER_KEY_FILES {
             std::fs::write(pki.join(f), "x").unwrap();
         }
         require_cluster_keys(&pki).unwrap();

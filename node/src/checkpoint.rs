@@ -54,14 +54,54 @@ pub enum CheckpointError {
     },
 }
 
+/// How this host came to its cluster, as recorded in the checkpoint. The
+/// serialised names are what checkpoints on disk hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRole {
+    /// `selfnode init`: the first control-plane host, which made the PKI.
+    Init,
+    /// `selfnode etcd snapshot restore`: the cluster was made again from a
+    /// snapshot on this host (an init host from then on).
+    Restore,
+    /// `selfnode recover --from-snapshot`: likewise, from the recorded
+    /// settings.
+    Recover,
+    /// `selfnode join`: a host that joined a running cluster.
+    Join,
+}
+
+impl ClusterRole {
+    /// The name recorded in the checkpoint and shown in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRole::Init => "init",
+            ClusterRole::Restore => "restore",
+            ClusterRole::Recover => "recover",
+            ClusterRole::Join => "join",
+        }
+    }
+
+    /// A host that joined (it holds no CA keys and recorded no settings).
+    pub fn joined(self) -> bool {
+        self == ClusterRole::Join
+    }
+}
+
+impl std::fmt::Display for ClusterRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
     pub cluster_name: String,
     /// Random, made at init: tells two clusters with the same name apart.
     pub cluster_uid: String,
     pub node_name: String,
-    /// "init" (first control-plane node) or "join".
-    pub role: String,
+    /// How the host came to the cluster.
+    pub role: ClusterRole,
     pub created: u64,
 }
 
@@ -427,6 +467,21 @@ fn restrict(path: &Path) {
     }
 }
 
+/// Runs `f` on the checkpoint at `dir`, opened for this call only and off
+/// the async runtime (sled blocks; init and other commands open it too, and
+/// the open waits for them).
+pub async fn with_checkpoint<T: Send + 'static>(
+    dir: &Path,
+    f: impl FnOnce(&Checkpoint) -> Result<T, CheckpointError> + Send + 'static,
+) -> anyhow::Result<T> {
+    let dir = dir.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || {
+        let cp = Checkpoint::open(&dir)?;
+        f(&cp)
+    })
+    .await??)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,7 +491,7 @@ mod tests {
             cluster_name: "lab".into(),
             cluster_uid: "u1".into(),
             node_name: "n1".into(),
-            role: "init".into(),
+            role: ClusterRole::Init,
             created: 1,
         }
     }
@@ -527,7 +582,7 @@ mod tests {
         cp.record_cluster_identity(&id()).unwrap();
         cp.commit_pivot(&settings()).unwrap();
         let restored = ClusterIdentity {
-            role: "restore".into(),
+            role: ClusterRole::Restore,
             cluster_uid: "u2".into(),
             ..id()
         };

@@ -75,7 +75,7 @@ pub enum Command {
 }
 
 /// The agent's API load balancer port when `--api-lb-port` is not given.
-pub const DEFAULT_API_LB_PORT: u16 = 7445;
+pub const DEFAULT_API_LB_PORT: u16 = bootstrap::plane::DEFAULT_API_LB_PORT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Output {

@@ -162,7 +162,7 @@ impl Classify for crate::recover::RecoverRefused {
     }
 }
 
-impl Classify for crate::certs::CertsRefused {
+impl Classify for crate::cluster::NotInitHost {
     fn class(&self) -> Class {
         Class::Conflict
     }
@@ -236,7 +236,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::init::RestoreConflict>,
     by::<crate::init::RestoreInputError>,
     by::<crate::recover::RecoverRefused>,
-    by::<crate::certs::CertsRefused>,
+    by::<crate::cluster::NotInitHost>,
     by::<bootstrap::join::JoinError>,
     by::<crate::tokens::TtlError>,
     by::<crate::join::JoinConflict>,
@@ -428,7 +428,7 @@ mod tests {
                 pki_dir: PathBuf::from("/etc/kubernetes/pki"),
             }),
             Box::new(crate::recover::RecoverRefused::Healthy),
-            Box::new(crate::certs::CertsRefused::NotPivoted),
+            Box::new(crate::cluster::NotInitHost::NotPivoted),
             Box::new(bootstrap::join::JoinError::Token("x".into())),
             Box::new(crate::tokens::TtlError {
                 given: "0s".into(),
@@ -437,7 +437,7 @@ mod tests {
             Box::new(crate::join::JoinConflict {
                 cluster: "a".into(),
                 node: "n".into(),
-                role: "init".into(),
+                role: crate::cluster::ClusterRole::Init,
             }),
             Box::new(crate::join::NotAControlPlaneToken {
                 token_id: "abcdef".into(),

@@ -27,11 +27,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::Api;
 use tokio::sync::OnceCell;
 
-use crate::agent::services::NodeIdentity;
+use crate::agent::control::{api_lb_port, balancer_addr, ApiBackends, NodeIdentity, RunningAgent};
 use crate::checkpoint::{Checkpoint, ClusterIdentity};
+use crate::cluster::ClusterRole;
 use crate::init::plan::{self, Sequence, Step};
-use crate::init::steps::{self, until, Runner, StepReport};
+use crate::init::steps::{self, Runner, StepReport};
 use crate::paths::HostPaths;
+use crate::readiness::{is_mirror, node_ready, pod_ready};
+use crate::wait::until;
 
 /// The DNS name in every API server certificate (kubeadm's too).
 const API_SERVER_NAME: &str = "kubernetes";
@@ -71,7 +74,7 @@ pub struct JoinSummary {
 pub struct JoinConflict {
     pub cluster: String,
     pub node: String,
-    pub role: String,
+    pub role: ClusterRole,
 }
 
 /// A control-plane join with a token made without `--control-plane`:
@@ -93,7 +96,7 @@ struct Found {
 
 struct Join<'a> {
     ctx: &'a JoinContext,
-    agent_pid: String,
+    agent: RunningAgent,
     found: OnceCell<Found>,
 }
 
@@ -116,19 +119,17 @@ impl Join<'_> {
 /// Runs the join to the end (see the module docs).
 pub async fn run(ctx: JoinContext) -> anyhow::Result<JoinSummary> {
     let paths = &ctx.paths;
-    let agent_pid = crate::agent::lock::running_agent(&paths.agent_lock()).context(
-        "the selfnode agent is not running on this host; start it first ('selfnode agent')",
-    )?;
+    let agent = RunningAgent::require(paths)?;
     let recorded = Checkpoint::open(&paths.checkpoint_dir())?.cluster_identity()?;
     if let Some(id) = &recorded {
-        let same = id.role == "join"
+        let same = id.role == ClusterRole::Join
             && id.cluster_uid == ctx.join.ca_hash
             && id.node_name == ctx.node_name;
         if !same {
             return Err(JoinConflict {
                 cluster: id.cluster_name.clone(),
                 node: id.node_name.clone(),
-                role: id.role.clone(),
+                role: id.role,
             }
             .into());
         }
@@ -145,7 +146,7 @@ pub async fn run(ctx: JoinContext) -> anyhow::Result<JoinSummary> {
     let run = Runner::new(&plan, ctx.quiet);
     let join = Join {
         ctx: &ctx,
-        agent_pid,
+        agent,
         found: OnceCell::new(),
     };
     let reports = steps::run_plan(&plan, &run, |step| execute(step, &run, &join)).await?;
@@ -356,7 +357,7 @@ async fn record_cluster_identity(run: &Runner, join: &Join<'_>) -> anyhow::Resul
                 // A joined host knows its cluster by the CA it pinned.
                 cluster_uid: join.ctx.join.ca_hash.clone(),
                 node_name: join.ctx.node_name.clone(),
-                role: "join".into(),
+                role: ClusterRole::Join,
                 created: crate::status::now_unix(),
             };
             Ok(join.checkpoint()?.record_cluster_identity(&id)?)
@@ -395,18 +396,13 @@ async fn write_node_identity(run: &Runner, join: &Join<'_>) -> anyhow::Result<St
 async fn write_bootstrap_kubeconfig(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
     let found = join.found()?;
     let paths = &join.ctx.paths;
-    let lb_port = crate::init::agent_api_lb_port(paths);
-    let loopback: IpAddr = if found.node_ip.is_ipv6() {
-        std::net::Ipv6Addr::LOCALHOST.into()
-    } else {
-        std::net::Ipv4Addr::LOCALHOST.into()
-    };
+    let lb = balancer_addr(found.node_ip, api_lb_port(paths));
     let files = [
         (paths.ca_cert(), found.info.ca_pem.clone(), 0o644),
         (
             paths.bootstrap_kubelet_kubeconfig(),
             bootstrap::join::bootstrap_kubeconfig(
-                &format!("https://{}", SocketAddr::new(loopback, lb_port)),
+                &format!("https://{lb}"),
                 &found.info.ca_pem,
                 &join.ctx.join.token,
             )
@@ -415,14 +411,9 @@ async fn write_bootstrap_kubeconfig(run: &Runner, join: &Join<'_>) -> anyhow::Re
         ),
         (
             paths.apiservers_file(),
-            std::iter::once(
-                "# kube-apiservers for the node-local load balancer; written by selfnode join"
-                    .to_string(),
-            )
-            .chain(found.endpoints.iter().map(SocketAddr::to_string))
-            .collect::<Vec<_>>()
-            .join("\n")
-            .into_bytes(),
+            ApiBackends::new(found.endpoints.iter().copied())
+                .render("written by selfnode join")
+                .into_bytes(),
             0o644,
         ),
     ];
@@ -452,7 +443,6 @@ async fn write_bootstrap_kubeconfig(run: &Runner, join: &Join<'_>) -> anyhow::Re
     // API server; the kubelet restarted before its port opens would be
     // refused and back off for seconds. So the signal waits (briefly) for
     // the port.
-    let lb = SocketAddr::new(loopback, lb_port);
     let deadline = std::time::Instant::now() + LB_OPEN_WAIT;
     while tokio::net::TcpStream::connect(lb).await.is_err() && std::time::Instant::now() < deadline
     {
@@ -460,7 +450,7 @@ async fn write_bootstrap_kubeconfig(run: &Runner, join: &Join<'_>) -> anyhow::Re
     }
     // Always: a resumed run may follow a kill between the write and the
     // signal.
-    crate::init::reload_agent(&join.agent_pid)?;
+    join.agent.reload()?;
     Ok(report)
 }
 
@@ -473,7 +463,7 @@ async fn node_client(paths: &HostPaths) -> anyhow::Result<Option<kube::Client>> 
     if !kc.exists() {
         return Ok(None);
     }
-    Ok(Some(crate::init::kube_client(&kc).await?))
+    Ok(Some(crate::cluster::kube_client(&kc).await?))
 }
 
 async fn wait_node_registered(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
@@ -529,10 +519,7 @@ async fn wait_node_ready(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepRe
                         .await?
                         .context("the kubelet's kubeconfig is gone")?;
                     let nodes: Api<Node> = Api::all(client);
-                    Ok(nodes
-                        .get_opt(name)
-                        .await?
-                        .is_some_and(|n| crate::init::ready::node_ready(&n)))
+                    Ok(nodes.get_opt(name).await?.is_some_and(|n| node_ready(&n)))
                 },
             )
             .await
@@ -550,14 +537,9 @@ fn token_client_via_lb(join: &Join<'_>) -> anyhow::Result<kube::Client> {
         std::fs::read(&ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
     let node = NodeIdentity::read(&paths.node_identity_file())?
         .context("the node identity is not written yet")?;
-    let loopback: IpAddr = if node.node_ip.is_ipv6() {
-        std::net::Ipv6Addr::LOCALHOST.into()
-    } else {
-        std::net::Ipv4Addr::LOCALHOST.into()
-    };
     let server = format!(
         "https://{}",
-        SocketAddr::new(loopback, crate::init::agent_api_lb_port(paths))
+        balancer_addr(node.node_ip, api_lb_port(paths))
     );
     let mut config = kube::Config::new(server.parse()?);
     config.root_cert = Some(bootstrap::join::certs_der(&ca_pem)?);
@@ -580,7 +562,7 @@ async fn label_control_plane(run: &Runner, join: &Join<'_>) -> anyhow::Result<St
             let client = node_client(paths)
                 .await?
                 .context("the kubelet's kubeconfig is gone")?;
-            crate::agent::checkpointer::is_control_plane_node(&client, name).await
+            crate::cluster::is_control_plane_node(&client, name).await
         },
         || async {
             let node = node_client(paths)
@@ -647,8 +629,7 @@ async fn wait_control_plane(run: &Runner, join: &Join<'_>) -> anyhow::Result<Ste
                         )
                         .await?;
                     Ok(list.items.iter().any(|p| {
-                        !crate::agent::checkpointer::is_mirror(p)
-                            && crate::init::ready::pod_ready(p)
+                        !is_mirror(p) && pod_ready(p)
                     }))
                 },
             )

@@ -33,9 +33,14 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
-use crate::agent::checkpointer;
+use crate::agent::control::{api_lb_port, RunningAgent};
+use crate::agent::static_copy;
 use crate::checkpoint::{Checkpoint, EtcdMemberIdentity, PodCheckpoint};
+use crate::cluster::{HostCluster, NotInitHost};
 use crate::paths::HostPaths;
+use crate::readiness::{
+    is_mirror, pod_ready, running_containers, status_is_current, RunningContainer,
+};
 
 /// The components that run as Deployments and get a bound copy.
 const DEPLOYMENTS: &[&str] = &["kube-controller-manager", "kube-scheduler"];
@@ -55,20 +60,11 @@ pub struct RecoverReport {
     pub seconds: f64,
 }
 
-/// Why `recover` does not start: this host has no pivoted cluster to
-/// recover, or recorded nothing to recover it from. Exit code 3.
+/// `recover --from-snapshot` on a cluster whose etcd serves. Exit code 3.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverRefused {
-    #[error("this host belongs to no cluster: nothing to recover. 'selfnode init' creates one; 'selfnode etcd snapshot restore FILE' brings one back from a snapshot")]
-    NoCluster,
-    #[error("the cluster on this host has not pivoted yet: run 'selfnode init' again, it resumes where it stopped")]
-    NotPivoted,
-    #[error("this host's checkpoint holds no settings of its cluster (it was made by an older selfnode): run 'selfnode init' with the flags it was made with instead")]
-    NoSettings,
     #[error("etcd on this host serves the cluster's data: nothing to recover from a snapshot (that would throw away everything written since it). Run 'selfnode recover' for lost components; to roll the cluster back to a snapshot on purpose, 'selfnode etcd snapshot restore FILE --force'")]
     Healthy,
-    #[error("this host joined its cluster ({cluster:?}); recover runs on the host that ran 'selfnode init', which holds the cluster's keys and settings (a joined control-plane host brings back its own etcd member and API server by itself: its agent and checkpoint)")]
-    NotControlPlane { cluster: String },
 }
 
 /// What this host recorded about its cluster at the pivot.
@@ -81,43 +77,26 @@ pub struct Recorded {
     pub pivoted: bool,
 }
 
-impl Recorded {
-    /// The bundle the cluster was made with (the recorded `--bundle`, else
-    /// the host's default).
-    fn bundle(&self, paths: &HostPaths) -> anyhow::Result<dist::bundle::Bundle> {
-        let dir = self
-            .settings
-            .bundle
-            .clone()
-            .unwrap_or_else(|| paths.default_bundle());
-        Ok(dist::bundle::Bundle::open(&dir)?)
-    }
-}
-
 /// Reads the checkpoint once and closes it (the agent's checkpointer opens
 /// it every few seconds). A damaged pod entry is an error here: nothing is
-/// started from it.
+/// started from it. Refuses a host that did not make its cluster.
 pub fn recorded(paths: &HostPaths) -> anyhow::Result<Recorded> {
     if !paths.checkpoint_dir().exists() {
-        return Err(RecoverRefused::NoCluster.into());
+        return Err(NotInitHost::NoCluster.into());
     }
     let cp = Checkpoint::open(&paths.checkpoint_dir())?;
-    match cp.cluster_identity()? {
-        None => return Err(RecoverRefused::NoCluster.into()),
-        Some(id) if id.role == "join" => {
-            return Err(RecoverRefused::NotControlPlane {
-                cluster: id.cluster_name,
-            }
-            .into())
+    let cluster = HostCluster::read(&cp)?.ok_or(NotInitHost::NoCluster)?;
+    if cluster.role().joined() {
+        return Err(NotInitHost::Joined {
+            cluster: cluster.identity.cluster_name,
         }
-        Some(_) => {}
+        .into());
     }
-    let settings = cp.settings()?.ok_or(RecoverRefused::NoSettings)?;
     Ok(Recorded {
-        settings,
-        etcd_member: cp.etcd_member()?,
+        settings: cluster.settings.ok_or(NotInitHost::NoSettings)?,
+        etcd_member: cluster.etcd_member,
         kept: cp.pods()?,
-        pivoted: cp.pivot_committed()?,
+        pivoted: cluster.pivoted,
     })
 }
 
@@ -147,13 +126,11 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
     };
     let rec = recorded(paths)?;
     if !rec.pivoted {
-        return Err(RecoverRefused::NotPivoted.into());
+        return Err(NotInitHost::NotPivoted.into());
     }
-    crate::agent::lock::running_agent(&paths.agent_lock()).context(
-        "the selfnode agent is not running on this host; start it first ('selfnode agent')",
-    )?;
-    let bundle = rec.bundle(paths)?;
-    let spec = crate::init::plane_spec(paths, &rec.settings, &bundle);
+    RunningAgent::require(paths)?;
+    let bundle = crate::cluster::open_bundle(paths, &rec.settings)?;
+    let spec = crate::cluster::plane_spec(paths, &rec.settings, &bundle, api_lb_port(paths));
     let mut report = RecoverReport::default();
 
     recover_etcd(
@@ -165,7 +142,7 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
     )?;
     recover_api(paths, &spec, &rec.kept, wait, &mut report, &progress).await?;
 
-    let client = crate::init::kube_client(&spec.kubeconfig_dir.join("super-admin.conf")).await?;
+    let client = crate::cluster::kube_client(&spec.kubeconfig_dir.join("super-admin.conf")).await?;
     let files = bootstrap::objects::PlaneFiles::read(&crate::host::NodeHost, &spec)?;
     let objects = bootstrap::objects::self_hosted_objects(&spec, &files)?;
     for a in bootstrap::objects::create_missing(client.clone(), &objects, FIELD_MANAGER).await? {
@@ -221,7 +198,7 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
                 format!("the pod its Deployment renders (no copy of {component} is kept)"),
             ),
         };
-        checkpointer::activate(paths, &cp)?;
+        static_copy::activate(paths, &cp)?;
         report
             .found
             .push(format!("no Ready {component} pod in the cluster"));
@@ -236,10 +213,7 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
     }
     let pending = {
         let mut all = copies.clone();
-        if checkpointer::copy_paths(paths, API_SERVER)
-            .manifest
-            .exists()
-        {
+        if static_copy::copy_paths(paths, API_SERVER).manifest.exists() {
             all.push(API_SERVER);
         }
         all
@@ -250,7 +224,7 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
         let mut back = false;
         while Instant::now() < deadline {
             let running = if component == API_SERVER {
-                checkpointer::running_containers(&socket).await?
+                running_containers(&socket).await?
             } else {
                 Vec::new()
             };
@@ -262,7 +236,7 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         if back {
-            checkpointer::deactivate(paths, component)?;
+            static_copy::deactivate(paths, component)?;
             report.did.push(format!(
                 "{component} has a Ready pod of its own: removed its copy"
             ));
@@ -350,7 +324,7 @@ async fn recover_api(
         return Ok(());
     }
     let socket = crate::agent::drain::containerd_socket(paths);
-    let copy = checkpointer::copy_paths(paths, API_SERVER);
+    let copy = static_copy::copy_paths(paths, API_SERVER);
     report
         .found
         .push("no API server answers through this node's balancer".into());
@@ -361,7 +335,7 @@ async fn recover_api(
     loop {
         // An API server that is going away (its pod deleted) still runs
         // for a while: the copy starts once none does.
-        let running = checkpointer::running_containers(&socket).await?;
+        let running = running_containers(&socket).await?;
         if !running.iter().any(|c| c.container == API_SERVER) && !copy.manifest.exists() {
             let cp = kept
                 .iter()
@@ -372,7 +346,7 @@ async fn recover_api(
                         spec.node_name
                     )
                 })?;
-            checkpointer::activate(paths, cp)?;
+            static_copy::activate(paths, cp)?;
             report.did.push(format!(
                 "started the checkpoint copy of {} as a static pod",
                 cp.describe()
@@ -421,7 +395,7 @@ async fn api_ready(spec: &PlaneSpec) -> Result<(), String> {
 async fn ready_pod(
     client: &kube::Client,
     component: &str,
-    node: Option<(&str, &[checkpointer::RunningContainer])>,
+    node: Option<(&str, &[RunningContainer])>,
 ) -> anyhow::Result<bool> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let mut lp = ListParams::default().labels(&format!("k8s-app={component}"));
@@ -433,12 +407,10 @@ async fn ready_pod(
         .await
         .with_context(|| format!("listing the {component} pods"))?;
     Ok(list.items.iter().any(|p| {
-        !checkpointer::is_mirror(p)
+        !is_mirror(p)
             && p.metadata.deletion_timestamp.is_none()
-            && crate::init::ready::pod_ready(p)
-            && node.is_none_or(|(_, running)| {
-                crate::init::ready::status_is_current(p, running).is_ok()
-            })
+            && pod_ready(p)
+            && node.is_none_or(|(_, running)| status_is_current(p, running).is_ok())
     }))
 }
 
@@ -494,7 +466,7 @@ pub async fn from_snapshot(
     quiet: bool,
 ) -> anyhow::Result<crate::init::InitSummary> {
     let rec = recorded(paths)?;
-    let bundle = rec.bundle(paths)?;
+    let bundle = crate::cluster::open_bundle(paths, &rec.settings)?;
     if rec.pivoted {
         // etcd serving means the data is there: a restore would throw away
         // everything written since the snapshot; plain recover is the tool.
@@ -544,7 +516,7 @@ mod tests {
         let objects = bootstrap::objects::self_hosted_objects(&spec, &files).unwrap();
         let cp = rendered_copy(&objects, "kube-scheduler").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (pod, files) = checkpointer::static_copy(&cp, dir.path()).unwrap();
+        let (pod, files) = static_copy::static_copy(&cp, dir.path()).unwrap();
         let spec = pod.spec.unwrap();
         assert_eq!(spec.containers[0].name, "kube-scheduler");
         assert_eq!(spec.node_name, None);

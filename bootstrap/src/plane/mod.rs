@@ -36,7 +36,7 @@ pub use encryption::{
 pub use flags::{EtcdInitial, InitialClusterState};
 pub use spec::{
     temp_etcd_data_dir_beside, PlaneEnv, PlaneImages, PlanePorts, PlaneReplicas, PlaneSpec,
-    PlaneSpecError, DEFAULT_ETCD_DATA_DIR, DEFAULT_POD_CIDR,
+    PlaneSpecError, DEFAULT_API_LB_PORT, DEFAULT_ETCD_DATA_DIR, DEFAULT_POD_CIDR,
 };
 
 /// Where a component runs; its flags differ only where both must coexist

@@ -132,6 +132,10 @@ pub struct PlanePorts {
     pub api_load_balancer: u16,
 }
 
+/// The node-local API load balancer's port when the agent is given none
+/// (`selfnode agent --api-lb-port`).
+pub const DEFAULT_API_LB_PORT: u16 = 7445;
+
 impl Default for PlanePorts {
     fn default() -> Self {
         PlanePorts {
@@ -145,7 +149,7 @@ impl Default for PlanePorts {
             temp_controller_manager: 10357,
             scheduler: 10259,
             temp_scheduler: 10359,
-            api_load_balancer: 7445,
+            api_load_balancer: DEFAULT_API_LB_PORT,
         }
     }
 }

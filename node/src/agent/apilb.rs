@@ -31,10 +31,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::control::ApiBackends;
 use super::supervisor::StatusHandle;
 use crate::status::ComponentState;
 
-pub const COMPONENT: &str = "api-lb";
+pub const COMPONENT: &str = super::control::Component::ApiLb.as_str();
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// The check period while no backend is healthy: the port opens soon after
 /// an apiserver becomes ready.
@@ -132,19 +133,6 @@ impl Backends {
         let (healthy, sick): (Vec<&Backend>, Vec<&Backend>) = rotated.partition(|b| b.healthy);
         healthy.into_iter().chain(sick).map(|b| b.addr).collect()
     }
-}
-
-/// Parses the backends file: `ip:port` per line, `#` comments, blank lines.
-pub fn parse_backends(text: &str) -> Result<Vec<SocketAddr>, String> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| {
-            l.parse()
-                .map_err(|e| format!("line {}: {l:?} is not ip:port ({e})", i + 1))
-        })
-        .collect()
 }
 
 pub struct ApiLb {
@@ -312,7 +300,7 @@ async fn check_loop(
         if text != last_text {
             match text
                 .as_deref()
-                .map(parse_backends)
+                .map(|t| ApiBackends::parse(t).map(|b| b.addrs))
                 .unwrap_or(Ok(Vec::new()))
             {
                 Ok(addrs) => {
@@ -357,14 +345,6 @@ mod tests {
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn backends_file_is_parsed_with_line_numbers_in_errors() {
-        let ok = parse_backends("# temp\n10.0.0.1:6444\n\n10.0.0.1:6443 # self-hosted\n").unwrap();
-        assert_eq!(ok, vec![a("10.0.0.1:6444"), a("10.0.0.1:6443")]);
-        let err = parse_backends("10.0.0.1:6443\nfoo\n").unwrap_err();
-        assert!(err.starts_with("line 2: \"foo\""), "{err}");
     }
 
     #[test]

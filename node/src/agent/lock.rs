@@ -82,14 +82,14 @@ pub fn acquire(path: &Path) -> Result<AgentLock, LockError> {
     }
 }
 
-/// The PID of a live agent holding the lock (`"unknown"` if it has not
-/// written it yet), or `None` when no agent runs. Probes with a shared lock,
-/// so probes never refuse each other.
-pub fn running_agent(path: &Path) -> Option<String> {
+/// Whether a live agent holds the lock: `Some(pid)` (`Some(None)` while it
+/// has not written its pid yet), or `None` when no agent runs. Probes with
+/// a shared lock, so probes never refuse each other.
+pub fn running_agent(path: &Path) -> Option<Option<u32>> {
     let file = File::open(path).ok()?;
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
         Ok(_free) => None, // unlocked again when dropped
-        Err(_) => Some(holder(path).unwrap_or_else(|| "unknown".into())),
+        Err(_) => Some(holder(path).and_then(|p| p.parse().ok())),
     }
 }
 
@@ -113,7 +113,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(&std::process::id().to_string()), "{msg}");
         assert!(msg.contains("already running"), "{msg}");
-        assert_eq!(running_agent(&p), Some(std::process::id().to_string()));
+        assert_eq!(running_agent(&p), Some(Some(std::process::id())));
         drop(held);
         assert_eq!(running_agent(&p), None);
         acquire(&p).unwrap();
@@ -139,7 +139,7 @@ mod tests {
         let held = acquire(&p).expect("the agent waits out a probe");
         assert!(started.elapsed() >= Duration::from_millis(250));
         releaser.join().unwrap();
-        assert_eq!(running_agent(&p), Some(std::process::id().to_string()));
+        assert_eq!(running_agent(&p), Some(Some(std::process::id())));
         drop(held);
         // Two probes at once do not take each other for an agent.
         let other = Flock::lock(File::open(&p).unwrap(), FlockArg::LockSharedNonblock).unwrap();

@@ -18,20 +18,19 @@
 //!   nothing outlives the agent.
 
 pub mod apilb;
-pub mod apiservers;
 pub mod cgroups;
-pub mod checkpointer;
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod extra;
 pub mod lock;
 pub mod logs;
-pub mod member;
 pub mod probe;
 pub mod reaper;
 pub mod services;
-pub mod snapshots;
+pub mod static_copy;
 pub mod supervisor;
+pub mod tasks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use crate::fsutil::write_atomic;
 use crate::paths::HostPaths;
 use crate::status::{now_unix, AgentStatus, ComponentState, ComponentStatus};
+use control::Component;
 use services::ServiceContext;
 use supervisor::{Service, StatusHandle};
 
@@ -62,12 +62,12 @@ pub struct AgentOptions {
     pub cgroup_root: Option<String>,
     /// The running selfnode binary, packed into selfnode's own image.
     pub selfnode_exe: PathBuf,
-    pub snapshots: snapshots::Schedule,
+    pub snapshots: tasks::snapshots::SnapshotSchedule,
 }
 
-pub const CONTAINERD: &str = "containerd";
-pub const IMAGES: &str = "images";
-pub const KUBELET: &str = "kubelet";
+const CONTAINERD: &str = Component::Containerd.as_str();
+const IMAGES: &str = Component::Images.as_str();
+const KUBELET: &str = Component::Kubelet.as_str();
 
 /// Checks the bundle's files against its `SHA256SUMS` before any of them
 /// runs (the audit's F05): all of them on a first start (about 660 MB, a
@@ -129,25 +129,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             ComponentStatus::new(IMAGES, None),
             ComponentStatus::new(KUBELET, Some(log_dir.join("kubelet.log"))),
             ComponentStatus::new(apilb::COMPONENT, None),
-            {
-                let mut c = ComponentStatus::new(member::COMPONENT, None);
-                c.state = ComponentState::Ready;
-                c.detail = Some("no cluster settled on this host yet".into());
-                c
-            },
-            {
-                let mut c = ComponentStatus::new(crate::certs::COMPONENT, None);
-                c.state = ComponentState::Ready;
-                c.detail = Some("not checked yet: the first check is a minute after start".into());
-                c
-            },
-            {
-                let mut c = ComponentStatus::new(checkpointer::COMPONENT, None);
-                c.state = ComponentState::Ready;
-                c.detail =
-                    Some("nothing kept: no control-plane pod of this node seen Ready".into());
-                c
-            },
         ],
         snapshots: None,
     });
@@ -184,12 +165,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tracker.clone(),
     ));
 
-    tracker.spawn(snapshots::run(
-        opts.snapshots.clone(),
-        status.clone(),
-        stop_background.clone(),
-    ));
-
     // SIGHUP (and `selfnode init`) bump this: services re-read their config.
     let (reload_tx, reload) = watch::channel(0u64);
     tracker.spawn(hup_loop(reload_tx, stop_background.clone()));
@@ -210,35 +185,23 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         reload.clone(),
         tracker.clone(),
     ));
-    tracker.spawn(checkpointer::run(
-        Arc::new(checkpointer::CheckpointerContext {
-            paths: paths.clone(),
-            containerd_socket: socket.clone(),
-        }),
-        status.clone(),
-        containerd_ready.clone(),
-        stop_background.clone(),
-    ));
-    tracker.spawn(member::run(
-        member::MemberContext {
-            paths: paths.clone(),
-            bundle: bundle.clone(),
+    tasks::spawn_all(
+        || {
+            tasks::TaskCx::new(
+                paths.clone(),
+                bundle.clone(),
+                socket.clone(),
+                opts.api_lb_port,
+                status.clone(),
+            )
         },
-        status.clone(),
-        containerd_ready.clone(),
-        stop_background.clone(),
-    ));
-    tracker.spawn(crate::certs::run(
-        paths.clone(),
-        status.clone(),
-        containerd_ready.clone(),
-        stop_background.clone(),
-    ));
-    tracker.spawn(apiservers::run(
-        paths.clone(),
-        containerd_ready.clone(),
-        stop_background.clone(),
-    ));
+        tasks::TaskOptions {
+            snapshots: opts.snapshots.clone(),
+        },
+        &containerd_ready,
+        &stop_background,
+        &tracker,
+    );
     let images_task = tracker.spawn(import_images(
         ctx.clone(),
         opts.selfnode_exe.clone(),

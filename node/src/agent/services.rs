@@ -9,40 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::config::{self, ContainerdConfig, HostFacts, KubeletInputs};
+use super::control::NodeIdentity;
 use super::supervisor::{ProbeFn, ServiceSpec, SpecFn};
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::paths::HostPaths;
-
-/// The node's name and address in its cluster, written by `init`/`join`
-/// before the kubelet first registers (`var/lib/selfnode/node.json`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NodeIdentity {
-    pub node_name: String,
-    pub node_ip: std::net::IpAddr,
-    /// The cluster DNS Service IP (kube-dns), for the kubelet's clusterDNS.
-    #[serde(default)]
-    pub cluster_dns: Option<std::net::IpAddr>,
-    /// The cluster's DNS domain, for the kubelet's clusterDomain (pods'
-    /// search paths). Files written before it existed mean the default.
-    #[serde(default = "default_cluster_domain")]
-    pub cluster_domain: String,
-}
-
-fn default_cluster_domain() -> String {
-    bootstrap::config::DEFAULT_CLUSTER_DOMAIN.to_string()
-}
-
-impl NodeIdentity {
-    pub fn read(path: &Path) -> anyhow::Result<Option<NodeIdentity>> {
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                format!("{} is not a valid node identity", path.display())
-            })?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
-    }
-}
 
 /// Everything the service builders need, fixed for the agent's lifetime.
 #[derive(Debug, Clone)]
@@ -138,7 +108,7 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
             cluster_domain: node
                 .as_ref()
                 .map(|n| n.cluster_domain.clone())
-                .unwrap_or_else(default_cluster_domain),
+                .unwrap_or_else(|| bootstrap::config::DEFAULT_CLUSTER_DOMAIN.to_string()),
             cgroup_root: ctx.cgroup_root.clone(),
         };
         if let Some(cg) = &ctx.cgroup_root {

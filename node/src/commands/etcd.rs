@@ -96,8 +96,10 @@ pub(super) fn kept_pki(
     }
     let beside = snapshot
         .parent()
-        .map(|d| d.join(crate::agent::snapshots::PKI_COPY));
-    let default = paths.snapshot_dir().join(crate::agent::snapshots::PKI_COPY);
+        .map(|d| d.join(crate::agent::tasks::snapshots::PKI_COPY));
+    let default = paths
+        .snapshot_dir()
+        .join(crate::agent::tasks::snapshots::PKI_COPY);
     let found = beside
         .into_iter()
         .chain([default])

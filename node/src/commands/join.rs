@@ -10,7 +10,7 @@ pub async fn run(paths: &HostPaths, args: JoinArgs) -> anyhow::Result<ExitCode> 
     let text = args.join_string.or(args.token).unwrap_or_default();
     let join: bootstrap::join::JoinString = text.parse()?;
     let control_plane = args.control_plane || join.control_plane;
-    let host = crate::init::host_identity()?;
+    let host = crate::cluster::host_identity()?;
     let node_name = bootstrap::config::node_name(args.node_name, &host)?;
     let advertise_address = args
         .advertise_address

@@ -16,9 +16,9 @@ use crate::paths::HostPaths;
 /// images and the scheduled etcd snapshots (they are what a restore starts
 /// from).
 pub async fn run(paths: &HostPaths, args: ResetArgs) -> anyhow::Result<ExitCode> {
-    if let Some(pid) = lock::running_agent(&paths.agent_lock()) {
+    if let Some(agent) = crate::agent::control::RunningAgent::find(paths) {
         anyhow::bail!(
-            "the selfnode agent is running (pid {pid}); stop the node first ('selfnode stop', or systemctl stop selfnode-agent), then run reset again"
+            "the selfnode agent is running ({agent}); stop the node first ('selfnode stop', or systemctl stop selfnode-agent), then run reset again"
         );
     }
     // No agent may start while the host is taken apart.

@@ -1,25 +1,57 @@
+//! `selfnode status`: this host's agent, its components, and etcd as etcd
+//! itself sees it. It answers within seconds whatever the state of the
+//! cluster: its one network call, to etcd, has a deadline
+//! ([`ETCD_DEADLINE`]), and what did not answer is named (exit 1).
+
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
+use serde::Serialize;
 
-use crate::agent::lock;
+use crate::agent::control::{read_status, RunningAgent};
 use crate::cli::Output;
 use crate::paths::HostPaths;
-use crate::status::{human_age, now_unix, AgentStatus, ComponentState};
+use crate::status::{human_age, now_unix, AgentStatus, ComponentState, SnapshotStatus};
+
+/// How long etcd gets to answer, all members included.
+const ETCD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `selfnode status -o json`.
+#[derive(Debug, Serialize)]
+struct StatusDoc {
+    agent: AgentDoc,
+    healthy: bool,
+    status: Option<AgentStatus>,
+    /// `null` on a host with no etcd member.
+    etcd: Option<EtcdDoc>,
+}
+
+#[derive(Debug, Serialize)]
+struct AgentDoc {
+    running: bool,
+    pid: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum EtcdDoc {
+    Members {
+        members: Vec<etcd_mgr::MemberStatus>,
+        last_snapshot: Option<std::path::PathBuf>,
+        last_snapshot_time: Option<u64>,
+        snapshots: Option<SnapshotStatus>,
+    },
+    Error {
+        error: String,
+        snapshots: Option<SnapshotStatus>,
+    },
+}
 
 /// Shows the agent's published status. Exit code 0 when the agent runs and
 /// every component is ready, 1 otherwise, so scripts can wait on it.
 pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> {
-    let running = lock::running_agent(&paths.agent_lock());
-    let file = paths.agent_status();
-    let status: Option<AgentStatus> = match std::fs::read(&file) {
-        Ok(bytes) => Some(
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not valid agent status", file.display()))?,
-        ),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-        Err(err) => return Err(err).with_context(|| format!("cannot read {}", file.display())),
-    };
+    let running = RunningAgent::find(paths);
+    let status = read_status(paths)?;
     // On a host with an etcd member (the self-hosted static pod, or the
     // temporary one the agent runs during init): the members as etcd itself
     // sees them.
@@ -29,9 +61,7 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
                 .as_ref()
                 .is_some_and(|s| s.components.iter().any(|c| c.name == "etcd")));
     let etcd = if runs_etcd {
-        let mut cfg = crate::etcd::config(paths);
-        cfg.timeout = std::time::Duration::from_secs(2);
-        Some(etcd_mgr::members(&cfg).await.map_err(|e| e.to_string()))
+        Some(etcd_members(paths).await)
     } else {
         None
     };
@@ -51,28 +81,30 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
 
     match output {
         Output::Json => {
-            let doc = serde_json::json!({
-                "agent": {
-                    "running": running.is_some(),
-                    "pid": running.as_deref().and_then(|p| p.parse::<u32>().ok()),
+            let doc = StatusDoc {
+                agent: AgentDoc {
+                    running: running.is_some(),
+                    pid: running.as_ref().and_then(|a| a.pid),
                 },
-                "healthy": healthy,
-                "status": status,
-                "etcd": match &etcd {
-                    Some(Ok(members)) => serde_json::json!({
-                        "members": members,
-                        "last_snapshot": snapshots.as_ref().and_then(|s| s.last.clone()),
-                        "last_snapshot_time": snapshots.as_ref().and_then(|s| s.last_time),
-                        "snapshots": snapshots,
-                    }),
-                    Some(Err(e)) => serde_json::json!({ "error": e, "snapshots": snapshots }),
-                    None => serde_json::Value::Null,
-                },
-            });
+                healthy,
+                etcd: etcd.as_ref().map(|e| match e {
+                    Ok(members) => EtcdDoc::Members {
+                        members: members.clone(),
+                        last_snapshot: snapshots.as_ref().and_then(|s| s.last.clone()),
+                        last_snapshot_time: snapshots.as_ref().and_then(|s| s.last_time),
+                        snapshots: snapshots.clone(),
+                    },
+                    Err(e) => EtcdDoc::Error {
+                        error: e.clone(),
+                        snapshots: snapshots.clone(),
+                    },
+                }),
+                status,
+            };
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Output::Table => {
-            print_table(running.as_deref(), status.as_ref(), paths);
+            print_table(running.as_ref(), status.as_ref(), paths);
             match &etcd {
                 Some(Ok(members)) => {
                     for m in members {
@@ -100,7 +132,23 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
     })
 }
 
-fn print_table(running: Option<&str>, status: Option<&AgentStatus>, paths: &HostPaths) {
+/// The members as etcd sees them, within [`ETCD_DEADLINE`]; the error names
+/// what did not answer.
+async fn etcd_members(paths: &HostPaths) -> Result<Vec<etcd_mgr::MemberStatus>, String> {
+    let mut cfg = crate::etcd::config(paths);
+    cfg.timeout = Duration::from_secs(2);
+    match tokio::time::timeout(ETCD_DEADLINE, etcd_mgr::members(&cfg)).await {
+        Ok(Ok(members)) => Ok(members),
+        Ok(Err(e)) => Err(format!("{:#}", anyhow::Error::new(e))),
+        Err(_) => Err(format!(
+            "no answer in {}s from the etcd member at {} (without a leader, for example with too few members for a quorum, etcd does not answer)",
+            ETCD_DEADLINE.as_secs(),
+            cfg.endpoints.join(", ")
+        )),
+    }
+}
+
+fn print_table(running: Option<&RunningAgent>, status: Option<&AgentStatus>, paths: &HostPaths) {
     let now = now_unix();
     match (running, status) {
         (None, _) => {
@@ -111,14 +159,14 @@ fn print_table(running: Option<&str>, status: Option<&AgentStatus>, paths: &Host
                 return;
             }
         }
-        (Some(pid), Some(st)) => println!(
-            "agent: running, pid {pid}, up {}, bundle {}",
+        (Some(agent), Some(st)) => println!(
+            "agent: running, {agent}, up {}, bundle {}",
             human_age(st.started, now),
             st.bundle.display()
         ),
-        (Some(pid), None) => {
+        (Some(agent), None) => {
             println!(
-                "agent: running, pid {pid}, no status published yet ({})",
+                "agent: running, {agent}, no status published yet ({})",
                 paths.agent_status().display()
             );
             return;
@@ -167,7 +215,7 @@ fn print_table(running: Option<&str>, status: Option<&AgentStatus>, paths: &Host
 
 /// One line on the scheduled snapshots: the newest, how many, the schedule,
 /// and the last failure if the last attempt failed.
-fn describe_snapshots(s: &crate::status::SnapshotStatus, now: u64) -> String {
+fn describe_snapshots(s: &SnapshotStatus, now: u64) -> String {
     let every = humantime::format_duration(std::time::Duration::from_secs(s.interval_seconds));
     let last = match (&s.last, s.last_time) {
         (Some(file), Some(t)) => format!("last {} ({} ago)", file.display(), human_age(t, now)),
@@ -189,7 +237,7 @@ mod tests {
 
     #[test]
     fn snapshot_line_says_when_and_what_failed() {
-        let mut s = crate::status::SnapshotStatus {
+        let mut s = SnapshotStatus {
             dir: "/var/lib/selfnode/snapshots".into(),
             interval_seconds: 6 * 3600,
             keep: 10,

@@ -7,32 +7,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::agent::control::RunningAgent;
 use crate::agent::{drain, lock};
 use crate::cli::StopArgs;
 use crate::paths::HostPaths;
 
 pub async fn run(paths: &HostPaths, args: StopArgs) -> anyhow::Result<ExitCode> {
     let lock_file = paths.agent_lock();
-    if let Some(pid) = lock::running_agent(&lock_file) {
-        let pid_num: i32 = pid.parse().with_context(|| {
-            format!(
-                "the agent lock {} names no PID ({pid:?}); stop the agent by hand",
-                lock_file.display()
-            )
-        })?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid_num),
-            crate::agent::NODE_STOP_SIGNAL,
-        )
-        .with_context(|| format!("cannot signal the agent (pid {pid})"))?;
+    if let Some(agent) = RunningAgent::find(paths) {
+        agent.signal(crate::agent::NODE_STOP_SIGNAL)?;
         eprintln!(
-            "[stop] asked the agent (pid {pid}) to stop the node: kubelet, containers, containerd"
+            "[stop] asked the agent ({agent}) to stop the node: kubelet, containers, containerd"
         );
         let started = Instant::now();
         while lock::running_agent(&lock_file).is_some() {
             if started.elapsed() > args.timeout {
                 anyhow::bail!(
-                    "the agent (pid {pid}) has not stopped within {}s; see its log, or run 'selfnode stop' again with a longer --timeout",
+                    "the agent ({agent}) has not stopped within {}s; see its log, or run 'selfnode stop' again with a longer --timeout",
                     args.timeout.as_secs()
                 );
             }

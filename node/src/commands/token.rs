@@ -20,7 +20,7 @@ pub async fn run(paths: &HostPaths, cmd: TokenCommand) -> anyhow::Result<ExitCod
             admin.display()
         );
     }
-    let client = crate::init::kube_client(&admin)
+    let client = crate::cluster::kube_client(&admin)
         .await
         .with_context(|| format!("using {}", admin.display()))?;
     match cmd {

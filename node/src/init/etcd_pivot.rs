@@ -9,10 +9,11 @@ use std::time::Duration;
 use bootstrap::host::Host;
 use bootstrap::plane::{EtcdInitial, Placement};
 
-use super::steps::{until, Runner, StepReport};
+use super::steps::{Runner, StepReport};
 use super::{Seq, Step};
 use crate::checkpoint::EtcdMemberIdentity;
 use crate::host::NodeHost;
+use crate::wait::until;
 
 /// An etcd call retried for up to 30 s while it fails to connect or gets a
 /// transport error: a member that has just started, or a connection reset

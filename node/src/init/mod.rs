@@ -24,15 +24,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use bootstrap::config::{HostIdentity, InitSettings};
-use bootstrap::plane::{PlaneEnv, PlaneImages, PlaneSpec};
+use bootstrap::config::InitSettings;
+use bootstrap::plane::PlaneSpec;
 
+use crate::agent::control::RunningAgent;
 use crate::checkpoint::Checkpoint;
+use crate::cluster::ClusterRole;
 use crate::paths::HostPaths;
 pub use plan::{Sequence, Step};
 pub use restore::{RestoreConflict, RestoreInputError, RestoreSource};
 use steps::{Runner, StepReport};
-pub(crate) use temp_plane::reload_agent;
 
 /// What `init` (or a restore) reports when it is done; `-o json` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -50,28 +51,6 @@ pub struct InitSummary {
     pub seconds: f64,
     /// One entry per planned step, skipped ones included, in plan order.
     pub steps: Vec<StepReport>,
-}
-
-/// Host facts for the defaults: hostname and interface addresses.
-pub fn host_identity() -> anyhow::Result<HostIdentity> {
-    let hostname = nix::unistd::gethostname()
-        .context("cannot read the hostname")?
-        .to_string_lossy()
-        .into_owned();
-    let mut addresses = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs().context("cannot list network interfaces")? {
-        if let Some(addr) = ifa.address {
-            if let Some(v4) = addr.as_sockaddr_in() {
-                addresses.push(IpAddr::V4(v4.ip()));
-            } else if let Some(v6) = addr.as_sockaddr_in6() {
-                addresses.push(IpAddr::V6(v6.ip()));
-            }
-        }
-    }
-    Ok(HostIdentity {
-        hostname,
-        addresses,
-    })
 }
 
 /// Everything a sequence runs with, validated.
@@ -104,7 +83,7 @@ impl InitContext {
             }
             None => None,
         };
-        let settings = bootstrap::config::resolve(file, flags, &host_identity()?)?;
+        let settings = bootstrap::config::resolve(file, flags, &crate::cluster::host_identity()?)?;
         let bundle_dir = settings
             .bundle
             .clone()
@@ -132,49 +111,6 @@ impl InitContext {
     }
 }
 
-/// The desired control plane for these settings on this host: every
-/// setting is mapped by `PlaneSpec::from_settings`; the host's paths and
-/// the bundle's versions and images come in here.
-pub fn plane_spec(
-    paths: &HostPaths,
-    settings: &InitSettings,
-    bundle: &dist::bundle::Bundle,
-) -> PlaneSpec {
-    let v = bundle.versions();
-    let images = PlaneImages {
-        kube_apiserver: dist::images::kube_image("kube-apiserver", v),
-        kube_controller_manager: dist::images::kube_image("kube-controller-manager", v),
-        kube_scheduler: dist::images::kube_image("kube-scheduler", v),
-        kube_proxy: dist::images::kube_image("kube-proxy", v),
-        coredns: dist::images::coredns_image(v),
-        etcd: dist::images::etcd_image(v),
-        selfnode: dist::images::selfnode_image(),
-    };
-    PlaneSpec::from_settings(
-        settings,
-        PlaneEnv {
-            kubernetes_version: v.kubernetes.clone(),
-            images,
-            pki_dir: paths.pki_dir(),
-            kubeconfig_dir: paths.kubeconfig_dir(),
-            etcd_data_dir: paths.etcd_data_dir(),
-            audit_log_dir: paths.audit_log_dir(),
-            cni_conf_dir: paths.cni_conf_dir(),
-            api_load_balancer_port: agent_api_lb_port(paths),
-        },
-    )
-}
-
-/// The API load balancer port of this host's agent, from the status it
-/// publishes; the agent's default when there is none yet (init refuses to
-/// run without an agent anyway, after validating its input).
-pub(crate) fn agent_api_lb_port(paths: &HostPaths) -> u16 {
-    temp_plane::agent_status(paths)
-        .ok()
-        .and_then(|s| s.api_lb_port)
-        .unwrap_or(crate::cli::DEFAULT_API_LB_PORT)
-}
-
 /// Refuses a host that already belongs to another cluster, before anything
 /// is written. Exit code 3 (conflict).
 #[derive(Debug, thiserror::Error)]
@@ -192,8 +128,8 @@ pub(crate) struct Seq<'a> {
     pub paths: &'a HostPaths,
     pub spec: PlaneSpec,
     pub checkpoint: Checkpoint,
-    /// The running agent's pid, for SIGHUP after a service file changes.
-    pub agent_pid: String,
+    /// The running agent, for SIGHUP after a service file changes.
+    pub agent: RunningAgent,
     /// The cluster CA's pin, once `ensure_pki` has computed it.
     pub ca_hash: std::sync::Mutex<String>,
     client: tokio::sync::OnceCell<kube::Client>,
@@ -205,7 +141,7 @@ impl Seq<'_> {
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         let kc = self.spec.kubeconfig_dir.join("super-admin.conf");
         self.client
-            .get_or_try_init(|| kube_client(&kc))
+            .get_or_try_init(|| crate::cluster::kube_client(&kc))
             .await
             .cloned()
     }
@@ -225,14 +161,17 @@ impl Seq<'_> {
 /// before the first write.
 pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     let paths = &ctx.paths;
-    let spec = plane_spec(paths, &ctx.settings, &ctx.bundle);
+    let spec = crate::cluster::plane_spec(
+        paths,
+        &ctx.settings,
+        &ctx.bundle,
+        crate::agent::control::api_lb_port(paths),
+    );
     spec.validate()?;
     if let Some(src) = &ctx.restore {
         restore::check_restore_inputs(src, &ctx.bundle, &paths.pki_dir())?;
     }
-    let agent_pid = crate::agent::lock::running_agent(&paths.agent_lock()).with_context(|| {
-        "the selfnode agent is not running on this host; start it first ('selfnode agent', or 'bash scripts/up.sh')".to_string()
-    })?;
+    let agent = RunningAgent::require(paths)?;
     let checkpoint = Checkpoint::open(&paths.checkpoint_dir())?;
     check_host_belongs(&ctx, &spec, &checkpoint).await?;
 
@@ -247,7 +186,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         paths,
         spec,
         checkpoint,
-        agent_pid,
+        agent,
         ca_hash: std::sync::Mutex::new(String::new()),
         client: tokio::sync::OnceCell::new(),
     };
@@ -324,7 +263,7 @@ async fn check_host_belongs(
         id.cluster_name == ctx.settings.cluster_name && id.node_name == ctx.settings.node_name;
     // A restore resumes an unfinished restore; over a running cluster
     // (pivoted, or an init) it needs --force.
-    let restoring = id.role == "restore" && !checkpoint.pivot_committed()?;
+    let restoring = id.role == ClusterRole::Restore && !checkpoint.pivot_committed()?;
     if let (Some(src), false) = (&ctx.restore, restoring) {
         if !src.force {
             return Err(RestoreConflict {
@@ -347,20 +286,4 @@ async fn check_host_belongs(
         .into());
     }
     Ok(())
-}
-
-pub(crate) fn random_uid() -> String {
-    use rand::Rng;
-    let bytes: [u8; 16] = rand::rng().random();
-    hex::encode(bytes)
-}
-
-/// A client from a kubeconfig file (admin.conf, kubelet.conf).
-pub(crate) async fn kube_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("cannot read {}", kubeconfig.display()))?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    Ok(kube::Client::try_from(config)?)
 }

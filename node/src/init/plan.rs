@@ -139,6 +139,17 @@ impl Sequence {
         }
     }
 
+    /// The role a host records when this sequence makes its cluster.
+    pub fn role(self) -> crate::cluster::ClusterRole {
+        use crate::cluster::ClusterRole;
+        match self {
+            Sequence::Init => ClusterRole::Init,
+            Sequence::Restore { .. } => ClusterRole::Restore,
+            Sequence::Recover { .. } => ClusterRole::Recover,
+            Sequence::Join => ClusterRole::Join,
+        }
+    }
+
     /// Starts from a snapshot: `Some(pki)`, where `pki` says whether the
     /// old cluster's keys are given.
     pub fn from_snapshot(self) -> Option<bool> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use bootstrap::host::Host;
 
 use super::steps::{Runner, StepReport};
-use super::{restore, temp_plane, Seq, Step};
-use crate::agent::services::NodeIdentity;
+use super::{restore, Seq, Step};
+use crate::agent::control::NodeIdentity;
 use crate::checkpoint::ClusterIdentity;
 use crate::host::NodeHost;
 
@@ -25,9 +25,9 @@ pub(super) async fn record_cluster_identity(
         || async {
             let id = ClusterIdentity {
                 cluster_name: settings.cluster_name.clone(),
-                cluster_uid: super::random_uid(),
+                cluster_uid: crate::cluster::random_uid(),
                 node_name: settings.node_name.clone(),
-                role: seq.ctx.sequence().name().into(),
+                role: seq.ctx.sequence().role(),
                 created: crate::status::now_unix(),
             };
             Ok(seq.checkpoint.record_cluster_identity(&id)?)
@@ -110,6 +110,6 @@ pub(super) async fn write_node_identity(run: &Runner, seq: &Seq<'_>) -> anyhow::
         .await?;
     // Always, not only after a write: a resumed run may follow a kill
     // between the write and the signal.
-    temp_plane::reload_agent(&seq.agent_pid)?;
+    seq.agent.reload()?;
     Ok(report)
 }

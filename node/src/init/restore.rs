@@ -13,12 +13,12 @@ use anyhow::Context;
 use bootstrap::host::Host;
 use bootstrap::plane::PlaneSpec;
 
-use super::random_uid;
-use super::steps::until;
-use super::temp_plane::backends_text;
+use crate::agent::control::ApiBackends;
 use crate::checkpoint::{Checkpoint, ClusterIdentity};
+use crate::cluster::{random_uid, ClusterRole};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
+use crate::wait::until;
 
 /// Where a restore's data and keys come from.
 #[derive(Debug, Clone)]
@@ -57,21 +57,6 @@ pub struct RestoreConflict {
     pub pki_dir: PathBuf,
 }
 
-/// The files a restore cannot do without: the CAs and keys that sign and
-/// read what is in etcd. Leaf certificates are made again if missing.
-/// A certificate renewal (`crate::certs`) refuses without them too.
-pub(crate) const RESTORE_PKI_FILES: [&str; 9] = [
-    "ca.crt",
-    "ca.key",
-    "front-proxy-ca.crt",
-    "front-proxy-ca.key",
-    "etcd/ca.crt",
-    "etcd/ca.key",
-    "sa.key",
-    "sa.pub",
-    bootstrap::plane::ENCRYPTION_CONFIG_FILE,
-];
-
 /// Checks a restore's inputs before anything is written: the snapshot file
 /// (etcd-mgr's checks, then its revision: a never-written etcd has nothing
 /// to restore) and the PKI it needs.
@@ -104,7 +89,7 @@ pub(super) fn check_restore_inputs(
         .into());
     }
     let from = src.pki.as_deref().unwrap_or(pki_dir);
-    for f in RESTORE_PKI_FILES {
+    for f in crate::cluster::CLUSTER_KEY_FILES {
         if !from.join(f).is_file() {
             return Err(RestoreInputError::NoPki {
                 missing: from.join(f),
@@ -139,11 +124,7 @@ pub(super) async fn clear_for_restore(
     // New connections go to the temporary apiserver from now on (the agent
     // re-reads the list within 2 s); the running ones lose their etcd.
     let temp_api = SocketAddr::new(spec.advertise_address, spec.ports.temp_apiserver);
-    NodeHost.write_file(
-        &paths.apiservers_file(),
-        backends_text(&[temp_api]).as_bytes(),
-        0o644,
-    )?;
+    ApiBackends::new([temp_api]).write(paths, "written by selfnode etcd snapshot restore")?;
     let manifest = paths.etcd_manifest();
     match std::fs::remove_file(&manifest) {
         Ok(()) => say(format!(
@@ -175,7 +156,7 @@ pub(super) async fn clear_for_restore(
         ));
     }
     checkpoint.begin_restore(&ClusterIdentity {
-        role: "restore".into(),
+        role: ClusterRole::Restore,
         cluster_uid: random_uid(),
         created: crate::status::now_unix(),
         ..id.clone()

@@ -217,36 +217,6 @@ pub fn failpoint(step: &str) {
     }
 }
 
-/// Polls `probe` every `every` until it returns `Ok(true)`, at most
-/// `deadline`; the timeout error says what was awaited and the last reason.
-pub async fn until<F, Fut>(
-    what: &str,
-    deadline: Duration,
-    every: Duration,
-    mut probe: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<bool>>,
-{
-    let end = Instant::now() + deadline;
-    let mut last = String::from("no answer yet");
-    loop {
-        match probe().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(err) => last = format!("{err:#}"),
-        }
-        if Instant::now() >= end {
-            anyhow::bail!(
-                "timed out after {}s waiting for {what} (last: {last})",
-                deadline.as_secs()
-            );
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::plan::{plan, Observed, Sequence};
@@ -331,6 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn until_reports_what_it_waited_for_and_the_last_reason() {
+        use crate::wait::until;
         let err = until(
             "the moon",
             Duration::from_millis(100),

@@ -11,11 +11,13 @@ use bootstrap::host::Host;
 use bootstrap::plane::{Placement, ProcessSpec};
 
 use super::etcd_pivot::etcd_retrying;
-use super::steps::{until, Runner, StepReport};
+use super::steps::{Runner, StepReport};
 use super::{Seq, Step};
+use crate::agent::control::{component_ready, read_status, ApiBackends, RunningAgent};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
-use crate::status::{AgentStatus, ComponentState};
+use crate::status::ComponentState;
+use crate::wait::until;
 
 /// The temporary plane's agent services; etcd last (the agent stops it last
 /// too), after its member left the cluster.
@@ -49,7 +51,7 @@ pub(super) async fn start(step: Step, run: &Runner, seq: &Seq<'_>) -> anyhow::Re
         .iter()
         .find(|p| p.name == name)
         .with_context(|| format!("the temporary plane has no {name}"))?;
-    start_service(run, step, seq.paths, &seq.agent_pid, p).await
+    start_service(run, step, seq.paths, &seq.agent, p).await
 }
 
 /// `write_lb_backends`: the apiservers the node-local balancer forwards to
@@ -101,14 +103,13 @@ async fn write_backends(
     backends: &[SocketAddr],
     service_port: bool,
 ) -> anyhow::Result<StepReport> {
-    let lb_file = seq.paths.apiservers_file();
-    let text = backends_text(backends);
+    let list = ApiBackends::new(backends.iter().copied());
     run.step(
         step,
         Duration::from_secs(30),
-        || async { Ok(std::fs::read_to_string(&lb_file).ok().as_deref() == Some(text.as_str())) },
+        || async { Ok(ApiBackends::read(seq.paths).as_ref() == Some(&list)) },
         || async {
-            NodeHost.write_file(&lb_file, text.as_bytes(), 0o644)?;
+            list.write(seq.paths, "written by selfnode init")?;
             if service_port {
                 bootstrap::objects::ensure_kubernetes_service_target_port(
                     seq.client().await?,
@@ -151,16 +152,17 @@ pub(super) async fn stop_temp_plane(run: &Runner, seq: &Seq<'_>) -> anyhow::Resu
                     Err(e) => return Err(e).context(format!("cannot remove the {n} service file")),
                 }
             }
-            reload_agent(&seq.agent_pid)?;
+            seq.agent.reload()?;
             until(
                 "the agent to stop the temporary plane",
                 Duration::from_secs(90),
                 Duration::from_millis(200),
                 || async {
-                    Ok(agent_status(paths)?
-                        .components
-                        .iter()
-                        .all(|c| !TEMP_SERVICES.contains(&c.name.as_str())))
+                    Ok(read_status(paths)?.is_some_and(|st| {
+                        st.components
+                            .iter()
+                            .all(|c| !TEMP_SERVICES.contains(&c.name.as_str()))
+                    }))
                 },
             )
             .await?;
@@ -174,61 +176,12 @@ pub(super) async fn stop_temp_plane(run: &Runner, seq: &Seq<'_>) -> anyhow::Resu
     .await
 }
 
-/// The node-local balancer's list file: a comment, then one `ip:port` a
-/// line.
-pub(super) fn backends_text(addrs: &[SocketAddr]) -> String {
-    let mut s = String::from(
-        "# kube-apiservers for the node-local load balancer; written by selfnode init\n",
-    );
-    for a in addrs {
-        s.push_str(&format!("{a}\n"));
-    }
-    s
-}
-
-/// Asks the agent to re-read its services and configuration (SIGHUP).
-pub(crate) fn reload_agent(pid: &str) -> anyhow::Result<()> {
-    let pid: i32 = pid
-        .parse()
-        .with_context(|| format!("agent pid {pid:?} is not a number"))?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .with_context(|| format!("cannot signal the agent (pid {pid})"))
-}
-
-/// The agent's published status (`run/selfnode/agent.json`).
-pub(super) fn agent_status(paths: &HostPaths) -> anyhow::Result<AgentStatus> {
-    let bytes = std::fs::read(paths.agent_status())?;
-    Ok(serde_json::from_slice(&bytes)?)
-}
-
-/// Whether the agent reports its component `name` Ready (`false` while it
-/// does not list it); an error saying `what` is in which state, with the
-/// component's last error, while it is listed and not Ready.
-pub(super) fn component_ready(paths: &HostPaths, name: &str, what: &str) -> anyhow::Result<bool> {
-    let st = agent_status(paths)?;
-    match st.components.iter().find(|c| c.name == name) {
-        Some(c) if c.state == ComponentState::Ready => Ok(true),
-        Some(c) => anyhow::bail!(
-            "{what} is {}{}",
-            c.state.as_str(),
-            c.last_error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        ),
-        None => Ok(false),
-    }
-}
-
 /// Writes the service file and waits until the agent reports it ready.
 async fn start_service(
     run: &Runner,
     step: Step,
     paths: &HostPaths,
-    agent_pid: &str,
+    agent: &RunningAgent,
     p: &ProcessSpec,
 ) -> anyhow::Result<StepReport> {
     let file = paths.services_dir().join(format!("{}.json", p.name));
@@ -236,22 +189,23 @@ async fn start_service(
         let on_disk = std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice::<ProcessSpec>(&b).ok());
-        let running = agent_status(paths)?
-            .components
-            .iter()
-            .any(|c| c.name == p.name && c.state == ComponentState::Ready);
+        let running = read_status(paths)?.is_some_and(|st| {
+            st.components
+                .iter()
+                .any(|c| c.name == p.name && c.state == ComponentState::Ready)
+        });
         Ok(on_disk.as_ref() == Some(p) && running)
     };
     run.step(step, Duration::from_secs(180), ready, || async {
         NodeHost.ensure_dir(&paths.services_dir(), 0o700)?;
         NodeHost.write_file(&file, &serde_json::to_vec_pretty(p)?, 0o600)?;
-        reload_agent(agent_pid)?;
+        agent.reload()?;
         let name = p.name.clone();
         until(
             &format!("{name} to be healthy ({})", p.health.url()),
             Duration::from_secs(170),
             Duration::from_millis(200),
-            || async { component_ready(paths, &name, &name) },
+            || async { Ok(component_ready(paths, &name, &name)?) },
         )
         .await
     })

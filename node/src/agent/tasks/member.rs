@@ -48,18 +48,15 @@ use bootstrap::plane::{EtcdInitial, InitialClusterState, Placement, PlaneSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use super::checkpointer::{containerd_up, is_control_plane_node, kubelet_client, with_checkpoint};
-use super::services::NodeIdentity;
-use super::supervisor::StatusHandle;
-use crate::checkpoint::EtcdMemberIdentity;
+use super::{AgentTask, Outcome, Schedule, TaskCx};
+use crate::agent::control::{Component, NodeIdentity};
+use crate::checkpoint::{with_checkpoint, EtcdMemberIdentity};
+use crate::cluster::{apiserver_addresses, is_control_plane_node, HostCluster};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
 use crate::status::ComponentState;
 
-pub const COMPONENT: &str = "etcd-member";
 /// How often the label is compared with the member.
 const PERIOD: Duration = Duration::from_secs(5);
 /// How long the label must stay gone, with the API answering, before the
@@ -72,147 +69,103 @@ const CERT_CHECK: Duration = Duration::from_secs(3600);
 /// pass tries again.
 const PROMOTE_WAIT: Duration = Duration::from_secs(60);
 
-/// What the task needs, fixed for the agent's lifetime.
-pub struct MemberContext {
-    pub paths: HostPaths,
-    pub bundle: dist::bundle::Bundle,
+/// The member controller's memory between passes.
+#[derive(Default)]
+pub struct MemberController {
+    /// Since when the API has answered without the node's control-plane
+    /// label.
+    unlabelled_since: Option<Instant>,
+    last_cert_check: Option<Instant>,
 }
 
-/// Runs until `stop` (see the module docs).
-pub async fn run(
-    ctx: MemberContext,
-    status: StatusHandle,
-    mut containerd_ready: watch::Receiver<bool>,
-    stop: CancellationToken,
-) {
-    if !containerd_up(&mut containerd_ready, &stop).await {
-        return;
+impl AgentTask for MemberController {
+    const COMPONENT: Component = Component::EtcdMember;
+
+    fn initial(&self) -> (ComponentState, &'static str) {
+        (ComponentState::Ready, "no cluster settled on this host yet")
     }
-    let mut client: Option<kube::Client> = None;
-    let mut unlabelled_since: Option<Instant> = None;
-    let mut last_cert_check: Option<Instant> = None;
-    loop {
-        match pass(
-            &ctx,
-            &mut client,
-            &mut unlabelled_since,
-            &mut last_cert_check,
-        )
-        .await
-        {
-            Ok(Some(note)) => status.update(COMPONENT, |c| {
-                c.state = ComponentState::Ready;
-                c.detail = Some(note);
-                c.last_error = None;
-            }),
-            Ok(None) => {}
-            Err(err) => {
-                let err = format!("{err:#}");
-                tracing::warn!(error = %err, "etcd member: this pass failed; retrying");
-                status.update(COMPONENT, |c| c.last_error = Some(err));
-                client = None;
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(PERIOD) => {}
-        }
+
+    fn schedule(&self) -> Schedule {
+        Schedule::every(PERIOD)
+    }
+
+    async fn pass(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
+        Ok(match self.compare(cx).await? {
+            Some(note) => Outcome::ready(note),
+            None => Outcome::Unchanged,
+        })
     }
 }
 
-/// What the checkpoint says about this host.
-pub(crate) struct Recorded {
-    joined: bool,
-    /// The host's cluster is settled: it joined, or its pivot is
-    /// committed. Before that (init, a restore) a sequence owns etcd and
-    /// the balancer's list.
-    pub settled: bool,
-    member: Option<EtcdMemberIdentity>,
-}
-
-/// `None` when the host belongs to no cluster.
-pub(crate) async fn recorded(paths: &HostPaths) -> anyhow::Result<Option<Recorded>> {
-    if !paths.checkpoint_dir().exists() {
-        return Ok(None);
-    }
-    with_checkpoint(paths, |c| {
-        let Some(id) = c.cluster_identity()? else {
+impl MemberController {
+    /// One comparison of label and member; returns the status note.
+    async fn compare(&mut self, ctx: &mut TaskCx) -> anyhow::Result<Option<String>> {
+        let Some(node) = NodeIdentity::read(&ctx.paths.node_identity_file())? else {
             return Ok(None);
         };
-        let joined = id.role == "join";
-        Ok(Some(Recorded {
-            joined,
-            settled: joined || c.pivot_committed()?,
-            member: c.etcd_member()?,
-        }))
-    })
-    .await
-}
-
-/// One comparison of label and member; returns the status note.
-async fn pass(
-    ctx: &MemberContext,
-    client: &mut Option<kube::Client>,
-    unlabelled_since: &mut Option<Instant>,
-    last_cert_check: &mut Option<Instant>,
-) -> anyhow::Result<Option<String>> {
-    let paths = &ctx.paths;
-    let kubeconfig = paths.kubelet_kubeconfig();
-    let Some(node) = NodeIdentity::read(&paths.node_identity_file())? else {
-        return Ok(None);
-    };
-    let Some(rec) = recorded(paths).await? else {
-        return Ok(None);
-    };
-    if !rec.settled || !kubeconfig.exists() {
-        return Ok(None);
-    }
-    let client = kubelet_client(&kubeconfig, client).await?;
-    let labelled = is_control_plane_node(&client, &node.node_name).await?;
-    let has_member = rec.member.is_some() || paths.etcd_manifest().exists();
-    if labelled {
-        *unlabelled_since = None;
-        if let Some(m) = &rec.member {
-            // A joined member's certificates come from its agent (the first
-            // host's from init and its agent's certificate check): renewed
-            // here once they have less than 30 days left. etcd reads its
-            // certificate files at each new connection.
-            if rec.joined && last_cert_check.is_none_or(|t| t.elapsed() >= CERT_CHECK) {
-                *last_cert_check = Some(Instant::now());
-                if let Ok((_, report)) = issue_member_certs(ctx, &client, &node).await? {
-                    let renewed = report.changed().count();
-                    if renewed > 0 {
-                        tracing::info!(files = renewed, "etcd member: re-issued its certificates");
-                    }
-                }
-            }
-            return Ok(Some(format!("etcd member {} ({}) runs here", m.name, m.id)));
-        }
-        if !rec.joined {
-            // The first host's member belongs to init and `recover`.
+        let Some(rec) = HostCluster::load_async(&ctx.paths).await? else {
+            return Ok(None);
+        };
+        if !rec.settled() {
             return Ok(None);
         }
-        return join_member(ctx, &client, &node).await.map(Some);
+        let Some(client) = ctx.kubelet_client().await? else {
+            return Ok(None);
+        };
+        let joined = rec.role().joined();
+        let labelled = is_control_plane_node(&client, &node.node_name).await?;
+        let has_member = rec.etcd_member.is_some() || ctx.paths.etcd_manifest().exists();
+        if labelled {
+            self.unlabelled_since = None;
+            if let Some(m) = &rec.etcd_member {
+                // A joined member's certificates come from its agent (the
+                // first host's from init and its agent's certificate check):
+                // renewed here once they have less than 30 days left. etcd
+                // reads its certificate files at each new connection.
+                if joined
+                    && self
+                        .last_cert_check
+                        .is_none_or(|t| t.elapsed() >= CERT_CHECK)
+                {
+                    self.last_cert_check = Some(Instant::now());
+                    if let Ok((_, report)) = issue_member_certs(ctx, &client, &node).await? {
+                        let renewed = report.changed().count();
+                        if renewed > 0 {
+                            tracing::info!(
+                                files = renewed,
+                                "etcd member: re-issued its certificates"
+                            );
+                        }
+                    }
+                }
+                return Ok(Some(format!("etcd member {} ({}) runs here", m.name, m.id)));
+            }
+            if !joined {
+                // The first host's member belongs to init and `recover`.
+                return Ok(None);
+            }
+            return join_member(ctx, &client, &node).await.map(Some);
+        }
+        if !has_member {
+            return Ok(Some("not a control-plane node: no etcd member here".into()));
+        }
+        let since = *self.unlabelled_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < LEAVE_AFTER {
+            return Ok(Some(format!(
+                "the node lost its control-plane label: its etcd member leaves in {} s unless the label comes back",
+                LEAVE_AFTER.saturating_sub(since.elapsed()).as_secs()
+            )));
+        }
+        leave_member(ctx, &client, &node, rec.etcd_member.as_ref())
+            .await
+            .map(Some)
     }
-    if !has_member {
-        return Ok(Some("not a control-plane node: no etcd member here".into()));
-    }
-    let since = *unlabelled_since.get_or_insert_with(Instant::now);
-    if since.elapsed() < LEAVE_AFTER {
-        return Ok(Some(format!(
-            "the node lost its control-plane label: its etcd member leaves in {} s unless the label comes back",
-            LEAVE_AFTER.saturating_sub(since.elapsed()).as_secs()
-        )));
-    }
-    leave_member(ctx, &client, &node, rec.member.as_ref())
-        .await
-        .map(Some)
 }
 
 /// The cluster's settings as this node's [`PlaneSpec`] (its etcd flags,
 /// certificates and paths): name and address from the node's identity.
 async fn node_plane_spec(
-    ctx: &MemberContext,
+    ctx: &TaskCx,
     client: &kube::Client,
     node: &NodeIdentity,
 ) -> anyhow::Result<PlaneSpec> {
@@ -222,21 +175,13 @@ async fn node_plane_spec(
         .await
         .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?;
     let cluster = ClusterSettings::from_config_map(&cm).map_err(anyhow::Error::msg)?;
-    let settings = bootstrap::config::InitSettings {
-        cluster_name: cluster.cluster_name,
-        node_name: node.node_name.clone(),
-        advertise_address: node.node_ip,
-        pod_cidr: cluster.pod_cidr.parse().context("the cluster's pod CIDR")?,
-        service_cidr: cluster
-            .service_cidr
-            .parse()
-            .context("the cluster's Service CIDR")?,
-        cluster_domain: cluster.cluster_domain,
-        extra_sans: Vec::new(),
-        bundle: None,
-        allow_workloads: cluster.allow_workloads,
-    };
-    Ok(crate::init::plane_spec(&ctx.paths, &settings, &ctx.bundle))
+    let settings = crate::cluster::joined_settings(cluster, node)?;
+    Ok(crate::cluster::plane_spec(
+        &ctx.paths,
+        &settings,
+        &ctx.bundle,
+        ctx.api_lb_port,
+    ))
 }
 
 /// The client URLs of the etcd members on the other control-plane nodes:
@@ -254,7 +199,7 @@ async fn other_members(
         .get("kubernetes")
         .await
         .context("reading the kubernetes EndpointSlice (the API servers' addresses)")?;
-    let ips: std::collections::BTreeSet<std::net::IpAddr> = super::apiservers::addresses(&slice)
+    let ips: std::collections::BTreeSet<std::net::IpAddr> = apiserver_addresses(&slice)
         .into_iter()
         .filter(|ip| *ip != node.node_ip)
         .collect();
@@ -276,7 +221,7 @@ fn etcd_config(paths: &HostPaths, endpoints: Vec<String>) -> etcd_mgr::EtcdConfi
 /// etcd CA of the `selfnode-etcd-ca` Secret. The inner `Err` is the status
 /// note while that Secret cannot be read yet (no apiserver pod bound here).
 async fn issue_member_certs(
-    ctx: &MemberContext,
+    ctx: &TaskCx,
     client: &kube::Client,
     node: &NodeIdentity,
 ) -> anyhow::Result<Result<(PlaneSpec, bootstrap::pki::PkiReport), String>> {
@@ -308,7 +253,7 @@ async fn issue_member_certs(
 }
 
 async fn join_member(
-    ctx: &MemberContext,
+    ctx: &TaskCx,
     client: &kube::Client,
     node: &NodeIdentity,
 ) -> anyhow::Result<String> {
@@ -383,7 +328,10 @@ async fn join_member(
         data_dir: spec.etcd_data_dir.clone(),
         recorded_at: crate::status::now_unix(),
     };
-    with_checkpoint(paths, move |c| c.record_etcd_member(&identity)).await?;
+    with_checkpoint(&paths.checkpoint_dir(), move |c| {
+        c.record_etcd_member(&identity)
+    })
+    .await?;
     tracing::info!(member = %me.id, %peer, "this node's etcd member is a voting member");
     Ok(format!(
         "etcd member {} ({}) joined and was promoted",
@@ -392,7 +340,7 @@ async fn join_member(
 }
 
 async fn leave_member(
-    ctx: &MemberContext,
+    ctx: &TaskCx,
     client: &kube::Client,
     node: &NodeIdentity,
     member: Option<&EtcdMemberIdentity>,
@@ -429,7 +377,7 @@ async fn leave_member(
         .map(|m| m.data_dir.clone())
         .unwrap_or_else(|| paths.etcd_data_dir());
     let aside = move_aside(&data_dir)?;
-    with_checkpoint(paths, |c| c.forget_etcd_member()).await?;
+    with_checkpoint(&paths.checkpoint_dir(), |c| c.forget_etcd_member()).await?;
     Ok(format!(
         "left the control plane: etcd member {peer} removed quorum-safely, its static pod gone{}",
         aside

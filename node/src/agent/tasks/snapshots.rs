@@ -18,13 +18,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use tokio_util::sync::CancellationToken;
+use super::{AgentTask, Outcome, Schedule, TaskCx};
+use crate::agent::control::Component;
+use crate::status::{now_unix, ComponentState, SnapshotStatus};
 
-use super::supervisor::StatusHandle;
-use crate::status::{now_unix, SnapshotStatus};
-
+/// When scheduled snapshots are taken, how many are kept, and where.
 #[derive(Debug, Clone)]
-pub struct Schedule {
+pub struct SnapshotSchedule {
     /// Zero: no scheduled snapshots.
     pub interval: Duration,
     pub keep: usize,
@@ -41,33 +41,75 @@ pub struct Schedule {
     pub etcd: etcd_mgr::EtcdConfig,
 }
 
-/// How often the loop looks whether a snapshot is due.
+/// How often the task looks whether a snapshot is due.
 const TICK: Duration = Duration::from_secs(5);
 
-pub async fn run(schedule: Schedule, status: StatusHandle, stop: CancellationToken) {
-    if schedule.interval.is_zero() {
-        return;
+/// The scheduled snapshots (see the module docs).
+pub struct Snapshots {
+    schedule: SnapshotSchedule,
+    last_error: Option<String>,
+}
+
+impl Snapshots {
+    pub fn new(schedule: SnapshotSchedule) -> Snapshots {
+        Snapshots {
+            schedule,
+            last_error: None,
+        }
     }
-    let mut last_error: Option<String> = None;
-    loop {
-        if schedule.member_manifest.exists() {
-            match due(&schedule) {
-                Ok(true) => match take(&schedule).await {
-                    Ok(()) => last_error = None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "scheduled etcd snapshot failed");
-                        last_error = Some(e.to_string());
-                    }
-                },
-                Ok(false) => {}
-                Err(e) => last_error = Some(format!("cannot list {}: {e}", schedule.dir.display())),
-            }
-            status.set_snapshots(describe(&schedule, last_error.clone()));
+}
+
+impl AgentTask for Snapshots {
+    const COMPONENT: Component = Component::Snapshots;
+
+    fn initial(&self) -> (ComponentState, &'static str) {
+        (ComponentState::Ready, "no etcd member on this host")
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule::every(TICK)
+    }
+
+    /// A failed snapshot is a result, not an error of the pass: it is
+    /// reported (the component turns unhealthy, `selfnode status` shows why)
+    /// and tried again at the next tick.
+    async fn pass(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
+        let s = &self.schedule;
+        if !s.member_manifest.exists() {
+            return Ok(Outcome::Unchanged);
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(TICK) => {}
+        match due(s) {
+            Ok(true) => match take(s).await {
+                Ok(()) => self.last_error = None,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "scheduled etcd snapshot failed");
+                    self.last_error = Some(format!("{e:#}"));
+                }
+            },
+            Ok(false) => {}
+            Err(e) => self.last_error = Some(format!("cannot list {}: {e}", s.dir.display())),
         }
+        let described = describe(s, self.last_error.clone());
+        let line = describe_line(&described);
+        cx.status.set_snapshots(described);
+        Ok(match &self.last_error {
+            None => Outcome::ready(line),
+            Some(_) => Outcome::Report(ComponentState::Unhealthy, line),
+        })
+    }
+}
+
+/// One line on the scheduled snapshots: the newest, how many, the schedule.
+fn describe_line(s: &SnapshotStatus) -> String {
+    let every = humantime::format_duration(Duration::from_secs(s.interval_seconds));
+    match &s.last {
+        Some(file) => format!(
+            "last {}; {} kept (at most {}), every {every}",
+            file.display(),
+            s.count,
+            s.keep
+        ),
+        None => format!("none yet; every {every}"),
     }
 }
 
@@ -76,7 +118,7 @@ pub async fn run(schedule: Schedule, status: StatusHandle, stop: CancellationTok
 /// (a cluster this host had before `reset`; `reset` keeps them) do not
 /// count: a new cluster gets its first snapshot at once, not up to an
 /// interval later. Where the filesystem keeps no birth time, all count.
-fn due(s: &Schedule) -> std::io::Result<bool> {
+fn due(s: &SnapshotSchedule) -> std::io::Result<bool> {
     let born = std::fs::metadata(&s.member_data_dir)
         .and_then(|m| m.created())
         .ok();
@@ -94,7 +136,7 @@ fn due(s: &Schedule) -> std::io::Result<bool> {
     })
 }
 
-async fn take(s: &Schedule) -> anyhow::Result<()> {
+async fn take(s: &SnapshotSchedule) -> anyhow::Result<()> {
     crate::fsutil::ensure_dir(&s.dir, 0o700)?;
     let now = SystemTime::now();
     let file = s.dir.join(etcd_mgr::snapshot::scheduled_name(now));
@@ -114,7 +156,7 @@ pub const PKI_COPY: &str = "pki";
 /// 0600); unchanged files are not rewritten.
 pub fn keep_pki(pki_dir: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
-    for rel in crate::init::restore::RESTORE_PKI_FILES {
+    for rel in crate::cluster::CLUSTER_KEY_FILES {
         let from = pki_dir.join(rel);
         let bytes = std::fs::read(&from).with_context(|| {
             format!(
@@ -132,7 +174,7 @@ pub fn keep_pki(pki_dir: &std::path::Path, to: &std::path::Path) -> anyhow::Resu
     Ok(())
 }
 
-fn describe(s: &Schedule, last_error: Option<String>) -> SnapshotStatus {
+fn describe(s: &SnapshotSchedule, last_error: Option<String>) -> SnapshotStatus {
     let files = etcd_mgr::snapshot::list_scheduled(&s.dir).unwrap_or_default();
     let unix = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
@@ -156,8 +198,8 @@ fn describe(s: &Schedule, last_error: Option<String>) -> SnapshotStatus {
 mod tests {
     use super::*;
 
-    fn schedule(dir: &std::path::Path) -> Schedule {
-        Schedule {
+    fn schedule(dir: &std::path::Path) -> SnapshotSchedule {
+        SnapshotSchedule {
             interval: Duration::from_secs(6 * 3600),
             keep: 10,
             max_age: Duration::from_secs(7 * 24 * 3600),
@@ -169,7 +211,7 @@ mod tests {
         }
     }
 
-    fn snapshot_at(s: &Schedule, at: SystemTime) {
+    fn snapshot_at(s: &SnapshotSchedule, at: SystemTime) {
         std::fs::create_dir_all(&s.dir).unwrap();
         std::fs::write(s.dir.join(etcd_mgr::snapshot::scheduled_name(at)), b"").unwrap();
     }

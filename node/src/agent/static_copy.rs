@@ -1,0 +1,393 @@
+//! A control-plane pod's static copy: the last known good pod the
+//! checkpoint keeps, written as a static pod the kubelet runs with no API
+//! server to ask (after a power cut: the agent's checkpointer; for
+//! deleted or crash-looping Deployments: `selfnode recover`).
+//!
+//! The copy is `etc/kubernetes/manifests/<component>-checkpoint.json`; the
+//! Secret and ConfigMap volumes it mounted from the API become 0600 files
+//! under `etc/kubernetes/checkpoint-volumes/<component>` (0700).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{HostPathVolumeSource, KeyToPath, Pod, Volume};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::checkpoint::PodCheckpoint;
+use crate::fsutil::{ensure_dir, write_atomic};
+use crate::paths::HostPaths;
+use crate::readiness::COPY_LABEL;
+
+const NAMESPACE: &str = "kube-system";
+/// Annotations of a copy: the pod it copies, and that pod's UID.
+const COPY_OF_POD: &str = "selfnode.dev/checkpoint-pod";
+const COPY_OF_UID: &str = "selfnode.dev/checkpoint-uid";
+
+/// Where one component's static copy lives on the host.
+pub struct CopyPaths {
+    pub manifest: PathBuf,
+    pub volumes: PathBuf,
+}
+
+pub fn copy_paths(paths: &HostPaths, component: &str) -> CopyPaths {
+    CopyPaths {
+        manifest: paths
+            .static_pod_dir()
+            .join(format!("{component}-checkpoint.json")),
+        volumes: paths
+            .kubeconfig_dir()
+            .join("checkpoint-volumes")
+            .join(component),
+    }
+}
+
+/// Writes one component's static copy: volumes first (0600 files in a 0700
+/// tree), the manifest last and atomically, so the kubelet never sees a
+/// manifest whose files are missing.
+pub fn activate(paths: &HostPaths, cp: &PodCheckpoint) -> anyhow::Result<()> {
+    let copy = copy_paths(paths, &cp.component);
+    let (pod, files) = static_copy(cp, &copy.volumes)?;
+    if copy.volumes.exists() {
+        std::fs::remove_dir_all(&copy.volumes)
+            .with_context(|| format!("cannot clear {}", copy.volumes.display()))?;
+    }
+    for (path, bytes) in files {
+        if let Some(dir) = path.parent() {
+            ensure_dir(dir, 0o700).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        write_atomic(&path, &bytes, 0o600)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let json = serde_json::to_vec_pretty(&pod)?;
+    ensure_dir(&paths.static_pod_dir(), 0o755)?;
+    write_atomic(&copy.manifest, &json, 0o600)
+        .with_context(|| format!("writing {}", copy.manifest.display()))?;
+    tracing::info!(component = %cp.component, manifest = %copy.manifest.display(), "wrote the checkpoint copy as a static pod");
+    Ok(())
+}
+
+pub fn deactivate(paths: &HostPaths, component: &str) -> anyhow::Result<()> {
+    let copy = copy_paths(paths, component);
+    match std::fs::remove_file(&copy.manifest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", copy.manifest.display())),
+    }
+    if copy.volumes.exists() {
+        std::fs::remove_dir_all(&copy.volumes)
+            .with_context(|| format!("removing {}", copy.volumes.display()))?;
+    }
+    Ok(())
+}
+
+/// One file a static copy's volumes need: where, and its bytes.
+pub type VolumeFile = (PathBuf, Vec<u8>);
+
+/// The static pod for a kept copy, and the files (path, bytes) its volumes
+/// need under `volumes_dir`. Secret and ConfigMap volumes become hostPath
+/// volumes over those files (items and sub-paths keep their layout);
+/// service-account token volumes are dropped (static pods cannot have
+/// them); the pod loses what binds it to the API (node name, service
+/// account, priority value, owner), and is labelled as a copy so no
+/// controller adopts its mirror.
+///
+/// Errors: a volume names a Secret, ConfigMap or key the copy does not hold.
+pub fn static_copy(
+    cp: &PodCheckpoint,
+    volumes_dir: &Path,
+) -> anyhow::Result<(Pod, Vec<VolumeFile>)> {
+    let mut spec = cp.pod.spec.clone().context("the kept pod has no spec")?;
+    let secrets: BTreeMap<&str, BTreeMap<String, Vec<u8>>> = cp
+        .secrets
+        .iter()
+        .map(|s| {
+            let data = s
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .chain(
+                    s.string_data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
+                )
+                .collect();
+            (s.metadata.name.as_deref().unwrap_or_default(), data)
+        })
+        .collect();
+    let cms: BTreeMap<&str, BTreeMap<String, Vec<u8>>> = cp
+        .config_maps
+        .iter()
+        .map(|c| {
+            let data = c
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                .chain(
+                    c.binary_data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.0.clone())),
+                )
+                .collect();
+            (c.metadata.name.as_deref().unwrap_or_default(), data)
+        })
+        .collect();
+    let mut files = Vec::new();
+    let mut dropped = Vec::new();
+    let mut volumes = Vec::new();
+    for v in spec.volumes.take().unwrap_or_default() {
+        let dir = volumes_dir.join(&v.name);
+        let mut layout = |source: &BTreeMap<String, Vec<u8>>,
+                          items: Option<&Vec<KeyToPath>>,
+                          what: &str|
+         -> anyhow::Result<()> {
+            match items {
+                Some(items) => {
+                    for it in items {
+                        let bytes = source.get(&it.key).with_context(|| {
+                            format!("volume {}: {what} has no key {}", v.name, it.key)
+                        })?;
+                        files.push((dir.join(&it.path), bytes.clone()));
+                    }
+                }
+                None => {
+                    for (k, bytes) in source {
+                        files.push((dir.join(k), bytes.clone()));
+                    }
+                }
+            }
+            Ok(())
+        };
+        let host = |name: &str| Volume {
+            name: name.to_string(),
+            host_path: Some(HostPathVolumeSource {
+                path: dir.display().to_string(),
+                type_: Some("DirectoryOrCreate".to_string()),
+            }),
+            ..Volume::default()
+        };
+        // What the volume mounts from the API: (kind, name, items).
+        let mut sources: Vec<(&str, &str, Option<&Vec<KeyToPath>>)> = Vec::new();
+        if let Some(s) = &v.secret {
+            let name = s.secret_name.as_deref().unwrap_or_default();
+            sources.push(("Secret", name, s.items.as_ref()));
+        } else if let Some(c) = &v.config_map {
+            sources.push(("ConfigMap", c.name.as_str(), c.items.as_ref()));
+        } else if let Some(p) = &v.projected {
+            let projected = p.sources.as_deref().unwrap_or_default();
+            if projected.iter().any(|s| s.service_account_token.is_some()) {
+                dropped.push(v.name.clone());
+                continue;
+            }
+            for src in projected {
+                if let Some(s) = &src.secret {
+                    sources.push(("Secret", s.name.as_str(), s.items.as_ref()));
+                }
+                if let Some(c) = &src.config_map {
+                    sources.push(("ConfigMap", c.name.as_str(), c.items.as_ref()));
+                }
+            }
+        } else {
+            volumes.push(v);
+            continue;
+        }
+        for (kind, name, items) in sources {
+            let store = if kind == "Secret" { &secrets } else { &cms };
+            let data = store.get(name).with_context(|| {
+                format!("volume {}: {kind} {name} is not in the checkpoint", v.name)
+            })?;
+            layout(data, items, &format!("{kind} {name}"))?;
+        }
+        volumes.push(host(&v.name));
+    }
+    spec.volumes = Some(volumes);
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        if let Some(mounts) = c.volume_mounts.as_mut() {
+            mounts.retain(|m| !dropped.contains(&m.name));
+        }
+    }
+    // A static pod runs here by definition; the kubelet checks affinity and
+    // selectors against the Node it knows, which after a power cut is its
+    // own initial one, without the control-plane label.
+    spec.node_name = None;
+    spec.node_selector = None;
+    spec.affinity = None;
+    spec.service_account_name = None;
+    spec.service_account = None;
+    spec.automount_service_account_token = Some(false);
+    spec.priority = None;
+    let original = cp.pod.metadata.name.clone().unwrap_or_default();
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-checkpoint", cp.component)),
+            namespace: Some(NAMESPACE.to_string()),
+            labels: Some(BTreeMap::from([(
+                COPY_LABEL.to_string(),
+                cp.component.clone(),
+            )])),
+            annotations: Some(BTreeMap::from([
+                (COPY_OF_POD.to_string(), original),
+                (
+                    COPY_OF_UID.to_string(),
+                    cp.pod.metadata.uid.clone().unwrap_or_default(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    Ok((pod, files))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Container, PodSpec, ProjectedVolumeSource, Secret, SecretVolumeSource,
+        ServiceAccountTokenProjection, VolumeMount, VolumeProjection,
+    };
+    use k8s_openapi::ByteString;
+
+    pub(crate) fn kept() -> PodCheckpoint {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some("kube-apiserver".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([
+                ("ca.crt".to_string(), ByteString(b"CA".to_vec())),
+                ("apiserver.key".to_string(), ByteString(b"KEY".to_vec())),
+            ])),
+            ..Secret::default()
+        };
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some("kube-apiserver-abcde".into()),
+                uid: Some("u-1".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("cp1".into()),
+                node_selector: Some(BTreeMap::from([(
+                    "node-role.kubernetes.io/control-plane".to_string(),
+                    String::new(),
+                )])),
+                affinity: Some(k8s_openapi::api::core::v1::Affinity::default()),
+                priority: Some(2_000_001_000),
+                service_account_name: Some("default".into()),
+                containers: vec![Container {
+                    name: "kube-apiserver".into(),
+                    volume_mounts: Some(vec![
+                        VolumeMount {
+                            name: "pki".into(),
+                            mount_path: "/etc/kubernetes/pki".into(),
+                            ..VolumeMount::default()
+                        },
+                        VolumeMount {
+                            name: "token".into(),
+                            mount_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+                            ..VolumeMount::default()
+                        },
+                    ]),
+                    ..Container::default()
+                }],
+                volumes: Some(vec![
+                    Volume {
+                        name: "pki".into(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some("kube-apiserver".into()),
+                            items: Some(vec![KeyToPath {
+                                key: "apiserver.key".into(),
+                                path: "sub/apiserver.key".into(),
+                                ..KeyToPath::default()
+                            }]),
+                            ..SecretVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                    Volume {
+                        name: "token".into(),
+                        projected: Some(ProjectedVolumeSource {
+                            sources: Some(vec![VolumeProjection {
+                                service_account_token: Some(ServiceAccountTokenProjection {
+                                    path: "token".into(),
+                                    ..ServiceAccountTokenProjection::default()
+                                }),
+                                ..VolumeProjection::default()
+                            }]),
+                            ..ProjectedVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                ]),
+                ..PodSpec::default()
+            }),
+            status: None,
+        };
+        PodCheckpoint {
+            component: "kube-apiserver".into(),
+            pod,
+            secrets: vec![secret],
+            config_maps: vec![],
+            observed_at: 1,
+        }
+    }
+
+    #[test]
+    fn a_static_copy_mounts_its_secrets_from_files_and_is_unbound_from_the_api() {
+        let dir = Path::new("/x/vols");
+        let (pod, files) = static_copy(&kept(), dir).unwrap();
+        assert_eq!(
+            files,
+            vec![(dir.join("pki/sub/apiserver.key"), b"KEY".to_vec())],
+            "only the items the volume names, at their paths"
+        );
+        let spec = pod.spec.unwrap();
+        let vols = spec.volumes.unwrap();
+        assert_eq!(vols.len(), 1, "the token volume is dropped");
+        assert_eq!(vols[0].host_path.as_ref().unwrap().path, "/x/vols/pki");
+        let mounts = spec.containers[0].volume_mounts.as_ref().unwrap();
+        assert_eq!(mounts.len(), 1, "and its mount");
+        assert_eq!(spec.node_name, None);
+        assert_eq!(
+            spec.node_selector, None,
+            "the kubelet admits it without the API"
+        );
+        assert_eq!(spec.affinity, None);
+        assert_eq!(spec.priority, None);
+        assert_eq!(spec.service_account_name, None);
+        assert_eq!(
+            pod.metadata.name.as_deref(),
+            Some("kube-apiserver-checkpoint")
+        );
+        assert_eq!(
+            pod.metadata
+                .labels
+                .unwrap()
+                .get(COPY_LABEL)
+                .map(String::as_str),
+            Some("kube-apiserver"),
+            "labelled as a copy: no k8s-app label for a DaemonSet to adopt"
+        );
+    }
+
+    #[test]
+    fn a_volume_whose_secret_is_not_kept_is_an_error() {
+        let mut cp = kept();
+        cp.secrets.clear();
+        let err = static_copy(&cp, Path::new("/x")).unwrap_err().to_string();
+        assert!(
+            err.contains("Secret kube-apiserver is not in the checkpoint"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! Ground floor: waiting for a state, by polling it under a deadline.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `probe` every `every` until it returns `Ok(true)`, at most
+/// `deadline`; the timeout error says what was awaited and the last reason.
+pub async fn until<F, Fut>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut probe: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let end = Instant::now() + deadline;
+    let mut last = String::from("no answer yet");
+    loop {
+        match probe().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(err) => last = format!("{err:#}"),
+        }
+        if Instant::now() >= end {
+            anyhow::bail!(
+                "timed out after {}s waiting for {what} (last: {last})",
+                deadline.as_secs()
+            );
+        }
+        tokio::time::sleep(every).await;
+    }
+}
