@@ -144,19 +144,19 @@ impl Classify for crate::checkpoint::CheckpointError {
     }
 }
 
-impl Classify for crate::init::InitConflict {
+impl Classify for crate::sequences::init::InitConflict {
     fn class(&self) -> Class {
         Class::Conflict
     }
 }
 
-impl Classify for crate::init::RestoreConflict {
+impl Classify for crate::sequences::init::RestoreConflict {
     fn class(&self) -> Class {
         Class::Conflict
     }
 }
 
-impl Classify for crate::recover::RecoverRefused {
+impl Classify for crate::sequences::recover::RecoverRefused {
     fn class(&self) -> Class {
         Class::Conflict
     }
@@ -168,13 +168,13 @@ impl Classify for crate::cluster::NotInitHost {
     }
 }
 
-impl Classify for crate::join::JoinConflict {
+impl Classify for crate::sequences::join::JoinConflict {
     fn class(&self) -> Class {
         Class::Conflict
     }
 }
 
-impl Classify for crate::join::NotAControlPlaneToken {
+impl Classify for crate::sequences::join::NotAControlPlaneToken {
     fn class(&self) -> Class {
         Class::Invalid
     }
@@ -186,7 +186,7 @@ impl Classify for crate::tokens::TtlError {
     }
 }
 
-impl Classify for crate::init::RestoreInputError {
+impl Classify for crate::sequences::init::RestoreInputError {
     fn class(&self) -> Class {
         Class::Invalid
     }
@@ -232,15 +232,15 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<bootstrap::pki::PkiSpecError>,
     by::<crate::agent::lock::LockError>,
     by::<crate::checkpoint::CheckpointError>,
-    by::<crate::init::InitConflict>,
-    by::<crate::init::RestoreConflict>,
-    by::<crate::init::RestoreInputError>,
-    by::<crate::recover::RecoverRefused>,
+    by::<crate::sequences::init::InitConflict>,
+    by::<crate::sequences::init::RestoreConflict>,
+    by::<crate::sequences::init::RestoreInputError>,
+    by::<crate::sequences::recover::RecoverRefused>,
     by::<crate::cluster::NotInitHost>,
     by::<bootstrap::join::JoinError>,
     by::<crate::tokens::TtlError>,
-    by::<crate::join::JoinConflict>,
-    by::<crate::join::NotAControlPlaneToken>,
+    by::<crate::sequences::join::JoinConflict>,
+    by::<crate::sequences::join::NotAControlPlaneToken>,
 ];
 
 /// The class of one cause, if [`CLASSIFIERS`] knows its type.
@@ -413,33 +413,33 @@ mod tests {
             Box::new(crate::checkpoint::CheckpointError::Locked {
                 path: PathBuf::from("/var/lib/selfnode/checkpoint"),
             }),
-            Box::new(crate::init::InitConflict {
+            Box::new(crate::sequences::init::InitConflict {
                 existing: "a".into(),
                 node: "n".into(),
                 uid: "u".into(),
             }),
-            Box::new(crate::init::RestoreConflict {
+            Box::new(crate::sequences::init::RestoreConflict {
                 existing: "a".into(),
                 node: "n".into(),
                 pki_dir: PathBuf::from("/etc/kubernetes/pki"),
             }),
-            Box::new(crate::init::RestoreInputError::NoPki {
+            Box::new(crate::sequences::init::RestoreInputError::NoPki {
                 missing: PathBuf::from("ca.key"),
                 pki_dir: PathBuf::from("/etc/kubernetes/pki"),
             }),
-            Box::new(crate::recover::RecoverRefused::Healthy),
+            Box::new(crate::sequences::recover::RecoverRefused::Healthy),
             Box::new(crate::cluster::NotInitHost::NotPivoted),
             Box::new(bootstrap::join::JoinError::Token("x".into())),
             Box::new(crate::tokens::TtlError {
                 given: "0s".into(),
                 max: "30days".into(),
             }),
-            Box::new(crate::join::JoinConflict {
+            Box::new(crate::sequences::join::JoinConflict {
                 cluster: "a".into(),
                 node: "n".into(),
                 role: crate::cluster::ClusterRole::Init,
             }),
-            Box::new(crate::join::NotAControlPlaneToken {
+            Box::new(crate::sequences::join::NotAControlPlaneToken {
                 token_id: "abcdef".into(),
             }),
             Box::new(dist::appliance::ApplianceError::Kernel {

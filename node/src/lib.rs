@@ -1,6 +1,6 @@
 //! The `selfnode` binary's code as a library: `main.rs` parses the command
 //! line and calls [`commands::dispatch`]; tests use the same types (the
-//! init plan's [`init::Step`]s, the agent's [`status::AgentStatus`])
+//! init plan's [`sequences::init::InitStep`]s, the agent's [`status::AgentStatus`])
 //! instead of keeping copies.
 
 pub mod agent;
@@ -14,11 +14,9 @@ pub mod etcd;
 pub mod exit;
 pub mod fsutil;
 pub mod host;
-pub mod init;
-pub mod join;
 pub mod paths;
 pub mod readiness;
-pub mod recover;
+pub mod sequences;
 pub mod status;
 pub mod tokens;
 pub mod wait;

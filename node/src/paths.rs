@@ -12,6 +12,9 @@ pub struct HostPaths {
     root: PathBuf,
 }
 
+/// The suffix of a removed member's data directory.
+const REMOVED_SUFFIX: &str = ".removed-";
+
 impl HostPaths {
     /// Paths for a host whose filesystem root is `root` (`/` on a real host).
     pub fn under(root: impl Into<PathBuf>) -> Self {
@@ -83,6 +86,12 @@ impl HostPaths {
         self.state_dir().join("checkpoint")
     }
 
+    /// The checkpoint's index of entry digests, beside the database
+    /// (`Checkpoint` names it after its directory).
+    pub fn checkpoint_index(&self) -> PathBuf {
+        self.state_dir().join("checkpoint.index.json")
+    }
+
     pub fn pki_dir(&self) -> PathBuf {
         self.join("etc/kubernetes/pki")
     }
@@ -95,6 +104,29 @@ impl HostPaths {
     /// This host's etcd member's data (init's `PlaneSpec::etcd_data_dir`).
     pub fn etcd_data_dir(&self) -> PathBuf {
         self.state_dir().join("etcd")
+    }
+
+    /// Where a member's data goes when it leaves the control plane
+    /// (`etcd.removed-<unix time>`): kept for inspection, never used again.
+    pub fn removed_etcd_data_dir(&self, at: u64) -> PathBuf {
+        self.state_dir().join(format!("etcd{REMOVED_SUFFIX}{at}"))
+    }
+
+    /// Every data directory of a member that left, oldest first.
+    pub fn removed_etcd_data_dirs(&self) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(self.state_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("etcd{REMOVED_SUFFIX}"))
+            })
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
     }
 
     /// The temporary member's data during init's pivot, beside the member's.

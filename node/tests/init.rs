@@ -3,7 +3,8 @@
 
 mod support;
 
-use node::init::plan::{plan, Observed, Sequence, Step};
+use node::sequences::init::plan::{plan, InitStep as Step, Observed, Sequence};
+use node::sequences::plan::Step as _;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -980,20 +981,14 @@ fn init_killed_after_every_step_resumes_to_the_same_cluster() {
         .filter(|l| !l.contains("waiting for"))
         .collect();
     assert_eq!(finals.len(), n, "{t}");
-    let pivoted = plan(
-        Sequence::Init,
-        Observed {
-            pivoted: true,
-            ..Observed::default()
-        },
-    );
+    let pivoted = plan(Sequence::Init, Observed { pivoted: true });
     for (i, p) in pivoted.steps().enumerate() {
         let line = finals
             .iter()
             .find(|l| l.starts_with(&format!("[init] {} (", p.step.name())))
             .unwrap_or_else(|| panic!("no line for {}: {t}", p.step.name()));
         assert!(line.contains(&format!("({}/{n})", i + 1)), "{line}");
-        let skipped = matches!(p.action, node::init::plan::Action::Skip(_));
+        let skipped = matches!(p.action, node::sequences::plan::Action::Skip(_));
         assert_eq!(
             line.contains("skipped: the pivot is committed"),
             skipped,

@@ -129,18 +129,19 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
 
     // The join, killed after every step of its plan (as kill -9 would) and
     // run again each time: it resumes, never inits, and converges.
-    use node::init::plan::{plan, Observed, Sequence};
-    for planned in plan(Sequence::Join, Observed::default()).steps() {
+    use node::sequences::join::{plan, Observed};
+    use node::sequences::plan::Step as _;
+    for planned in plan(Observed::default()).steps() {
         let step = planned.step.name();
         let out = second
             .selfnode()
-            .env(node::init::steps::FAILPOINT_ENV, step)
+            .env(node::sequences::runner::FAILPOINT_ENV, step)
             .args(["join", &join, "--node-name", "node2"])
             .output()
             .unwrap();
         assert_eq!(
             code(&out),
-            Some(node::init::steps::FAILPOINT_EXIT),
+            Some(node::sequences::runner::FAILPOINT_EXIT),
             "join with the failpoint after {step}: {}",
             text(&out)
         );

@@ -358,6 +358,26 @@ pub fn containerd_socket(paths: &HostPaths) -> PathBuf {
         .unwrap_or_else(|| paths.containerd_socket())
 }
 
+/// Stops what an agent stop left running (the caller holds the agent
+/// lock): every container through the bundle's containerd, then the
+/// mounts and the pod IP leases. Returns how many containers it stopped.
+/// Used by `selfnode stop` and `reset`.
+pub async fn stop_leftovers(paths: &HostPaths, bundle: Option<&Path>) -> anyhow::Result<usize> {
+    let tasks = live_tasks(paths);
+    if tasks.is_empty() {
+        release_host(paths);
+        return Ok(0);
+    }
+    let dir = bundle.map_or_else(|| paths.default_bundle(), Path::to_path_buf);
+    let bundle = dist::bundle::Bundle::open(&dir).with_context(|| {
+        format!(
+            "{} container(s) of an earlier agent still run and stopping them needs the bundle's containerd; pass --bundle DIR",
+            tasks.len()
+        )
+    })?;
+    drain_without_agent(paths, &bundle).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

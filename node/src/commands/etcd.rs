@@ -57,7 +57,7 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
             init,
         }) => {
             let pki = pki.or_else(|| kept_pki(paths, &file));
-            let restore = crate::init::RestoreSource {
+            let restore = crate::sequences::init::RestoreSource {
                 snapshot: file,
                 pki,
                 force,

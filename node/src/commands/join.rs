@@ -17,7 +17,7 @@ pub async fn run(paths: &HostPaths, args: JoinArgs) -> anyhow::Result<ExitCode> 
         .as_deref()
         .map(|a| bootstrap::config::advertise_address(a, &host))
         .transpose()?;
-    let ctx = crate::join::JoinContext {
+    let ctx = crate::sequences::join::JoinContext {
         paths: paths.clone(),
         join,
         node_name,
@@ -25,7 +25,7 @@ pub async fn run(paths: &HostPaths, args: JoinArgs) -> anyhow::Result<ExitCode> 
         control_plane,
         quiet: args.output == Output::Json,
     };
-    let summary = crate::join::run(ctx).await?;
+    let summary = crate::sequences::join::run(ctx).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
         Output::Table if summary.control_plane => println!(

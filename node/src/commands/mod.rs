@@ -15,8 +15,8 @@ mod version;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command, InitArgs, Output};
-use crate::init::{InitContext, RestoreSource};
 use crate::paths::HostPaths;
+use crate::sequences::init::{InitContext, RestoreSource};
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let paths = HostPaths::under(&cli.root);
@@ -89,12 +89,15 @@ async fn init_sequence(
         args.output == Output::Json,
         restore,
     )?;
-    let summary = crate::init::run(ctx).await?;
+    let summary = crate::sequences::init::run(ctx).await?;
     print_summary(&summary, args.output)
 }
 
 /// What `init` and every sequence from a snapshot print at the end.
-fn print_summary(summary: &crate::init::InitSummary, output: Output) -> anyhow::Result<ExitCode> {
+fn print_summary(
+    summary: &crate::sequences::init::InitSummary,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
         Output::Table => {

@@ -9,10 +9,10 @@ pub async fn run(paths: &HostPaths, args: RecoverArgs) -> anyhow::Result<ExitCod
     let quiet = args.output == Output::Json;
     if let Some(snapshot) = args.from_snapshot {
         let pki = args.pki.or_else(|| super::etcd::kept_pki(paths, &snapshot));
-        let summary = crate::recover::from_snapshot(paths, snapshot, pki, quiet).await?;
+        let summary = crate::sequences::recover::from_snapshot(paths, snapshot, pki, quiet).await?;
         return super::print_summary(&summary, args.output);
     }
-    let report = crate::recover::run(paths, args.timeout, quiet).await?;
+    let report = crate::sequences::recover::run(paths, args.timeout, quiet).await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => {

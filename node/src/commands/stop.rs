@@ -5,8 +5,6 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use crate::agent::control::RunningAgent;
 use crate::agent::{drain, lock};
 use crate::cli::StopArgs;
@@ -36,34 +34,10 @@ pub async fn run(paths: &HostPaths, args: StopArgs) -> anyhow::Result<ExitCode> 
     }
     // Hold the lock so no agent starts while containers are being stopped.
     let _lock = lock::acquire(&lock_file)?;
-    stop_leftovers(paths, args.bundle.as_deref()).await?;
+    let stopped = drain::stop_leftovers(paths, args.bundle.as_deref()).await?;
+    if stopped > 0 {
+        eprintln!("[stop] stopped {stopped} container(s) left running by an agent stop");
+    }
     println!("node stopped: no container of this host runs; start it with 'selfnode agent' (or systemctl start selfnode-agent)");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Stops what an agent stop left running (the caller holds the agent lock)
-/// and says what it did. Shared by `stop` and `reset`.
-pub(crate) async fn stop_leftovers(
-    paths: &HostPaths,
-    bundle: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    let tasks = drain::live_tasks(paths);
-    if tasks.is_empty() {
-        drain::release_host(paths);
-        return Ok(());
-    }
-    let dir = bundle.map_or_else(|| paths.default_bundle(), std::path::Path::to_path_buf);
-    let bundle = dist::bundle::Bundle::open(&dir).with_context(|| {
-        format!(
-            "{} container(s) of an earlier agent still run and stopping them needs the bundle's containerd; pass --bundle DIR",
-            tasks.len()
-        )
-    })?;
-    eprintln!(
-        "[stop] {} container(s) left running by an agent stop: stopping them through containerd",
-        tasks.len()
-    );
-    let stopped = drain::drain_without_agent(paths, &bundle).await?;
-    eprintln!("[stop] stopped {stopped} container(s)");
-    Ok(())
 }

@@ -7,13 +7,13 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, ListParams};
 
-use super::steps::{Runner, StepReport};
-use super::{Seq, Step};
-use crate::agent::control::Component;
+use super::Runner;
+use super::{InitStep, Seq};
 use crate::readiness::{
     all_ready, newest_warning, node_not_ready_reason, node_ready, pod_not_ready_reason, pod_ready,
     running_containers,
 };
+use crate::sequences::runner::StepReport;
 use crate::wait::until;
 
 /// `register_control_plane_node`: the kubelet registers the Node; it gets
@@ -25,7 +25,7 @@ pub(super) async fn register_control_plane_node(
 ) -> anyhow::Result<StepReport> {
     let node_name = &seq.spec.node_name;
     run.wait(
-        Step::RegisterControlPlaneNode,
+        InitStep::RegisterControlPlaneNode,
         &format!("node {node_name} to register"),
         || async {
             let client = seq.client().await?;
@@ -61,7 +61,7 @@ pub(super) async fn wait_self_hosted_ready(
     let (_, self_api) = seq.apiservers();
     let (node, socket) = (&seq.spec.node_name, seq.paths.containerd_socket());
     run.wait(
-        Step::WaitSelfHostedReady,
+        InitStep::WaitSelfHostedReady,
         "the self-hosted control-plane pods to be Ready",
         || async {
             let client = seq.client().await?;
@@ -96,7 +96,7 @@ pub(super) async fn wait_cluster_ready(run: &Runner, seq: &Seq<'_>) -> anyhow::R
     let node_name = &seq.spec.node_name;
     let (node, socket) = (node_name, seq.paths.containerd_socket());
     run.wait(
-        Step::WaitClusterReady,
+        InitStep::WaitClusterReady,
         "the node, kube-proxy and CoreDNS to be Ready",
         || async {
             let client = seq.client().await?;
@@ -161,44 +161,6 @@ async fn pods_ready(
     all_ready(&list.items, min, selector, Some((node, &running)), |name| {
         warnings.get(name).cloned().unwrap_or_default()
     })
-}
-
-/// How long a sequence waits for the agent to import the bundle's images:
-/// seconds on a host, about ten minutes in an emulated appliance (QEMU
-/// without KVM).
-pub(crate) const IMAGES_DEADLINE: Duration = Duration::from_secs(30 * 60);
-
-/// Waits until the agent reports the bundle's images imported (its
-/// `images` component Ready), before `step` asks the kubelet for a pod: no
-/// registry is reachable, so a pod whose image (or the pause image of its
-/// sandbox) is not imported yet fails with a pull error and the kubelet's
-/// back-off. Says so on the step's line when it has to wait.
-pub(crate) async fn bundle_images_imported(
-    run: &Runner,
-    step: Step,
-    paths: &crate::paths::HostPaths,
-) -> anyhow::Result<()> {
-    let imported = || {
-        Ok(crate::agent::control::component_ready(
-            paths,
-            Component::Images.as_str(),
-            "the image import",
-        )?)
-    };
-    if imported().unwrap_or(false) {
-        return Ok(());
-    }
-    run.say(step, "waiting for the agent to import the bundle's images");
-    until(
-        &format!(
-            "the agent to import the bundle's images (see 'selfnode status' and {})",
-            paths.log_dir().join("agent.log").display()
-        ),
-        IMAGES_DEADLINE,
-        Duration::from_secs(1),
-        || async { imported() },
-    )
-    .await
 }
 
 /// What the kubelet reports about its static pod `name` on `node`: the

@@ -11,11 +11,12 @@ use bootstrap::host::Host;
 use bootstrap::plane::{Placement, ProcessSpec};
 
 use super::etcd_pivot::etcd_retrying;
-use super::steps::{Runner, StepReport};
-use super::{Seq, Step};
+use super::Runner;
+use super::{InitStep, Seq};
 use crate::agent::control::{component_ready, read_status, ApiBackends, RunningAgent};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
+use crate::sequences::runner::StepReport;
 use crate::status::ComponentState;
 use crate::wait::until;
 
@@ -29,21 +30,25 @@ const TEMP_SERVICES: [&str; 4] = [
 ];
 
 /// The agent service each `start_temp_*` step starts.
-fn service_of(step: Step) -> anyhow::Result<&'static str> {
+fn service_of(step: InitStep) -> anyhow::Result<&'static str> {
     Ok(match step {
-        Step::StartTempEtcd => "etcd",
-        Step::StartTempApiserver => "kube-apiserver",
-        Step::StartTempControllerManager => "kube-controller-manager",
-        Step::StartTempScheduler => "kube-scheduler",
+        InitStep::StartTempEtcd => "etcd",
+        InitStep::StartTempApiserver => "kube-apiserver",
+        InitStep::StartTempControllerManager => "kube-controller-manager",
+        InitStep::StartTempScheduler => "kube-scheduler",
         other => anyhow::bail!("{other} does not start a temporary service"),
     })
 }
 
 /// `start_temp_*`: writes the service file and waits until the agent
 /// reports the service ready (its health check passes).
-pub(super) async fn start(step: Step, run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
+pub(super) async fn start(
+    step: InitStep,
+    run: &Runner,
+    seq: &Seq<'_>,
+) -> anyhow::Result<StepReport> {
     let name = service_of(step)?;
-    if step == Step::StartTempEtcd {
+    if step == InitStep::StartTempEtcd {
         bootstrap::plane::prepare_temp_plane(&NodeHost, &seq.spec)?;
     }
     let temp = bootstrap::plane::temp_plane(&seq.spec)?;
@@ -66,7 +71,7 @@ pub(super) async fn write_lb_backends(run: &Runner, seq: &Seq<'_>) -> anyhow::Re
     } else {
         vec![temp_api, self_api]
     };
-    write_backends(run, seq, Step::WriteLbBackends, &backends, false).await
+    write_backends(run, seq, InitStep::WriteLbBackends, &backends, false).await
 }
 
 /// `add_self_hosted_to_lb` (restore): both apiservers, once the restored
@@ -79,7 +84,7 @@ pub(super) async fn add_self_hosted_to_lb(
     write_backends(
         run,
         seq,
-        Step::AddSelfHostedToLb,
+        InitStep::AddSelfHostedToLb,
         &[temp_api, self_api],
         false,
     )
@@ -93,13 +98,13 @@ pub(super) async fn point_lb_at_self_hosted(
     seq: &Seq<'_>,
 ) -> anyhow::Result<StepReport> {
     let (_, self_api) = seq.apiservers();
-    write_backends(run, seq, Step::PointLbAtSelfHosted, &[self_api], true).await
+    write_backends(run, seq, InitStep::PointLbAtSelfHosted, &[self_api], true).await
 }
 
 async fn write_backends(
     run: &Runner,
     seq: &Seq<'_>,
-    step: Step,
+    step: InitStep,
     backends: &[SocketAddr],
     service_port: bool,
 ) -> anyhow::Result<StepReport> {
@@ -131,7 +136,7 @@ pub(super) async fn stop_temp_plane(run: &Runner, seq: &Seq<'_>) -> anyhow::Resu
     let service_file = |n: &str| paths.services_dir().join(format!("{n}.json"));
     let temp_data = seq.spec.temp_etcd_data_dir();
     run.step(
-        Step::StopTempPlane,
+        InitStep::StopTempPlane,
         Duration::from_secs(120),
         || async {
             Ok(TEMP_SERVICES.iter().all(|n| !service_file(n).exists()) && !temp_data.exists())
@@ -179,7 +184,7 @@ pub(super) async fn stop_temp_plane(run: &Runner, seq: &Seq<'_>) -> anyhow::Resu
 /// Writes the service file and waits until the agent reports it ready.
 async fn start_service(
     run: &Runner,
-    step: Step,
+    step: InitStep,
     paths: &HostPaths,
     agent: &RunningAgent,
     p: &ProcessSpec,

@@ -15,17 +15,17 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::plan::{Plan, Step};
+use super::plan::{Action, Plan, Step};
 
 pub const FAILPOINT_ENV: &str = "SELFNODE_FAILPOINT";
 pub const FAILPOINT_EXIT: i32 = 99;
 
 /// Runs the steps of one plan and prints their progress lines. Shared by
 /// reference between the lanes of a phase (they run on one task).
-pub struct Runner {
+pub struct Runner<S> {
     sequence: &'static str,
     /// Each step's number in the plan: the `i` of `(i/n)`.
-    numbers: HashMap<Step, usize>,
+    numbers: HashMap<S, usize>,
     total: usize,
     started: Instant,
     quiet: bool,
@@ -34,7 +34,8 @@ pub struct Runner {
 /// What one step did, for `-o json` and the benchmark.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepReport {
-    pub step: Step,
+    /// The step's stable name.
+    pub step: &'static str,
     /// The step's number in the plan (1-based).
     pub number: usize,
     /// `done`, `already done` or `skipped`.
@@ -49,10 +50,10 @@ pub struct StepReport {
     pub finished_at: f64,
 }
 
-impl Runner {
-    pub fn new(plan: &Plan, quiet: bool) -> Self {
+impl<S: Step> Runner<S> {
+    pub fn new(plan: &Plan<S>, quiet: bool) -> Self {
         Runner {
-            sequence: plan.sequence.name(),
+            sequence: plan.sequence,
             numbers: plan.steps().map(|p| (p.step, p.number)).collect(),
             total: plan.len(),
             started: Instant::now(),
@@ -64,12 +65,12 @@ impl Runner {
         self.started.elapsed()
     }
 
-    fn number(&self, step: Step) -> usize {
+    fn number(&self, step: S) -> usize {
         self.numbers.get(&step).copied().unwrap_or(0)
     }
 
     /// One progress line for `step`: `[init] <step> (n/N): <what>`.
-    pub fn say(&self, step: Step, what: &str) {
+    pub fn say(&self, step: S, what: &str) {
         if !self.quiet {
             eprintln!(
                 "[{}] {step} ({}/{}): {what}",
@@ -82,12 +83,12 @@ impl Runner {
 
     /// The step's progress line and its report; then the failpoint, if
     /// it names this step.
-    fn finish(&self, step: Step, outcome: &'static str, started: Instant) -> StepReport {
+    fn finish(&self, step: S, outcome: &'static str, started: Instant) -> StepReport {
         let seconds = started.elapsed().as_secs_f64();
         self.say(step, &format!("{outcome}, {seconds:.1}s"));
         failpoint(step.name());
         StepReport {
-            step,
+            step: step.name(),
             number: self.number(step),
             outcome,
             reason: None,
@@ -96,15 +97,15 @@ impl Runner {
         }
     }
 
-    fn failed(&self, step: Step) -> String {
+    fn failed(&self, step: S) -> String {
         format!("{} step {step} failed", self.sequence)
     }
 
     /// A planned step that does not run: its line says why.
-    pub fn skip(&self, step: Step, why: &'static str) -> StepReport {
+    pub fn skip(&self, step: S, why: &'static str) -> StepReport {
         self.say(step, &format!("skipped: {why}"));
         StepReport {
-            step,
+            step: step.name(),
             number: self.number(step),
             outcome: "skipped",
             reason: Some(why),
@@ -117,7 +118,7 @@ impl Runner {
     /// `apply` converges. Both must be idempotent.
     pub async fn step<C, CF, A, AF>(
         &self,
-        step: Step,
+        step: S,
         deadline: Duration,
         check: C,
         apply: A,
@@ -152,7 +153,7 @@ impl Runner {
 
     /// A step whose apply observes and converges in one call (it compares
     /// before it writes) and says whether it changed anything.
-    pub async fn converge<A, AF>(&self, step: Step, apply: A) -> anyhow::Result<StepReport>
+    pub async fn converge<A, AF>(&self, step: S, apply: A) -> anyhow::Result<StepReport>
     where
         A: FnOnce() -> AF,
         AF: Future<Output = anyhow::Result<bool>>,
@@ -165,7 +166,7 @@ impl Runner {
 
     /// A step that always runs: a wait for something outside our control.
     /// `apply` bounds itself (see [`until`]).
-    pub async fn wait<A, AF>(&self, step: Step, what: &str, apply: A) -> anyhow::Result<StepReport>
+    pub async fn wait<A, AF>(&self, step: S, what: &str, apply: A) -> anyhow::Result<StepReport>
     where
         A: FnOnce() -> AF,
         AF: Future<Output = anyhow::Result<()>>,
@@ -181,9 +182,14 @@ impl Runner {
 /// and the steps of a lane in order: `exec` runs one step, a skipped step
 /// gets its line. Returns the reports in plan order; stops at the first
 /// failure.
-pub async fn run_plan<F, Fut>(plan: &Plan, run: &Runner, exec: F) -> anyhow::Result<Vec<StepReport>>
+pub async fn run_plan<S, F, Fut>(
+    plan: &Plan<S>,
+    run: &Runner<S>,
+    exec: F,
+) -> anyhow::Result<Vec<StepReport>>
 where
-    F: Fn(Step) -> Fut,
+    S: Step,
+    F: Fn(S) -> Fut,
     Fut: Future<Output = anyhow::Result<StepReport>>,
 {
     let mut reports = Vec::with_capacity(plan.len());
@@ -193,8 +199,8 @@ where
             let mut out = Vec::with_capacity(lane.len());
             for planned in lane {
                 out.push(match planned.action {
-                    super::plan::Action::Skip(why) => run.skip(planned.step, why),
-                    super::plan::Action::Run => exec(planned.step).await?,
+                    Action::Skip(why) => run.skip(planned.step, why),
+                    Action::Run => exec(planned.step).await?,
                 });
             }
             anyhow::Ok(out)
@@ -219,11 +225,11 @@ pub fn failpoint(step: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::plan::{plan, Observed, Sequence};
+    use super::super::init::plan::{plan, InitStep as Step, Observed, Sequence};
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn runner() -> Runner {
+    fn runner() -> Runner<Step> {
         Runner::new(&plan(Sequence::Init, Observed::default()), true)
     }
 

@@ -388,7 +388,7 @@ async fn api_ready(spec: &PlaneSpec) -> Result<(), String> {
 /// Whether a self-hosted pod of `component` (not a checkpoint copy, not
 /// terminating) is Ready, anywhere or on `node`. On this node the
 /// containers its status names must also run in containerd (`running`,
-/// see [`crate::init::ready::status_is_current`]): right after the API
+/// see [`crate::sequences::init::ready::status_is_current`]): right after the API
 /// comes back, a pod whose container died while it was down still says
 /// Ready (the kubelet could not report), such as the pod of a deleted
 /// DaemonSet.
@@ -464,7 +464,7 @@ pub async fn from_snapshot(
     snapshot: PathBuf,
     pki: Option<PathBuf>,
     quiet: bool,
-) -> anyhow::Result<crate::init::InitSummary> {
+) -> anyhow::Result<crate::sequences::init::InitSummary> {
     let rec = recorded(paths)?;
     let bundle = crate::cluster::open_bundle(paths, &rec.settings)?;
     if rec.pivoted {
@@ -477,19 +477,19 @@ pub async fn from_snapshot(
             return Err(RecoverRefused::Healthy.into());
         }
     }
-    let ctx = crate::init::InitContext {
+    let ctx = crate::sequences::init::InitContext {
         paths: paths.clone(),
         settings: rec.settings,
         bundle,
         quiet,
-        restore: Some(crate::init::RestoreSource {
+        restore: Some(crate::sequences::init::RestoreSource {
             snapshot,
             pki,
             force: true,
             recover: true,
         }),
     };
-    crate::init::run(ctx).await
+    crate::sequences::init::run(ctx).await
 }
 
 #[cfg(test)]

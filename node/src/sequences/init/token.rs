@@ -2,8 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::steps::{Runner, StepReport};
-use super::{Seq, Step};
+use super::Runner;
+use super::{InitStep, Seq};
+use crate::sequences::runner::StepReport;
 use crate::tokens::{self, INIT_TOKEN_DESCRIPTION, INIT_TOKEN_TTL};
 
 /// An init token that stays valid this long is reused.
@@ -12,7 +13,7 @@ const REUSE_MARGIN: Duration = Duration::from_secs(3600);
 /// Done when an init token valid for at least another hour exists.
 pub(super) async fn create_join_token(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     run.step(
-        Step::CreateJoinToken,
+        InitStep::CreateJoinToken,
         // Longer than the wait for the bootstrap signer inside create.
         tokens::SIGN_WAIT + Duration::from_secs(30),
         || async { Ok(init_token(seq).await?.is_some()) },

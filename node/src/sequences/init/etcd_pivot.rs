@@ -9,10 +9,11 @@ use std::time::Duration;
 use bootstrap::host::Host;
 use bootstrap::plane::{EtcdInitial, Placement};
 
-use super::steps::{Runner, StepReport};
-use super::{Seq, Step};
+use super::Runner;
+use super::{InitStep, Seq};
 use crate::checkpoint::EtcdMemberIdentity;
 use crate::host::NodeHost;
+use crate::sequences::runner::StepReport;
 use crate::wait::until;
 
 /// An etcd call retried for up to 30 s while it fails to connect or gets a
@@ -71,7 +72,7 @@ pub(super) async fn restore_etcd_data(run: &Runner, seq: &Seq<'_>) -> anyhow::Re
     };
     let etcdutl = seq.ctx.bundle.bin("etcdutl");
     run.step(
-        Step::RestoreEtcdData,
+        InitStep::RestoreEtcdData,
         Duration::from_secs(120),
         || async { Ok(target.data_dir.join("member").is_dir()) },
         || async {
@@ -92,7 +93,7 @@ pub(super) async fn add_etcd_learner(run: &Runner, seq: &Seq<'_>) -> anyhow::Res
     let peer = seq.spec.etcd_peer_url(Placement::SelfHosted);
     let cfg = temp_etcd(seq);
     run.step(
-        Step::AddEtcdLearner,
+        InitStep::AddEtcdLearner,
         Duration::from_secs(60),
         || async { Ok(self_hosted_member(seq).await?.is_some()) },
         || async {
@@ -120,10 +121,11 @@ pub(super) async fn start_self_hosted_etcd(
     // The member is the first pod: its image and the pause image must be
     // in containerd before the kubelet is asked for it.
     if !done().await? {
-        super::ready::bundle_images_imported(run, Step::StartSelfHostedEtcd, seq.paths).await?;
+        crate::sequences::bundle_images_imported(run, InitStep::StartSelfHostedEtcd, seq.paths)
+            .await?;
     }
     run.step(
-        Step::StartSelfHostedEtcd,
+        InitStep::StartSelfHostedEtcd,
         Duration::from_secs(180),
         done,
         || async {
@@ -179,7 +181,7 @@ pub(super) async fn promote_etcd_member(run: &Runner, seq: &Seq<'_>) -> anyhow::
     let cfg = temp_etcd(seq);
     let report = run
         .step(
-            Step::PromoteEtcdMember,
+            InitStep::PromoteEtcdMember,
             Duration::from_secs(150),
             || async {
                 Ok(self_hosted_member(seq)

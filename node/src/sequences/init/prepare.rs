@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use bootstrap::host::Host;
 
-use super::steps::{Runner, StepReport};
-use super::{restore, Seq, Step};
+use super::Runner;
+use super::{restore, InitStep, Seq};
 use crate::agent::control::NodeIdentity;
 use crate::checkpoint::ClusterIdentity;
 use crate::host::NodeHost;
+use crate::sequences::runner::StepReport;
 
 /// `record_cluster_identity`: the host belongs to this cluster from now
 /// on, recorded before etcd starts, so it never bootstraps a second one.
@@ -19,7 +20,7 @@ pub(super) async fn record_cluster_identity(
 ) -> anyhow::Result<StepReport> {
     let settings = &seq.ctx.settings;
     run.step(
-        Step::RecordClusterIdentity,
+        InitStep::RecordClusterIdentity,
         Duration::from_secs(10),
         || async { Ok(seq.checkpoint.cluster_identity()?.is_some()) },
         || async {
@@ -45,7 +46,7 @@ pub(super) async fn restore_pki(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<S
         .as_ref()
         .and_then(|r| r.pki.clone())
         .ok_or_else(|| anyhow::anyhow!("restore_pki is planned without --pki"))?;
-    run.converge(Step::RestorePki, || async {
+    run.converge(InitStep::RestorePki, || async {
         restore::copy_pki(&NodeHost, &from, &seq.paths.pki_dir())
     })
     .await
@@ -54,7 +55,7 @@ pub(super) async fn restore_pki(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<S
 /// `ensure_pki`: idempotent by construction (it reports what it changed).
 /// Holds the PKI lock: after the pivot the agent renews certificates too.
 pub(super) async fn ensure_pki(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
-    run.converge(Step::EnsurePki, || async {
+    run.converge(InitStep::EnsurePki, || async {
         let _lock = crate::certs::PkiLock::acquire(seq.paths, Duration::from_secs(120)).await?;
         let report = bootstrap::pki::ensure_pki(
             &NodeHost,
@@ -75,7 +76,7 @@ pub(super) async fn ensure_encryption_config(
     run: &Runner,
     seq: &Seq<'_>,
 ) -> anyhow::Result<StepReport> {
-    run.converge(Step::EnsureEncryptionConfig, || async {
+    run.converge(InitStep::EnsureEncryptionConfig, || async {
         let report = bootstrap::plane::ensure_encryption_config(
             &NodeHost,
             &seq.spec.pki_dir,
@@ -99,7 +100,7 @@ pub(super) async fn write_node_identity(run: &Runner, seq: &Seq<'_>) -> anyhow::
     };
     let report = run
         .step(
-            Step::WriteNodeIdentity,
+            InitStep::WriteNodeIdentity,
             Duration::from_secs(10),
             || async { Ok(NodeIdentity::read(&file)?.as_ref() == Some(&node_id)) },
             || async {

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use super::steps::{Runner, StepReport};
-use super::{Seq, Step};
+use super::Runner;
+use super::{InitStep, Seq};
 use crate::host::NodeHost;
+use crate::sequences::runner::StepReport;
 
 /// `apply_self_hosted_objects`: server-side apply of every object. The
 /// apply is its own observation: the API server says per object whether
@@ -16,7 +17,7 @@ pub(super) async fn apply_self_hosted_objects(
     run: &Runner,
     seq: &Seq<'_>,
 ) -> anyhow::Result<StepReport> {
-    run.converge(Step::ApplySelfHostedObjects, || async {
+    run.converge(InitStep::ApplySelfHostedObjects, || async {
         let files = bootstrap::objects::PlaneFiles::read(&NodeHost, &seq.spec)?;
         let objects = bootstrap::objects::self_hosted_objects(&seq.spec, &files)?;
         let applied = bootstrap::objects::apply_all(
@@ -38,7 +39,7 @@ pub(super) async fn apply_self_hosted_objects(
 /// it the self-hosted one.
 pub(super) async fn commit_pivot(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     run.step(
-        Step::CommitPivot,
+        InitStep::CommitPivot,
         Duration::from_secs(10),
         || async { Ok(seq.checkpoint.pivot_committed()?) },
         || async { Ok(seq.checkpoint.commit_pivot(&seq.ctx.settings)?) },

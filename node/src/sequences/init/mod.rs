@@ -3,7 +3,7 @@
 //!
 //! [`run`] validates everything it can from the input alone, then asks
 //! [`plan::plan`] which steps to take and runs them on the uniform runner
-//! ([`steps::Runner`]). The steps' bodies live by concern: the host's
+//! (`sequences::runner`). The steps' bodies live by concern: the host's
 //! identity and keys (`prepare`), the temporary plane (`temp_plane`), etcd's
 //! pivot (`etcd_pivot`), the pivot itself (`pivot`) and the waits for
 //! readiness (`ready`). Before `commit_pivot` the temporary plane is
@@ -16,7 +16,6 @@ pub mod plan;
 mod prepare;
 pub(crate) mod ready;
 pub(crate) mod restore;
-pub mod steps;
 mod temp_plane;
 mod token;
 
@@ -31,9 +30,12 @@ use crate::agent::control::RunningAgent;
 use crate::checkpoint::Checkpoint;
 use crate::cluster::ClusterRole;
 use crate::paths::HostPaths;
-pub use plan::{Sequence, Step};
+use crate::sequences::runner::{self, StepReport};
+pub use plan::{InitStep, Sequence};
 pub use restore::{RestoreConflict, RestoreInputError, RestoreSource};
-use steps::{Runner, StepReport};
+
+/// The runner of init's steps.
+pub(crate) type Runner = runner::Runner<InitStep>;
 
 /// What `init` (or a restore) reports when it is done; `-o json` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -177,7 +179,6 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
 
     let observed = plan::Observed {
         pivoted: checkpoint.pivot_committed()?,
-        ..plan::Observed::default()
     };
     let plan = plan::plan(ctx.sequence(), observed);
     let run = Runner::new(&plan, ctx.quiet);
@@ -190,7 +191,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         ca_hash: std::sync::Mutex::new(String::new()),
         client: tokio::sync::OnceCell::new(),
     };
-    let reports = steps::run_plan(&plan, &run, |step| execute(step, &run, &seq)).await?;
+    let reports = runner::run_plan(&plan, &run, |step| execute(step, &run, &seq)).await?;
 
     let mut ca_hash = seq.ca_hash.lock().map(|h| h.clone()).unwrap_or_default();
     let api_ca = seq.spec.pki_dir.join("ca.crt");
@@ -213,38 +214,32 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
 }
 
 /// One step's body: where each step lives. A closed match, so a new
-/// [`Step`] does not compile until it has one.
-async fn execute(step: Step, run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
+/// [`InitStep`] does not compile until it has one.
+async fn execute(step: InitStep, run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     match step {
-        Step::RecordClusterIdentity => prepare::record_cluster_identity(run, seq).await,
-        Step::RestorePki => prepare::restore_pki(run, seq).await,
-        Step::EnsurePki => prepare::ensure_pki(run, seq).await,
-        Step::EnsureEncryptionConfig => prepare::ensure_encryption_config(run, seq).await,
-        Step::WriteNodeIdentity => prepare::write_node_identity(run, seq).await,
-        Step::RestoreEtcdData => etcd_pivot::restore_etcd_data(run, seq).await,
-        Step::StartTempEtcd
-        | Step::StartTempApiserver
-        | Step::StartTempControllerManager
-        | Step::StartTempScheduler => temp_plane::start(step, run, seq).await,
-        Step::WriteLbBackends => temp_plane::write_lb_backends(run, seq).await,
-        Step::RegisterControlPlaneNode => ready::register_control_plane_node(run, seq).await,
-        Step::AddEtcdLearner => etcd_pivot::add_etcd_learner(run, seq).await,
-        Step::StartSelfHostedEtcd => etcd_pivot::start_self_hosted_etcd(run, seq).await,
-        Step::PromoteEtcdMember => etcd_pivot::promote_etcd_member(run, seq).await,
-        Step::AddSelfHostedToLb => temp_plane::add_self_hosted_to_lb(run, seq).await,
-        Step::ApplySelfHostedObjects => pivot::apply_self_hosted_objects(run, seq).await,
-        Step::WaitSelfHostedReady => ready::wait_self_hosted_ready(run, seq).await,
-        Step::CommitPivot => pivot::commit_pivot(run, seq).await,
-        Step::StopTempPlane => temp_plane::stop_temp_plane(run, seq).await,
-        Step::PointLbAtSelfHosted => temp_plane::point_lb_at_self_hosted(run, seq).await,
-        Step::WaitClusterReady => ready::wait_cluster_ready(run, seq).await,
-        Step::CreateJoinToken => token::create_join_token(run, seq).await,
-        Step::DiscoverCluster
-        | Step::WriteBootstrapKubeconfig
-        | Step::WaitNodeRegistered
-        | Step::WaitNodeReady
-        | Step::LabelControlPlane
-        | Step::WaitControlPlane => anyhow::bail!("{step} is a step of join, not of init"),
+        InitStep::RecordClusterIdentity => prepare::record_cluster_identity(run, seq).await,
+        InitStep::RestorePki => prepare::restore_pki(run, seq).await,
+        InitStep::EnsurePki => prepare::ensure_pki(run, seq).await,
+        InitStep::EnsureEncryptionConfig => prepare::ensure_encryption_config(run, seq).await,
+        InitStep::WriteNodeIdentity => prepare::write_node_identity(run, seq).await,
+        InitStep::RestoreEtcdData => etcd_pivot::restore_etcd_data(run, seq).await,
+        InitStep::StartTempEtcd
+        | InitStep::StartTempApiserver
+        | InitStep::StartTempControllerManager
+        | InitStep::StartTempScheduler => temp_plane::start(step, run, seq).await,
+        InitStep::WriteLbBackends => temp_plane::write_lb_backends(run, seq).await,
+        InitStep::RegisterControlPlaneNode => ready::register_control_plane_node(run, seq).await,
+        InitStep::AddEtcdLearner => etcd_pivot::add_etcd_learner(run, seq).await,
+        InitStep::StartSelfHostedEtcd => etcd_pivot::start_self_hosted_etcd(run, seq).await,
+        InitStep::PromoteEtcdMember => etcd_pivot::promote_etcd_member(run, seq).await,
+        InitStep::AddSelfHostedToLb => temp_plane::add_self_hosted_to_lb(run, seq).await,
+        InitStep::ApplySelfHostedObjects => pivot::apply_self_hosted_objects(run, seq).await,
+        InitStep::WaitSelfHostedReady => ready::wait_self_hosted_ready(run, seq).await,
+        InitStep::CommitPivot => pivot::commit_pivot(run, seq).await,
+        InitStep::StopTempPlane => temp_plane::stop_temp_plane(run, seq).await,
+        InitStep::PointLbAtSelfHosted => temp_plane::point_lb_at_self_hosted(run, seq).await,
+        InitStep::WaitClusterReady => ready::wait_cluster_ready(run, seq).await,
+        InitStep::CreateJoinToken => token::create_join_token(run, seq).await,
     }
 }
 
