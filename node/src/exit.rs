@@ -416,6 +416,7 @@ mod tests {
             Box::new(crate::sequences::init::InitConflict {
                 existing: "a".into(),
                 node: "n".into(),
+                role: crate::cluster::ClusterRole::Init,
                 uid: "u".into(),
             }),
             Box::new(crate::sequences::init::RestoreConflict {

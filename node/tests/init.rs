@@ -981,7 +981,13 @@ fn init_killed_after_every_step_resumes_to_the_same_cluster() {
         .filter(|l| !l.contains("waiting for"))
         .collect();
     assert_eq!(finals.len(), n, "{t}");
-    let pivoted = plan(Sequence::Init, Observed { pivoted: true });
+    let pivoted = plan(
+        Sequence::Init,
+        Observed {
+            pivoted: true,
+            ..Observed::default()
+        },
+    );
     for (i, p) in pivoted.steps().enumerate() {
         let line = finals
             .iter()

@@ -3,26 +3,31 @@
 //! etcd's data), as bootkube's `recover` did, with the node's own
 //! checkpoint instead of etcd's contents.
 //!
-//! One pass, in dependency order; each part looks first and acts only on
-//! what it finds missing, so on a healthy cluster it does nothing:
-//! 1. etcd: the member's static pod manifest, rewritten from the settings
-//!    and the member identity recorded at the pivot when it is gone and the
-//!    data directory is not. Without data there is nothing to rewrite:
-//!    that is `--from-snapshot`.
-//! 2. The API: when no API server answers through the node's balancer and
-//!    none runs here, the kept copy is started as a static pod (the same
-//!    copy a power cut brings back), then `/readyz` is awaited.
-//! 3. The objects: every self-hosted object that no longer exists is
-//!    created again from the recorded settings (never overwritten:
-//!    [`bootstrap::objects::create_missing`]); the node gets its
-//!    control-plane label back if it lost it.
-//! 4. The controller-manager and scheduler: when no Ready pod of one runs
-//!    (deleted, crash-looping), its kept copy (or, without one, the pod its
-//!    Deployment renders) runs as a static pod bound to this node, the
-//!    scheduler that schedules the schedulers, until the Deployment has a
-//!    Ready pod of its own; then the copy goes.
+//! A plan over the sequences' runner, in dependency order; each step looks
+//! first and acts only on what it finds missing, so on a healthy cluster it
+//! does nothing, and a run killed anywhere resumes:
+//! 1. `recover_etcd_manifest`: the member's static pod manifest, rewritten
+//!    from the settings and the member identity recorded at the pivot when
+//!    it is gone and the data directory is not. Without data there is
+//!    nothing to rewrite: that is `--from-snapshot`.
+//! 2. `recover_api_server`: when no API server answers through the node's
+//!    balancer and none runs here, the kept copy is started as a static pod
+//!    (the same copy a power cut brings back), then `/readyz` is awaited.
+//! 3. `create_missing_objects`: every self-hosted object that no longer
+//!    exists is created again from the recorded settings (never
+//!    overwritten: [`bootstrap::objects::create_missing`]).
+//! 4. `restore_control_plane_label`: the node's label, if it lost it.
+//! 5. `start_missing_components`: when no Ready pod of the
+//!    controller-manager or scheduler runs (deleted, crash-looping), its
+//!    kept copy (or, without one, the pod its Deployment renders) runs as a
+//!    static pod bound to this node: the scheduler that schedules the
+//!    schedulers.
+//! 6. `hand_back_copies`: each copy goes once its component has a Ready
+//!    pod of its own; one that has none within `--timeout` keeps running
+//!    (exit 1, and the report says why).
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -32,6 +37,7 @@ use bootstrap::plane::{EtcdInitial, InitialClusterState, PlaneSpec};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use serde::Serialize;
+use tokio::sync::OnceCell;
 
 use crate::agent::control::{api_lb_port, RunningAgent};
 use crate::agent::static_copy;
@@ -41,11 +47,43 @@ use crate::paths::HostPaths;
 use crate::readiness::{
     is_mirror, pod_ready, running_containers, status_is_current, RunningContainer,
 };
+use crate::sequences::plan::{steps, Action, Plan};
+use crate::sequences::runner::{self, StepReport};
 
 /// The components that run as Deployments and get a bound copy.
 const DEPLOYMENTS: &[&str] = &["kube-controller-manager", "kube-scheduler"];
 const API_SERVER: &str = "kube-apiserver";
 const NAMESPACE: &str = "kube-system";
+
+steps! {
+    /// One step of `selfnode recover`.
+    pub enum RecoverStep {
+        RecoverEtcdManifest => "recover_etcd_manifest",
+        RecoverApiServer => "recover_api_server",
+        CreateMissingObjects => "create_missing_objects",
+        RestoreControlPlaneLabel => "restore_control_plane_label",
+        StartMissingComponents => "start_missing_components",
+        HandBackCopies => "hand_back_copies",
+    }
+}
+
+type Runner = runner::Runner<RecoverStep>;
+
+/// Every step, in order: each one observes before it acts.
+pub fn plan() -> Plan<RecoverStep> {
+    let run = Some(Action::Run);
+    Plan::one_lane(
+        "recover",
+        &[
+            (RecoverStep::RecoverEtcdManifest, run),
+            (RecoverStep::RecoverApiServer, run),
+            (RecoverStep::CreateMissingObjects, run),
+            (RecoverStep::RestoreControlPlaneLabel, run),
+            (RecoverStep::StartMissingComponents, run),
+            (RecoverStep::HandBackCopies, run),
+        ],
+    )
+}
 
 /// What `recover` found and did; `-o json` prints it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -58,6 +96,8 @@ pub struct RecoverReport {
     /// its own yet (the command exits 1 then).
     pub left_running: Vec<String>,
     pub seconds: f64,
+    /// One entry per step, in plan order.
+    pub steps: Vec<StepReport>,
 }
 
 /// `recover --from-snapshot` on a cluster whose etcd serves. Exit code 3.
@@ -100,30 +140,52 @@ pub fn recorded(paths: &HostPaths) -> anyhow::Result<Recorded> {
     })
 }
 
-/// Prints one progress line (not with `-o json`).
-struct Progress {
-    quiet: bool,
-    started: Instant,
+/// What recover's steps share.
+struct Recover<'a> {
+    paths: &'a HostPaths,
+    spec: PlaneSpec,
+    rec: Recorded,
+    /// Bounds each wait for a component to come back.
+    wait: Duration,
+    report: Mutex<RecoverReport>,
+    client: OnceCell<kube::Client>,
 }
 
-impl Progress {
-    fn line(&self, text: &str) {
-        if !self.quiet {
-            println!(
-                "[recover] {text} ({:.1}s)",
-                self.started.elapsed().as_secs_f64()
-            );
+impl Recover<'_> {
+    /// Notes what was found and what was done about it, and says so on the
+    /// step's line.
+    fn found(&self, run: &Runner, step: RecoverStep, found: String, did: String) {
+        run.say(step, &format!("{found}: {did}"));
+        if let Ok(mut r) = self.report.lock() {
+            r.found.push(found);
+            r.did.push(did);
         }
+    }
+
+    fn did(&self, run: &Runner, step: RecoverStep, did: String) {
+        run.say(step, &did);
+        if let Ok(mut r) = self.report.lock() {
+            r.did.push(did);
+        }
+    }
+
+    /// The super-admin client, made once the API answers.
+    async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kc = self.spec.kubeconfig_dir.join("super-admin.conf");
+        self.client
+            .get_or_try_init(|| crate::cluster::kube_client(&kc))
+            .await
+            .cloned()
+    }
+
+    fn objects(&self) -> anyhow::Result<Vec<Object>> {
+        let files = bootstrap::objects::PlaneFiles::read(&crate::host::NodeHost, &self.spec)?;
+        Ok(bootstrap::objects::self_hosted_objects(&self.spec, &files)?)
     }
 }
 
-/// Runs one recovery pass (see the module docs). `wait` bounds each wait
-/// for a component to come back.
+/// Runs the recovery plan (see the module docs).
 pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Result<RecoverReport> {
-    let progress = Progress {
-        quiet,
-        started: Instant::now(),
-    };
     let rec = recorded(paths)?;
     if !rec.pivoted {
         return Err(NotInitHost::NotPivoted.into());
@@ -131,21 +193,51 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
     RunningAgent::require(paths)?;
     let bundle = crate::cluster::open_bundle(paths, &rec.settings)?;
     let spec = crate::cluster::plane_spec(paths, &rec.settings, &bundle, api_lb_port(paths));
-    let mut report = RecoverReport::default();
-
-    recover_etcd(
+    let plan = plan();
+    let run = Runner::new(&plan, quiet);
+    let r = Recover {
         paths,
-        &spec,
-        rec.etcd_member.as_ref(),
-        &mut report,
-        &progress,
-    )?;
-    recover_api(paths, &spec, &rec.kept, wait, &mut report, &progress).await?;
+        spec,
+        rec,
+        wait,
+        report: Mutex::new(RecoverReport::default()),
+        client: OnceCell::new(),
+    };
+    let steps = runner::run_plan(&plan, &run, |step| execute(step, &run, &r)).await?;
+    let mut report = r.report.into_inner().unwrap_or_default();
+    report.steps = steps;
+    report.seconds = run.elapsed().as_secs_f64();
+    Ok(report)
+}
 
-    let client = crate::cluster::kube_client(&spec.kubeconfig_dir.join("super-admin.conf")).await?;
-    let files = bootstrap::objects::PlaneFiles::read(&crate::host::NodeHost, &spec)?;
-    let objects = bootstrap::objects::self_hosted_objects(&spec, &files)?;
-    for a in bootstrap::objects::create_missing(client.clone(), &objects, FIELD_MANAGER).await? {
+async fn execute(step: RecoverStep, run: &Runner, r: &Recover<'_>) -> anyhow::Result<StepReport> {
+    match step {
+        RecoverStep::RecoverEtcdManifest => {
+            run.converge(step, || async { recover_etcd(run, r) }).await
+        }
+        RecoverStep::RecoverApiServer => run.converge(step, || recover_api(run, r)).await,
+        RecoverStep::CreateMissingObjects => {
+            run.converge(step, || create_missing_objects(run, r)).await
+        }
+        RecoverStep::RestoreControlPlaneLabel => {
+            run.converge(step, || restore_control_plane_label(run, r))
+                .await
+        }
+        RecoverStep::StartMissingComponents => {
+            run.converge(step, || start_missing_components(run, r))
+                .await
+        }
+        RecoverStep::HandBackCopies => run.converge(step, || hand_back_copies(run, r)).await,
+    }
+}
+
+/// `create_missing_objects`: every self-hosted object that is gone, made
+/// again from the recorded settings; existing ones are never changed.
+async fn create_missing_objects(run: &Runner, r: &Recover<'_>) -> anyhow::Result<bool> {
+    let client = r.client().await?;
+    let objects = r.objects()?;
+    let mut changed = false;
+    for a in bootstrap::objects::create_missing(client, &objects, FIELD_MANAGER).await? {
         if a.outcome == bootstrap::objects::ApplyOutcome::Created {
             let what = format!(
                 "{} {}/{}",
@@ -153,74 +245,103 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
                 a.namespace.as_deref().unwrap_or(""),
                 a.name
             );
-            report.found.push(format!("{what} was gone"));
-            report.did.push(format!("created {what} again"));
-            progress.line(&format!("{what} was gone: created it again"));
+            r.found(
+                run,
+                RecoverStep::CreateMissingObjects,
+                format!("{what} was gone"),
+                format!("created {what} again"),
+            );
+            changed = true;
         }
     }
+    Ok(changed)
+}
+
+/// `restore_control_plane_label`: the node's label, if it lost it.
+async fn restore_control_plane_label(run: &Runner, r: &Recover<'_>) -> anyhow::Result<bool> {
+    let client = r.client().await?;
+    let node = &r.spec.node_name;
     let nodes: Api<Node> = Api::all(client.clone());
     let labelled = nodes
-        .get_opt(&spec.node_name)
+        .get_opt(node)
         .await?
         .and_then(|n| n.metadata.labels)
         .is_some_and(|l| l.contains_key(CONTROL_PLANE_LABEL));
-    if !labelled {
-        bootstrap::objects::mark_control_plane(
-            client.clone(),
-            &spec.node_name,
-            FIELD_MANAGER,
-            !spec.allow_workloads,
-        )
-        .await?;
-        report.found.push(format!(
-            "node {} had lost its control-plane label",
-            spec.node_name
-        ));
-        report.did.push(format!("labelled node {}", spec.node_name));
-        progress.line(&format!(
-            "node {} had lost its control-plane label: labelled it",
-            spec.node_name
-        ));
+    if labelled {
+        return Ok(false);
     }
+    bootstrap::objects::mark_control_plane(client, node, FIELD_MANAGER, !r.spec.allow_workloads)
+        .await?;
+    r.found(
+        run,
+        RecoverStep::RestoreControlPlaneLabel,
+        format!("node {node} had lost its control-plane label"),
+        format!("labelled node {node}"),
+    );
+    Ok(true)
+}
 
-    let mut copies = Vec::new();
+/// `start_missing_components`: a copy of the controller-manager or
+/// scheduler bound to this node while no Ready pod of it runs (one whose
+/// copy runs already is left alone).
+async fn start_missing_components(run: &Runner, r: &Recover<'_>) -> anyhow::Result<bool> {
+    let client = r.client().await?;
+    let mut changed = false;
     for component in DEPLOYMENTS {
-        if ready_pod(&client, component, None).await? {
+        if static_copy::copy_paths(r.paths, component)
+            .manifest
+            .exists()
+            || ready_pod(&client, component, None).await?
+        {
             continue;
         }
-        let (cp, source) = match rec.kept.iter().find(|k| k.component == *component) {
+        let (cp, source) = match r.rec.kept.iter().find(|k| k.component == *component) {
             Some(k) => (
                 k.clone(),
                 format!("the checkpoint copy of {}", k.describe()),
             ),
             None => (
-                rendered_copy(&objects, component)?,
+                rendered_copy(&r.objects()?, component)?,
                 format!("the pod its Deployment renders (no copy of {component} is kept)"),
             ),
         };
-        static_copy::activate(paths, &cp)?;
-        report
-            .found
-            .push(format!("no Ready {component} pod in the cluster"));
-        report.did.push(format!(
-            "started {source} as a static pod on node {}",
-            spec.node_name
-        ));
-        progress.line(&format!(
-            "no Ready {component} pod: started {source} on this node"
-        ));
-        copies.push(*component);
+        static_copy::activate(r.paths, &cp)?;
+        r.found(
+            run,
+            RecoverStep::StartMissingComponents,
+            format!("no Ready {component} pod in the cluster"),
+            format!(
+                "started {source} as a static pod on node {}",
+                r.spec.node_name
+            ),
+        );
+        changed = true;
     }
-    let pending = {
-        let mut all = copies.clone();
-        if static_copy::copy_paths(paths, API_SERVER).manifest.exists() {
-            all.push(API_SERVER);
+    Ok(changed)
+}
+
+/// `hand_back_copies`: every running copy goes once its component has a
+/// Ready pod of its own; those that have none within the wait are left
+/// running and reported.
+async fn hand_back_copies(run: &Runner, r: &Recover<'_>) -> anyhow::Result<bool> {
+    let client = r.client().await?;
+    let socket = crate::agent::drain::containerd_socket(r.paths);
+    let mut changed = false;
+    for component in DEPLOYMENTS.iter().copied().chain([API_SERVER]) {
+        if !static_copy::copy_paths(r.paths, component)
+            .manifest
+            .exists()
+        {
+            continue;
         }
-        all
-    };
-    let socket = crate::agent::drain::containerd_socket(paths);
-    for component in pending {
-        let deadline = Instant::now() + wait;
+        run.say(
+            RecoverStep::HandBackCopies,
+            &format!(
+                "waiting for a Ready {component} pod of its own (up to {}s)",
+                r.wait.as_secs()
+            ),
+        );
+        let deadline = Instant::now() + r.wait;
         let mut back = false;
         while Instant::now() < deadline {
             let running = if component == API_SERVER {
@@ -228,43 +349,39 @@ pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Resu
             } else {
                 Vec::new()
             };
-            let node = (component == API_SERVER).then_some((spec.node_name.as_str(), &running[..]));
-            if ready_pod(&client, component, node).await.unwrap_or(false) {
+            let here =
+                (component == API_SERVER).then_some((r.spec.node_name.as_str(), &running[..]));
+            if ready_pod(&client, component, here).await.unwrap_or(false) {
                 back = true;
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         if back {
-            static_copy::deactivate(paths, component)?;
-            report.did.push(format!(
-                "{component} has a Ready pod of its own: removed its copy"
-            ));
-            progress.line(&format!(
-                "{component} has a Ready pod of its own: removed its copy"
-            ));
-        } else {
-            report.left_running.push(format!(
+            static_copy::deactivate(r.paths, component)?;
+            r.did(
+                run,
+                RecoverStep::HandBackCopies,
+                format!("{component} has a Ready pod of its own: removed its copy"),
+            );
+            changed = true;
+        } else if let Ok(mut rep) = r.report.lock() {
+            rep.left_running.push(format!(
                 "{component}: no Ready pod of its own after {}s; its copy keeps running on this node and goes once one is Ready (see 'kubectl -n kube-system describe pods -l k8s-app={component}'; 'kubectl -n kube-system rollout undo' if a change broke it)",
-                wait.as_secs()
+                r.wait.as_secs()
             ));
         }
     }
-    report.seconds = progress.started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(changed)
 }
 
-/// Step 1: etcd's manifest, when it is gone but the member's data is not.
-fn recover_etcd(
-    paths: &HostPaths,
-    spec: &PlaneSpec,
-    member: Option<&EtcdMemberIdentity>,
-    report: &mut RecoverReport,
-    progress: &Progress,
-) -> anyhow::Result<()> {
+/// `recover_etcd_manifest`: etcd's manifest, when it is gone but the
+/// member's data is not.
+fn recover_etcd(run: &Runner, r: &Recover<'_>) -> anyhow::Result<bool> {
+    let (paths, spec, member) = (r.paths, &r.spec, r.rec.etcd_member.as_ref());
     let manifest = paths.etcd_manifest();
     if manifest.exists() {
-        return Ok(());
+        return Ok(false);
     }
     let data = member.map_or_else(|| spec.etcd_data_dir.clone(), |m| m.data_dir.clone());
     if !data.join("member").is_dir() {
@@ -298,37 +415,34 @@ fn recover_etcd(
     crate::fsutil::ensure_dir(&paths.static_pod_dir(), 0o755)?;
     crate::fsutil::write_atomic(&manifest, pod.as_bytes(), 0o600)
         .with_context(|| format!("writing {}", manifest.display()))?;
-    report.found.push(format!(
-        "etcd's static pod manifest {} was gone (its data is there)",
-        manifest.display()
-    ));
-    report
-        .did
-        .push(format!("wrote the manifest of etcd member {name} again"));
-    progress.line(&format!(
-        "etcd's manifest was gone: wrote it again for member {name}"
-    ));
-    Ok(())
+    r.found(
+        run,
+        RecoverStep::RecoverEtcdManifest,
+        format!(
+            "etcd's static pod manifest {} was gone (its data is there)",
+            manifest.display()
+        ),
+        format!("wrote the manifest of etcd member {name} again"),
+    );
+    Ok(true)
 }
 
-/// Step 2: the API, from the kept copy when no API server runs here.
-async fn recover_api(
-    paths: &HostPaths,
-    spec: &PlaneSpec,
-    kept: &[PodCheckpoint],
-    wait: Duration,
-    report: &mut RecoverReport,
-    progress: &Progress,
-) -> anyhow::Result<()> {
+/// `recover_api_server`: the API, from the kept copy when no API server
+/// runs here.
+async fn recover_api(run: &Runner, r: &Recover<'_>) -> anyhow::Result<bool> {
+    let (paths, spec, kept, wait) = (r.paths, &r.spec, &r.rec.kept, r.wait);
     if api_ready(spec).await.is_ok() {
-        return Ok(());
+        return Ok(false);
     }
+    let step = RecoverStep::RecoverApiServer;
     let socket = crate::agent::drain::containerd_socket(paths);
     let copy = static_copy::copy_paths(paths, API_SERVER);
-    report
-        .found
-        .push("no API server answers through this node's balancer".into());
-    progress.line(
+    if let Ok(mut rep) = r.report.lock() {
+        rep.found
+            .push("no API server answers through this node's balancer".into());
+    }
+    run.say(
+        step,
         "no API server answers: waiting for /readyz (the kept copy starts when none runs here)",
     );
     let deadline = Instant::now() + wait;
@@ -347,14 +461,14 @@ async fn recover_api(
                     )
                 })?;
             static_copy::activate(paths, cp)?;
-            report.did.push(format!(
-                "started the checkpoint copy of {} as a static pod",
-                cp.describe()
-            ));
-            progress.line(&format!(
-                "no API server runs here: started the checkpoint copy of {}",
-                cp.describe()
-            ));
+            r.did(
+                run,
+                step,
+                format!(
+                    "no API server runs here: started the checkpoint copy of {} as a static pod",
+                    cp.describe()
+                ),
+            );
         }
         match api_ready(spec).await {
             Ok(()) => break,
@@ -365,8 +479,8 @@ async fn recover_api(
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
-    progress.line("the API server answers");
-    Ok(())
+    run.say(step, "the API server answers");
+    Ok(true)
 }
 
 /// `/readyz` through this node's API load balancer, verified against the

@@ -116,10 +116,11 @@ impl InitContext {
 /// Refuses a host that already belongs to another cluster, before anything
 /// is written. Exit code 3 (conflict).
 #[derive(Debug, thiserror::Error)]
-#[error("this host already belongs to cluster {existing:?} (node {node:?}, uid {uid}); run 'selfnode reset' first to leave it, or init with --cluster-name {existing}")]
+#[error("this host already belongs to cluster {existing:?} (node {node:?}, as {role}, uid {uid}); run 'selfnode reset' first to leave it{}", if role.joined() { String::new() } else { format!(", or init with --cluster-name {existing} --node-name {node}") })]
 pub struct InitConflict {
     pub existing: String,
     pub node: String,
+    pub role: ClusterRole,
     pub uid: String,
 }
 
@@ -175,10 +176,11 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     }
     let agent = RunningAgent::require(paths)?;
     let checkpoint = Checkpoint::open(&paths.checkpoint_dir())?;
-    check_host_belongs(&ctx, &spec, &checkpoint).await?;
+    let clear_for_restore = check_host_belongs(&ctx, &checkpoint)?;
 
     let observed = plan::Observed {
         pivoted: checkpoint.pivot_committed()?,
+        clear_for_restore,
     };
     let plan = plan::plan(ctx.sequence(), observed);
     let run = Runner::new(&plan, ctx.quiet);
@@ -217,6 +219,10 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
 /// [`InitStep`] does not compile until it has one.
 async fn execute(step: InitStep, run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     match step {
+        InitStep::PointLbAtTempApiserver => restore::point_lb_at_temp_apiserver(run, seq).await,
+        InitStep::StopEtcdMember => restore::stop_etcd_member(run, seq).await,
+        InitStep::MoveEtcdDataAside => restore::move_etcd_data_aside(run, seq).await,
+        InitStep::BeginRestore => restore::begin_restore(run, seq).await,
         InitStep::RecordClusterIdentity => prepare::record_cluster_identity(run, seq).await,
         InitStep::RestorePki => prepare::restore_pki(run, seq).await,
         InitStep::EnsurePki => prepare::ensure_pki(run, seq).await,
@@ -245,17 +251,14 @@ async fn execute(step: InitStep, run: &Runner, seq: &Seq<'_>) -> anyhow::Result<
 
 /// A host that belongs to another cluster is refused; a restore over the
 /// cluster this host runs needs `--force`, and then takes its etcd out of
-/// the way first.
-async fn check_host_belongs(
-    ctx: &InitContext,
-    spec: &PlaneSpec,
-    checkpoint: &Checkpoint,
-) -> anyhow::Result<()> {
+/// the way first: `Ok(true)`. A host that joined a cluster is refused too.
+fn check_host_belongs(ctx: &InitContext, checkpoint: &Checkpoint) -> anyhow::Result<bool> {
     let Some(id) = checkpoint.cluster_identity()? else {
-        return Ok(());
+        return Ok(false);
     };
-    let same =
-        id.cluster_name == ctx.settings.cluster_name && id.node_name == ctx.settings.node_name;
+    let same = id.cluster_name == ctx.settings.cluster_name
+        && id.node_name == ctx.settings.node_name
+        && !id.role.joined();
     // A restore resumes an unfinished restore; over a running cluster
     // (pivoted, or an init) it needs --force.
     let restoring = id.role == ClusterRole::Restore && !checkpoint.pivot_committed()?;
@@ -269,16 +272,17 @@ async fn check_host_belongs(
             .into());
         }
         if same {
-            restore::clear_for_restore(&ctx.paths, spec, checkpoint, &id, ctx.quiet).await?;
+            return Ok(true);
         }
     }
     if !same {
         return Err(InitConflict {
             existing: id.cluster_name,
             node: id.node_name,
+            role: id.role,
             uid: id.cluster_uid,
         }
         .into());
     }
-    Ok(())
+    Ok(false)
 }

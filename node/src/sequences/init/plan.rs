@@ -8,6 +8,20 @@ use crate::sequences::plan::{steps, Action, Builder, Phase, Plan};
 steps! {
     /// One step of init, a restore or a recovery from a snapshot.
     pub enum InitStep {
+        /// A forced restore over the cluster this host runs: new
+        /// connections go to the temporary API server (the running ones
+        /// lose their etcd).
+        PointLbAtTempApiserver => "point_lb_at_temp_apiserver",
+        /// A forced restore: the member's static pod goes (the kubelet
+        /// stops it), and the step waits until etcd no longer serves.
+        StopEtcdMember => "stop_etcd_member",
+        /// A forced restore: the member's data directory is renamed aside
+        /// (`<dir>.before-restore-<unix time>`), never deleted.
+        MoveEtcdDataAside => "move_etcd_data_aside",
+        /// A forced restore: the checkpoint says "restoring, not pivoted",
+        /// identity and marker in one write; from here a re-run resumes
+        /// the restore.
+        BeginRestore => "begin_restore",
     /// The host belongs to this cluster from now on (before etcd starts).
     RecordClusterIdentity => "record_cluster_identity",
     /// Restore: the old cluster's CAs and keys, so `ensure_pki` keeps them.
@@ -92,6 +106,9 @@ impl Sequence {
 pub struct Observed {
     /// The checkpoint holds the pivot's commit marker.
     pub pivoted: bool,
+    /// A forced restore over the cluster this host runs: its etcd is taken
+    /// out of the way first (and the pivot is undone by that).
+    pub clear_for_restore: bool,
 }
 
 const PIVOTED: &str =
@@ -121,7 +138,9 @@ const NO_PKI: &str = "no --pki given: the host's own PKI is used";
 /// objects are skipped; the checks that follow it run again.
 pub fn plan(sequence: Sequence, observed: Observed) -> Plan<InitStep> {
     let restore = sequence.from_snapshot().is_some();
-    let pivoted = observed.pivoted;
+    // Clearing a running cluster undoes its pivot before anything else.
+    let pivoted = observed.pivoted && !observed.clear_for_restore;
+    let clear = (restore && observed.clear_for_restore).then_some(Action::Run);
     let mut b = Builder::default();
     let mut lane = |steps: &[(InitStep, Option<Action>)]| b.lane(steps);
     // `None`: not part of this sequence at all.
@@ -144,6 +163,10 @@ pub fn plan(sequence: Sequence, observed: Observed) -> Plan<InitStep> {
     });
 
     let host = lane(&[
+        (InitStep::PointLbAtTempApiserver, clear),
+        (InitStep::StopEtcdMember, clear),
+        (InitStep::MoveEtcdDataAside, clear),
+        (InitStep::BeginRestore, clear),
         (InitStep::RecordClusterIdentity, run),
         (InitStep::RestorePki, restore_pki),
         (InitStep::EnsurePki, run),
@@ -252,7 +275,13 @@ mod tests {
             .filter(|s| {
                 !matches!(
                     s,
-                    Step::RestorePki | Step::RestoreEtcdData | Step::AddSelfHostedToLb
+                    Step::PointLbAtTempApiserver
+                        | Step::StopEtcdMember
+                        | Step::MoveEtcdDataAside
+                        | Step::BeginRestore
+                        | Step::RestorePki
+                        | Step::RestoreEtcdData
+                        | Step::AddSelfHostedToLb
                 )
             })
             .map(|s| s.name())
@@ -262,7 +291,13 @@ mod tests {
 
     #[test]
     fn init_after_the_pivot_skips_the_temporary_plane_etcd_pivot_and_objects_and_says_why() {
-        let p = plan(Sequence::Init, Observed { pivoted: true });
+        let p = plan(
+            Sequence::Init,
+            Observed {
+                pivoted: true,
+                ..Observed::default()
+            },
+        );
         assert_eq!(
             p.len(),
             20,
@@ -315,7 +350,13 @@ mod tests {
 
     #[test]
     fn a_resumed_restore_after_the_pivot_does_not_touch_etcd_data() {
-        let p = plan(Sequence::Restore { pki: true }, Observed { pivoted: true });
+        let p = plan(
+            Sequence::Restore { pki: true },
+            Observed {
+                pivoted: true,
+                ..Observed::default()
+            },
+        );
         let skipped = names(&p, |s| matches!(s.action, Action::Skip(_)));
         for step in [
             "restore_etcd_data",
@@ -376,5 +417,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_forced_restore_over_a_running_cluster_clears_it_first_and_runs_from_scratch() {
+        let p = plan(
+            Sequence::Restore { pki: false },
+            Observed {
+                pivoted: true,
+                clear_for_restore: true,
+            },
+        );
+        let order = names(&p, |_| true);
+        assert_eq!(
+            &order[..5],
+            [
+                "point_lb_at_temp_apiserver",
+                "stop_etcd_member",
+                "move_etcd_data_aside",
+                "begin_restore",
+                "record_cluster_identity"
+            ]
+        );
+        assert_eq!(p.len(), 27);
+        assert!(
+            p.runs().any(|s| s == Step::StartTempEtcd),
+            "the old cluster's pivot does not count: it is undone"
+        );
+        let init = plan(
+            Sequence::Init,
+            Observed {
+                clear_for_restore: true,
+                ..Observed::default()
+            },
+        );
+        assert_eq!(init.len(), 20, "init never clears a cluster");
     }
 }

@@ -1,7 +1,9 @@
 //! `selfnode etcd snapshot restore`: what a restore adds to the init
 //! sequence. Its inputs are checked before anything is written
 //! ([`check_restore_inputs`]); `--force` takes the running cluster's etcd
-//! out of the way ([`clear_for_restore`]); the old PKI is copied in
+//! out of the way (four steps before the rest: `point_lb_at_temp_apiserver`,
+//! `stop_etcd_member`, `move_etcd_data_aside`, `begin_restore`); the old
+//! PKI is copied in
 //! ([`copy_pki`]). The sequence itself, with its `restore_pki` and
 //! `restore_etcd_data` steps, is `super::run`.
 
@@ -11,13 +13,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bootstrap::host::Host;
-use bootstrap::plane::PlaneSpec;
 
+use super::{InitStep, Runner, Seq};
 use crate::agent::control::ApiBackends;
-use crate::checkpoint::{Checkpoint, ClusterIdentity};
+use crate::checkpoint::ClusterIdentity;
 use crate::cluster::{random_uid, ClusterRole};
 use crate::host::NodeHost;
-use crate::paths::HostPaths;
+use crate::sequences::runner::StepReport;
 use crate::wait::until;
 
 /// Where a restore's data and keys come from.
@@ -101,67 +103,105 @@ pub(super) fn check_restore_inputs(
     Ok(())
 }
 
-/// Takes a running cluster's etcd out of the way of a forced restore: the
-/// member's static pod goes (the kubelet stops it), its data directory is
-/// renamed aside, then the checkpoint says "restoring, not pivoted" in one
-/// write. Each part is idempotent, so a kill anywhere and a re-run with
-/// `--force` finish it; after the checkpoint write a re-run resumes the
-/// restore. The cluster's pods keep running; the LB sends nothing to an
-/// apiserver that is not ready, and they serve the restored data once the
-/// new self-hosted member is promoted.
-pub(super) async fn clear_for_restore(
-    paths: &HostPaths,
-    spec: &PlaneSpec,
-    checkpoint: &Checkpoint,
-    id: &ClusterIdentity,
-    quiet: bool,
-) -> anyhow::Result<()> {
-    let say = |line: String| {
-        if !quiet {
-            eprintln!("[restore] {line}");
-        }
-    };
-    // New connections go to the temporary apiserver from now on (the agent
-    // re-reads the list within 2 s); the running ones lose their etcd.
-    let temp_api = SocketAddr::new(spec.advertise_address, spec.ports.temp_apiserver);
-    ApiBackends::new([temp_api]).write(paths, "written by selfnode etcd snapshot restore")?;
-    let manifest = paths.etcd_manifest();
-    match std::fs::remove_file(&manifest) {
-        Ok(()) => say(format!(
-            "removed {}: the kubelet stops this host's etcd member",
-            manifest.display()
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context(format!("cannot remove {}", manifest.display())),
-    }
+// A forced restore takes the running cluster's etcd out of the way first,
+// in four steps: new connections go to the temporary apiserver; the
+// member's static pod goes (the kubelet stops it); its data directory is
+// renamed aside; then the checkpoint says "restoring, not pivoted" in one
+// write. Each converges, so a kill anywhere and a re-run with `--force`
+// finish it; after `begin_restore` a re-run resumes the restore. The
+// cluster's pods keep running; the LB sends nothing to an apiserver that is
+// not ready, and they serve the restored data once the new self-hosted
+// member is promoted.
+
+/// `point_lb_at_temp_apiserver`: new connections go to the temporary
+/// apiserver from now on (the agent re-reads the list within 2 s); the
+/// running ones lose their etcd.
+pub(super) async fn point_lb_at_temp_apiserver(
+    run: &Runner,
+    seq: &Seq<'_>,
+) -> anyhow::Result<StepReport> {
+    let (temp_api, _) = seq.apiservers();
+    run.converge(InitStep::PointLbAtTempApiserver, || async {
+        Ok(ApiBackends::new([temp_api])
+            .write(seq.paths, "written by selfnode etcd snapshot restore")?)
+    })
+    .await
+}
+
+/// `stop_etcd_member`: the member's static pod goes and the step waits
+/// until etcd no longer serves on this host.
+pub(super) async fn stop_etcd_member(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
+    let spec = &seq.spec;
+    let manifest = seq.paths.etcd_manifest();
     let client = SocketAddr::new(spec.loopback(), spec.ports.etcd_client);
-    until(
-        "the etcd member to stop",
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || async { Ok(tokio::net::TcpStream::connect(client).await.is_err()) },
+    let stopped = || async { Ok(tokio::net::TcpStream::connect(client).await.is_err()) };
+    run.step(
+        InitStep::StopEtcdMember,
+        Duration::from_secs(120),
+        || async { Ok(!manifest.exists() && stopped().await?) },
+        || async {
+            match std::fs::remove_file(&manifest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context(format!("cannot remove {}", manifest.display())),
+            }
+            until(
+                "the etcd member to stop",
+                Duration::from_secs(90),
+                Duration::from_millis(500),
+                stopped,
+            )
+            .await
+        },
     )
-    .await?;
-    if spec.etcd_data_dir.exists() {
+    .await
+}
+
+/// `move_etcd_data_aside`: the member's data directory, renamed aside.
+pub(super) async fn move_etcd_data_aside(
+    run: &Runner,
+    seq: &Seq<'_>,
+) -> anyhow::Result<StepReport> {
+    let data = &seq.spec.etcd_data_dir;
+    run.converge(InitStep::MoveEtcdDataAside, || async {
+        if !data.exists() {
+            return Ok(false);
+        }
         let aside = PathBuf::from(format!(
             "{}.before-restore-{}",
-            spec.etcd_data_dir.display(),
+            data.display(),
             crate::status::now_unix()
         ));
-        std::fs::rename(&spec.etcd_data_dir, &aside)
-            .with_context(|| format!("cannot move {} aside", spec.etcd_data_dir.display()))?;
-        say(format!(
-            "the previous etcd data is kept in {}",
-            aside.display()
-        ));
-    }
-    checkpoint.begin_restore(&ClusterIdentity {
-        role: ClusterRole::Restore,
-        cluster_uid: random_uid(),
-        created: crate::status::now_unix(),
-        ..id.clone()
-    })?;
-    Ok(())
+        std::fs::rename(data, &aside)
+            .with_context(|| format!("cannot move {} aside", data.display()))?;
+        run.say(
+            InitStep::MoveEtcdDataAside,
+            &format!("the previous etcd data is kept in {}", aside.display()),
+        );
+        Ok(true)
+    })
+    .await
+}
+
+/// `begin_restore`: the checkpoint says "restoring, not pivoted"
+/// (identity and marker in one write).
+pub(super) async fn begin_restore(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
+    run.converge(InitStep::BeginRestore, || async {
+        let Some(id) = seq.checkpoint.cluster_identity()? else {
+            anyhow::bail!("the checkpoint holds no cluster identity to restore over");
+        };
+        if id.role == ClusterRole::Restore && !seq.checkpoint.pivot_committed()? {
+            return Ok(false);
+        }
+        seq.checkpoint.begin_restore(&ClusterIdentity {
+            role: ClusterRole::Restore,
+            cluster_uid: random_uid(),
+            created: crate::status::now_unix(),
+            ..id
+        })?;
+        Ok(true)
+    })
+    .await
 }
 
 /// Copies the old cluster's PKI into `pki_dir`, keeping each file's mode;
