@@ -1,31 +1,25 @@
 //! selfnode as PID 1 of an appliance image (`selfnode image build`).
 //!
-//! [`run`] is what `/init` does when the kernel starts it, in order, each
-//! step a line on the console:
+//! [`run`] is what `/init` does when the kernel starts it:
 //!
-//! 1. moves the root from the initramfs (the kernel's rootfs, on which
-//!    `pivot_root(2)` refuses to work, so no container could start) to a
-//!    tmpfs, file by file, freeing each as it goes, and executes itself
-//!    there (as `switch_root` does);
-//! 2. mounts `/proc`, `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/run` and
-//!    the unified cgroup hierarchy (cgroup v2), makes `/` shared (the
-//!    kubelet's mount propagation needs it);
-//! 3. prints the banner, loads the kernel modules ([`dist::appliance::BOOT_MODULES`]);
-//! 4. reads the configuration ([`config`]) from the image's file and the
-//!    kernel command line. An invalid one prints the field and the rule and
-//!    the machine stays up (no reboot loop) until it is powered off;
-//! 5. sets the host name, brings up the network ([`net`]) and the
-//!    persistent storage ([`storage`]);
-//! 6. starts `selfnode agent` (restarted if it exits) and, once containerd
+//! 1. prints the banner, then runs the boot plan ([`boot`]): the root
+//!    moved to a tmpfs, the basic file systems, the kernel modules, the
+//!    configuration ([`config`]), the host name, the network ([`net`]) and
+//!    the persistent storage ([`storage`]), one `[boot] step (i/n)` line
+//!    each. An invalid configuration prints the field and the rule, and
+//!    any failure the step that failed; the machine then stays up (no
+//!    reboot loop) until it is powered off;
+//! 2. starts `selfnode agent` (restarted if it exits) and, once containerd
 //!    and the kubelet are ready, the role's command (`selfnode init` or
 //!    `selfnode join`; both converge when run again, so every boot runs
 //!    it), and prints each state change of the agent's components and a
 //!    status line every minute;
-//! 7. reaps every orphan, and on SIGTERM or SIGINT (Ctrl-Alt-Del) reboots,
+//! 3. reaps every orphan, and on SIGTERM or SIGINT (Ctrl-Alt-Del) reboots,
 //!    on SIGUSR1 halts, on SIGUSR2, SIGPWR or the ACPI power button powers
 //!    off (busybox init's conventions): `selfnode stop` first, then every
 //!    process, then the file systems.
 
+pub mod boot;
 pub mod config;
 pub mod modprobe;
 pub mod net;
@@ -38,9 +32,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The environment variable that says the root was moved already.
-const SWITCHED: &str = "SELFNODE_ROOT_SWITCHED";
-const NEW_ROOT: &str = "/sysroot";
-const DATA_MOUNT: &str = "/mnt/data";
+pub(crate) const SWITCHED: &str = "SELFNODE_ROOT_SWITCHED";
+pub(crate) const NEW_ROOT: &str = "/sysroot";
+pub(crate) const DATA_MOUNT: &str = "/mnt/data";
 const AGENT_LOG: &str = "/var/log/selfnode/agent.log";
 /// How often the status line is printed.
 const STATUS_EVERY: Duration = Duration::from_secs(60);
@@ -60,7 +54,7 @@ pub fn started_as_init(pid: u32, argv0: &Path) -> bool {
 }
 
 /// One line on the console.
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "selfnode: {msg}");
     let _ = out.flush();
@@ -83,161 +77,35 @@ pub fn run() -> ! {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         );
     }
-    if std::env::var_os(SWITCHED).is_none() {
-        if let Err(e) = switch_root() {
-            say(&format!(
-                "cannot move the root to a tmpfs ({e:#}); containers will not start"
-            ));
-        }
-    }
-    if let Err(e) = mount_basics() {
-        say(&format!("mounting the basic file systems failed: {e:#}"));
-    }
     install_signals();
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     say(&format!(
         "selfnode {} appliance, PID 1, kernel {}",
         env!("CARGO_PKG_VERSION"),
-        release.trim()
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
-    load_modules();
+    let booted = boot::run();
     spawn_power_button_watch();
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let file = std::fs::read_to_string(dist::appliance::CONFIG_PATH).ok();
-    let config = match config::parse(
-        file.as_deref().map(|t| (dist::appliance::CONFIG_PATH, t)),
-        &cmdline,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
+    let config = match booted {
+        Ok(config) => config,
+        Err(boot::BootError::Config(e)) => {
             say(&format!("{e}"));
             say("the configuration is invalid: this machine stays up for inspection and starts nothing; fix it (the image's --config, or the selfnode.* kernel parameters in the boot loader's configuration) and reboot");
             idle_forever();
         }
-    };
-    match boot(&config) {
-        Ok(()) => {}
-        Err(e) => {
+        Err(boot::BootError::Step(e)) => {
             say(&format!("{e:#}"));
             say("the node cannot start: this machine stays up for inspection; power it off, fix the cause and boot again");
             idle_forever();
         }
+    };
+    if let Err(e) = supervise(&config) {
+        say(&format!("{e:#}"));
+        say("the node cannot start: this machine stays up for inspection; power it off, fix the cause and boot again");
+        idle_forever();
     }
     unreachable!("boot runs until shutdown")
-}
-
-/// Copies the initramfs into a tmpfs and executes `/init` there.
-fn switch_root() -> anyhow::Result<()> {
-    use nix::mount::{mount, MsFlags};
-    std::fs::create_dir_all(NEW_ROOT)?;
-    mount(
-        Some("tmpfs"),
-        NEW_ROOT,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=0755"),
-    )?;
-    move_tree(Path::new("/"), Path::new(NEW_ROOT))?;
-    std::env::set_current_dir(NEW_ROOT)?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
-    nix::unistd::chroot(".")?;
-    std::env::set_current_dir("/")?;
-    let err = std::os::unix::process::CommandExt::exec(Command::new("/init").env(SWITCHED, "1"));
-    Err(err.into())
-}
-
-/// Moves every entry under `from` (but `NEW_ROOT`) into `to`, removing
-/// each file once copied so memory use stays flat.
-fn move_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{symlink, PermissionsExt};
-    // The whole listing first: removing entries while a ramfs directory
-    // is being read skips some of the others.
-    let listing: Vec<std::fs::DirEntry> = std::fs::read_dir(from)?.flatten().collect();
-    for e in listing {
-        let src = e.path();
-        if src == Path::new(NEW_ROOT) {
-            continue;
-        }
-        let dst = to.join(e.file_name());
-        let meta = std::fs::symlink_metadata(&src)?;
-        if meta.file_type().is_symlink() {
-            symlink(std::fs::read_link(&src)?, &dst)?;
-            std::fs::remove_file(&src)?;
-        } else if meta.is_dir() {
-            std::fs::create_dir_all(&dst)?;
-            std::fs::set_permissions(
-                &dst,
-                std::fs::Permissions::from_mode(meta.permissions().mode()),
-            )?;
-            move_tree(&src, &dst)?;
-            let _ = std::fs::remove_dir(&src);
-        } else if meta.is_file() {
-            std::fs::copy(&src, &dst)?;
-            std::fs::remove_file(&src)?;
-        }
-    }
-    Ok(())
-}
-
-fn mount_basics() -> anyhow::Result<()> {
-    use nix::mount::{mount, MsFlags};
-    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
-        ("proc", "/proc", "proc", nosuid, None),
-        ("sysfs", "/sys", "sysfs", nosuid, None),
-        (
-            "devtmpfs",
-            "/dev",
-            "devtmpfs",
-            MsFlags::MS_NOSUID,
-            Some("mode=0755"),
-        ),
-        (
-            "devpts",
-            "/dev/pts",
-            "devpts",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("gid=5,mode=620,ptmxmode=666"),
-        ),
-        (
-            "tmpfs",
-            "/dev/shm",
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=1777"),
-        ),
-        (
-            "tmpfs",
-            "/run",
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        ),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None),
-    ];
-    for (src, at, fstype, flags, data) in mounts {
-        std::fs::create_dir_all(at)?;
-        match mount(Some(src), at, Some(fstype), flags, data) {
-            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
-            Err(e) => anyhow::bail!("mounting {fstype} on {at}: {e}"),
-        }
-    }
-    // Every controller for the kubelet's pods.
-    if let Ok(list) = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
-        let enable: String = list.split_whitespace().map(|c| format!("+{c} ")).collect();
-        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.trim());
-    }
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SHARED,
-        None::<&str>,
-    )?;
-    for dir in ["/var/log/selfnode", "/var/lib", "/etc/kubernetes", "/tmp"] {
-        std::fs::create_dir_all(dir)?;
-    }
-    Ok(())
 }
 
 fn install_signals() {
@@ -260,30 +128,6 @@ fn install_signals() {
     }
     // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
     let _ = nix::sys::reboot::set_cad_enabled(false);
-}
-
-fn load_modules() {
-    // The kernel runs this for the modules it needs on demand.
-    let _ = std::fs::write("/proc/sys/kernel/modprobe", "/usr/sbin/modprobe");
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let dir = Path::new("/usr/lib/modules").join(release.trim());
-    let mut failed = Vec::new();
-    for m in dist::appliance::BOOT_MODULES {
-        if let Err(e) = modprobe::load(&dir, m, 0) {
-            failed.push(format!("{m} ({e})"));
-        }
-    }
-    if failed.is_empty() {
-        say(&format!(
-            "kernel modules loaded ({})",
-            dist::appliance::BOOT_MODULES.len()
-        ));
-    } else {
-        say(&format!(
-            "some kernel modules did not load (built in, or no such hardware): {}",
-            failed.join("; ")
-        ));
-    }
 }
 
 /// Watches the input devices named "Power Button" for KEY_POWER and asks
@@ -345,69 +189,6 @@ fn idle_forever() -> ! {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-fn boot(config: &config::ApplianceConfig) -> anyhow::Result<()> {
-    let sys = Path::new("/sys");
-    let card = net::pick_interface(sys, config.interface.as_deref(), Duration::from_secs(20))?;
-    let mac = std::fs::read_to_string(sys.join("class/net").join(&card).join("address"))
-        .unwrap_or_default();
-    let hostname = config.hostname.clone().unwrap_or_else(|| {
-        let tail: String = mac.trim().split(':').skip(3).collect();
-        format!("selfnode-{tail}")
-    });
-    nix::unistd::sethostname(&hostname)?;
-    say(&format!("hostname {hostname}"));
-    say(&format!(
-        "network: {card}, {}",
-        match config.addressing {
-            config::Addressing::Dhcp => "DHCP".to_string(),
-            config::Addressing::Static {
-                address, prefix, ..
-            } => format!("static {address}/{prefix}"),
-        }
-    ));
-    let state = net::configure(
-        sys,
-        &card,
-        &config.addressing,
-        &config.dns,
-        Duration::from_secs(60),
-    )?;
-    net::write_resolver(Path::new("/etc"), &state, &hostname)?;
-    say(&format!(
-        "network up: {} {}/{} ({}), gateway {}, name servers {}",
-        state.interface,
-        state.address,
-        state.prefix,
-        state.how,
-        state
-            .gateway
-            .map(|g| g.to_string())
-            .unwrap_or_else(|| "none".into()),
-        if state.dns.is_empty() {
-            "none".to_string()
-        } else {
-            state
-                .dns
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    ));
-    match storage::pick(sys, Path::new("/dev"), config.data_device.as_deref(), Duration::from_secs(5))? {
-        Some(dev) => {
-            let st = storage::prepare(&dev, Path::new(DATA_MOUNT), &|m: &str| say(m))?;
-            say(&format!(
-                "persistent storage: {} on /var/lib, /etc/kubernetes and /var/log ({})",
-                st.device,
-                if st.formatted { "formatted now, first boot" } else { "kept from an earlier boot" }
-            ));
-        }
-        None => say("no persistent storage (no selfnode-data partition or label, no blank disk): this node forgets everything when it powers off"),
-    }
-    supervise(config)
 }
 
 /// A child and what to do when it ends.
@@ -482,7 +263,7 @@ fn role_command(config: &config::ApplianceConfig) -> Command {
     cmd
 }
 
-fn role_name(role: &config::Role) -> &'static str {
+pub(crate) fn role_name(role: &config::Role) -> &'static str {
     match role {
         config::Role::Init => "init",
         config::Role::Join(_) => "join",

@@ -97,7 +97,12 @@ impl<S: Step> Runner<S> {
         }
     }
 
-    fn failed(&self, step: S) -> String {
+    /// The step's `failed` line, and the context its error gets.
+    fn failed(&self, step: S, started: Instant) -> String {
+        self.say(
+            step,
+            &format!("failed, {:.1}s", started.elapsed().as_secs_f64()),
+        );
         format!("{} step {step} failed", self.sequence)
     }
 
@@ -130,17 +135,21 @@ impl<S: Step> Runner<S> {
         AF: Future<Output = anyhow::Result<()>>,
     {
         let t = Instant::now();
-        let outcome = if check().await.map_err(|e| e.context(self.failed(step)))? {
+        let outcome = if check().await.map_err(|e| e.context(self.failed(step, t)))? {
             "already done"
         } else {
             match tokio::time::timeout(deadline, apply()).await {
-                Ok(r) => r.map_err(|e| e.context(self.failed(step)))?,
-                Err(_) => anyhow::bail!(
-                    "{} step {step} did not finish within {deadline:?}; see 'selfnode status' and the logs in /var/log/selfnode, then run the command again (it resumes)",
-                    self.sequence
-                ),
+                Ok(r) => r.map_err(|e| e.context(self.failed(step, t)))?,
+                Err(_) => {
+                    self.failed(step, t);
+                    anyhow::bail!(
+                        "{} step {step} did not finish within {deadline:?}; see 'selfnode status' and the logs in /var/log/selfnode, then run the command again (it resumes)",
+                        self.sequence
+                    )
+                }
             }
-            if !check().await? {
+            if !check().await.map_err(|e| e.context(self.failed(step, t)))? {
+                self.failed(step, t);
                 anyhow::bail!(
                     "{} step {step} ran but its result is not there; run the command again",
                     self.sequence
@@ -159,7 +168,7 @@ impl<S: Step> Runner<S> {
         AF: Future<Output = anyhow::Result<bool>>,
     {
         let t = Instant::now();
-        let changed = apply().await.map_err(|e| e.context(self.failed(step)))?;
+        let changed = apply().await.map_err(|e| e.context(self.failed(step, t)))?;
         let outcome = if changed { "done" } else { "already done" };
         Ok(self.finish(step, outcome, t))
     }
@@ -173,7 +182,7 @@ impl<S: Step> Runner<S> {
     {
         self.say(step, &format!("waiting for {what}"));
         let t = Instant::now();
-        apply().await.map_err(|e| e.context(self.failed(step)))?;
+        apply().await.map_err(|e| e.context(self.failed(step, t)))?;
         Ok(self.finish(step, "done", t))
     }
 }
