@@ -23,35 +23,31 @@ use containerd_client::types::v1::Status;
 /// Kills and deletes every task in every namespace. Returns how many tasks
 /// were stopped. Bounded by `timeout`; a task that will not die is reported
 /// and left for the subreaper.
-pub async fn drain_tasks(socket: &Path, timeout: Duration) -> Result<usize, String> {
+pub async fn drain_tasks(socket: &Path, timeout: Duration) -> anyhow::Result<usize> {
     let work = async {
-        let root = dist::containerd::connect(socket, "default")
-            .await
-            .map_err(|e| e.to_string())?;
+        let root = dist::containerd::connect(socket, "default").await?;
         let namespaces = root
             .namespaces()
             .list(root.request(ListNamespacesRequest {
                 filter: String::new(),
             }))
             .await
-            .map_err(|e| format!("cannot list containerd namespaces: {}", e.message()))?
+            .map_err(|e| anyhow::anyhow!("cannot list containerd namespaces: {}", e.message()))?
             .into_inner()
             .namespaces;
         let mut stopped = 0;
         for ns in namespaces {
-            let client = dist::containerd::connect(socket, &ns.name)
-                .await
-                .map_err(|e| e.to_string())?;
+            let client = dist::containerd::connect(socket, &ns.name).await?;
             stopped += drain_namespace(&client).await?;
         }
         Ok(stopped)
     };
     tokio::time::timeout(timeout, work)
         .await
-        .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {timeout:?}")))
 }
 
-async fn drain_namespace(client: &dist::containerd::Client) -> Result<usize, String> {
+async fn drain_namespace(client: &dist::containerd::Client) -> anyhow::Result<usize> {
     let list = || async {
         client
             .tasks()
@@ -61,7 +57,7 @@ async fn drain_namespace(client: &dist::containerd::Client) -> Result<usize, Str
             .await
             .map(|r| r.into_inner().tasks)
             .map_err(|e| {
-                format!(
+                anyhow::anyhow!(
                     "cannot list tasks in {}: {}",
                     client.namespace(),
                     e.message()

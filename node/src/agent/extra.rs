@@ -156,7 +156,7 @@ fn spec_fn(ctx: &ExtraContext, spec: &ProcessSpec) -> SpecFn {
         let health = spec.health.clone();
         let probe: ProbeFn = Arc::new(move || {
             let health = health.clone();
-            Box::pin(async move { super::probe::check(&health).await })
+            Box::pin(async move { Ok(super::probe::check(&health).await?) })
         });
         Ok(ServiceSpec {
             config_digest: String::new(),

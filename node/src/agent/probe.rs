@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -14,8 +15,40 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use bootstrap::plane::{ClientCert, HealthCheck};
 
+/// How long one probe may take, connect and answer included: a server that
+/// accepts and goes silent fails the probe instead of holding it.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a health check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect to {address}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {address} failed")]
+    Handshake {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("GET {url} failed")]
+    Io { url: String, source: std::io::Error },
+    #[error("GET {url} answered {status_line:?}")]
+    Status { url: String, status_line: String },
+    #[error("GET {url} did not answer within {}s", PROBE_TIMEOUT.as_secs())]
+    Timeout { url: String },
+    #[error("cannot read {path}")]
+    ReadPem {
+        path: std::path::PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("TLS settings for {what}")]
+    Tls { what: String, source: rustls::Error },
+}
+
 /// Runs `check` once.
-pub async fn check(check: &HealthCheck) -> Result<(), String> {
+pub async fn check(check: &HealthCheck) -> Result<(), ProbeError> {
     match check {
         HealthCheck::Https {
             address,
@@ -31,55 +64,62 @@ pub async fn https_ok(
     path: &str,
     ca_file: Option<&Path>,
     client: Option<&ClientCert>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     https_ok_as(address, address.ip(), path, ca_file, client).await
 }
 
 /// [`https_ok`], verifying the server's certificate for the address `name`
 /// instead of the one dialled: what a client that reaches `address`
 /// through a forwarder checks (the API balancer's clients dial loopback).
+/// At most [`PROBE_TIMEOUT`].
 pub async fn https_ok_as(
     address: SocketAddr,
     name: std::net::IpAddr,
     path: &str,
     ca_file: Option<&Path>,
     client: Option<&ClientCert>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let config = tls_config(ca_file, client)?;
-    let tcp = tokio::net::TcpStream::connect(address)
+    let url = format!("https://{address}{path}");
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|source| ProbeError::Connect {
+                address: address.to_string(),
+                source,
+            })?;
+        let name = ServerName::IpAddress(name.into());
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ProbeError::Handshake { address, source })?;
+        get_ok(&mut tls, &address.to_string(), path, &url).await
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
         .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-    let name = ServerName::IpAddress(name.into());
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake with {address} failed: {e}"))?;
-    get_ok(
-        &mut tls,
-        &address.to_string(),
-        path,
-        &format!("https://{address}{path}"),
-    )
-    .await
+        .map_err(|_| ProbeError::Timeout { url: url.clone() })?
 }
 
 /// `GET http://127.0.0.1:<port><path>` answers 200: the kubelet's healthz
-/// endpoint speaks plain HTTP on loopback.
-pub async fn http_ok(port: u16, path: &str) -> Result<(), String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+/// endpoint speaks plain HTTP on loopback. At most [`PROBE_TIMEOUT`].
+pub async fn http_ok(port: u16, path: &str) -> Result<(), ProbeError> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|source| ProbeError::Connect {
+                address: format!("127.0.0.1:{port}"),
+                source,
+            })?;
+        get_ok(&mut stream, "127.0.0.1", path, &url).await
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
         .await
-        .map_err(|e| format!("cannot connect to 127.0.0.1:{port}: {e}"))?;
-    get_ok(
-        &mut stream,
-        "127.0.0.1",
-        path,
-        &format!("http://127.0.0.1:{port}{path}"),
-    )
-    .await
+        .map_err(|_| ProbeError::Timeout { url: url.clone() })?
 }
 
 /// Sends a minimal HTTP/1.0 GET on `stream` and wants a 200 back.
-async fn get_ok<S>(stream: &mut S, host: &str, path: &str, url: &str) -> Result<(), String>
+async fn get_ok<S>(stream: &mut S, host: &str, path: &str, url: &str) -> Result<(), ProbeError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -87,7 +127,10 @@ where
     stream
         .write_all(req.as_bytes())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ProbeError::Io {
+            url: url.to_string(),
+            source,
+        })?;
     let mut buf = Vec::new();
     // Servers that close without close_notify (TLS) still gave us the answer.
     let _ = (&mut *stream).take(8192).read_to_end(&mut buf).await;
@@ -96,24 +139,36 @@ where
     if status_line.split_whitespace().nth(1) == Some("200") {
         Ok(())
     } else {
-        Err(format!("GET {url} answered {status_line:?}"))
+        Err(ProbeError::Status {
+            url: url.to_string(),
+            status_line: status_line.to_string(),
+        })
     }
 }
 
-fn tls_config(ca_file: Option<&Path>, client: Option<&ClientCert>) -> Result<ClientConfig, String> {
+fn tls_config(
+    ca_file: Option<&Path>,
+    client: Option<&ClientCert>,
+) -> Result<ClientConfig, ProbeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = |what: &str| {
+        let what = what.to_string();
+        move |source| ProbeError::Tls { what, source }
+    };
+    let pem = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ProbeError::ReadPem { path, source }
+    };
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(tls("the protocol versions"))?;
     let builder = match ca_file {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| format!("cannot read {}: {e}", ca.display()))?
-            {
+            for cert in CertificateDer::pem_file_iter(ca).map_err(pem(ca))? {
                 roots
-                    .add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+                    .add(cert.map_err(pem(ca))?)
+                    .map_err(tls(&ca.display().to_string()))?;
             }
             builder.with_root_certificates(roots)
         }
@@ -125,12 +180,11 @@ fn tls_config(ca_file: Option<&Path>, client: Option<&ClientCert>) -> Result<Cli
         Some(c) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert_file)
                 .and_then(|it| it.collect())
-                .map_err(|e| format!("cannot read {}: {e}", c.cert_file.display()))?;
-            let key = PrivateKeyDer::from_pem_file(&c.key_file)
-                .map_err(|e| format!("cannot read {}: {e}", c.key_file.display()))?;
+                .map_err(pem(&c.cert_file))?;
+            let key = PrivateKeyDer::from_pem_file(&c.key_file).map_err(pem(&c.key_file))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())
+                .map_err(tls(&c.cert_file.display().to_string()))
         }
         None => Ok(builder.with_no_client_auth()),
     }

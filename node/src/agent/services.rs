@@ -61,10 +61,8 @@ pub fn containerd(ctx: Arc<ServiceContext>) -> SpecFn {
         let probe: ProbeFn = Arc::new(move || {
             let socket = socket.clone();
             Box::pin(async move {
-                dist::containerd::version(&socket)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                dist::containerd::version(&socket).await?;
+                Ok(())
             })
         });
         Ok(ServiceSpec {
@@ -146,7 +144,9 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
             args.push(format!("--hostname-override={}", node.node_name).into());
         }
         let port = ctx.kubelet_healthz_port;
-        let probe: ProbeFn = Arc::new(move || Box::pin(super::probe::http_ok(port, "/healthz")));
+        let probe: ProbeFn = Arc::new(move || {
+            Box::pin(async move { Ok(super::probe::http_ok(port, "/healthz").await?) })
+        });
         Ok(ServiceSpec {
             config_digest,
             program: ctx.bundle.bin("kubelet"),

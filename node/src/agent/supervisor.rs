@@ -34,7 +34,7 @@ use crate::status::{now_unix, AgentStatus, ComponentState};
 
 /// How to tell that a service is ready (and, later, still healthy).
 pub type ProbeFn =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
 
 pub struct ServiceSpec {
     /// Digest of the configuration files the builder wrote; with the command
@@ -361,7 +361,9 @@ async fn watch_child(
             }
             _ = tokio::time::sleep(period) => {
                 let probe = tokio::time::timeout(Duration::from_secs(3), (spec.probe)()).await;
-                let result = probe.unwrap_or_else(|_| Err("health check timed out after 3s".into()));
+                let result = probe
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("health check timed out after 3s")))
+                    .map_err(|e| format!("{e:#}"));
                 match result {
                     Ok(()) => {
                         failures = 0;

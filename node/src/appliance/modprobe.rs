@@ -12,6 +12,8 @@
 
 use std::path::Path;
 
+use anyhow::Context;
+
 /// True if this process was started as `modprobe`.
 pub fn invoked_as_modprobe() -> bool {
     std::env::args_os()
@@ -43,13 +45,13 @@ pub fn main() -> std::process::ExitCode {
 }
 
 /// Loads `name` (a module or an alias) from the modules directory `dir`.
-pub fn load(dir: &Path, name: &str, depth: usize) -> Result<(), String> {
+pub fn load(dir: &Path, name: &str, depth: usize) -> anyhow::Result<()> {
     if depth > 8 {
-        return Err(format!("{name}: soft dependencies nest too deep"));
+        anyhow::bail!("{name}: soft dependencies nest too deep");
     }
     let norm = |s: &str| s.replace('-', "_");
     let dep = std::fs::read_to_string(dir.join("modules.dep"))
-        .map_err(|e| format!("{}: {e}", dir.join("modules.dep").display()))?;
+        .with_context(|| format!("cannot read {}", dir.join("modules.dep").display()))?;
     let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
     let module_name = |path: &str| -> String {
         let file = path.rsplit('/').next().unwrap_or(path);
@@ -78,10 +80,7 @@ pub fn load(dir: &Path, name: &str, depth: usize) -> Result<(), String> {
         }
     }
     if targets.is_empty() {
-        return Err(format!(
-            "{name}: no such module or alias in {}",
-            dir.display()
-        ));
+        anyhow::bail!("{name}: no such module or alias in {}", dir.display());
     }
     let softdep = std::fs::read_to_string(dir.join("modules.softdep")).unwrap_or_default();
     let mut last_err = None;
@@ -112,10 +111,12 @@ pub fn load(dir: &Path, name: &str, depth: usize) -> Result<(), String> {
             dir.parent().unwrap_or(dir),
         ) {
             Ok(_) => return Ok(()),
-            Err(e) => last_err = Some(e.to_string()),
+            Err(e) => last_err = Some(e),
         }
     }
-    Err(last_err.unwrap_or_default())
+    Err(last_err
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("{name}: nothing to load")))
 }
 
 /// Shell glob match (`*`, `?`, `[abc]`, `[a-z]`, `[!x]`) as modules.alias uses.

@@ -473,8 +473,9 @@ async fn recover_api(run: &Runner, r: &Recover<'_>) -> anyhow::Result<bool> {
         match api_ready(spec).await {
             Ok(()) => break,
             Err(why) if Instant::now() >= deadline => anyhow::bail!(
-                "the API server did not become ready within {}s ({why}); check etcd ('selfnode etcd members') and 'selfnode status'",
-                wait.as_secs()
+                "the API server did not become ready within {}s ({:#}); check etcd ('selfnode etcd members') and 'selfnode status'",
+                wait.as_secs(),
+                anyhow::Error::new(why)
             ),
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
@@ -485,18 +486,10 @@ async fn recover_api(run: &Runner, r: &Recover<'_>) -> anyhow::Result<bool> {
 
 /// `/readyz` through this node's API load balancer, verified against the
 /// cluster CA.
-async fn api_ready(spec: &PlaneSpec) -> Result<(), String> {
+async fn api_ready(spec: &PlaneSpec) -> Result<(), crate::agent::probe::ProbeError> {
     let lb = std::net::SocketAddr::new(spec.loopback(), spec.ports.api_load_balancer);
     let ca: PathBuf = spec.pki_dir.join("ca.crt");
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        crate::agent::probe::https_ok(lb, "/readyz", Some(&ca), None),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err("/readyz did not answer within 5s".into()),
-    }
+    crate::agent::probe::https_ok(lb, "/readyz", Some(&ca), None).await
 }
 
 /// Whether a self-hosted pod of `component` (not a checkpoint copy, not
