@@ -279,7 +279,7 @@ async fn read_settings(
     let cm = cms.get(CLUSTER_SETTINGS).await.with_context(|| {
         format!("reading kube-system/{CLUSTER_SETTINGS} from {via} with the token (TLS verified with the cluster CA)")
     })?;
-    ClusterSettings::from_config_map(&cm).map_err(anyhow::Error::msg)
+    Ok(ClusterSettings::from_config_map(&cm)?)
 }
 
 /// Whether the token carries the control-plane group (a SelfSubjectReview
@@ -591,8 +591,7 @@ async fn label_control_plane(run: &Runner, join: &Join<'_>) -> anyhow::Result<St
                 &cms.get(CLUSTER_SETTINGS)
                     .await
                     .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?,
-            )
-            .map_err(anyhow::Error::msg)?;
+            )?;
             bootstrap::objects::mark_control_plane(
                 token_client_via_lb(join)?,
                 name,

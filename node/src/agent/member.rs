@@ -221,7 +221,7 @@ async fn node_plane_spec(
         .get(CLUSTER_SETTINGS)
         .await
         .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?;
-    let cluster = ClusterSettings::from_config_map(&cm).map_err(anyhow::Error::msg)?;
+    let cluster = ClusterSettings::from_config_map(&cm)?;
     let settings = bootstrap::config::InitSettings {
         cluster_name: cluster.cluster_name,
         node_name: node.node_name.clone(),
