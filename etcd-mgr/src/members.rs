@@ -181,7 +181,11 @@ pub async fn add_learner(cfg: &EtcdConfig, peer_url: &str) -> Result<u64, EtcdEr
 /// started), or that the cluster is not ready, retries until `timeout`.
 pub async fn promote(cfg: &EtcdConfig, peer_url: &str, timeout: Duration) -> Result<(), EtcdError> {
     let mut client = connect(cfg, &cfg.endpoints).await?;
-    let mut retry = Retry::new(timeout);
+    let mut retry = Retry::new(
+        timeout,
+        "waiting for the etcd learner to catch up before promoting it",
+        peer_url,
+    );
     loop {
         let last = match find_by_peer_url(&mut client, peer_url).await {
             Ok(None) => {
@@ -206,20 +210,13 @@ pub async fn promote(cfg: &EtcdConfig, peer_url: &str, timeout: Duration) -> Res
             },
             Err(e) => transient_answer(&e).ok_or(e)?,
         };
-        if !retry
-            .wait(
-                "waiting for the etcd learner to catch up before promoting it",
-                peer_url,
-                &last,
-            )
-            .await
-        {
-            return Err(EtcdError::PromoteTimeout {
+        retry
+            .again(last, |last| EtcdError::PromoteTimeout {
                 peer_url: peer_url.to_string(),
                 timeout,
                 last,
-            });
-        }
+            })
+            .await?;
     }
 }
 
@@ -241,7 +238,11 @@ pub async fn remove(
 ) -> Result<RemoveOutcome, EtcdError> {
     let mut endpoints = cfg.endpoints.clone();
     let mut sent: Option<u64> = None;
-    let mut retry = Retry::new(timeout);
+    let mut retry = Retry::new(
+        timeout,
+        "etcd refused the member removal for now; retrying",
+        target,
+    );
     loop {
         let last = match members_via(cfg, &endpoints).await {
             // Nothing asked of etcd yet: report the failure as it is.
@@ -282,20 +283,13 @@ pub async fn remove(
                 }
             }
         };
-        if !retry
-            .wait(
-                "etcd refused the member removal for now; retrying",
-                target,
-                &last,
-            )
-            .await
-        {
-            return Err(EtcdError::RemoveTimeout {
+        retry
+            .again(last, |last| EtcdError::RemoveTimeout {
                 target: target.to_string(),
                 timeout,
                 last,
-            });
-        }
+            })
+            .await?;
     }
 }
 
@@ -515,31 +509,41 @@ fn is_not_a_learner(e: &etcd_client::Error) -> bool {
     m.contains("can only promote a learner member") && !m.contains("in sync")
 }
 
-/// Capped exponential backoff (200 ms doubling to 2 s) with ±20 % jitter.
-/// The wait between tries of a request etcd refused for now: jittered
-/// back-off, cut short by the deadline; the first refusal is logged at info,
-/// the rest at debug.
-struct Retry {
+/// The tries of one request etcd refuses for now (promote, remove): what
+/// is being waited for and on what, the deadline, and the jittered
+/// back-off between tries ([`Backoff`]). The first refusal is logged at
+/// info, the rest at debug.
+struct Retry<'a> {
+    what: &'static str,
+    subject: &'a str,
     deadline: Instant,
     backoff: Backoff,
     announced: bool,
 }
 
-impl Retry {
-    fn new(timeout: Duration) -> Self {
+impl<'a> Retry<'a> {
+    fn new(timeout: Duration, what: &'static str, subject: &'a str) -> Self {
         Retry {
+            what,
+            subject,
             deadline: Instant::now() + timeout,
             backoff: Backoff::new(),
             announced: false,
         }
     }
 
-    /// Sleeps before the next try; `false` once the deadline has passed.
-    async fn wait(&mut self, what: &str, subject: &str, last: &str) -> bool {
+    /// Sleeps before the next try after etcd's answer `last`; once the
+    /// deadline has passed, the error `timed_out` makes of `last` instead.
+    async fn again(
+        &mut self,
+        last: String,
+        timed_out: impl FnOnce(String) -> EtcdError,
+    ) -> Result<(), EtcdError> {
         let now = Instant::now();
         if now >= self.deadline {
-            return false;
+            return Err(timed_out(last));
         }
+        let (what, subject) = (self.what, self.subject);
         if !self.announced {
             info!(subject, answer = %last, "{what}");
             self.announced = true;
@@ -547,10 +551,11 @@ impl Retry {
         let wait = self.backoff.step().min(self.deadline - now);
         debug!(subject, answer = %last, ?wait, "{what}");
         tokio::time::sleep(wait).await;
-        true
+        Ok(())
     }
 }
 
+/// Capped exponential backoff (200 ms doubling to 2 s) with ±20 % jitter.
 struct Backoff {
     next: Duration,
 }
