@@ -55,8 +55,8 @@ pub async fn run(schedule: Schedule, status: StatusHandle, stop: CancellationTok
                 Ok(true) => match take(&schedule).await {
                     Ok(()) => last_error = None,
                     Err(e) => {
-                        tracing::warn!(error = %e, "scheduled etcd snapshot failed");
-                        last_error = Some(e.to_string());
+                        tracing::warn!(error = %format!("{e:#}"), "scheduled etcd snapshot failed");
+                        last_error = Some(format!("{e:#}"));
                     }
                 },
                 Ok(false) => {}

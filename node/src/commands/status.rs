@@ -31,7 +31,11 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
     let etcd = if runs_etcd {
         let mut cfg = crate::etcd::config(paths);
         cfg.timeout = std::time::Duration::from_secs(2);
-        Some(etcd_mgr::members(&cfg).await.map_err(|e| e.to_string()))
+        Some(
+            etcd_mgr::members(&cfg)
+                .await
+                .map_err(|e| dist::error_chain(&e)),
+        )
     } else {
         None
     };
