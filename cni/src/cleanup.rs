@@ -156,6 +156,33 @@ fn remove_nat_rules(network: &str) -> Result<Vec<String>, CleanupError> {
 mod tests {
     use super::*;
 
+    /// `err` and its causes as `{:#}` prints an anyhow chain.
+    fn chain(err: &dyn std::error::Error) -> String {
+        let mut out = err.to_string();
+        let mut next = err.source();
+        while let Some(cause) = next {
+            out.push_str(": ");
+            out.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_nat_failure_shows_each_layer_once() {
+        let e = CleanupError::Nat(IptablesError::Failed {
+            program: "iptables",
+            args: "-w -t nat -F CNI-0123".into(),
+            status: "exit status: 1".into(),
+            stderr: "iptables: No chain/target/match by that name.".into(),
+        });
+        assert_eq!(
+            chain(&e),
+            "cannot remove the pod network's NAT rules: iptables -w -t nat -F CNI-0123 failed \
+             (exit status: 1): iptables: No chain/target/match by that name."
+        );
+    }
+
     #[test]
     fn only_this_networks_masquerade_rules_are_picked() {
         let listing = r#"-P POSTROUTING ACCEPT
