@@ -321,7 +321,7 @@ impl FromStr for JoinString {
             .map(str::to_string)
             .collect();
         for e in &endpoints {
-            check_endpoint(e).map_err(|why| bad(&why))?;
+            check_endpoint(e)?;
         }
         let ca_hash = parts
             .next()
@@ -351,20 +351,23 @@ impl FromStr for JoinString {
 }
 
 /// `host:port` with a port in 1..=65535; IPv6 in brackets.
-fn check_endpoint(e: &str) -> Result<(), String> {
+fn check_endpoint(e: &str) -> Result<(), JoinError> {
+    let bad = |why: String| JoinError::JoinString { why };
     let (host, port) = e
         .rsplit_once(':')
-        .ok_or_else(|| format!("endpoint {e:?} has no :port"))?;
+        .ok_or_else(|| bad(format!("endpoint {e:?} has no :port")))?;
     match port.parse::<u16>() {
         Ok(p) if p > 0 => {}
-        _ => return Err(format!("endpoint {e:?}: {port:?} is not a port")),
+        _ => return Err(bad(format!("endpoint {e:?}: {port:?} is not a port"))),
     }
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if bare.is_empty() {
-        return Err(format!("endpoint {e:?} has no host"));
+        return Err(bad(format!("endpoint {e:?} has no host")));
     }
     if bare.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(format!("endpoint {e:?}: an IPv6 address goes in brackets"));
+        return Err(bad(format!(
+            "endpoint {e:?}: an IPv6 address goes in brackets"
+        )));
     }
     Ok(())
 }

@@ -503,10 +503,9 @@ pub enum AgentError {
     /// The Node watch stream ended (it should not).
     #[error("the Node watch ended")]
     WatchEnded,
-    /// The masquerade rule cannot be read or added (the iptables tool's
-    /// message).
-    #[error("cannot set up masquerading of pod traffic leaving the cluster network: {0}")]
-    Masquerade(String),
+    /// The masquerade rule cannot be read or added.
+    #[error("cannot set up masquerading of pod traffic leaving the cluster network")]
+    Masquerade(#[source] crate::iptables::IptablesError),
 }
 
 impl AgentError {

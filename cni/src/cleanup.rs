@@ -12,6 +12,7 @@
 
 use tokio_stream::StreamExt;
 
+use crate::iptables::{split_rule, IptablesError};
 use crate::routes::RouteTable;
 
 /// What [`remove_host_network`] removed.
@@ -31,7 +32,7 @@ pub struct NetworkCleanup {
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     /// The routing netlink socket could not be used.
-    #[error("cannot remove the pod network's routes: {0}")]
+    #[error("cannot remove the pod network's routes")]
     Routes(#[from] crate::routes::RouteError),
     /// The bridge could not be listed or deleted.
     #[error("cannot remove the bridge {bridge}: {reason}")]
@@ -41,9 +42,9 @@ pub enum CleanupError {
         /// What the kernel said.
         reason: String,
     },
-    /// `iptables` failed.
-    #[error("cannot remove the pod network's NAT rules: {0}")]
-    Nat(String),
+    /// `iptables` cannot be run or failed.
+    #[error("cannot remove the pod network's NAT rules")]
+    Nat(#[source] IptablesError),
 }
 
 impl CleanupError {
@@ -130,36 +131,8 @@ pub fn nat_rules_for(network: &str, postrouting: &str) -> Vec<(String, Vec<Strin
         .collect()
 }
 
-/// Splits an `iptables -S` rule into words, honouring double quotes.
-pub(crate) fn split_rule(rule: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = rule.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if quoted => {
-                if let Some(next) = chars.next() {
-                    cur.push(next);
-                }
-            }
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        words.push(cur);
-    }
-    words
-}
-
 fn iptables(args: &[&str]) -> Result<String, CleanupError> {
-    crate::masq::run(false, args).map_err(CleanupError::Nat)
+    crate::iptables::run(false, args).map_err(CleanupError::Nat)
 }
 
 fn remove_nat_rules(network: &str) -> Result<Vec<String>, CleanupError> {
@@ -182,6 +155,33 @@ fn remove_nat_rules(network: &str) -> Result<Vec<String>, CleanupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `err` and its causes as `{:#}` prints an anyhow chain.
+    fn chain(err: &dyn std::error::Error) -> String {
+        let mut out = err.to_string();
+        let mut next = err.source();
+        while let Some(cause) = next {
+            out.push_str(": ");
+            out.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_nat_failure_shows_each_layer_once() {
+        let e = CleanupError::Nat(IptablesError::Failed {
+            program: "iptables",
+            args: "-w -t nat -F CNI-0123".into(),
+            status: "exit status: 1".into(),
+            stderr: "iptables: No chain/target/match by that name.".into(),
+        });
+        assert_eq!(
+            chain(&e),
+            "cannot remove the pod network's NAT rules: iptables -w -t nat -F CNI-0123 failed \
+             (exit status: 1): iptables: No chain/target/match by that name."
+        );
+    }
 
     #[test]
     fn only_this_networks_masquerade_rules_are_picked() {

@@ -6,7 +6,11 @@
 //!   purely and reconciled in the kernel over rtnetlink, marked with
 //!   [`routes::ROUTE_PROTOCOL`].
 //! - [`kernel`]: IP forwarding and `br_netfilter`.
+//! - [`masq`]: the one NAT rule that masquerades pod traffic leaving the
+//!   cluster network.
 //! - [`cleanup`]: what `selfnode reset` removes of the pod network.
+//! - [`iptables`]: running `iptables` and splitting its rules, for the two
+//!   above.
 //! - [`agent`]: the loop the `selfnode-network` DaemonSet runs on every
 //!   node (`selfnode network-agent`), tying the three together.
 
@@ -15,6 +19,7 @@
 pub mod agent;
 pub mod cleanup;
 pub mod config;
+pub mod iptables;
 pub mod kernel;
 pub mod masq;
 pub mod routes;

@@ -8,9 +8,9 @@
 //! The rule carries [`COMMENT`], which is how it is found again (the
 //! network agent adds it, `selfnode reset` removes it).
 
-use std::process::Command;
-
 use ipnet::IpNet;
+
+use crate::iptables::{run, split_rule, IptablesError};
 
 /// The comment of selfnode's masquerade rule.
 pub const COMMENT: &str = "selfnode: pod traffic leaving the cluster network";
@@ -36,39 +36,12 @@ pub fn rule(cluster_cidr: IpNet) -> Vec<String> {
     .collect()
 }
 
-/// `iptables` for IPv4, `ip6tables` for IPv6.
-fn binary(ipv6: bool) -> &'static str {
-    if ipv6 {
-        "ip6tables"
-    } else {
-        "iptables"
-    }
-}
-
-/// Runs `iptables` (`ip6tables` with `ipv6`) with `args`; its stdout, or
-/// its message. Shared with [`crate::cleanup`].
-pub(crate) fn run(ipv6: bool, args: &[&str]) -> Result<String, String> {
-    let bin = binary(ipv6);
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {bin}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{bin} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Adds the rule for `cluster_cidr` unless it is there, and removes
 /// selfnode's rules for any other CIDR (a cluster made again with another
 /// pod network). Returns whether it changed something.
 ///
-/// Errors: the iptables tool failed; the message is its own.
-pub fn ensure(cluster_cidr: IpNet) -> Result<bool, String> {
+/// Errors: the iptables tool cannot be run or failed.
+pub fn ensure(cluster_cidr: IpNet) -> Result<bool, IptablesError> {
     let ipv6 = cluster_cidr.addr().is_ipv6();
     let want = rule(cluster_cidr);
     let mut changed = false;
@@ -90,7 +63,7 @@ pub fn ensure(cluster_cidr: IpNet) -> Result<bool, String> {
 
 /// Removes every selfnode masquerade rule (IPv4 and IPv6); returns how
 /// many. A missing `ip6tables` or IPv6 NAT table is not an error.
-pub fn remove_all() -> Result<usize, String> {
+pub fn remove_all() -> Result<usize, IptablesError> {
     let mut removed = 0;
     for ipv6 in [false, true] {
         let listing = match list(ipv6) {
@@ -106,11 +79,11 @@ pub fn remove_all() -> Result<usize, String> {
     Ok(removed)
 }
 
-fn list(ipv6: bool) -> Result<String, String> {
+fn list(ipv6: bool) -> Result<String, IptablesError> {
     run(ipv6, &["-w", "-t", "nat", "-S", "POSTROUTING"])
 }
 
-fn delete(ipv6: bool, spec: &[String]) -> Result<(), String> {
+fn delete(ipv6: bool, spec: &[String]) -> Result<(), IptablesError> {
     let mut args = vec!["-w", "-t", "nat", "-D", "POSTROUTING"];
     args.extend(spec.iter().map(String::as_str));
     run(ipv6, &args).map(|_| ())
@@ -122,7 +95,7 @@ pub fn ours(listing: &str) -> Vec<Vec<String>> {
     listing
         .lines()
         .filter_map(|l| l.strip_prefix("-A POSTROUTING "))
-        .map(crate::cleanup::split_rule)
+        .map(split_rule)
         .filter(|words| words.iter().any(|w| w == COMMENT))
         .collect()
 }

@@ -147,7 +147,7 @@ pub enum ApplianceError {
         dir: PathBuf,
     },
     /// The output cannot be written there.
-    #[error("cannot write the image to {path}: {source}")]
+    #[error("cannot write the image to {path}")]
     Output {
         /// The output path.
         path: PathBuf,
@@ -182,8 +182,10 @@ pub enum ApplianceError {
         stderr: String,
     },
     /// Reading or writing a build file failed.
-    #[error("{path}: {source}")]
+    #[error("cannot {op} {path} while building the appliance image")]
     Io {
+        /// What was being done, e.g. `write`.
+        op: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
@@ -494,6 +496,7 @@ fn add_tree(
     to: &str,
 ) -> Result<(), ApplianceError> {
     let from = std::fs::canonicalize(from).map_err(|source| ApplianceError::Io {
+        op: "resolve",
         path: from.to_path_buf(),
         source,
     })?;
@@ -501,6 +504,7 @@ fn add_tree(
     while let Some((dir, at)) = stack.pop() {
         spec.add_dir(&at, 0o755);
         let rd = std::fs::read_dir(&dir).map_err(|source| ApplianceError::Io {
+            op: "list",
             path: dir.clone(),
             source,
         })?;
@@ -509,6 +513,7 @@ fn add_tree(
             let path = e.path();
             let target = format!("{at}/{name}");
             let ft = e.file_type().map_err(|source| ApplianceError::Io {
+                op: "inspect",
                 path: path.clone(),
                 source,
             })?;
@@ -516,6 +521,7 @@ fn add_tree(
                 stack.push((path, target));
             } else if ft.is_symlink() {
                 let link = std::fs::read_link(&path).map_err(|source| ApplianceError::Io {
+                    op: "read the link",
                     path: path.clone(),
                     source,
                 })?;
@@ -537,6 +543,7 @@ fn add_tree(
 /// Writes the gzip-compressed initramfs for `spec` to `path`; its size.
 fn write_initramfs(spec: &LayerSpec, path: &Path) -> Result<u64, ApplianceError> {
     let io = |source| ApplianceError::Io {
+        op: "write",
         path: path.to_path_buf(),
         source,
     };
@@ -573,6 +580,7 @@ pub fn build(
     let stage = work.path().join("stage");
     let mkdir = |p: &Path| {
         std::fs::create_dir_all(p).map_err(|source| ApplianceError::Io {
+            op: "create",
             path: p.to_path_buf(),
             source,
         })
@@ -612,6 +620,7 @@ fn copy(from: &Path, to: &Path) -> Result<(), ApplianceError> {
     std::fs::copy(from, to)
         .map(|_| ())
         .map_err(|source| ApplianceError::Io {
+            op: "copy",
             path: from.to_path_buf(),
             source,
         })
@@ -619,6 +628,7 @@ fn copy(from: &Path, to: &Path) -> Result<(), ApplianceError> {
 
 fn write(path: &Path, text: &str) -> Result<(), ApplianceError> {
     std::fs::write(path, text).map_err(|source| ApplianceError::Io {
+        op: "write",
         path: path.to_path_buf(),
         source,
     })
@@ -626,6 +636,7 @@ fn write(path: &Path, text: &str) -> Result<(), ApplianceError> {
 
 fn digest(path: &Path) -> Result<(u64, String), ApplianceError> {
     let io = |source| ApplianceError::Io {
+        op: "read",
         path: path.to_path_buf(),
         source,
     };
@@ -673,6 +684,7 @@ fn touch_tree(dir: &Path, epoch: u64) -> Result<(), ApplianceError> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)
             .map_err(|source| ApplianceError::Io {
+                op: "list",
                 path: d.clone(),
                 source,
             })?
@@ -683,20 +695,24 @@ fn touch_tree(dir: &Path, epoch: u64) -> Result<(), ApplianceError> {
                 stack.push(p.clone());
             }
             let f = std::fs::File::open(&p).map_err(|source| ApplianceError::Io {
+                op: "open",
                 path: p.clone(),
                 source,
             })?;
             f.set_modified(time).map_err(|source| ApplianceError::Io {
+                op: "set the modification time of",
                 path: p.clone(),
                 source,
             })?;
         }
     }
     let f = std::fs::File::open(dir).map_err(|source| ApplianceError::Io {
+        op: "open",
         path: dir.to_path_buf(),
         source,
     })?;
     f.set_modified(time).map_err(|source| ApplianceError::Io {
+        op: "set the modification time of",
         path: dir.to_path_buf(),
         source,
     })
@@ -711,6 +727,7 @@ fn boot_config(prefix: &str) -> String {
 fn build_iso(req: &ImageRequest, stage: &Path, out: &Path) -> Result<(), ApplianceError> {
     let iso = stage.join("isolinux");
     std::fs::create_dir_all(&iso).map_err(|source| ApplianceError::Io {
+        op: "create",
         path: iso.clone(),
         source,
     })?;
@@ -818,6 +835,7 @@ fn build_raw(
     let first = MIB; // LBA 2048
     let total = first + fat_bytes + data_bytes + MIB;
     let io = |source| ApplianceError::Io {
+        op: "write",
         path: out.to_path_buf(),
         source,
     };

@@ -21,6 +21,7 @@ pub mod snapshot;
 
 pub use members::{members, MemberStatus, RemoveOutcome};
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,7 +38,8 @@ pub struct EtcdConfig {
     pub cert_file: PathBuf,
     /// PEM file of the client certificate's private key.
     pub key_file: PathBuf,
-    /// Connect timeout and per-call timeout.
+    /// The deadline of each call to etcd (connecting included): an answer
+    /// that does not come in this time is [`EtcdError::Timeout`].
     pub timeout: Duration,
 }
 
@@ -45,38 +47,58 @@ pub struct EtcdConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
     /// A TLS file of [`EtcdConfig`] cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}, a TLS file of the etcd client")]
     Read {
         /// The CA, certificate or key file.
         path: PathBuf,
         /// Why it cannot be read.
         source: std::io::Error,
     },
-    /// No endpoint accepted a TLS connection.
-    #[error("cannot reach etcd at {endpoints}: {source}; is etcd running ('selfnode status')?")]
+    /// The client cannot be set up for the endpoints (a malformed URL, a
+    /// TLS identity etcd-client refuses). Connections are made by the
+    /// first call, so an etcd that is down shows as [`EtcdError::Rpc`] or
+    /// [`EtcdError::Timeout`], not here.
+    #[error("cannot connect to etcd at {endpoints}")]
     Connect {
         /// The endpoints tried, comma-separated.
         endpoints: String,
-        /// etcd-client's error (transport or TLS).
+        /// etcd-client's error.
         source: etcd_client::Error,
     },
-    /// etcd answered a call with an error.
-    #[error("etcd {op} failed: {source}")]
+    /// etcd answered a call with an error, or the connection failed.
+    #[error("etcd {op} failed")]
     Rpc {
         /// The call, e.g. `member list`.
         op: &'static str,
         /// etcd's answer.
         source: etcd_client::Error,
     },
-    /// A call got no answer in time.
-    #[error("etcd {op} at {endpoint} timed out after {timeout:?}")]
+    /// A call got no answer in time. An etcd member that is running but
+    /// not part of a cluster with a quorum (restarted while a majority of
+    /// its members are down) accepts connections and never answers.
+    #[error("no answer from etcd at {endpoint} to {op} within {timeout:?}: its host is unreachable, or its etcd member cannot serve (a member serves only while a majority of its cluster's members are up)")]
     Timeout {
-        /// The call, e.g. `status`.
+        /// The call, e.g. `member list`.
         op: &'static str,
         /// The endpoint(s) asked, comma-separated.
         endpoint: String,
         /// How long the call waited ([`EtcdConfig::timeout`]).
         timeout: Duration,
+    },
+    /// The member list answered, but none of the members that answered a
+    /// Status call knows a leader: etcd cannot serve reads or writes.
+    #[error("etcd has no leader: {}", no_leader(*.answered, *.voters, .unreachable, .timeout))]
+    NoLeader {
+        /// Voting members that answered a Status call.
+        answered: usize,
+        /// Voting members in the member list.
+        voters: usize,
+        /// The voters that did not answer, as `name (id)`, comma-separated.
+        unreachable: String,
+        /// How long each Status call waited ([`EtcdConfig::timeout`]).
+        timeout: Duration,
+        /// The members as observed (each with its own error).
+        members: Vec<MemberStatus>,
     },
     /// No member matches the one named by the caller.
     #[error(
@@ -136,8 +158,8 @@ impl EtcdError {
     /// True when the request itself is wrong and running it again unchanged
     /// cannot succeed (`selfnode` exits 2): [`EtcdError::NoSuchMember`],
     /// [`EtcdError::LastVotingMember`] and [`EtcdError::QuorumAtRisk`].
-    /// Unreadable TLS files, connection, call and timeout failures are not:
-    /// a retry may help.
+    /// Unreadable TLS files, connection, call and timeout failures and a
+    /// cluster without a leader are not: a retry may help.
     pub fn is_invalid_input(&self) -> bool {
         match self {
             EtcdError::NoSuchMember { .. }
@@ -147,12 +169,37 @@ impl EtcdError {
             | EtcdError::Connect { .. }
             | EtcdError::Rpc { .. }
             | EtcdError::Timeout { .. }
+            | EtcdError::NoLeader { .. }
             | EtcdError::PromoteTimeout { .. }
             | EtcdError::RemoveTimeout { .. } => false,
         }
     }
 }
 
+/// The text of [`EtcdError::NoLeader`] after "etcd has no leader: ".
+fn no_leader(answered: usize, voters: usize, unreachable: &str, timeout: &Duration) -> String {
+    let quorum = voters / 2 + 1;
+    let missing = if unreachable.is_empty() {
+        String::new()
+    } else {
+        format!(" (no answer from {unreachable})")
+    };
+    if answered < quorum {
+        format!(
+            "{answered} of {voters} voting members answered within {timeout:?}{missing}, \
+             fewer than the {quorum} a quorum needs; start the members that are down"
+        )
+    } else {
+        format!(
+            "{answered} of {voters} voting members answered within {timeout:?}{missing}, \
+             but none knows a leader: an election is under way, or the members cannot \
+             reach each other on their peer URLs"
+        )
+    }
+}
+
+/// A client for `endpoints`. etcd-client connects lazily: the first call
+/// makes the connection, so every call goes through [`within`].
 async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, EtcdError> {
     let read = |p: &PathBuf| {
         std::fs::read(p).map_err(|source| EtcdError::Read {
@@ -170,10 +217,107 @@ async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, EtcdE
         .with_tls(tls)
         .with_connect_timeout(cfg.timeout)
         .with_timeout(cfg.timeout);
-    Client::connect(endpoints, Some(opts))
-        .await
-        .map_err(|source| EtcdError::Connect {
+    match tokio::time::timeout(cfg.timeout, Client::connect(endpoints, Some(opts))).await {
+        Ok(connected) => connected.map_err(|source| EtcdError::Connect {
             endpoints: endpoints.join(","),
             source,
-        })
+        }),
+        Err(_) => Err(EtcdError::Timeout {
+            op: "connect",
+            endpoint: endpoints.join(","),
+            timeout: cfg.timeout,
+        }),
+    }
+}
+
+/// One call to etcd at `endpoints`, bounded by [`EtcdConfig::timeout`].
+///
+/// etcd-client's own timeouts do not bound everything: its connect timeout
+/// covers the TCP connect only, and its per-request timeout starts once a
+/// connection is ready. A member that accepts TCP connections but never
+/// completes the TLS handshake (an etcd restarted without a quorum does
+/// that: it serves clients only once it has joined its cluster) would hold
+/// the call forever.
+async fn within<T>(
+    cfg: &EtcdConfig,
+    op: &'static str,
+    endpoints: &[String],
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match tokio::time::timeout(cfg.timeout, call).await {
+        Ok(answer) => answer.map_err(|source| EtcdError::Rpc { op, source }),
+        Err(_) => Err(EtcdError::Timeout {
+            op,
+            endpoint: endpoints.join(","),
+            timeout: cfg.timeout,
+        }),
+    }
+}
+
+/// `err` and its causes, `: `-separated, for messages kept as text (a
+/// member's error in [`MemberStatus`], etcd's last answer in a retry).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_leader_says_how_many_answered_and_what_a_quorum_needs() {
+        let e = EtcdError::NoLeader {
+            answered: 1,
+            voters: 3,
+            unreachable: "cp-2 (b2), cp-3 (c3)".into(),
+            timeout: Duration::from_secs(2),
+            members: Vec::new(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "etcd has no leader: 1 of 3 voting members answered within 2s (no answer from \
+             cp-2 (b2), cp-3 (c3)), fewer than the 2 a quorum needs; start the members that \
+             are down"
+        );
+        let e = EtcdError::NoLeader {
+            answered: 3,
+            voters: 3,
+            unreachable: String::new(),
+            timeout: Duration::from_secs(5),
+            members: Vec::new(),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("etcd has no leader: 3 of 3 voting members answered within 5s, but none knows a leader"),
+            "{e}"
+        );
+        assert!(!e.is_invalid_input());
+    }
+
+    #[test]
+    fn a_chain_shows_each_layer_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = EtcdError::Read {
+            path: PathBuf::from("/etc/pki/etcd/ca.crt"),
+            source: io,
+        };
+        assert_eq!(
+            chain(&e),
+            "cannot read /etc/pki/etcd/ca.crt, a TLS file of the etcd client: no such file"
+        );
+        let e = EtcdError::Rpc {
+            op: "member list",
+            source: etcd_client::Error::InvalidArgs("bad".into()),
+        };
+        let text = chain(&e);
+        assert!(text.starts_with("etcd member list failed: "), "{text}");
+        assert_eq!(text.matches("bad").count(), 1, "{text}");
+    }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, MemberAddOptions};
 use tracing::{debug, info};
 
-use crate::{connect, EtcdConfig, EtcdError};
+use crate::{chain, connect, within, EtcdConfig, EtcdError};
 
 /// One member as `selfnode etcd members` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -67,25 +67,54 @@ pub enum RemoveOutcome {
 }
 
 /// The member list, with each member's own health, leadership and DB size.
+///
+/// Returns within twice [`EtcdConfig::timeout`]: one for the member list,
+/// one for the members' Status calls, made side by side. Errors with
+/// [`EtcdError::NoLeader`] when no member that answered knows a leader
+/// (etcd cannot serve then; the error carries the members as observed),
+/// and with [`EtcdError::Timeout`] when the member list gets no answer
+/// (an etcd restarted while a majority of its members are down accepts
+/// connections and never answers).
 pub async fn members(cfg: &EtcdConfig) -> Result<Vec<MemberStatus>, EtcdError> {
-    members_via(cfg, &cfg.endpoints).await
+    let seen = members_via(cfg, &cfg.endpoints).await?;
+    if seen.leader_known {
+        return Ok(seen.members);
+    }
+    let voters: Vec<&MemberStatus> = seen.members.iter().filter(|m| !m.is_learner).collect();
+    let unreachable: Vec<String> = voters
+        .iter()
+        .filter(|m| !m.healthy)
+        .map(|m| format!("{} ({})", label(m), m.id))
+        .collect();
+    Err(EtcdError::NoLeader {
+        answered: voters.iter().filter(|m| m.healthy).count(),
+        voters: voters.len(),
+        unreachable: unreachable.join(", "),
+        timeout: cfg.timeout,
+        members: seen.members,
+    })
 }
 
-async fn members_via(
-    cfg: &EtcdConfig,
-    endpoints: &[String],
-) -> Result<Vec<MemberStatus>, EtcdError> {
+/// The members as [`members_via`] saw them.
+struct Observed {
+    members: Vec<MemberStatus>,
+    /// A member that answered its Status call named a leader.
+    leader_known: bool,
+}
+
+async fn members_via(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Observed, EtcdError> {
     let mut client = connect(cfg, endpoints).await?;
-    let list = client
-        .member_list()
-        .await
-        .map_err(|source| EtcdError::Rpc {
-            op: "member list",
-            source,
-        })?;
+    let list = within(cfg, "member list", endpoints, client.member_list()).await?;
     let cluster_id = format!("{:x}", list.header().map_or(0, |h| h.cluster_id()));
+    let statuses = futures::future::join_all(
+        list.members()
+            .iter()
+            .map(|m| member_status(cfg, m.client_urls())),
+    )
+    .await;
+    let mut leader_known = false;
     let mut out = Vec::new();
-    for m in list.members() {
+    for (m, status) in list.members().iter().zip(statuses) {
         let mut st = MemberStatus {
             id: format!("{:x}", m.id()),
             cluster_id: cluster_id.clone(),
@@ -98,44 +127,36 @@ async fn members_via(
             db_size: None,
             error: None,
         };
-        match member_status(cfg, m.client_urls()).await {
-            Ok((leader, size)) => {
+        match status {
+            Some(Ok((leader, size))) => {
                 st.healthy = true;
                 st.is_leader = leader == m.id();
                 st.db_size = Some(size);
+                leader_known |= leader != 0;
             }
-            Err(e) => st.error = Some(e.to_string()),
+            Some(Err(e)) => st.error = Some(chain(&e)),
+            None => st.error = Some("not started yet: it has published no client URL".into()),
         }
         out.push(st);
     }
-    Ok(out)
+    Ok(Observed {
+        members: out,
+        leader_known,
+    })
 }
 
-async fn member_status(cfg: &EtcdConfig, urls: &[String]) -> Result<(u64, i64), EtcdError> {
+/// The leader a member knows (0: none) and its DB size, from its own
+/// Status; `None` for a member without client URLs (not started yet).
+async fn member_status(cfg: &EtcdConfig, urls: &[String]) -> Option<Result<(u64, i64), EtcdError>> {
     if urls.is_empty() {
-        return Err(EtcdError::Timeout {
-            op: "status",
-            endpoint: "(member not started yet)".into(),
-            timeout: cfg.timeout,
-        });
+        return None;
     }
     let call = async {
         let mut c = connect(cfg, urls).await?;
-        let s = c.status().await.map_err(|source| EtcdError::Rpc {
-            op: "status",
-            source,
-        })?;
-        Ok::<_, EtcdError>((s.leader(), s.db_size()))
+        let s = within(cfg, "status", urls, c.status()).await?;
+        Ok((s.leader(), s.db_size()))
     };
-    tokio::time::timeout(cfg.timeout, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(EtcdError::Timeout {
-                op: "status",
-                endpoint: urls.join(","),
-                timeout: cfg.timeout,
-            })
-        })
+    Some(call.await)
 }
 
 /// Adds the member that will serve `peer_url` as a learner and returns its
@@ -144,13 +165,17 @@ async fn member_status(cfg: &EtcdConfig, urls: &[String]) -> Result<(u64, i64), 
 /// (`--max-learners`): a second one is refused until the first is promoted.
 pub async fn add_learner(cfg: &EtcdConfig, peer_url: &str) -> Result<u64, EtcdError> {
     let mut client = connect(cfg, &cfg.endpoints).await?;
-    if let Some(m) = find_by_peer_url(&mut client, peer_url).await? {
+    if let Some(m) = find_by_peer_url(cfg, &mut client, peer_url).await? {
         info!(member = %format!("{:x}", m.id), peer_url, learner = m.is_learner, "etcd member already present");
         return Ok(m.id);
     }
-    let added = client
-        .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
-        .await;
+    let added = within(
+        cfg,
+        "member add",
+        &cfg.endpoints,
+        client.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner())),
+    )
+    .await;
     match added {
         Ok(resp) => {
             if let Some(m) = resp.member() {
@@ -159,15 +184,11 @@ pub async fn add_learner(cfg: &EtcdConfig, peer_url: &str) -> Result<u64, EtcdEr
             }
         }
         // Lost a race with another caller adding the same member.
-        Err(e) if message(&e).contains("Peer URLs already exists") => {}
-        Err(source) => {
-            return Err(EtcdError::Rpc {
-                op: "member add",
-                source,
-            })
-        }
+        Err(EtcdError::Rpc { source, .. })
+            if message(&source).contains("Peer URLs already exists") => {}
+        Err(e) => return Err(e),
     }
-    match find_by_peer_url(&mut client, peer_url).await? {
+    match find_by_peer_url(cfg, &mut client, peer_url).await? {
         Some(m) => Ok(m.id),
         None => Err(EtcdError::NoSuchMember {
             target: peer_url.to_string(),
@@ -181,45 +202,47 @@ pub async fn add_learner(cfg: &EtcdConfig, peer_url: &str) -> Result<u64, EtcdEr
 /// started), or that the cluster is not ready, retries until `timeout`.
 pub async fn promote(cfg: &EtcdConfig, peer_url: &str, timeout: Duration) -> Result<(), EtcdError> {
     let mut client = connect(cfg, &cfg.endpoints).await?;
-    let mut retry = Retry::new(timeout);
+    let mut retry = Retry::new(
+        timeout,
+        "waiting for the etcd learner to catch up before promoting it",
+        peer_url,
+    );
     loop {
-        let last = match find_by_peer_url(&mut client, peer_url).await {
+        let last = match find_by_peer_url(cfg, &mut client, peer_url).await {
             Ok(None) => {
                 return Err(EtcdError::NoSuchMember {
                     target: peer_url.to_string(),
                 })
             }
             Ok(Some(m)) if !m.is_learner => return Ok(()),
-            Ok(Some(m)) => match client.member_promote(m.id).await {
-                Ok(_) => {
-                    info!(member = %format!("{:x}", m.id), peer_url, "promoted etcd learner");
-                    return Ok(());
+            Ok(Some(m)) => {
+                let promoted = within(
+                    cfg,
+                    "member promote",
+                    &cfg.endpoints,
+                    client.member_promote(m.id),
+                )
+                .await;
+                match promoted {
+                    Ok(_) => {
+                        info!(member = %format!("{:x}", m.id), peer_url, "promoted etcd learner");
+                        return Ok(());
+                    }
+                    Err(EtcdError::Rpc { ref source, .. }) if is_not_a_learner(source) => {
+                        return Ok(())
+                    }
+                    Err(e) => transient_answer(&e).ok_or(e)?,
                 }
-                Err(e) if is_not_a_learner(&e) => return Ok(()),
-                Err(e) if is_transient(&e) => message(&e),
-                Err(source) => {
-                    return Err(EtcdError::Rpc {
-                        op: "member promote",
-                        source,
-                    })
-                }
-            },
+            }
             Err(e) => transient_answer(&e).ok_or(e)?,
         };
-        if !retry
-            .wait(
-                "waiting for the etcd learner to catch up before promoting it",
-                peer_url,
-                &last,
-            )
-            .await
-        {
-            return Err(EtcdError::PromoteTimeout {
+        retry
+            .again(last, |last| EtcdError::PromoteTimeout {
                 peer_url: peer_url.to_string(),
                 timeout,
                 last,
-            });
-        }
+            })
+            .await?;
     }
 }
 
@@ -241,13 +264,17 @@ pub async fn remove(
 ) -> Result<RemoveOutcome, EtcdError> {
     let mut endpoints = cfg.endpoints.clone();
     let mut sent: Option<u64> = None;
-    let mut retry = Retry::new(timeout);
+    let mut retry = Retry::new(
+        timeout,
+        "etcd refused the member removal for now; retrying",
+        target,
+    );
     loop {
         let last = match members_via(cfg, &endpoints).await {
             // Nothing asked of etcd yet: report the failure as it is.
             Err(e) if sent.is_none() => return Err(e),
-            Err(e) => e.to_string(),
-            Ok(list) => {
+            Err(e) => chain(&e),
+            Ok(Observed { members: list, .. }) => {
                 let Some(m) = find_target(&list, target) else {
                     return Ok(gone(sent, target));
                 };
@@ -282,20 +309,13 @@ pub async fn remove(
                 }
             }
         };
-        if !retry
-            .wait(
-                "etcd refused the member removal for now; retrying",
-                target,
-                &last,
-            )
-            .await
-        {
-            return Err(EtcdError::RemoveTimeout {
+        retry
+            .again(last, |last| EtcdError::RemoveTimeout {
                 target: target.to_string(),
                 timeout,
                 last,
-            });
-        }
+            })
+            .await?;
     }
 }
 
@@ -317,35 +337,23 @@ async fn hand_over_leadership(cfg: &EtcdConfig, list: &[MemberStatus], m: &Membe
     };
     let call = async {
         let mut c = connect(cfg, &m.client_urls).await?;
-        c.move_leader(next_id)
-            .await
-            .map(drop)
-            .map_err(|source| EtcdError::Rpc {
-                op: "move leader",
-                source,
-            })
+        within(cfg, "move leader", &m.client_urls, c.move_leader(next_id)).await
     };
-    match tokio::time::timeout(cfg.timeout, call).await {
-        Ok(Ok(())) => {
+    match call.await {
+        Ok(_) => {
             info!(from = %m.name, to = %next.name, "moved etcd leadership before removing the leader")
         }
-        Ok(Err(e)) => {
-            debug!(error = %e, "cannot move etcd leadership; the others will elect a leader")
+        Err(e) => {
+            debug!(error = %chain(&e), "cannot move etcd leadership; the others will elect a leader")
         }
-        Err(_) => debug!("moving etcd leadership timed out; the others will elect a leader"),
     }
 }
 
 async fn remove_via(cfg: &EtcdConfig, endpoints: &[String], id: u64) -> Result<(), EtcdError> {
     let mut client = connect(cfg, endpoints).await?;
-    client
-        .member_remove(id)
+    within(cfg, "member remove", endpoints, client.member_remove(id))
         .await
         .map(drop)
-        .map_err(|source| EtcdError::Rpc {
-            op: "member remove",
-            source,
-        })
 }
 
 fn gone(sent: Option<u64>, target: &str) -> RemoveOutcome {
@@ -447,16 +455,11 @@ struct Listed {
 }
 
 async fn find_by_peer_url(
+    cfg: &EtcdConfig,
     client: &mut Client,
     peer_url: &str,
 ) -> Result<Option<Listed>, EtcdError> {
-    let list = client
-        .member_list()
-        .await
-        .map_err(|source| EtcdError::Rpc {
-            op: "member list",
-            source,
-        })?;
+    let list = within(cfg, "member list", &cfg.endpoints, client.member_list()).await?;
     Ok(list
         .members()
         .iter()
@@ -499,13 +502,21 @@ fn is_transient(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// etcd's answer if `e` is worth retrying.
+/// etcd's answer if `e` is worth retrying: a refusal that means "not now",
+/// or no answer in time.
 fn transient_answer(e: &EtcdError) -> Option<String> {
     match e {
         EtcdError::Rpc { source, .. } | EtcdError::Connect { source, .. } => {
             is_transient(source).then(|| message(source))
         }
-        _ => None,
+        EtcdError::Timeout { .. } => Some(e.to_string()),
+        EtcdError::Read { .. }
+        | EtcdError::NoLeader { .. }
+        | EtcdError::NoSuchMember { .. }
+        | EtcdError::LastVotingMember { .. }
+        | EtcdError::QuorumAtRisk { .. }
+        | EtcdError::PromoteTimeout { .. }
+        | EtcdError::RemoveTimeout { .. } => None,
     }
 }
 
@@ -515,31 +526,41 @@ fn is_not_a_learner(e: &etcd_client::Error) -> bool {
     m.contains("can only promote a learner member") && !m.contains("in sync")
 }
 
-/// Capped exponential backoff (200 ms doubling to 2 s) with ±20 % jitter.
-/// The wait between tries of a request etcd refused for now: jittered
-/// back-off, cut short by the deadline; the first refusal is logged at info,
-/// the rest at debug.
-struct Retry {
+/// The tries of one request etcd refuses for now (promote, remove): what
+/// is being waited for and on what, the deadline, and the jittered
+/// back-off between tries ([`Backoff`]). The first refusal is logged at
+/// info, the rest at debug.
+struct Retry<'a> {
+    what: &'static str,
+    subject: &'a str,
     deadline: Instant,
     backoff: Backoff,
     announced: bool,
 }
 
-impl Retry {
-    fn new(timeout: Duration) -> Self {
+impl<'a> Retry<'a> {
+    fn new(timeout: Duration, what: &'static str, subject: &'a str) -> Self {
         Retry {
+            what,
+            subject,
             deadline: Instant::now() + timeout,
             backoff: Backoff::new(),
             announced: false,
         }
     }
 
-    /// Sleeps before the next try; `false` once the deadline has passed.
-    async fn wait(&mut self, what: &str, subject: &str, last: &str) -> bool {
+    /// Sleeps before the next try after etcd's answer `last`; once the
+    /// deadline has passed, the error `timed_out` makes of `last` instead.
+    async fn again(
+        &mut self,
+        last: String,
+        timed_out: impl FnOnce(String) -> EtcdError,
+    ) -> Result<(), EtcdError> {
         let now = Instant::now();
         if now >= self.deadline {
-            return false;
+            return Err(timed_out(last));
         }
+        let (what, subject) = (self.what, self.subject);
         if !self.announced {
             info!(subject, answer = %last, "{what}");
             self.announced = true;
@@ -547,10 +568,11 @@ impl Retry {
         let wait = self.backoff.step().min(self.deadline - now);
         debug!(subject, answer = %last, ?wait, "{what}");
         tokio::time::sleep(wait).await;
-        true
+        Ok(())
     }
 }
 
+/// Capped exponential backoff (200 ms doubling to 2 s) with ±20 % jitter.
 struct Backoff {
     next: Duration,
 }

@@ -49,7 +49,7 @@ pub enum RestoreError {
     },
     /// A file system operation on the target, its parent or the staging
     /// directory failed (including a missing parent).
-    #[error("cannot {op} {path} while restoring etcd's data directory: {source}")]
+    #[error("cannot {op} {path} while restoring etcd's data directory")]
     Io {
         /// What was being done, e.g. `rename into place`.
         op: &'static str,
@@ -59,7 +59,7 @@ pub enum RestoreError {
         source: std::io::Error,
     },
     /// `etcdutl` cannot be started.
-    #[error("cannot run {etcdutl}: {source}")]
+    #[error("cannot run {etcdutl}")]
     Spawn {
         /// The `etcdutl` binary.
         etcdutl: PathBuf,

@@ -1,8 +1,10 @@
 //! Snapshots.
-//! - [`save`]: streamed from etcd into a temporary file next to the target,
-//!   checked with [`verify_file`] (etcd appends the SHA-256 of the database
-//!   to the stream), made 0600, fsynced and renamed into place; a failed save
-//!   leaves nothing. The directory must exist: callers create it (0700).
+//! - [`save`]: streamed from etcd into a temporary file next to the target
+//!   under an overall deadline ([`SAVE_TIMEOUT`]), checked with
+//!   [`verify_file`] (etcd appends the SHA-256 of the database to the
+//!   stream), made 0600, fsynced and renamed into place; a failed or timed
+//!   out save leaves nothing. The directory must exist: callers create it
+//!   (0700).
 //! - [`verify_file`]: the offline check of a snapshot file (or of a copied
 //!   `member/snap/db`) before anything trusts it.
 //! - Scheduled snapshots are named `etcd-<UTC yyyymmddThhmmssZ>.db`
@@ -27,12 +29,20 @@ pub enum SnapshotError {
     #[error(transparent)]
     Etcd(#[from] EtcdError),
     /// The snapshot cannot be written, synced or renamed into place.
-    #[error("cannot write the snapshot {path}: {source}")]
+    #[error("cannot write the snapshot {path}")]
     Write {
         /// The target file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// etcd's snapshot stream did not end before the deadline of [`save`].
+    #[error(
+        "the snapshot from etcd did not complete within {timeout:?}; nothing was saved, try again"
+    )]
+    TimedOut {
+        /// The deadline.
+        timeout: Duration,
     },
     /// What etcd streamed fails [`verify_file`] or has no trailing hash.
     #[error("the snapshot from etcd is corrupt ({why}); nothing was saved, try again")]
@@ -42,7 +52,7 @@ pub enum SnapshotError {
     },
     /// The file cannot be opened or read, is not a regular file, or
     /// changed while it was read.
-    #[error("cannot read the snapshot file {path}: {source}")]
+    #[error("cannot read the snapshot file {path}")]
     Unreadable {
         /// The snapshot file.
         path: PathBuf,
@@ -94,8 +104,8 @@ impl SnapshotError {
     /// [`SnapshotError::TooShort`], [`SnapshotError::NotBolt`],
     /// [`SnapshotError::Truncated`] and [`SnapshotError::WrongChecksum`];
     /// [`SnapshotError::Etcd`] as [`EtcdError::is_invalid_input`] says.
-    /// A failed write or a corrupt stream from etcd is not: a new save may
-    /// succeed.
+    /// A failed write, a stream that timed out or a corrupt stream from
+    /// etcd is not: a new save may succeed.
     pub fn is_invalid_input(&self) -> bool {
         match self {
             SnapshotError::Etcd(e) => e.is_invalid_input(),
@@ -104,7 +114,9 @@ impl SnapshotError {
             | SnapshotError::NotBolt { .. }
             | SnapshotError::Truncated { .. }
             | SnapshotError::WrongChecksum { .. } => true,
-            SnapshotError::Write { .. } | SnapshotError::Corrupt { .. } => false,
+            SnapshotError::Write { .. }
+            | SnapshotError::TimedOut { .. }
+            | SnapshotError::Corrupt { .. } => false,
         }
     }
 }
@@ -133,26 +145,25 @@ pub struct FileCheck {
     pub sha256: String,
 }
 
-/// Checks etcd's trailing checksum: the last 32 bytes are the SHA-256 of
-/// everything before them.
-pub fn verify_integrity(data: &[u8]) -> Result<(), String> {
-    if data.len() <= 32 {
-        return Err(format!(
-            "{} bytes is too short for an etcd snapshot",
-            data.len()
-        ));
-    }
-    let (db, sum) = data.split_at(data.len() - 32);
-    if Sha256::digest(db).as_slice() == sum {
-        Ok(())
-    } else {
-        Err("the trailing SHA-256 does not match the data".into())
-    }
+/// How long [`save`] lets etcd stream a snapshot: at a slow 20 MB/s,
+/// etcd's largest supported database (8 GiB) takes about 7 minutes.
+pub const SAVE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Streams a snapshot from etcd into `path` (see the module doc) within
+/// [`SAVE_TIMEOUT`]. The parent directory must exist; it is not created.
+pub async fn save(cfg: &EtcdConfig, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
+    save_within(cfg, path, SAVE_TIMEOUT).await
 }
 
-/// Streams a snapshot from etcd into `path` (see the module doc). The
-/// parent directory must exist; it is not created.
-pub async fn save(cfg: &EtcdConfig, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
+/// [`save`] with another deadline for the whole stream. Connecting and
+/// etcd's first answer are bounded by [`EtcdConfig::timeout`] as every
+/// call; `deadline` bounds the stream as a whole. On any failure,
+/// timeouts included, the partial file is removed.
+pub async fn save_within(
+    cfg: &EtcdConfig,
+    path: &Path,
+    deadline: Duration,
+) -> Result<SnapshotInfo, SnapshotError> {
     let write_err = |source| SnapshotError::Write {
         path: path.to_path_buf(),
         source,
@@ -169,19 +180,35 @@ pub async fn save(cfg: &EtcdConfig, path: &Path) -> Result<SnapshotInfo, Snapsho
         name.to_string_lossy(),
         std::process::id()
     ));
-    let result = save_to(cfg, &tmp, path, dir).await;
+    // Created before the deadline starts, so that no file operation is
+    // still under way when a timeout removes the partial file.
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .await
+        .map_err(write_err)?;
+    let streamed = match tokio::time::timeout(deadline, stream_to(cfg, file, path)).await {
+        Ok(streamed) => streamed,
+        Err(_) => Err(SnapshotError::TimedOut { timeout: deadline }),
+    };
+    let result = match streamed {
+        Ok(()) => finish(&tmp, path, dir).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         let _ = tokio::fs::remove_file(&tmp).await;
     }
     result
 }
 
-async fn save_to(
+/// etcd's snapshot stream into `file`, synced.
+async fn stream_to(
     cfg: &EtcdConfig,
-    tmp: &Path,
+    mut file: tokio::fs::File,
     path: &Path,
-    dir: &Path,
-) -> Result<SnapshotInfo, SnapshotError> {
+) -> Result<(), SnapshotError> {
     let write_err = |source| SnapshotError::Write {
         path: path.to_path_buf(),
         source,
@@ -191,19 +218,20 @@ async fn save_to(
         source,
     };
     let mut client = crate::connect(cfg, &cfg.endpoints).await?;
-    let mut stream = client.snapshot().await.map_err(rpc)?;
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .await
-        .map_err(write_err)?;
+    let mut stream = crate::within(cfg, "snapshot", &cfg.endpoints, client.snapshot()).await?;
     while let Some(msg) = stream.message().await.map_err(rpc)? {
         file.write_all(msg.blob()).await.map_err(write_err)?;
     }
     file.sync_all().await.map_err(write_err)?;
-    drop(file);
+    Ok(())
+}
+
+/// Checks the streamed file `tmp` and renames it into place at `path`.
+async fn finish(tmp: &Path, path: &Path, dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
+    let write_err = |source| SnapshotError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let check = {
         let tmp = tmp.to_path_buf();
         tokio::task::spawn_blocking(move || verify_file(&tmp))
@@ -217,7 +245,11 @@ async fn save_to(
                 why: "etcd sent no trailing SHA-256".into(),
             })
         }
-        Err(e) => return Err(SnapshotError::Corrupt { why: e.to_string() }),
+        Err(e) => {
+            return Err(SnapshotError::Corrupt {
+                why: crate::chain(&e),
+            })
+        }
     };
     tokio::fs::rename(tmp, path).await.map_err(write_err)?;
     File::open(dir)
@@ -557,22 +589,6 @@ pub fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn integrity_is_the_trailing_sha256() {
-        let mut good = b"pretend this is a bolt database".to_vec();
-        let sum = Sha256::digest(&good);
-        good.extend_from_slice(&sum);
-        assert_eq!(verify_integrity(&good), Ok(()));
-        let mut bad = good.clone();
-        bad[3] ^= 1;
-        assert!(verify_integrity(&bad)
-            .unwrap_err()
-            .contains("does not match"));
-        assert!(verify_integrity(&good[..20])
-            .unwrap_err()
-            .contains("too short"));
-    }
 
     const PS: usize = 4096;
 

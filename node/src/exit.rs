@@ -400,7 +400,10 @@ mod tests {
                 route: "x".into(),
                 reason: "x".into(),
             }),
-            Box::new(cni::cleanup::CleanupError::Nat("x".into())),
+            Box::new(cni::cleanup::CleanupError::Bridge {
+                bridge: "cni0".into(),
+                reason: "x".into(),
+            }),
             Box::new(bootstrap::config::ConfigError::ClusterDomain(
                 "Lab.Internal".into(),
             )),

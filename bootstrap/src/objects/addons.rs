@@ -7,11 +7,10 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    HTTPGetAction, KeyToPath, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Toleration, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -246,25 +245,12 @@ pub(crate) fn kube_proxy(spec: &PlaneSpec) -> Result<Vec<Object>, ObjectsError> 
             format!("--config={KUBE_PROXY_CONFIG_DIR}/{KUBE_PROXY_CONFIG}"),
             "--hostname-override=$(NODE_NAME)".to_string(),
         ]),
-        env: Some(vec![EnvVar {
-            name: "NODE_NAME".to_string(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "spec.nodeName".to_string(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
-        security_context: Some(SecurityContext {
-            privileged: Some(true),
-            ..SecurityContext::default()
-        }),
+        env: Some(vec![meta::node_name_env()]),
+        security_context: meta::privileged(),
         volume_mounts: Some(vec![
             meta::mount(KUBE_PROXY, KUBE_PROXY_CONFIG_DIR, true),
-            meta::mount("xtables-lock", "/run/xtables.lock", false),
-            meta::mount("lib-modules", "/lib/modules", true),
+            meta::XTABLES_LOCK.mount(),
+            meta::LIB_MODULES.mount(),
         ]),
         ..Container::default()
     };
@@ -294,8 +280,8 @@ pub(crate) fn kube_proxy(spec: &PlaneSpec) -> Result<Vec<Object>, ObjectsError> 
                             }),
                             ..Volume::default()
                         },
-                        meta::host_path("xtables-lock", "/run/xtables.lock", Some("FileOrCreate")),
-                        meta::host_path("lib-modules", "/lib/modules", None),
+                        meta::XTABLES_LOCK.volume(),
+                        meta::LIB_MODULES.volume(),
                     ]),
                     ..PodSpec::default()
                 }),

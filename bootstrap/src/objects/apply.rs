@@ -47,7 +47,7 @@ pub struct Applied {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// [`apply_all`]: the server-side apply of one object failed.
-    #[error("failed to apply {object}: {source}; check that the API server is up and that the client is allowed to (the RBAC bindings must be applied with super-admin.conf, admin.conf only works once they exist)")]
+    #[error("failed to apply {object} (the API server must be up and the client allowed to apply it: the RBAC bindings must be applied with super-admin.conf, admin.conf only works once they exist)")]
     Apply {
         /// The object, as `<Kind> <namespace>/<name>` (`<Kind> <name>` when
         /// cluster-scoped).
@@ -57,7 +57,7 @@ pub enum ApplyError {
         source: kube::Error,
     },
     /// [`mark_control_plane`]: a request about the Node failed.
-    #[error("failed to {action} node {node}: {source}")]
+    #[error("failed to {action} node {node}")]
     Node {
         /// The Node's name.
         node: String,
@@ -69,7 +69,7 @@ pub enum ApplyError {
     },
     /// [`ensure_kubernetes_service_target_port`]: a request about the
     /// `kubernetes` Service failed.
-    #[error("failed to {action} the kubernetes Service in the default namespace: {source}")]
+    #[error("failed to {action} the kubernetes Service in the default namespace")]
     KubernetesService {
         /// The request: `read` or `patch`.
         action: &'static str,

@@ -57,18 +57,29 @@ pub struct ClusterSettings {
 impl ClusterSettings {
     /// Reads them back from their ConfigMap.
     ///
-    /// Errors: the ConfigMap lacks the key or it does not parse (the
-    /// message says which).
-    pub fn from_config_map(cm: &ConfigMap) -> Result<ClusterSettings, String> {
+    /// Errors: the ConfigMap lacks the key or it does not parse.
+    pub fn from_config_map(cm: &ConfigMap) -> Result<ClusterSettings, ClusterSettingsError> {
         let text = cm
             .data
             .as_ref()
             .and_then(|d| d.get(SETTINGS_KEY))
-            .ok_or_else(|| format!("ConfigMap {CLUSTER_SETTINGS} has no {SETTINGS_KEY}"))?;
-        serde_json::from_str(text).map_err(|e| {
-            format!("ConfigMap {CLUSTER_SETTINGS}: {SETTINGS_KEY} does not parse: {e}")
-        })
+            .ok_or(ClusterSettingsError::Missing)?;
+        serde_json::from_str(text).map_err(|source| ClusterSettingsError::Parse { source })
     }
+}
+
+/// The [`CLUSTER_SETTINGS`] ConfigMap does not hold usable [`ClusterSettings`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterSettingsError {
+    /// The ConfigMap has no `cluster.json`.
+    #[error("ConfigMap {NAMESPACE}/{CLUSTER_SETTINGS} has no {SETTINGS_KEY}")]
+    Missing,
+    /// `cluster.json` is not the JSON of [`ClusterSettings`].
+    #[error("{SETTINGS_KEY} in ConfigMap {NAMESPACE}/{CLUSTER_SETTINGS} does not parse")]
+    Parse {
+        /// The JSON parser's error.
+        source: serde_json::Error,
+    },
 }
 
 fn binding_subject(kind: &str, name: &str) -> Subject {

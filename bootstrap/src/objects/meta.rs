@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
-    HTTPGetAction, HostPathVolumeSource, PodSecurityContext, Probe, ResourceRequirements,
-    SeccompProfile, Toleration, Volume, VolumeMount,
+    EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector,
+    PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Toleration,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -162,6 +163,67 @@ pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
         read_only: Some(read_only),
         ..VolumeMount::default()
     }
+}
+
+/// A host path a node agent shares with the host, as a volume and a mount
+/// of the same name.
+pub(crate) struct HostMount {
+    name: &'static str,
+    path: &'static str,
+    type_: Option<&'static str>,
+    read_only: bool,
+}
+
+/// The iptables lock, shared with every other iptables user on the host
+/// (kube-proxy, the network agent).
+pub(crate) const XTABLES_LOCK: HostMount = HostMount {
+    name: "xtables-lock",
+    path: "/run/xtables.lock",
+    type_: Some("FileOrCreate"),
+    read_only: false,
+};
+
+/// The host's kernel modules, read-only (kube-proxy, the network agent).
+pub(crate) const LIB_MODULES: HostMount = HostMount {
+    name: "lib-modules",
+    path: "/lib/modules",
+    type_: None,
+    read_only: true,
+};
+
+impl HostMount {
+    /// The pod's hostPath volume.
+    pub(crate) fn volume(&self) -> Volume {
+        host_path(self.name, self.path, self.type_)
+    }
+
+    /// The container's mount of [`HostMount::volume`].
+    pub(crate) fn mount(&self) -> VolumeMount {
+        mount(self.name, self.path, self.read_only)
+    }
+}
+
+/// `NODE_NAME` from the pod's `spec.nodeName` (node agents).
+pub(crate) fn node_name_env() -> EnvVar {
+    EnvVar {
+        name: "NODE_NAME".to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "spec.nodeName".to_string(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// A privileged container (node agents that change the host's network).
+pub(crate) fn privileged() -> Option<SecurityContext> {
+    Some(SecurityContext {
+        privileged: Some(true),
+        ..SecurityContext::default()
+    })
 }
 
 /// Node agents (kube-proxy, the network agent): replaced one node at a time.

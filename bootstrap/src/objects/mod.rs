@@ -44,7 +44,7 @@ pub use apply::{
 };
 pub use control_plane::{component_secrets, ComponentSecret, ETCD_CA_SECRET};
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
-pub use join::{ClusterSettings, CLUSTER_SETTINGS};
+pub use join::{ClusterSettings, ClusterSettingsError, CLUSTER_SETTINGS};
 
 /// Namespace of every namespaced object here.
 pub const NAMESPACE: &str = "kube-system";

@@ -10,10 +10,7 @@
 //! need kube-proxy and, for pods, the pod network this agent makes.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    SecurityContext, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -78,17 +75,7 @@ pub(crate) fn objects(spec: &PlaneSpec) -> Vec<Object> {
             spec.pod_cidr.to_string(),
         ]),
         env: Some(vec![
-            EnvVar {
-                name: "NODE_NAME".to_string(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "spec.nodeName".to_string(),
-                        ..ObjectFieldSelector::default()
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            },
+            meta::node_name_env(),
             // In-cluster config through the node-local load balancer (see
             // the module docs); these override the kubelet's own values.
             env("KUBERNETES_SERVICE_HOST", spec.loopback().to_string()),
@@ -100,14 +87,11 @@ pub(crate) fn objects(spec: &PlaneSpec) -> Vec<Object> {
         // Routes (NET_ADMIN) but also sysctls under /proc/sys and loading
         // br_netfilter (SYS_MODULE): only a privileged container gets a
         // writable /proc/sys.
-        security_context: Some(SecurityContext {
-            privileged: Some(true),
-            ..SecurityContext::default()
-        }),
+        security_context: meta::privileged(),
         volume_mounts: Some(vec![
             meta::mount("cni-conf", CNI_CONF_DIR, false),
-            meta::mount("lib-modules", "/lib/modules", true),
-            meta::mount("xtables-lock", "/run/xtables.lock", false),
+            meta::LIB_MODULES.mount(),
+            meta::XTABLES_LOCK.mount(),
         ]),
         ..Container::default()
     };
@@ -133,8 +117,8 @@ pub(crate) fn objects(spec: &PlaneSpec) -> Vec<Object> {
                             &spec.cni_conf_dir.to_string_lossy(),
                             Some("DirectoryOrCreate"),
                         ),
-                        meta::host_path("lib-modules", "/lib/modules", None),
-                        meta::host_path("xtables-lock", "/run/xtables.lock", Some("FileOrCreate")),
+                        meta::LIB_MODULES.volume(),
+                        meta::XTABLES_LOCK.volume(),
                     ]),
                     ..PodSpec::default()
                 }),

@@ -602,3 +602,30 @@ fn etcd_static_pod_golden() {
     assert!(pod.contains("path: /var/lib/selfnode/etcd\n"), "{pod}");
     assert!(!pod.contains("livenessProbe"), "{pod}");
 }
+
+#[test]
+fn cluster_settings_errors_name_the_config_map_and_keep_their_cause() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let e = ClusterSettings::from_config_map(&ConfigMap::default()).unwrap_err();
+    assert!(matches!(e, ClusterSettingsError::Missing), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "ConfigMap kube-system/selfnode-cluster has no cluster.json"
+    );
+    let cm = ConfigMap {
+        data: Some(BTreeMap::from([(
+            "cluster.json".to_string(),
+            "{\"clusterName\": 3}".to_string(),
+        )])),
+        ..ConfigMap::default()
+    };
+    let e = ClusterSettings::from_config_map(&cm).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cluster.json in ConfigMap kube-system/selfnode-cluster does not parse"
+    );
+    let cause = std::error::Error::source(&e)
+        .expect("the parser's error")
+        .to_string();
+    assert!(cause.contains("invalid type"), "{cause}");
+}

@@ -170,30 +170,77 @@ pub(crate) fn fmt_time(t: SystemTime) -> String {
     }
 }
 
+/// Why a certificate or key (or the client certificate a kubeconfig
+/// embeds) cannot be read. Each message is a clause about the file ("it is
+/// not PEM"), for the caller to put after the file's name.
+///
+/// Callers put the message into a sentence of their own (a reason field),
+/// so no variant exposes a `source()`: the text of a cause is part of the
+/// clause.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CertError {
+    /// The file is absent.
+    #[error("not on this host")]
+    NotOnHost,
+    /// No PEM block.
+    #[error("it is not PEM")]
+    NotPem,
+    /// A PEM block of another kind.
+    #[error("its PEM block is {found:?}, expected {expected:?}")]
+    WrongBlock {
+        found: String,
+        expected: &'static str,
+    },
+    /// A `CERTIFICATE` block that x509-parser cannot read.
+    #[error("it is not an X.509 certificate")]
+    NotX509,
+    /// A PKCS#8 block with a key rcgen's ring backend cannot use.
+    #[error("it is not a supported key (ECDSA P-256/P-384, Ed25519 or RSA)")]
+    UnsupportedKey,
+    /// A PKCS#1 or SEC1 key (older kubeadm writes those).
+    #[error("it is a {tag:?} block and only PKCS#8 (\"PRIVATE KEY\") keys can be read; convert it with 'openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pkcs8' and move that into place")]
+    NotPkcs8 { tag: String },
+    /// A PEM block that holds no private key.
+    #[error("its PEM block is {tag:?}, not a private key")]
+    NotAKey { tag: String },
+    /// A CA certificate and key that rcgen cannot sign with.
+    #[error("it cannot sign: {0}")]
+    CannotSign(rcgen::Error),
+    /// A kubeconfig that does not parse.
+    #[error("it is not a kubeconfig selfnode can read")]
+    NotAKubeconfig,
+    /// A kubeconfig whose current context has no user.
+    #[error("its current context names no user")]
+    NoKubeconfigUser,
+    /// A kubeconfig whose user has no `client-certificate-data`.
+    #[error("it embeds no client certificate (the kubelet's may be a file it rotates)")]
+    NoClientCertificate,
+}
+
 /// The DER of the first PEM block, which must carry `tag`.
-pub(crate) fn pem_der(bytes: &[u8], tag: &str) -> Result<Vec<u8>, String> {
-    let block = pem::parse(bytes).map_err(|_| "it is not PEM".to_string())?;
+pub(crate) fn pem_der(bytes: &[u8], tag: &'static str) -> Result<Vec<u8>, CertError> {
+    let block = pem::parse(bytes).map_err(|_| CertError::NotPem)?;
     if block.tag() != tag {
-        return Err(format!(
-            "its PEM block is {:?}, expected {tag:?}",
-            block.tag()
-        ));
+        return Err(CertError::WrongBlock {
+            found: block.tag().to_string(),
+            expected: tag,
+        });
     }
     Ok(block.into_contents())
 }
 
 /// A private key in PEM. Only PKCS#8 is readable with the ring backend; the
 /// error says how to convert the PKCS#1/SEC1 keys older kubeadm writes.
-pub(crate) fn parse_key(bytes: &[u8]) -> Result<KeyPair, String> {
-    let block = pem::parse(bytes).map_err(|_| "it is not PEM".to_string())?;
+pub(crate) fn parse_key(bytes: &[u8]) -> Result<KeyPair, CertError> {
+    let block = pem::parse(bytes).map_err(|_| CertError::NotPem)?;
     match block.tag() {
-        "PRIVATE KEY" => KeyPair::try_from(block.contents())
-            .map_err(|_| "it is not a supported key (ECDSA P-256/P-384, Ed25519 or RSA)".to_string()),
-        tag @ ("RSA PRIVATE KEY" | "EC PRIVATE KEY") => Err(format!(
-            "it is a {tag:?} block and only PKCS#8 (\"PRIVATE KEY\") keys can be read; \
-             convert it with 'openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pkcs8' and move that into place"
-        )),
-        tag => Err(format!("its PEM block is {tag:?}, not a private key")),
+        "PRIVATE KEY" => KeyPair::try_from(block.contents()).map_err(|_| CertError::UnsupportedKey),
+        tag @ ("RSA PRIVATE KEY" | "EC PRIVATE KEY") => Err(CertError::NotPkcs8 {
+            tag: tag.to_string(),
+        }),
+        tag => Err(CertError::NotAKey {
+            tag: tag.to_string(),
+        }),
     }
 }
 

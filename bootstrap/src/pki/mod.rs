@@ -26,7 +26,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use crate::host::{Host, HostError};
-use cert::{Ca, Profile};
+use cert::{Ca, CertError, Profile};
 use kubeconfig::{Kubeconfig, KubeconfigError};
 use spec::SanSet;
 
@@ -425,11 +425,11 @@ fn ca_advice(cert: &Path, key: &Path) -> String {
 ///
 /// Errors with [`PkiError::InvalidCaCert`].
 pub fn ca_cert_hash(ca_pem: &[u8]) -> Result<String, PkiError> {
-    let der = cert::pem_der(ca_pem, "CERTIFICATE")
-        .map_err(|reason| PkiError::InvalidCaCert { reason })?;
-    let (_, c) = X509Certificate::from_der(&der).map_err(|_| PkiError::InvalidCaCert {
-        reason: "it is not an X.509 certificate".to_string(),
-    })?;
+    let invalid = |e: CertError| PkiError::InvalidCaCert {
+        reason: e.to_string(),
+    };
+    let der = cert::pem_der(ca_pem, "CERTIFICATE").map_err(invalid)?;
+    let (_, c) = X509Certificate::from_der(&der).map_err(|_| invalid(CertError::NotX509))?;
     Ok(format!(
         "sha256:{}",
         hex::encode(Sha256::digest(c.public_key().raw))
@@ -484,10 +484,10 @@ pub fn expiration(host: &dyn Host, spec: &PkiSpec) -> Result<Vec<CertExpiry>, Pk
         CaId::Etcd => names::ETCD_CA,
     };
     let mut out = Vec::new();
-    let mut row = |name: &str, path: PathBuf, kind, signed_by, pem: Result<Vec<u8>, String>| {
+    let mut row = |name: &str, path: PathBuf, kind, signed_by, pem: Result<Vec<u8>, CertError>| {
         let (not_after, problem) = match pem.and_then(|pem| cert_not_after(&pem)) {
             Ok(t) => (Some(t), None),
-            Err(why) => (None, Some(why)),
+            Err(why) => (None, Some(why.to_string())),
         };
         out.push(CertExpiry {
             name: name.to_string(),
@@ -498,10 +498,8 @@ pub fn expiration(host: &dyn Host, spec: &PkiSpec) -> Result<Vec<CertExpiry>, Pk
             problem,
         });
     };
-    let read = |path: &Path| -> Result<Result<Vec<u8>, String>, PkiError> {
-        Ok(host
-            .read_file(path)?
-            .ok_or_else(|| "not on this host".to_string()))
+    let read = |path: &Path| -> Result<Result<Vec<u8>, CertError>, PkiError> {
+        Ok(host.read_file(path)?.ok_or(CertError::NotOnHost))
     };
     for base in [names::CA, names::FRONT_PROXY_CA, names::ETCD_CA] {
         let path = spec.cert_path(base);
@@ -516,15 +514,10 @@ pub fn expiration(host: &dyn Host, spec: &PkiSpec) -> Result<Vec<CertExpiry>, Pk
     for (file, _) in kubeconfig_profiles(spec) {
         let path = spec.kubeconfig_path(file);
         let pem = read(&path)?.and_then(|bytes| {
-            let kc = Kubeconfig::from_yaml(&bytes)
-                .map_err(|_| "it is not a kubeconfig selfnode can read".to_string())?;
-            let (_, user) = kc
-                .current()
-                .ok_or_else(|| "its current context names no user".to_string())?;
-            kubeconfig::decode_data(user.user.client_certificate_data.as_deref()).ok_or_else(|| {
-                "it embeds no client certificate (the kubelet's may be a file it rotates)"
-                    .to_string()
-            })
+            let kc = Kubeconfig::from_yaml(&bytes).map_err(|_| CertError::NotAKubeconfig)?;
+            let (_, user) = kc.current().ok_or(CertError::NoKubeconfigUser)?;
+            kubeconfig::decode_data(user.user.client_certificate_data.as_deref())
+                .ok_or(CertError::NoClientCertificate)
         });
         row(file, path, CertKind::Kubeconfig, Some(names::CA), pem);
     }
@@ -532,10 +525,9 @@ pub fn expiration(host: &dyn Host, spec: &PkiSpec) -> Result<Vec<CertExpiry>, Pk
 }
 
 /// The end of validity of the first certificate in `pem`.
-fn cert_not_after(pem: &[u8]) -> Result<SystemTime, String> {
+fn cert_not_after(pem: &[u8]) -> Result<SystemTime, CertError> {
     let der = cert::pem_der(pem, "CERTIFICATE")?;
-    let (_, c) = X509Certificate::from_der(&der)
-        .map_err(|_| "it is not an X.509 certificate".to_string())?;
+    let (_, c) = X509Certificate::from_der(&der).map_err(|_| CertError::NotX509)?;
     Ok(cert::system_time(c.validity().not_after.timestamp()))
 }
 
@@ -786,10 +778,10 @@ fn inspect_ca(
     let key_path = spec.key_path(base);
     let cert_file = host.read_file(&cert_path)?;
     let key_file = host.read_file(&key_path)?;
-    let key_unreadable = |reason: String| PkiError::CaKeyUnreadable {
+    let key_unreadable = |e: CertError| PkiError::CaKeyUnreadable {
         cert: cert_path.clone(),
         key: key_path.clone(),
-        reason,
+        reason: e.to_string(),
     };
     match (cert_file, key_file) {
         (None, None) => Ok(CaPlan::Create {
@@ -834,19 +826,19 @@ fn parse_ca(
     now: i64,
 ) -> Result<Ca, PkiError> {
     let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
-    let key_unreadable = |reason: String| PkiError::CaKeyUnreadable {
+    let key_unreadable = |e: CertError| PkiError::CaKeyUnreadable {
         cert: cert_path.clone(),
         key: key_path.clone(),
-        reason,
+        reason: e.to_string(),
     };
-    let cert_unreadable = |reason: String| PkiError::CaCertUnreadable {
+    let cert_unreadable = |e: CertError| PkiError::CaCertUnreadable {
         cert: cert_path.clone(),
         key: key_path.clone(),
-        reason,
+        reason: e.to_string(),
     };
     let der = cert::pem_der(cert_pem, "CERTIFICATE").map_err(cert_unreadable)?;
-    let (_, x509) = X509Certificate::from_der(&der)
-        .map_err(|_| cert_unreadable("it is not an X.509 certificate".to_string()))?;
+    let (_, x509) =
+        X509Certificate::from_der(&der).map_err(|_| cert_unreadable(CertError::NotX509))?;
     let key = cert::parse_key(key_pem).map_err(key_unreadable)?;
     if !cert::key_matches(&key, &x509) {
         return Err(PkiError::CaKeyMismatch {
@@ -876,7 +868,7 @@ fn parse_ca(
         });
     }
     Ca::new(cert_pem.to_vec(), der.clone(), key)
-        .map_err(|e| cert_unreadable(format!("it cannot sign: {e}")))
+        .map_err(|e| cert_unreadable(CertError::CannotSign(e)))
 }
 
 /// The certificates of an etcd member joining a running cluster on this
@@ -936,7 +928,10 @@ fn inspect_sa(host: &dyn Host, spec: &PkiSpec) -> Result<SaPlan, PkiError> {
         None => Ok(None),
         Some(key_pem) => match cert::parse_key(&key_pem) {
             Ok(key) => Ok(Some((key_pem, key))),
-            Err(reason) => Err(PkiError::ServiceAccountKeyUnreadable { path, reason }),
+            Err(e) => Err(PkiError::ServiceAccountKeyUnreadable {
+                path,
+                reason: e.to_string(),
+            }),
         },
     }
 }

@@ -129,10 +129,7 @@ pub fn ensure_encryption_config<R: rand::CryptoRng + ?Sized>(
 ) -> Result<EncryptionReport, EncryptionConfigError> {
     let path = dir.join(ENCRYPTION_CONFIG_FILE);
     if let Some(bytes) = host.read_file(&path)? {
-        let provider = check(&bytes).map_err(|reason| EncryptionConfigError::Unusable {
-            path: path.clone(),
-            reason,
-        })?;
+        let provider = check(&path, &bytes)?;
         host.ensure_dir(dir, DIR_MODE)?;
         // Same bytes: only a wrong mode is corrected.
         host.write_file(&path, &bytes, FILE_MODE)?;
@@ -185,14 +182,20 @@ fn render(key: &[u8; 32]) -> Result<String, EncryptionConfigError> {
         .map_err(|source| EncryptionConfigError::Render { source })
 }
 
-/// The provider that encrypts Secrets, or why the file does not do that.
+/// The provider that encrypts Secrets in the file at `path` (`bytes`), or
+/// [`EncryptionConfigError::Unusable`] saying why it does not do that.
 /// Messages never quote the file: it holds keys.
-fn check(bytes: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())?;
+fn check(path: &Path, bytes: &[u8]) -> Result<String, EncryptionConfigError> {
+    let unusable = |reason: String| EncryptionConfigError::Unusable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| unusable("it is not UTF-8 text".to_string()))?;
     let config: EncryptionConfiguration =
-        serde_saphyr::from_str(text).map_err(|_| format!("it is not a YAML {KIND}"))?;
+        serde_saphyr::from_str(text).map_err(|_| unusable(format!("it is not a YAML {KIND}")))?;
     if config.kind != KIND || config.api_version != API_VERSION {
-        return Err(format!("it is not a {API_VERSION} {KIND}"));
+        return Err(unusable(format!("it is not a {API_VERSION} {KIND}")));
     }
     // The apiserver uses the first entry that matches a resource.
     let entry = config
@@ -203,29 +206,39 @@ fn check(bytes: &[u8]) -> Result<String, String> {
                 .iter()
                 .any(|res| matches!(res.as_str(), "secrets" | "*." | "*.*"))
         })
-        .ok_or("it has no entry for secrets, so Secrets would be stored unencrypted")?;
+        .ok_or_else(|| {
+            unusable(
+                "it has no entry for secrets, so Secrets would be stored unencrypted".to_string(),
+            )
+        })?;
     let first = entry
         .providers
         .first()
-        .ok_or("its entry for secrets has no providers")?;
-    let keyed = |name: &str, p: &KeyProvider, sizes: &[usize]| -> Result<String, String> {
-        let key = p
-            .keys
-            .first()
-            .ok_or_else(|| format!("its {name} provider has no keys"))?;
-        let len = B64
-            .decode(key.secret.trim())
-            .map_err(|_| format!("key {:?} of its {name} provider is not base64", key.name))?
-            .len();
-        if sizes.contains(&len) {
-            Ok(name.to_string())
-        } else {
-            Err(format!(
-                "key {:?} of its {name} provider is {len} bytes long, not {sizes:?}",
-                key.name
-            ))
-        }
-    };
+        .ok_or_else(|| unusable("its entry for secrets has no providers".to_string()))?;
+    let keyed =
+        |name: &str, p: &KeyProvider, sizes: &[usize]| -> Result<String, EncryptionConfigError> {
+            let key = p
+                .keys
+                .first()
+                .ok_or_else(|| unusable(format!("its {name} provider has no keys")))?;
+            let len = B64
+                .decode(key.secret.trim())
+                .map_err(|_| {
+                    unusable(format!(
+                        "key {:?} of its {name} provider is not base64",
+                        key.name
+                    ))
+                })?
+                .len();
+            if sizes.contains(&len) {
+                Ok(name.to_string())
+            } else {
+                Err(unusable(format!(
+                    "key {:?} of its {name} provider is {len} bytes long, not {sizes:?}",
+                    key.name
+                )))
+            }
+        };
     match first {
         Provider {
             secretbox: Some(p), ..
@@ -235,8 +248,8 @@ fn check(bytes: &[u8]) -> Result<String, String> {
         Provider { kms: Some(_), .. } => Ok("kms".to_string()),
         Provider {
             identity: Some(_), ..
-        } => Err("its first provider for secrets is identity, so new Secrets would be stored unencrypted".to_string()),
-        _ => Err("its first provider for secrets is not one selfnode knows (secretbox, aesgcm, aescbc, kms)".to_string()),
+        } => Err(unusable("its first provider for secrets is identity, so new Secrets would be stored unencrypted".to_string())),
+        _ => Err(unusable("its first provider for secrets is not one selfnode knows (secretbox, aesgcm, aescbc, kms)".to_string())),
     }
 }
 

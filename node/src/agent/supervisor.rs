@@ -519,7 +519,7 @@ mod tests {
                         Box::pin(async move {
                             match n {
                                 0 | 3 => Ok(()),
-                                _ => Err("connection timed out".to_string()),
+                                _ => Err(anyhow::anyhow!("connection timed out")),
                             }
                         })
                     }),

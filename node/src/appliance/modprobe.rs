@@ -186,6 +186,6 @@ mod tests {
         )
         .unwrap();
         let err = load(dir.path(), "nothing-like-it", 0).unwrap_err();
-        assert!(err.contains("nothing-like-it"), "{err}");
+        assert!(err.to_string().contains("nothing-like-it"), "{err}");
     }
 }

@@ -577,9 +577,12 @@ pub async fn from_snapshot(
     if rec.pivoted {
         // etcd serving means the data is there: a restore would throw away
         // everything written since the snapshot; plain recover is the tool.
-        let etcd_ok = etcd_mgr::members(&crate::etcd::config(paths))
-            .await
-            .is_ok_and(|m| m.iter().any(|m| m.healthy));
+        let etcd_ok = match etcd_mgr::members(&crate::etcd::config(paths)).await {
+            Ok(m) | Err(etcd_mgr::EtcdError::NoLeader { members: m, .. }) => {
+                m.iter().any(|m| m.healthy)
+            }
+            Err(_) => false,
+        };
         if etcd_ok {
             return Err(RecoverRefused::Healthy.into());
         }

@@ -174,7 +174,7 @@ async fn node_plane_spec(
         .get(CLUSTER_SETTINGS)
         .await
         .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?;
-    let cluster = ClusterSettings::from_config_map(&cm).map_err(anyhow::Error::msg)?;
+    let cluster = ClusterSettings::from_config_map(&cm)?;
     let settings = crate::cluster::joined_settings(cluster, node)?;
     Ok(crate::cluster::plane_spec(
         &ctx.paths,

@@ -32,9 +32,10 @@ where
             Err(
                 e @ (etcd_mgr::EtcdError::Connect { .. }
                 | etcd_mgr::EtcdError::Rpc { .. }
-                | etcd_mgr::EtcdError::Timeout { .. }),
+                | etcd_mgr::EtcdError::Timeout { .. }
+                | etcd_mgr::EtcdError::NoLeader { .. }),
             ) if std::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "etcd call failed; retrying");
+                tracing::debug!(error = %dist::error_chain(&e), "etcd call failed; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Err(e) => return Err(e.into()),

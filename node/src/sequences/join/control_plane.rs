@@ -66,8 +66,7 @@ pub(super) async fn label_control_plane(
                 &cms.get(CLUSTER_SETTINGS)
                     .await
                     .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?,
-            )
-            .map_err(anyhow::Error::msg)?;
+            )?;
             bootstrap::objects::mark_control_plane(
                 token_client_via_lb(join)?,
                 name,

@@ -115,7 +115,7 @@ async fn read_settings(
     let cm = cms.get(CLUSTER_SETTINGS).await.with_context(|| {
         format!("reading kube-system/{CLUSTER_SETTINGS} from {via} with the token (TLS verified with the cluster CA)")
     })?;
-    ClusterSettings::from_config_map(&cm).map_err(anyhow::Error::msg)
+    Ok(ClusterSettings::from_config_map(&cm)?)
 }
 
 /// Whether the token carries the control-plane group (a SelfSubjectReview
