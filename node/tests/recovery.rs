@@ -483,6 +483,8 @@ fn selfnode_recover_brings_back_deleted_components_and_a_lost_etcd() {
         },
     );
 
+    status_answers_while_etcd_is_silent(&host);
+
     // A healthy cluster: nothing to do, and nothing done.
     let out = recover(&host, &[]);
     assert!(
@@ -653,4 +655,62 @@ fn selfnode_recover_brings_back_deleted_components_and_a_lost_etcd() {
     let out = recover(&host, &["--from-snapshot", snapshot.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     host.kubectl_ok(&["get", "configmap", "in-snapshot"]);
+}
+
+/// `selfnode status` while this host's etcd accepts connections and says
+/// nothing (frozen with SIGSTOP: what a member without quorum looks like to
+/// a client): it answers within its own deadline, exit 1, naming etcd, in
+/// the table and in `-o json`. Then etcd goes on and status is healthy
+/// again. (The hang this guards against: status waited over 10 minutes on
+/// a member that had no leader.)
+fn status_answers_while_etcd_is_silent(host: &TestHost) {
+    let etcd: Vec<u32> = host
+        .leftover_processes()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.starts_with("etcd "))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(etcd.len(), 1, "one etcd process on this host: {etcd:?}");
+    let pid = etcd[0];
+    support::signal(pid, libc::SIGSTOP);
+    let answers = |args: &[&str]| {
+        let mut child = host
+            .selfnode()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                support::signal(pid, libc::SIGCONT);
+                panic!("selfnode {args:?} did not answer within 10 s while etcd was silent");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let table = answers(&["status"]);
+    let json = answers(&["status", "-o", "json"]);
+    support::signal(pid, libc::SIGCONT);
+    assert_eq!(table.status.code(), Some(1), "{}", text(&table));
+    assert!(
+        stdout(&table).lines().any(|l| l.starts_with("etcd: ")
+            && l.contains("no answer")
+            && l.contains("127.0.0.1:2379")),
+        "the table names etcd and what did not answer: {}",
+        text(&table)
+    );
+    assert_eq!(json.status.code(), Some(1), "{}", text(&json));
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["healthy"], false, "{doc:#}");
+    assert!(
+        doc["etcd"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("127.0.0.1:2379")),
+        "{doc:#}"
+    );
+    host.wait_healthy(Duration::from_secs(180));
 }

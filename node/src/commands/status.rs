@@ -174,7 +174,7 @@ fn print_table(running: Option<&RunningAgent>, status: Option<&AgentStatus>, pat
     }
     let Some(st) = status else { return };
     println!(
-        "{:<12} {:<11} {:>8} {:>9} {:>8}  LOG / LAST ERROR",
+        "{:<14} {:<11} {:>8} {:>9} {:>8}  LOG / LAST ERROR",
         "COMPONENT", "STATE", "PID", "RESTARTS", "SINCE"
     );
     for c in &st.components {
@@ -202,7 +202,7 @@ fn print_table(running: Option<&RunningAgent>, status: Option<&AgentStatus>, pat
             }
         }
         println!(
-            "{:<12} {:<11} {:>8} {:>9} {:>8}  {}",
+            "{:<14} {:<11} {:>8} {:>9} {:>8}  {}",
             c.name,
             state,
             pid,
