@@ -5,7 +5,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{text, Lan, TestHost};
+use support::{assert_stopped_at_failpoint, text, Lan, TestHost};
 
 const START: Duration = Duration::from_secs(180);
 
@@ -138,12 +138,7 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
             .args(["join", &join, "--node-name", "node2"])
             .output()
             .unwrap();
-        assert_eq!(
-            code(&out),
-            Some(node::init::steps::FAILPOINT_EXIT),
-            "join with the failpoint after {step}: {}",
-            text(&out)
-        );
+        assert_stopped_at_failpoint("join", step, &out);
     }
     // The last run: one line per step, the node Ready in the cluster.
     let out = second.join(&["--token", &join, "--node-name", "node2"]);

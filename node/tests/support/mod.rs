@@ -922,6 +922,32 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
+/// Checks one run of `sequence` (`init`, `join`) made with the failpoint
+/// after `step` (`SELFNODE_FAILPOINT`), the kill-after-every-step loops'
+/// one rule: the run stopped right after the step, with the failpoint's
+/// exit code and message. The runner fires it after a step it applied and
+/// after one it found already done (`init::steps`); only a step the plan
+/// skipped does not fire, and then its line says "skipped" and the run
+/// finishes. So exit 0 passes only with that line: a failpoint that
+/// stopped firing fails here.
+pub fn assert_stopped_at_failpoint(sequence: &str, step: &str, out: &std::process::Output) {
+    let t = text(out);
+    let skipped = t
+        .lines()
+        .any(|l| l.contains(&format!("[{sequence}] {step} (")) && l.contains("): skipped: "));
+    match out.status.code() {
+        Some(node::init::steps::FAILPOINT_EXIT) if !skipped => assert!(
+            t.contains(&format!("failpoint: exiting after step {step}")),
+            "{sequence} with the failpoint after {step} exited {} without the failpoint's message: {t}",
+            node::init::steps::FAILPOINT_EXIT
+        ),
+        Some(0) if skipped => {}
+        other => panic!(
+            "{sequence} with the failpoint after {step} ended with {other:?} (skipped by the plan: {skipped}): {t}"
+        ),
+    }
+}
+
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie has exited; only its parent's wait is missing.
