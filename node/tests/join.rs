@@ -84,6 +84,9 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let expired = first.token_create(&["--ttl", "1s"]);
+    // A sleep, not a poll: what this waits for is the clock passing the
+    // token's expiry (a 1 s TTL), and nothing else changes to poll for; the
+    // join below is what must then refuse it.
     std::thread::sleep(Duration::from_secs(2));
     let unknown = format!(
         "zzzzzz.zzzzzzzzzzzzzzzz@{}",
