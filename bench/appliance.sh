@@ -72,9 +72,10 @@ boot() { # n: boots, prints "seconds to containerd ready, seconds to init done"
   # The power button: selfnode stop, then power-off. The figures are printed
   # only once QEMU is gone: the caller reads them and starts the next boot
   # on the same disk, which QEMU locks.
-  # The monitor connection stays open a second, as appliance.rs's does: in
-  # run 8 the first boot never saw the button (QEMU killed after 300 s; a
-  # connection closed at once may lose the command, the likeliest cause).
+  # The monitor connection stays open a second, as
+  # node/tests/appliance_boot.rs does: in run 8 the first boot never saw the
+  # button (QEMU killed after 300 s; a connection closed at once may lose
+  # the command, the likeliest cause).
   python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(b"system_powerdown\n"); time.sleep(1)' "$work/mon$n" 2>/dev/null || true
   for _ in $(seq 1 300); do kill -0 "$qpid" 2>/dev/null || break; sleep 1; done
   kill -KILL "$qpid" 2>/dev/null || true

@@ -217,6 +217,32 @@ impl Drop for Proc {
     }
 }
 
+/// Polls until `done` holds for each process's log, or the process has
+/// exited (its log is then final), at most `timeout`; panics naming those
+/// that did neither, with their logs.
+fn wait_logs(procs: &mut [Proc], what: &str, timeout: Duration, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut waiting = Vec::new();
+        for p in procs.iter_mut() {
+            // Exited first, then the log: an exited process's log is complete.
+            if p.child.try_wait().unwrap().is_none() && !done(&p.log()) {
+                waiting.push(format!("--- {}\n{}", p.name, p.tail()));
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}:\n{}",
+                waiting.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// One run of a [`HealthCheck`] with curl (as the node agent will run it
 /// natively): 2xx within 3 s.
 fn probe(check: &HealthCheck) -> bool {
@@ -305,9 +331,11 @@ fn flag_complaint(log: &str) -> Option<&'static str> {
 // ---- tests -----------------------------------------------------------------
 
 /// Every flag of every command line (temporary and self-hosted) exists in
-/// the pinned binaries: each runs 2 s against a plane that is not there
-/// (etcd is not started for the others), and its log must not complain
-/// about a flag.
+/// the pinned binaries: each runs against a plane that is not there (etcd
+/// is not started for the others) until it has logged, and its log must
+/// not complain about a flag. The binaries parse their command line first
+/// and end at once, with the complaint, on a flag that does not parse; so
+/// once each has logged (or exited), its verdict is in its log.
 #[test]
 fn every_rendered_flag_exists_in_the_pinned_binaries() {
     let tmp = tempfile::tempdir().unwrap();
@@ -331,18 +359,27 @@ fn every_rendered_flag_exists_in_the_pinned_binaries() {
     bad[2].2.push("--no-such-flag=1".into());
     bad[3].2.push("--leader-elect=maybe".into());
     bad[0].2.push("--snapshot-count=lots".into());
-    let procs: Vec<Proc> = runs
+    let mut procs: Vec<Proc> = runs
         .iter()
         .map(|(name, binary, args)| Proc::start(tmp.path(), name, binary, args))
         .collect();
-    let bad_procs: Vec<Proc> = [0, 2, 3]
+    let mut bad_procs: Vec<Proc> = [0, 2, 3]
         .into_iter()
         .map(|i| {
             let (name, binary, args) = &bad[i];
             Proc::start(tmp.path(), &format!("bad-{name}"), binary, args)
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(2));
+    let deadline = Duration::from_secs(60);
+    wait_logs(&mut procs, "every process to log", deadline, |log| {
+        !log.is_empty()
+    });
+    wait_logs(
+        &mut bad_procs,
+        "every bad command line to be complained about",
+        deadline,
+        |log| flag_complaint(log).is_some(),
+    );
     for mut p in procs {
         let _ = p.child.kill();
         let _ = p.child.wait();

@@ -54,6 +54,10 @@ pub struct ComponentStatus {
     /// What it is doing, for people (the checkpoint: which copy serves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// An agent task's passes so far (successful or not): what shows that
+    /// it looked again. `None` for supervised processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passes: Option<u64>,
     pub log: Option<PathBuf>,
 }
 
@@ -67,6 +71,7 @@ impl ComponentStatus {
             since: now_unix(),
             last_error: None,
             detail: None,
+            passes: None,
             log,
         }
     }

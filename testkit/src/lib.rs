@@ -20,14 +20,23 @@ pub fn updating_golden() -> bool {
 /// # Panics
 /// When the file is missing or differs, naming the file and how to accept.
 pub fn golden(crate_dir: &str, name: &str, actual: &str) {
-    let path = golden_dir(crate_dir).join(name);
-    if updating_golden() {
+    check_golden(&golden_dir(crate_dir).join(name), actual, updating_golden());
+}
+
+/// [`golden`] on one file, with the mode given rather than read from the
+/// environment: when `update`, writes `actual` to `path` (creating its
+/// directory) first; then compares, so a rewrite that did not land fails too.
+///
+/// # Panics
+/// When the file is missing or differs, naming the file and how to accept.
+fn check_golden(path: &Path, actual: &str, update: bool) {
+    if update {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("create the golden directory");
         }
-        std::fs::write(&path, actual).expect("write the golden file");
+        std::fs::write(path, actual).expect("write the golden file");
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
         panic!(
             "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
             path.display()
@@ -82,19 +91,60 @@ pub fn bundle_bin(name: &str) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// The panic message of `f`, which must panic.
+    fn panic_of(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+        let err = std::panic::catch_unwind(f).expect_err("it must fail");
+        err.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    /// Both modes are tested whatever `UPDATE_GOLDEN` says, so this test
+    /// fails under either if a mode breaks.
     #[test]
-    fn a_matching_golden_file_passes_and_a_different_one_names_the_file() {
-        let dir = std::env::temp_dir().join(format!("testkit-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("tests/golden")).unwrap();
-        std::fs::write(dir.join("tests/golden/a.txt"), "one\n").unwrap();
+    fn comparing_passes_or_names_the_file_and_updating_rewrites_it() {
+        let dir = fresh_dir();
+        let path = dir.join("tests/golden/a.txt");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "one\n").unwrap();
+
+        // Comparing: the same text passes; another one fails naming the
+        // file and how to accept, and leaves the file alone.
+        check_golden(&path, "one\n", false);
+        let msg = panic_of(|| check_golden(&path, "two\n", false));
+        assert!(msg.contains("a.txt differs"), "{msg}");
+        assert!(msg.contains("UPDATE_GOLDEN=1"), "{msg}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");
+        // A missing file fails too, saying how to create it.
+        let missing = dir.join("tests/golden/none.txt");
+        let msg = panic_of(|| check_golden(&missing, "one\n", false));
+        assert!(
+            msg.contains("none.txt") && msg.contains("to create"),
+            "{msg}"
+        );
+        assert!(!missing.exists());
+
+        // Updating: the file takes the new text (a missing one and its
+        // directory are created), and comparing then passes.
+        check_golden(&path, "two\n", true);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        check_golden(&path, "two\n", false);
+        let nested = dir.join("tests/golden/new/b.txt");
+        check_golden(&nested, "three\n", true);
+        assert_eq!(std::fs::read_to_string(&nested).unwrap(), "three\n");
+
+        // `golden` finds the file under the crate's tests/golden, in the
+        // mode the environment chose (either passes with the same text).
         let crate_dir = dir.to_str().unwrap();
-        if !updating_golden() {
-            golden(crate_dir, "a.txt", "one\n");
-            let err = std::panic::catch_unwind(|| golden(crate_dir, "a.txt", "two\n"))
-                .expect_err("a different text fails");
-            let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-            assert!(msg.contains("a.txt differs"), "{msg}");
-        }
+        assert_eq!(golden_dir(crate_dir), dir.join("tests/golden"));
+        golden(crate_dir, "a.txt", "two\n");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fresh directory of this test's own (testkit has no dependencies,
+    /// so no tempfile crate).
+    fn fresh_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("testkit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

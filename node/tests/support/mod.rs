@@ -355,20 +355,11 @@ impl TestHost {
             roots.push(child.id());
         }
         let all = process_trees(&roots);
-        for pid in &all {
-            signal(*pid, libc::SIGKILL);
-        }
+        let left = kill_and_wait_gone(&all, Duration::from_secs(30));
         if let Some(mut child) = self.agent.take() {
             let _ = child.wait();
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while all.iter().any(|p| pid_alive(*p)) {
-            assert!(
-                Instant::now() < deadline,
-                "processes survive SIGKILL: {all:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(left.is_empty(), "processes survive SIGKILL: {left:?}");
         unmount_under(&self.root.join("run"));
         unmount_under(&self.root.join("var/lib/kubelet"));
         for name in netns_names() {
@@ -836,10 +827,13 @@ impl Drop for TestHost {
             signal(child.id(), libc::SIGKILL);
             let _ = child.wait();
         }
-        for (pid, _) in self.processes(None) {
-            signal(pid, libc::SIGKILL);
+        // Gone, not merely signalled (a poll, not a pause): what follows
+        // unmounts, resets and removes what they may still hold.
+        let pids: Vec<u32> = self.processes(None).into_iter().map(|(p, _)| p).collect();
+        let left = kill_and_wait_gone(&pids, Duration::from_secs(30));
+        if !left.is_empty() {
+            eprintln!("warning: test host processes survive SIGKILL: {left:?}");
         }
-        std::thread::sleep(Duration::from_millis(200));
         unmount_under(&self.root);
         // A cluster changed the machine's network (the pod bridge and its
         // address, routes, kube-proxy's and the pods' NAT rules): the
@@ -919,6 +913,49 @@ pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a PID we started; no memory is shared.
     unsafe {
         libc::kill(pid as i32, sig);
+    }
+}
+
+/// Checks one run of `sequence` (`init`, `join`) made with the failpoint
+/// after `step` (`SELFNODE_FAILPOINT`), the kill-after-every-step loops'
+/// one rule: the run stopped right after the step, with the failpoint's
+/// exit code and message. The runner fires it after a step it applied and
+/// after one it found already done (`init::steps`); only a step the plan
+/// skipped does not fire, and then its line says "skipped" and the run
+/// finishes. So exit 0 passes only with that line: a failpoint that
+/// stopped firing fails here.
+pub fn assert_stopped_at_failpoint(sequence: &str, step: &str, out: &std::process::Output) {
+    let t = text(out);
+    let skipped = t
+        .lines()
+        .any(|l| l.contains(&format!("[{sequence}] {step} (")) && l.contains("): skipped: "));
+    match out.status.code() {
+        Some(node::sequences::runner::FAILPOINT_EXIT) if !skipped => assert!(
+            t.contains(&format!("failpoint: exiting after step {step}")),
+            "{sequence} with the failpoint after {step} exited {} without the failpoint's message: {t}",
+            node::sequences::runner::FAILPOINT_EXIT
+        ),
+        Some(0) if skipped => {}
+        other => panic!(
+            "{sequence} with the failpoint after {step} ended with {other:?} (skipped by the plan: {skipped}): {t}"
+        ),
+    }
+}
+
+/// Sends SIGKILL to `pids` and polls until each is gone (a zombie counts as
+/// gone: it holds no memory, file or mount any more, only its exit status);
+/// returns those still alive after `timeout`.
+pub fn kill_and_wait_gone(pids: &[u32], timeout: Duration) -> Vec<u32> {
+    for pid in pids {
+        signal(*pid, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left: Vec<u32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

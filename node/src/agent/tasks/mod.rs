@@ -196,7 +196,10 @@ pub fn spawn<T: AgentTask>(
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            match task.pass(&mut cx).await {
+            let outcome = task.pass(&mut cx).await;
+            cx.status
+                .update(name, |c| c.passes = Some(c.passes.unwrap_or(0) + 1));
+            match outcome {
                 Ok(outcome) => {
                     report(&cx.status, name, outcome);
                     retry = schedule.retry_first;

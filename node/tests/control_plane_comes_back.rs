@@ -342,8 +342,15 @@ fn a_power_cut_after_a_bad_apiserver_rollout_brings_back_the_last_good_one() {
             }
         },
     );
-    // The checkpointer saw the bad pod for a while and kept the good one.
-    std::thread::sleep(Duration::from_secs(10));
+    // The checkpointer saw the bad pod for two more passes and kept the
+    // good one.
+    let passes = |st: &serde_json::Value| TestHost::component(st, "checkpoint")["passes"].as_u64();
+    let seen = passes(&host.status()).expect("the checkpointer counts its passes");
+    host.wait_for(
+        "two more passes of the checkpointer",
+        Duration::from_secs(60),
+        |st| passes(st).is_some_and(|p| p >= seen + 2),
+    );
     let detail = checkpoint_detail(&host);
     assert!(detail.contains(&good), "the good pod stays kept: {detail}");
 

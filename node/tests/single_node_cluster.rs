@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{bundle_version, pid_alive, retry, text, TestHost};
+use support::{assert_stopped_at_failpoint, bundle_version, pid_alive, retry, text, TestHost};
 
 const START: Duration = Duration::from_secs(180);
 /// The steps of a first `selfnode init`, from the plan itself.
@@ -941,22 +941,12 @@ fn init_killed_after_every_step_resumes_to_the_same_cluster() {
     .unwrap();
     let config = config.to_str().unwrap();
     let steps = init_steps();
+    // Killed after every step of the plan, as kill -9 would, and run again
+    // each time: each run must stop at its failpoint.
     for step in &steps {
         let step = step.name();
         let out = host.init(&["--config", config], Some(step));
-        let t = text(&out);
-        // A step whose result an earlier run already produced is not
-        // applied again (or, after the pivot, is skipped by the plan), so
-        // its failpoint cannot fire: the run must then say so and finish.
-        let not_applied = t.lines().any(|l| {
-            l.contains(&format!("{step} ("))
-                && (l.contains("already done") || l.contains("skipped"))
-        });
-        match out.status.code() {
-            Some(99) => assert!(t.contains(&format!("exiting after step {step}")), "{t}"),
-            Some(0) if not_applied => {}
-            other => panic!("init with the failpoint after {step} ended with {other:?}: {t}"),
-        }
+        assert_stopped_at_failpoint("init", step, &out);
     }
     let out = host.init(&["--config", config, "-o", "json"], None);
     assert!(

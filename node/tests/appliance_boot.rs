@@ -299,7 +299,9 @@ fn a_bad_kernel_parameter_on_the_medium_boots_to_a_message_naming_the_field() {
         "{line}"
     );
     vm.wait_line("this machine stays up for inspection", BOOT);
-    // It stays up, and starts nothing.
+    // It stays up, and starts nothing. A sleep, not a poll: this checks
+    // that nothing happens (no power-off, nothing started), so there is no
+    // state to wait for; 10 s is how long it must hold.
     std::thread::sleep(Duration::from_secs(10));
     assert!(
         vm.child.try_wait().unwrap().is_none(),
