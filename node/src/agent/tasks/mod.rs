@@ -180,7 +180,8 @@ pub fn spawn<T: AgentTask>(
             Ok(outcome) => report(&cx.status, name, outcome),
             Err(err) => {
                 let err = format!("{err:#}");
-                tracing::error!(task = name, error = %err, "failed at agent start");
+                // "checkpoint not used": what a damaged checkpoint reads as.
+                tracing::error!(task = name, error = %err, "{name} not used: its start failed");
                 cx.status.update(name, |c| {
                     c.state = ComponentState::Failed;
                     c.detail = None;
