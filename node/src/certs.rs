@@ -2,17 +2,18 @@
 //! renewal on a running self-hosted cluster.
 //!
 //! `selfnode init` makes the cluster's PKI (kubeadm's layout) on its host,
-//! which keeps the CAs' keys. Before the pivot the temporary plane reads
-//! its certificates from the host's files; after it the self-hosted
-//! kube-apiserver, kube-controller-manager and kube-scheduler read theirs
-//! from one Secret each in `kube-system`
-//! (`bootstrap::objects::component_secrets`). So a renewed file reaches a
-//! component only when its Secret is applied again **and** its pods roll
-//! (a kubeconfig mounted with `subPath` is never updated in a running
-//! pod). The pod template carries a hash of the Secret
-//! (`selfnode.dev/config-hash`): [`publish`] applies the three Secrets and
-//! sets that one annotation where it differs, and touches nothing else of
-//! the workloads (an image a user set with kubectl stays).
+//! which keeps the CAs' keys. The temporary plane and the self-hosted
+//! kube-apiserver, kube-controller-manager and kube-scheduler all read
+//! their certificates, keys and kubeconfigs from the host's files (the
+//! pods mount each file by hostPath; no key passes through the API). A
+//! running process reads its kubeconfig and client certificates once, so a
+//! renewed file reaches a component when its pods roll: the pod template
+//! carries a hash of the files (`selfnode.dev/config-hash`), and
+//! [`publish`] sets that one annotation where it differs and touches
+//! nothing else of the workloads (an image a user set with kubectl stays).
+//! It also deletes the Secrets that held the keys before they moved onto
+//! the hosts (`bootstrap::objects::LEGACY_KEY_SECRETS`), wherever a cluster
+//! made by an older selfnode still has them.
 //!
 //! - `selfnode certs check-expiration`: [`expiration`], from the files.
 //! - `selfnode certs renew`: [`renew`] re-issues every leaf and kubeconfig
@@ -20,16 +21,16 @@
 //!   and waits until the three workloads have rolled.
 //! - The agent of the host that ran init, [`run`]: every [`PERIOD`] an
 //!   ordinary `ensure_pki` pass (re-issues what has less than 30 days left,
-//!   the rule `selfnode init` applies) and a [`publish`], which also brings
-//!   back a Secret that drifted from the files. A cluster so renews itself
-//!   for as long as its CAs (10 years) last, with no command run.
+//!   the rule `selfnode init` applies) and a [`publish`]. A cluster so
+//!   renews itself for as long as its CAs (10 years) last, with no command
+//!   run.
 //!
 //! Every writer of the PKI after the pivot holds [`PkiLock`], so two
 //! renewals never interleave a key of one with a certificate of the other.
 //!
 //! Not renewed here: the etcd member certificates of a *joined*
-//! control-plane host (its member controller, `agent/member.rs`, issues
-//! them from the `selfnode-etcd-ca` Secret and re-issues them when less
+//! control-plane host (its member controller, `agent/tasks/member.rs`,
+//! issues them from the etcd CA on its disk and re-issues them when less
 //! than 30 days are left, checked at agent start and every hour), and the
 //! kubelets' client certificates, which the kubelets rotate themselves
 //! (the agent turns `rotateCertificates` on).
@@ -38,7 +39,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use bootstrap::objects::{ComponentSecret, Object, CONFIG_HASH_ANNOTATION, NAMESPACE};
+use bootstrap::objects::{ComponentWorkload, CONFIG_HASH_ANNOTATION, NAMESPACE};
 use bootstrap::pki::{CertExpiry, CertKind, PkiReport};
 use bootstrap::plane::PlaneSpec;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -202,36 +203,25 @@ pub struct Published {
     pub component: String,
     /// `DaemonSet` or `Deployment`.
     pub workload: String,
-    /// The Secret's data differed from the files and was replaced.
-    pub secret_changed: bool,
     /// The pod template's config hash was set: the pods roll.
     pub rolled: bool,
     /// The workload does not exist ('selfnode recover' makes it again).
     pub missing: bool,
 }
 
-/// Applies each control-plane component's Secret as rendered from the
-/// host's files now, and sets its workload's pod-template config hash
-/// where it differs (see the module docs). Idempotent: with nothing
-/// changed it writes nothing.
+/// Sets each control-plane workload's pod-template config hash to the
+/// hash of the host's files now where it differs (see the module docs),
+/// and deletes the legacy key Secrets. Idempotent: with nothing changed it
+/// writes nothing.
 pub async fn publish(client: &kube::Client, spec: &PlaneSpec) -> anyhow::Result<Vec<Published>> {
+    delete_legacy_key_secrets(client).await?;
     let files = bootstrap::objects::PlaneFiles::read(&NodeHost, spec)?;
     let mut out = Vec::new();
-    for c in bootstrap::objects::component_secrets(spec, &files)? {
-        let applied = bootstrap::objects::apply_all(
-            client.clone(),
-            &[Object::Secret(c.secret.clone())],
-            bootstrap::objects::FIELD_MANAGER,
-        )
-        .await?;
-        let secret_changed = applied
-            .iter()
-            .any(|a| a.outcome != bootstrap::objects::ApplyOutcome::Unchanged);
+    for c in bootstrap::objects::component_workloads(spec, &files)? {
         let (rolled, missing) = set_config_hash(client, &c).await?;
         out.push(Published {
             component: c.component.to_string(),
             workload: c.workload_kind.to_string(),
-            secret_changed,
             rolled,
             missing,
         });
@@ -239,10 +229,30 @@ pub async fn publish(client: &kube::Client, spec: &PlaneSpec) -> anyhow::Result<
     Ok(out)
 }
 
+/// Deletes the Secrets in which clusters made by an older selfnode kept the
+/// control plane's keys (`bootstrap::objects::LEGACY_KEY_SECRETS`); the
+/// pods mount the host's files instead. Returns how many it deleted.
+pub async fn delete_legacy_key_secrets(client: &kube::Client) -> anyhow::Result<usize> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), NAMESPACE);
+    let mut deleted = 0;
+    for name in bootstrap::objects::LEGACY_KEY_SECRETS {
+        match secrets.delete(name, &Default::default()).await {
+            Ok(_) => {
+                tracing::info!(secret = name, "deleted a Secret that held control-plane keys (they live on the hosts' disks now)");
+                deleted += 1;
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting Secret {NAMESPACE}/{name}")),
+        }
+    }
+    Ok(deleted)
+}
+
 /// Sets the config hash of `c`'s workload if it differs: `(rolled, missing)`.
 async fn set_config_hash(
     client: &kube::Client,
-    c: &ComponentSecret,
+    c: &ComponentWorkload,
 ) -> anyhow::Result<(bool, bool)> {
     if c.workload_kind == "DaemonSet" {
         set_template_hash::<DaemonSet>(client, c, |d| d.spec.template.metadata.as_ref()).await
@@ -253,7 +263,7 @@ async fn set_config_hash(
 
 async fn set_template_hash<K>(
     client: &kube::Client,
-    c: &ComponentSecret,
+    c: &ComponentWorkload,
     template: fn(&K) -> Option<&ObjectMeta>,
 ) -> anyhow::Result<(bool, bool)>
 where
@@ -377,7 +387,7 @@ pub async fn renew(
             ));
         } else if p.rolled {
             line(&format!(
-                "applied Secret {ns}/{c}; rolling {} {ns}/{c}",
+                "rolling {} {ns}/{c}",
                 p.workload,
                 ns = NAMESPACE,
                 c = p.component

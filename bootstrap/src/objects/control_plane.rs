@@ -1,11 +1,14 @@
 //! The self-hosted kube-apiserver (DaemonSet), kube-controller-manager and
-//! kube-scheduler (Deployments) and the Secrets they mount.
+//! kube-scheduler (Deployments).
 //!
-//! Each component's Secret holds exactly the files its flags name
-//! (`plane::flags`), mounted read-only (0400) at the paths the host
-//! processes use: the PKI directory as one Secret volume whose items keep
-//! the directory layout (`etcd/ca.crt`), each kubeconfig as a single file
-//! (`subPath`) in the kubeconfig directory, as kubeadm's hostPath mounts.
+//! The cluster's keys never pass through the API: each component mounts
+//! exactly the files its flags name (`plane::flags`), read-only, from the
+//! host's disk, at the paths the host processes use, one hostPath of type
+//! `File` per file (as kubeadm's static pods mount theirs, but file by
+//! file, so the API server never sees `ca.key`). A host that lacks a file
+//! does not start the pod (the kubelet refuses the volume) rather than
+//! starting it with an empty one; the keys reach a control-plane host
+//! before its pods do (its control-plane join).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,9 +18,8 @@ use k8s_openapi::api::apps::v1::{
     DeploymentStrategy, RollingUpdateDaemonSet, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, PodAffinityTerm,
-    PodAntiAffinity, PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    Affinity, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity, PodSpec, PodTemplateSpec, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -25,10 +27,7 @@ use k8s_openapi::ByteString;
 use sha2::{Digest, Sha256};
 
 use super::meta::{self, ProbeKind};
-use super::{
-    Object, ObjectsError, PlaneFiles, CHECKPOINT_ANNOTATION, CONFIG_HASH_ANNOTATION,
-    SECRET_FILE_MODE,
-};
+use super::{Object, ObjectsError, PlaneFiles, CHECKPOINT_ANNOTATION, CONFIG_HASH_ANNOTATION};
 use crate::plane::flags::{self, Flags, HOST_IP_ENV};
 use crate::plane::{Placement, PlaneSpec};
 
@@ -36,25 +35,13 @@ pub(crate) const APISERVER: &str = "kube-apiserver";
 pub(crate) const CONTROLLER_MANAGER: &str = "kube-controller-manager";
 pub(crate) const SCHEDULER: &str = "kube-scheduler";
 
-/// Volume names in the pods.
-pub(crate) const PKI_VOLUME: &str = "pki";
-pub(crate) const KUBECONFIG_VOLUME: &str = "kubeconfig";
 /// The apiserver pod's hostPath volume of `PlaneSpec::audit_log_dir`.
 pub(crate) const AUDIT_LOG_VOLUME: &str = "audit-log";
-/// The apiserver pod's volume of [`ETCD_CA_SECRET`]; no container mounts it.
-pub(crate) const ETCD_CA_VOLUME: &str = "etcd-member-ca";
 
-/// Secret (`kube-system`) with the etcd CA's certificate and key (keys
-/// `etcd-ca.crt`, `etcd-ca.key`): what a control-plane node's agent issues
-/// its etcd member's server, peer and healthcheck certificates with.
-///
-/// The kube-apiserver DaemonSet's pods name it as a volume that no
-/// container mounts. That volume is the only reason a node may read it:
-/// the Node authorizer lets a kubelet's credentials read the Secrets of
-/// the pods bound to that node, so a node gets the etcd CA exactly while
-/// the DaemonSet (its control-plane label) puts an apiserver there, and
-/// no key is ever copied between hosts by hand.
-pub const ETCD_CA_SECRET: &str = "selfnode-etcd-ca";
+/// The Secrets that held the control plane's keys before they moved onto
+/// the hosts' disks (`kube-system`): deleted wherever they are found.
+pub const LEGACY_KEY_SECRETS: [&str; 4] =
+    [APISERVER, CONTROLLER_MANAGER, SCHEDULER, "selfnode-etcd-ca"];
 
 /// The self-hosted flags of each control-plane component.
 pub(crate) fn component_flags(spec: &PlaneSpec) -> [(&'static str, Flags); 3] {
@@ -66,9 +53,10 @@ pub(crate) fn component_flags(spec: &PlaneSpec) -> [(&'static str, Flags); 3] {
     ]
 }
 
-/// The Secret key of a file: its path under the PKI directory with `/`
-/// replaced by `-` (`etcd/ca.crt` → `etcd-ca.crt`), or its file name.
-pub(crate) fn secret_key(spec: &PlaneSpec, file: &Path) -> String {
+/// A file's name in hashes and volume names: its path under the PKI
+/// directory with `/` replaced by `-` (`etcd/ca.crt` → `etcd-ca.crt`), or
+/// its file name.
+pub(crate) fn file_key(spec: &PlaneSpec, file: &Path) -> String {
     match file.strip_prefix(&spec.pki_dir) {
         Ok(rel) => rel.display().to_string().replace('/', "-"),
         Err(_) => file
@@ -78,25 +66,43 @@ pub(crate) fn secret_key(spec: &PlaneSpec, file: &Path) -> String {
     }
 }
 
-/// A component's Secret and how its pod mounts it.
+/// The volume of one host file: a DNS label from its key
+/// (`apiserver-etcd-client.key` → `f-apiserver-etcd-client-key`).
+fn volume_name(key: &str) -> String {
+    let mut name: String = std::iter::once("f-")
+        .chain(std::iter::once(key))
+        .collect::<String>()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(63);
+    name.trim_end_matches('-').to_string()
+}
+
+/// How a component's pod mounts the host files its flags name.
 struct Mounted {
-    secret: Secret,
     volumes: Vec<Volume>,
     mounts: Vec<VolumeMount>,
-    /// Hash of the Secret's data; in the pod template, so a changed
-    /// certificate rolls the pods (subPath mounts never see updates).
+    /// Hash of the files' contents; in the pod template, so renewed
+    /// certificates roll the pods (a running process reads its kubeconfig
+    /// and client certificates once).
     hash: String,
 }
 
-fn mounted_secret(
+fn mounted_files(
     spec: &PlaneSpec,
     name: &str,
     files: &[PathBuf],
     contents: &PlaneFiles,
 ) -> Result<Mounted, ObjectsError> {
     let mut data = BTreeMap::new();
-    let mut pki_items = Vec::new();
-    let mut other_items = Vec::new();
+    let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     for file in files {
         let bytes = contents
@@ -105,68 +111,16 @@ fn mounted_secret(
                 path: file.clone(),
                 component: name.to_string(),
             })?;
-        let key = secret_key(spec, file);
+        let key = file_key(spec, file);
         data.insert(key.clone(), ByteString(bytes.to_vec()));
-        match file.strip_prefix(&spec.pki_dir) {
-            Ok(rel) => pki_items.push(KeyToPath {
-                key,
-                path: rel.display().to_string(),
-                ..KeyToPath::default()
-            }),
-            Err(_) => {
-                other_items.push(KeyToPath {
-                    key: key.clone(),
-                    path: key.clone(),
-                    ..KeyToPath::default()
-                });
-                mounts.push(VolumeMount {
-                    name: KUBECONFIG_VOLUME.to_string(),
-                    mount_path: file.display().to_string(),
-                    sub_path: Some(key),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                });
-            }
-        }
+        let path = file.display().to_string();
+        volumes.push(meta::host_path(&volume_name(&key), &path, Some("File")));
+        mounts.push(meta::mount(&volume_name(&key), &path, true));
     }
-    let volume = |vname: &str, items: Vec<KeyToPath>| Volume {
-        name: vname.to_string(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(name.to_string()),
-            items: Some(items),
-            default_mode: Some(SECRET_FILE_MODE),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    };
-    let mut volumes = Vec::new();
-    if !pki_items.is_empty() {
-        volumes.push(volume(PKI_VOLUME, pki_items));
-        mounts.insert(
-            0,
-            VolumeMount {
-                name: PKI_VOLUME.to_string(),
-                mount_path: spec.pki_dir.display().to_string(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        );
-    }
-    if !other_items.is_empty() {
-        volumes.push(volume(KUBECONFIG_VOLUME, other_items));
-    }
-    let hash = data_hash(&data);
-    let secret = Secret {
-        metadata: meta::object_meta(name, true, &[("tier", "control-plane")]),
-        type_: Some("Opaque".to_string()),
-        data: Some(data),
-        ..Secret::default()
-    };
     Ok(Mounted {
-        secret,
         volumes,
         mounts,
-        hash,
+        hash: data_hash(&data),
     })
 }
 
@@ -240,69 +194,41 @@ fn control_plane_pod(container: Container, volumes: Vec<Volume>, dns_policy: &st
     }
 }
 
-/// The files of [`ETCD_CA_SECRET`]: the etcd CA's certificate and key.
-pub(crate) fn etcd_ca_files(spec: &PlaneSpec) -> [PathBuf; 2] {
-    let base = spec.pki_dir.join(crate::pki::names::ETCD_CA);
-    [base.with_extension("crt"), base.with_extension("key")]
-}
-
-fn etcd_ca_secret(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Secret, ObjectsError> {
-    let mut data = BTreeMap::new();
-    for file in etcd_ca_files(spec) {
-        let bytes = files.get(&file).ok_or_else(|| ObjectsError::MissingFile {
-            path: file.clone(),
-            component: ETCD_CA_SECRET.to_string(),
-        })?;
-        data.insert(secret_key(spec, &file), ByteString(bytes.to_vec()));
-    }
-    Ok(Secret {
-        metadata: meta::object_meta(ETCD_CA_SECRET, true, &[("tier", "control-plane")]),
-        type_: Some("Opaque".to_string()),
-        data: Some(data),
-        ..Secret::default()
-    })
-}
-
-/// A control-plane component's Secret (its certificates, keys and
-/// kubeconfigs) and the workload whose pods mount it: what publishing
-/// renewed certificates after the pivot applies (`selfnode certs renew`).
-#[derive(Debug, Clone)]
-pub struct ComponentSecret {
-    /// The component: `kube-apiserver`, `kube-controller-manager`,
-    /// `kube-scheduler` (the Secret's and the workload's name).
+/// A control-plane component's workload and the config hash its pod
+/// template carries for the files it mounts: what a certificate renewal
+/// sets to roll the pods (`selfnode certs renew`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentWorkload {
+    /// `kube-apiserver`, `kube-controller-manager`, `kube-scheduler` (the
+    /// workload's name).
     pub component: &'static str,
     /// The workload's kind: `DaemonSet` (kube-apiserver) or `Deployment`.
     pub workload_kind: &'static str,
-    /// The Secret, as [`crate::objects::self_hosted_objects`] renders it.
-    pub secret: Secret,
-    /// The value of [`CONFIG_HASH_ANNOTATION`] the workload's pod template
-    /// carries for this Secret: a different one rolls the pods.
+    /// The value of [`CONFIG_HASH_ANNOTATION`] for the files now.
     pub config_hash: String,
 }
 
-/// The Secrets of the three control-plane components, rendered from the
-/// host's files exactly as [`crate::objects::self_hosted_objects`] renders
-/// them (the same Secret, the same config hash), without the rest.
+/// The three control-plane workloads with the config hash of the host's
+/// files, as [`crate::objects::self_hosted_objects`] renders it.
 ///
 /// Errors with [`ObjectsError`] (invalid spec, a file a component mounts
 /// missing from `files`).
-pub fn component_secrets(
+pub fn component_workloads(
     spec: &PlaneSpec,
     files: &PlaneFiles,
-) -> Result<Vec<ComponentSecret>, ObjectsError> {
+) -> Result<Vec<ComponentWorkload>, ObjectsError> {
     spec.validate()?;
     component_flags(spec)
         .into_iter()
         .map(|(component, flags)| {
-            let m = mounted_secret(spec, component, &flags.files(), files)?;
-            Ok(ComponentSecret {
+            let m = mounted_files(spec, component, &flags.files(), files)?;
+            Ok(ComponentWorkload {
                 component,
                 workload_kind: if component == APISERVER {
                     "DaemonSet"
                 } else {
                     "Deployment"
                 },
-                secret: m.secret,
                 config_hash: m.hash,
             })
         })
@@ -311,17 +237,7 @@ pub fn component_secrets(
 
 pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object>, ObjectsError> {
     let [(_, api_flags), (_, cm_flags), (_, sched_flags)] = component_flags(spec);
-    let mut api = mounted_secret(spec, APISERVER, &api_flags.files(), files)?;
-    // Named, never mounted: see ETCD_CA_SECRET.
-    api.volumes.push(Volume {
-        name: ETCD_CA_VOLUME.to_string(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(ETCD_CA_SECRET.to_string()),
-            default_mode: Some(SECRET_FILE_MODE),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    });
+    let mut api = mounted_files(spec, APISERVER, &api_flags.files(), files)?;
     // The audit log (plane::audit), on each host's disk.
     let audit_dir = spec.audit_log_dir.display().to_string();
     api.volumes.push(meta::host_path(
@@ -331,13 +247,9 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
     ));
     api.mounts
         .push(meta::mount(AUDIT_LOG_VOLUME, &audit_dir, false));
-    let cm = mounted_secret(spec, CONTROLLER_MANAGER, &cm_flags.files(), files)?;
-    let sched = mounted_secret(spec, SCHEDULER, &sched_flags.files(), files)?;
+    let cm = mounted_files(spec, CONTROLLER_MANAGER, &cm_flags.files(), files)?;
+    let sched = mounted_files(spec, SCHEDULER, &sched_flags.files(), files)?;
     let out = vec![
-        Object::Secret(api.secret.clone()),
-        Object::Secret(cm.secret.clone()),
-        Object::Secret(sched.secret.clone()),
-        Object::Secret(etcd_ca_secret(spec, files)?),
         Object::DaemonSet(apiserver_daemonset(spec, &api_flags, api)),
         Object::Deployment(controller_manager_deployment(spec, &cm_flags, cm)),
         Object::Deployment(scheduler_deployment(spec, &sched_flags, sched)),

@@ -7,7 +7,8 @@
 //! (field manager `selfnode`, forced), which is idempotent: applying the
 //! same objects again changes nothing.
 //!
-//! What is here: the Secrets, the kube-apiserver DaemonSet, the
+//! What is here: the kube-apiserver DaemonSet (its keys are hostPath
+//! mounts: no Secret holds a private key), the
 //! controller-manager and scheduler Deployments, kube-proxy, the pod-network
 //! DaemonSet (`selfnode network-agent`), CoreDNS, and the RBAC bindings the
 //! PKI's identities rely on, and what joining hosts need (`join_objects`:
@@ -42,7 +43,7 @@ pub use apply::{
     apply_all, control_plane_node_patch, create_missing, ensure_kubernetes_service_target_port,
     mark_control_plane, with_control_plane_taint, Applied, ApplyError, ApplyOutcome,
 };
-pub use control_plane::{component_secrets, ComponentSecret, ETCD_CA_SECRET};
+pub use control_plane::{component_workloads, ComponentWorkload, LEGACY_KEY_SECRETS};
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
 pub use join::{ClusterSettings, ClusterSettingsError, CLUSTER_SETTINGS};
 
@@ -245,7 +246,6 @@ impl PlaneFiles {
         let mut all: Vec<PathBuf> = control_plane::component_flags(spec)
             .into_iter()
             .flat_map(|(_, f)| f.files())
-            .chain(control_plane::etcd_ca_files(spec))
             .collect();
         all.sort();
         all.dedup();

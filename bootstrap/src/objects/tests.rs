@@ -1,5 +1,5 @@
-//! Golden files of every object, and the cross-checks between flags,
-//! mounts and Secrets.
+//! Golden files of every object, and the cross-checks between flags and
+//! the host files each pod mounts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -7,17 +7,23 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{PodSpec, Taint};
 
-use super::control_plane::{self, secret_key};
+use super::control_plane::{self, file_key};
 use super::*;
 use crate::host::fake::MemHost;
 use crate::plane::tests::{check_golden, spec};
 use crate::plane::{ensure_encryption_config, flags, Placement};
 
-/// Placeholder contents for every file: stable golden files, no keys.
+/// Placeholder contents for every file: stable golden files. Each names
+/// its path and, for keys, looks like one, so a scan of the objects finds
+/// any that leaked into them.
 fn files(spec: &PlaneSpec) -> PlaneFiles {
     let mut f = PlaneFiles::new();
     for p in PlaneFiles::required(spec) {
-        let contents = format!("contents of {}\n", p.display());
+        let contents = if p.extension().is_some_and(|e| e == "key") {
+            format!("-----BEGIN PRIVATE KEY-----\nkey of {}\n", p.display())
+        } else {
+            format!("contents of {}\n", p.display())
+        };
         f.insert(p, contents);
     }
     f
@@ -87,10 +93,6 @@ fn the_expected_objects_in_dependency_order() {
             "RoleBinding kube-public/selfnode:bootstrap-signer-clusterinfo",
             "Role kube-system/selfnode:cluster-settings",
             "RoleBinding kube-system/selfnode:cluster-settings",
-            "Secret kube-system/kube-apiserver",
-            "Secret kube-system/kube-controller-manager",
-            "Secret kube-system/kube-scheduler",
-            "Secret kube-system/selfnode-etcd-ca",
             "ConfigMap kube-system/kube-proxy",
             "ConfigMap kube-system/coredns",
             "ConfigMap kube-public/cluster-info",
@@ -128,50 +130,25 @@ fn find<'a>(objs: &'a [Object], kind: &str, name: &str) -> &'a Object {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-fn secret_data(objs: &[Object], name: &str) -> BTreeMap<String, Vec<u8>> {
-    match find(objs, "Secret", name) {
-        Object::Secret(s) => {
-            assert_eq!(s.type_.as_deref(), Some("Opaque"));
-            s.data
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect()
-        }
-        _ => unreachable!(),
-    }
-}
-
-/// Where a file at `path` comes from inside the pod: (Secret, key), found
-/// by walking the container's mounts and the volumes' items, the way the
-/// kubelet lays them out.
-fn resolve(pod: &PodSpec, path: &str) -> Option<(String, String)> {
+/// The host file a pod mounts at `path`: the hostPath of type `File` at
+/// the same path, mounted read-only; `None` when nothing mounts it so.
+fn host_file(pod: &PodSpec, path: &str) -> Option<String> {
     let container = &pod.containers[0];
     let volumes = pod.volumes.as_deref().unwrap_or_default();
-    for m in container.volume_mounts.as_deref().unwrap_or_default() {
-        let vol = volumes.iter().find(|v| v.name == m.name)?;
-        let secret = vol.secret.as_ref()?;
-        let items = secret.items.as_deref().unwrap_or_default();
-        let rel = match &m.sub_path {
-            Some(sub) if m.mount_path == path => sub.clone(),
-            Some(_) => continue,
-            None => match Path::new(path).strip_prefix(&m.mount_path) {
-                Ok(rel) => rel.display().to_string(),
-                Err(_) => continue,
-            },
-        };
-        assert_eq!(
-            m.read_only,
-            Some(true),
-            "{} must be read-only",
-            m.mount_path
-        );
-        assert_eq!(secret.default_mode, Some(0o400));
-        let item = items.iter().find(|i| i.path == rel)?;
-        return Some((secret.secret_name.clone()?, item.key.clone()));
-    }
-    None
+    let m = container
+        .volume_mounts
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|m| m.mount_path == path)?;
+    assert_eq!(m.read_only, Some(true), "{path} must be read-only");
+    let hp = volumes
+        .iter()
+        .find(|v| v.name == m.name)?
+        .host_path
+        .as_ref()?;
+    assert_eq!(hp.type_.as_deref(), Some("File"), "{path}");
+    Some(hp.path.clone())
 }
 
 /// Every absolute path in a flag value (comma-separated values included).
@@ -186,9 +163,8 @@ fn paths_in_command(cmd: &[String]) -> Vec<String> {
 }
 
 #[test]
-fn every_file_a_flag_names_is_mounted_from_its_secret() {
+fn every_file_a_flag_names_is_mounted_read_only_from_the_host_and_nothing_else() {
     let s = spec();
-    let given = files(&s);
     let objs = objects();
     for (name, kind) in [
         (control_plane::APISERVER, "DaemonSet"),
@@ -198,9 +174,8 @@ fn every_file_a_flag_names_is_mounted_from_its_secret() {
         let pod = pod_spec(find(&objs, kind, name)).unwrap();
         let cmd = pod.containers[0].command.clone().unwrap();
         assert_eq!(cmd[0], name);
-        let data = secret_data(&objs, name);
-        // Logs it writes are on a writable hostPath; every other path is
-        // a file it reads, from its Secret.
+        // Logs it writes are on a writable hostPath directory; every other
+        // path is a file it reads, from the host, at the same path.
         let (logs, paths): (Vec<String>, Vec<String>) = paths_in_command(&cmd)
             .into_iter()
             .partition(|p| Path::new(p).starts_with(&s.audit_log_dir));
@@ -231,30 +206,48 @@ fn every_file_a_flag_names_is_mounted_from_its_secret() {
         }
         assert!(paths.len() >= 2, "{name}: {paths:?}");
         for path in &paths {
-            let (secret, key) =
-                resolve(pod, path).unwrap_or_else(|| panic!("{name}: {path} is not mounted"));
-            assert_eq!(secret, name);
-            let value = data
-                .get(&key)
-                .unwrap_or_else(|| panic!("{name}: Secret has no key {key} for {path}"));
-            assert_eq!(
-                value.as_slice(),
-                given.get(Path::new(path)).unwrap(),
-                "{name}: {path} has the wrong contents"
-            );
+            let from = host_file(pod, path)
+                .unwrap_or_else(|| panic!("{name}: {path} is not mounted from the host"));
+            assert_eq!(&from, path, "{name}");
         }
-        // And nothing else: a Secret holds only what its component reads.
-        let used: BTreeSet<String> = paths.iter().map(|p| secret_key(&s, Path::new(p))).collect();
-        let keys: BTreeSet<String> = data.keys().cloned().collect();
-        assert_eq!(keys, used, "{name}: extra or missing Secret keys");
+        // And nothing else: a pod sees only the files its component reads.
+        let mounted = pod.containers[0]
+            .volume_mounts
+            .as_deref()
+            .unwrap_or_default();
+        let distinct: BTreeSet<&String> = paths.iter().collect();
+        assert_eq!(
+            mounted.len(),
+            distinct.len() + logs.len().min(1),
+            "{name}: extra mounts {mounted:#?}"
+        );
+        assert!(
+            pod.volumes
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .all(|v| v.secret.is_none() && v.config_map.is_none()),
+            "{name} mounts nothing from the API"
+        );
     }
 }
 
 #[test]
-fn secrets_hold_what_each_component_needs_and_no_more() {
+fn each_component_mounts_what_it_needs_and_no_more() {
+    let s = spec();
     let objs = objects();
-    let keys = |n| secret_data(&objs, n).into_keys().collect::<BTreeSet<_>>();
-    let api = keys(control_plane::APISERVER);
+    let keys = |kind, name| -> BTreeSet<String> {
+        let pod = pod_spec(find(&objs, kind, name)).unwrap();
+        pod.containers[0]
+            .volume_mounts
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.read_only == Some(true))
+            .map(|m| file_key(&s, Path::new(&m.mount_path)))
+            .collect()
+    };
+    let api = keys("DaemonSet", control_plane::APISERVER);
     for k in [
         "ca.crt",
         "apiserver.crt",
@@ -270,13 +263,14 @@ fn secrets_hold_what_each_component_needs_and_no_more() {
         "apiserver-etcd-client.key",
         "etcd-ca.crt",
         "encryption-config.yaml",
+        "audit-policy.yaml",
     ] {
         assert!(api.contains(k), "kube-apiserver lacks {k}");
     }
     for k in ["ca.key", "etcd-ca.key", "front-proxy-ca.key"] {
         assert!(!api.contains(k), "kube-apiserver must not get {k}");
     }
-    let cm = keys(control_plane::CONTROLLER_MANAGER);
+    let cm = keys("Deployment", control_plane::CONTROLLER_MANAGER);
     assert_eq!(
         cm.into_iter().collect::<Vec<_>>(),
         [
@@ -287,8 +281,24 @@ fn secrets_hold_what_each_component_needs_and_no_more() {
             "sa.key"
         ]
     );
-    let sched = keys(control_plane::SCHEDULER);
+    let sched = keys("Deployment", control_plane::SCHEDULER);
     assert_eq!(sched.into_iter().collect::<Vec<_>>(), ["scheduler.conf"]);
+}
+
+#[test]
+fn no_object_holds_a_private_key_or_a_key_file() {
+    let s = spec();
+    let given = files(&s);
+    for o in objects() {
+        let text = o.to_yaml().unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{o} holds a private key");
+        for p in PlaneFiles::required(&s) {
+            let contents = String::from_utf8_lossy(given.get(&p).unwrap()).into_owned();
+            if let Some(body) = contents.lines().nth(1) {
+                assert!(!text.contains(body), "{o} holds the key {}", p.display());
+            }
+        }
+    }
 }
 
 #[test]
@@ -422,11 +432,11 @@ fn a_changed_certificate_changes_the_pod_template_hash() {
 }
 
 #[test]
-fn component_secrets_are_the_self_hosted_secrets_and_template_hashes() {
+fn component_workloads_carry_the_template_hashes_the_objects_render() {
     let s = spec();
     let objs = objects();
-    let secrets = component_secrets(&s, &files(&s)).unwrap();
-    let names: Vec<_> = secrets
+    let workloads = component_workloads(&s, &files(&s)).unwrap();
+    let names: Vec<_> = workloads
         .iter()
         .map(|c| (c.workload_kind, c.component))
         .collect();
@@ -438,11 +448,7 @@ fn component_secrets_are_the_self_hosted_secrets_and_template_hashes() {
             ("Deployment", "kube-scheduler"),
         ]
     );
-    for c in &secrets {
-        let Object::Secret(full) = find(&objs, "Secret", c.component) else {
-            unreachable!()
-        };
-        assert_eq!(&c.secret, full, "{}", c.component);
+    for c in &workloads {
         let tmeta = match find(&objs, c.workload_kind, c.component) {
             Object::DaemonSet(d) => d.spec.template.metadata.clone(),
             Object::Deployment(d) => d.spec.template.metadata.clone(),
@@ -523,7 +529,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
     ensure_encryption_config(&h, &s.pki_dir, &mut rand::rng()).unwrap();
     let files = PlaneFiles::read(&h, &s).unwrap();
     let objs = self_hosted_objects(&s, &files).unwrap();
-    assert_eq!(objs.len(), 36);
+    assert_eq!(objs.len(), 32);
     // Debug output never shows contents (private keys).
     let dbg = format!("{files:?}");
     assert!(
@@ -533,7 +539,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
 }
 
 #[test]
-fn required_files_are_exactly_those_of_the_three_components_and_the_etcd_ca() {
+fn required_files_are_exactly_those_of_the_three_components() {
     let s = spec();
     let want: Vec<PathBuf> = [
         "/etc/kubernetes/audit-policy.yaml",
@@ -548,7 +554,6 @@ fn required_files_are_exactly_those_of_the_three_components_and_the_etcd_ca() {
         "/etc/kubernetes/pki/ca.key",
         "/etc/kubernetes/pki/encryption-config.yaml",
         "/etc/kubernetes/pki/etcd/ca.crt",
-        "/etc/kubernetes/pki/etcd/ca.key",
         "/etc/kubernetes/pki/front-proxy-ca.crt",
         "/etc/kubernetes/pki/front-proxy-client.crt",
         "/etc/kubernetes/pki/front-proxy-client.key",

@@ -85,38 +85,21 @@ pub fn deactivate(paths: &HostPaths, component: &str) -> anyhow::Result<()> {
 pub type VolumeFile = (PathBuf, Vec<u8>);
 
 /// The static pod for a kept copy, and the files (path, bytes) its volumes
-/// need under `volumes_dir`. Secret and ConfigMap volumes become hostPath
-/// volumes over those files (items and sub-paths keep their layout);
+/// need under `volumes_dir`. ConfigMap volumes become hostPath volumes
+/// over those files (items and sub-paths keep their layout); hostPath
+/// volumes (the keys and kubeconfigs) stay as they are;
 /// service-account token volumes are dropped (static pods cannot have
 /// them); the pod loses what binds it to the API (node name, service
 /// account, priority value, owner), and is labelled as a copy so no
 /// controller adopts its mirror.
 ///
-/// Errors: a volume names a Secret, ConfigMap or key the copy does not hold.
+/// Errors: a volume names a Secret (never kept), or a ConfigMap or key the
+/// copy does not hold.
 pub fn static_copy(
     cp: &PodCheckpoint,
     volumes_dir: &Path,
 ) -> anyhow::Result<(Pod, Vec<VolumeFile>)> {
     let mut spec = cp.pod.spec.clone().context("the kept pod has no spec")?;
-    let secrets: BTreeMap<&str, BTreeMap<String, Vec<u8>>> = cp
-        .secrets
-        .iter()
-        .map(|s| {
-            let data = s
-                .data
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
-                .chain(
-                    s.string_data
-                        .iter()
-                        .flatten()
-                        .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
-                )
-                .collect();
-            (s.metadata.name.as_deref().unwrap_or_default(), data)
-        })
-        .collect();
     let cms: BTreeMap<&str, BTreeMap<String, Vec<u8>>> = cp
         .config_maps
         .iter()
@@ -196,8 +179,13 @@ pub fn static_copy(
             continue;
         }
         for (kind, name, items) in sources {
-            let store = if kind == "Secret" { &secrets } else { &cms };
-            let data = store.get(name).with_context(|| {
+            if kind == "Secret" {
+                anyhow::bail!(
+                    "volume {}: Secret {name}: a checkpoint holds no Secret (the control plane's keys are the hosts' files)",
+                    v.name
+                );
+            }
+            let data = cms.get(name).with_context(|| {
                 format!("volume {}: {kind} {name} is not in the checkpoint", v.name)
             })?;
             layout(data, items, &format!("{kind} {name}"))?;
@@ -252,22 +240,26 @@ pub fn static_copy(
 pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Container, PodSpec, ProjectedVolumeSource, Secret, SecretVolumeSource,
-        ServiceAccountTokenProjection, VolumeMount, VolumeProjection,
+        ConfigMap, ConfigMapVolumeSource, Container, PodSpec, ProjectedVolumeSource,
+        SecretVolumeSource, ServiceAccountTokenProjection, VolumeMount, VolumeProjection,
     };
-    use k8s_openapi::ByteString;
 
     pub(crate) fn kept() -> PodCheckpoint {
-        let secret = Secret {
+        let config = ConfigMap {
             metadata: ObjectMeta {
-                name: Some("kube-apiserver".into()),
+                name: Some("apiserver-config".into()),
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([
-                ("ca.crt".to_string(), ByteString(b"CA".to_vec())),
-                ("apiserver.key".to_string(), ByteString(b"KEY".to_vec())),
+                ("audit.yaml".to_string(), "rules: []".to_string()),
+                ("other.yaml".to_string(), "x".to_string()),
             ])),
-            ..Secret::default()
+            ..ConfigMap::default()
+        };
+        let mount = |name: &str, path: &str| VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            ..VolumeMount::default()
         };
         let pod = Pod {
             metadata: ObjectMeta {
@@ -287,30 +279,31 @@ pub(crate) mod tests {
                 containers: vec![Container {
                     name: "kube-apiserver".into(),
                     volume_mounts: Some(vec![
-                        VolumeMount {
-                            name: "pki".into(),
-                            mount_path: "/etc/kubernetes/pki".into(),
-                            ..VolumeMount::default()
-                        },
-                        VolumeMount {
-                            name: "token".into(),
-                            mount_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
-                            ..VolumeMount::default()
-                        },
+                        mount("config", "/etc/kubernetes/config"),
+                        mount("f-apiserver-key", "/etc/kubernetes/pki/apiserver.key"),
+                        mount("token", "/var/run/secrets/kubernetes.io/serviceaccount"),
                     ]),
                     ..Container::default()
                 }],
                 volumes: Some(vec![
                     Volume {
-                        name: "pki".into(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some("kube-apiserver".into()),
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: "apiserver-config".into(),
                             items: Some(vec![KeyToPath {
-                                key: "apiserver.key".into(),
-                                path: "sub/apiserver.key".into(),
+                                key: "audit.yaml".into(),
+                                path: "sub/audit.yaml".into(),
                                 ..KeyToPath::default()
                             }]),
-                            ..SecretVolumeSource::default()
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                    Volume {
+                        name: "f-apiserver-key".into(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: "/etc/kubernetes/pki/apiserver.key".into(),
+                            type_: Some("File".into()),
                         }),
                         ..Volume::default()
                     },
@@ -336,27 +329,31 @@ pub(crate) mod tests {
         PodCheckpoint {
             component: "kube-apiserver".into(),
             pod,
-            secrets: vec![secret],
-            config_maps: vec![],
+            config_maps: vec![config],
             observed_at: 1,
         }
     }
 
     #[test]
-    fn a_static_copy_mounts_its_secrets_from_files_and_is_unbound_from_the_api() {
+    fn a_static_copy_mounts_its_config_from_files_keeps_host_files_and_is_unbound_from_the_api() {
         let dir = Path::new("/x/vols");
         let (pod, files) = static_copy(&kept(), dir).unwrap();
         assert_eq!(
             files,
-            vec![(dir.join("pki/sub/apiserver.key"), b"KEY".to_vec())],
+            vec![(dir.join("config/sub/audit.yaml"), b"rules: []".to_vec())],
             "only the items the volume names, at their paths"
         );
         let spec = pod.spec.unwrap();
         let vols = spec.volumes.unwrap();
-        assert_eq!(vols.len(), 1, "the token volume is dropped");
-        assert_eq!(vols[0].host_path.as_ref().unwrap().path, "/x/vols/pki");
+        assert_eq!(vols.len(), 2, "the token volume is dropped");
+        assert_eq!(vols[0].host_path.as_ref().unwrap().path, "/x/vols/config");
+        assert_eq!(
+            vols[1].host_path.as_ref().unwrap().path,
+            "/etc/kubernetes/pki/apiserver.key",
+            "a key stays the host's file"
+        );
         let mounts = spec.containers[0].volume_mounts.as_ref().unwrap();
-        assert_eq!(mounts.len(), 1, "and its mount");
+        assert_eq!(mounts.len(), 2, "and its mount");
         assert_eq!(spec.node_name, None);
         assert_eq!(
             spec.node_selector, None,
@@ -381,13 +378,29 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_volume_whose_secret_is_not_kept_is_an_error() {
+    fn a_volume_whose_config_map_is_not_kept_is_an_error() {
         let mut cp = kept();
-        cp.secrets.clear();
+        cp.config_maps.clear();
         let err = static_copy(&cp, Path::new("/x")).unwrap_err().to_string();
         assert!(
-            err.contains("Secret kube-apiserver is not in the checkpoint"),
+            err.contains("ConfigMap apiserver-config is not in the checkpoint"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_secret_volume_is_never_made_from_a_checkpoint() {
+        let mut cp = kept();
+        let spec = cp.pod.spec.as_mut().unwrap();
+        spec.volumes.as_mut().unwrap().push(Volume {
+            name: "keys".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some("kube-apiserver".into()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        let err = static_copy(&cp, Path::new("/x")).unwrap_err().to_string();
+        assert!(err.contains("a checkpoint holds no Secret"), "{err}");
     }
 }

@@ -124,15 +124,15 @@ pub struct EtcdMemberIdentity {
 
 /// The last known good copy of one control-plane pod bound to this node:
 /// kept only after it was seen Running and Ready (in the API, and running in
-/// containerd), with everything it mounts from the API. Holds Secrets:
-/// deliberately not `Debug`, never logged.
+/// containerd), with the ConfigMaps it mounts. Never a Secret: the keys the
+/// pod mounts are the host's files (hostPath), and a pod that mounts a
+/// Secret is not kept. Not `Debug`, never logged whole.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodCheckpoint {
     /// The component, the key of the entry (`kube-apiserver`).
     pub component: String,
     /// The pod as the API served it.
     pub pod: k8s_openapi::api::core::v1::Pod,
-    pub secrets: Vec<k8s_openapi::api::core::v1::Secret>,
     pub config_maps: Vec<k8s_openapi::api::core::v1::ConfigMap>,
     /// Unix seconds when it was seen Running and Ready.
     pub observed_at: u64,
@@ -154,11 +154,6 @@ impl PodCheckpoint {
         self.component == other.component
             && self.pod.metadata.uid == other.pod.metadata.uid
             && self.pod.spec == other.pod.spec
-            && self
-                .secrets
-                .iter()
-                .map(|s| &s.data)
-                .eq(other.secrets.iter().map(|s| &s.data))
             && self
                 .config_maps
                 .iter()
@@ -454,7 +449,7 @@ impl Checkpoint {
     }
 }
 
-/// The checkpoint holds cluster secrets later: owner-only.
+/// The checkpoint holds what brings the control plane back: owner-only.
 fn restrict(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));

@@ -111,7 +111,6 @@ fn pod() -> PodCheckpoint {
     PodCheckpoint {
         component: "kube-apiserver".into(),
         pod: k8s_openapi::api::core::v1::Pod::default(),
-        secrets: vec![],
         config_maps: vec![],
         observed_at: 1,
     }

@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec};
 use kube::api::{Api, ListParams};
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
@@ -246,7 +246,13 @@ impl Checkpointer {
                     && status_is_current(p, &running).is_ok()
             });
             let Some(pod) = serving else { continue };
-            let cp = fetch(&client, component, pod).await?;
+            let cp = match fetch(&client, component, pod).await? {
+                Ok(cp) => cp,
+                Err(refused) => {
+                    notes.push(refused);
+                    continue;
+                }
+            };
             if !kept.get(component).is_some_and(|s| s.same_content(&cp)) {
                 let copy = cp.clone();
                 with_checkpoint(&dir, move |c| c.put_pod(&copy)).await?;
@@ -271,27 +277,32 @@ impl Checkpointer {
     }
 }
 
-/// The pod with the Secrets and ConfigMaps its volumes name.
-async fn fetch(client: &kube::Client, component: &str, pod: &Pod) -> anyhow::Result<PodCheckpoint> {
+/// The pod with the ConfigMaps its volumes name. The inner `Err` says why
+/// the pod is not kept: it mounts a Secret (a checkpoint never holds one;
+/// the control plane's keys are the hosts' files).
+async fn fetch(
+    client: &kube::Client,
+    component: &str,
+    pod: &Pod,
+) -> anyhow::Result<Result<PodCheckpoint, String>> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or(NAMESPACE);
     let (secret_names, cm_names) = mounted_names(pod.spec.as_ref());
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    if !secret_names.is_empty() {
+        let why = format!(
+            "not kept: pod {} mounts Secret(s) {} (a checkpoint holds no Secret; the control plane's keys are files on the control-plane hosts)",
+            pod.metadata.name.as_deref().unwrap_or("?"),
+            secret_names.join(", ")
+        );
+        tracing::warn!(%component, "{why}");
+        return Ok(Err(why));
+    }
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut out = PodCheckpoint {
         component: component.to_string(),
         pod: pod.clone(),
-        secrets: Vec::new(),
         config_maps: Vec::new(),
         observed_at: now_unix(),
     };
-    for name in secret_names {
-        out.secrets.push(
-            secrets
-                .get(&name)
-                .await
-                .with_context(|| format!("reading Secret {ns}/{name}"))?,
-        );
-    }
     for name in cm_names {
         out.config_maps.push(
             cms.get(&name)
@@ -299,7 +310,7 @@ async fn fetch(client: &kube::Client, component: &str, pod: &Pod) -> anyhow::Res
                 .with_context(|| format!("reading ConfigMap {ns}/{name}"))?,
         );
     }
-    Ok(out)
+    Ok(Ok(out))
 }
 
 /// Secret and ConfigMap names a pod's volumes mount (also inside projected
@@ -338,8 +349,28 @@ mod tests {
 
     #[test]
     fn mounted_names_include_projected_sources() {
-        let (s, c) = mounted_names(crate::agent::static_copy::tests::kept().pod.spec.as_ref());
-        assert_eq!(s, vec!["kube-apiserver".to_string()]);
-        assert!(c.is_empty());
+        use k8s_openapi::api::core::v1::{
+            ProjectedVolumeSource, SecretProjection, Volume, VolumeProjection,
+        };
+        let mut spec = crate::agent::static_copy::tests::kept().pod.spec.unwrap();
+        let (s, c) = mounted_names(Some(&spec));
+        assert!(s.is_empty(), "hostPath keys and a token are no Secrets");
+        assert_eq!(c, vec!["apiserver-config".to_string()]);
+        spec.volumes.as_mut().unwrap().push(Volume {
+            name: "projected".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    secret: Some(SecretProjection {
+                        name: "kube-apiserver".into(),
+                        ..SecretProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        let (s, _) = mounted_names(Some(&spec));
+        assert_eq!(s, vec!["kube-apiserver".to_string()], "so it is not kept");
     }
 }

@@ -43,9 +43,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use bootstrap::host::Host;
-use bootstrap::objects::{ClusterSettings, CLUSTER_SETTINGS, ETCD_CA_SECRET};
+use bootstrap::objects::{ClusterSettings, CLUSTER_SETTINGS};
 use bootstrap::plane::{EtcdInitial, InitialClusterState, Placement, PlaneSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 
@@ -218,35 +218,27 @@ fn etcd_config(paths: &HostPaths, endpoints: Vec<String>) -> etcd_mgr::EtcdConfi
 
 /// This member's server, peer and healthcheck certificates, issued (or
 /// kept while valid, re-issued when less than 30 days are left) with the
-/// etcd CA of the `selfnode-etcd-ca` Secret. The inner `Err` is the status
-/// note while that Secret cannot be read yet (no apiserver pod bound here).
+/// etcd CA on this host's disk (`pki/etcd/ca.{crt,key}`, which reach a
+/// control-plane host with its control-plane join). The inner `Err` is the
+/// status note while the CA is not here yet.
 async fn issue_member_certs(
     ctx: &TaskCx,
     client: &kube::Client,
     node: &NodeIdentity,
 ) -> anyhow::Result<Result<(PlaneSpec, bootstrap::pki::PkiReport), String>> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), bootstrap::objects::NAMESPACE);
-    let ca = match secrets.get(ETCD_CA_SECRET).await {
-        Ok(s) => s,
-        Err(kube::Error::Api(e)) if e.code == 403 || e.code == 404 => {
-            return Ok(Err(format!(
-                "control-plane node: waiting for the kube-apiserver pod to be bound here (it carries the etcd CA this member's certificates are issued with): {}",
-                e.message
-            )));
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading kube-system/{ETCD_CA_SECRET}")),
-    };
-    let data = ca.data.unwrap_or_default();
-    let field = |k: &str| {
-        data.get(k)
-            .map(|b| b.0.clone())
-            .with_context(|| format!("Secret {ETCD_CA_SECRET} has no {k}"))
-    };
-    let (ca_crt, ca_key) = (field("etcd-ca.crt")?, field("etcd-ca.key")?);
     let spec = node_plane_spec(ctx, client, node).await?;
+    let ca_crt = spec.pki_dir.join("etcd/ca.crt");
+    let ca_key = spec.pki_dir.join("etcd/ca.key");
+    let (Ok(crt), Ok(key)) = (std::fs::read(&ca_crt), std::fs::read(&ca_key)) else {
+        return Ok(Err(format!(
+            "control-plane node: waiting for the cluster's keys ({} and {} are not on this host yet; they come with its control-plane join or 'selfnode promote')",
+            ca_crt.display(),
+            ca_key.display()
+        )));
+    };
     let pki = spec.pki_spec();
     let report = tokio::task::spawn_blocking(move || {
-        bootstrap::pki::ensure_etcd_member(&NodeHost, &pki, &ca_crt, &ca_key, SystemTime::now())
+        bootstrap::pki::ensure_etcd_member(&NodeHost, &pki, &crt, &key, SystemTime::now())
     })
     .await??;
     Ok(Ok((spec, report)))

@@ -275,7 +275,7 @@ mod tests {
     use crate::agent::static_copy;
 
     #[test]
-    fn a_rendered_copy_carries_the_deployment_pod_and_what_it_mounts() {
+    fn a_rendered_copy_carries_the_deployment_pod_and_mounts_the_hosts_files() {
         let image = |n: &str| format!("registry.k8s.io/{n}:v1.37.2");
         let images = bootstrap::plane::PlaneImages {
             kube_apiserver: image("kube-apiserver"),
@@ -299,8 +299,18 @@ mod tests {
         assert_eq!(spec.containers[0].name, "kube-scheduler");
         assert_eq!(spec.node_name, None);
         assert!(
-            !files.is_empty(),
-            "the scheduler's kubeconfig Secret becomes files"
+            files.is_empty(),
+            "nothing to write: no Secret, no ConfigMap"
+        );
+        let kubeconfig = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find_map(|v| v.host_path.as_ref())
+            .unwrap();
+        assert_eq!(
+            kubeconfig.path, "/etc/kubernetes/scheduler.conf",
+            "the scheduler's kubeconfig is the host's file"
         );
         assert!(rendered_copy(&objects, "kube-nothing").is_err());
     }

@@ -313,7 +313,7 @@ async fn ready_pod(
 }
 
 /// A copy of `component` made from the rendered objects, for a cluster
-/// whose checkpoint kept none: the Deployment's pod with the Secrets and
+/// whose checkpoint kept none: the Deployment's pod with the
 /// ConfigMaps rendered beside it.
 pub(super) fn rendered_copy(objects: &[Object], component: &str) -> anyhow::Result<PodCheckpoint> {
     let spec = objects
@@ -334,13 +334,6 @@ pub(super) fn rendered_copy(objects: &[Object], component: &str) -> anyhow::Resu
             spec: Some(spec),
             status: None,
         },
-        secrets: objects
-            .iter()
-            .filter_map(|o| match o {
-                Object::Secret(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
         config_maps: objects
             .iter()
             .filter_map(|o| {
