@@ -14,9 +14,7 @@ use k8s_openapi::api::rbac::v1::{
 use serde::{Deserialize, Serialize};
 
 use super::{meta, Object, ObjectsError, PlaneFiles, NAMESPACE};
-use crate::join::{
-    cluster_info, CLUSTER_INFO, CLUSTER_INFO_NAMESPACE, CONTROL_PLANE_TOKEN_GROUP, NODE_TOKEN_GROUP,
-};
+use crate::join::{cluster_info, CLUSTER_INFO, CLUSTER_INFO_NAMESPACE, NODE_TOKEN_GROUP};
 use crate::plane::PlaneSpec;
 
 /// The ConfigMap (in `kube-system`) with [`ClusterSettings`].
@@ -26,7 +24,13 @@ const SETTINGS_KEY: &str = "cluster.json";
 /// servers' EndpointSlice.
 const APISERVERS_ROLE: &str = "selfnode:node-apiservers";
 /// ClusterRole (and its binding) of control-plane tokens.
-const CONTROL_PLANE_JOIN_ROLE: &str = "selfnode:control-plane-join";
+const GET_NODES_ROLE: &str = "selfnode:get-nodes";
+/// The ClusterRole of the control-plane hosts' agents.
+const CONTROL_PLANE_AGENT_ROLE: &str = "selfnode:control-plane-agent";
+/// The binding that gave every bootstrap token upstream's group-wide
+/// client-certificate approval, in clusters made by an older selfnode:
+/// the control-plane agents delete it.
+pub const LEGACY_AUTOAPPROVE_BINDING: &str = "selfnode:node-autoapprove-bootstrap";
 const NODES_GROUP: &str = "system:nodes";
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -167,43 +171,88 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
         )])),
         ..ConfigMap::default()
     };
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..PolicyRule::default()
+    };
     let mut out = vec![
         // A bootstrap token may create a CSR for a kubelet client
-        // certificate, and such CSRs are approved (kubeadm's bindings).
+        // certificate. No group is bound to upstream's `nodeclient`
+        // auto-approval: it does not tie the certificate's name to a new
+        // node, so a token could become any node. The control-plane hosts'
+        // agents approve them instead, for names no Node has.
         cluster_binding(
             "selfnode:kubelet-bootstrap",
             "system:node-bootstrapper",
             NODE_TOKEN_GROUP,
         ),
-        cluster_binding(
-            "selfnode:node-autoapprove-bootstrap",
-            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
-            NODE_TOKEN_GROUP,
-        ),
-        // Nodes renew their own client certificates.
+        // Nodes renew their own client certificates (the certificate's
+        // name must be the requester's: `selfnodeclient`).
         cluster_binding(
             "selfnode:node-autoapprove-certificate-rotation",
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
             NODES_GROUP,
         ),
-        // A control-plane token labels (and taints) the Node its kubelet
-        // registered: kubelets may not set node-role labels themselves.
-        // Holding such a token is holding the cluster: the label gives the
-        // node an apiserver and an etcd member.
+        // A joining host asks whether its name is taken before it writes
+        // anything (kubeadm's `kubeadm:get-nodes`): get, never list.
         Object::ClusterRole(ClusterRole {
-            metadata: meta::object_meta(CONTROL_PLANE_JOIN_ROLE, false, &[]),
-            rules: Some(vec![PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["nodes".to_string()]),
-                verbs: vec!["get".to_string(), "patch".to_string()],
-                ..PolicyRule::default()
-            }]),
+            metadata: meta::object_meta(GET_NODES_ROLE, false, &[]),
+            rules: Some(vec![rule(&[""], &["nodes"], &["get"])]),
+            ..ClusterRole::default()
+        }),
+        cluster_binding(GET_NODES_ROLE, GET_NODES_ROLE, NODE_TOKEN_GROUP),
+        // What the control-plane hosts' agents do: approve new nodes'
+        // client certificates (and mark single-use tokens used), hand a
+        // promoted node the cluster's keys sealed to it (a Secret and a
+        // Role only that node may use), and set the control-plane label.
+        Object::ClusterRole(ClusterRole {
+            metadata: meta::object_meta(CONTROL_PLANE_AGENT_ROLE, false, &[]),
+            rules: Some(vec![
+                rule(&[""], &["nodes"], &["get", "list", "watch", "patch"]),
+                rule(
+                    &[""],
+                    &["secrets", "configmaps"],
+                    &["get", "list", "create", "update", "patch", "delete"],
+                ),
+                rule(
+                    &["rbac.authorization.k8s.io"],
+                    &["roles", "rolebindings"],
+                    &["get", "create", "update", "patch", "delete"],
+                ),
+                rule(
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                    &["get", "list", "watch"],
+                ),
+                rule(
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests/approval"],
+                    &["update"],
+                ),
+                PolicyRule {
+                    api_groups: Some(vec!["certificates.k8s.io".to_string()]),
+                    resources: Some(vec!["signers".to_string()]),
+                    resource_names: Some(vec![
+                        "kubernetes.io/kube-apiserver-client-kubelet".to_string(),
+                        "kubernetes.io/kubelet-serving".to_string(),
+                    ]),
+                    verbs: vec!["approve".to_string()],
+                    ..PolicyRule::default()
+                },
+                rule(
+                    &["rbac.authorization.k8s.io"],
+                    &["clusterrolebindings"],
+                    &["get", "delete"],
+                ),
+            ]),
             ..ClusterRole::default()
         }),
         cluster_binding(
-            CONTROL_PLANE_JOIN_ROLE,
-            CONTROL_PLANE_JOIN_ROLE,
-            CONTROL_PLANE_TOKEN_GROUP,
+            CONTROL_PLANE_AGENT_ROLE,
+            CONTROL_PLANE_AGENT_ROLE,
+            crate::pki::names::CONTROL_PLANE_AGENTS_GROUP,
         ),
         Object::ConfigMap(info),
         Object::ConfigMap(settings_cm),

@@ -77,16 +77,17 @@ fn the_expected_objects_in_dependency_order() {
             "ServiceAccount kube-system/coredns",
             "ClusterRole selfnode:network",
             "ClusterRole system:coredns",
-            "ClusterRole selfnode:control-plane-join",
+            "ClusterRole selfnode:get-nodes",
+            "ClusterRole selfnode:control-plane-agent",
             "ClusterRoleBinding kubeadm:cluster-admins",
             "ClusterRoleBinding kubeadm:apiserver-kubelet-client",
             "ClusterRoleBinding kubeadm:node-proxier",
             "ClusterRoleBinding selfnode:network",
             "ClusterRoleBinding system:coredns",
             "ClusterRoleBinding selfnode:kubelet-bootstrap",
-            "ClusterRoleBinding selfnode:node-autoapprove-bootstrap",
             "ClusterRoleBinding selfnode:node-autoapprove-certificate-rotation",
-            "ClusterRoleBinding selfnode:control-plane-join",
+            "ClusterRoleBinding selfnode:get-nodes",
+            "ClusterRoleBinding selfnode:control-plane-agent",
             "Role default/selfnode:node-apiservers",
             "RoleBinding default/selfnode:node-apiservers",
             "Role kube-public/selfnode:bootstrap-signer-clusterinfo",
@@ -529,7 +530,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
     ensure_encryption_config(&h, &s.pki_dir, &mut rand::rng()).unwrap();
     let files = PlaneFiles::read(&h, &s).unwrap();
     let objs = self_hosted_objects(&s, &files).unwrap();
-    assert_eq!(objs.len(), 32);
+    assert_eq!(objs.len(), 33);
     // Debug output never shows contents (private keys).
     let dbg = format!("{files:?}");
     assert!(
@@ -633,4 +634,26 @@ fn cluster_settings_errors_name_the_config_map_and_keep_their_cause() {
         .expect("the parser's error")
         .to_string();
     assert!(cause.contains("invalid type"), "{cause}");
+}
+
+#[test]
+fn no_bootstrap_token_group_gets_upstream_client_certificate_approval() {
+    for o in objects() {
+        if let Object::ClusterRoleBinding(b) = &o {
+            assert!(
+                !b.role_ref.name.ends_with(":nodeclient"),
+                "{o}: a token could become any node"
+            );
+        }
+        if let Object::ClusterRole(r) = &o {
+            for rule in r.rules.iter().flatten() {
+                let nodes = rule.resources.iter().flatten().any(|x| x == "nodes");
+                let patch = rule.verbs.iter().any(|v| v == "patch" || v == "update");
+                assert!(
+                    !(nodes && patch) || o.name() == "selfnode:control-plane-agent",
+                    "{o} may change Nodes"
+                );
+            }
+        }
+    }
 }

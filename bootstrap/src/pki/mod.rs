@@ -13,6 +13,7 @@
 mod cert;
 pub mod kubeconfig;
 mod spec;
+pub mod transfer;
 
 #[cfg(test)]
 mod tests;
@@ -96,6 +97,16 @@ pub mod names {
     /// Kubeconfig of this node's kubelet (user
     /// `<NODE_USER_PREFIX><node name>`, group [`NODES_GROUP`]).
     pub const KUBELET_CONF: &str = "kubelet.conf";
+    /// Kubeconfig of the selfnode agent of a control-plane host (user
+    /// [`CONTROL_PLANE_AGENT_USER`], group [`CONTROL_PLANE_AGENTS_GROUP`]):
+    /// it approves new nodes' certificates and promotes control-plane
+    /// nodes. Only a host that holds the CA key can make one.
+    pub const CONTROL_PLANE_AGENT_CONF: &str = "selfnode-agent.conf";
+    /// User of [`CONTROL_PLANE_AGENT_CONF`].
+    pub const CONTROL_PLANE_AGENT_USER: &str = "selfnode:control-plane-agent";
+    /// Group of [`CONTROL_PLANE_AGENT_CONF`]; RBAC gives it what the
+    /// control-plane agents do, and only it may set the control-plane label.
+    pub const CONTROL_PLANE_AGENTS_GROUP: &str = "selfnode:control-plane-agents";
 
     /// Group of `admin.conf`; RBAC must bind it to `cluster-admin`.
     pub const CLUSTER_ADMINS_GROUP: &str = "kubeadm:cluster-admins";
@@ -734,6 +745,13 @@ fn kubeconfig_profiles(spec: &PkiSpec) -> Vec<(&'static str, Profile)> {
             user(
                 format!("{}{}", names::NODE_USER_PREFIX, spec.node_name),
                 Some(names::NODES_GROUP),
+            ),
+        ),
+        (
+            names::CONTROL_PLANE_AGENT_CONF,
+            user(
+                names::CONTROL_PLANE_AGENT_USER.to_string(),
+                Some(names::CONTROL_PLANE_AGENTS_GROUP),
             ),
         ),
     ]

@@ -35,7 +35,7 @@ fn run(host: &MemHost, spec: &PkiSpec, now: SystemTime) -> PkiReport {
 }
 
 /// Every file of a complete PKI, relative to /etc/kubernetes.
-const ALL_FILES: [&str; 27] = [
+const ALL_FILES: [&str; 28] = [
     "pki/ca.crt",
     "pki/ca.key",
     "pki/front-proxy-ca.crt",
@@ -63,6 +63,7 @@ const ALL_FILES: [&str; 27] = [
     "controller-manager.conf",
     "scheduler.conf",
     "kubelet.conf",
+    "selfnode-agent.conf",
 ];
 
 /// The CAs and service-account keys: never renewed.
@@ -556,6 +557,7 @@ fn expiration_lists_every_certificate_with_its_end_of_validity() {
             "controller-manager.conf",
             "scheduler.conf",
             "kubelet.conf",
+            "selfnode-agent.conf",
         ]
     );
     for r in &rows {
@@ -685,6 +687,7 @@ fn changing_the_endpoint_renews_the_kubeconfigs() {
             "controller-manager.conf",
             "scheduler.conf",
             "kubelet.conf",
+            "selfnode-agent.conf",
         ])
     );
     assert_eq!(
@@ -890,6 +893,7 @@ fn lost_ca_certificate_is_remade_from_its_key_keeping_the_pin() {
             "controller-manager.conf",
             "scheduler.conf",
             "kubelet.conf",
+            "selfnode-agent.conf",
         ])
     );
     assert_eq!(
@@ -1093,7 +1097,7 @@ fn custom_directories_cluster_name_and_domain() {
     // Renaming the cluster rewrites the kubeconfigs only.
     s.cluster_name = "edge-8".into();
     let report = run(&host, &s, t0());
-    assert_eq!(renewed(&report).len(), 5);
+    assert_eq!(renewed(&report).len(), 6);
     assert_eq!(
         reason(&report, "/var/lib/selfnode/kube/kubelet.conf"),
         RenewReason::KubeconfigLayoutChanged
