@@ -47,6 +47,14 @@ pub enum Command {
     /// Bring back lost control-plane components from this host's checkpoint, or the
     /// whole control plane from an etcd snapshot
     Recover(RecoverArgs),
+    /// Make a joined node a control-plane node: hand it the cluster's keys
+    /// (sealed to it) and set its control-plane label. Run on a
+    /// control-plane host
+    Promote(MembershipArgs),
+    /// Take a node out of the control plane: its etcd member leaves
+    /// (quorum-safely) and its keys are removed from it. Run on a
+    /// control-plane host
+    Demote(MembershipArgs),
     /// Look at and protect this cluster's etcd: members, snapshots
     #[command(subcommand)]
     Etcd(EtcdCommand),
@@ -238,6 +246,23 @@ pub struct RecoverArgs {
 
 #[derive(Debug, Args)]
 #[command(
+    after_help = "The control-plane label (node-role.kubernetes.io/control-plane) decides where \
+the API server runs and which nodes have an etcd member; it is set and removed only through these \
+commands (and a control-plane join), which also move the cluster's keys. A Node deleted and \
+registered again keeps its role."
+)]
+pub struct MembershipArgs {
+    /// The node
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// How long to wait for the node (its agent publishes the key its
+    /// cluster keys are sealed to)
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m", value_name = "DURATION")]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(
     after_help = "The join string (TOKEN@HOST:PORT[,HOST:PORT...]/sha256:HEX) carries a bootstrap token, \
 the cluster's API endpoints and the pin of its CA. join reads the cluster's cluster-info, checks its \
 signature for the token and the CA against the pin (a cluster with another CA is refused: nothing is \
@@ -325,15 +350,22 @@ the token, the API endpoints and the pin of the cluster CA; pass it to 'selfnode
 pub enum TokenCommand {
     /// Make a token and print its join string
     Create {
-        /// How long the token is valid (at most 30 days)
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h", value_name = "DURATION")]
-        ttl: std::time::Duration,
+        /// How long the token is valid (default 24h, at most 30 days; a
+        /// control-plane token: default 1h, at most 2h)
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        ttl: Option<std::time::Duration>,
         /// What the token is for (shown by 'token list')
         #[arg(long, default_value = "", value_name = "TEXT")]
         description: String,
-        /// The token joins control-plane nodes (it may label Nodes: treat it as the cluster's keys)
+        /// The token joins a control-plane node: the host that uses it gets
+        /// the cluster's keys (sealed to it by a control-plane host). Always
+        /// single-use.
         #[arg(long)]
         control_plane: bool,
+        /// How many nodes the token may make: 1 (it is deleted once a node
+        /// joined with it); without it, any number until it expires
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1))]
+        usages: Option<u32>,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },

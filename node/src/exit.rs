@@ -168,6 +168,12 @@ impl Classify for crate::cluster::NotInitHost {
     }
 }
 
+impl Classify for crate::sequences::join::NodeNameTaken {
+    fn class(&self) -> Class {
+        Class::Conflict
+    }
+}
+
 impl Classify for crate::sequences::join::JoinConflict {
     fn class(&self) -> Class {
         Class::Conflict
@@ -241,6 +247,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::tokens::TtlError>,
     by::<crate::sequences::join::JoinConflict>,
     by::<crate::sequences::join::NotAControlPlaneToken>,
+    by::<crate::sequences::join::NodeNameTaken>,
 ];
 
 /// The class of one cause, if [`CLASSIFIERS`] knows its type.
@@ -437,7 +444,10 @@ mod tests {
             Box::new(crate::tokens::TtlError {
                 given: "0s".into(),
                 max: "30days".into(),
+                control_plane: false,
+                example: "24h",
             }),
+            Box::new(crate::sequences::join::NodeNameTaken { node: "n".into() }),
             Box::new(crate::sequences::join::JoinConflict {
                 cluster: "a".into(),
                 node: "n".into(),
@@ -481,7 +491,8 @@ mod tests {
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
                 Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
                 Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Conflict, Invalid,
-                Conflict, Conflict, Invalid, Invalid, Conflict, Invalid, Invalid, Invalid,
+                Conflict, Conflict, Invalid, Invalid, Conflict, Conflict, Invalid, Invalid,
+                Invalid,
             ]
         );
     }

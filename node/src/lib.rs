@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod exit;
 pub mod fsutil;
 pub mod host;
+pub mod keys;
 pub mod paths;
 pub mod readiness;
 pub mod sequences;

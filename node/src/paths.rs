@@ -77,6 +77,11 @@ impl HostPaths {
     }
 
     /// The node's name and address in its cluster (see `NodeIdentity`).
+    /// This host's key pair for receiving the cluster's keys (0600).
+    pub fn node_key(&self) -> PathBuf {
+        self.state_dir().join("node-key")
+    }
+
     pub fn node_identity_file(&self) -> PathBuf {
         self.state_dir().join("node.json")
     }

@@ -21,6 +21,31 @@ pub const INIT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest TTL `token create` accepts: a join token is a credential
 /// that adds machines to the cluster; it should not outlive its use.
 pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A control-plane token's TTL when none is given, and its longest.
+pub const CONTROL_PLANE_TTL: Duration = Duration::from_secs(3600);
+pub const MAX_CONTROL_PLANE_TTL: Duration = Duration::from_secs(2 * 3600);
+
+/// Label on a token Secret that may make one node only.
+pub const SINGLE_USE_LABEL: &str = "selfnode.dev/single-use";
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenKind {
+    /// It joins a control-plane node (its host gets the cluster's keys).
+    pub control_plane: bool,
+    /// It makes one node: the control-plane hosts' approver deletes it once
+    /// it approved a node's certificate for it.
+    pub single_use: bool,
+}
+
+/// `--ttl`, or the default for the kind of token.
+pub fn ttl_or_default(ttl: Option<Duration>, control_plane: bool) -> Duration {
+    ttl.unwrap_or(if control_plane {
+        CONTROL_PLANE_TTL
+    } else {
+        INIT_TOKEN_TTL
+    })
+}
 
 /// A token that was made, with the string that joins with it (holds the
 /// secret: not `Debug`).
@@ -37,19 +62,29 @@ pub struct Created {
     pub signed: bool,
 }
 
-/// Refuses a TTL of zero or above [`MAX_TTL`] (exit code 2).
+/// Refuses a TTL of zero or above [`MAX_TTL`] ([`MAX_CONTROL_PLANE_TTL`]
+/// for a control-plane token) (exit code 2).
 #[derive(Debug, thiserror::Error)]
-#[error("--ttl {given}: a join token must expire, within {max} at most; pass e.g. --ttl 24h")]
+#[error("--ttl {given}: a{} join token must expire, within {max} at most; pass e.g. --ttl {example}", if *control_plane { " control-plane" } else { "" })]
 pub struct TtlError {
     pub given: String,
     pub max: String,
+    pub control_plane: bool,
+    pub example: &'static str,
 }
 
-pub fn check_ttl(ttl: Duration) -> Result<(), TtlError> {
-    if ttl.is_zero() || ttl > MAX_TTL {
+pub fn check_ttl(ttl: Duration, control_plane: bool) -> Result<(), TtlError> {
+    let (max, example) = if control_plane {
+        (MAX_CONTROL_PLANE_TTL, "1h")
+    } else {
+        (MAX_TTL, "24h")
+    };
+    if ttl.is_zero() || ttl > max {
         return Err(TtlError {
             given: humantime::format_duration(ttl).to_string(),
-            max: humantime::format_duration(MAX_TTL).to_string(),
+            max: humantime::format_duration(max).to_string(),
+            control_plane,
+            example,
         });
     }
     Ok(())
@@ -60,12 +95,20 @@ pub async fn create(
     client: &kube::Client,
     ttl: Duration,
     description: &str,
-    control_plane: bool,
+    kind: TokenKind,
 ) -> anyhow::Result<Created> {
-    check_ttl(ttl)?;
+    let control_plane = kind.control_plane;
+    check_ttl(ttl, control_plane)?;
     let token = BootstrapToken::generate();
     let expiration = humantime::format_rfc3339_seconds(SystemTime::now() + ttl).to_string();
-    let secret = token.secret_object(&expiration, description, control_plane);
+    let mut secret = token.secret_object(&expiration, description, control_plane);
+    if kind.single_use || control_plane {
+        secret
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(SINGLE_USE_LABEL.to_string(), "true".to_string());
+    }
     let api: Api<Secret> = Api::namespaced(client.clone(), TOKEN_NAMESPACE);
     api.create(&PostParams::default(), &secret)
         .await

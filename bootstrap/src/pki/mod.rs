@@ -11,6 +11,7 @@
 //! their CA's expiry), re-issued when less than 30 days remain.
 
 mod cert;
+pub mod csr;
 pub mod kubeconfig;
 mod spec;
 pub mod transfer;
@@ -322,6 +323,13 @@ pub enum PkiError {
     /// The [`PkiSpec`] is invalid.
     #[error(transparent)]
     InvalidSpec(#[from] PkiSpecError),
+    /// A joined control-plane host lacks one of the cluster's CA files
+    /// (they come with its control-plane join; it never makes its own).
+    #[error("{} is missing: a joined control-plane host gets the cluster's CAs with its control-plane join and never makes its own ('selfnode promote' on a control-plane host sends them again)", path.display())]
+    MissingClusterKey {
+        /// The missing file.
+        path: PathBuf,
+    },
     /// Reading or writing a file failed.
     #[error(transparent)]
     Host(#[from] HostError),
@@ -551,7 +559,29 @@ fn cert_not_after(pem: &[u8]) -> Result<SystemTime, CertError> {
 /// Returns what was done to each file; errors with [`PkiError`] (a CA or
 /// `sa.key` that cannot be used is never replaced).
 pub fn ensure_pki(host: &dyn Host, spec: &PkiSpec, now: SystemTime) -> Result<PkiReport, PkiError> {
-    converge(host, spec, now, false)
+    converge(host, spec, now, false, true)
+}
+
+/// [`ensure_pki`] on a control-plane host that joined: the same CAs and
+/// keys (they came with its control-plane join), its own leaves and
+/// kubeconfigs, but not `kubelet.conf`: its kubelet has its own
+/// credentials from its TLS bootstrap, rotated by the kubelet itself.
+///
+/// Errors as [`ensure_pki`]; it never makes a CA (a missing CA key is an
+/// error before anything is written, not a new CA).
+pub fn ensure_joined_control_plane_pki(
+    host: &dyn Host,
+    spec: &PkiSpec,
+    now: SystemTime,
+) -> Result<PkiReport, PkiError> {
+    for base in [names::CA, names::FRONT_PROXY_CA, names::ETCD_CA] {
+        for path in [spec.cert_path(base), spec.key_path(base)] {
+            if host.read_file(&path)?.is_none() {
+                return Err(PkiError::MissingClusterKey { path });
+            }
+        }
+    }
+    converge(host, spec, now, false, false)
 }
 
 /// [`ensure_pki`], except that every leaf certificate and kubeconfig is
@@ -561,14 +591,17 @@ pub fn ensure_pki(host: &dyn Host, spec: &PkiSpec, now: SystemTime) -> Result<Pk
 ///
 /// Errors as [`ensure_pki`].
 pub fn renew_pki(host: &dyn Host, spec: &PkiSpec, now: SystemTime) -> Result<PkiReport, PkiError> {
-    converge(host, spec, now, true)
+    converge(host, spec, now, true, true)
 }
 
+/// `kubelet`: whether this host's kubelet kubeconfig is part of the PKI
+/// (not on a joined host: see [`ensure_joined_control_plane_pki`]).
 fn converge(
     host: &dyn Host,
     spec: &PkiSpec,
     now: SystemTime,
     renew_all: bool,
+    kubelet: bool,
 ) -> Result<PkiReport, PkiError> {
     spec.validate()?;
     let now = cert::unix_secs(now);
@@ -606,6 +639,9 @@ fn converge(
         run.ensure_leaf(spec, base, &profile, ca)?;
     }
     for (file, profile) in kubeconfig_profiles(spec) {
+        if !kubelet && file == names::KUBELET_CONF {
+            continue;
+        }
         run.ensure_kubeconfig(spec, file, &profile, &cluster_ca)?;
     }
 

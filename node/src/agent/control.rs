@@ -39,6 +39,10 @@ pub enum Component {
     ApiServers,
     /// Scheduled etcd snapshots.
     Snapshots,
+    /// The approver of new nodes' client certificates (control-plane hosts).
+    Approver,
+    /// The promoter of control-plane nodes (control-plane hosts).
+    Promoter,
 }
 
 impl Component {
@@ -54,6 +58,8 @@ impl Component {
             Component::Certificates => "certificates",
             Component::ApiServers => "apiservers",
             Component::Snapshots => "etcd-snapshots",
+            Component::Approver => "approver",
+            Component::Promoter => "promoter",
         }
     }
 }

@@ -5,6 +5,7 @@ pub(crate) mod etcd;
 mod image;
 mod images;
 mod join;
+mod membership;
 mod recover;
 mod reset;
 mod status;
@@ -52,6 +53,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => stop::run(&paths, args).await,
         Command::Status(args) => status::run(&paths, args.output).await,
         Command::Recover(args) => recover::run(&paths, args).await,
+        Command::Promote(args) => membership::promote(&paths, args).await,
+        Command::Demote(args) => membership::demote(&paths, args).await,
         Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
         Command::Token(cmd) => token::run(&paths, cmd).await,
         Command::Certs(cmd) => certs::run(&paths, cmd).await,

@@ -8,10 +8,16 @@ use crate::cli::{Output, TokenCommand};
 use crate::paths::HostPaths;
 
 pub async fn run(paths: &HostPaths, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
-    if let TokenCommand::Create { ttl, .. } = &cmd {
+    if let TokenCommand::Create {
+        ttl, control_plane, ..
+    } = &cmd
+    {
         // Before anything is asked of the cluster: a token nobody can use
         // is a credential for nothing.
-        crate::tokens::check_ttl(*ttl)?;
+        crate::tokens::check_ttl(
+            crate::tokens::ttl_or_default(*ttl, *control_plane),
+            *control_plane,
+        )?;
     }
     let admin = paths.kubeconfig_dir().join("admin.conf");
     if !admin.exists() {
@@ -28,9 +34,15 @@ pub async fn run(paths: &HostPaths, cmd: TokenCommand) -> anyhow::Result<ExitCod
             ttl,
             description,
             control_plane,
+            usages,
             output,
         } => {
-            let made = crate::tokens::create(&client, ttl, &description, control_plane).await?;
+            let ttl = crate::tokens::ttl_or_default(ttl, control_plane);
+            let kind = crate::tokens::TokenKind {
+                control_plane,
+                single_use: control_plane || usages == Some(1),
+            };
+            let made = crate::tokens::create(&client, ttl, &description, kind).await?;
             if !made.signed {
                 eprintln!(
                     "warning: token {} expired (--ttl {}) before the controller-manager signed cluster-info for it: no host can join with it; ask for a longer --ttl",

@@ -45,14 +45,14 @@ use anyhow::Context;
 use bootstrap::host::Host;
 use bootstrap::objects::{ClusterSettings, CLUSTER_SETTINGS};
 use bootstrap::plane::{EtcdInitial, InitialClusterState, Placement, PlaneSpec};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
 use crate::agent::control::{Component, NodeIdentity};
 use crate::checkpoint::{with_checkpoint, EtcdMemberIdentity};
-use crate::cluster::{apiserver_addresses, is_control_plane_node, HostCluster};
+use crate::cluster::{apiserver_addresses, HostCluster};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
 use crate::status::ComponentState;
@@ -73,9 +73,11 @@ const PROMOTE_WAIT: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct MemberController {
     /// Since when the API has answered without the node's control-plane
-    /// label.
+    /// label (after a demotion).
     unlabelled_since: Option<Instant>,
     last_cert_check: Option<Instant>,
+    /// This host's key is published on its Node.
+    key_published: bool,
 }
 
 impl AgentTask for MemberController {
@@ -98,6 +100,36 @@ impl AgentTask for MemberController {
 }
 
 impl MemberController {
+    /// A promoted host that joined: its cluster keys, sealed to it by a
+    /// control-plane host, then its own certificates and kubeconfigs and
+    /// the control plane's configuration files. Returns the status note.
+    async fn take_keys(
+        &mut self,
+        ctx: &mut TaskCx,
+        client: &kube::Client,
+        node: &NodeIdentity,
+    ) -> anyhow::Result<String> {
+        let key = crate::keys::node_key(&ctx.paths)?;
+        let pki_dir = ctx.paths.pki_dir();
+        match crate::keys::receive(client, &node.node_name, &key, &pki_dir).await? {
+            crate::keys::Received::NoBundle => {
+                return Ok("control-plane node: waiting for a control-plane host to seal the cluster's keys to this host".into());
+            }
+            crate::keys::Received::AlreadyHere | crate::keys::Received::Wrote(_) => {}
+        }
+        let spec = node_plane_spec(ctx, client, node).await?;
+        let pki = spec.pki_spec();
+        let report = tokio::task::spawn_blocking(move || {
+            bootstrap::pki::ensure_joined_control_plane_pki(&NodeHost, &pki, SystemTime::now())
+        })
+        .await??;
+        bootstrap::plane::ensure_audit_files(&NodeHost, &spec.kubeconfig_dir, &spec.audit_log_dir)?;
+        Ok(format!(
+            "received the cluster's keys; made this host's control-plane certificates ({} files)",
+            report.changed().count()
+        ))
+    }
+
     /// One comparison of label and member; returns the status note.
     async fn compare(&mut self, ctx: &mut TaskCx) -> anyhow::Result<Option<String>> {
         let Some(node) = NodeIdentity::read(&ctx.paths.node_identity_file())? else {
@@ -113,10 +145,33 @@ impl MemberController {
             return Ok(None);
         };
         let joined = rec.role().joined();
-        let labelled = is_control_plane_node(&client, &node.node_name).await?;
+        // Every host publishes the key its cluster keys would be sealed to,
+        // so any of them can be promoted later.
+        if !self.key_published {
+            let key = crate::keys::node_key(&ctx.paths)?;
+            crate::keys::publish_node_key(&client, &node.node_name, &key).await?;
+            self.key_published = true;
+        }
+        let n = Api::<Node>::all(client.clone())
+            .get(&node.node_name)
+            .await
+            .with_context(|| format!("reading Node {}", node.node_name))?;
+        let labelled = n
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(bootstrap::objects::CONTROL_PLANE_LABEL));
+        let demoted = n
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(crate::keys::DEMOTED_ANNOTATION));
         let has_member = rec.etcd_member.is_some() || ctx.paths.etcd_manifest().exists();
         if labelled {
             self.unlabelled_since = None;
+            if joined && !crate::keys::keys_here(&ctx.paths.pki_dir()) {
+                return self.take_keys(ctx, &client, &node).await.map(Some);
+            }
             if let Some(m) = &rec.etcd_member {
                 // A joined member's certificates come from its agent (the
                 // first host's from init and its agent's certificate check):
@@ -149,6 +204,16 @@ impl MemberController {
         if !has_member {
             return Ok(Some("not a control-plane node: no etcd member here".into()));
         }
+        if !demoted {
+            // Deleted and registered again, or the label removed by hand:
+            // the member stays; a control-plane host's promoter gives the
+            // label back. Only 'selfnode demote' takes a member out.
+            self.unlabelled_since = None;
+            return Ok(Some(format!(
+                "the Node lost its control-plane label without 'selfnode demote': the etcd member stays and a control-plane host gives the label back (annotation {} absent)",
+                crate::keys::DEMOTED_ANNOTATION
+            )));
+        }
         let since = *self.unlabelled_since.get_or_insert_with(Instant::now);
         if since.elapsed() < LEAVE_AFTER {
             return Ok(Some(format!(
@@ -156,7 +221,7 @@ impl MemberController {
                 LEAVE_AFTER.saturating_sub(since.elapsed()).as_secs()
             )));
         }
-        leave_member(ctx, &client, &node, rec.etcd_member.as_ref())
+        leave_member(ctx, &client, &node, rec.etcd_member.as_ref(), joined)
             .await
             .map(Some)
     }
@@ -336,6 +401,7 @@ async fn leave_member(
     client: &kube::Client,
     node: &NodeIdentity,
     member: Option<&EtcdMemberIdentity>,
+    joined: bool,
 ) -> anyhow::Result<String> {
     let paths = &ctx.paths;
     let port = bootstrap::plane::PlanePorts::default().etcd_client;
@@ -370,11 +436,21 @@ async fn leave_member(
         .unwrap_or_else(|| paths.etcd_data_dir());
     let aside = move_aside(&data_dir)?;
     with_checkpoint(&paths.checkpoint_dir(), |c| c.forget_etcd_member()).await?;
+    let removed = if joined {
+        crate::keys::remove_control_plane_files(paths)?
+    } else {
+        0
+    };
     Ok(format!(
-        "left the control plane: etcd member {peer} removed quorum-safely, its static pod gone{}",
+        "left the control plane: etcd member {peer} removed quorum-safely, its static pod gone{}{}",
         aside
             .map(|p| format!(", its data kept at {}", p.display()))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if removed > 0 {
+            format!("; removed the cluster's keys and this host's control-plane credentials ({removed} files)")
+        } else {
+            String::new()
+        }
     ))
 }
 

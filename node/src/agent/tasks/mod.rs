@@ -13,9 +13,11 @@
 //! `recover`): tasks sit below them and share only the ground floor.
 
 pub mod apiservers;
+pub mod approver;
 pub mod certs;
 pub mod checkpointer;
 pub mod member;
+pub mod promoter;
 pub mod snapshots;
 
 use std::future::Future;
@@ -85,6 +87,7 @@ pub struct TaskCx {
     pub api_lb_port: u16,
     pub status: StatusHandle,
     client: Option<kube::Client>,
+    agent: Option<kube::Client>,
 }
 
 impl TaskCx {
@@ -102,7 +105,23 @@ impl TaskCx {
             api_lb_port,
             status,
             client: None,
+            agent: None,
         }
+    }
+
+    /// The control-plane agents' client (`selfnode-agent.conf`, made with
+    /// the PKI on hosts that hold the cluster's keys); `None` elsewhere.
+    pub async fn agent_client(&mut self) -> anyhow::Result<Option<kube::Client>> {
+        let kubeconfig = self
+            .paths
+            .kubeconfig_dir()
+            .join(bootstrap::pki::names::CONTROL_PLANE_AGENT_CONF);
+        if !kubeconfig.exists() {
+            return Ok(None);
+        }
+        crate::cluster::cached_client(&kubeconfig, &mut self.agent)
+            .await
+            .map(Some)
     }
 
     /// The kubelet's client (its own credentials, through the node's
@@ -216,6 +235,7 @@ pub fn spawn<T: AgentTask>(
                         tracing::warn!(task = name, error = %err, retry_in = ?wait, "pass failed; retrying");
                     }
                     cx.client = None;
+                    cx.agent = None;
                     if let Some(outcome) = task.after_error(&cx) {
                         report(&cx.status, name, outcome);
                     }
@@ -263,6 +283,10 @@ pub fn spawn_all(
     spawn(apiservers::ApiServers::default(), c, r, s, t);
     let (c, r, s, t) = go(tracker);
     spawn(certs::CertRenewal, c, r, s, t);
+    let (c, r, s, t) = go(tracker);
+    spawn(approver::Approver::default(), c, r, s, t);
+    let (c, r, s, t) = go(tracker);
+    spawn(promoter::Promoter::default(), c, r, s, t);
     if !opts.snapshots.interval.is_zero() {
         let (c, r, s, t) = go(tracker);
         spawn(snapshots::Snapshots::new(opts.snapshots), c, r, s, t);

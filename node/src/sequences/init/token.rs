@@ -7,8 +7,10 @@ use super::{InitStep, Seq};
 use crate::sequences::runner::StepReport;
 use crate::tokens::{self, INIT_TOKEN_DESCRIPTION, INIT_TOKEN_TTL};
 
-/// An init token that stays valid this long is reused.
-const REUSE_MARGIN: Duration = Duration::from_secs(3600);
+/// An init token that stays valid this long is reused: a re-run of init
+/// (every boot of an appliance runs it) mints no new token while one is
+/// valid.
+const REUSE_MARGIN: Duration = Duration::from_secs(300);
 
 /// Done when an init token valid for at least another hour exists.
 pub(super) async fn create_join_token(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
@@ -22,7 +24,7 @@ pub(super) async fn create_join_token(run: &Runner, seq: &Seq<'_>) -> anyhow::Re
                 &seq.client().await?,
                 INIT_TOKEN_TTL,
                 INIT_TOKEN_DESCRIPTION,
-                false,
+                tokens::TokenKind::default(),
             )
             .await?;
             Ok(())

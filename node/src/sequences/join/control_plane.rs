@@ -1,90 +1,59 @@
-//! What a control-plane join adds: the control-plane label, set with the
-//! control-plane token (kubelets may not set node-role labels), and the
-//! wait for this node's etcd member (made by the agent's member
-//! controller) and API server.
+//! What a control-plane join adds: the wait for its promotion (a
+//! control-plane host's agent seals the cluster's keys to this host and
+//! sets the control-plane label: the token proves the intent, and it alone
+//! can change no Node), and the wait for this node's etcd member (made by
+//! the agent's member controller) and API server.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use bootstrap::objects::{ClusterSettings, CLUSTER_SETTINGS};
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 
-use super::discover::CONNECT_TIMEOUT;
 use super::{node_client, Join, JoinStep, Runner};
-use crate::agent::control::{api_lb_port, balancer_addr, NodeIdentity};
 use crate::checkpoint::Checkpoint;
 use crate::readiness::{is_mirror, pod_ready};
 use crate::sequences::runner::StepReport;
 use crate::wait::until;
 
-/// The token's client through this node's balancer (the CA the host
-/// pinned at discovery is on disk by now).
-fn token_client_via_lb(join: &Join<'_>) -> anyhow::Result<kube::Client> {
-    let paths = &join.ctx.paths;
-    let ca_file = paths.ca_cert();
-    let ca_pem =
-        std::fs::read(&ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
-    let node = NodeIdentity::read(&paths.node_identity_file())?
-        .context("the node identity is not written yet")?;
-    let server = format!(
-        "https://{}",
-        balancer_addr(node.node_ip, api_lb_port(paths))
-    );
-    let mut config = kube::Config::new(server.parse()?);
-    config.root_cert = Some(bootstrap::join::certs_der(&ca_pem)?);
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    config.auth_info.token = Some(join.ctx.join.token.expose().into());
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// `label_control_plane`: the control-plane label (and taint, unless the
-/// cluster allows workloads on control-plane nodes) on this Node, set with
-/// the control-plane token (kubelets may not set node-role labels). Done
-/// when the Node carries the label, read with the kubelet's credentials.
-pub(super) async fn label_control_plane(
-    run: &Runner,
-    join: &Join<'_>,
-) -> anyhow::Result<StepReport> {
+/// `wait_promoted`: a control-plane host's agent approved this host's
+/// certificate for a control-plane token and promotes it: the cluster's
+/// keys sealed to this host (this host's agent takes them) and the
+/// control-plane label on its Node. Done when the Node carries the label
+/// and the keys are on this host.
+pub(super) async fn wait_promoted(run: &Runner, join: &Join<'_>) -> anyhow::Result<StepReport> {
     let name = &join.ctx.node_name;
     let paths = &join.ctx.paths;
-    run.step(
-        JoinStep::LabelControlPlane,
-        Duration::from_secs(60),
+    run.wait(
+        JoinStep::WaitPromoted,
+        &format!("a control-plane host to promote {name}"),
         || async {
-            let client = node_client(paths)
-                .await?
-                .context("the kubelet's kubeconfig is gone")?;
-            crate::cluster::is_control_plane_node(&client, name).await
-        },
-        || async {
-            let node = node_client(paths)
-                .await?
-                .context("the kubelet's kubeconfig is gone")?;
-            let cms: Api<ConfigMap> = Api::namespaced(node, "kube-system");
-            let settings = ClusterSettings::from_config_map(
-                &cms.get(CLUSTER_SETTINGS)
-                    .await
-                    .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?,
-            )?;
-            bootstrap::objects::mark_control_plane(
-                token_client_via_lb(join)?,
-                name,
-                bootstrap::objects::FIELD_MANAGER,
-                !settings.allow_workloads,
+            until(
+                &format!(
+                    "a control-plane host's agent to seal the cluster's keys to this host and label Node {name} (see 'selfnode status' here and on the control-plane hosts: components promoter and approver)"
+                ),
+                PROMOTION_WAIT,
+                Duration::from_secs(1),
+                || async {
+                    let client = node_client(paths)
+                        .await?
+                        .context("the kubelet's kubeconfig is gone")?;
+                    if !crate::cluster::is_control_plane_node(&client, name).await? {
+                        anyhow::bail!("Node {name} has no control-plane label yet");
+                    }
+                    if !crate::keys::keys_here(&paths.pki_dir()) {
+                        anyhow::bail!("labelled; the agent has not taken the cluster's keys yet");
+                    }
+                    Ok(true)
+                },
             )
             .await
-            .map_err(|e| {
-                anyhow::Error::new(e).context(format!(
-                    "labelling Node {name} a control-plane node with token {} (a token made with 'selfnode token create --control-plane' may)",
-                    join.ctx.join.token.id()
-                ))
-            })?;
-            Ok(())
         },
     )
     .await
 }
+
+/// How long a control-plane join waits for its promotion.
+const PROMOTION_WAIT: Duration = Duration::from_secs(300);
 
 /// `wait_control_plane`: the agent's member controller has promoted this
 /// node's etcd member (its identity is in the checkpoint) and the

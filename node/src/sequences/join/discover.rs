@@ -14,7 +14,7 @@ use bootstrap::objects::{ClusterSettings, CLUSTER_SETTINGS};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 
-use super::{Found, Join, JoinStep, NotAControlPlaneToken, Runner};
+use super::{Found, Join, JoinStep, NodeNameTaken, NotAControlPlaneToken, Runner};
 use crate::sequences::runner::StepReport;
 
 /// The DNS name in every API server certificate (kubeadm's too).
@@ -49,6 +49,7 @@ pub(super) async fn discover_cluster(run: &Runner, join: &Join<'_>) -> anyhow::R
                 }
             };
             let settings = read_settings(via, &info, js).await?;
+            check_node_name_free(via, &info, js, &join.ctx.node_name).await?;
             if join.ctx.control_plane {
                 check_control_plane_token(via, &info, js).await?;
             }
@@ -121,6 +122,32 @@ async fn read_settings(
 /// Whether the token carries the control-plane group (a SelfSubjectReview
 /// says what the API server authenticated it as): refused before anything
 /// is written otherwise.
+/// Refuses a node name the cluster has already (a token makes new nodes
+/// only: the control-plane hosts' approver refuses its certificate too),
+/// before anything is written. Asked with the token, which may get (not
+/// list) Nodes; a cluster that does not let it answer is not refused here.
+async fn check_node_name_free(
+    via: SocketAddr,
+    info: &ClusterInfo,
+    js: &JoinString,
+    node: &str,
+) -> anyhow::Result<()> {
+    let client = token_client(&format!("https://{via}"), info, js)?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+    match nodes.get_opt(node).await {
+        Ok(Some(_)) => Err(NodeNameTaken {
+            node: node.to_string(),
+        }
+        .into()),
+        Ok(None) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::debug!(%node, "the cluster does not let the token read Nodes: the name is checked at approval");
+            Ok(())
+        }
+        Err(e) => Err(e).context("asking the cluster whether the node name is taken"),
+    }
+}
+
 async fn check_control_plane_token(
     via: SocketAddr,
     info: &ClusterInfo,

@@ -16,8 +16,9 @@
 //!    the kubelet, which asks for its client certificate (a CSR the
 //!    controller-manager approves for bootstrap tokens).
 //! 4. `wait_node_registered`, `wait_node_ready`.
-//! 5. A control-plane join adds `label_control_plane` and
-//!    `wait_control_plane` (`control_plane.rs`).
+//! 5. A control-plane join adds `wait_promoted` and `wait_control_plane`
+//!    (`control_plane.rs`): the token proves the intent, a control-plane
+//!    host's agent hands over the keys and sets the label.
 
 mod control_plane;
 mod discover;
@@ -59,10 +60,11 @@ steps! {
         /// The kubelet has its client certificate (TLS bootstrap) and its
         /// Node exists.
         WaitNodeRegistered => "wait_node_registered",
-        /// Control-plane join: the Node gets the control-plane label (and
-        /// the taint, unless the cluster allows workloads there), with the
-        /// token.
-        LabelControlPlane => "label_control_plane",
+        /// Control-plane join: a control-plane host's agent, having
+        /// approved this host's certificate for a control-plane token,
+        /// seals the cluster's keys to this host and labels its Node; this
+        /// host's agent takes the keys.
+        WaitPromoted => "wait_promoted",
         /// The Node is Ready (the pod network runs on it).
         WaitNodeReady => "wait_node_ready",
         /// Control-plane join: the agent's etcd member is promoted and the
@@ -93,9 +95,10 @@ const JOINED: &str = "the host has joined: its kubelet has its own credentials";
 /// host has joined, a re-run needs no valid token (it may have expired)
 /// and only waits.
 ///
-/// A control-plane join adds label_control_plane after the registration
-/// (the label brings the apiserver DaemonSet's pod and, through the agent,
-/// an etcd member) and wait_control_plane at the end.
+/// A control-plane join adds wait_promoted after the registration (a
+/// control-plane host promotes the node: its keys, then the label, which
+/// brings the apiserver DaemonSet's pod and, through the agent, an etcd
+/// member) and wait_control_plane at the end.
 pub fn plan(observed: Observed) -> Plan<JoinStep> {
     let before = Some(run_unless(observed.joined, JOINED));
     let run = Some(Action::Run);
@@ -108,7 +111,7 @@ pub fn plan(observed: Observed) -> Plan<JoinStep> {
             (JoinStep::WriteNodeIdentity, before),
             (JoinStep::WriteBootstrapKubeconfig, before),
             (JoinStep::WaitNodeRegistered, run),
-            (JoinStep::LabelControlPlane, cp),
+            (JoinStep::WaitPromoted, cp),
             (JoinStep::WaitNodeReady, run),
             (JoinStep::WaitControlPlane, cp),
         ],
@@ -151,6 +154,14 @@ pub struct JoinConflict {
     pub cluster: String,
     pub node: String,
     pub role: ClusterRole,
+}
+
+/// The cluster has a Node of this name already: exit code 3, nothing
+/// written.
+#[derive(Debug, thiserror::Error)]
+#[error("the cluster has a Node named {node:?} already; nothing was written. A join token makes new nodes only: join with another --node-name, or, if that node is gone for good, delete it first ('kubectl delete node {node}' on a control-plane host)")]
+pub struct NodeNameTaken {
+    pub node: String,
 }
 
 /// A control-plane join with a token made without `--control-plane`:
@@ -253,7 +264,7 @@ async fn execute(step: JoinStep, run: &Runner, join: &Join<'_>) -> anyhow::Resul
         JoinStep::WriteBootstrapKubeconfig => write_bootstrap_kubeconfig(run, join).await,
         JoinStep::WaitNodeRegistered => wait_node_registered(run, join).await,
         JoinStep::WaitNodeReady => wait_node_ready(run, join).await,
-        JoinStep::LabelControlPlane => control_plane::label_control_plane(run, join).await,
+        JoinStep::WaitPromoted => control_plane::wait_promoted(run, join).await,
         JoinStep::WaitControlPlane => control_plane::wait_control_plane(run, join).await,
     }
 }
@@ -496,7 +507,7 @@ mod tests {
                 "write_node_identity",
                 "write_bootstrap_kubeconfig",
                 "wait_node_registered",
-                "label_control_plane",
+                "wait_promoted",
                 "wait_node_ready",
                 "wait_control_plane",
             ]
@@ -508,7 +519,7 @@ mod tests {
             names(&rerun, |s| s.action == Action::Run),
             [
                 "wait_node_registered",
-                "label_control_plane",
+                "wait_promoted",
                 "wait_node_ready",
                 "wait_control_plane"
             ]
