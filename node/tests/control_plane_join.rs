@@ -1,8 +1,9 @@
 //! Control-plane hosts, end to end on real components: a host joins as a
 //! control-plane node (an API server from the DaemonSet, an etcd member
 //! added as a learner and promoted by its agent), a worker becomes one by
-//! its label alone (the seed), the cluster keeps serving with its first
-//! host powered off, and the label's removal takes the member out again.
+//! `selfnode promote`, the cluster keeps serving with its first host
+//! powered off, a deleted and re-registered Node keeps its role, and
+//! `selfnode demote` takes the member (and the keys) out again.
 
 mod support;
 
@@ -119,7 +120,7 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         text(&out),
         second.agent_log()
     );
-    for step in ["label_control_plane", "wait_control_plane"] {
+    for step in ["wait_promoted", "wait_control_plane"] {
         assert!(
             text(&out).contains(&format!("[join] {step} (")),
             "{}",
@@ -129,14 +130,38 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     wait_voters(&first, &[&node1, "node2"], Duration::from_secs(60));
     // Seen from node2 too, through its own member.
     wait_voters(&second, &[&node1, "node2"], Duration::from_secs(60));
-    // The member's certificates were issued on node2 for node2; the etcd
-    // CA's key never reached its disk.
+    // The member's certificates were issued on node2 for node2, with the
+    // cluster's keys sealed to node2 by the first host: on its disk, 0600,
+    // and the bundle that carried them is gone from the cluster.
     let pki = second.root.join("etc/kubernetes/pki/etcd");
     assert!(pki.join("server.crt").exists() && pki.join("peer.crt").exists());
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "etcd/ca.key", "sa.key", "front-proxy-ca.key"] {
+        let meta = std::fs::metadata(second.root.join("etc/kubernetes/pki").join(key))
+            .unwrap_or_else(|e| panic!("{key} on node2: {e}"));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{key}");
+    }
+    let bundle = first.kubectl(&["-n", "kube-system", "get", "secret", "selfnode-keys-node2"]);
     assert!(
-        !pki.join("ca.key").exists(),
-        "the etcd CA key stays in the Secret"
+        text(&bundle).contains("NotFound"),
+        "the bundle is used once: {}",
+        text(&bundle)
     );
+    support::no_private_key_in_the_api(&first);
+    // The control-plane string is single-use: it made node2, and no one
+    // joins with it again.
+    let mut spare = TestHost::in_netns(&first, &lan, 4);
+    spare.start_agent();
+    spare.wait_healthy(START);
+    let out = spare.join(&[&cp_join, "--node-name", "node4"]);
+    assert_eq!(
+        code(&out),
+        Some(2),
+        "a used control-plane string: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("has no valid token"), "{}", text(&out));
+    drop(spare);
     let peer = std::process::Command::new("openssl")
         .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
         .arg(pki.join("peer.crt"))
@@ -160,9 +185,9 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     };
     assert_eq!(residual(&second, "etcd/server"), Some(364));
     assert_eq!(
-        residual(&second, "admin.conf"),
+        residual(&second, "kubelet.conf"),
         None,
-        "not on a joined host"
+        "a joined host's kubelet has its own credentials"
     );
     let ca = first.root.join("etc/kubernetes/pki/etcd");
     let csr = second.root.join("short.csr");
@@ -213,19 +238,19 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     );
     wait_voters(&second, &[&node1, "node2"], Duration::from_secs(120));
 
-    // A worker, then the seed: its label alone makes it a control-plane
-    // node with its own member.
+    // A worker, then promoted on purpose from a control-plane host: its
+    // keys sealed to it, then an API server and a member of its own.
     let mut third = TestHost::in_netns(&first, &lan, 3);
     third.start_agent();
     third.wait_healthy(START);
     let out = third.join(&[&worker_join, "--node-name", "node3"]);
     assert!(out.status.success(), "worker join: {}", text(&out));
-    first.kubectl_ok(&[
-        "label",
-        "node",
-        "node3",
-        "node-role.kubernetes.io/control-plane=",
-    ]);
+    let out = first
+        .selfnode()
+        .args(["promote", "node3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "promote: {}", text(&out));
     wait_voters(
         &first,
         &[&node1, "node2", "node3"],
@@ -397,14 +422,32 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         },
     );
 
-    // The label goes: node3's member leaves quorum-safely, its static pod
-    // and API server go.
-    first.kubectl_ok(&[
-        "label",
-        "node",
-        "node3",
-        "node-role.kubernetes.io/control-plane-",
-    ]);
+    // A Node deleted and registered again keeps its role: the kubelet
+    // cannot set the label, a control-plane host's agent gives it back, and
+    // node3's member never leaves.
+    first.kubectl_ok(&["delete", "node", "node3"]);
+    // The kubelet registers its Node again when it starts.
+    third.stop_agent(Duration::from_secs(60));
+    third.start_agent();
+    support::retry(
+        "node3 registered again, with its role",
+        Duration::from_secs(180),
+        || {
+            let labels =
+                first.kubectl(&["get", "node", "node3", "-o", "jsonpath={.metadata.labels}"]);
+            if text(&labels).contains("node-role.kubernetes.io/control-plane") {
+                Ok(())
+            } else {
+                Err(text(&labels))
+            }
+        },
+    );
+    wait_voters(&first, &[&node1, "node2", "node3"], Duration::from_secs(60));
+
+    // Demoted on purpose: node3's member leaves quorum-safely, its static
+    // pod and API server go, and so do the cluster's keys on its disk.
+    let out = first.selfnode().args(["demote", "node3"]).output().unwrap();
+    assert!(out.status.success(), "demote: {}", text(&out));
     wait_voters(&first, &[&node1, "node2"], Duration::from_secs(240));
     support::retry(
         "node3's etcd static pod to be gone",
@@ -421,6 +464,13 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
             }
         },
     );
+    support::retry("the keys gone from node3", Duration::from_secs(120), || {
+        if third.root.join("etc/kubernetes/pki/ca.key").exists() {
+            Err("ca.key is still on node3".into())
+        } else {
+            Ok(())
+        }
+    });
     drop(third);
     drop(second);
 }

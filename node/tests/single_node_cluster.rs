@@ -270,6 +270,10 @@ fn assert_healthy_self_hosted_cluster(host: &TestHost, temp_pids: &[u32]) {
     );
     assert_eq!(st["etcd"]["members"][0]["is_leader"], true, "{st:#}");
     assert_eq!(st["healthy"], true, "{st:#}");
+    // The keys are the host's files: no object in the API and nothing in
+    // the checkpoint holds one.
+    support::no_private_key_in_the_api(host);
+    support::no_private_key_in_the_checkpoint(host);
     let backends = std::fs::read_to_string(host.root.join("var/lib/selfnode/apiservers")).unwrap();
     assert!(
         backends.contains(":6443") && !backends.contains(":6444"),

@@ -130,6 +130,33 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
         nothing_written(&second);
     }
 
+    // A name the cluster has is refused before anything is written: a
+    // token makes new nodes only.
+    let node1 = summary["node_name"].as_str().unwrap().to_string();
+    let out = second.join(&[&join, "--node-name", &node1]);
+    assert_eq!(code(&out), Some(3), "a taken name: {}", text(&out));
+    assert!(
+        text(&out).contains(&format!("has a Node named \"{node1}\"")),
+        "{}",
+        text(&out)
+    );
+    nothing_written(&second);
+    // Nor can a token holder get a certificate for an existing node by
+    // asking the API directly (upstream's group-wide approval would have
+    // given it system:node:<control-plane node>, and with it that node's
+    // view of the cluster): denied, never approved; a new name is approved.
+    let token = join.split('@').next().unwrap().to_string();
+    assert_eq!(
+        csr_as_token(&first, &token, &node1, "impersonate"),
+        "Denied",
+        "a token holder never becomes an existing node"
+    );
+    assert_eq!(
+        csr_as_token(&first, &token, "a-new-name", "newcomer"),
+        "Approved",
+        "a new name is approved"
+    );
+
     // The join, killed after every step of its plan (as kill -9 would) and
     // run again each time: it resumes, never inits, and converges.
     use node::sequences::join::{plan, Observed};
@@ -346,4 +373,92 @@ fn a_host_joins_with_the_join_string_and_bad_ones_are_refused_before_anything_is
         "{}",
         text(&out)
     );
+}
+
+/// Creates, with bootstrap token `token`, a kubelet client certificate
+/// request for `system:node:<node>` (as a kubelet or anyone holding the
+/// token could) and waits for its decision: `Approved` or `Denied`.
+fn csr_as_token(first: &TestHost, token: &str, node: &str, name: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let req = dir.path().join("r.csr");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&req)
+        .args(["-subj", &format!("/O=system:nodes/CN=system:node:{node}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", text(&out));
+    use base64::Engine as _;
+    let pem = std::fs::read(&req).unwrap();
+    let csr = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(pem),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"],
+        }
+    });
+    let file = dir.path().join("csr.json");
+    std::fs::write(&file, csr.to_string()).unwrap();
+    let server = first.kubectl_ok(&[
+        "config",
+        "view",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let out = std::process::Command::new(support::bundle_dir().join("bin/kubectl"))
+        .args([
+            "--kubeconfig",
+            "/dev/null",
+            "--server",
+            server.trim(),
+            "--token",
+            token,
+        ])
+        .arg("--certificate-authority")
+        .arg(first.root.join("etc/kubernetes/pki/ca.crt"))
+        .args(["create", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the token may create a CSR: {}",
+        text(&out)
+    );
+    let mut decision = String::new();
+    support::retry(
+        &format!("a decision on CSR {name}"),
+        Duration::from_secs(60),
+        || {
+            decision = first.kubectl_ok(&[
+                "get",
+                "csr",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[*].type}",
+            ]);
+            if decision.is_empty() {
+                Err("pending".into())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    decision.trim().to_string()
 }

@@ -1008,3 +1008,65 @@ pub fn unmount_under(dir: &Path) {
         let _ = Command::new("umount").arg("-l").arg(&p).status();
     }
 }
+
+/// No Secret or ConfigMap of the cluster holds a private key: a scan of
+/// every one, in every namespace, for a PEM private key and for the bytes
+/// of the first host's CA key.
+pub fn no_private_key_in_the_api(first: &TestHost) {
+    let ca_key = std::fs::read_to_string(first.root.join("etc/kubernetes/pki/ca.key")).unwrap();
+    let body: String = ca_key.lines().nth(1).unwrap_or_default().to_string();
+    for kind in ["secrets", "configmaps"] {
+        let all = first.kubectl_ok(&["get", kind, "-A", "-o", "json"]);
+        let doc: serde_json::Value = serde_json::from_str(&all).unwrap();
+        for item in doc["items"].as_array().unwrap() {
+            let name = format!(
+                "{}/{}",
+                item["metadata"]["namespace"], item["metadata"]["name"]
+            );
+            for (k, v) in item["data"].as_object().into_iter().flatten() {
+                let raw = v.as_str().unwrap_or_default();
+                let decoded = if kind == "secrets" {
+                    use base64::Engine as _;
+                    String::from_utf8_lossy(
+                        &base64::engine::general_purpose::STANDARD
+                            .decode(raw)
+                            .unwrap_or_default(),
+                    )
+                    .into_owned()
+                } else {
+                    raw.to_string()
+                };
+                assert!(
+                    !decoded.contains("PRIVATE KEY") && !decoded.contains(&body),
+                    "{kind} {name} key {k} holds a private key"
+                );
+            }
+        }
+    }
+}
+
+/// The host's checkpoint holds no private key (a scan of its database
+/// files for a PEM private key).
+pub fn no_private_key_in_the_checkpoint(host: &TestHost) {
+    let state = host.root.join("var/lib/selfnode");
+    let mut files = Vec::new();
+    let mut stack = vec![state.join("checkpoint")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    assert!(!files.is_empty(), "the checkpoint has files");
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(11).any(|w| w == b"PRIVATE KEY"),
+            "{} holds a private key",
+            f.display()
+        );
+    }
+}
