@@ -279,16 +279,21 @@ may fix (an unreachable endpoint); 2 bad input (a malformed string, an unknown, 
 token, a wrong CA pin, --control-plane with a worker token); 3 the host belongs to a cluster."
 )]
 pub struct JoinArgs {
-    /// The join string (also accepted as --token)
+    /// The join string (also accepted as --token). On the command line it
+    /// is visible to every local user (ps): prefer --token-file
     #[arg(
         value_name = "JOIN_STRING",
-        required_unless_present = "token",
-        conflicts_with = "token"
+        required_unless_present_any = ["token", "token_file"],
+        conflicts_with_all = ["token", "token_file"]
     )]
     pub join_string: Option<String>,
     /// The join string, as the design names it
-    #[arg(long, value_name = "JOIN_STRING")]
+    #[arg(long, value_name = "JOIN_STRING", conflicts_with = "token_file")]
     pub token: Option<String>,
+    /// Read the join string from this file ('-': standard input), so it is
+    /// never in a process's arguments
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Join as a control-plane node: an API server and an etcd member here (needs a
     /// token made with 'selfnode token create --control-plane')
     #[arg(long)]

@@ -161,6 +161,15 @@ async fn execute(step: BootStep, run: &Runner, boot: &Boot) -> anyhow::Result<St
                     &cmdline,
                 )?;
                 run.say(step, &format!("role {}", super::role_name(&config.role)));
+                if cmdline
+                    .split_whitespace()
+                    .any(|p| p.starts_with("selfnode.join="))
+                {
+                    run.say(
+                        step,
+                        "warning: the join string is on the kernel command line, which every process and container of this machine can read (/proc/cmdline); put it in the configuration file on the medium instead",
+                    );
+                }
                 let _ = boot.config.set(config);
                 Ok(false)
             })

@@ -246,6 +246,18 @@ pub fn parse(file: Option<(&str, &str)>, cmdline: &str) -> Result<ApplianceConfi
     validate(f)
 }
 
+/// A join string with its token's secret blanked: `abcdef.****@...`.
+pub fn redact_join_string(s: &str) -> String {
+    match s.split_once('@') {
+        Some((token, rest)) => {
+            let id = token.split('.').next().unwrap_or_default();
+            format!("{id}.****@{rest}")
+        }
+        None if s.len() > 6 => format!("{}…", &s[..6]),
+        None => s.to_string(),
+    }
+}
+
 fn bad(field: &str, raw: &Raw, why: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
@@ -274,7 +286,13 @@ fn validate(f: Fields) -> Result<ApplianceConfig, ConfigError> {
         };
         js.value
             .parse::<bootstrap::join::JoinString>()
-            .map_err(|e| bad("joinString", js, e.to_string()))?;
+            .map_err(|e| {
+                // The message names the field and the rule, never the token:
+                // the console is read by whoever stands at the machine.
+                let mut err = bad("joinString", js, e.to_string());
+                err.value = redact_join_string(&js.value);
+                err
+            })?;
         Ok(js.value.clone())
     };
     let role = match &f.role {

@@ -26,6 +26,7 @@ pub mod net;
 pub mod storage;
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -244,6 +245,30 @@ fn start_agent() -> anyhow::Result<Running> {
     })
 }
 
+/// Where the role's join string waits for it (0600, on the tmpfs).
+const JOIN_STRING_FILE: &str = "/run/selfnode/join-string";
+/// The role's standard output: its summary holds a join string (init's),
+/// so it goes to a 0600 file, not the console; its progress lines
+/// (standard error) stay on the console.
+const ROLE_OUTPUT: &str = "/var/log/selfnode/role.log";
+
+/// The role's command with its input and output in place: the join string
+/// written to [`JOIN_STRING_FILE`], standard output to [`ROLE_OUTPUT`].
+fn role_stdio(config: &config::ApplianceConfig) -> anyhow::Result<Command> {
+    if let config::Role::Join(js) | config::Role::ControlPlaneJoin(js) = &config.role {
+        crate::fsutil::ensure_dir(Path::new("/run/selfnode"), 0o700)?;
+        crate::fsutil::write_atomic(Path::new(JOIN_STRING_FILE), js.as_bytes(), 0o600)?;
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(ROLE_OUTPUT)?;
+    let mut cmd = role_command(config);
+    cmd.stdin(Stdio::null()).stdout(out);
+    Ok(cmd)
+}
+
 fn role_command(config: &config::ApplianceConfig) -> Command {
     let mut cmd = Command::new("/init");
     match &config.role {
@@ -253,11 +278,13 @@ fn role_command(config: &config::ApplianceConfig) -> Command {
                 cmd.arg("--allow-workloads");
             }
         }
-        config::Role::Join(js) => {
-            cmd.args(["join", js]);
+        // The join string goes in a 0600 file, never in the arguments
+        // (every process on the machine can read those).
+        config::Role::Join(_) => {
+            cmd.args(["join", "--token-file", JOIN_STRING_FILE]);
         }
-        config::Role::ControlPlaneJoin(js) => {
-            cmd.args(["join", "--control-plane", js]);
+        config::Role::ControlPlaneJoin(_) => {
+            cmd.args(["join", "--control-plane", "--token-file", JOIN_STRING_FILE]);
         }
     }
     cmd
@@ -382,7 +409,7 @@ fn supervise(config: &config::ApplianceConfig) -> anyhow::Result<()> {
         {
             role_retry_at = None;
             say(&format!("running {}", role_name(&config.role)));
-            match role_command(config).stdin(Stdio::null()).spawn() {
+            match role_stdio(config).and_then(|mut cmd| Ok(cmd.spawn()?)) {
                 Ok(c) => role = Some(c),
                 Err(e) => {
                     say(&format!("cannot run {}: {e}", role_name(&config.role)));

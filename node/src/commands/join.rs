@@ -7,7 +7,13 @@ use crate::paths::HostPaths;
 
 pub async fn run(paths: &HostPaths, args: JoinArgs) -> anyhow::Result<ExitCode> {
     // Everything from the input alone, before anything is asked or written.
-    let text = args.join_string.or(args.token).unwrap_or_default();
+    let text = match &args.token_file {
+        Some(path) => read_join_string(path)?,
+        None => {
+            eprintln!("warning: the join string on the command line is visible to every user of this host (ps, /proc); pass it with --token-file FILE or on standard input (--token-file -)");
+            args.join_string.or(args.token).unwrap_or_default()
+        }
+    };
     let join: bootstrap::join::JoinString = text.parse()?;
     let control_plane = args.control_plane || join.control_plane;
     let host = crate::cluster::host_identity()?;
@@ -38,4 +44,19 @@ pub async fn run(paths: &HostPaths, args: JoinArgs) -> anyhow::Result<ExitCode> 
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first line of `path` (`-`: standard input).
+fn read_join_string(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text = if path == std::path::Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading the join string from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the join string from {}", path.display()))?
+    };
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
 }
