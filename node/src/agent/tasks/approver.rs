@@ -19,7 +19,12 @@
 //! - **denies** it, saying why, when a Node of that name exists or the
 //!   request asks for anything else.
 //!
-//! Requests by nodes renewing their own certificates are upstream's
+//! It also approves a kubelet's **serving** certificate (the kubelets run
+//! with `serverTLSBootstrap`, and the API server checks them against the
+//! cluster CA) when the node asks for its own name and only for names and
+//! addresses its Node reports, and denies it otherwise.
+//!
+//! Requests by nodes renewing their own client certificates are upstream's
 //! (`selfnodeclient`); any other request is left to an administrator.
 
 use std::time::Duration;
@@ -42,6 +47,8 @@ use crate::tokens::SINGLE_USE_LABEL;
 const PERIOD: Duration = Duration::from_secs(1);
 /// The signer of kubelet client certificates.
 const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of kubelet serving certificates.
+const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// The user prefix of a bootstrap token.
 const BOOTSTRAP_USER_PREFIX: &str = "system:bootstrap:";
 
@@ -85,6 +92,20 @@ impl AgentTask for Approver {
             let name = csr.metadata.name.clone().unwrap_or_default();
             changed = true;
             match decision {
+                Decision::Serving { node } => {
+                    set_condition(
+                        &csrs,
+                        &csr,
+                        "Approved",
+                        "SelfnodeKubeletServing",
+                        &format!(
+                            "node {node}'s serving certificate for its own names and addresses"
+                        ),
+                    )
+                    .await?;
+                    self.approved += 1;
+                    tracing::info!(csr = %name, %node, "approved a kubelet's serving certificate");
+                }
                 Decision::Approve { node, token } => {
                     set_condition(
                         &csrs,
@@ -135,6 +156,7 @@ struct Token {
 
 enum Decision {
     Approve { node: String, token: Token },
+    Serving { node: String },
     Deny(String),
 }
 
@@ -152,7 +174,13 @@ async fn decide(
             c.iter()
                 .any(|c| c.type_ == "Approved" || c.type_ == "Denied")
         });
-    if decided || csr.spec.signer_name != KUBELET_CLIENT_SIGNER {
+    if decided {
+        return Ok(None);
+    }
+    if csr.spec.signer_name == KUBELET_SERVING_SIGNER {
+        return decide_serving(client, csr).await.map(Some);
+    }
+    if csr.spec.signer_name != KUBELET_CLIENT_SIGNER {
         return Ok(None);
     }
     let Some(token_id) = csr
@@ -198,6 +226,81 @@ async fn decide(
             control_plane,
         },
     }))
+}
+
+/// A kubelet's serving certificate: requested by the node itself, for its
+/// own name, with only names and addresses its Node reports.
+async fn decide_serving(
+    client: &kube::Client,
+    csr: &CertificateSigningRequest,
+) -> anyhow::Result<Decision> {
+    let req = match bootstrap::pki::csr::kubelet_serving_request(&csr.spec.request.0) {
+        Ok(r) => r,
+        Err(e) => return Ok(Decision::Deny(format!("{e}"))),
+    };
+    let requester = csr.spec.username.clone().unwrap_or_default();
+    let want = format!("{}{}", bootstrap::pki::names::NODE_USER_PREFIX, req.node);
+    if requester != want {
+        return Ok(Decision::Deny(format!(
+            "{requester} asked for {want}'s serving certificate: a node asks for its own only"
+        )));
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    let Some(node) = nodes.get_opt(&req.node).await? else {
+        return Ok(Decision::Deny(format!("no Node {} exists", req.node)));
+    };
+    let reported: Vec<String> = node
+        .status
+        .and_then(|s| s.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.address)
+        .collect();
+    let unknown: Vec<String> = req
+        .dns
+        .iter()
+        .cloned()
+        .chain(req.ips.iter().map(|ip| ip.to_string()))
+        .filter(|n| !reported.contains(n))
+        .collect();
+    if !unknown.is_empty() {
+        return Ok(Decision::Deny(format!(
+            "node {} asked for names or addresses its Node does not report: {}",
+            req.node,
+            unknown.join(", ")
+        )));
+    }
+    // A node writes its own addresses: one that claims another node's is
+    // refused (it would serve as that node).
+    let others = nodes.list(&ListParams::default()).await?;
+    for other in others
+        .items
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(&req.node))
+    {
+        let theirs: Vec<String> = other
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .map(|a| a.address)
+            .collect();
+        if let Some(ip) = req
+            .ips
+            .iter()
+            .map(|ip| ip.to_string())
+            .find(|ip| theirs.contains(ip))
+        {
+            return Ok(Decision::Deny(format!(
+                "node {} asked for address {ip}, which Node {} reports",
+                req.node,
+                other.metadata.name.as_deref().unwrap_or("?")
+            )));
+        }
+    }
+    Ok(Decision::Serving { node: req.node })
 }
 
 async fn set_condition(
