@@ -896,23 +896,38 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
 
     // And upstream etcdctl's snapshot restores too, with --force over the
     // cluster that now runs: its etcd data is moved aside, not deleted.
-    let out = host
-        .selfnode()
-        .args(["etcd", "snapshot", "restore", "--force"])
-        .arg(&upstream)
-        .args([
-            "--allow-workloads",
-            "--bundle",
-            host.bundle.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    // Killed after each step that takes the running cluster's etcd out of
+    // the way, and run again each time: it resumes, then finishes.
+    let restore_force = |failpoint: Option<&str>| {
+        let mut cmd = host.selfnode();
+        if let Some(step) = failpoint {
+            cmd.env(node::sequences::runner::FAILPOINT_ENV, step);
+        }
+        cmd.args(["etcd", "snapshot", "restore", "--force"])
+            .arg(&upstream)
+            .args([
+                "--allow-workloads",
+                "--bundle",
+                host.bundle.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let mut said = String::new();
+    for step in [
+        "point_lb_at_temp_apiserver",
+        "stop_etcd_member",
+        "move_etcd_data_aside",
+        "begin_restore",
+    ] {
+        let out = restore_force(Some(step));
+        support::assert_stopped_at_failpoint("restore", step, &out);
+        said.push_str(&text(&out));
+    }
+    let out = restore_force(None);
     assert!(out.status.success(), "restore --force: {}", text(&out));
-    assert!(
-        text(&out).contains("the previous etcd data is kept in"),
-        "{}",
-        text(&out)
-    );
+    said.push_str(&text(&out));
+    assert!(said.contains("the previous etcd data is kept in"), "{said}");
     let kept: Vec<_> = std::fs::read_dir(host.root.join("var/lib/selfnode"))
         .unwrap()
         .flatten()
@@ -1303,17 +1318,33 @@ fn reset_leaves_nothing_that_breaks_a_cluster_with_other_network_settings() {
     assert!(out.status.success(), "first init: {}", text(&out));
 
     assert!(host.stop_agent(Duration::from_secs(120)).success());
-    let out = host
-        .selfnode()
-        .args([
+    let reset = |failpoint: Option<&str>| {
+        let mut cmd = host.selfnode();
+        if let Some(step) = failpoint {
+            cmd.env(node::sequences::runner::FAILPOINT_ENV, step);
+        }
+        cmd.args([
             "reset",
             "--force",
             "--bundle",
             host.bundle.to_str().unwrap(),
         ])
         .output()
-        .unwrap();
+        .unwrap()
+    };
+    // Killed after every step of its plan and run again each time: it
+    // converges.
+    for planned in node::sequences::reset::plan().steps() {
+        let step = planned.step.name();
+        support::assert_stopped_at_failpoint("reset", step, &reset(Some(step)));
+    }
+    let out = reset(None);
     assert!(out.status.success(), "reset: {}", text(&out));
+    assert!(
+        text(&out).contains("[reset] remove_cluster_state (2/4): already done"),
+        "the kill loop did the work: {}",
+        text(&out)
+    );
     // The pods' logs go with the cluster (the kubelet would count the next
     // cluster's etcd restarts from them: its static pod keeps its UID).
     assert!(
