@@ -43,7 +43,7 @@ use crate::agent::control::{Component, NodeIdentity};
 use crate::agent::static_copy::{activate, copy_paths, deactivate};
 use crate::checkpoint::{with_checkpoint, PodCheckpoint};
 use crate::cluster::is_control_plane_node;
-use crate::readiness::{is_mirror, pod_ready, running_containers, status_is_current};
+use crate::readiness::{is_mirror, pod_ready, running_containers, status_is_current, NotYet};
 use crate::status::{now_unix, ComponentState};
 
 /// One control-plane component the checkpointer keeps.
@@ -249,7 +249,7 @@ impl Checkpointer {
             let cp = match fetch(&client, component, pod).await? {
                 Ok(cp) => cp,
                 Err(refused) => {
-                    notes.push(refused);
+                    notes.push(refused.0);
                     continue;
                 }
             };
@@ -284,7 +284,7 @@ async fn fetch(
     client: &kube::Client,
     component: &str,
     pod: &Pod,
-) -> anyhow::Result<Result<PodCheckpoint, String>> {
+) -> anyhow::Result<Result<PodCheckpoint, NotYet>> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or(NAMESPACE);
     let (secret_names, cm_names) = mounted_names(pod.spec.as_ref());
     if !secret_names.is_empty() {
@@ -294,7 +294,7 @@ async fn fetch(
             secret_names.join(", ")
         );
         tracing::warn!(%component, "{why}");
-        return Ok(Err(why));
+        return Ok(Err(NotYet(why)));
     }
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut out = PodCheckpoint {

@@ -55,6 +55,7 @@ use crate::checkpoint::{with_checkpoint, EtcdMemberIdentity};
 use crate::cluster::{apiserver_addresses, HostCluster};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
+use crate::readiness::NotYet;
 use crate::status::ComponentState;
 
 /// How often the label is compared with the member.
@@ -290,16 +291,16 @@ async fn issue_member_certs(
     ctx: &TaskCx,
     client: &kube::Client,
     node: &NodeIdentity,
-) -> anyhow::Result<Result<(PlaneSpec, bootstrap::pki::PkiReport), String>> {
+) -> anyhow::Result<Result<(PlaneSpec, bootstrap::pki::PkiReport), NotYet>> {
     let spec = node_plane_spec(ctx, client, node).await?;
     let ca_crt = spec.pki_dir.join("etcd/ca.crt");
     let ca_key = spec.pki_dir.join("etcd/ca.key");
     let (Ok(crt), Ok(key)) = (std::fs::read(&ca_crt), std::fs::read(&ca_key)) else {
-        return Ok(Err(format!(
+        return Ok(Err(NotYet(format!(
             "control-plane node: waiting for the cluster's keys ({} and {} are not on this host yet; they come with its control-plane join or 'selfnode promote')",
             ca_crt.display(),
             ca_key.display()
-        )));
+        ))));
     };
     let pki = spec.pki_spec();
     let report = tokio::task::spawn_blocking(move || {
@@ -317,7 +318,7 @@ async fn join_member(
     let paths = &ctx.paths;
     let spec = match issue_member_certs(ctx, client, node).await? {
         Ok((spec, _)) => spec,
-        Err(waiting) => return Ok(waiting),
+        Err(waiting) => return Ok(waiting.0),
     };
 
     let endpoints = other_members(client, node, spec.ports.etcd_client).await?;

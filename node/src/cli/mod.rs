@@ -3,6 +3,9 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+mod cluster;
+pub use cluster::{CertsCommand, EtcdCommand, SnapshotCommand, TokenCommand};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "selfnode",
@@ -342,126 +345,6 @@ pub struct StopArgs {
 pub struct StatusArgs {
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-}
-
-/// `selfnode token`: run on a control-plane host (uses admin.conf).
-#[derive(Debug, Subcommand)]
-#[command(
-    after_help = "A bootstrap token is a Secret of type bootstrap.kubernetes.io/token in kube-system: \
-whoever holds it can add a node to the cluster until it expires (the controller-manager deletes it \
-then). 'token create' prints the join string, TOKEN@HOST:PORT[,HOST:PORT...]/sha256:HEX, which carries \
-the token, the API endpoints and the pin of the cluster CA; pass it to 'selfnode join' on the new host."
-)]
-pub enum TokenCommand {
-    /// Make a token and print its join string
-    Create {
-        /// How long the token is valid (default 24h, at most 30 days; a
-        /// control-plane token: default 1h, at most 2h)
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
-        ttl: Option<std::time::Duration>,
-        /// What the token is for (shown by 'token list')
-        #[arg(long, default_value = "", value_name = "TEXT")]
-        description: String,
-        /// The token joins a control-plane node: the host that uses it gets
-        /// the cluster's keys (sealed to it by a control-plane host). Always
-        /// single-use.
-        #[arg(long)]
-        control_plane: bool,
-        /// How many nodes the token may make: 1 (it is deleted once a node
-        /// joined with it); without it, any number until it expires
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1))]
-        usages: Option<u32>,
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// List the tokens (never their secrets)
-    List {
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Delete a token (by ID, or the whole token): hosts can no longer join with it
-    Delete {
-        #[arg(value_name = "ID|TOKEN")]
-        token: String,
-    },
-}
-
-/// `selfnode certs`: the PKI made by init (kubeadm's layout, /etc/kubernetes/pki).
-#[derive(Debug, Subcommand)]
-#[command(
-    after_help = "CAs are valid 10 years, every other certificate 1 year. The agent of the host that ran \
-'selfnode init' re-issues each certificate when less than 30 days are left and publishes it to the \
-control plane: it applies the component's Secret in kube-system and rolls its pods (check it with \
-'selfnode status', component 'certificates'). 'certs renew' does the same at once for every \
-certificate. The kubelets rotate their own client certificates."
-)]
-pub enum CertsCommand {
-    /// List every certificate of this host's PKI and when it expires
-    CheckExpiration {
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Re-issue every certificate and kubeconfig (not the CAs) and roll the control plane onto them
-    #[command(
-        after_help = "Runs on the host that ran 'selfnode init', after the pivot. Keeps the CAs and the \
-service-account key, so nothing signed by them and no join string changes. Then applies the \
-kube-apiserver, kube-controller-manager and kube-scheduler Secrets and rolls their pods, and waits \
-until they have rolled out. Copies of admin.conf made elsewhere keep working until their own \
-certificate expires; copy /etc/kubernetes/admin.conf again."
-    )]
-    Renew {
-        /// How long to wait for each control-plane workload to roll out
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", value_name = "DURATION")]
-        timeout: std::time::Duration,
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-}
-
-// Parsed once per process: the size of a variant does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum EtcdCommand {
-    /// List the members with their health, leader and database size
-    Members {
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Remove a member (by id, name or peer URL); refused when it would cost quorum or
-    /// remove the last voting member
-    RemoveMember { member: String },
-    /// Snapshots of the etcd database
-    #[command(subcommand)]
-    Snapshot(SnapshotCommand),
-}
-
-// Parsed once per process: the size of a variant does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum SnapshotCommand {
-    /// Save a consistent snapshot to FILE (0600), verified before it is kept
-    Save {
-        file: PathBuf,
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Build a working single-node cluster from a snapshot, on a host that belongs to no cluster
-    #[command(
-        after_help = "The agent must be running. On a host that runs a cluster, --force is needed (its etcd data is moved aside, not deleted); or reset the host first. The snapshot may come from 'selfnode etcd snapshot save', the scheduled snapshots in <root>/var/lib/selfnode/snapshots, or upstream 'etcdctl snapshot save'; it is checked (bolt header, size, etcd's SHA-256, not an empty etcd) before anything is written. The cluster's Secrets are encrypted with a key from its PKI, so a restore needs the old PKI: the host's own if it has one, else the copy the agent keeps with its scheduled snapshots (<dir of FILE>/pki, or <root>/var/lib/selfnode/snapshots/pki, kept across a reset), or the copy --pki names. Then it runs init's steps with the temporary etcd started from the snapshot, and pivots as init does. Flags as for init; give the same ones the cluster was made with."
-    )]
-    Restore {
-        /// The snapshot file
-        file: PathBuf,
-        /// A copy of the old control plane's PKI directory (/etc/kubernetes/pki)
-        #[arg(long, value_name = "DIR")]
-        pki: Option<PathBuf>,
-        /// Restore over the cluster this host runs: its etcd member stops and its data is moved
-        /// aside (kept), then the cluster is rebuilt from the snapshot
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        init: InitArgs,
-    },
 }
 
 #[derive(Debug, Subcommand)]
