@@ -184,12 +184,31 @@ impl MemberController {
                         .is_none_or(|t| t.elapsed() >= CERT_CHECK)
                 {
                     self.last_cert_check = Some(Instant::now());
-                    if let Ok((_, report)) = issue_member_certs(ctx, &client, &node).await? {
+                    if let Ok((spec, report)) = issue_member_certs(ctx, &client, &node).await? {
                         let renewed = report.changed().count();
                         if renewed > 0 {
                             tracing::info!(
                                 files = renewed,
                                 "etcd member: re-issued its certificates"
+                            );
+                        }
+                        // The host's other control-plane certificates and
+                        // kubeconfigs, by the same 30-day rule (the API
+                        // server reloads its serving certificate itself).
+                        let pki = spec.pki_spec();
+                        let report = tokio::task::spawn_blocking(move || {
+                            bootstrap::pki::ensure_joined_control_plane_pki(
+                                &NodeHost,
+                                &pki,
+                                SystemTime::now(),
+                            )
+                        })
+                        .await??;
+                        let renewed = report.changed().count();
+                        if renewed > 0 {
+                            tracing::info!(
+                                files = renewed,
+                                "re-issued this control-plane host's certificates that were due"
                             );
                         }
                     }
