@@ -80,6 +80,11 @@ check libprotobuf-dev protoc -I"$probe" --descriptor_set_out="$probe/out" "$prob
 # The upstream components at the versions pinned in versions.env.
 bash fixtures/build-bundle.sh >&2
 
+# kube-bench, for the CIS benchmark test (node/tests/cis_benchmark.rs): a
+# test tool, not part of the bundle; pinned in fixtures/kube-bench.env and
+# cached in /var/cache/selfnode/tools/kube-bench-<version>.
+bash fixtures/build-kube-bench.sh >&2
+
 # The appliance's default kernel: Debian's linux-image-amd64, fetched like
 # any other package (the mirror serves only its current version, so it is
 # not pinned), unpacked under /var/cache/selfnode/kernels/<package> with the
