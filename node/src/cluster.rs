@@ -287,6 +287,23 @@ pub async fn cached_client(
     })
 }
 
+/// Whether every file `kubeconfig` names for its credentials exists: a
+/// joining kubelet writes its kubeconfig, naming
+/// `kubelet-client-current.pem`, before its certificate is approved.
+pub fn kubeconfig_usable(kubeconfig: &Path) -> bool {
+    let Ok(config) = kube::config::Kubeconfig::read_from(kubeconfig) else {
+        return false;
+    };
+    let usable = config
+        .auth_infos
+        .iter()
+        .filter_map(|a| a.auth_info.as_ref())
+        .flat_map(|a| [&a.client_certificate, &a.client_key])
+        .flatten()
+        .all(|file| Path::new(file).exists());
+    usable
+}
+
 /// Whether Node `node` carries the control-plane label (what the API
 /// server DaemonSet selects). The Node authorizer lets a kubelet read its
 /// own Node.
@@ -321,6 +338,25 @@ pub fn apiserver_addresses(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kubeconfig_naming_a_certificate_not_yet_written_is_not_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("kubelet-client-current.pem");
+        let conf = dir.path().join("kubelet.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers:\n- name: default-auth\n  user:\n    client-certificate: {0}\n    client-key: {0}\n",
+                cert.display()
+            ),
+        )
+        .unwrap();
+        assert!(!kubeconfig_usable(&conf));
+        std::fs::write(&cert, "pem").unwrap();
+        assert!(kubeconfig_usable(&conf));
+        assert!(!kubeconfig_usable(&dir.path().join("absent.conf")));
+    }
 
     #[test]
     fn roles_keep_the_names_checkpoints_on_disk_hold() {

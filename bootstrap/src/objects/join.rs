@@ -229,7 +229,8 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
                 rule(
                     &["certificates.k8s.io"],
                     &["certificatesigningrequests/approval"],
-                    &["update"],
+                    // The approver patches the conditions in.
+                    &["update", "patch"],
                 ),
                 PolicyRule {
                     api_groups: Some(vec!["certificates.k8s.io".to_string()]),

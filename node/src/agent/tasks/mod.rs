@@ -125,11 +125,12 @@ impl TaskCx {
     }
 
     /// The kubelet's client (its own credentials, through the node's
-    /// balancer); `None` while the kubelet has no kubeconfig yet (the host
-    /// belongs to no cluster, or is joining).
+    /// balancer); `None` while the kubelet has no credentials yet (the host
+    /// belongs to no cluster, or is joining and its certificate is not
+    /// approved yet).
     pub async fn kubelet_client(&mut self) -> anyhow::Result<Option<kube::Client>> {
         let kubeconfig = self.paths.kubelet_kubeconfig();
-        if !kubeconfig.exists() {
+        if !crate::cluster::kubeconfig_usable(&kubeconfig) {
             return Ok(None);
         }
         crate::cluster::cached_client(&kubeconfig, &mut self.client)
@@ -168,6 +169,16 @@ pub trait AgentTask: Send + 'static {
     fn after_error(&mut self, _cx: &TaskCx) -> Option<Outcome> {
         None
     }
+}
+
+/// Whether the API server answered and refused (forbidden, invalid, not
+/// found): a fault of ours or the cluster's that no retry mends, so it is
+/// logged even by a task whose errors are quiet while the cluster comes back.
+fn refused_by_the_api(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(e.downcast_ref::<kube::Error>(),
+            Some(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
+    })
 }
 
 /// The component's status row before the task's first pass.
@@ -226,10 +237,11 @@ pub fn spawn<T: AgentTask>(
                     wait = schedule.period;
                 }
                 Err(err) => {
+                    let refused = refused_by_the_api(&err);
                     let err = format!("{err:#}");
                     wait = jitter(retry);
                     retry = (retry * 2).min(schedule.retry_max);
-                    if task.quiet_errors() {
+                    if task.quiet_errors() && !refused {
                         tracing::debug!(task = name, error = %err, retry_in = ?wait, "pass failed");
                     } else {
                         tracing::warn!(task = name, error = %err, retry_in = ?wait, "pass failed; retrying");
