@@ -1,7 +1,8 @@
 //! The control plane's shape: [`PlaneSpec`] (what the user's config decides),
 //! the temporary control plane as host processes ([`temp_plane`]), the
-//! encryption-at-rest configuration ([`ensure_encryption_config`]) and the
-//! apiserver's audit policy (`audit`).
+//! encryption-at-rest configuration ([`ensure_encryption_config`]), the
+//! apiserver's audit policy (`audit`) and the TLS settings of every
+//! component (`tls`).
 //!
 //! Every component's command line is built in one place (`flags`), once for
 //! each [`Placement`]: the temporary processes read the PKI from the host;
@@ -14,6 +15,7 @@ mod audit;
 mod encryption;
 pub(crate) mod flags;
 pub(crate) mod spec;
+mod tls;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -38,6 +40,7 @@ pub use spec::{
     temp_etcd_data_dir_beside, PlaneEnv, PlaneImages, PlanePorts, PlaneReplicas, PlaneSpec,
     PlaneSpecError, DEFAULT_API_LB_PORT, DEFAULT_ETCD_DATA_DIR, DEFAULT_POD_CIDR,
 };
+pub use tls::{tls_cipher_suites_flag, ETCD_TLS_MIN_VERSION, TLS_CIPHER_SUITES, TLS_MIN_VERSION};
 
 /// Where a component runs; its flags differ only where both must coexist
 /// during the pivot.

@@ -221,6 +221,28 @@ fn security_flags_are_on() {
 }
 
 #[test]
+fn every_server_takes_tls_1_2_at_least_and_the_one_cipher_list() {
+    let s = spec();
+    let suites = TLS_CIPHER_SUITES.join(",");
+    for p in [Placement::Temporary, Placement::SelfHosted] {
+        for f in [
+            flags::apiserver(&s, p),
+            flags::controller_manager(&s, p),
+            flags::scheduler(&s, p),
+        ] {
+            let m = as_map(&f);
+            assert_eq!(m["tls-min-version"], "VersionTLS12");
+            assert_eq!(m["tls-cipher-suites"], suites);
+        }
+        for initial in [EtcdInitial::alone(&s, p), EtcdInitial::join_temporary(&s)] {
+            let m = as_map(&flags::etcd(&s, p, &initial));
+            assert_eq!(m["tls-min-version"], "TLS1.2");
+            assert_eq!(m["cipher-suites"], suites);
+        }
+    }
+}
+
+#[test]
 fn file_flags_are_typed_as_files() {
     // Every flag whose value is an absolute path is a Value::File (so the
     // objects mount it), except etcd's data dir, which is a Dir, and the

@@ -252,6 +252,8 @@ struct KubeletConfiguration {
     cgroup_root: Option<String>,
     resolv_conf: &'static str,
     eviction_hard: BTreeMap<&'static str, &'static str>,
+    tls_min_version: &'static str,
+    tls_cipher_suites: &'static [&'static str],
 }
 
 #[derive(Debug, Serialize)]
@@ -302,8 +304,9 @@ fn eviction_hard() -> BTreeMap<&'static str, &'static str> {
 
 /// The KubeletConfiguration, as JSON (a YAML subset the kubelet reads).
 ///
-/// Secure by default: no read-only port, no anonymous requests, and in a
-/// cluster webhook authentication and authorization against the API server.
+/// Secure by default: no read-only port, no anonymous requests, TLS 1.2
+/// at least with the control plane's cipher suites, and in a cluster
+/// webhook authentication and authorization against the API server.
 /// A standalone kubelet has no API server to ask, so it serves no API at all
 /// (`enableServer: false`); only healthz on loopback.
 pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
@@ -343,6 +346,9 @@ pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
         cgroup_root: k.cgroup_root.clone(),
         resolv_conf: "/etc/resolv.conf",
         eviction_hard: eviction_hard(),
+        // The control plane's TLS settings (bootstrap's `plane::tls`).
+        tls_min_version: bootstrap::plane::TLS_MIN_VERSION,
+        tls_cipher_suites: &bootstrap::plane::TLS_CIPHER_SUITES,
     };
     let mut out = serde_json::to_string_pretty(&cfg).unwrap_or_default();
     out.push('\n');
@@ -468,6 +474,17 @@ mod tests {
         golden(
             "kubelet-in-cluster.json",
             &render_kubelet(&kubelet_inputs(true), V1_CGROUPFS),
+        );
+    }
+
+    #[test]
+    fn the_kubelet_serves_tls_1_2_at_least_with_the_control_planes_cipher_suites() {
+        let out: serde_json::Value =
+            serde_json::from_str(&render_kubelet(&kubelet_inputs(true), V1_CGROUPFS)).unwrap();
+        assert_eq!(out["tlsMinVersion"], "VersionTLS12");
+        assert_eq!(
+            out["tlsCipherSuites"],
+            serde_json::json!(bootstrap::plane::TLS_CIPHER_SUITES)
         );
     }
 
