@@ -444,6 +444,16 @@ fn prepare_creates_the_temporary_etcd_data_dir_0700() {
         h.file(s.kubeconfig_dir.join("audit-policy.yaml")).unwrap(),
         crate::plane::AUDIT_POLICY.as_bytes()
     );
+    let admission = s.kubeconfig_dir.join("admission-config.yaml");
+    assert_eq!(
+        h.file(&admission).unwrap(),
+        crate::plane::ADMISSION_CONFIG.as_bytes()
+    );
+    assert_eq!(h.mode(&admission), Some(0o600));
+    // What the components read of these files is exactly what was written.
+    for (path, contents) in apiserver_own_files(&s) {
+        assert_eq!(h.file(&path).unwrap(), contents.as_bytes());
+    }
     prepare_temp_plane(&h, &s).unwrap();
     let mut bad = spec();
     bad.advertise_address = "127.0.0.1".parse().unwrap();
