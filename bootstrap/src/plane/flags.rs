@@ -251,8 +251,10 @@ impl EtcdInitial {
 
 /// kube-apiserver. kubeadm's flags plus `--encryption-provider-config`
 /// (secrets encrypted at rest), `--profiling=false`, the audit log
-/// (`--audit-policy-file`, `--audit-log-*`) and TLS 1.2 at least with
-/// selfnode's cipher suites (`plane::tls`). Placement decides:
+/// (`--audit-policy-file`, `--audit-log-*`), Pod Security admission
+/// (`--admission-control-config-file`, `plane::admission`),
+/// `--service-account-extend-token-expiration=false` and TLS 1.2 at least
+/// with selfnode's cipher suites (`plane::tls`). Placement decides:
 /// - `--secure-port`: the temporary one moves aside so both serve during
 ///   the pivot;
 /// - `--endpoint-reconciler-type=none` for the temporary one, so only
@@ -278,7 +280,13 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
         )
         .text("allow-privileged", "true")
         .text("authorization-mode", "Node,RBAC")
+        // Added to the default plugins (PodSecurity among them), which
+        // plane::admission configures.
         .text("enable-admission-plugins", "NodeRestriction")
+        .file(
+            "admission-control-config-file",
+            super::admission_config_path(&spec.kubeconfig_dir),
+        )
         .text("enable-bootstrap-token-auth", "true")
         .file("client-ca-file", crt(spec, names::CA))
         .file("tls-cert-file", crt(spec, names::APISERVER))
@@ -316,6 +324,9 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
             "service-account-issuer",
             format!("https://kubernetes.default.svc.{}", spec.cluster_domain),
         )
+        // A pod's token lives its hour, not a year (CIS 1.2.30); clients
+        // reload it (client-go and kube-rs both do).
+        .text("service-account-extend-token-expiration", "false")
         .text("requestheader-username-headers", "X-Remote-User")
         .text("requestheader-group-headers", "X-Remote-Group")
         .text("requestheader-extra-headers-prefix", "X-Remote-Extra-")

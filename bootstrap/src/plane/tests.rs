@@ -189,7 +189,14 @@ fn security_flags_are_on() {
     let s = spec();
     let api = as_map(&flags::apiserver(&s, Placement::SelfHosted));
     assert_eq!(api["authorization-mode"], "Node,RBAC");
+    // Added to the defaults (PodSecurity among them), configured by a file.
     assert_eq!(api["enable-admission-plugins"], "NodeRestriction");
+    assert!(!api.contains_key("disable-admission-plugins"));
+    assert_eq!(
+        api["admission-control-config-file"],
+        "/etc/kubernetes/admission-config.yaml"
+    );
+    assert_eq!(api["service-account-extend-token-expiration"], "false");
     assert_eq!(api["profiling"], "false");
     assert_eq!(
         api["encryption-provider-config"],
