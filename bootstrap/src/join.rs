@@ -67,6 +67,17 @@ pub enum JoinError {
     /// `cluster-info` does not hold a usable kubeconfig.
     #[error("cluster-info is unusable: {0}")]
     ClusterInfo(String),
+    /// `cluster-info` carries other PEM blocks than its one CA certificate
+    /// (or none): whatever sits beside the pinned certificate would be
+    /// trusted without a pin.
+    #[error("cluster-info must carry exactly one CA certificate and carries {found} PEM blocks: a certificate beside the pinned one would be trusted without being pinned (someone between this host and the cluster who also knows the token could add one); nothing was written. If the cluster's CA is really a bundle, join is not supported for it")]
+    CaNotOne {
+        /// How many PEM blocks it carries.
+        found: usize,
+    },
+    /// The one certificate of `cluster-info` is not a CA.
+    #[error("the certificate in cluster-info is not a CA (its basicConstraints lack CA=true): this may not be your cluster, or the answer was tampered with on the way; nothing was written")]
+    NotACa,
     /// The CA `cluster-info` names is not the one the join string pins.
     #[error("the cluster's CA ({found}) is not the one the join string pins ({pinned}): this may not be your cluster (a man in the middle?), or the join string is from another cluster; nothing was written")]
     CaPin {
@@ -85,6 +96,8 @@ impl JoinError {
             | JoinError::JoinString { .. }
             | JoinError::UnknownToken { .. }
             | JoinError::BadSignature { .. }
+            | JoinError::CaNotOne { .. }
+            | JoinError::NotACa
             | JoinError::CaPin { .. } => true,
             JoinError::ClusterInfo(_) => false,
         }
@@ -402,11 +415,14 @@ pub struct ClusterInfo {
 
 /// Checks `cluster-info` as a joining host must before trusting it: the
 /// bootstrap signer's detached JWS (HS256 with the token's secret) over the
-/// kubeconfig, then the CA in it against the join string's pin.
+/// kubeconfig, then that its CA data is exactly one certificate and a CA,
+/// then that certificate against the join string's pin. What is trusted
+/// is exactly what is pinned: a second certificate is refused, not ignored
+/// (kubeadm trusts every one of them and pins any).
 ///
 /// Errors: [`JoinError::UnknownToken`] (no signature for this token),
 /// [`JoinError::BadSignature`], [`JoinError::ClusterInfo`],
-/// [`JoinError::CaPin`].
+/// [`JoinError::CaNotOne`], [`JoinError::NotACa`], [`JoinError::CaPin`].
 pub fn verify_cluster_info(cm: &ConfigMap, join: &JoinString) -> Result<ClusterInfo, JoinError> {
     let data = cm.data.clone().unwrap_or_default();
     let kubeconfig = data
@@ -424,6 +440,7 @@ pub fn verify_cluster_info(cm: &ConfigMap, join: &JoinString) -> Result<ClusterI
         });
     }
     let (server, ca_pem) = parse_kubeconfig(kubeconfig)?;
+    the_one_ca(&ca_pem)?;
     let found = crate::pki::ca_cert_hash(&ca_pem)
         .map_err(|e| JoinError::ClusterInfo(format!("its CA certificate: {e}")))?;
     if found != join.ca_hash {
@@ -445,17 +462,41 @@ pub fn bootstrap_kubeconfig(server: &str, ca_pem: &[u8], token: &BootstrapToken)
     )
 }
 
-/// The DER certificates of a PEM bundle (a client's trust roots).
+/// The trust roots of a client of the cluster: the DER of the one CA
+/// certificate in `pem_bytes` (the pinned CA, as [`verify_cluster_info`]
+/// accepts it), never more.
 ///
-/// Errors: [`JoinError::ClusterInfo`] when it is not PEM.
+/// Errors: [`JoinError::ClusterInfo`] when it is not PEM or not a
+/// certificate, [`JoinError::CaNotOne`], [`JoinError::NotACa`].
 pub fn certs_der(pem_bytes: &[u8]) -> Result<Vec<Vec<u8>>, JoinError> {
-    let all = pem::parse_many(pem_bytes)
+    Ok(vec![the_one_ca(pem_bytes)?])
+}
+
+/// The DER of the one certificate in `ca_pem`, which must be the only PEM
+/// block there and a CA (basicConstraints CA=true).
+fn the_one_ca(ca_pem: &[u8]) -> Result<Vec<u8>, JoinError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let mut blocks = pem::parse_many(ca_pem)
         .map_err(|e| JoinError::ClusterInfo(format!("its CA is not PEM: {e}")))?;
-    Ok(all
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(pem::Pem::into_contents)
-        .collect())
+    if blocks.len() != 1 {
+        return Err(JoinError::CaNotOne {
+            found: blocks.len(),
+        });
+    }
+    let block = blocks.remove(0);
+    if block.tag() != "CERTIFICATE" {
+        return Err(JoinError::ClusterInfo(format!(
+            "its CA data is a {} PEM block, not a certificate",
+            block.tag()
+        )));
+    }
+    let der = block.into_contents();
+    let (_, cert) = X509Certificate::from_der(&der)
+        .map_err(|_| JoinError::ClusterInfo("its CA certificate is not X.509".into()))?;
+    if !cert.is_ca() {
+        return Err(JoinError::NotACa);
+    }
+    Ok(der)
 }
 
 /// The server and CA (PEM) `cluster-info` names, unverified: what the
@@ -550,6 +591,26 @@ mod tests {
         (pem, hash)
     }
 
+    /// A leaf certificate (no basicConstraints CA=true) and its pin.
+    fn leaf() -> (Vec<u8>, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["kubernetes".to_string()]).unwrap();
+        let pem = params.self_signed(&key).unwrap().pem().into_bytes();
+        let hash = crate::pki::ca_cert_hash(&pem).unwrap();
+        (pem, hash)
+    }
+
+    /// `cluster-info` for `ca_pem`, signed with [`token`].
+    fn signed_cluster_info(ca_pem: &[u8]) -> ConfigMap {
+        let mut cm = cluster_info("https://10.0.0.1:6443", ca_pem);
+        let kc = cm.data.as_ref().unwrap()["kubeconfig"].clone();
+        cm.data.as_mut().unwrap().insert(
+            "jws-kubeconfig-abcdef".into(),
+            sign(kc.as_bytes(), &token()),
+        );
+        cm
+    }
+
     fn join(hash: &str) -> JoinString {
         format!("abcdef.0123456789abcdef@10.0.0.1:6443/{hash}")
             .parse()
@@ -637,6 +698,59 @@ mod tests {
             verify_cluster_info(&cm, &wrong),
             Err(JoinError::BadSignature { .. })
         ));
+    }
+
+    #[test]
+    fn a_cluster_info_with_a_second_certificate_is_refused_even_with_the_first_pinned() {
+        let (pem, hash) = ca();
+        let (other, other_hash) = ca();
+        for bundle in [
+            [pem.clone(), other.clone()].concat(),
+            [other, pem.clone()].concat(),
+        ] {
+            let cm = signed_cluster_info(&bundle);
+            for pin in [&hash, &other_hash] {
+                let err = verify_cluster_info(&cm, &join(pin)).unwrap_err();
+                assert_eq!(err, JoinError::CaNotOne { found: 2 });
+                assert!(err.is_invalid_input());
+                let msg = err.to_string();
+                assert!(
+                    msg.contains("exactly one CA certificate")
+                        && msg.contains("nothing was written"),
+                    "{msg}"
+                );
+            }
+            assert_eq!(
+                certs_der(&bundle).unwrap_err(),
+                JoinError::CaNotOne { found: 2 }
+            );
+        }
+        // Anything else beside the certificate is refused as well.
+        let with_key = [
+            pem.as_slice(),
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ]
+        .concat();
+        assert_eq!(
+            verify_cluster_info(&signed_cluster_info(&with_key), &join(&hash)).unwrap_err(),
+            JoinError::CaNotOne { found: 2 }
+        );
+        // The one pinned CA is what a client trusts, exactly.
+        let der = certs_der(&pem).unwrap();
+        assert_eq!(der, [pem::parse(&pem).unwrap().into_contents()]);
+    }
+
+    #[test]
+    fn a_cluster_info_whose_one_certificate_is_not_a_ca_is_refused() {
+        let (pem, hash) = leaf();
+        let err = verify_cluster_info(&signed_cluster_info(&pem), &join(&hash)).unwrap_err();
+        assert_eq!(err, JoinError::NotACa);
+        assert!(err.is_invalid_input());
+        assert!(err.to_string().contains("CA=true"), "{err}");
+        assert_eq!(certs_der(&pem).unwrap_err(), JoinError::NotACa);
+        // No certificate at all.
+        let err = certs_der(b"not pem").unwrap_err();
+        assert_eq!(err, JoinError::CaNotOne { found: 0 });
     }
 
     #[test]

@@ -447,9 +447,26 @@ fn temp_plane_serves_objects_apply_and_self_hosted_lines_run_alongside() {
         nodes.list(&ListParams::default()).await.unwrap();
 
         // The audit log names who read a Secret, without its contents;
-        // the list of nodes (a read of anything else) is not in it.
+        // the list of nodes (a read of anything else) is not in it. (No
+        // Secret of that name exists any more: the keys are on the hosts'
+        // disks; a read that finds nothing is recorded all the same.)
         let secrets: Api<Secret> = Api::namespaced(admin.clone(), "kube-system");
-        secrets.get("kube-apiserver").await.unwrap();
+        assert!(secrets.get_opt("kube-apiserver").await.unwrap().is_none());
+        // A Secret whose storage is checked below (encrypted at rest).
+        secrets
+            .create(
+                &kube::api::PostParams::default(),
+                &Secret {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some("selfnode-encryption-check".into()),
+                        ..Default::default()
+                    },
+                    string_data: Some([("k".to_string(), "v".to_string())].into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         let audit_log = spec.audit_log_dir.join("kube-apiserver-temporary.log");
         let deadline = Instant::now() + Duration::from_secs(20);
         let events: Vec<serde_json::Value> = loop {
@@ -601,7 +618,7 @@ fn temp_plane_serves_objects_apply_and_self_hosted_lines_run_alongside() {
         .arg(cert(names::APISERVER_ETCD_CLIENT, "key"))
         .args([
             "get",
-            "/registry/secrets/kube-system/kube-apiserver",
+            "/registry/secrets/kube-system/selfnode-encryption-check",
             "--print-value-only",
         ])
         .output()

@@ -67,15 +67,10 @@ impl PkiLock {
     /// Waits up to `wait` for the lock.
     pub async fn acquire(paths: &HostPaths, wait: Duration) -> anyhow::Result<PkiLock> {
         let path = paths.run_dir().join("pki.lock");
-        std::fs::create_dir_all(paths.run_dir())
-            .with_context(|| format!("cannot create {}", paths.run_dir().display()))?;
         let deadline = Instant::now() + wait;
         loop {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
+            // 0600 in a 0700 directory: no other user can hold it.
+            let file = crate::fsutil::open_lock_file(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(PkiLock { _lock: lock }),
@@ -504,6 +499,25 @@ mod tests {
         assert!(err.contains("pki/etcd/ca.key, "), "{err}");
         assert!(err.contains("pki/sa.key missing"), "{err}");
         assert!(!err.contains("front-proxy-ca"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_pki_lock_is_private_to_root_and_tightened_where_it_was_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = HostPaths::under(dir.path());
+        let lock = paths.run_dir().join("pki.lock");
+        std::fs::create_dir_all(paths.run_dir()).unwrap();
+        std::fs::set_permissions(paths.run_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(&lock, "").unwrap();
+        std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let held = PkiLock::acquire(&paths, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&paths.run_dir()), 0o700);
+        assert_eq!(mode(&lock), 0o600);
+        drop(held);
     }
 
     #[test]

@@ -69,6 +69,30 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
 }
 
+/// Mode of the directory of the host's lock files (`run/selfnode`).
+pub const LOCK_DIR_MODE: u32 = 0o700;
+/// Mode of a lock file.
+pub const LOCK_FILE_MODE: u32 = 0o600;
+
+/// Opens (creates) a lock file only root may open: its directory 0700 and
+/// the file 0600, both tightened when they exist with wider modes (a lock
+/// anyone can open, anyone can hold: `flock` ignores the open mode). Read
+/// and write, never truncated.
+pub fn open_lock_file(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        ensure_dir(dir, LOCK_DIR_MODE)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(LOCK_FILE_MODE)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(LOCK_FILE_MODE))?;
+    Ok(file)
+}
+
 /// Proves `dir` can hold new files (creates it if needed). Used to fail early,
 /// with the directory named, before a child process fails obscurely.
 pub fn check_writable_dir(dir: &Path) -> io::Result<()> {
@@ -101,5 +125,27 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"y");
         let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn lock_files_are_private_and_wider_ones_are_tightened() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("run/selfnode");
+        let lock = dir.join("agent.lock");
+        open_lock_file(&lock).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&lock), 0o600);
+        // Left by an older selfnode: 0755 and 0644, with a pid in it.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&lock, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&lock, "42").unwrap();
+        open_lock_file(&lock).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&lock), 0o600);
+        assert_eq!(fs::read_to_string(&lock).unwrap(), "42", "never truncated");
     }
 }

@@ -404,6 +404,48 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    // A watch reads every Secret, and a pod's log is a way into its
+    // container: both are in the audit log too.
+    let _ = host.kubectl(&[
+        "-n",
+        "kube-system",
+        "get",
+        "secrets",
+        "--watch",
+        "--request-timeout=2s",
+    ]);
+    host.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "logs",
+        "-l",
+        "k8s-app=kube-apiserver",
+        "--tail=1",
+    ]);
+    retry(
+        "the watch of Secrets and the pod log read in the audit log",
+        Duration::from_secs(30),
+        || {
+            let text =
+                std::fs::read_to_string(&audit).map_err(|e| format!("{}: {e}", audit.display()))?;
+            let events: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|e: &serde_json::Value| {
+                    e["user"]["username"] == "kubernetes-admin" && e["level"] == "Metadata"
+                })
+                .collect();
+            let watched = events
+                .iter()
+                .any(|e| e["verb"] == "watch" && e["objectRef"]["resource"] == "secrets");
+            let logs = events.iter().any(|e| {
+                e["objectRef"]["resource"] == "pods" && e["objectRef"]["subresource"] == "log"
+            });
+            (watched && logs)
+                .then_some(())
+                .ok_or_else(|| format!("watch: {watched}, log: {logs} in {}", audit.display()))
+        },
+    );
 
     // etcd: one healthy leader, and a snapshot that upstream's etcdutl accepts.
     let members = etcd_members(&host);
@@ -578,6 +620,21 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
                 Err(t)
             }
         },
+    );
+
+    // Pod Security admission: baseline is enforced outside kube-system.
+    let refused = host.kubectl(&[
+        "run",
+        "host-network",
+        &format!("--image={image}"),
+        "--restart=Never",
+        r#"--overrides={"spec":{"hostNetwork":true}}"#,
+    ]);
+    assert!(
+        !refused.status.success()
+            && text(&refused).contains(r#"violates PodSecurity "baseline:latest""#),
+        "a hostNetwork pod in default: {}",
+        text(&refused)
     );
 
     // Upgrades the Kubernetes way: a new image tag on the DaemonSet or the

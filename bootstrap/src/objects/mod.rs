@@ -255,18 +255,18 @@ impl PlaneFiles {
     }
 
     /// Reads [`PlaneFiles::required`] from the host (after `ensure_pki`
-    /// and `ensure_encryption_config`), except the audit policy, which is
-    /// selfnode's own and taken from this version (a host of an older one
-    /// has none).
+    /// and `ensure_encryption_config`), except selfnode's own files (the
+    /// audit policy, the admission configuration), which are taken from
+    /// this version (a host of an older one may lack them).
     ///
     /// Errors with [`ObjectsError::FileNotOnHost`] when one is missing.
     pub fn read(host: &dyn Host, spec: &PlaneSpec) -> Result<Self, ObjectsError> {
         spec.validate()?;
         let mut files = PlaneFiles::new();
-        let policy = crate::plane::audit_policy_path(&spec.kubeconfig_dir);
+        let own = crate::plane::apiserver_own_files(spec);
         for path in Self::required(spec) {
-            if path == policy {
-                files.insert(path, crate::plane::AUDIT_POLICY);
+            if let Some((_, contents)) = own.iter().find(|(p, _)| *p == path) {
+                files.insert(path, *contents);
                 continue;
             }
             match host.read_file(&path)? {

@@ -543,6 +543,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
 fn required_files_are_exactly_those_of_the_three_components() {
     let s = spec();
     let want: Vec<PathBuf> = [
+        "/etc/kubernetes/admission-config.yaml",
         "/etc/kubernetes/audit-policy.yaml",
         "/etc/kubernetes/controller-manager.conf",
         "/etc/kubernetes/pki/apiserver-etcd-client.crt",

@@ -1,13 +1,21 @@
 //! The kube-apiserver's audit log: who read or changed what, and when (the
-//! audit's F03; CIS 1.2.16-1.2.19).
+//! audit's F03 and N04; CIS 1.2.16-1.2.19, 3.2.1).
 //!
 //! The policy is selfnode's own, fixed: it records at `Metadata` level
 //! (user, groups, verb, object, response code; never a request or response
-//! body) every change to any object and every read of Secrets, ConfigMaps
-//! and service-account tokens, which is where the cluster's keys live (the
-//! control-plane Secrets hold CA and signing keys). Reads of everything
-//! else, watches, health probes, leases and events are not recorded: they
-//! are most of the traffic and say little.
+//! body)
+//! - every request to Secrets, ConfigMaps, service-account tokens, token
+//!   reviews and certificate requests, whatever the verb: this is where the
+//!   cluster's keys live (the control-plane Secrets hold CA and signing
+//!   keys), and a `watch` reads as much as a `list` (a watch from no
+//!   resourceVersion starts with every object);
+//! - every way into a container or onto a node: `pods/exec`, `pods/attach`,
+//!   `pods/portforward`, `pods/log` and `nodes/proxy`, whatever the verb
+//!   (exec and attach arrive as a WebSocket `GET`);
+//! - every change to any other object, except leader leases and events.
+//!
+//! Left out: health probes, leases and events (most of the traffic, and
+//! they say little), and reads and watches of everything else.
 //!
 //! The log is JSON lines in [`DEFAULT_AUDIT_LOG_DIR`] on each control-plane
 //! host (a hostPath for the self-hosted apiservers), rotated by the
@@ -39,20 +47,11 @@ apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
-  # Probes and the noise of watches, leader leases and events.
+  # Probes.
   - level: None
     nonResourceURLs: ["/healthz*", "/livez*", "/readyz*", "/version", "/metrics"]
-  - level: None
-    verbs: ["watch"]
-  - level: None
-    resources:
-      - group: "coordination.k8s.io"
-        resources: ["leases"]
-      - group: ""
-        resources: ["events"]
-      - group: "events.k8s.io"
-        resources: ["events"]
-  # Where the keys are: every access, without its contents.
+  # Where the keys are: every access, watches included (a watch reads
+  # every object), without its contents.
   - level: Metadata
     resources:
       - group: ""
@@ -61,9 +60,25 @@ rules:
         resources: ["tokenreviews"]
       - group: "certificates.k8s.io"
         resources: ["certificatesigningrequests", "certificatesigningrequests/approval"]
+  # Into a container or onto a node, whatever the verb (exec and attach
+  # arrive as a WebSocket GET).
+  - level: Metadata
+    resources:
+      - group: ""
+        resources: ["pods/exec", "pods/attach", "pods/portforward", "pods/log", "nodes/proxy"]
+  # Noise: leader leases and events, read and written all the time.
+  - level: None
+    resources:
+      - group: "coordination.k8s.io"
+        resources: ["leases"]
+      - group: ""
+        resources: ["events"]
+      - group: "events.k8s.io"
+        resources: ["events"]
   # Every change, by whom.
   - level: Metadata
     verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  # Reads and watches of everything else.
   - level: None
 "#;
 
@@ -95,38 +110,170 @@ mod tests {
     use super::*;
     use crate::host::fake::MemHost;
 
-    #[test]
-    fn the_policy_is_an_audit_policy_whose_last_rule_drops_the_rest() {
+    /// A request as the policy sees it: a verb on `group`'s `resource`
+    /// (`pods/exec` for a subresource), or a `GET` of a URL that names no
+    /// resource.
+    enum Req<'a> {
+        Resource(&'a str, &'a str, &'a str),
+        Url(&'a str),
+    }
+
+    fn rules() -> Vec<serde_json::Value> {
         let v: serde_json::Value = serde_saphyr::from_str(AUDIT_POLICY).unwrap();
         assert_eq!(v["apiVersion"], "audit.k8s.io/v1");
         assert_eq!(v["kind"], "Policy");
-        let rules = v["rules"].as_array().unwrap();
-        // Secrets are recorded, at Metadata (never a body), and nothing
-        // before that rule drops them.
-        let secrets = rules
+        v["rules"].as_array().unwrap().clone()
+    }
+
+    fn strings(v: &serde_json::Value) -> Vec<&str> {
+        v.as_array()
+            .unwrap()
             .iter()
-            .position(|r| {
-                r["resources"].as_array().into_iter().flatten().any(|g| {
-                    g["group"] == ""
-                        && g["resources"]
-                            .as_array()
-                            .unwrap()
-                            .contains(&"secrets".into())
-                })
-            })
-            .unwrap();
-        assert_eq!(rules[secrets]["level"], "Metadata");
-        for r in &rules[..secrets] {
-            assert!(
-                r.get("verbs")
-                    .is_none_or(|v| v == &serde_json::json!(["watch"])),
-                "{r}"
-            );
+            .map(|s| s.as_str().unwrap())
+            .collect()
+    }
+
+    /// The level the apiserver records `req` at: the first rule that
+    /// matches wins (the fields this policy uses: verbs, resources,
+    /// nonResourceURLs with a trailing `*`), `None` when none does.
+    fn level(req: &Req<'_>) -> String {
+        for r in rules() {
+            let verb = match req {
+                Req::Resource(verb, ..) => *verb,
+                Req::Url(_) => "get",
+            };
+            if r.get("verbs").is_some_and(|v| !strings(v).contains(&verb)) {
+                continue;
+            }
+            let matched = match req {
+                Req::Resource(_, group, resource) => {
+                    r.get("nonResourceURLs").is_none()
+                        && r.get("resources").is_none_or(|gs| {
+                            gs.as_array().unwrap().iter().any(|g| {
+                                g["group"] == *group && strings(&g["resources"]).contains(resource)
+                            })
+                        })
+                }
+                Req::Url(url) => {
+                    r.get("resources").is_none()
+                        && r.get("nonResourceURLs").is_none_or(|urls| {
+                            strings(urls).iter().any(|u| match u.strip_suffix('*') {
+                                Some(prefix) => url.starts_with(prefix),
+                                None => url == u,
+                            })
+                        })
+                }
+            };
+            if matched {
+                return r["level"].as_str().unwrap().to_string();
+            }
         }
+        "None".to_string()
+    }
+
+    #[test]
+    fn the_policy_is_an_audit_policy_whose_last_rule_drops_the_rest() {
+        let rules = rules();
         assert!(rules
             .iter()
             .all(|r| r["level"] == "None" || r["level"] == "Metadata"));
         assert_eq!(rules.last().unwrap(), &serde_json::json!({"level": "None"}));
+        // No rule depends on who asks: what holds below holds for an admin.
+        assert!(rules
+            .iter()
+            .all(|r| r.get("users").is_none() && r.get("userGroups").is_none()));
+    }
+
+    #[test]
+    fn reads_and_watches_of_secrets_are_recorded_before_anything_is_dropped() {
+        // Before the rule of the keys, only probes are left out.
+        let keys = rules()
+            .iter()
+            .position(|r| r["resources"].to_string().contains("\"secrets\""))
+            .unwrap();
+        for r in &rules()[..keys] {
+            assert!(r.get("nonResourceURLs").is_some(), "{r}");
+        }
+        for verb in ["watch", "list", "get", "create", "update", "delete"] {
+            for (group, resource) in [
+                ("", "secrets"),
+                ("", "configmaps"),
+                ("certificates.k8s.io", "certificatesigningrequests"),
+            ] {
+                assert_eq!(
+                    level(&Req::Resource(verb, group, resource)),
+                    "Metadata",
+                    "{verb} {resource}"
+                );
+            }
+        }
+        assert_eq!(
+            level(&Req::Resource("create", "", "serviceaccounts/token")),
+            "Metadata"
+        );
+        assert_eq!(
+            level(&Req::Resource(
+                "create",
+                "authentication.k8s.io",
+                "tokenreviews"
+            )),
+            "Metadata"
+        );
+    }
+
+    #[test]
+    fn exec_attach_portforward_logs_and_node_proxy_are_recorded_whatever_the_verb() {
+        for resource in [
+            "pods/exec",
+            "pods/attach",
+            "pods/portforward",
+            "pods/log",
+            "nodes/proxy",
+        ] {
+            for verb in ["get", "create", "update", "delete"] {
+                assert_eq!(
+                    level(&Req::Resource(verb, "", resource)),
+                    "Metadata",
+                    "{verb} {resource}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn changes_are_recorded_and_noise_is_left_out() {
+        for (verb, group, resource) in [
+            ("patch", "apps", "deployments"),
+            ("delete", "", "pods"),
+            ("update", "", "nodes"),
+            ("patch", "discovery.k8s.io", "endpointslices"),
+            ("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
+        ] {
+            assert_eq!(
+                level(&Req::Resource(verb, group, resource)),
+                "Metadata",
+                "{verb} {resource}"
+            );
+        }
+        for (verb, group, resource) in [
+            ("update", "coordination.k8s.io", "leases"),
+            ("watch", "coordination.k8s.io", "leases"),
+            ("create", "", "events"),
+            ("create", "events.k8s.io", "events"),
+            ("watch", "", "pods"),
+            ("list", "", "nodes"),
+            ("watch", "discovery.k8s.io", "endpointslices"),
+            ("get", "", "endpoints"),
+        ] {
+            assert_eq!(
+                level(&Req::Resource(verb, group, resource)),
+                "None",
+                "{verb} {resource}"
+            );
+        }
+        for url in ["/healthz", "/readyz?verbose", "/livez/etcd", "/version"] {
+            assert_eq!(level(&Req::Url(url)), "None", "{url}");
+        }
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub const ETCD_HEARTBEAT_MS: u32 = 500;
 pub const ETCD_ELECTION_TIMEOUT_MS: u32 = 5000;
 
 /// etcd, for either member. kubeadm's flags, except:
+/// - TLS 1.2 at least and selfnode's cipher suites, on the client and peer
+///   listeners alike (`plane::tls`);
 /// - no `--listen-metrics-urls=http://127.0.0.1:2381`: that listener has no
 ///   authentication; health is checked on the client port with the
 ///   healthcheck client certificate instead, and metrics are there too;
@@ -180,6 +182,8 @@ pub(crate) fn etcd(spec: &PlaneSpec, placement: Placement, initial: &EtcdInitial
         .file("peer-key-file", key(spec, names::ETCD_PEER))
         .file("peer-trusted-ca-file", crt(spec, names::ETCD_CA))
         .text("peer-client-cert-auth", "true")
+        .text("tls-min-version", super::ETCD_TLS_MIN_VERSION)
+        .text("cipher-suites", super::tls_cipher_suites_flag())
         .text("snapshot-count", "10000")
         .text("feature-gates", "InitialCorruptCheck=true")
         .text("watch-progress-notify-interval", "5s")
@@ -246,8 +250,11 @@ impl EtcdInitial {
 }
 
 /// kube-apiserver. kubeadm's flags plus `--encryption-provider-config`
-/// (secrets encrypted at rest), `--profiling=false` and the audit log
-/// (`--audit-policy-file`, `--audit-log-*`). Placement decides:
+/// (secrets encrypted at rest), `--profiling=false`, the audit log
+/// (`--audit-policy-file`, `--audit-log-*`), Pod Security admission
+/// (`--admission-control-config-file`, `plane::admission`),
+/// `--service-account-extend-token-expiration=false` and TLS 1.2 at least
+/// with selfnode's cipher suites (`plane::tls`). Placement decides:
 /// - `--secure-port`: the temporary one moves aside so both serve during
 ///   the pivot;
 /// - `--endpoint-reconciler-type=none` for the temporary one, so only
@@ -273,11 +280,19 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
         )
         .text("allow-privileged", "true")
         .text("authorization-mode", "Node,RBAC")
+        // Added to the default plugins (PodSecurity among them), which
+        // plane::admission configures.
         .text("enable-admission-plugins", "NodeRestriction")
+        .file(
+            "admission-control-config-file",
+            super::admission_config_path(&spec.kubeconfig_dir),
+        )
         .text("enable-bootstrap-token-auth", "true")
         .file("client-ca-file", crt(spec, names::CA))
         .file("tls-cert-file", crt(spec, names::APISERVER))
         .file("tls-private-key-file", key(spec, names::APISERVER))
+        .text("tls-min-version", super::TLS_MIN_VERSION)
+        .text("tls-cipher-suites", super::tls_cipher_suites_flag())
         .file(
             "kubelet-client-certificate",
             crt(spec, names::APISERVER_KUBELET_CLIENT),
@@ -309,6 +324,9 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
             "service-account-issuer",
             format!("https://kubernetes.default.svc.{}", spec.cluster_domain),
         )
+        // A pod's token lives its hour, not a year (CIS 1.2.30); clients
+        // reload it (client-go and kube-rs both do).
+        .text("service-account-extend-token-expiration", "false")
         .text("requestheader-username-headers", "X-Remote-User")
         .text("requestheader-group-headers", "X-Remote-Group")
         .text("requestheader-extra-headers-prefix", "X-Remote-Extra-")
@@ -358,8 +376,10 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
 }
 
 /// kube-controller-manager. kubeadm's flags (with the Pod CIDR given, so
-/// node CIDR allocation on) plus `--profiling=false` and an explicit
-/// `--secure-port` (the temporary one moves aside during the pivot).
+/// node CIDR allocation on) plus `--profiling=false`, an explicit
+/// `--secure-port` (the temporary one moves aside during the pivot) and
+/// the apiserver's TLS settings (it serves on loopback only; the same
+/// settings everywhere keep scanners quiet).
 pub(crate) fn controller_manager(spec: &PlaneSpec, placement: Placement) -> Flags {
     let conf = kubeconfig(spec, names::CONTROLLER_MANAGER_CONF);
     let ca = crt(spec, names::CA);
@@ -392,12 +412,14 @@ pub(crate) fn controller_manager(spec: &PlaneSpec, placement: Placement) -> Flag
         .text("service-cluster-ip-range", spec.service_cidr.to_string())
         .text("cluster-name", &spec.cluster_name)
         .text("profiling", "false")
+        .text("tls-min-version", super::TLS_MIN_VERSION)
+        .text("tls-cipher-suites", super::tls_cipher_suites_flag())
         .text("permit-port-sharing", "true");
     f
 }
 
-/// kube-scheduler. kubeadm's flags plus `--profiling=false` and an explicit
-/// `--secure-port`.
+/// kube-scheduler. kubeadm's flags plus `--profiling=false`, an explicit
+/// `--secure-port` and the apiserver's TLS settings.
 pub(crate) fn scheduler(spec: &PlaneSpec, placement: Placement) -> Flags {
     let conf = kubeconfig(spec, names::SCHEDULER_CONF);
     let mut f = Flags::default();
@@ -411,6 +433,8 @@ pub(crate) fn scheduler(spec: &PlaneSpec, placement: Placement) -> Flags {
         .file("authentication-kubeconfig", conf.clone())
         .file("authorization-kubeconfig", conf)
         .text("profiling", "false")
+        .text("tls-min-version", super::TLS_MIN_VERSION)
+        .text("tls-cipher-suites", super::tls_cipher_suites_flag())
         .text("permit-port-sharing", "true");
     f
 }

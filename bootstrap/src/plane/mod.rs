@@ -1,7 +1,8 @@
 //! The control plane's shape: [`PlaneSpec`] (what the user's config decides),
 //! the temporary control plane as host processes ([`temp_plane`]), the
-//! encryption-at-rest configuration ([`ensure_encryption_config`]) and the
-//! apiserver's audit policy (`audit`).
+//! encryption-at-rest configuration ([`ensure_encryption_config`]), the
+//! apiserver's audit policy (`audit`) and admission configuration
+//! (`admission`), and the TLS settings of every component (`tls`).
 //!
 //! Every component's command line is built in one place (`flags`), once for
 //! each [`Placement`]: the temporary processes read the PKI from the host;
@@ -10,10 +11,12 @@
 //! must run side by side during the pivot (ports, the `kubernetes` endpoint
 //! reconciler, and the advertise address, which a DaemonSet takes per node).
 
+mod admission;
 mod audit;
 mod encryption;
 pub(crate) mod flags;
 pub(crate) mod spec;
+mod tls;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -24,6 +27,9 @@ use std::path::PathBuf;
 use crate::host::{Host, HostError};
 use crate::pki::names;
 
+pub use admission::{
+    admission_config_path, ensure_admission_config, ADMISSION_CONFIG, ADMISSION_CONFIG_FILE,
+};
 pub use audit::{
     audit_policy_path, ensure_audit_files, AUDIT_LOG_DIR_MODE, AUDIT_LOG_MAXAGE_DAYS,
     AUDIT_LOG_MAXBACKUP, AUDIT_LOG_MAXSIZE_MB, AUDIT_POLICY, AUDIT_POLICY_FILE,
@@ -38,6 +44,7 @@ pub use spec::{
     temp_etcd_data_dir_beside, PlaneEnv, PlaneImages, PlanePorts, PlaneReplicas, PlaneSpec,
     PlaneSpecError, DEFAULT_API_LB_PORT, DEFAULT_ETCD_DATA_DIR, DEFAULT_POD_CIDR,
 };
+pub use tls::{tls_cipher_suites_flag, ETCD_TLS_MIN_VERSION, TLS_CIPHER_SUITES, TLS_MIN_VERSION};
 
 /// Where a component runs; its flags differ only where both must coexist
 /// during the pivot.
@@ -168,15 +175,40 @@ pub fn temp_plane(spec: &PlaneSpec) -> Result<Vec<ProcessSpec>, PlaneSpecError> 
 }
 
 /// Creates what the temporary processes need besides the PKI: the temporary
-/// etcd member's data directory (mode 0700, which etcd insists on), the
-/// audit policy and the audit log directory. Idempotent.
+/// etcd member's data directory (mode 0700, which etcd insists on) and the
+/// apiserver's own files ([`ensure_apiserver_files`]). Idempotent.
 ///
 /// Errors with [`PrepareError`].
 pub fn prepare_temp_plane(host: &dyn Host, spec: &PlaneSpec) -> Result<(), PrepareError> {
     spec.validate()?;
     host.ensure_dir(&spec.temp_etcd_data_dir(), ETCD_DATA_DIR_MODE)?;
-    ensure_audit_files(host, &spec.kubeconfig_dir, &spec.audit_log_dir)?;
+    ensure_apiserver_files(host, spec)?;
     Ok(())
+}
+
+/// Writes what an apiserver on this host reads or writes besides the PKI
+/// and the kubeconfigs: the audit policy, the admission configuration
+/// (both 0600, selfnode's own, in the kubeconfig directory) and the audit
+/// log directory (0700). Idempotent; on every control-plane host.
+///
+/// Errors with [`HostError`] when one cannot be written.
+pub fn ensure_apiserver_files(host: &dyn Host, spec: &PlaneSpec) -> Result<(), HostError> {
+    ensure_audit_files(host, &spec.kubeconfig_dir, &spec.audit_log_dir)?;
+    ensure_admission_config(host, &spec.kubeconfig_dir)?;
+    Ok(())
+}
+
+/// The files of [`ensure_apiserver_files`] that a component reads, with
+/// their contents in this version of selfnode: taken from here, never from
+/// a host (a host set up by an older version may lack one).
+pub fn apiserver_own_files(spec: &PlaneSpec) -> [(PathBuf, &'static str); 2] {
+    [
+        (audit_policy_path(&spec.kubeconfig_dir), AUDIT_POLICY),
+        (
+            admission_config_path(&spec.kubeconfig_dir),
+            ADMISSION_CONFIG,
+        ),
+    ]
 }
 
 /// Mode of etcd's data directory.

@@ -189,7 +189,14 @@ fn security_flags_are_on() {
     let s = spec();
     let api = as_map(&flags::apiserver(&s, Placement::SelfHosted));
     assert_eq!(api["authorization-mode"], "Node,RBAC");
+    // Added to the defaults (PodSecurity among them), configured by a file.
     assert_eq!(api["enable-admission-plugins"], "NodeRestriction");
+    assert!(!api.contains_key("disable-admission-plugins"));
+    assert_eq!(
+        api["admission-control-config-file"],
+        "/etc/kubernetes/admission-config.yaml"
+    );
+    assert_eq!(api["service-account-extend-token-expiration"], "false");
     assert_eq!(api["profiling"], "false");
     assert_eq!(
         api["encryption-provider-config"],
@@ -217,6 +224,28 @@ fn security_flags_are_on() {
         assert_eq!(m["bind-address"], "127.0.0.1");
         assert_eq!(m["leader-elect"], "true");
         assert_eq!(m["profiling"], "false");
+    }
+}
+
+#[test]
+fn every_server_takes_tls_1_2_at_least_and_the_one_cipher_list() {
+    let s = spec();
+    let suites = TLS_CIPHER_SUITES.join(",");
+    for p in [Placement::Temporary, Placement::SelfHosted] {
+        for f in [
+            flags::apiserver(&s, p),
+            flags::controller_manager(&s, p),
+            flags::scheduler(&s, p),
+        ] {
+            let m = as_map(&f);
+            assert_eq!(m["tls-min-version"], "VersionTLS12");
+            assert_eq!(m["tls-cipher-suites"], suites);
+        }
+        for initial in [EtcdInitial::alone(&s, p), EtcdInitial::join_temporary(&s)] {
+            let m = as_map(&flags::etcd(&s, p, &initial));
+            assert_eq!(m["tls-min-version"], "TLS1.2");
+            assert_eq!(m["cipher-suites"], suites);
+        }
     }
 }
 
@@ -422,6 +451,16 @@ fn prepare_creates_the_temporary_etcd_data_dir_0700() {
         h.file(s.kubeconfig_dir.join("audit-policy.yaml")).unwrap(),
         crate::plane::AUDIT_POLICY.as_bytes()
     );
+    let admission = s.kubeconfig_dir.join("admission-config.yaml");
+    assert_eq!(
+        h.file(&admission).unwrap(),
+        crate::plane::ADMISSION_CONFIG.as_bytes()
+    );
+    assert_eq!(h.mode(&admission), Some(0o600));
+    // What the components read of these files is exactly what was written.
+    for (path, contents) in apiserver_own_files(&s) {
+        assert_eq!(h.file(&path).unwrap(), contents.as_bytes());
+    }
     prepare_temp_plane(&h, &s).unwrap();
     let mut bad = spec();
     bad.advertise_address = "127.0.0.1".parse().unwrap();

@@ -16,6 +16,9 @@ pub struct HostFacts {
     /// no process here may lower its oom_score_adj; the kubelet asks for -998
     /// on every pod sandbox, which runc then fails to set.
     pub restrict_oom_score_adj: bool,
+    /// The kernel settings the kubelet checks hold its values
+    /// (`agent::kernel`), so it may run with `protectKernelDefaults`.
+    pub kernel_defaults: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,8 @@ impl HostFacts {
     /// cgroup v2 when the unified hierarchy is mounted at /sys/fs/cgroup
     /// (it has `cgroup.controllers`); the systemd driver when systemd is the
     /// init system (`/run/systemd/system` exists), as the kubelet docs advise.
+    /// Changes nothing: the kubelet's service sets the kernel settings and
+    /// observes them again before each start.
     pub fn detect(root: &Path) -> Self {
         let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
             CgroupVersion::V2
@@ -58,6 +63,9 @@ impl HostFacts {
             cgroup,
             driver,
             restrict_oom_score_adj: !has_capability(CAP_SYS_RESOURCE),
+            kernel_defaults: super::kernel::kubelet_sysctls_hold(Path::new(
+                super::kernel::PROC_SYS,
+            )),
         }
     }
 }
@@ -252,6 +260,11 @@ struct KubeletConfiguration {
     cgroup_root: Option<String>,
     resolv_conf: &'static str,
     eviction_hard: BTreeMap<&'static str, &'static str>,
+    tls_min_version: &'static str,
+    tls_cipher_suites: &'static [&'static str],
+    seccomp_default: bool,
+    pod_pids_limit: i64,
+    protect_kernel_defaults: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -300,10 +313,20 @@ fn eviction_hard() -> BTreeMap<&'static str, &'static str> {
     .collect()
 }
 
+/// `podPidsLimit`: processes and threads one pod may run. A fork bomb in a
+/// pod stops there instead of taking the node's PIDs (the kernel's default
+/// `pid_max` is 4194304 on 64-bit hosts, often 32768); the control-plane
+/// components run a few hundred threads at most.
+pub const POD_PIDS_LIMIT: i64 = 4096;
+
 /// The KubeletConfiguration, as JSON (a YAML subset the kubelet reads).
 ///
-/// Secure by default: no read-only port, no anonymous requests, and in a
-/// cluster webhook authentication and authorization against the API server.
+/// Secure by default: no read-only port, no anonymous requests, TLS 1.2
+/// at least with the control plane's cipher suites, the runtime's default
+/// seccomp profile for every container that names none, at most
+/// [`POD_PIDS_LIMIT`] processes per pod, `protectKernelDefaults` where the
+/// host's kernel settings hold the kubelet's values, and in a cluster
+/// webhook authentication and authorization against the API server.
 /// A standalone kubelet has no API server to ask, so it serves no API at all
 /// (`enableServer: false`); only healthz on loopback.
 pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
@@ -343,6 +366,12 @@ pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
         cgroup_root: k.cgroup_root.clone(),
         resolv_conf: "/etc/resolv.conf",
         eviction_hard: eviction_hard(),
+        // The control plane's TLS settings (bootstrap's `plane::tls`).
+        tls_min_version: bootstrap::plane::TLS_MIN_VERSION,
+        tls_cipher_suites: &bootstrap::plane::TLS_CIPHER_SUITES,
+        seccomp_default: true,
+        pod_pids_limit: POD_PIDS_LIMIT,
+        protect_kernel_defaults: facts.kernel_defaults,
     };
     let mut out = serde_json::to_string_pretty(&cfg).unwrap_or_default();
     out.push('\n');
@@ -357,6 +386,7 @@ mod tests {
         cgroup: CgroupVersion::V1,
         driver: CgroupDriver::Cgroupfs,
         restrict_oom_score_adj: false,
+        kernel_defaults: true,
     };
 
     fn golden(name: &str, actual: &str) {
@@ -437,6 +467,7 @@ mod tests {
             cgroup: CgroupVersion::V2,
             driver: CgroupDriver::Systemd,
             restrict_oom_score_adj: false,
+            kernel_defaults: true,
         };
         assert!(render_containerd(&containerd_cfg(), facts).contains("SystemdCgroup = true"));
         assert!(render_containerd(&containerd_cfg(), V1_CGROUPFS).contains("SystemdCgroup = false"));
@@ -472,6 +503,33 @@ mod tests {
     }
 
     #[test]
+    fn the_kubelet_serves_tls_1_2_at_least_with_the_control_planes_cipher_suites() {
+        let out: serde_json::Value =
+            serde_json::from_str(&render_kubelet(&kubelet_inputs(true), V1_CGROUPFS)).unwrap();
+        assert_eq!(out["tlsMinVersion"], "VersionTLS12");
+        assert_eq!(
+            out["tlsCipherSuites"],
+            serde_json::json!(bootstrap::plane::TLS_CIPHER_SUITES)
+        );
+    }
+
+    #[test]
+    fn seccomp_by_default_a_pid_limit_and_kernel_defaults_protected_where_they_hold() {
+        let out: serde_json::Value =
+            serde_json::from_str(&render_kubelet(&kubelet_inputs(true), V1_CGROUPFS)).unwrap();
+        assert_eq!(out["seccompDefault"], true);
+        assert_eq!(out["podPidsLimit"], 4096);
+        assert_eq!(out["protectKernelDefaults"], true);
+        let unset = HostFacts {
+            kernel_defaults: false,
+            ..V1_CGROUPFS
+        };
+        let out: serde_json::Value =
+            serde_json::from_str(&render_kubelet(&kubelet_inputs(true), unset)).unwrap();
+        assert_eq!(out["protectKernelDefaults"], false);
+    }
+
+    #[test]
     fn the_configured_cluster_domain_reaches_the_kubelet() {
         let mut k = kubelet_inputs(true);
         k.cluster_domain = "lab.internal".into();
@@ -486,6 +544,7 @@ mod tests {
             cgroup: CgroupVersion::V2,
             driver: CgroupDriver::Systemd,
             restrict_oom_score_adj: false,
+            kernel_defaults: true,
         };
         let out = render_kubelet(&kubelet_inputs(true), facts);
         assert!(!out.contains("failCgroupV1"));

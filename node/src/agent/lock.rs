@@ -2,6 +2,9 @@
 //!
 //! The kernel drops the lock when the holder dies (even by SIGKILL), so a stale
 //! file never blocks a restart. The file holds the holder's PID for messages.
+//! Only root may open it (0600 in a 0700 directory, tightened at every
+//! start): `flock` needs only an open file, so a lock anyone could read,
+//! anyone could hold, and keep the agent down.
 //!
 //! Commands that only ask whether an agent runs ([`running_agent`]: `status`,
 //! `init`, `join`, `stop`) probe with a *shared* lock for a few microseconds.
@@ -10,7 +13,7 @@
 //! holds the lock: a probe is gone by then, an agent never is.
 
 use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,16 +46,7 @@ pub fn acquire(path: &Path) -> Result<AgentLock, LockError> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(open_err)?;
-    }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(open_err)?;
+    let mut file = crate::fsutil::open_lock_file(path).map_err(open_err)?;
     let deadline = Instant::now() + PROBE_GRACE;
     let taken = loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -117,6 +111,22 @@ mod tests {
         drop(held);
         assert_eq!(running_agent(&p), None);
         acquire(&p).unwrap();
+    }
+
+    #[test]
+    fn the_lock_is_private_to_root_even_where_an_older_agent_left_it_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run/selfnode");
+        let p = run.join("agent.lock");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(&p, "").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _held = acquire(&p).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&run), 0o700);
+        assert_eq!(mode(&p), 0o600);
     }
 
     /// The CI failure of 2026-12-01: the test harness polled `status` while

@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod drain;
 pub mod extra;
+pub mod kernel;
 pub mod lock;
 pub mod logs;
 pub mod probe;

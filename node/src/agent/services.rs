@@ -120,7 +120,11 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
         ] {
             ensure_dir(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let text = config::render_kubelet(&inputs, ctx.facts);
+        let facts = HostFacts {
+            kernel_defaults: kernel_defaults(),
+            ..ctx.facts
+        };
+        let text = config::render_kubelet(&inputs, facts);
         let config_digest = digest(&text);
         let file = p.kubelet_config();
         write_atomic(&file, text.as_bytes(), 0o600)
@@ -141,7 +145,9 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
         }
         if let Some(node) = &node {
             args.push(format!("--node-ip={}", node.node_ip).into());
-            args.push(format!("--hostname-override={}", node.node_name).into());
+            if let Some(name) = hostname_override(&node.node_name, &hostname()) {
+                args.push(format!("--hostname-override={name}").into());
+            }
         }
         let port = ctx.kubelet_healthz_port;
         let probe: ProbeFn = Arc::new(move || {
@@ -157,6 +163,44 @@ pub fn kubelet(ctx: Arc<ServiceContext>) -> SpecFn {
             stop_grace: Duration::from_secs(15),
         })
     })
+}
+
+/// Sets the kernel settings the kubelet checks (`agent::kernel`) and says
+/// whether they hold, so the kubelet may protect them. Where they cannot be
+/// set, says so in the log and leaves the kubelet as it was (it then tries
+/// to set them itself).
+fn kernel_defaults() -> bool {
+    let proc_sys = Path::new(super::kernel::PROC_SYS);
+    match super::kernel::ensure_kubelet_sysctls(proc_sys) {
+        Ok(changed) => {
+            if !changed.is_empty() {
+                tracing::info!(?changed, "set the kernel settings the kubelet protects");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the kernel settings the kubelet wants cannot be set here: protectKernelDefaults stays off");
+            false
+        }
+    }
+}
+
+/// This host's name as the kubelet reads it (`os.Hostname`), empty when
+/// it cannot be read.
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `--hostname-override`, when the node's name is not what the kubelet
+/// would take by itself: the host's name, trimmed and lowercased (upstream
+/// `nodeutil.GetHostname`). The KubeletConfiguration has no field for it
+/// (v1.37), so where the names differ (a renamed host, a name given to
+/// init or join, test hosts that share the machine's hostname) the flag
+/// stays; it is checked again at every kubelet start.
+fn hostname_override<'a>(node_name: &'a str, hostname: &str) -> Option<&'a str> {
+    (node_name != hostname.trim().to_lowercase()).then_some(node_name)
 }
 
 fn digest(text: &str) -> String {
@@ -179,4 +223,17 @@ pub fn check_socket_dir(socket: &Path) -> anyhow::Result<()> {
             dir.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_name_is_passed_only_where_the_kubelet_would_not_take_it_from_the_hostname() {
+        assert_eq!(hostname_override("node-1", "node-1"), None);
+        assert_eq!(hostname_override("node-1", "Node-1\n"), None);
+        assert_eq!(hostname_override("host1", "build-box"), Some("host1"));
+        assert_eq!(hostname_override("node-1", ""), Some("node-1"));
+    }
 }

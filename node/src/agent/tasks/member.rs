@@ -124,7 +124,8 @@ impl MemberController {
             bootstrap::pki::ensure_joined_control_plane_pki(&NodeHost, &pki, SystemTime::now())
         })
         .await??;
-        bootstrap::plane::ensure_audit_files(&NodeHost, &spec.kubeconfig_dir, &spec.audit_log_dir)?;
+        // The audit policy and admission configuration its API server reads.
+        bootstrap::plane::ensure_apiserver_files(&NodeHost, &spec)?;
         Ok(format!(
             "received the cluster's keys; made this host's control-plane certificates ({} files)",
             report.changed().count()
