@@ -48,19 +48,6 @@ const ALLOWED_FAILS: &[Allowed] = &[
         id: "1.1.12",
         why: "etcd runs as root, as under kubeadm (which fails this too): its data directory is root:root 0700; no etcd user on the hosts",
     },
-    // Not set: the kubelets' serving certificates are self-signed, so there
-    // is no CA to verify them with until they come from serverTLSBootstrap
-    // and selfnode's approver. Audit finding F12; issue 21 items 3 and 5.
-    Allowed {
-        id: "1.2.5",
-        why: "the kubelets' serving certificates are self-signed (no serverTLSBootstrap yet): no CA to check them with (audit F12; issue 21 items 3 and 5)",
-    },
-    // Left at Kubernetes' default (true). Not in the audit's CIS table;
-    // part of the API server's hardening, issue 21 item 5.
-    Allowed {
-        id: "1.2.30",
-        why: "left at Kubernetes' default, true: admission-injected service-account tokens are extended to a year (issue 21 item 5, the API server's hardening)",
-    },
     // No such file: the agent starts the kubelet with flags of its own; the
     // file standing for it in tests/kube-bench/config.yaml, the agent's
     // systemd unit, is installed neither by scripts/up.sh nor on a test host

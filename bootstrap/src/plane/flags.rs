@@ -262,9 +262,10 @@ impl EtcdInitial {
 /// - `--advertise-address`: literal for the process, `$(HOST_IP)` for the
 ///   DaemonSet (the kubelet expands it from the pod's env).
 ///
-/// Not set: `--kubelet-certificate-authority` (the kubelets' serving
-/// certificates are self-signed in this milestone, so there is no CA to
-/// verify them against); `--anonymous-auth` keeps its default (true) as in
+/// The kubelets' serving certificates are checked against the cluster CA
+/// (`--kubelet-certificate-authority`): every kubelet asks for one
+/// (`serverTLSBootstrap`) and selfnode's approver approves only a node's
+/// own names and addresses. Not set: `--anonymous-auth` keeps its default (true) as in
 /// kubeadm: RBAC lets anonymous requests reach only the health and version
 /// endpoints (`system:public-info-viewer`), which the kubelet's probes need.
 pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
@@ -301,6 +302,7 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
             "kubelet-client-key",
             key(spec, names::APISERVER_KUBELET_CLIENT),
         )
+        .file("kubelet-certificate-authority", crt(spec, names::CA))
         .text(
             "kubelet-preferred-address-types",
             "InternalIP,ExternalIP,Hostname",

@@ -206,7 +206,11 @@ fn security_flags_are_on() {
         api["service-account-issuer"],
         "https://kubernetes.default.svc.cluster.local"
     );
-    assert!(!api.contains_key("kubelet-certificate-authority"));
+    // The kubelets' serving certificates come from the cluster CA.
+    assert_eq!(
+        api["kubelet-certificate-authority"],
+        "/etc/kubernetes/pki/ca.crt"
+    );
     assert!(!api.contains_key("anonymous-auth"), "kubeadm's default");
     let t = Placement::Temporary;
     let etcd = as_map(&flags::etcd(&s, t, &EtcdInitial::alone(&s, t)));

@@ -256,6 +256,8 @@ struct KubeletConfiguration {
     #[serde(rename = "clusterDNS", skip_serializing_if = "Vec::is_empty")]
     cluster_dns: Vec<String>,
     rotate_certificates: bool,
+    #[serde(rename = "serverTLSBootstrap")]
+    server_tls_bootstrap: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     cgroup_root: Option<String>,
     resolv_conf: &'static str,
@@ -326,7 +328,8 @@ pub const POD_PIDS_LIMIT: i64 = 4096;
 /// seccomp profile for every container that names none, at most
 /// [`POD_PIDS_LIMIT`] processes per pod, `protectKernelDefaults` where the
 /// host's kernel settings hold the kubelet's values, and in a cluster
-/// webhook authentication and authorization against the API server.
+/// webhook authentication and authorization against the API server and a
+/// serving certificate signed by the cluster CA (`serverTLSBootstrap`).
 /// A standalone kubelet has no API server to ask, so it serves no API at all
 /// (`enableServer: false`); only healthz on loopback.
 pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
@@ -363,6 +366,12 @@ pub fn render_kubelet(k: &KubeletInputs, facts: HostFacts) -> String {
         cluster_domain: k.cluster_domain.clone(),
         cluster_dns: k.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
         rotate_certificates: k.in_cluster,
+        // Its serving certificate from the cluster CA, asked for with a
+        // request the control-plane hosts' approver checks against the
+        // Node's addresses (`agent::tasks::approver`); the API server
+        // verifies it (`--kubelet-certificate-authority`). No self-signed
+        // certificate is made.
+        server_tls_bootstrap: k.in_cluster,
         cgroup_root: k.cgroup_root.clone(),
         resolv_conf: "/etc/resolv.conf",
         eviction_hard: eviction_hard(),
