@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bootstrap::host::{Host, HostError, Written};
 use bootstrap::objects::{
     apply_all, ensure_kubernetes_service_target_port, mark_control_plane, self_hosted_objects,
-    ApplyOutcome, Object, PlaneFiles, FIELD_MANAGER,
+    ApplyOutcome, Object, PlaneFiles, CONTROL_PLANE_LABEL, FIELD_MANAGER,
 };
 use bootstrap::pki::{self, names};
 use bootstrap::plane::{
@@ -557,6 +557,41 @@ fn temp_plane_serves_objects_apply_and_self_hosted_lines_run_alongside() {
             1,
             "{taints:?}"
         );
+
+        // Only selfnode changes the control-plane label (the static
+        // admission policy in the admission configuration's directory):
+        // an admin's removal, or a Node created with it, is refused with the
+        // way to do it; the control-plane agents' identity may.
+        let unlabel = serde_json::json!({"metadata": {"labels": {CONTROL_PLANE_LABEL: null}}});
+        let merge = kube::api::Patch::Merge(&unlabel);
+        let pp = kube::api::PatchParams::default();
+        let refused = nodes.patch("cp-1", &pp, &merge).await.unwrap_err();
+        let kube::Error::Api(status) = &refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!(status.code, 403, "{status:?}");
+        assert!(
+            status.message.contains("selfnode promote")
+                && status.message.contains("kubernetes-admin"),
+            "{status:?}"
+        );
+        let mut labelled = node.clone();
+        labelled.metadata.name = Some("cp-2".into());
+        labelled.metadata.labels = Some([(CONTROL_PLANE_LABEL.to_string(), String::new())].into());
+        let refused = nodes
+            .create(&PostParams::default(), &labelled)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, kube::Error::Api(s) if s.code == 403),
+            "{refused:?}"
+        );
+        let agent = client(&spec, names::CONTROL_PLANE_AGENT_CONF).await;
+        let agent_nodes: Api<Node> = Api::all(agent);
+        agent_nodes.patch("cp-1", &pp, &merge).await.unwrap();
+        mark_control_plane(superadmin.clone(), "cp-1", FIELD_MANAGER, true)
+            .await
+            .unwrap();
 
         // The temporary apiserver created the kubernetes Service with its
         // own port; the helper points it at the self-hosted one.

@@ -245,6 +245,19 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     third.wait_healthy(START);
     let out = third.join(&[&worker_join, "--node-name", "node3"]);
     assert!(out.status.success(), "worker join: {}", text(&out));
+    // The label alone is not a promotion: an admin's kubectl may not set
+    // it (the static admission policy), and says what to run instead.
+    let out = first.kubectl(&[
+        "label",
+        "node",
+        "node3",
+        "node-role.kubernetes.io/control-plane=",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("selfnode promote NODE"),
+        "kubectl label by an admin: {}",
+        text(&out)
+    );
     let out = first
         .selfnode()
         .args(["promote", "node3"])

@@ -37,6 +37,8 @@ pub(crate) const SCHEDULER: &str = "kube-scheduler";
 
 /// The apiserver pod's hostPath volume of `PlaneSpec::audit_log_dir`.
 pub(crate) const AUDIT_LOG_VOLUME: &str = "audit-log";
+/// The apiserver pod's hostPath volume of the static admission policies.
+pub(crate) const ADMISSION_POLICY_VOLUME: &str = "admission-policies";
 
 /// The Secrets that held the control plane's keys before they moved onto
 /// the hosts' disks (`kube-system`): deleted wherever they are found.
@@ -247,6 +249,18 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
     ));
     api.mounts
         .push(meta::mount(AUDIT_LOG_VOLUME, &audit_dir, false));
+    // The static admission policies the admission configuration names
+    // (plane::admission), read-only; the apiserver re-reads them itself.
+    let policies = crate::plane::admission_policy_dir(&spec.kubeconfig_dir)
+        .display()
+        .to_string();
+    api.volumes.push(meta::host_path(
+        ADMISSION_POLICY_VOLUME,
+        &policies,
+        Some("Directory"),
+    ));
+    api.mounts
+        .push(meta::mount(ADMISSION_POLICY_VOLUME, &policies, true));
     let cm = mounted_files(spec, CONTROLLER_MANAGER, &cm_flags.files(), files)?;
     let sched = mounted_files(spec, SCHEDULER, &sched_flags.files(), files)?;
     let out = vec![

@@ -266,7 +266,7 @@ impl PlaneFiles {
         let own = crate::plane::apiserver_own_files(spec);
         for path in Self::required(spec) {
             if let Some((_, contents)) = own.iter().find(|(p, _)| *p == path) {
-                files.insert(path, *contents);
+                files.insert(path, contents.as_bytes());
                 continue;
             }
             match host.read_file(&path)? {

@@ -217,9 +217,23 @@ fn every_file_a_flag_names_is_mounted_read_only_from_the_host_and_nothing_else()
             .as_deref()
             .unwrap_or_default();
         let distinct: BTreeSet<&String> = paths.iter().collect();
+        // The apiserver's one directory besides its log: the static
+        // admission policies its admission configuration names, read-only.
+        let policies = usize::from(name == control_plane::APISERVER);
+        if policies == 1 {
+            let dir = crate::plane::admission_policy_dir(&s.kubeconfig_dir)
+                .display()
+                .to_string();
+            assert!(
+                mounted
+                    .iter()
+                    .any(|m| m.mount_path == dir && m.read_only == Some(true)),
+                "{name}: {dir} is not mounted read-only"
+            );
+        }
         assert_eq!(
             mounted.len(),
-            distinct.len() + logs.len().min(1),
+            distinct.len() + logs.len().min(1) + policies,
             "{name}: extra mounts {mounted:#?}"
         );
         assert!(

@@ -15,6 +15,20 @@
 //! The PodSecurity plugin is on by default (`--enable-admission-plugins`
 //! adds NodeRestriction to the defaults, it replaces none); this file only
 //! configures it. The apiserver reads it at start-up.
+//!
+//! It also names a directory of **static admission policies**
+//! ([`POLICY_DIR`], beside it on every control-plane host; the apiserver
+//! re-reads it every minute, and the API cannot change or delete what it
+//! holds). One policy is there: only selfnode may add, change or remove a
+//! Node's control-plane label ([`CONTROL_PLANE_LABEL_POLICY`]). Control-plane
+//! membership follows intent (`selfnode promote` and `demote`, a
+//! control-plane join), carried out by the control-plane hosts' agents; a
+//! label set by hand would give a node API server pods without the keys
+//! they need, and a label removed by hand would take an API server away
+//! from a host that is still an etcd member. NodeRestriction already stops
+//! kubelets; this stops every other user, admins included, except the
+//! agents' identity and `system:masters` (`super-admin.conf`, which `init`
+//! and `recover` use: the break-glass identity).
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +38,16 @@ use crate::host::{Host, HostError};
 /// audit policy (`/etc/kubernetes/admission-config.yaml`).
 pub const ADMISSION_CONFIG_FILE: &str = "admission-config.yaml";
 
-/// The `apiserver.config.k8s.io/v1` `AdmissionConfiguration`.
-pub const ADMISSION_CONFIG: &str = r#"# selfnode's admission configuration: Pod Security for every namespace but kube-system.
+/// The directory of static admission policies, in the kubeconfig
+/// directory (`/etc/kubernetes/admission-policies`).
+pub const POLICY_DIR: &str = "admission-policies";
+/// The control-plane label policy's file in [`POLICY_DIR`].
+pub const CONTROL_PLANE_LABEL_POLICY_FILE: &str = "control-plane-label.yaml";
+
+/// The `apiserver.config.k8s.io/v1` `AdmissionConfiguration`; `{POLICY_DIR}`
+/// stands for the absolute policy directory.
+const ADMISSION_CONFIG_TEMPLATE: &str = r#"# selfnode's admission configuration: Pod Security for every namespace but kube-system,
+# and the static admission policies of selfnode (the control-plane label).
 apiVersion: apiserver.config.k8s.io/v1
 kind: AdmissionConfiguration
 plugins:
@@ -44,6 +66,62 @@ plugins:
         usernames: []
         runtimeClasses: []
         namespaces: ["kube-system"]
+  - name: ValidatingAdmissionPolicy
+    configuration:
+      apiVersion: apiserver.config.k8s.io/v1
+      kind: ValidatingAdmissionPolicyConfiguration
+      staticManifestsDir: "{POLICY_DIR}"
+"#;
+
+/// Only selfnode sets or removes `node-role.kubernetes.io/control-plane`
+/// (see the module docs). `nodes/status` is matched too: an update of a
+/// Node's status may change its labels. Static policies' names end in
+/// `.static.k8s.io`, which objects made through the API may not use.
+pub const CONTROL_PLANE_LABEL_POLICY: &str = r#"# selfnode: only selfnode sets or removes a Node's control-plane label.
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: selfnode-control-plane-label.static.k8s.io
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: [""]
+        apiVersions: ["v1"]
+        operations: ["CREATE", "UPDATE"]
+        resources: ["nodes", "nodes/status"]
+  variables:
+    - name: key
+      expression: "'node-role.kubernetes.io/control-plane'"
+    - name: newHas
+      expression: "has(object.metadata.labels) && variables.key in object.metadata.labels"
+    - name: oldHas
+      expression: "oldObject != null && has(oldObject.metadata.labels) && variables.key in oldObject.metadata.labels"
+    - name: changed
+      expression: >-
+        variables.newHas != variables.oldHas ||
+        (variables.newHas && variables.oldHas &&
+         object.metadata.labels[variables.key] != oldObject.metadata.labels[variables.key])
+    - name: allowed
+      expression: >-
+        has(request.userInfo.groups) &&
+        ('selfnode:control-plane-agents' in request.userInfo.groups ||
+         'system:masters' in request.userInfo.groups)
+  validations:
+    - expression: "!variables.changed || variables.allowed"
+      messageExpression: >-
+        'only selfnode sets or removes the label ' + variables.key +
+        ': run selfnode promote NODE or selfnode demote NODE on a control-plane host (user ' +
+        request.userInfo.username + ' tried to change it)'
+      reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: selfnode-control-plane-label.static.k8s.io
+spec:
+  policyName: selfnode-control-plane-label.static.k8s.io
+  validationActions: [Deny]
 "#;
 
 /// The configuration file's path for a kubeconfig directory.
@@ -51,14 +129,35 @@ pub fn admission_config_path(kubeconfig_dir: &Path) -> PathBuf {
     kubeconfig_dir.join(ADMISSION_CONFIG_FILE)
 }
 
-/// Writes the configuration (0600), idempotent: what an apiserver needs on
-/// its host.
+/// The static policy directory for a kubeconfig directory.
+pub fn admission_policy_dir(kubeconfig_dir: &Path) -> PathBuf {
+    kubeconfig_dir.join(POLICY_DIR)
+}
+
+/// The admission configuration for a kubeconfig directory (the policy
+/// directory is named by its absolute path).
+pub fn admission_config(kubeconfig_dir: &Path) -> String {
+    ADMISSION_CONFIG_TEMPLATE.replace(
+        "{POLICY_DIR}",
+        &admission_policy_dir(kubeconfig_dir).display().to_string(),
+    )
+}
+
+/// Writes the configuration (0600), the policy directory (0700) and its
+/// policy (0600), idempotent: what an apiserver needs on its host.
 ///
-/// Errors with [`HostError`] when it cannot be written.
+/// Errors with [`HostError`] when one cannot be written.
 pub fn ensure_admission_config(host: &dyn Host, kubeconfig_dir: &Path) -> Result<(), HostError> {
+    let dir = admission_policy_dir(kubeconfig_dir);
+    host.ensure_dir(&dir, 0o700)?;
+    host.write_file(
+        &dir.join(CONTROL_PLANE_LABEL_POLICY_FILE),
+        CONTROL_PLANE_LABEL_POLICY.as_bytes(),
+        0o600,
+    )?;
     host.write_file(
         &admission_config_path(kubeconfig_dir),
-        ADMISSION_CONFIG.as_bytes(),
+        admission_config(kubeconfig_dir).as_bytes(),
         0o600,
     )?;
     Ok(())
@@ -71,11 +170,12 @@ mod tests {
 
     #[test]
     fn baseline_is_enforced_and_restricted_warned_everywhere_but_kube_system() {
-        let v: serde_json::Value = serde_saphyr::from_str(ADMISSION_CONFIG).unwrap();
+        let config = admission_config(Path::new("/etc/kubernetes"));
+        let v: serde_json::Value = serde_saphyr::from_str(&config).unwrap();
         assert_eq!(v["apiVersion"], "apiserver.config.k8s.io/v1");
         assert_eq!(v["kind"], "AdmissionConfiguration");
         let plugins = v["plugins"].as_array().unwrap();
-        assert_eq!(plugins.len(), 1);
+        assert_eq!(plugins.len(), 2);
         assert_eq!(plugins[0]["name"], "PodSecurity");
         let c = &plugins[0]["configuration"];
         assert_eq!(c["apiVersion"], "pod-security.admission.config.k8s.io/v1");
@@ -101,13 +201,69 @@ mod tests {
         h.ensure_dir(kc, 0o700).unwrap();
         ensure_admission_config(&h, kc).unwrap();
         let file = kc.join(ADMISSION_CONFIG_FILE);
-        assert_eq!(h.file(&file).unwrap(), ADMISSION_CONFIG.as_bytes());
+        assert_eq!(h.file(&file).unwrap(), admission_config(kc).as_bytes());
         assert_eq!(h.mode(&file), Some(0o600));
+        let policies = kc.join(POLICY_DIR);
+        assert_eq!(h.dir_mode(&policies), Some(0o700));
+        let policy = policies.join(CONTROL_PLANE_LABEL_POLICY_FILE);
+        assert_eq!(
+            h.file(&policy).unwrap(),
+            CONTROL_PLANE_LABEL_POLICY.as_bytes()
+        );
+        assert_eq!(h.mode(&policy), Some(0o600));
         h.take_changes();
         ensure_admission_config(&h, kc).unwrap();
         assert!(h
             .take_changes()
             .iter()
             .all(|(_, w)| *w == crate::host::Written::Unchanged));
+    }
+
+    #[test]
+    fn static_policies_are_loaded_from_the_directory_beside_the_config() {
+        let config = admission_config(Path::new("/tmp/h/etc/kubernetes"));
+        let v: serde_json::Value = serde_saphyr::from_str(&config).unwrap();
+        let vap = &v["plugins"][1];
+        assert_eq!(vap["name"], "ValidatingAdmissionPolicy");
+        assert_eq!(
+            vap["configuration"]["kind"],
+            "ValidatingAdmissionPolicyConfiguration"
+        );
+        assert_eq!(
+            vap["configuration"]["staticManifestsDir"],
+            "/tmp/h/etc/kubernetes/admission-policies"
+        );
+    }
+
+    #[test]
+    fn the_control_plane_label_policy_binds_itself_with_static_names() {
+        let docs: Vec<serde_json::Value> = CONTROL_PLANE_LABEL_POLICY
+            .split("\n---\n")
+            .map(|d| serde_saphyr::from_str(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 2);
+        let (policy, binding) = (&docs[0], &docs[1]);
+        assert_eq!(policy["kind"], "ValidatingAdmissionPolicy");
+        assert_eq!(binding["kind"], "ValidatingAdmissionPolicyBinding");
+        let name = policy["metadata"]["name"].as_str().unwrap();
+        assert!(name.ends_with(".static.k8s.io"), "{name}");
+        assert_eq!(binding["spec"]["policyName"], name);
+        assert_eq!(binding["spec"]["validationActions"][0], "Deny");
+        let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+        assert_eq!(
+            rules["resources"],
+            serde_json::json!(["nodes", "nodes/status"])
+        );
+        // Whom it lets through: the agents' group of the PKI, and system:masters.
+        let allowed = policy["spec"]["variables"][4]["expression"]
+            .as_str()
+            .unwrap();
+        assert!(allowed.contains(&format!(
+            "'{}'",
+            crate::pki::names::CONTROL_PLANE_AGENTS_GROUP
+        )));
+        assert!(allowed.contains(&format!("'{}'", crate::pki::names::SYSTEM_MASTERS_GROUP)));
+        assert!(CONTROL_PLANE_LABEL_POLICY
+            .contains(&format!("'{}'", crate::objects::CONTROL_PLANE_LABEL)));
     }
 }

@@ -28,7 +28,8 @@ use crate::host::{Host, HostError};
 use crate::pki::names;
 
 pub use admission::{
-    admission_config_path, ensure_admission_config, ADMISSION_CONFIG, ADMISSION_CONFIG_FILE,
+    admission_config, admission_config_path, admission_policy_dir, ensure_admission_config,
+    ADMISSION_CONFIG_FILE, CONTROL_PLANE_LABEL_POLICY, CONTROL_PLANE_LABEL_POLICY_FILE, POLICY_DIR,
 };
 pub use audit::{
     audit_policy_path, ensure_audit_files, AUDIT_LOG_DIR_MODE, AUDIT_LOG_MAXAGE_DAYS,
@@ -198,15 +199,18 @@ pub fn ensure_apiserver_files(host: &dyn Host, spec: &PlaneSpec) -> Result<(), H
     Ok(())
 }
 
-/// The files of [`ensure_apiserver_files`] that a component reads, with
-/// their contents in this version of selfnode: taken from here, never from
-/// a host (a host set up by an older version may lack one).
-pub fn apiserver_own_files(spec: &PlaneSpec) -> [(PathBuf, &'static str); 2] {
+/// The files of [`ensure_apiserver_files`] that a component names in a
+/// flag, with their contents in this version of selfnode: taken from here,
+/// never from a host (a host set up by an older version may lack one).
+pub fn apiserver_own_files(spec: &PlaneSpec) -> [(PathBuf, String); 2] {
     [
-        (audit_policy_path(&spec.kubeconfig_dir), AUDIT_POLICY),
+        (
+            audit_policy_path(&spec.kubeconfig_dir),
+            AUDIT_POLICY.to_string(),
+        ),
         (
             admission_config_path(&spec.kubeconfig_dir),
-            ADMISSION_CONFIG,
+            admission_config(&spec.kubeconfig_dir),
         ),
     ]
 }

@@ -458,7 +458,7 @@ fn prepare_creates_the_temporary_etcd_data_dir_0700() {
     let admission = s.kubeconfig_dir.join("admission-config.yaml");
     assert_eq!(
         h.file(&admission).unwrap(),
-        crate::plane::ADMISSION_CONFIG.as_bytes()
+        crate::plane::admission_config(&s.kubeconfig_dir).as_bytes()
     );
     assert_eq!(h.mode(&admission), Some(0o600));
     // What the components read of these files is exactly what was written.
