@@ -49,8 +49,8 @@ use kube::api::{Api, Patch, PatchParams};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
-use crate::agent::control::NodeIdentity;
 use crate::cluster::{InitHost, NotInitHost};
+use crate::control::NodeIdentity;
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
 
@@ -140,7 +140,7 @@ fn days_between(a: SystemTime, b: SystemTime) -> i64 {
 fn host_pki_spec(paths: &HostPaths) -> anyhow::Result<bootstrap::pki::PkiSpec> {
     if let Ok(host) = InitHost::load(paths) {
         return Ok(host
-            .plane_spec(paths, crate::agent::control::api_lb_port(paths))
+            .plane_spec(paths, crate::control::api_lb_port(paths))
             .pki_spec());
     }
     let id = NodeIdentity::read(&paths.node_identity_file())?.ok_or(NotInitHost::NoCluster)?;
@@ -352,7 +352,7 @@ pub async fn renew(
             println!("[certs] {text} ({:.1}s)", started.elapsed().as_secs_f64());
         }
     };
-    let spec = InitHost::load(paths)?.plane_spec(paths, crate::agent::control::api_lb_port(paths));
+    let spec = InitHost::load(paths)?.plane_spec(paths, crate::control::api_lb_port(paths));
     let _lock = PkiLock::acquire(paths, Duration::from_secs(120)).await?;
     let pki = spec.pki_spec();
     require_cluster_keys(&pki.pki_dir)?;

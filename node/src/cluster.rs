@@ -14,9 +14,9 @@ use bootstrap::config::{HostIdentity, InitSettings};
 use bootstrap::objects::ClusterSettings;
 use bootstrap::plane::{PlaneEnv, PlaneImages, PlaneSpec};
 
-use crate::agent::control::NodeIdentity;
 pub use crate::checkpoint::ClusterRole;
 use crate::checkpoint::{Checkpoint, CheckpointError, ClusterIdentity, EtcdMemberIdentity};
+use crate::control::NodeIdentity;
 use crate::paths::HostPaths;
 
 /// This host's cluster as its checkpoint records it, read in one open.

@@ -117,10 +117,10 @@ impl Classify for crate::appliance::config::ConfigError {
     }
 }
 
-impl Classify for crate::agent::lock::LockError {
+impl Classify for crate::control::lock::LockError {
     /// Another agent holds the lock: a conflict with what runs.
     fn class(&self) -> Class {
-        use crate::agent::lock::LockError;
+        use crate::control::lock::LockError;
         match self {
             LockError::Held { .. } => Class::Conflict,
             LockError::Open { .. } | LockError::Lock { .. } => Class::Failure,
@@ -236,7 +236,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<bootstrap::config::ConfigError>,
     by::<bootstrap::plane::PlaneSpecError>,
     by::<bootstrap::pki::PkiSpecError>,
-    by::<crate::agent::lock::LockError>,
+    by::<crate::control::lock::LockError>,
     by::<crate::checkpoint::CheckpointError>,
     by::<crate::sequences::init::InitConflict>,
     by::<crate::sequences::init::RestoreConflict>,
@@ -416,7 +416,7 @@ mod tests {
             )),
             Box::new(bootstrap::plane::PlaneSpecError::ZeroPort { field: "apiserver" }),
             Box::new(bootstrap::pki::PkiSpecError::NoAdvertiseAddress),
-            Box::new(crate::agent::lock::LockError::Held {
+            Box::new(crate::control::lock::LockError::Held {
                 pid: "1".into(),
                 path: PathBuf::from("/run/selfnode/agent.lock"),
             }),

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod control;
 pub mod etcd;
 pub mod exit;
 pub mod fsutil;

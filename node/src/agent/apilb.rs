@@ -31,11 +31,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::control::ApiBackends;
 use super::supervisor::StatusHandle;
+use crate::control::ApiBackends;
 use crate::status::ComponentState;
 
-pub const COMPONENT: &str = super::control::Component::ApiLb.as_str();
+pub const COMPONENT: &str = crate::control::Component::ApiLb.as_str();
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// The check period while no backend is healthy: the port opens soon after
 /// an apiserver becomes ready.

@@ -20,11 +20,9 @@
 pub mod apilb;
 pub mod cgroups;
 pub mod config;
-pub mod control;
 pub mod drain;
 pub mod extra;
 pub mod kernel;
-pub mod lock;
 pub mod logs;
 pub mod probe;
 pub mod reaper;
@@ -43,10 +41,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::control::Component;
 use crate::fsutil::write_atomic;
 use crate::paths::HostPaths;
 use crate::status::{now_unix, AgentStatus, ComponentState, ComponentStatus};
-use control::Component;
 use services::ServiceContext;
 use supervisor::{Service, StatusHandle};
 
@@ -105,7 +103,7 @@ async fn verify_bundle(
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let paths = opts.paths.clone();
     // The lock comes first: a second agent must change nothing on disk.
-    let _lock = lock::acquire(&paths.agent_lock())?;
+    let _lock = crate::control::lock::acquire(&paths.agent_lock())?;
     let bundle = dist::bundle::Bundle::open(&opts.bundle)?;
     verify_bundle(&bundle, &paths).await?;
     let socket = opts

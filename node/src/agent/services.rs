@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::config::{self, ContainerdConfig, HostFacts, KubeletInputs};
-use super::control::NodeIdentity;
 use super::supervisor::{ProbeFn, ServiceSpec, SpecFn};
+use crate::control::NodeIdentity;
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::paths::HostPaths;
 

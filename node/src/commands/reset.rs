@@ -1,9 +1,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use crate::agent::control::RunningAgent;
-use crate::agent::lock;
 use crate::cli::ResetArgs;
+use crate::control::lock;
+use crate::control::RunningAgent;
 use crate::paths::HostPaths;
 use crate::sequences::reset::{self, ResetContext};
 

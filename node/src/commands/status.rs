@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::agent::control::{read_status, RunningAgent};
 use crate::cli::Output;
+use crate::control::{read_status, RunningAgent};
 use crate::paths::HostPaths;
 use crate::status::{human_age, now_unix, AgentStatus, ComponentState, SnapshotStatus};
 

@@ -5,9 +5,10 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::agent::control::RunningAgent;
-use crate::agent::{drain, lock};
+use crate::agent::drain;
 use crate::cli::StopArgs;
+use crate::control::lock;
+use crate::control::RunningAgent;
 use crate::paths::HostPaths;
 
 pub async fn run(paths: &HostPaths, args: StopArgs) -> anyhow::Result<ExitCode> {

@@ -9,7 +9,7 @@
 //! - [`reset`]: `selfnode reset`.
 //!
 //! Sequences stand above the agent (they ask it through
-//! `agent::control`), and the agent never imports a sequence. Each sequence
+//! `control`), and the agent never imports a sequence. Each sequence
 //! has its own closed step type ([`plan::steps!`]), so its dispatch is
 //! exhaustive.
 
@@ -38,9 +38,9 @@ pub(crate) async fn bundle_images_imported<S: plan::Step>(
     paths: &crate::paths::HostPaths,
 ) -> anyhow::Result<()> {
     let imported = || {
-        Ok(crate::agent::control::component_ready(
+        Ok(crate::control::component_ready(
             paths,
-            crate::agent::control::Component::Images.as_str(),
+            crate::control::Component::Images.as_str(),
             "the image import",
         )?)
     };

@@ -23,8 +23,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
-use crate::agent::control::{ApiBackends, Component};
 use crate::cluster::{apiserver_addresses, HostCluster};
+use crate::control::{ApiBackends, Component};
 use crate::status::ComponentState;
 
 const PERIOD: Duration = Duration::from_secs(5);

@@ -40,7 +40,7 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
-use crate::agent::control::Component;
+use crate::control::Component;
 use crate::status::ComponentState;
 use crate::tokens::SINGLE_USE_LABEL;
 

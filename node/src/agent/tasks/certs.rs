@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
-use crate::agent::control::Component;
 use crate::certs::{agent_pass, expiration, next_to_expire, summary, RENEW_BEFORE_DAYS};
+use crate::control::Component;
 use crate::status::ComponentState;
 
 /// How often the agent checks and renews.

@@ -39,10 +39,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec};
 use kube::api::{Api, ListParams};
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
-use crate::agent::control::{Component, NodeIdentity};
 use crate::agent::static_copy::{activate, copy_paths, deactivate};
 use crate::checkpoint::{with_checkpoint, PodCheckpoint};
 use crate::cluster::is_control_plane_node;
+use crate::control::{Component, NodeIdentity};
 use crate::readiness::{is_mirror, pod_ready, running_containers, status_is_current, NotYet};
 use crate::status::{now_unix, ComponentState};
 

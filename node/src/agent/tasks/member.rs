@@ -50,9 +50,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
-use crate::agent::control::{Component, NodeIdentity};
 use crate::checkpoint::{with_checkpoint, EtcdMemberIdentity};
 use crate::cluster::{apiserver_addresses, HostCluster};
+use crate::control::{Component, NodeIdentity};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
 use crate::readiness::NotYet;

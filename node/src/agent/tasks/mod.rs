@@ -29,8 +29,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::control::Component;
 use super::supervisor::StatusHandle;
+use crate::control::Component;
 use crate::paths::HostPaths;
 use crate::status::{ComponentState, ComponentStatus};
 

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
-use crate::agent::control::Component;
+use crate::control::Component;
 use crate::keys::{Promotion, DEMOTED_ANNOTATION};
 use crate::status::ComponentState;
 

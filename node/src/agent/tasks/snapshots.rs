@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
-use crate::agent::control::Component;
+use crate::control::Component;
 use crate::status::{now_unix, ComponentState, SnapshotStatus};
 
 /// When scheduled snapshots are taken, how many are kept, and where.

@@ -26,9 +26,9 @@ use anyhow::Context;
 use bootstrap::config::InitSettings;
 use bootstrap::plane::PlaneSpec;
 
-use crate::agent::control::RunningAgent;
 use crate::checkpoint::Checkpoint;
 use crate::cluster::ClusterRole;
+use crate::control::RunningAgent;
 use crate::paths::HostPaths;
 use crate::sequences::runner::{self, StepReport};
 pub use plan::{InitStep, Sequence};
@@ -168,7 +168,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         paths,
         &ctx.settings,
         &ctx.bundle,
-        crate::agent::control::api_lb_port(paths),
+        crate::control::api_lb_port(paths),
     );
     spec.validate()?;
     if let Some(src) = &ctx.restore {

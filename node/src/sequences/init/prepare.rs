@@ -7,8 +7,8 @@ use bootstrap::host::Host;
 
 use super::Runner;
 use super::{restore, InitStep, Seq};
-use crate::agent::control::NodeIdentity;
 use crate::checkpoint::ClusterIdentity;
+use crate::control::NodeIdentity;
 use crate::host::NodeHost;
 use crate::sequences::runner::StepReport;
 

@@ -15,9 +15,9 @@ use anyhow::Context;
 use bootstrap::host::Host;
 
 use super::{InitStep, Runner, Seq};
-use crate::agent::control::ApiBackends;
 use crate::checkpoint::ClusterIdentity;
 use crate::cluster::{random_uid, ClusterRole};
+use crate::control::ApiBackends;
 use crate::host::NodeHost;
 use crate::sequences::runner::StepReport;
 use crate::wait::until;

@@ -13,7 +13,7 @@ use bootstrap::plane::{Placement, ProcessSpec};
 use super::etcd_pivot::etcd_retrying;
 use super::Runner;
 use super::{InitStep, Seq};
-use crate::agent::control::{component_ready, read_status, ApiBackends, RunningAgent};
+use crate::control::{component_ready, read_status, ApiBackends, RunningAgent};
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
 use crate::sequences::runner::StepReport;

@@ -33,9 +33,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use tokio::sync::OnceCell;
 
-use crate::agent::control::{api_lb_port, balancer_addr, ApiBackends, NodeIdentity, RunningAgent};
 use crate::checkpoint::{Checkpoint, ClusterIdentity};
 use crate::cluster::ClusterRole;
+use crate::control::{api_lb_port, balancer_addr, ApiBackends, NodeIdentity, RunningAgent};
 use crate::paths::HostPaths;
 use crate::readiness::node_ready;
 use crate::sequences::plan::{run_unless, steps, Action, Plan};

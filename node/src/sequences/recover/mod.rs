@@ -36,9 +36,9 @@ use bootstrap::plane::PlaneSpec;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
-use crate::agent::control::{api_lb_port, RunningAgent};
 use crate::checkpoint::{Checkpoint, EtcdMemberIdentity, PodCheckpoint};
 use crate::cluster::{HostCluster, NotInitHost};
+use crate::control::{api_lb_port, RunningAgent};
 use crate::paths::HostPaths;
 use crate::sequences::plan::{steps, Action, Plan};
 use crate::sequences::runner::{self, StepReport};

@@ -15,6 +15,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub mod lock;
+
 use crate::fsutil::write_atomic;
 use crate::paths::HostPaths;
 use crate::status::{AgentStatus, ComponentState};
@@ -109,7 +111,7 @@ impl RunningAgent {
     /// The agent on this host, if one runs (a probe of its lock).
     pub fn find(paths: &HostPaths) -> Option<RunningAgent> {
         let lock = paths.agent_lock();
-        super::lock::running_agent(&lock).map(|pid| RunningAgent { pid, lock })
+        lock::running_agent(&lock).map(|pid| RunningAgent { pid, lock })
     }
 
     /// The agent on this host, or why a command that needs one cannot go on.
@@ -121,7 +123,7 @@ impl RunningAgent {
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), ControlError> {
         let pid = self
             .pid
-            .or_else(|| super::lock::running_agent(&self.lock).flatten())
+            .or_else(|| lock::running_agent(&self.lock).flatten())
             .ok_or_else(|| ControlError::PidUnknown {
                 lock: self.lock.clone(),
             })?;
