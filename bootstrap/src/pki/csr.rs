@@ -44,14 +44,11 @@ pub struct ServingRequest {
 /// `CN=system:node:<name>`, `O=system:nodes` and nothing else, at least one
 /// name or address and no other kind of name, signed by its own key.
 pub fn kubelet_serving_request(pem_bytes: &[u8]) -> Result<ServingRequest, CsrError> {
-    let block = pem::parse(pem_bytes).map_err(|_| CsrError::NotPem)?;
-    if block.tag() != "CERTIFICATE REQUEST" {
-        return Err(CsrError::NotPem);
-    }
-    let (_, csr) =
-        X509CertificationRequest::from_der(block.contents()).map_err(|_| CsrError::Malformed)?;
-    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
-    let node = node_of(&csr)?;
+    signed_request(pem_bytes, serving_request)
+}
+
+fn serving_request(csr: &X509CertificationRequest) -> Result<ServingRequest, CsrError> {
+    let node = node_of(csr)?;
     let mut out = ServingRequest {
         node,
         dns: Vec::new(),
@@ -110,6 +107,15 @@ fn node_of(csr: &X509CertificationRequest<'_>) -> Result<String, CsrError> {
 /// request is one: `CN=system:node:<name>`, `O=system:nodes` and nothing
 /// else, no subject alternative names, signed by its own key.
 pub fn node_client_request(pem_bytes: &[u8]) -> Result<String, CsrError> {
+    signed_request(pem_bytes, client_request)
+}
+
+/// Parses a PEM certificate request, checks its signature by its own key,
+/// and hands it to `check`.
+fn signed_request<T>(
+    pem_bytes: &[u8],
+    check: impl FnOnce(&X509CertificationRequest) -> Result<T, CsrError>,
+) -> Result<T, CsrError> {
     let block = pem::parse(pem_bytes).map_err(|_| CsrError::NotPem)?;
     if block.tag() != "CERTIFICATE REQUEST" {
         return Err(CsrError::NotPem);
@@ -117,7 +123,11 @@ pub fn node_client_request(pem_bytes: &[u8]) -> Result<String, CsrError> {
     let (_, csr) =
         X509CertificationRequest::from_der(block.contents()).map_err(|_| CsrError::Malformed)?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
-    let name = node_of(&csr)?;
+    check(&csr)
+}
+
+fn client_request(csr: &X509CertificationRequest) -> Result<String, CsrError> {
+    let name = node_of(csr)?;
     if let Some(mut exts) = csr.requested_extensions() {
         if exts.any(|e| matches!(e, ParsedExtension::SubjectAlternativeName(_))) {
             return Err(CsrError::Sans);
