@@ -295,6 +295,7 @@ async fn check_loop(
     stop: CancellationToken,
 ) {
     let mut last_text = None;
+    let mut last_addrs: Option<Vec<SocketAddr>> = None;
     loop {
         let text = std::fs::read_to_string(&file).ok();
         if text != last_text {
@@ -304,8 +305,12 @@ async fn check_loop(
                 .unwrap_or(Ok(Vec::new()))
             {
                 Ok(addrs) => {
-                    tracing::info!(backends = ?addrs, "api load balancer backends");
-                    backends.set(&addrs);
+                    // A rewrite that only refreshes times changes nothing here.
+                    if last_addrs.as_ref() != Some(&addrs) {
+                        tracing::info!(backends = ?addrs, "api load balancer backends");
+                        backends.set(&addrs);
+                        last_addrs = Some(addrs);
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(file = %file.display(), %err, "ignoring invalid backends file")

@@ -201,51 +201,113 @@ pub fn balancer_addr(node_ip: std::net::IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(loopback, port)
 }
 
+/// Why an API server stays in the balancer's list however long it is not
+/// seen in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Keep {
+    /// An endpoint of the join string this host joined with.
+    Join,
+    /// This control-plane host's own API server.
+    Own,
+}
+
+impl Keep {
+    fn as_str(self) -> &'static str {
+        match self {
+            Keep::Join => "join",
+            Keep::Own => "own",
+        }
+    }
+}
+
+/// What the list knows of one API server besides its address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendMark {
+    /// Unix seconds it was last seen in the `kubernetes` EndpointSlice.
+    pub seen: Option<u64>,
+    pub keep: Option<Keep>,
+}
+
 /// The node-local balancer's API servers: the file's one renderer and one
-/// parser. The file is one `ip:port` a line, `#` comments, blank lines.
+/// parser. The file is one `ip:port` a line, optionally followed by
+/// `seen=<unix seconds>` and `keep=join|own` (how the agent merges what it
+/// learns, `agent::tasks::apiservers`), `#` comments, blank lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiBackends {
     pub addrs: Vec<SocketAddr>,
+    /// Marks of some of `addrs`.
+    pub marks: std::collections::BTreeMap<SocketAddr, BackendMark>,
 }
 
-/// A line of the balancer's list that is not `ip:port`.
+/// A line of the balancer's list that is not `ip:port` (with its marks).
 #[derive(Debug, thiserror::Error)]
-#[error("line {line}: {text:?} is not ip:port")]
+#[error("line {line}: {text:?} is not ip:port [seen=<unix seconds>] [keep=join|own]")]
 pub struct BackendsParseError {
     pub line: usize,
     pub text: String,
-    pub source: std::net::AddrParseError,
 }
 
 impl ApiBackends {
     pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         ApiBackends {
             addrs: addrs.into_iter().collect(),
+            marks: Default::default(),
         }
     }
 
+    /// The same list with every address kept for `why`.
+    pub fn kept(mut self, why: Keep) -> Self {
+        for a in &self.addrs {
+            self.marks.entry(*a).or_default().keep = Some(why);
+        }
+        self
+    }
+
     pub fn parse(text: &str) -> Result<Self, BackendsParseError> {
-        let addrs = text
+        let mut list = ApiBackends::new([]);
+        for (i, l) in text
             .lines()
             .map(|l| l.split('#').next().unwrap_or("").trim())
             .enumerate()
             .filter(|(_, l)| !l.is_empty())
-            .map(|(i, l)| {
-                l.parse().map_err(|source| BackendsParseError {
-                    line: i + 1,
-                    text: l.to_string(),
-                    source,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(ApiBackends { addrs })
+        {
+            let err = || BackendsParseError {
+                line: i + 1,
+                text: l.to_string(),
+            };
+            let mut words = l.split_whitespace();
+            let addr: SocketAddr = words.next().unwrap_or("").parse().map_err(|_| err())?;
+            let mut mark = BackendMark::default();
+            for w in words {
+                match w.split_once('=') {
+                    Some(("seen", v)) => mark.seen = Some(v.parse().map_err(|_| err())?),
+                    Some(("keep", "join")) => mark.keep = Some(Keep::Join),
+                    Some(("keep", "own")) => mark.keep = Some(Keep::Own),
+                    _ => return Err(err()),
+                }
+            }
+            list.addrs.push(addr);
+            if mark != BackendMark::default() {
+                list.marks.insert(addr, mark);
+            }
+        }
+        Ok(list)
     }
 
     /// The file's text; `writer` says who wrote it (a comment line).
     pub fn render(&self, writer: &str) -> String {
         let mut s = format!("# kube-apiservers for the node-local load balancer; {writer}\n");
         for a in &self.addrs {
-            s.push_str(&format!("{a}\n"));
+            s.push_str(&a.to_string());
+            if let Some(m) = self.marks.get(a) {
+                if let Some(seen) = m.seen {
+                    s.push_str(&format!(" seen={seen}"));
+                }
+                if let Some(keep) = m.keep {
+                    s.push_str(&format!(" keep={}", keep.as_str()));
+                }
+            }
+            s.push('\n');
         }
         s
     }
@@ -342,7 +404,27 @@ mod tests {
             vec!["10.0.0.1:6443".parse::<SocketAddr>().unwrap()]
         );
         let err = ApiBackends::parse("10.0.0.1:6443\nnope\n").unwrap_err();
-        assert_eq!(err.to_string(), "line 2: \"nope\" is not ip:port");
+        assert_eq!(
+            err.to_string(),
+            "line 2: \"nope\" is not ip:port [seen=<unix seconds>] [keep=join|own]"
+        );
+        assert!(ApiBackends::parse("10.0.0.1:6443 seen=soon\n").is_err());
+        assert!(ApiBackends::parse("10.0.0.1:6443 keep=always\n").is_err());
+    }
+
+    #[test]
+    fn marks_render_and_parse_back() {
+        let a: SocketAddr = "10.0.0.1:6443".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:6443".parse().unwrap();
+        let mut list = ApiBackends::new([a, b]).kept(Keep::Join);
+        list.marks.get_mut(&b).unwrap().seen = Some(1_765_000_000);
+        let text = list.render("w");
+        assert!(text.contains("10.0.0.1:6443 keep=join\n"), "{text}");
+        assert!(
+            text.contains("10.0.0.2:6443 seen=1765000000 keep=join\n"),
+            "{text}"
+        );
+        assert_eq!(ApiBackends::parse(&text).unwrap(), list);
     }
 
     #[test]

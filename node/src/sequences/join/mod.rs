@@ -35,7 +35,7 @@ use tokio::sync::OnceCell;
 
 use crate::checkpoint::{Checkpoint, ClusterIdentity};
 use crate::cluster::ClusterRole;
-use crate::control::{api_lb_port, balancer_addr, ApiBackends, NodeIdentity, RunningAgent};
+use crate::control::{api_lb_port, balancer_addr, ApiBackends, Keep, NodeIdentity, RunningAgent};
 use crate::paths::HostPaths;
 use crate::readiness::node_ready;
 use crate::sequences::plan::{run_unless, steps, Action, Plan};
@@ -336,6 +336,7 @@ async fn write_bootstrap_kubeconfig(run: &Runner, join: &Join<'_>) -> anyhow::Re
         (
             paths.apiservers_file(),
             ApiBackends::new(found.endpoints.iter().copied())
+                .kept(Keep::Join)
                 .render("written by selfnode join")
                 .into_bytes(),
             0o644,
