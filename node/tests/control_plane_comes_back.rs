@@ -374,13 +374,8 @@ fn a_power_cut_after_a_bad_apiserver_rollout_brings_back_the_last_good_one() {
     );
 }
 
-#[test]
-fn a_corrupt_checkpoint_is_reported_and_never_started() {
-    let mut host = TestHost::for_cluster();
-    cluster_with_a_kept_apiserver(&mut host);
-    assert!(host.stop_agent(Duration::from_secs(120)).success());
-
-    // Flip bytes inside the stored copy (its JSON is stored as is).
+/// Flips bytes inside the stored copies (their JSON is stored as is).
+fn flip_checkpoint_bytes(host: &TestHost) {
     let store = host.root.join("var/lib/selfnode/checkpoint");
     let mut flipped = 0;
     for entry in walk(&store) {
@@ -396,6 +391,58 @@ fn a_corrupt_checkpoint_is_reported_and_never_started() {
         std::fs::write(&entry, &bytes).unwrap();
     }
     assert!(flipped > 0, "found the stored copy in {}", store.display());
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_reported_and_never_started() {
+    let mut host = TestHost::for_cluster();
+    cluster_with_a_kept_apiserver(&mut host);
+
+    // Damage while the agent runs: the next read-back reports it in status
+    // (the check's period shortened from an hour), and the copy of the
+    // Ready API server is written again.
+    assert!(host.stop_agent(Duration::from_secs(120)).success());
+    host.start_agent_with(&["--checkpoint-verify-interval", "5s"]);
+    let state = |host: &TestHost| {
+        let st = host.status();
+        let c = TestHost::component(&st, "checkpoint");
+        (
+            c["state"].as_str().unwrap_or_default().to_string(),
+            c["detail"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    retry("the checkpointer's first passes", START, || {
+        let st = host.status();
+        match TestHost::component(&st, "checkpoint")["passes"].as_u64() {
+            Some(n) if n >= 2 && state(&host).0 == "ready" => Ok(()),
+            other => Err(format!("{other:?} {:?}", state(&host))),
+        }
+    });
+    flip_checkpoint_bytes(&host);
+    // Status says it is damaged (unhealthy) until the pass after the copy
+    // is written again, then that it reads back whole after damage found
+    // at a time, with what was found.
+    retry(
+        "status to report the damage, healed",
+        Duration::from_secs(120),
+        || match state(&host) {
+            (s, d)
+                if s == "ready"
+                    && d.contains("reads back whole again")
+                    && d.contains("after damage found at") =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(host
+        .agent_log()
+        .contains("the checkpoint does not read back as written"));
+
+    // Damage while the agent is down: nothing is started from it.
+    assert!(host.stop_agent(Duration::from_secs(120)).success());
+    flip_checkpoint_bytes(&host);
 
     // The agent comes back over a running control plane: nothing is
     // started from the damaged copy and the API keeps answering.

@@ -62,6 +62,8 @@ pub struct AgentOptions {
     /// The running selfnode binary, packed into selfnode's own image.
     pub selfnode_exe: PathBuf,
     pub snapshots: tasks::snapshots::SnapshotSchedule,
+    /// How often the checkpointer reads the checkpoint back and checks it.
+    pub checkpoint_verify: std::time::Duration,
 }
 
 const CONTAINERD: &str = Component::Containerd.as_str();
@@ -196,6 +198,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         },
         tasks::TaskOptions {
             snapshots: opts.snapshots.clone(),
+            checkpoint_verify: opts.checkpoint_verify,
         },
         &containerd_ready,
         &stop_background,

@@ -286,19 +286,92 @@ impl Checkpoint {
 
     fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CheckpointError> {
         let raw = self.encode(key, value)?;
-        self.db.insert(key, raw).map_err(|e| self.io(e))?;
-        self.flush()
+        self.write_indexed(&[(key, Some(raw))])
+    }
+
+    /// Writes (`Some`) or removes (`None`) `entries` in one batch, with the
+    /// index beside the database in step: it accepts the old and the new
+    /// bytes while the batch is under way, then only the new, so a crash in
+    /// between is not taken for damage; a removed entry leaves the index
+    /// first, so a crash leaves a stale entry, never one reported as lost.
+    fn write_indexed(&self, entries: &[(&str, Option<Vec<u8>>)]) -> Result<(), CheckpointError> {
+        let digest = |raw: &[u8]| hex::encode(Sha256::digest(raw));
+        let mut index = self.read_index()?;
+        let mut batch = sled::Batch::default();
+        for (key, raw) in entries {
+            match raw {
+                Some(raw) => {
+                    index.entry(key.to_string()).or_default().push(digest(raw));
+                    batch.insert(key.as_bytes(), raw.clone());
+                }
+                None => {
+                    index.remove(*key);
+                    batch.remove(key.as_bytes());
+                }
+            }
+        }
+        self.write_index(&index)?;
+        self.db.apply_batch(batch).map_err(|e| self.io(e))?;
+        self.flush()?;
+        for (key, raw) in entries {
+            if let Some(raw) = raw {
+                index.insert(key.to_string(), vec![digest(raw)]);
+            }
+        }
+        self.write_index(&index)?;
+        restrict(&self.path);
+        Ok(())
+    }
+
+    /// Every entry the index lists (under `prefix`) is in the database as
+    /// written. sled stops reading its log at the first damaged record,
+    /// silently, so a flipped byte shows up as a lost or older entry, never
+    /// as a checksum error: only this comparison finds it.
+    fn check_index(&self, prefix: &str) -> Result<usize, CheckpointError> {
+        let index = self.read_index()?;
+        let mut checked = 0;
+        for (key, accepted) in index.iter().filter(|(k, _)| k.starts_with(prefix)) {
+            let found = self.db.get(key).map_err(|e| self.io(e))?;
+            let why = match found {
+                Some(raw) if accepted.contains(&hex::encode(Sha256::digest(&raw))) => {
+                    checked += 1;
+                    continue;
+                }
+                Some(_) => "it is not what was written last (a damaged log)",
+                None => "the database lost it (a damaged log)",
+            };
+            return Err(CheckpointError::Corrupt {
+                path: self.path.clone(),
+                key: key.clone(),
+                why: why.into(),
+            });
+        }
+        Ok(checked)
+    }
+
+    /// Reads everything back from disk and checks it: every entry the
+    /// index lists is there as written, and every value's checksum holds.
+    /// Returns how many entries were checked. The agent's checkpointer runs
+    /// it every hour, so damage shows in `selfnode status` before the power
+    /// cut that would need the checkpoint.
+    pub fn verify(&self) -> Result<usize, CheckpointError> {
+        let indexed = self.check_index("")?;
+        self.cluster_identity()?;
+        self.pivot_committed()?;
+        self.settings()?;
+        self.etcd_member()?;
+        self.pods()?;
+        Ok(indexed)
     }
 
     /// A forced restore starts: the new identity and "not pivoted" in one
     /// atomic batch, so a kill leaves either the old cluster's record or the
     /// restore's, never a mix.
     pub fn begin_restore(&self, id: &ClusterIdentity) -> Result<(), CheckpointError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(IDENTITY_KEY, self.encode(IDENTITY_KEY, id)?);
-        batch.remove(PIVOT_KEY);
-        self.db.apply_batch(batch).map_err(|e| self.io(e))?;
-        self.flush()
+        self.write_indexed(&[
+            (IDENTITY_KEY, Some(self.encode(IDENTITY_KEY, id)?)),
+            (PIVOT_KEY, None),
+        ])
     }
 
     pub fn cluster_identity(&self) -> Result<Option<ClusterIdentity>, CheckpointError> {
@@ -317,14 +390,13 @@ impl Checkpoint {
     /// Commits the pivot and records the settings the self-hosted plane was
     /// made with, in one batch.
     pub fn commit_pivot(&self, settings: &InitSettings) -> Result<(), CheckpointError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(SETTINGS_KEY, self.encode(SETTINGS_KEY, settings)?);
-        batch.insert(
-            PIVOT_KEY,
-            self.encode(PIVOT_KEY, &crate::status::now_unix())?,
-        );
-        self.db.apply_batch(batch).map_err(|e| self.io(e))?;
-        self.flush()
+        self.write_indexed(&[
+            (SETTINGS_KEY, Some(self.encode(SETTINGS_KEY, settings)?)),
+            (
+                PIVOT_KEY,
+                Some(self.encode(PIVOT_KEY, &crate::status::now_unix())?),
+            ),
+        ])
     }
 
     /// The settings recorded at the pivot (`None` before it, or on a host
@@ -344,8 +416,7 @@ impl Checkpoint {
 
     /// This host's etcd member left the cluster: nothing to bring back.
     pub fn forget_etcd_member(&self) -> Result<(), CheckpointError> {
-        self.db.remove(ETCD_MEMBER_KEY).map_err(|e| self.io(e))?;
-        self.flush()
+        self.write_indexed(&[(ETCD_MEMBER_KEY, None)])
     }
 
     /// Every pod checkpoint, by component. A corrupt entry is an error: the
@@ -354,30 +425,13 @@ impl Checkpoint {
     /// its log at the first damaged record, silently, so a flipped byte
     /// shows up as a lost or older entry, never as a checksum error.
     pub fn pods(&self) -> Result<Vec<PodCheckpoint>, CheckpointError> {
-        let index = self.read_index()?;
+        self.check_index(POD_PREFIX)?;
         let mut out = Vec::new();
-        let mut seen = BTreeMap::new();
         for item in self.db.scan_prefix(POD_PREFIX) {
-            let (key, raw) = item.map_err(|e| self.io(e))?;
+            let (key, _) = item.map_err(|e| self.io(e))?;
             let key = String::from_utf8_lossy(&key).into_owned();
-            seen.insert(key.clone(), hex::encode(Sha256::digest(&raw)));
             if let Some(pod) = self.get::<PodCheckpoint>(&key)? {
                 out.push(pod);
-            }
-        }
-        for (key, accepted) in &index {
-            match seen.get(key) {
-                Some(sum) if accepted.contains(sum) => {}
-                found => {
-                    return Err(CheckpointError::Corrupt {
-                        path: self.path.clone(),
-                        key: key.clone(),
-                        why: match found {
-                            None => "the database lost it (a damaged log)".into(),
-                            Some(_) => "it is not what was written last (a damaged log)".into(),
-                        },
-                    })
-                }
             }
         }
         Ok(out)
@@ -390,33 +444,12 @@ impl Checkpoint {
     pub fn put_pod(&self, pod: &PodCheckpoint) -> Result<(), CheckpointError> {
         let key = format!("{POD_PREFIX}{}", pod.component);
         let raw = self.encode(&key, pod)?;
-        let sum = hex::encode(Sha256::digest(&raw));
-        let mut index = self.read_index()?;
-        let entry = index.entry(key.clone()).or_default();
-        entry.push(sum.clone());
-        self.write_index(&index)?;
-        self.db
-            .insert(key.as_bytes(), raw)
-            .map_err(|e| self.io(e))?;
-        self.flush()?;
-        index.insert(key, vec![sum]);
-        self.write_index(&index)?;
-        restrict(&self.path);
-        Ok(())
+        self.write_indexed(&[(&key, Some(raw))])
     }
 
-    /// Forgets a component's copy (its pod left this node for good). The
-    /// index lets go of the entry first, so a crash in between leaves a
-    /// stale entry (removed again on the next pass), never one the index
-    /// reports as lost.
+    /// Forgets a component's copy (its pod left this node for good).
     pub fn remove_pod(&self, component: &str) -> Result<(), CheckpointError> {
-        let key = format!("{POD_PREFIX}{component}");
-        let mut index = self.read_index()?;
-        if index.remove(&key).is_some() {
-            self.write_index(&index)?;
-        }
-        self.db.remove(key.as_bytes()).map_err(|e| self.io(e))?;
-        self.flush()
+        self.write_indexed(&[(&format!("{POD_PREFIX}{component}"), None)])
     }
 
     /// `<checkpoint>.index.json`: for each pod entry, the SHA-256 of the

@@ -169,3 +169,48 @@ fn an_unknown_format_version_is_refused() {
     let err = Checkpoint::open(&p).err().expect("refused").to_string();
     assert!(err.contains("format version 99"), "{err}");
 }
+
+#[test]
+fn verify_reads_every_entry_back_and_finds_one_the_database_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cp");
+    {
+        let cp = Checkpoint::open(&p).unwrap();
+        cp.record_cluster_identity(&id()).unwrap();
+        cp.commit_pivot(&settings()).unwrap();
+        cp.put_pod(&pod()).unwrap();
+        // identity, settings, the pivot and the pod.
+        assert_eq!(cp.verify().unwrap(), 4);
+        // What sled does with a damaged log: a record is gone, silently.
+        cp.db.remove(SETTINGS_KEY).unwrap();
+        cp.flush().unwrap();
+    }
+    let cp = Checkpoint::open(&p).unwrap();
+    // Reading the settings alone cannot tell (none recorded reads the same).
+    assert_eq!(cp.settings().unwrap(), None);
+    let err = cp.verify().unwrap_err().to_string();
+    assert!(err.contains(SETTINGS_KEY) && err.contains("lost"), "{err}");
+}
+
+#[test]
+fn removed_entries_leave_the_index_so_verify_does_not_report_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cp");
+    let cp = Checkpoint::open(&p).unwrap();
+    cp.record_cluster_identity(&id()).unwrap();
+    cp.commit_pivot(&settings()).unwrap();
+    cp.record_etcd_member(&EtcdMemberIdentity {
+        name: "n1".into(),
+        id: "1".into(),
+        cluster_id: "2".into(),
+        peer_urls: vec![],
+        client_urls: vec![],
+        data_dir: "/d".into(),
+        recorded_at: 1,
+    })
+    .unwrap();
+    cp.forget_etcd_member().unwrap();
+    cp.begin_restore(&id()).unwrap();
+    assert!(!cp.pivot_committed().unwrap());
+    assert_eq!(cp.verify().unwrap(), 2, "identity and settings");
+}

@@ -157,6 +157,19 @@ pub struct AgentArgs {
     /// Where scheduled snapshots go (0700). Default: <root>/var/lib/selfnode/snapshots
     #[arg(long, value_name = "DIR")]
     pub etcd_snapshot_dir: Option<PathBuf>,
+    /// How often the checkpoint is read back from disk and checked (damage shows in
+    /// 'selfnode status' as the checkpoint component unhealthy; e.g. 1h, 10m)
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub checkpoint_verify_interval: std::time::Duration,
+}
+
+/// A duration of at least a second.
+fn parse_nonzero_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]

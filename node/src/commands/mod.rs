@@ -30,6 +30,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 api_lb_port: args.api_lb_port,
                 cgroup_root: args.cgroup_root,
                 selfnode_exe: std::env::current_exe()?,
+                checkpoint_verify: args.checkpoint_verify_interval,
                 snapshots: crate::agent::tasks::snapshots::SnapshotSchedule {
                     interval: args.etcd_snapshot_interval,
                     keep: args.etcd_snapshot_keep as usize,

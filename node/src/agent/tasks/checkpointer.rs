@@ -80,13 +80,30 @@ pub const PRUNE_AFTER: Duration = Duration::from_secs(600);
 const NAMESPACE: &str = "kube-system";
 
 /// The checkpointer's memory between passes.
-#[derive(Default)]
 pub struct Checkpointer {
     /// What sled holds, so an unchanged pod costs no open of the database.
     kept: BTreeMap<String, PodCheckpoint>,
     /// Since when the API has answered without the node's control-plane
     /// label.
     unlabelled_since: Option<Instant>,
+    /// How often the checkpoint is read back from disk and checked.
+    verify_every: Duration,
+    last_verified: Option<Instant>,
+    /// When the last check found something wrong, and what, until a check
+    /// passes again.
+    damage: Option<String>,
+}
+
+impl Checkpointer {
+    pub fn new(verify_every: Duration) -> Checkpointer {
+        Checkpointer {
+            kept: BTreeMap::new(),
+            unlabelled_since: None,
+            verify_every,
+            last_verified: None,
+            damage: None,
+        }
+    }
 }
 
 impl AgentTask for Checkpointer {
@@ -114,9 +131,24 @@ impl AgentTask for Checkpointer {
     }
 
     async fn pass(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
-        Ok(match self.keep_and_hand_back(cx).await? {
-            Some(note) => Outcome::ready(note),
-            None => Outcome::Unchanged,
+        let verified = self.verify(cx).await;
+        let note = self.keep_and_hand_back(cx).await?;
+        if let Some(damage) = &self.damage {
+            return Ok(Outcome::Report(
+                ComponentState::Unhealthy,
+                format!(
+                    "the checkpoint is damaged: {damage}; the copies of the pods Ready here are written again, and it is checked again at every pass until it reads back whole{}",
+                    note.map(|n| format!("; {n}")).unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(match (note, verified) {
+            (Some(note), _) => Outcome::ready(note),
+            // Whole again after damage: say so even when nothing changed.
+            (None, Verified::Healed { entries, damage }) => Outcome::ready(format!(
+                "the checkpoint reads back whole again ({entries} entries checked) after damage found at {damage}; the copies of the pods Ready here were written again"
+            )),
+            (None, _) => Outcome::Unchanged,
         })
     }
 
@@ -124,6 +156,74 @@ impl AgentTask for Checkpointer {
     /// reason for whatever state it is in.
     fn quiet_errors(&self) -> bool {
         true
+    }
+}
+
+/// What a pass's check of the checkpoint found.
+enum Verified {
+    /// Not due.
+    NotDue,
+    Whole,
+    /// Whole, after damage found before (when, and what).
+    Healed {
+        entries: usize,
+        damage: String,
+    },
+    Damaged,
+}
+
+impl Checkpointer {
+    /// Reads the checkpoint back from disk and checks it, every
+    /// `verify_every`, and at every pass while it is damaged. On damage the
+    /// copies held in memory are forgotten, so this pass writes the Ready
+    /// pods' copies again (what can be healed from here).
+    async fn verify(&mut self, cx: &TaskCx) -> Verified {
+        let due = self.damage.is_some()
+            || self
+                .last_verified
+                .is_none_or(|t| t.elapsed() >= self.verify_every);
+        if !due {
+            return Verified::NotDue;
+        }
+        self.last_verified = Some(Instant::now());
+        let dir = cx.paths.checkpoint_dir();
+        if !dir.exists() {
+            return Verified::Whole;
+        }
+        match with_checkpoint(&dir, |cp| cp.verify()).await {
+            Ok(n) => match self.damage.take() {
+                Some(was) => {
+                    tracing::info!(entries = n, damage = %was, "the checkpoint reads back whole again");
+                    Verified::Healed {
+                        entries: n,
+                        damage: was,
+                    }
+                }
+                None => {
+                    tracing::debug!(entries = n, "checkpoint verified");
+                    Verified::Whole
+                }
+            },
+            // Held by a command for a while: not damage.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<crate::checkpoint::CheckpointError>(),
+                    Some(crate::checkpoint::CheckpointError::Locked { .. })
+                ) =>
+            {
+                Verified::NotDue
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self.damage.as_ref().is_none_or(|d| !d.ends_with(&e)) {
+                    tracing::error!(error = %e, "the checkpoint does not read back as written");
+                    let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                    self.damage = Some(format!("{at}: {e}"));
+                }
+                self.kept.clear();
+                Verified::Damaged
+            }
+        }
     }
 }
 

@@ -276,6 +276,8 @@ pub fn jitter(d: Duration) -> Duration {
 /// What [`spawn_all`] needs besides the shared context.
 pub struct TaskOptions {
     pub snapshots: snapshots::SnapshotSchedule,
+    /// `--checkpoint-verify-interval`.
+    pub checkpoint_verify: Duration,
 }
 
 /// Starts every task of the agent.
@@ -288,7 +290,13 @@ pub fn spawn_all(
 ) {
     let go = |t| (cx(), containerd_ready.clone(), stop.clone(), t);
     let (c, r, s, t) = go(tracker);
-    spawn(checkpointer::Checkpointer::default(), c, r, s, t);
+    spawn(
+        checkpointer::Checkpointer::new(opts.checkpoint_verify),
+        c,
+        r,
+        s,
+        t,
+    );
     let (c, r, s, t) = go(tracker);
     spawn(member::MemberController::default(), c, r, s, t);
     let (c, r, s, t) = go(tracker);
