@@ -156,6 +156,12 @@ impl Classify for crate::sequences::init::RestoreConflict {
     }
 }
 
+impl Classify for crate::sequences::others::OthersServe {
+    fn class(&self) -> Class {
+        Class::Conflict
+    }
+}
+
 impl Classify for crate::sequences::recover::RecoverRefused {
     fn class(&self) -> Class {
         Class::Conflict
@@ -240,6 +246,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::checkpoint::CheckpointError>,
     by::<crate::sequences::init::InitConflict>,
     by::<crate::sequences::init::RestoreConflict>,
+    by::<crate::sequences::others::OthersServe>,
     by::<crate::sequences::init::RestoreInputError>,
     by::<crate::sequences::recover::RecoverRefused>,
     by::<crate::cluster::NotInitHost>,
@@ -439,6 +446,10 @@ mod tests {
                 pki_dir: PathBuf::from("/etc/kubernetes/pki"),
             }),
             Box::new(crate::sequences::recover::RecoverRefused::Healthy),
+            Box::new(crate::sequences::others::OthersServe {
+                command: "etcd snapshot restore",
+                others: Default::default(),
+            }),
             Box::new(crate::cluster::NotInitHost::NotPivoted),
             Box::new(bootstrap::join::JoinError::Token("x".into())),
             Box::new(crate::tokens::TtlError {
@@ -491,8 +502,8 @@ mod tests {
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
                 Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
                 Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Conflict, Invalid,
-                Conflict, Conflict, Invalid, Invalid, Conflict, Conflict, Invalid, Invalid,
-                Invalid,
+                Conflict, Conflict, Conflict, Invalid, Invalid, Conflict, Conflict, Invalid,
+                Invalid, Invalid,
             ]
         );
     }

@@ -312,6 +312,70 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
             },
         );
     }
+    // No split brain: on a host of this healthy three-member cluster a
+    // restore, and a recovery from a snapshot while its own member is
+    // down, are refused before anything is written, naming the others.
+    let snap = first.root.join("split-brain.db");
+    let out = first
+        .selfnode()
+        .args(["etcd", "snapshot", "save"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "snapshot save: {}", text(&out));
+    let gateway = lan.gateway.to_string();
+    let out = first
+        .selfnode()
+        .args(["etcd", "snapshot", "restore", "--force"])
+        .arg(&snap)
+        .args(["--allow-workloads", "--advertise-address", &gateway])
+        .args(["--bundle", first.bundle.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "restore --force: {said}");
+    assert!(
+        said.contains("would start a second cluster")
+            && said.contains("node2")
+            && said.contains("node3")
+            && said.contains("--discard-other-members"),
+        "{said}"
+    );
+    let manifest = first.root.join("etc/kubernetes/manifests/etcd.yaml");
+    let aside = first.root.join("etcd.yaml.aside");
+    std::fs::rename(&manifest, &aside).unwrap();
+    support::retry(
+        "recover --from-snapshot refused for the other members",
+        Duration::from_secs(120),
+        || {
+            let out = first
+                .selfnode()
+                .args(["recover", "--from-snapshot"])
+                .arg(&snap)
+                .output()
+                .unwrap();
+            let said = text(&out);
+            match out.status.code() {
+                Some(3)
+                    if said.contains("recover --from-snapshot would start a second cluster")
+                        && said.contains("node2")
+                        && said.contains("node3") =>
+                {
+                    Ok(())
+                }
+                // Its own member still answers: refused as healthy.
+                Some(3) => Err(said),
+                _ => panic!("recover --from-snapshot beside a quorum: {said}"),
+            }
+        },
+    );
+    std::fs::rename(&aside, &manifest).unwrap();
+    wait_voters(
+        &first,
+        &[&node1, "node2", "node3"],
+        Duration::from_secs(180),
+    );
+
     // The scheduler and the controller-manager, spread over the three.
     for d in ["kube-scheduler", "kube-controller-manager"] {
         first.kubectl_ok(&[

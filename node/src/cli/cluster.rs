@@ -121,6 +121,11 @@ pub enum SnapshotCommand {
         /// aside (kept), then the cluster is rebuilt from the snapshot
         #[arg(long)]
         force: bool,
+        /// Restore even while other hosts' etcd members or API servers still serve the cluster
+        /// (refused otherwise, naming them): they are left out of the restored cluster and
+        /// must be reset and joined again
+        #[arg(long)]
+        discard_other_members: bool,
         #[command(flatten)]
         init: InitArgs,
     },

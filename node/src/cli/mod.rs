@@ -253,6 +253,11 @@ pub struct RecoverArgs {
     /// [default: this host's, else the copy kept with the scheduled snapshots]
     #[arg(long, value_name = "DIR", requires = "from_snapshot")]
     pub pki: Option<PathBuf>,
+    /// With --from-snapshot: go ahead even while other hosts' etcd members or API servers
+    /// still serve the cluster (refused otherwise, naming them); they must be reset and joined
+    /// again
+    #[arg(long, requires = "from_snapshot")]
+    pub discard_other_members: bool,
     /// How long to wait for each component to come back
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", value_name = "DURATION")]
     pub timeout: std::time::Duration,

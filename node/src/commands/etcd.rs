@@ -54,6 +54,7 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
             file,
             pki,
             force,
+            discard_other_members,
             init,
         }) => {
             let pki = pki.or_else(|| kept_pki(paths, &file));
@@ -62,6 +63,7 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
                 pki,
                 force,
                 recover: false,
+                discard_other_members,
             };
             super::init_sequence(paths, init, Some(restore)).await
         }

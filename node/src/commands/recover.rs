@@ -9,7 +9,14 @@ pub async fn run(paths: &HostPaths, args: RecoverArgs) -> anyhow::Result<ExitCod
     let quiet = args.output == Output::Json;
     if let Some(snapshot) = args.from_snapshot {
         let pki = args.pki.or_else(|| super::etcd::kept_pki(paths, &snapshot));
-        let summary = crate::sequences::recover::from_snapshot(paths, snapshot, pki, quiet).await?;
+        let summary = crate::sequences::recover::from_snapshot(
+            paths,
+            snapshot,
+            pki,
+            args.discard_other_members,
+            quiet,
+        )
+        .await?;
         return super::print_summary(&summary, args.output);
     }
     let report = crate::sequences::recover::run(paths, args.timeout, quiet).await?;

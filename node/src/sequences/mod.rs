@@ -15,6 +15,7 @@
 
 pub mod init;
 pub mod join;
+pub mod others;
 pub mod plan;
 pub mod recover;
 pub mod reset;

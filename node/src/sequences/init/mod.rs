@@ -177,6 +177,27 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     let agent = RunningAgent::require(paths)?;
     let checkpoint = Checkpoint::open(&paths.checkpoint_dir())?;
     let clear_for_restore = check_host_belongs(&ctx, &checkpoint)?;
+    if let Some(src) = ctx.restore.as_ref().filter(|s| !s.discard_other_members) {
+        // A restore beside a cluster other hosts still serve would start a
+        // second one (split brain): refused before anything is written.
+        let others = crate::sequences::others::others_serving(
+            paths,
+            ctx.settings.advertise_address,
+            &ctx.settings.node_name,
+        )
+        .await;
+        if !others.is_empty() {
+            return Err(crate::sequences::others::OthersServe {
+                command: if src.recover {
+                    "recover --from-snapshot"
+                } else {
+                    "etcd snapshot restore"
+                },
+                others,
+            }
+            .into());
+        }
+    }
 
     let observed = plan::Observed {
         pivoted: checkpoint.pivot_committed()?,

@@ -36,6 +36,9 @@ pub struct RestoreSource {
     pub force: bool,
     /// Run as `selfnode recover --from-snapshot` (its own progress prefix).
     pub recover: bool,
+    /// Go ahead while other hosts still serve the cluster
+    /// (`--discard-other-members`; see `sequences::others`).
+    pub discard_other_members: bool,
 }
 
 /// A restore that cannot start: bad snapshot contents or missing keys.

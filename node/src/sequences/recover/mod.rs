@@ -236,6 +236,7 @@ pub async fn from_snapshot(
     paths: &HostPaths,
     snapshot: PathBuf,
     pki: Option<PathBuf>,
+    discard_other_members: bool,
     quiet: bool,
 ) -> anyhow::Result<crate::sequences::init::InitSummary> {
     let rec = recorded(paths)?;
@@ -263,6 +264,7 @@ pub async fn from_snapshot(
             pki,
             force: true,
             recover: true,
+            discard_other_members,
         }),
     };
     crate::sequences::init::run(ctx).await
