@@ -548,6 +548,39 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
             Ok(())
         }
     });
+
+    // A control-plane host reset without leaving first: reset takes its
+    // member out of etcd quorum-safely before it deletes anything, and the
+    // cluster keeps its quorum on the first host.
+    assert!(second.stop_agent(Duration::from_secs(120)).success());
+    let out = second
+        .selfnode()
+        .args(["reset", "--force", "--bundle"])
+        .arg(&second.bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "reset of node2: {}", text(&out));
+    assert!(
+        text(&out).contains("removed this host's etcd member node2"),
+        "{}",
+        text(&out)
+    );
+    wait_voters(&first, &[&node1], Duration::from_secs(120));
+    first.kubectl_ok(&["get", "--raw", "/readyz"]);
+    // The same host joins again as a control-plane host (its old Node
+    // deleted: a bootstrap token makes new nodes only) and converges.
+    first.kubectl_ok(&["delete", "node", "node2"]);
+    let cp_again = first.token_create(&["--control-plane", "--description", "again"]);
+    second.start_agent();
+    second.wait_healthy(START);
+    let out = second.join(&[&cp_again, "--node-name", "node2"]);
+    assert!(
+        out.status.success(),
+        "control-plane join after reset: {}\n{}",
+        text(&out),
+        second.agent_log()
+    );
+    wait_voters(&first, &[&node1, "node2"], Duration::from_secs(300));
     drop(third);
     drop(second);
 }

@@ -1,6 +1,9 @@
 //! `selfnode reset`: forget the cluster on this host, as a plan over the
 //! sequences' runner. The agent must be stopped first (the caller holds its
-//! lock, so none starts meanwhile). Containers an agent stop left running
+//! lock, so none starts meanwhile). A control-plane host first leaves the
+//! cluster's etcd (quorum-safe: refused, before anything else, when the
+//! members that stay could not form a quorum), so the others do not keep a
+//! member that will never answer again. Containers an agent stop left running
 //! are stopped (as `selfnode stop` does) and their mounts released; then
 //! the cluster's state goes, and what the cluster left in the host's
 //! network (kube-proxy's rules, the pod bridge, selfnode's routes, the
@@ -19,6 +22,8 @@ use crate::sequences::runner::{self, StepReport};
 steps! {
     /// One step of `selfnode reset`.
     pub enum ResetStep {
+        /// This host's etcd member, removed from a cluster that has others.
+        LeaveEtcdCluster => "leave_etcd_cluster",
         /// Containers an agent stop left running, stopped through the
         /// bundle's containerd; their mounts and pod IP leases released.
         StopLeftovers => "stop_leftovers",
@@ -49,6 +54,7 @@ pub fn plan() -> Plan<ResetStep> {
     Plan::one_lane(
         "reset",
         &[
+            (ResetStep::LeaveEtcdCluster, run),
             (ResetStep::StopLeftovers, run),
             (ResetStep::RemoveClusterState, run),
             (ResetStep::RemoveKubeProxyRules, run),
@@ -94,6 +100,10 @@ pub async fn run(ctx: &ResetContext) -> anyhow::Result<Vec<StepReport>> {
 
 async fn execute(step: ResetStep, run: &Runner, ctx: &ResetContext) -> anyhow::Result<StepReport> {
     match step {
+        ResetStep::LeaveEtcdCluster => {
+            run.converge(step, || leave_etcd_cluster(run, &ctx.paths))
+                .await
+        }
         ResetStep::StopLeftovers => {
             run.converge(step, || async {
                 let stopped =
@@ -116,6 +126,90 @@ async fn execute(step: ResetStep, run: &Runner, ctx: &ResetContext) -> anyhow::R
         ResetStep::RemovePodNetwork => run.converge(step, || remove_pod_network(run)).await,
     }
 }
+
+/// `leave_etcd_cluster`: this host's member (recorded in its checkpoint)
+/// out of the cluster's etcd, through this host's endpoint and every other
+/// host's the balancer knows. Nothing to do for a host without a member,
+/// a member already gone, or the cluster's last voting member (the cluster
+/// goes with this host). A removal that would cost the others their quorum
+/// is refused (etcd-mgr's check), and reset stops there. When no member
+/// answers at all, reset goes on and says how to remove the member later.
+async fn leave_etcd_cluster(run: &Runner, paths: &HostPaths) -> anyhow::Result<bool> {
+    let step = ResetStep::LeaveEtcdCluster;
+    let recorded = if paths.checkpoint_dir().exists() {
+        crate::checkpoint::with_checkpoint(&paths.checkpoint_dir(), |c| c.etcd_member())
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    let Some(member) = recorded else {
+        return Ok(false);
+    };
+    let mut cfg = crate::etcd::config(paths);
+    cfg.timeout = LEAVE_ASK;
+    let port = bootstrap::plane::PlanePorts::default().etcd_client;
+    let others: std::collections::BTreeSet<std::net::IpAddr> =
+        crate::control::ApiBackends::read(paths)
+            .map(|b| b.addrs)
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+    cfg.endpoints.extend(
+        others
+            .iter()
+            .map(|ip| format!("https://{}", std::net::SocketAddr::new(*ip, port))),
+    );
+    let members = match etcd_mgr::members(&cfg).await {
+        Ok(m) | Err(etcd_mgr::EtcdError::NoLeader { members: m, .. }) => m,
+        Err(e) => {
+            run.say(
+                step,
+                &format!(
+                    "no etcd member answers ({e}): this host's member {} ({}) stays in the cluster's list; once the cluster serves again, remove it on a control-plane host with 'selfnode etcd remove-member {}'",
+                    member.name, member.id, member.name
+                ),
+            );
+            return Ok(false);
+        }
+    };
+    let Some(own) = members
+        .iter()
+        .find(|m| m.id.eq_ignore_ascii_case(&member.id) || m.name == member.name)
+    else {
+        return Ok(false);
+    };
+    let voters = members.iter().filter(|m| !m.is_learner).count();
+    if !own.is_learner && voters <= 1 {
+        run.say(
+            step,
+            "this host runs the cluster's only etcd member: the cluster goes with it",
+        );
+        return Ok(false);
+    }
+    match etcd_mgr::members::remove(&cfg, &own.id, LEAVE_TIMEOUT).await? {
+        etcd_mgr::members::RemoveOutcome::Removed { id } => {
+            run.say(
+                step,
+                &format!(
+                    "removed this host's etcd member {} ({id:x}) from the cluster",
+                    member.name
+                ),
+            );
+            Ok(true)
+        }
+        etcd_mgr::members::RemoveOutcome::NotAMember => Ok(false),
+    }
+}
+
+/// How long each etcd member is given to answer while leaving.
+const LEAVE_ASK: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the removal may be retried (etcd refuses it for a few seconds
+/// after a peer connects).
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `remove_cluster_state`: every file and directory of [`cluster_state`].
 fn remove_cluster_state(run: &Runner, paths: &HostPaths) -> anyhow::Result<bool> {
