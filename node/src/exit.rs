@@ -156,6 +156,12 @@ impl Classify for crate::sequences::init::RestoreConflict {
     }
 }
 
+impl Classify for crate::sequences::recover::force_new::ForceNewRefused {
+    fn class(&self) -> Class {
+        Class::Conflict
+    }
+}
+
 impl Classify for crate::sequences::others::OthersServe {
     fn class(&self) -> Class {
         Class::Conflict
@@ -247,6 +253,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::sequences::init::InitConflict>,
     by::<crate::sequences::init::RestoreConflict>,
     by::<crate::sequences::others::OthersServe>,
+    by::<crate::sequences::recover::force_new::ForceNewRefused>,
     by::<crate::sequences::init::RestoreInputError>,
     by::<crate::sequences::recover::RecoverRefused>,
     by::<crate::cluster::NotInitHost>,
@@ -450,6 +457,11 @@ mod tests {
                 command: "etcd snapshot restore",
                 others: Default::default(),
             }),
+            Box::new(
+                crate::sequences::recover::force_new::ForceNewRefused::NoMember {
+                    manifest: PathBuf::from("/etc/kubernetes/manifests/etcd.yaml"),
+                },
+            ),
             Box::new(crate::cluster::NotInitHost::NotPivoted),
             Box::new(bootstrap::join::JoinError::Token("x".into())),
             Box::new(crate::tokens::TtlError {
@@ -502,8 +514,8 @@ mod tests {
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
                 Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
                 Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Conflict, Invalid,
-                Conflict, Conflict, Conflict, Invalid, Invalid, Conflict, Conflict, Invalid,
-                Invalid, Invalid,
+                Conflict, Conflict, Conflict, Conflict, Invalid, Invalid, Conflict, Conflict,
+                Invalid, Invalid, Invalid,
             ]
         );
     }

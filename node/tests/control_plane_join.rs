@@ -8,59 +8,12 @@
 mod support;
 
 use std::time::Duration;
-use support::{text, Lan, TestHost};
+use support::{text, wait_voters, Lan, TestHost};
 
 const START: Duration = Duration::from_secs(180);
 
 fn code(out: &std::process::Output) -> Option<i32> {
     out.status.code()
-}
-
-/// `selfnode etcd members -o json` on `host`: (name, healthy, learner).
-fn members(host: &TestHost) -> Result<Vec<(String, bool, bool)>, String> {
-    let out = host
-        .selfnode()
-        .args(["etcd", "members", "-o", "json"])
-        .output()
-        .unwrap();
-    let list: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|_| format!("etcd members: {}", text(&out)))?;
-    Ok(list
-        .as_array()
-        .ok_or_else(|| text(&out))?
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or_default().to_string(),
-                m["healthy"].as_bool().unwrap_or(false),
-                m["is_learner"].as_bool().unwrap_or(true),
-            )
-        })
-        .collect())
-}
-
-/// Waits until `host` sees exactly `names` as healthy voting members.
-fn wait_voters(host: &TestHost, names: &[&str], timeout: Duration) {
-    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    support::retry(
-        &format!("etcd members {want:?}, all healthy voters"),
-        timeout,
-        || {
-            let list = members(host)?;
-            let mut got: Vec<String> = list
-                .iter()
-                .filter(|(_, healthy, learner)| *healthy && !learner)
-                .map(|(n, _, _)| n.clone())
-                .collect();
-            got.sort();
-            if got == want && list.len() == want.len() {
-                Ok(())
-            } else {
-                Err(format!("{list:?}"))
-            }
-        },
-    );
 }
 
 /// kubectl run on `host` (its network namespace: its own API balancer)

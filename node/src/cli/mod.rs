@@ -258,6 +258,11 @@ pub struct RecoverArgs {
     /// again
     #[arg(long, requires = "from_snapshot")]
     pub discard_other_members: bool,
+    /// Quorum lost for good (most control-plane hosts gone): make a one-member etcd cluster
+    /// from this host's own data (etcd's --force-new-cluster), keeping everything written
+    /// before the loss; refused while a quorum answers. The other hosts then join again
+    #[arg(long, conflicts_with = "from_snapshot")]
+    pub force_new_cluster: bool,
     /// How long to wait for each component to come back
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", value_name = "DURATION")]
     pub timeout: std::time::Duration,

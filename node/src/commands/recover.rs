@@ -7,6 +7,16 @@ use crate::paths::HostPaths;
 
 pub async fn run(paths: &HostPaths, args: RecoverArgs) -> anyhow::Result<ExitCode> {
     let quiet = args.output == Output::Json;
+    if args.force_new_cluster {
+        let steps = crate::sequences::recover::force_new::run(paths, quiet).await?;
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&steps)?),
+            Output::Table => println!(
+                "etcd is a one-member cluster of this host's member, with its data; the API serves. Join the other control-plane hosts again: 'selfnode token create --control-plane' here, then 'selfnode reset' and 'selfnode join' on each"
+            ),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(snapshot) = args.from_snapshot {
         let pki = args.pki.or_else(|| super::etcd::kept_pki(paths, &snapshot));
         let summary = crate::sequences::recover::from_snapshot(

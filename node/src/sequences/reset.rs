@@ -133,7 +133,8 @@ async fn execute(step: ResetStep, run: &Runner, ctx: &ResetContext) -> anyhow::R
 /// a member already gone, or the cluster's last voting member (the cluster
 /// goes with this host). A removal that would cost the others their quorum
 /// is refused (etcd-mgr's check), and reset stops there. When no member
-/// answers at all, reset goes on and says how to remove the member later.
+/// answers, or the cluster has no quorum to make the change, reset goes on
+/// and says how to remove the member later.
 async fn leave_etcd_cluster(run: &Runner, paths: &HostPaths) -> anyhow::Result<bool> {
     let step = ResetStep::LeaveEtcdCluster;
     let recorded = if paths.checkpoint_dir().exists() {
@@ -164,7 +165,20 @@ async fn leave_etcd_cluster(run: &Runner, paths: &HostPaths) -> anyhow::Result<b
             .map(|ip| format!("https://{}", std::net::SocketAddr::new(*ip, port))),
     );
     let members = match etcd_mgr::members(&cfg).await {
-        Ok(m) | Err(etcd_mgr::EtcdError::NoLeader { members: m, .. }) => m,
+        Ok(m) => m,
+        // Without a quorum no removal can be made; the member stays listed
+        // and the host is reset (a cluster that lost its quorum is not
+        // kept alive by refusing).
+        Err(e @ etcd_mgr::EtcdError::NoLeader { .. }) => {
+            run.say(
+                step,
+                &format!(
+                    "the cluster's etcd has no quorum ({e}): this host's member {} ({}) stays in its list; once the cluster serves again, remove it on a control-plane host with 'selfnode etcd remove-member {}'",
+                    member.name, member.id, member.name
+                ),
+            );
+            return Ok(false);
+        }
         Err(e) => {
             run.say(
                 step,

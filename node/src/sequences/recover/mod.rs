@@ -43,6 +43,7 @@ use crate::paths::HostPaths;
 use crate::sequences::plan::{steps, Action, Plan};
 use crate::sequences::runner::{self, StepReport};
 
+pub mod force_new;
 mod parts;
 use parts::{
     create_missing_objects, hand_back_copies, recover_api, recover_etcd,
