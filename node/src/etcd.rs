@@ -25,3 +25,28 @@ pub fn config_at(paths: &HostPaths, port: u16) -> etcd_mgr::EtcdConfig {
         timeout: Duration::from_secs(5),
     }
 }
+
+/// This host's member and every other host's the balancer knows of (its
+/// list of API servers: each control-plane host runs a member beside its
+/// API server), each given `timeout`: how to reach the cluster's etcd when
+/// this host's member is down or gone (a reset leaving, a restore asking
+/// who else serves, a quorum loss).
+pub fn cluster_config(paths: &HostPaths, timeout: Duration) -> etcd_mgr::EtcdConfig {
+    let mut cfg = config(paths);
+    cfg.timeout = timeout;
+    let port = bootstrap::plane::PlanePorts::default().etcd_client;
+    let others: std::collections::BTreeSet<std::net::IpAddr> =
+        crate::control::ApiBackends::read(paths)
+            .map(|b| b.addrs)
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+    cfg.endpoints.extend(
+        others
+            .iter()
+            .map(|ip| format!("https://{}", std::net::SocketAddr::new(*ip, port))),
+    );
+    cfg
+}

@@ -11,7 +11,6 @@
 //! the members etcd lists when any member answers) and refuses while any of
 //! them serves, naming them, unless the user says those will be discarded.
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -61,13 +60,8 @@ pub async fn others_serving(paths: &HostPaths, own_ip: IpAddr, own_name: &str) -
     let backends = ApiBackends::read(paths)
         .map(|b| b.addrs)
         .unwrap_or_default();
-    let other_ips: BTreeSet<IpAddr> = backends
-        .iter()
-        .map(SocketAddr::ip)
-        .filter(|ip| *ip != own_ip && !ip.is_loopback())
-        .collect();
     let (members, apiservers) = tokio::join!(
-        members_serving(paths, &other_ips, own_ip, own_name),
+        members_serving(paths, own_ip, own_name),
         apiservers_serving(paths, &backends, own_ip),
     );
     OthersServing {
@@ -77,21 +71,10 @@ pub async fn others_serving(paths: &HostPaths, own_ip: IpAddr, own_name: &str) -
 }
 
 /// Voting members other than this host's that answer, asked through this
-/// host's member and every other host's client port.
-async fn members_serving(
-    paths: &HostPaths,
-    other_ips: &BTreeSet<IpAddr>,
-    own_ip: IpAddr,
-    own_name: &str,
-) -> Vec<String> {
-    let mut cfg = crate::etcd::config(paths);
-    cfg.timeout = ASK;
-    let port = bootstrap::plane::PlanePorts::default().etcd_client;
-    cfg.endpoints.extend(
-        other_ips
-            .iter()
-            .map(|ip| format!("https://{}", SocketAddr::new(*ip, port))),
-    );
+/// host's member and every other host's client port
+/// ([`crate::etcd::cluster_config`]).
+async fn members_serving(paths: &HostPaths, own_ip: IpAddr, own_name: &str) -> Vec<String> {
+    let cfg = crate::etcd::cluster_config(paths, ASK);
     let members = match etcd_mgr::members(&cfg).await {
         Ok(m) => m,
         // Members that answer without a quorum still hold the cluster's

@@ -148,22 +148,7 @@ async fn leave_etcd_cluster(run: &Runner, paths: &HostPaths) -> anyhow::Result<b
     let Some(member) = recorded else {
         return Ok(false);
     };
-    let mut cfg = crate::etcd::config(paths);
-    cfg.timeout = LEAVE_ASK;
-    let port = bootstrap::plane::PlanePorts::default().etcd_client;
-    let others: std::collections::BTreeSet<std::net::IpAddr> =
-        crate::control::ApiBackends::read(paths)
-            .map(|b| b.addrs)
-            .unwrap_or_default()
-            .iter()
-            .map(|a| a.ip())
-            .filter(|ip| !ip.is_loopback())
-            .collect();
-    cfg.endpoints.extend(
-        others
-            .iter()
-            .map(|ip| format!("https://{}", std::net::SocketAddr::new(*ip, port))),
-    );
+    let cfg = crate::etcd::cluster_config(paths, LEAVE_ASK);
     let members = match etcd_mgr::members(&cfg).await {
         Ok(m) => m,
         // Without a quorum no removal can be made; the member stays listed

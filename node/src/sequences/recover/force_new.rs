@@ -143,24 +143,13 @@ async fn execute(step: ForceNewStep, run: &Runner, f: &ForceNew<'_>) -> anyhow::
 /// The members as seen through this host's endpoint and every other
 /// host's; `None` when none answers.
 async fn members(paths: &HostPaths, local_only: bool) -> Option<(Vec<MemberStatus>, bool)> {
-    let mut cfg = crate::etcd::config(paths);
-    cfg.timeout = ASK;
-    if !local_only {
-        let port = bootstrap::plane::PlanePorts::default().etcd_client;
-        let others: std::collections::BTreeSet<std::net::IpAddr> =
-            crate::control::ApiBackends::read(paths)
-                .map(|b| b.addrs)
-                .unwrap_or_default()
-                .iter()
-                .map(|a| a.ip())
-                .filter(|ip| !ip.is_loopback())
-                .collect();
-        cfg.endpoints.extend(
-            others
-                .iter()
-                .map(|ip| format!("https://{}", std::net::SocketAddr::new(*ip, port))),
-        );
-    }
+    let cfg = if local_only {
+        let mut cfg = crate::etcd::config(paths);
+        cfg.timeout = ASK;
+        cfg
+    } else {
+        crate::etcd::cluster_config(paths, ASK)
+    };
     match etcd_mgr::members(&cfg).await {
         Ok(m) => Some((m, true)),
         Err(EtcdError::NoLeader { members, .. }) => Some((members, false)),
