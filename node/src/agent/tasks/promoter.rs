@@ -12,6 +12,12 @@
 //!   registered again: the kubelet may not set that label) gets it back,
 //!   unless it was demoted on purpose ([`DEMOTED_ANNOTATION`], set by
 //!   `selfnode demote`).
+//! - **removes stale learners**: an etcd learner left by a control-plane
+//!   join that failed (its host gone, or reset) blocks every later one
+//!   (etcd allows one learner at a time); one that has not answered for
+//!   [`LEARNER_SILENT`], or stayed a learner for [`LEARNER_STUCK`], is
+//!   removed (a learner does not vote: removing one is always safe). A host
+//!   that still wants to join adds itself again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -60,10 +66,18 @@ pub async fn record_intent(client: &kube::Client, node: &str, token: &str) -> an
     Ok(())
 }
 
+/// How long a learner may not answer before it is removed.
+pub const LEARNER_SILENT: Duration = Duration::from_secs(10 * 60);
+/// How long a member may stay a learner before it is removed (a learner
+/// catches up in seconds to minutes; its host's agent promotes it then).
+pub const LEARNER_STUCK: Duration = Duration::from_secs(60 * 60);
+
 /// The promoter (see the module docs).
 #[derive(Default)]
 pub struct Promoter {
     last: String,
+    /// Learners seen, by member id: since when a learner, since when silent.
+    learners: BTreeMap<String, (std::time::Instant, Option<std::time::Instant>)>,
 }
 
 impl AgentTask for Promoter {
@@ -120,7 +134,12 @@ impl AgentTask for Promoter {
                 Promotion::Waiting(why) => notes.push(format!("promoting {node}: {why}")),
             }
         }
-        notes.extend(keep_members_labelled(cx, &client, !allow).await?);
+        let mut cfg = crate::etcd::config(&cx.paths);
+        cfg.timeout = Duration::from_secs(2);
+        if let Ok(members) = etcd_mgr::members(&cfg).await {
+            notes.extend(keep_members_labelled(&client, &members, !allow).await?);
+            notes.extend(self.remove_stale_learners(&cfg, &members).await);
+        }
         let note = notes.join("; ");
         if note == self.last {
             return Ok(Outcome::Unchanged);
@@ -151,18 +170,79 @@ async fn forget(cms: &Api<ConfigMap>, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Promoter {
+    /// Removes the learners that are stale by [`stale_learner`]; returns
+    /// what it did.
+    async fn remove_stale_learners(
+        &mut self,
+        cfg: &etcd_mgr::EtcdConfig,
+        members: &[etcd_mgr::MemberStatus],
+    ) -> Vec<String> {
+        let now = std::time::Instant::now();
+        self.learners
+            .retain(|id, _| members.iter().any(|m| m.is_learner && &m.id == id));
+        let mut notes = Vec::new();
+        for m in members.iter().filter(|m| m.is_learner) {
+            let seen = self.learners.entry(m.id.clone()).or_insert((now, None));
+            seen.1 = if m.healthy {
+                None
+            } else {
+                Some(seen.1.unwrap_or(now))
+            };
+            let Some(why) = stale_learner(now, *seen) else {
+                continue;
+            };
+            let name = if m.name.is_empty() {
+                "(never started)"
+            } else {
+                &m.name
+            };
+            match etcd_mgr::members::remove(cfg, &m.id, Duration::from_secs(30)).await {
+                Ok(_) => {
+                    tracing::warn!(member = %m.id, %name, %why, "removed a stale etcd learner");
+                    notes.push(format!(
+                        "removed the stale etcd learner {name} ({}): {why}",
+                        m.id
+                    ));
+                    self.learners.remove(&m.id);
+                }
+                Err(e) => notes.push(format!(
+                    "could not remove the stale etcd learner {name} ({}): {e}",
+                    m.id
+                )),
+            }
+        }
+        notes
+    }
+}
+
+/// Why a learner seen since `since` (and silent since `silent`) is stale,
+/// if it is.
+fn stale_learner(
+    now: std::time::Instant,
+    (since, silent): (std::time::Instant, Option<std::time::Instant>),
+) -> Option<String> {
+    if let Some(s) = silent.filter(|s| now.duration_since(*s) >= LEARNER_SILENT) {
+        return Some(format!(
+            "it has not answered for {} min",
+            now.duration_since(s).as_secs() / 60
+        ));
+    }
+    (now.duration_since(since) >= LEARNER_STUCK).then(|| {
+        format!(
+            "it has been a learner for {} min without catching up",
+            now.duration_since(since).as_secs() / 60
+        )
+    })
+}
+
 /// Gives the control-plane label back to every Node that is an etcd member
 /// (by name) and lost it without a demotion.
 async fn keep_members_labelled(
-    cx: &TaskCx,
     client: &kube::Client,
+    members: &[etcd_mgr::MemberStatus],
     taint: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let mut cfg = crate::etcd::config(&cx.paths);
-    cfg.timeout = Duration::from_secs(2);
-    let Ok(members) = etcd_mgr::members(&cfg).await else {
-        return Ok(Vec::new());
-    };
     let nodes: Api<Node> = Api::all(client.clone());
     let mut notes = Vec::new();
     for m in members
@@ -187,4 +267,31 @@ async fn keep_members_labelled(
         ));
     }
     Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_learner_is_stale_when_silent_or_stuck_long_enough() {
+        let t0 = Instant::now();
+        let at = |d: Duration| t0 + d;
+        // Answering and young: kept.
+        assert_eq!(stale_learner(at(Duration::from_secs(60)), (t0, None)), None);
+        // Silent, but not for long: kept.
+        let silent = Some(at(Duration::from_secs(60)));
+        assert_eq!(
+            stale_learner(at(Duration::from_secs(300)), (t0, silent)),
+            None
+        );
+        // Silent for LEARNER_SILENT: removed.
+        let why =
+            stale_learner(at(Duration::from_secs(60) + LEARNER_SILENT), (t0, silent)).unwrap();
+        assert!(why.contains("not answered for 10 min"), "{why}");
+        // Answering but a learner for LEARNER_STUCK: removed.
+        let why = stale_learner(at(LEARNER_STUCK), (t0, None)).unwrap();
+        assert!(why.contains("learner for 60 min"), "{why}");
+    }
 }
