@@ -1,29 +1,33 @@
 //! `selfnode certs`: when this host's certificates expire, and their
-//! renewal on a running self-hosted cluster.
+//! renewal on a running self-hosted cluster, on every control-plane host.
 //!
-//! `selfnode init` makes the cluster's PKI (kubeadm's layout) on its host,
-//! which keeps the CAs' keys. The temporary plane and the self-hosted
-//! kube-apiserver, kube-controller-manager and kube-scheduler all read
-//! their certificates, keys and kubeconfigs from the host's files (the
-//! pods mount each file by hostPath; no key passes through the API). A
-//! running process reads its kubeconfig and client certificates once, so a
-//! renewed file reaches a component when its pods roll: the pod template
-//! carries a hash of the files (`selfnode.dev/config-hash`), and
-//! [`publish`] sets that one annotation where it differs and touches
-//! nothing else of the workloads (an image a user set with kubectl stays).
-//! It also deletes the Secrets that held the keys before they moved onto
-//! the hosts (`bootstrap::objects::LEGACY_KEY_SECRETS`), wherever a cluster
-//! made by an older selfnode still has them.
+//! `selfnode init` makes the cluster's PKI (kubeadm's layout) on its host;
+//! a control-plane host that joins receives the CAs and keys and makes its
+//! own leaves and kubeconfigs. The temporary plane and the self-hosted
+//! kube-apiserver, kube-controller-manager and kube-scheduler read their
+//! certificates, keys and kubeconfigs from the host's files (the pods mount
+//! each file by hostPath; no key passes through the API). A running
+//! process reads its kubeconfig (with its client certificate) once, so
+//! after a renewal changes a host's own files that host restarts its own
+//! components' containers (`crate::cri`: the kubelet starts them again in
+//! the same pods, no API needed). The files every host shares (the CAs,
+//! the service-account pair, the encryption and admission configuration)
+//! are hashed into the pod templates (`selfnode.dev/config-hash`, the same
+//! on every host), and [`publish`] sets that one annotation where it
+//! differs, so a change of one of them rolls the pods everywhere; it
+//! touches nothing else of the workloads (an image a user set with kubectl
+//! stays) and deletes the Secrets that held the keys before they moved onto
+//! the hosts (`bootstrap::objects::LEGACY_KEY_SECRETS`).
 //!
 //! - `selfnode certs check-expiration`: [`expiration`], from the files.
 //! - `selfnode certs renew`: [`renew`] re-issues every leaf and kubeconfig
-//!   (kubeadm's `certs renew all`; CAs and `sa.key` are kept), publishes,
-//!   and waits until the three workloads have rolled.
-//! - The agent of the host that ran init, [`run`]: every [`PERIOD`] an
-//!   ordinary `ensure_pki` pass (re-issues what has less than 30 days left,
-//!   the rule `selfnode init` applies) and a [`publish`]. A cluster so
-//!   renews itself for as long as its CAs (10 years) last, with no command
-//!   run.
+//!   of this host (kubeadm's `certs renew all`; CAs and `sa.key` are kept),
+//!   publishes, restarts this host's components and waits for them.
+//! - The agent of every control-plane host with the keys, [`agent_pass`]:
+//!   every hour an ordinary pass (re-issues what has less than 30 days
+//!   left, the rule `selfnode init` applies), a publish, and the restart of
+//!   what it renewed. A cluster so renews itself for as long as its CAs (10
+//!   years) last, with no command run and no host that must stay.
 //!
 //! Every writer of the PKI after the pivot holds [`PkiLock`], so two
 //! renewals never interleave a key of one with a certificate of the other.
@@ -31,11 +35,11 @@
 //! Not renewed here: the etcd member certificates of a *joined*
 //! control-plane host (its member controller, `agent/tasks/member.rs`,
 //! issues them from the etcd CA on its disk and re-issues them when less
-//! than 30 days are left, checked at agent start and every hour), and the
-//! kubelets' client certificates, which the kubelets rotate themselves
-//! (the agent turns `rotateCertificates` on).
+//! than 30 days are left; etcd reads them again at each new connection),
+//! and the kubelets' client certificates, which the kubelets rotate
+//! themselves (the agent turns `rotateCertificates` on).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -49,7 +53,7 @@ use kube::api::{Api, Patch, PatchParams};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
-use crate::cluster::{InitHost, NotInitHost};
+use crate::cluster::{ControlPlaneHost, NotControlPlaneHost};
 use crate::control::NodeIdentity;
 use crate::host::NodeHost;
 use crate::paths::HostPaths;
@@ -138,12 +142,13 @@ fn days_between(a: SystemTime, b: SystemTime) -> i64 {
 /// host that ran init, else the node's identity (a joined host holds only
 /// part of the files; the rest are rows "not on this host").
 fn host_pki_spec(paths: &HostPaths) -> anyhow::Result<bootstrap::pki::PkiSpec> {
-    if let Ok(host) = InitHost::load(paths) {
+    if let Ok(host) = ControlPlaneHost::load(paths) {
         return Ok(host
             .plane_spec(paths, crate::control::api_lb_port(paths))
             .pki_spec());
     }
-    let id = NodeIdentity::read(&paths.node_identity_file())?.ok_or(NotInitHost::NoCluster)?;
+    let id =
+        NodeIdentity::read(&paths.node_identity_file())?.ok_or(NotControlPlaneHost::NoCluster)?;
     // Only the names and paths matter for reading expiries.
     Ok(bootstrap::pki::PkiSpec {
         cluster_name: bootstrap::pki::DEFAULT_CLUSTER_NAME.to_string(),
@@ -333,16 +338,21 @@ pub struct RenewReport {
     pub renewed: Vec<PathBuf>,
     /// What reached the cluster.
     pub published: Vec<Published>,
+    /// This host's components restarted onto the new files.
+    pub restarted: Vec<String>,
     /// Every certificate after the renewal.
     pub certificates: Vec<ExpiryRow>,
     pub seconds: f64,
 }
 
-/// `selfnode certs renew` (see the module docs): on the host that ran
-/// init, after the pivot. Prints progress lines unless `quiet`; waits up
-/// to `timeout` for each workload to roll.
+/// `selfnode certs renew` (see the module docs): on a control-plane host
+/// with the keys. Prints progress lines unless `quiet`; waits up to
+/// `timeout` for this host's components to start again (and for a
+/// workload to roll, when a shared file changed). `socket`: this host's
+/// containerd.
 pub async fn renew(
     paths: &HostPaths,
+    socket: &Path,
     timeout: Duration,
     quiet: bool,
 ) -> anyhow::Result<RenewReport> {
@@ -352,12 +362,18 @@ pub async fn renew(
             println!("[certs] {text} ({:.1}s)", started.elapsed().as_secs_f64());
         }
     };
-    let spec = InitHost::load(paths)?.plane_spec(paths, crate::control::api_lb_port(paths));
+    let host = ControlPlaneHost::load(paths)?;
+    let spec = host.plane_spec(paths, crate::control::api_lb_port(paths));
     let _lock = PkiLock::acquire(paths, Duration::from_secs(120)).await?;
     let pki = spec.pki_spec();
     require_cluster_keys(&pki.pki_dir)?;
+    let joined = host.joined;
     let report: PkiReport = tokio::task::spawn_blocking(move || {
-        bootstrap::pki::renew_pki(&NodeHost, &pki, SystemTime::now())
+        if joined {
+            bootstrap::pki::renew_joined_control_plane_pki(&NodeHost, &pki, SystemTime::now())
+        } else {
+            bootstrap::pki::renew_pki(&NodeHost, &pki, SystemTime::now())
+        }
     })
     .await??;
     let renewed: Vec<PathBuf> = report.changed().map(|e| e.path.clone()).collect();
@@ -377,19 +393,26 @@ pub async fn renew(
     for p in &published {
         if p.missing {
             line(&format!(
-                "{} {}/{} does not exist: 'selfnode recover' makes it again, with the new Secret",
+                "{} {}/{} does not exist: 'selfnode recover' makes it again",
                 p.workload, NAMESPACE, p.component
             ));
         } else if p.rolled {
             line(&format!(
-                "rolling {} {ns}/{c}",
+                "rolling {} {ns}/{c} (a file every host shares changed)",
                 p.workload,
                 ns = NAMESPACE,
                 c = p.component
             ));
         }
     }
-    for p in published.iter().filter(|p| !p.missing) {
+    let restarted = restart_own_components(&spec, socket, &renewed, timeout).await?;
+    if !restarted.is_empty() {
+        line(&format!(
+            "restarted {} on this host onto the new files",
+            restarted.join(", ")
+        ));
+    }
+    for p in published.iter().filter(|p| p.rolled) {
         wait_rolled(&client, p, timeout).await.with_context(|| {
             format!(
                 "the new certificates are published but {} {}/{} has not rolled out; see 'kubectl -n {} rollout status {} {}'",
@@ -409,9 +432,47 @@ pub async fn renew(
     Ok(RenewReport {
         renewed,
         published,
+        restarted: restarted.iter().map(|c| c.to_string()).collect(),
         certificates: expiration(paths)?,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The components whose own (not shared) files are among `changed`.
+pub fn own_components_changed(spec: &PlaneSpec, changed: &[PathBuf]) -> Vec<&'static str> {
+    bootstrap::objects::component_files(spec)
+        .into_iter()
+        .filter(|(_, files)| {
+            files
+                .iter()
+                .any(|f| changed.contains(f) && !bootstrap::objects::shared_file(spec, f))
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Restarts this host's containers of the components whose own files are
+/// among `changed`, and waits up to `timeout` until the kubelet has started
+/// them again. Returns the components restarted.
+async fn restart_own_components(
+    spec: &PlaneSpec,
+    socket: &Path,
+    changed: &[PathBuf],
+    timeout: Duration,
+) -> anyhow::Result<Vec<&'static str>> {
+    let components = own_components_changed(spec, changed);
+    if components.is_empty() {
+        return Ok(components);
+    }
+    let stopped = crate::cri::restart_containers(socket, &components).await?;
+    crate::cri::wait_restarted(socket, &stopped, timeout)
+        .await
+        .context("the renewed files are on this host, but a component did not start again; see 'kubectl -n kube-system get pods -o wide' and the kubelet's log")?;
+    let ran: Vec<&'static str> = components
+        .into_iter()
+        .filter(|c| stopped.iter().any(|s| s.container == *c))
+        .collect();
+    Ok(ran)
 }
 
 /// `bootstrap::pki::RENEW_BEFORE` in days.
@@ -425,43 +486,60 @@ pub fn next_to_expire(rows: &[ExpiryRow]) -> Option<(i64, &ExpiryRow)> {
         .min_by_key(|(d, _)| *d)
 }
 
-/// The agent's check (`agent::tasks::certs`): renews what is due and
-/// publishes it. `None` when this host does not own the cluster's PKI.
-pub async fn agent_pass(paths: &HostPaths, api_lb_port: u16) -> anyhow::Result<Option<String>> {
-    let spec = match InitHost::load(paths) {
-        Ok(host) => host.plane_spec(paths, api_lb_port),
-        Err(e) if e.downcast_ref::<NotInitHost>().is_some() => return Ok(None),
+/// The agent's check (`agent::tasks::certs`): renews what is due,
+/// publishes, and restarts this host's components onto what it renewed.
+/// `None` when this host is not a control-plane host with the keys.
+pub async fn agent_pass(
+    paths: &HostPaths,
+    api_lb_port: u16,
+    socket: &Path,
+) -> anyhow::Result<Option<String>> {
+    let host = match ControlPlaneHost::load(paths) {
+        Ok(host) => host,
+        Err(e) if e.downcast_ref::<NotControlPlaneHost>().is_some() => return Ok(None),
         Err(e) => return Err(e),
     };
+    let spec = host.plane_spec(paths, api_lb_port);
     let _lock = PkiLock::acquire(paths, Duration::from_secs(60)).await?;
     let pki = spec.pki_spec();
     require_cluster_keys(&pki.pki_dir)?;
+    let joined = host.joined;
     let report = tokio::task::spawn_blocking(move || {
-        bootstrap::pki::ensure_pki(&NodeHost, &pki, SystemTime::now())
+        if joined {
+            bootstrap::pki::ensure_joined_control_plane_pki(&NodeHost, &pki, SystemTime::now())
+        } else {
+            bootstrap::pki::ensure_pki(&NodeHost, &pki, SystemTime::now())
+        }
     })
     .await??;
-    let renewed = report.changed().count();
-    if renewed > 0 {
-        tracing::info!(files = renewed, "certificates: re-issued what was due");
+    let renewed: Vec<PathBuf> = report.changed().map(|e| e.path.clone()).collect();
+    if !renewed.is_empty() {
+        tracing::info!(
+            files = renewed.len(),
+            "certificates: re-issued what was due"
+        );
     }
     for w in &report.warnings {
         tracing::warn!("certificates: {w}");
     }
     let client = crate::cluster::kube_client(&spec.kubeconfig_dir.join("super-admin.conf")).await?;
     let published = publish(&client, &spec).await?;
-    let rolled: Vec<&str> = published
+    let mut changed: Vec<String> = published
         .iter()
         .filter(|p| p.rolled)
-        .map(|p| p.component.as_str())
+        .map(|p| format!("rolled {}", p.component))
         .collect();
-    if !rolled.is_empty() {
-        tracing::info!(components = ?rolled, "certificates: published renewed certificates; the pods roll");
+    let restarted =
+        restart_own_components(&spec, socket, &renewed, Duration::from_secs(300)).await?;
+    if !restarted.is_empty() {
+        tracing::info!(components = ?restarted, "certificates: restarted this host's components onto the renewed files");
+        changed.push(format!("restarted {} on this host", restarted.join(", ")));
     }
-    Ok(Some(summary(&expiration(paths)?, renewed, &rolled)))
+    Ok(Some(summary(&expiration(paths)?, renewed.len(), &changed)))
 }
 
 /// The status line: the next certificate to expire, and what this check did.
-pub fn summary(rows: &[ExpiryRow], renewed: usize, rolled: &[&str]) -> String {
+pub fn summary(rows: &[ExpiryRow], renewed: usize, changed: &[String]) -> String {
     let mut s = match next_to_expire(rows) {
         Some((days, r)) => format!(
             "next to expire: {} at {} ({days} days; renewed 30 days before)",
@@ -473,8 +551,8 @@ pub fn summary(rows: &[ExpiryRow], renewed: usize, rolled: &[&str]) -> String {
     if renewed > 0 {
         s.push_str(&format!("; re-issued {renewed} files"));
     }
-    if !rolled.is_empty() {
-        s.push_str(&format!("; rolled {}", rolled.join(", ")));
+    for c in changed {
+        s.push_str(&format!("; {c}"));
     }
     s
 }
@@ -552,8 +630,69 @@ mod tests {
             "next to expire: admin.conf at T+200 (200 days; renewed 30 days before)"
         );
         assert_eq!(
-            summary(&rows, 19, &["kube-apiserver"]),
-            "next to expire: admin.conf at T+200 (200 days; renewed 30 days before); re-issued 19 files; rolled kube-apiserver"
+            summary(
+                &rows,
+                2,
+                &["restarted kube-apiserver on this host".to_string()]
+            ),
+            "next to expire: admin.conf at T+200 (200 days; renewed 30 days before); re-issued 2 files; restarted kube-apiserver on this host"
+        );
+    }
+
+    fn spec() -> PlaneSpec {
+        let dir = std::path::Path::new("/tmp/h");
+        let paths = HostPaths::under(dir);
+        let settings = bootstrap::config::InitSettings {
+            cluster_name: "lab".into(),
+            node_name: "n1".into(),
+            advertise_address: "10.0.0.2".parse().unwrap(),
+            pod_cidr: "10.244.0.0/16".parse().unwrap(),
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+            cluster_domain: "cluster.local".into(),
+            extra_sans: vec![],
+            bundle: None,
+            allow_workloads: true,
+        };
+        let env = bootstrap::plane::PlaneEnv {
+            kubernetes_version: "v1.37.2".into(),
+            images: bootstrap::plane::PlaneImages {
+                kube_apiserver: "a".into(),
+                kube_controller_manager: "c".into(),
+                kube_scheduler: "s".into(),
+                kube_proxy: "p".into(),
+                coredns: "d".into(),
+                etcd: "e".into(),
+                selfnode: "n".into(),
+            },
+            pki_dir: paths.pki_dir(),
+            kubeconfig_dir: paths.kubeconfig_dir(),
+            etcd_data_dir: paths.etcd_data_dir(),
+            audit_log_dir: paths.audit_log_dir(),
+            cni_conf_dir: paths.cni_conf_dir(),
+            api_load_balancer_port: 7445,
+        };
+        PlaneSpec::from_settings(&settings, env)
+    }
+
+    #[test]
+    fn a_hosts_own_renewed_files_restart_the_components_that_read_them() {
+        let s = spec();
+        let pki = s.pki_dir.clone();
+        let kc = s.kubeconfig_dir.clone();
+        // The controller-manager's kubeconfig: only it restarts.
+        assert_eq!(
+            own_components_changed(&s, &[kc.join("controller-manager.conf")]),
+            ["kube-controller-manager"]
+        );
+        // The API server's serving pair.
+        assert_eq!(
+            own_components_changed(&s, &[pki.join("apiserver.crt"), pki.join("apiserver.key")]),
+            ["kube-apiserver"]
+        );
+        // A shared file is the rollout's (the config hash), not a restart;
+        // admin.conf is no component's.
+        assert!(
+            own_components_changed(&s, &[pki.join("ca.crt"), kc.join("admin.conf")]).is_empty()
         );
     }
 }

@@ -35,10 +35,10 @@ pub struct HostCluster {
 /// Why a command that needs the cluster's keys and settings cannot run on
 /// this host. Exit code 3: the host's state is in the way.
 #[derive(Debug, thiserror::Error)]
-pub enum NotInitHost {
+pub enum NotControlPlaneHost {
     #[error("this host belongs to no cluster ('selfnode init' makes one; 'selfnode etcd snapshot restore FILE' brings one back from a snapshot)")]
     NoCluster,
-    #[error("this host joined its cluster ({cluster:?}): this runs on the host that ran 'selfnode init', which holds the cluster's keys and settings")]
+    #[error("this host joined its cluster ({cluster:?}) as a worker: this runs on a control-plane host, which holds the cluster's keys and settings ('selfnode promote NODE' on one makes this host one)")]
     Joined { cluster: String },
     #[error("the cluster on this host has not pivoted yet: run 'selfnode init' again, it resumes where it stopped")]
     NotPivoted,
@@ -90,38 +90,60 @@ impl HostCluster {
 
     /// The host that holds the cluster's keys and settings, pivoted: the
     /// settings, or why this host is not one.
-    pub fn init_settings(&self) -> Result<&InitSettings, NotInitHost> {
+    pub fn init_settings(&self) -> Result<&InitSettings, NotControlPlaneHost> {
         if self.role().joined() {
-            return Err(NotInitHost::Joined {
+            return Err(NotControlPlaneHost::Joined {
                 cluster: self.identity.cluster_name.clone(),
             });
         }
         if !self.pivoted {
-            return Err(NotInitHost::NotPivoted);
+            return Err(NotControlPlaneHost::NotPivoted);
         }
-        self.settings.as_ref().ok_or(NotInitHost::NoSettings)
+        self.settings
+            .as_ref()
+            .ok_or(NotControlPlaneHost::NoSettings)
     }
 }
 
-/// The settings of the pivoted cluster this host made, with its bundle:
-/// what `certs`, `recover` and the agent's renewal start from.
-pub struct InitHost {
+/// A control-plane host with the cluster's keys and the settings of its
+/// plane, with its bundle: what `certs` and the agent's renewal start from.
+/// The host that ran init (pivoted), or a joined control-plane host that
+/// received the keys and recorded its settings: nothing depends on the
+/// init host existing.
+pub struct ControlPlaneHost {
     pub cluster: HostCluster,
     pub settings: InitSettings,
     pub bundle: dist::bundle::Bundle,
+    /// A control-plane host that joined (its PKI never holds a CA of its
+    /// own making, nor a kubelet.conf: `ensure_joined_control_plane_pki`).
+    pub joined: bool,
 }
 
-impl InitHost {
+impl ControlPlaneHost {
     /// Loads the checkpoint; refuses a host that is not a pivoted init
-    /// host ([`NotInitHost`]).
-    pub fn load(paths: &HostPaths) -> anyhow::Result<InitHost> {
-        let cluster = HostCluster::load(paths)?.ok_or(NotInitHost::NoCluster)?;
-        let settings = cluster.init_settings()?.clone();
+    /// host or a joined control-plane host with the keys ([`NotControlPlaneHost`]).
+    pub fn load(paths: &HostPaths) -> anyhow::Result<ControlPlaneHost> {
+        let cluster = HostCluster::load(paths)?.ok_or(NotControlPlaneHost::NoCluster)?;
+        let joined = cluster.role().joined();
+        let settings = if joined {
+            match &cluster.settings {
+                Some(s) if crate::keys::keys_here(&paths.pki_dir()) => s.clone(),
+                _ => {
+                    return Err(NotControlPlaneHost::Joined {
+                        cluster: cluster.identity.cluster_name.clone(),
+                    }
+                    .into())
+                }
+            }
+        } else {
+            cluster.init_settings()?.clone()
+        };
         let bundle = open_bundle(paths, &settings)?;
-        Ok(InitHost {
+        Ok(ControlPlaneHost {
             cluster,
             settings,
             bundle,
+            joined,
         })
     }
 
@@ -437,15 +459,15 @@ mod tests {
             .is_ok());
         assert!(matches!(
             cluster(ClusterRole::Join, true, false).init_settings(),
-            Err(NotInitHost::Joined { .. })
+            Err(NotControlPlaneHost::Joined { .. })
         ));
         assert!(matches!(
             cluster(ClusterRole::Init, false, false).init_settings(),
-            Err(NotInitHost::NotPivoted)
+            Err(NotControlPlaneHost::NotPivoted)
         ));
         assert!(matches!(
             cluster(ClusterRole::Init, true, false).init_settings(),
-            Err(NotInitHost::NoSettings)
+            Err(NotControlPlaneHost::NoSettings)
         ));
         assert!(cluster(ClusterRole::Join, false, false).settled());
         assert!(!cluster(ClusterRole::Restore, false, true).settled());

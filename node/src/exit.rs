@@ -174,7 +174,7 @@ impl Classify for crate::sequences::recover::RecoverRefused {
     }
 }
 
-impl Classify for crate::cluster::NotInitHost {
+impl Classify for crate::cluster::NotControlPlaneHost {
     fn class(&self) -> Class {
         Class::Conflict
     }
@@ -256,7 +256,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::sequences::recover::force_new::ForceNewRefused>,
     by::<crate::sequences::init::RestoreInputError>,
     by::<crate::sequences::recover::RecoverRefused>,
-    by::<crate::cluster::NotInitHost>,
+    by::<crate::cluster::NotControlPlaneHost>,
     by::<bootstrap::join::JoinError>,
     by::<crate::tokens::TtlError>,
     by::<crate::sequences::join::JoinConflict>,
@@ -462,7 +462,7 @@ mod tests {
                     manifest: PathBuf::from("/etc/kubernetes/manifests/etcd.yaml"),
                 },
             ),
-            Box::new(crate::cluster::NotInitHost::NotPivoted),
+            Box::new(crate::cluster::NotControlPlaneHost::NotPivoted),
             Box::new(bootstrap::join::JoinError::Token("x".into())),
             Box::new(crate::tokens::TtlError {
                 given: "0s".into(),

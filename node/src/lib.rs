@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod control;
+pub mod cri;
 pub mod etcd;
 pub mod exit;
 pub mod fsutil;

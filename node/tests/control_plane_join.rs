@@ -425,6 +425,34 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         "the Deployment to run",
         &["rollout", "status", "deployment/after", "--timeout=170s"],
     );
+    // Nothing depends on the first host: a joined control-plane host
+    // renews every certificate of its own and restarts its components onto
+    // them, and the API keeps serving.
+    let out = second
+        .selfnode()
+        .args(["certs", "renew", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "certs renew on node2: {}", text(&out));
+    let renew: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        renew["restarted"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|c| c == "kube-apiserver")),
+        "{renew:#}"
+    );
+    assert!(
+        renew["renewed"].as_array().is_some_and(|r| !r
+            .iter()
+            .any(|p| p.as_str().unwrap().ends_with("kubelet.conf"))),
+        "a joined host's kubelet has its own credentials: {renew:#}"
+    );
+    kubectl_on_ok(
+        &second,
+        &admin_arg,
+        "the API after node2's renewal",
+        &["get", "--raw", "/readyz"],
+    );
 
     // The first host comes back by itself: its agent, its kept API server,
     // its etcd member.

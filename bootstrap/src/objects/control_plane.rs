@@ -91,10 +91,45 @@ fn volume_name(key: &str) -> String {
 struct Mounted {
     volumes: Vec<Volume>,
     mounts: Vec<VolumeMount>,
-    /// Hash of the files' contents; in the pod template, so renewed
-    /// certificates roll the pods (a running process reads its kubeconfig
-    /// and client certificates once).
+    /// Hash of the contents of the files every control-plane host holds
+    /// alike ([`shared_file`]); in the pod template, so a change of one of
+    /// them rolls the pods everywhere. Not of a host's own certificates,
+    /// keys and kubeconfigs: they differ from host to host (a hash of them
+    /// would differ with the host that computed it), and a host restarts
+    /// its own components when it renews them (`node::certs`).
     hash: String,
+}
+
+/// Whether `file` is the same on every control-plane host: the CAs, the
+/// service-account pair, the encryption configuration, selfnode's own
+/// configuration files (the audit policy, the admission configuration).
+/// Everything else a component reads (its serving and client
+/// certificates, its kubeconfig) is the host's own.
+pub fn shared_file(spec: &PlaneSpec, file: &Path) -> bool {
+    use crate::pki::names;
+    match file.strip_prefix(&spec.pki_dir) {
+        Ok(rel) => {
+            let rel = rel.display().to_string();
+            [names::CA, names::FRONT_PROXY_CA, names::ETCD_CA]
+                .iter()
+                .any(|ca| rel == format!("{ca}.crt") || rel == format!("{ca}.key"))
+                || rel == names::SA_KEY
+                || rel == names::SA_PUB
+                || rel == crate::plane::ENCRYPTION_CONFIG_FILE
+        }
+        // The kubeconfig directory: a kubeconfig is a host's own; the
+        // audit policy and admission configuration are selfnode's.
+        Err(_) => file.extension().is_none_or(|e| e != "conf"),
+    }
+}
+
+/// Every host file each control-plane component reads (what its pod
+/// mounts), by component name.
+pub fn component_files(spec: &PlaneSpec) -> Vec<(&'static str, Vec<PathBuf>)> {
+    component_flags(spec)
+        .into_iter()
+        .map(|(name, flags)| (name, flags.files()))
+        .collect()
 }
 
 fn mounted_files(
@@ -114,7 +149,9 @@ fn mounted_files(
                 component: name.to_string(),
             })?;
         let key = file_key(spec, file);
-        data.insert(key.clone(), ByteString(bytes.to_vec()));
+        if shared_file(spec, file) {
+            data.insert(key.clone(), ByteString(bytes.to_vec()));
+        }
         let path = file.display().to_string();
         volumes.push(meta::host_path(&volume_name(&key), &path, Some("File")));
         mounts.push(meta::mount(&volume_name(&key), &path, true));

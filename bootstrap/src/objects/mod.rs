@@ -43,7 +43,9 @@ pub use apply::{
     apply_all, control_plane_node_patch, create_missing, ensure_kubernetes_service_target_port,
     mark_control_plane, with_control_plane_taint, Applied, ApplyError, ApplyOutcome,
 };
-pub use control_plane::{component_workloads, ComponentWorkload, LEGACY_KEY_SECRETS};
+pub use control_plane::{
+    component_files, component_workloads, shared_file, ComponentWorkload, LEGACY_KEY_SECRETS,
+};
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
 pub use join::{
     ClusterSettings, ClusterSettingsError, CLUSTER_SETTINGS, LEGACY_AUTOAPPROVE_BINDING,

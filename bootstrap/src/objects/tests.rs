@@ -422,7 +422,7 @@ fn control_plane_pods_are_host_network_checkpointable_and_critical() {
 }
 
 #[test]
-fn a_changed_certificate_changes_the_pod_template_hash() {
+fn the_pod_template_hash_is_the_same_on_every_host_and_follows_the_shared_files() {
     let s = spec();
     let hash = |files: &PlaneFiles| {
         let objs = self_hosted_objects(&s, files).unwrap();
@@ -442,8 +442,41 @@ fn a_changed_certificate_changes_the_pod_template_hash() {
     let mut f = files(&s);
     let before = hash(&f);
     assert_eq!(before, hash(&f), "deterministic");
-    f.insert("/etc/kubernetes/pki/apiserver.crt", "renewed");
+    // A host's own certificate or kubeconfig (another host's, or renewed
+    // here) does not change it: every host computes the same hash.
+    f.insert("/etc/kubernetes/pki/apiserver.crt", "another host's");
+    f.insert("/etc/kubernetes/controller-manager.conf", "another host's");
+    assert_eq!(before, hash(&f));
+    // What every host shares does.
+    f.insert("/etc/kubernetes/pki/ca.crt", "a new CA bundle");
     assert_ne!(before, hash(&f));
+    let mut g = files(&s);
+    g.insert("/etc/kubernetes/admission-config.yaml", "changed");
+    assert_ne!(before, hash(&g));
+}
+
+#[test]
+fn shared_files_are_the_cas_the_service_account_pair_and_selfnodes_own() {
+    let s = spec();
+    let shared: Vec<String> = PlaneFiles::required(&s)
+        .into_iter()
+        .filter(|f| shared_file(&s, f))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert_eq!(
+        shared,
+        [
+            "/etc/kubernetes/admission-config.yaml",
+            "/etc/kubernetes/audit-policy.yaml",
+            "/etc/kubernetes/pki/ca.crt",
+            "/etc/kubernetes/pki/ca.key",
+            "/etc/kubernetes/pki/encryption-config.yaml",
+            "/etc/kubernetes/pki/etcd/ca.crt",
+            "/etc/kubernetes/pki/front-proxy-ca.crt",
+            "/etc/kubernetes/pki/sa.key",
+            "/etc/kubernetes/pki/sa.pub",
+        ]
+    );
 }
 
 #[test]

@@ -574,6 +574,25 @@ pub fn ensure_joined_control_plane_pki(
     spec: &PkiSpec,
     now: SystemTime,
 ) -> Result<PkiReport, PkiError> {
+    require_cluster_cas(host, spec)?;
+    converge(host, spec, now, false, false)
+}
+
+/// [`renew_pki`] on a control-plane host that joined: every leaf and
+/// kubeconfig of its own re-issued, no `kubelet.conf`, never a CA.
+///
+/// Errors as [`ensure_joined_control_plane_pki`].
+pub fn renew_joined_control_plane_pki(
+    host: &dyn Host,
+    spec: &PkiSpec,
+    now: SystemTime,
+) -> Result<PkiReport, PkiError> {
+    require_cluster_cas(host, spec)?;
+    converge(host, spec, now, true, false)
+}
+
+/// The CAs a joined host received, or [`PkiError::MissingClusterKey`].
+fn require_cluster_cas(host: &dyn Host, spec: &PkiSpec) -> Result<(), PkiError> {
     for base in [names::CA, names::FRONT_PROXY_CA, names::ETCD_CA] {
         for path in [spec.cert_path(base), spec.key_path(base)] {
             if host.read_file(&path)?.is_none() {
@@ -581,7 +600,7 @@ pub fn ensure_joined_control_plane_pki(
             }
         }
     }
-    converge(host, spec, now, false, false)
+    Ok(())
 }
 
 /// [`ensure_pki`], except that every leaf certificate and kubeconfig is

@@ -399,10 +399,19 @@ impl Checkpoint {
         ])
     }
 
-    /// The settings recorded at the pivot (`None` before it, or on a host
-    /// pivoted by a selfnode that did not record them).
+    /// The settings of this host's control plane: recorded at the pivot on
+    /// the host that ran init, and by a joined control-plane host when it
+    /// received the cluster's keys ([`Checkpoint::record_settings`]).
+    /// `None` before, or on a host of a selfnode that did not record them.
     pub fn settings(&self) -> Result<Option<InitSettings>, CheckpointError> {
         self.get(SETTINGS_KEY)
+    }
+
+    /// Records the settings of a joined control-plane host's plane (the
+    /// cluster's, with this node's name and address), so that renewal and
+    /// recovery on that host need no API to ask.
+    pub fn record_settings(&self, settings: &InitSettings) -> Result<(), CheckpointError> {
+        self.put(SETTINGS_KEY, settings)
     }
 
     /// This host's etcd member, recorded once it is promoted.

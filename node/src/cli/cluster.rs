@@ -63,16 +63,19 @@ pub enum CertsCommand {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Re-issue every certificate and kubeconfig (not the CAs) and roll the control plane onto them
+    /// Re-issue this host's certificates and kubeconfigs (not the CAs) and restart its control plane
+    /// onto them
     #[command(
-        after_help = "Runs on the host that ran 'selfnode init', after the pivot. Keeps the CAs and the \
-service-account key, so nothing signed by them and no join string changes. Then applies the \
-kube-apiserver, kube-controller-manager and kube-scheduler Secrets and rolls their pods, and waits \
-until they have rolled out. Copies of admin.conf made elsewhere keep working until their own \
-certificate expires; copy /etc/kubernetes/admin.conf again."
+        after_help = "Runs on any control-plane host with the cluster's keys (the one that ran 'selfnode \
+init' or one that joined as control plane). Keeps the CAs and the service-account key, so nothing \
+signed by them and no join string changes. Then restarts this host's kube-apiserver, \
+kube-controller-manager and kube-scheduler containers (the kubelet starts them again in the same \
+pods, reading the new files) and waits until they run. Other control-plane hosts renew their own. \
+Copies of admin.conf made elsewhere keep working until their own certificate expires; copy \
+/etc/kubernetes/admin.conf again."
     )]
     Renew {
-        /// How long to wait for each control-plane workload to roll out
+        /// How long to wait for the restarted components (and a rollout, if a shared file changed)
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", value_name = "DURATION")]
         timeout: std::time::Duration,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]

@@ -16,7 +16,9 @@ pub async fn run(paths: &HostPaths, cmd: CertsCommand) -> anyhow::Result<ExitCod
             }
         }
         CertsCommand::Renew { timeout, output } => {
-            let report = crate::certs::renew(paths, timeout, output == Output::Json).await?;
+            let socket = crate::agent::drain::containerd_socket(paths);
+            let report =
+                crate::certs::renew(paths, &socket, timeout, output == Output::Json).await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Table => {

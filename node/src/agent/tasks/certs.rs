@@ -1,7 +1,8 @@
-//! Certificate renewal, the agent's task: on the host that ran init every
-//! [`PERIOD`] an ordinary `ensure_pki` pass (re-issues what has less than
-//! 30 days left) and a publish of the control plane's Secrets
-//! ([`crate::certs::agent_pass`]); on every host the next certificate to
+//! Certificate renewal, the agent's task: on every control-plane host with
+//! the cluster's keys every [`PERIOD`] an ordinary pass (re-issues what has
+//! less than 30 days left), a publish, and the restart of this host's
+//! components onto what it renewed ([`crate::certs::agent_pass`]); on
+//! every host the next certificate to
 //! expire in `selfnode status`, which turns `unhealthy` once one has less
 //! than 30 days left (renewal is not happening: the last error says why).
 
@@ -41,7 +42,7 @@ impl AgentTask for CertRenewal {
     }
 
     async fn pass(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
-        let note = agent_pass(&cx.paths, cx.api_lb_port).await?;
+        let note = agent_pass(&cx.paths, cx.api_lb_port, &cx.containerd_socket).await?;
         let (state, rows_summary) = self.files(cx);
         Ok(Outcome::Report(state, note.unwrap_or(rows_summary)))
     }

@@ -185,7 +185,7 @@ impl MemberController {
                         .is_none_or(|t| t.elapsed() >= CERT_CHECK)
                 {
                     self.last_cert_check = Some(Instant::now());
-                    if let Ok((spec, report)) = issue_member_certs(ctx, &client, &node).await? {
+                    if let Ok((_, report)) = issue_member_certs(ctx, &client, &node).await? {
                         let renewed = report.changed().count();
                         if renewed > 0 {
                             tracing::info!(
@@ -194,24 +194,8 @@ impl MemberController {
                             );
                         }
                         // The host's other control-plane certificates and
-                        // kubeconfigs, by the same 30-day rule (the API
-                        // server reloads its serving certificate itself).
-                        let pki = spec.pki_spec();
-                        let report = tokio::task::spawn_blocking(move || {
-                            bootstrap::pki::ensure_joined_control_plane_pki(
-                                &NodeHost,
-                                &pki,
-                                SystemTime::now(),
-                            )
-                        })
-                        .await??;
-                        let renewed = report.changed().count();
-                        if renewed > 0 {
-                            tracing::info!(
-                                files = renewed,
-                                "re-issued this control-plane host's certificates that were due"
-                            );
-                        }
+                        // kubeconfigs are the certificates task's, as on
+                        // every control-plane host (`crate::certs`).
                     }
                 }
                 return Ok(Some(format!("etcd member {} ({}) runs here", m.name, m.id)));
@@ -262,6 +246,16 @@ async fn node_plane_spec(
         .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?;
     let cluster = ClusterSettings::from_config_map(&cm)?;
     let settings = crate::cluster::joined_settings(cluster, node)?;
+    // Recorded in the checkpoint, so that renewal (`crate::certs`) runs on
+    // this host with no API to ask and no init host to depend on.
+    let recorded = settings.clone();
+    with_checkpoint(&ctx.paths.checkpoint_dir(), move |c| {
+        if c.settings()?.as_ref() != Some(&recorded) {
+            c.record_settings(&recorded)?;
+        }
+        Ok(())
+    })
+    .await?;
     Ok(crate::cluster::plane_spec(
         &ctx.paths,
         &settings,

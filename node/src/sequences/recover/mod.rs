@@ -37,7 +37,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 use crate::checkpoint::{Checkpoint, EtcdMemberIdentity, PodCheckpoint};
-use crate::cluster::{HostCluster, NotInitHost};
+use crate::cluster::{HostCluster, NotControlPlaneHost};
 use crate::control::{api_lb_port, RunningAgent};
 use crate::paths::HostPaths;
 use crate::sequences::plan::{steps, Action, Plan};
@@ -122,18 +122,18 @@ pub struct Recorded {
 /// started from it. Refuses a host that did not make its cluster.
 pub fn recorded(paths: &HostPaths) -> anyhow::Result<Recorded> {
     if !paths.checkpoint_dir().exists() {
-        return Err(NotInitHost::NoCluster.into());
+        return Err(NotControlPlaneHost::NoCluster.into());
     }
     let cp = Checkpoint::open(&paths.checkpoint_dir())?;
-    let cluster = HostCluster::read(&cp)?.ok_or(NotInitHost::NoCluster)?;
+    let cluster = HostCluster::read(&cp)?.ok_or(NotControlPlaneHost::NoCluster)?;
     if cluster.role().joined() {
-        return Err(NotInitHost::Joined {
+        return Err(NotControlPlaneHost::Joined {
             cluster: cluster.identity.cluster_name,
         }
         .into());
     }
     Ok(Recorded {
-        settings: cluster.settings.ok_or(NotInitHost::NoSettings)?,
+        settings: cluster.settings.ok_or(NotControlPlaneHost::NoSettings)?,
         etcd_member: cluster.etcd_member,
         kept: cp.pods()?,
         pivoted: cluster.pivoted,
@@ -188,7 +188,7 @@ impl Recover<'_> {
 pub async fn run(paths: &HostPaths, wait: Duration, quiet: bool) -> anyhow::Result<RecoverReport> {
     let rec = recorded(paths)?;
     if !rec.pivoted {
-        return Err(NotInitHost::NotPivoted.into());
+        return Err(NotControlPlaneHost::NotPivoted.into());
     }
     RunningAgent::require(paths)?;
     let bundle = crate::cluster::open_bundle(paths, &rec.settings)?;
