@@ -453,6 +453,10 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         "the API after node2's renewal",
         &["get", "--raw", "/readyz"],
     );
+    // And recover runs there: on this healthy cluster it finds nothing.
+    let out = second.selfnode().args(["recover"]).output().unwrap();
+    assert!(out.status.success(), "recover on node2: {}", text(&out));
+    assert!(text(&out).contains("nothing to recover"), "{}", text(&out));
 
     // The first host comes back by itself: its agent, its kept API server,
     // its etcd member.

@@ -119,24 +119,30 @@ pub struct Recorded {
 
 /// Reads the checkpoint once and closes it (the agent's checkpointer opens
 /// it every few seconds). A damaged pod entry is an error here: nothing is
-/// started from it. Refuses a host that did not make its cluster.
+/// started from it. Refuses a host without the cluster's keys and settings
+/// (a worker).
 pub fn recorded(paths: &HostPaths) -> anyhow::Result<Recorded> {
     if !paths.checkpoint_dir().exists() {
         return Err(NotControlPlaneHost::NoCluster.into());
     }
     let cp = Checkpoint::open(&paths.checkpoint_dir())?;
     let cluster = HostCluster::read(&cp)?.ok_or(NotControlPlaneHost::NoCluster)?;
-    if cluster.role().joined() {
+    // A joined control-plane host recovers too once it holds the keys and
+    // has recorded its plane's settings (nothing depends on the init host).
+    let joined_with_keys = cluster.role().joined()
+        && cluster.settings.is_some()
+        && crate::keys::keys_here(&paths.pki_dir());
+    if cluster.role().joined() && !joined_with_keys {
         return Err(NotControlPlaneHost::Joined {
             cluster: cluster.identity.cluster_name,
         }
         .into());
     }
     Ok(Recorded {
+        pivoted: cluster.pivoted || joined_with_keys,
         settings: cluster.settings.ok_or(NotControlPlaneHost::NoSettings)?,
         etcd_member: cluster.etcd_member,
         kept: cp.pods()?,
-        pivoted: cluster.pivoted,
     })
 }
 
