@@ -457,6 +457,27 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     let out = second.selfnode().args(["recover"]).output().unwrap();
     assert!(out.status.success(), "recover on node2: {}", text(&out));
     assert!(text(&out).contains("nothing to recover"), "{}", text(&out));
+    // Its agent keeps scheduled snapshots of its own member, with the PKI
+    // a restore needs beside them.
+    support::retry(
+        "a scheduled snapshot on node2, with its PKI",
+        Duration::from_secs(120),
+        || {
+            let dir = second.root.join("var/lib/selfnode/snapshots");
+            let snapshots = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".db"))
+                        .count()
+                })
+                .unwrap_or(0);
+            if snapshots > 0 && dir.join("pki/ca.key").is_file() {
+                Ok(())
+            } else {
+                Err(format!("{snapshots} snapshots in {}", dir.display()))
+            }
+        },
+    );
 
     // The first host comes back by itself: its agent, its kept API server,
     // its etcd member.
