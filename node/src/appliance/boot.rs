@@ -176,18 +176,31 @@ async fn execute(step: BootStep, run: &Runner, boot: &Boot) -> anyhow::Result<St
             .await
         }
         BootStep::SetHostname => {
-            run.converge(step, || async { set_hostname(run, boot) })
+            run.converge(step, || async { off_runtime(|| set_hostname(run, boot)) })
                 .await
         }
         BootStep::ConfigureNetwork => {
-            run.converge(step, || async { configure_network(run, boot) })
-                .await
+            run.converge(step, || async {
+                off_runtime(|| configure_network(run, boot))
+            })
+            .await
         }
         BootStep::PrepareStorage => {
             run.converge(step, || async { prepare_storage(run, boot) })
                 .await
         }
     }
+}
+
+/// Runs `f` on a thread of its own and waits for it: the network steps
+/// drive rtnetlink on a runtime of their own (`net`), which cannot be
+/// started on the boot plan's runtime thread. Nothing else runs meanwhile.
+fn off_runtime<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the boot step's thread panicked")))
+    })
 }
 
 /// `set_hostname`: the configured name, else `selfnode-` and the last three
@@ -448,6 +461,23 @@ fn load_modules() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_with_a_runtime_of_its_own_runs_from_the_plans_runtime() {
+        // What configure_network does (rtnetlink on a runtime of its own),
+        // called from the boot plan's runtime: a panic without off_runtime.
+        let plan_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = plan_rt.block_on(async {
+            off_runtime(|| {
+                let own = tokio::runtime::Builder::new_current_thread().build()?;
+                Ok(own.block_on(async { 42 }))
+            })
+        });
+        assert_eq!(got.unwrap(), 42);
+    }
     use crate::sequences::plan::Step as _;
 
     #[test]
