@@ -56,6 +56,14 @@ pub struct ClusterSettings {
     /// clusters made before control-plane join: false.
     #[serde(default)]
     pub allow_workloads: bool,
+    /// etcd's `--quota-backend-bytes` of every member. Absent in clusters
+    /// made before it was a setting: the default.
+    #[serde(default = "default_etcd_quota")]
+    pub etcd_quota_backend_bytes: u64,
+}
+
+fn default_etcd_quota() -> u64 {
+    crate::config::DEFAULT_ETCD_QUOTA_BACKEND_BYTES
 }
 
 impl ClusterSettings {
@@ -162,6 +170,7 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
         service_cidr: spec.service_cidr.to_string(),
         kubernetes_version: spec.kubernetes_version.clone(),
         allow_workloads: spec.allow_workloads,
+        etcd_quota_backend_bytes: spec.etcd_quota_backend_bytes,
     };
     let settings_cm = ConfigMap {
         metadata: meta::object_meta(CLUSTER_SETTINGS, true, &[]),
