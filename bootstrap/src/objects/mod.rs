@@ -46,7 +46,8 @@ pub use apply::{
 pub use control_plane::{component_workloads, ComponentWorkload, LEGACY_KEY_SECRETS};
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
 pub use join::{
-    ClusterSettings, ClusterSettingsError, CLUSTER_SETTINGS, LEGACY_AUTOAPPROVE_BINDING,
+    ClusterSettings, ClusterSettingsError, CLUSTER_SETTINGS, ETCD_DEFRAG_LEASE,
+    LEGACY_AUTOAPPROVE_BINDING,
 };
 
 /// Namespace of every namespaced object here.
