@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use etcd_client::{CompactionOptions, DeleteOptions};
+use etcd_client::{CompactionOptions, Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 use etcd_mgr::maintenance::{self, AlarmKind};
 use support::{Etcd, MemberSpec, Pki};
 
@@ -52,6 +52,15 @@ async fn a_full_member_is_defragmented_disarmed_and_takes_writes_again() {
     }
     let (written, e) = refused.expect("etcd took 100 MiB with a 16 MiB quota");
     eprintln!("etcd refused write {written}: {e}");
+    assert!(e.to_string().contains("database space exceeded"), "{e}");
+
+    // The API server compacts with a transaction that first puts its
+    // compaction key: refused too, so under NOSPACE nothing compacts.
+    let compact_txn = Txn::new()
+        .when([Compare::version("compact_rev_key", CompareOp::Equal, 0)])
+        .and_then([TxnOp::put("compact_rev_key", "1", None)])
+        .or_else([TxnOp::get("compact_rev_key", None)]);
+    let e = kv.txn(compact_txn).await.unwrap_err();
     assert!(e.to_string().contains("database space exceeded"), "{e}");
 
     let alarms = maintenance::alarms(&cfg).await.unwrap();

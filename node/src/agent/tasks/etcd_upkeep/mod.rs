@@ -25,7 +25,6 @@ mod lease;
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bootstrap::objects::{ETCD_DEFRAG_LEASE, NAMESPACE};
 use bytesize::ByteSize;
 use etcd_mgr::maintenance::{self, Alarm, AlarmKind, Usage};
@@ -80,8 +79,17 @@ impl AgentTask for EtcdUpkeep {
     fn schedule(&self) -> Schedule {
         Schedule {
             first: FIRST,
+            retry_first: Duration::from_secs(10),
             ..Schedule::every(PERIOD)
         }
+    }
+
+    /// A member that does not answer yet (the kubelet starts it after the
+    /// agent, a restart, a pivot) is the etcd-member row's and status's to
+    /// report; this task's failed passes show there as its last error. A
+    /// failed defragmentation is logged as a warning where it happens.
+    fn quiet_errors(&self) -> bool {
+        true
     }
 
     async fn pass(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
@@ -215,12 +223,7 @@ impl EtcdUpkeep {
         let done = self.run(cfg, &url, own).await;
         // After a timeout etcd is still at it: the Lease stays until it
         // expires, so no other member starts meanwhile.
-        if !matches!(
-            done.as_ref()
-                .err()
-                .and_then(|e| e.downcast_ref::<EtcdError>()),
-            Some(EtcdError::DefragTimeout { .. })
-        ) {
+        if !done.as_ref().is_err_and(timed_out) {
             if let Err(e) = release_lease(&leases, &node.node_name).await {
                 tracing::debug!(error = %format!("{e:#}"), "cannot release the etcd defragmentation Lease; it expires by itself");
             }
@@ -240,9 +243,11 @@ impl EtcdUpkeep {
             "defragmenting this host's etcd member"
         );
         let started = Instant::now();
-        maintenance::defragment(cfg, url, DEFRAG_TIMEOUT)
-            .await
-            .context("defragmenting this host's etcd member")?;
+        if let Err(e) = maintenance::defragment(cfg, url, DEFRAG_TIMEOUT).await {
+            let err = anyhow::Error::new(e).context("defragmenting this host's etcd member");
+            tracing::warn!(error = %format!("{err:#}"), "etcd defragmentation failed");
+            return Err(err);
+        }
         let after = maintenance::usage(cfg).await?;
         tracing::info!(
             before = %size(own.db_size),
@@ -253,6 +258,14 @@ impl EtcdUpkeep {
         self.last_defrag = Some((Instant::now(), own.db_size, after.db_size));
         Ok(())
     }
+}
+
+/// Whether a defragmentation failed by its deadline (etcd goes on with it).
+fn timed_out(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<EtcdError>(),
+        Some(EtcdError::DefragTimeout { .. })
+    )
 }
 
 /// Whether a member with this Status is worth defragmenting: at least
@@ -338,8 +351,10 @@ fn describe(own: &Usage, alarms: &[Alarm]) -> String {
         out.push_str(&format!(
             "; NOSPACE raised (member {}): etcd's database reached its quota and the cluster is read-only, \
              it takes no writes; this task defragments the members one at a time and disarms the alarm once \
-             every member is below its quota; if the data in use itself is near the quota, delete objects the \
-             cluster no longer needs",
+             every member is below its quota; if too little of the file is free for that (in use near the \
+             quota), delete objects the cluster no longer needs, then compact by hand, since the API \
+             server's own compaction is refused while NOSPACE is raised ('etcdctl compact REVISION' on a \
+             control-plane host)",
             nospace.join(", ")
         ));
     }
@@ -460,6 +475,19 @@ mod tests {
     }
 
     #[test]
+    fn a_defragmentation_that_timed_out_is_told_apart_through_its_context() {
+        let e = anyhow::Error::new(EtcdError::DefragTimeout {
+            endpoint: "https://127.0.0.1:2379".into(),
+            timeout: DEFRAG_TIMEOUT,
+        })
+        .context("defragmenting this host's etcd member");
+        assert!(timed_out(&e));
+        let e = anyhow::Error::new(EtcdError::NoSuchMember { target: "x".into() })
+            .context("defragmenting this host's etcd member");
+        assert!(!timed_out(&e));
+    }
+
+    #[test]
     fn status_says_what_an_alarm_means_and_what_to_do() {
         let own = usage(120 * MIB, 80 * MIB, 8 * GIB);
         assert_eq!(
@@ -475,6 +503,7 @@ mod tests {
         );
         assert!(d.contains("NOSPACE raised (member a1)"), "{d}");
         assert!(d.contains("the cluster is read-only"), "{d}");
+        assert!(d.contains("compact by hand"), "{d}");
         assert!(
             d.contains("disarms the alarm once every member is below its quota"),
             "{d}"
