@@ -23,6 +23,15 @@ pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 /// Cluster DNS domain when the file sets none (there is no flag for it).
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// etcd's `--quota-backend-bytes` when neither a flag nor the file sets
+/// one: 8 GiB, the largest size etcd's documentation recommends (etcd's own
+/// default is 2 GiB, which a busy cluster reaches; at the quota etcd raises
+/// NOSPACE and the cluster takes no writes).
+pub const DEFAULT_ETCD_QUOTA_BACKEND_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+/// The smallest quota accepted: a fresh cluster's own objects take a few
+/// MiB and grow with their history between compactions, so less would be
+/// full at once; mostly it catches a size given without its unit.
+pub const MIN_ETCD_QUOTA_BACKEND_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Invalid `init` input: a config file, a flag, or their combination. Every
 /// variant is bad input (see [`ConfigError::is_invalid_input`]).
@@ -128,6 +137,14 @@ pub enum ConfigError {
     /// subdomain.
     #[error("extra SAN {0:?} is neither an IP address nor a DNS name")]
     San(String),
+    /// etcd's quota is not a byte size etcd can take, or is too small.
+    #[error("etcd quota {value:?} cannot be used: {reason}; give a size such as 8GiB (the default), 4GiB or 512MiB, or a number of bytes (--etcd-quota-backend-bytes, etcdQuotaBackendBytes)")]
+    EtcdQuota {
+        /// The text given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl ConfigError {
@@ -151,7 +168,8 @@ impl ConfigError {
             | ConfigError::NodeNameTooLong(..)
             | ConfigError::ClusterDomain(..)
             | ConfigError::AdvertiseNotIp(..)
-            | ConfigError::San(..) => true,
+            | ConfigError::San(..)
+            | ConfigError::EtcdQuota { .. } => true,
         }
     }
 }
@@ -187,6 +205,31 @@ pub struct InitFile {
     /// `node-role.kubernetes.io/control-plane:NoSchedule` taint).
     #[serde(default)]
     pub allow_workloads: bool,
+    /// `etcdQuotaBackendBytes`: etcd's quota, a byte size (`8GiB`) or a
+    /// number of bytes.
+    pub etcd_quota_backend_bytes: Option<ByteSizeText>,
+}
+
+/// A byte size in a config file: a number of bytes, or text with a unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSizeText {
+    /// `8589934592`.
+    Bytes(u64),
+    /// `8GiB`, `512 MiB`.
+    Text(String),
+    /// A negative number: refused with the same message as bad text.
+    Negative(i64),
+}
+
+impl ByteSizeText {
+    fn into_text(self) -> String {
+        match self {
+            ByteSizeText::Bytes(n) => n.to_string(),
+            ByteSizeText::Text(t) => t,
+            ByteSizeText::Negative(n) => n.to_string(),
+        }
+    }
 }
 
 /// What the command line said (all optional).
@@ -208,6 +251,8 @@ pub struct InitFlags {
     pub bundle: Option<PathBuf>,
     /// `--allow-workloads`; `false` leaves the file's setting in force.
     pub allow_workloads: bool,
+    /// `--etcd-quota-backend-bytes`, as text (`8GiB`, or bytes).
+    pub etcd_quota_backend_bytes: Option<String>,
 }
 
 /// Facts about the host the defaults come from.
@@ -247,6 +292,50 @@ pub struct InitSettings {
     /// Leave the control-plane node schedulable for ordinary pods; set when
     /// the flag or the file says so.
     pub allow_workloads: bool,
+    /// etcd's `--quota-backend-bytes` on every member. Absent in the
+    /// settings of clusters made before it was a setting: the default.
+    #[serde(default = "default_etcd_quota")]
+    pub etcd_quota_backend_bytes: u64,
+}
+
+fn default_etcd_quota() -> u64 {
+    DEFAULT_ETCD_QUOTA_BACKEND_BYTES
+}
+
+/// etcd's quota from its text (`8GiB`, `512MiB`, `8G` = 8·10⁹, or bytes):
+/// at least [`MIN_ETCD_QUOTA_BACKEND_BYTES`], at most what etcd's flag
+/// (an int64) takes.
+///
+/// Errors: [`ConfigError::EtcdQuota`].
+pub fn etcd_quota(text: &str) -> Result<u64, ConfigError> {
+    let bad = |reason: String| ConfigError::EtcdQuota {
+        value: text.to_string(),
+        reason,
+    };
+    let bytes = text
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map_err(|_| bad("it is not a byte size".into()))?
+        .as_u64();
+    check_etcd_quota(bytes).map_err(bad)
+}
+
+/// `bytes` as an etcd quota: at least [`MIN_ETCD_QUOTA_BACKEND_BYTES`], at
+/// most `i64::MAX`; otherwise why not.
+pub fn check_etcd_quota(bytes: u64) -> Result<u64, String> {
+    if bytes < MIN_ETCD_QUOTA_BACKEND_BYTES {
+        return Err(format!(
+            "{} is below the smallest quota, {}: the cluster's own objects would fill it",
+            bytesize::ByteSize(bytes).display().iec(),
+            bytesize::ByteSize(MIN_ETCD_QUOTA_BACKEND_BYTES)
+                .display()
+                .iec()
+        ));
+    }
+    if i64::try_from(bytes).is_err() {
+        return Err("it is larger than etcd can take".into());
+    }
+    Ok(bytes)
 }
 
 /// Parses a config file's text; `path` is only for messages.
@@ -378,6 +467,13 @@ pub fn resolve(
             return Err(ConfigError::San(san.clone()));
         }
     }
+    let etcd_quota_backend_bytes = match pick(
+        &flags.etcd_quota_backend_bytes,
+        file.etcd_quota_backend_bytes.map(ByteSizeText::into_text),
+    ) {
+        Some(text) => etcd_quota(&text)?,
+        None => DEFAULT_ETCD_QUOTA_BACKEND_BYTES,
+    };
     let cluster_domain = file
         .cluster_domain
         .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into());
@@ -394,6 +490,7 @@ pub fn resolve(
         extra_sans,
         bundle: flags.bundle.clone().or(file.bundle),
         allow_workloads: flags.allow_workloads || file.allow_workloads,
+        etcd_quota_backend_bytes,
     })
 }
 
@@ -492,6 +589,85 @@ mod tests {
             let err = check(flags.clone()).unwrap_err().to_string();
             assert!(err.contains(want), "{flags:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_etcd_quota_is_a_byte_size_from_the_flag_or_the_file() {
+        let gib = 1024 * 1024 * 1024;
+        assert_eq!(
+            check(InitFlags::default())
+                .unwrap()
+                .etcd_quota_backend_bytes,
+            8 * gib
+        );
+        let quota = |text: &str| {
+            check(InitFlags {
+                etcd_quota_backend_bytes: Some(text.into()),
+                ..Default::default()
+            })
+            .map(|s| s.etcd_quota_backend_bytes)
+        };
+        assert_eq!(quota("8GiB").unwrap(), 8 * gib);
+        assert_eq!(quota("4 GiB").unwrap(), 4 * gib);
+        assert_eq!(quota("512MiB").unwrap(), 512 * 1024 * 1024);
+        assert_eq!(quota("2G").unwrap(), 2_000_000_000, "SI, as Kubernetes");
+        assert_eq!(quota("4294967296").unwrap(), 4 * gib);
+        for (bad, why) in [
+            ("8", "8 B is below the smallest quota, 32.0 MiB"),
+            ("16MiB", "is below the smallest quota"),
+            ("lots", "it is not a byte size"),
+            ("8 GiBs", "it is not a byte size"),
+            ("-1", "it is not a byte size"),
+            ("9999999EiB", "larger than etcd can take"),
+        ] {
+            let e = quota(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::EtcdQuota { .. }), "{bad}: {e:?}");
+            assert!(e.is_invalid_input());
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("etcd quota {bad:?} cannot be used: ")),
+                "{text}"
+            );
+            assert!(text.contains(why), "{bad}: {text}");
+            assert!(text.contains("--etcd-quota-backend-bytes"), "{text}");
+        }
+
+        let p = std::path::Path::new("init.yaml");
+        let head = "apiVersion: selfnode.dev/v1alpha1\nkind: InitConfiguration\n";
+        let from_file = |line: &str| {
+            let file = parse_file(p, &format!("{head}{line}\n")).unwrap();
+            resolve(Some(file), &InitFlags::default(), &host()).map(|s| s.etcd_quota_backend_bytes)
+        };
+        assert_eq!(from_file("etcdQuotaBackendBytes: 4GiB").unwrap(), 4 * gib);
+        assert_eq!(from_file("etcdQuotaBackendBytes: 1073741824").unwrap(), gib);
+        assert!(matches!(
+            from_file("etcdQuotaBackendBytes: -5"),
+            Err(ConfigError::EtcdQuota { .. })
+        ));
+        // The flag wins over the file.
+        let file = parse_file(p, &format!("{head}etcdQuotaBackendBytes: 4GiB\n")).unwrap();
+        let flags = InitFlags {
+            etcd_quota_backend_bytes: Some("6GiB".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(Some(file), &flags, &host())
+                .unwrap()
+                .etcd_quota_backend_bytes,
+            6 * gib
+        );
+    }
+
+    /// Settings recorded before the quota was a setting read back with the
+    /// default.
+    #[test]
+    fn settings_recorded_without_a_quota_get_the_default() {
+        let mut json = serde_json::to_value(check(InitFlags::default()).unwrap()).unwrap();
+        json.as_object_mut()
+            .unwrap()
+            .remove("etcd_quota_backend_bytes");
+        let s: InitSettings = serde_json::from_value(json).unwrap();
+        assert_eq!(s.etcd_quota_backend_bytes, DEFAULT_ETCD_QUOTA_BACKEND_BYTES);
     }
 
     #[test]

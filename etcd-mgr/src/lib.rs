@@ -9,12 +9,15 @@
 //!   snapshot file, and the naming and pruning of scheduled snapshots.
 //! - [`restore`]: a new single-member data directory from a snapshot with
 //!   the real `etcdutl`, built in a staging directory and renamed into place.
+//! - [`maintenance`]: a member's database size (in use, quota), the
+//!   cluster's alarms, disarming NOSPACE, defragmenting one member.
 //!
 //! etcd itself is run by others (the node agent's host process, the
 //! kubelet's static pod); this crate never starts or stops it.
 
 #![warn(missing_docs)]
 
+pub mod maintenance;
 pub mod members;
 pub mod restore;
 pub mod snapshot;
@@ -142,6 +145,15 @@ pub enum EtcdError {
         /// etcd's last refusal.
         last: String,
     },
+    /// A defragmentation did not finish in the caller's time. etcd goes on
+    /// with it regardless: the member may still be rewriting its file.
+    #[error("etcd at {endpoint} did not finish defragmenting within {timeout:?}; etcd goes on with it although no one waits, and the member serves nothing until it is done. Check with 'selfnode etcd members' that it answers again")]
+    DefragTimeout {
+        /// The member's client URL.
+        endpoint: String,
+        /// The caller's deadline.
+        timeout: Duration,
+    },
     /// etcd kept refusing the removal until the deadline.
     #[error("etcd did not remove member {target} within {timeout:?}; etcd last answered: {last}. etcd refuses to remove a voter until the members that stay have been connected to each other for about 5 s; check that they are all running and healthy ('selfnode etcd members'), then run again")]
     RemoveTimeout {
@@ -171,7 +183,8 @@ impl EtcdError {
             | EtcdError::Timeout { .. }
             | EtcdError::NoLeader { .. }
             | EtcdError::PromoteTimeout { .. }
-            | EtcdError::RemoveTimeout { .. } => false,
+            | EtcdError::RemoveTimeout { .. }
+            | EtcdError::DefragTimeout { .. } => false,
         }
     }
 }
@@ -201,6 +214,18 @@ fn no_leader(answered: usize, voters: usize, unreachable: &str, timeout: &Durati
 /// A client for `endpoints`. etcd-client connects lazily: the first call
 /// makes the connection, so every call goes through [`within`].
 async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, EtcdError> {
+    connect_with(cfg, endpoints, cfg.timeout).await
+}
+
+/// [`connect`] for calls that may take up to `request_timeout` (a
+/// defragmentation): etcd-client would cut every request at its own
+/// per-request timeout otherwise. Connecting is still bounded by
+/// [`EtcdConfig::timeout`].
+async fn connect_with(
+    cfg: &EtcdConfig,
+    endpoints: &[String],
+    request_timeout: Duration,
+) -> Result<Client, EtcdError> {
     let read = |p: &PathBuf| {
         std::fs::read(p).map_err(|source| EtcdError::Read {
             path: p.clone(),
@@ -216,7 +241,7 @@ async fn connect(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Client, EtcdE
     let opts = ConnectOptions::new()
         .with_tls(tls)
         .with_connect_timeout(cfg.timeout)
-        .with_timeout(cfg.timeout);
+        .with_timeout(request_timeout);
     match tokio::time::timeout(cfg.timeout, Client::connect(endpoints, Some(opts))).await {
         Ok(connected) => connected.map_err(|source| EtcdError::Connect {
             endpoints: endpoints.join(","),

@@ -50,6 +50,13 @@ pub struct MemberStatus {
     /// Size of its database file in bytes, from its Status; `None` when
     /// it did not answer.
     pub db_size: Option<i64>,
+    /// Bytes of that file holding data (etcd's `dbSizeInUse`); the rest is
+    /// free pages that only a defragmentation gives back. `None` when it
+    /// did not answer.
+    pub db_size_in_use: Option<i64>,
+    /// Its backend quota in bytes (`--quota-backend-bytes`; etcd reports
+    /// it since 3.6); `None` when it did not answer or did not report one.
+    pub db_size_quota: Option<i64>,
     /// Why it is not healthy.
     pub error: Option<String>,
 }
@@ -125,14 +132,18 @@ async fn members_via(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Observed,
             healthy: false,
             is_leader: false,
             db_size: None,
+            db_size_in_use: None,
+            db_size_quota: None,
             error: None,
         };
         match status {
-            Some(Ok((leader, size))) => {
+            Some(Ok(s)) => {
                 st.healthy = true;
-                st.is_leader = leader == m.id();
-                st.db_size = Some(size);
-                leader_known |= leader != 0;
+                st.is_leader = s.leader == m.id();
+                st.db_size = Some(s.db_size);
+                st.db_size_in_use = Some(s.db_size_in_use);
+                st.db_size_quota = s.quota;
+                leader_known |= s.leader != 0;
             }
             Some(Err(e)) => st.error = Some(chain(&e)),
             None => st.error = Some("not started yet: it has published no client URL".into()),
@@ -145,18 +156,16 @@ async fn members_via(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Observed,
     })
 }
 
-/// The leader a member knows (0: none) and its DB size, from its own
-/// Status; `None` for a member without client URLs (not started yet).
-async fn member_status(cfg: &EtcdConfig, urls: &[String]) -> Option<Result<(u64, i64), EtcdError>> {
+/// A member's own Status; `None` for a member without client URLs (not
+/// started yet).
+async fn member_status(
+    cfg: &EtcdConfig,
+    urls: &[String],
+) -> Option<Result<crate::maintenance::Usage, EtcdError>> {
     if urls.is_empty() {
         return None;
     }
-    let call = async {
-        let mut c = connect(cfg, urls).await?;
-        let s = within(cfg, "status", urls, c.status()).await?;
-        Ok((s.leader(), s.db_size()))
-    };
-    Some(call.await)
+    Some(crate::maintenance::usage_via(cfg, urls).await)
 }
 
 /// Adds the member that will serve `peer_url` as a learner and returns its
@@ -516,7 +525,8 @@ fn transient_answer(e: &EtcdError) -> Option<String> {
         | EtcdError::LastVotingMember { .. }
         | EtcdError::QuorumAtRisk { .. }
         | EtcdError::PromoteTimeout { .. }
-        | EtcdError::RemoveTimeout { .. } => None,
+        | EtcdError::RemoveTimeout { .. }
+        | EtcdError::DefragTimeout { .. } => None,
     }
 }
 
@@ -609,6 +619,8 @@ mod tests {
             healthy,
             is_leader: false,
             db_size: None,
+            db_size_in_use: None,
+            db_size_quota: None,
             error: None,
         }
     }

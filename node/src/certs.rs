@@ -652,6 +652,7 @@ mod tests {
             extra_sans: vec![],
             bundle: None,
             allow_workloads: true,
+            etcd_quota_backend_bytes: 8 << 30,
         };
         let env = bootstrap::plane::PlaneEnv {
             kubernetes_version: "v1.37.2".into(),

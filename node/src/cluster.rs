@@ -224,6 +224,14 @@ pub fn joined_settings(
         extra_sans: Vec::new(),
         bundle: None,
         allow_workloads: cluster.allow_workloads,
+        etcd_quota_backend_bytes: bootstrap::config::check_etcd_quota(
+            cluster.etcd_quota_backend_bytes,
+        )
+        .map_err(|why| {
+            anyhow::anyhow!(
+                "the cluster's etcd quota in its selfnode-cluster ConfigMap cannot be used: {why}"
+            )
+        })?,
     })
 }
 

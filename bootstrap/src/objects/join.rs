@@ -27,6 +27,13 @@ const APISERVERS_ROLE: &str = "selfnode:node-apiservers";
 const GET_NODES_ROLE: &str = "selfnode:get-nodes";
 /// The ClusterRole of the control-plane hosts' agents.
 const CONTROL_PLANE_AGENT_ROLE: &str = "selfnode:control-plane-agent";
+/// The Lease (`coordination.k8s.io/v1`, in `kube-system`) an agent holds
+/// while it defragments its host's etcd member, so that no two members
+/// are defragmented at once.
+pub const ETCD_DEFRAG_LEASE: &str = "selfnode-etcd-defrag";
+/// The Role (and binding, in `kube-system`) that lets the control-plane
+/// agents take [`ETCD_DEFRAG_LEASE`].
+const ETCD_DEFRAG_LEASE_ROLE: &str = "selfnode:etcd-defrag-lease";
 /// The binding that gave every bootstrap token upstream's group-wide
 /// client-certificate approval, in clusters made by an older selfnode:
 /// the control-plane agents delete it.
@@ -56,6 +63,14 @@ pub struct ClusterSettings {
     /// clusters made before control-plane join: false.
     #[serde(default)]
     pub allow_workloads: bool,
+    /// etcd's `--quota-backend-bytes` of every member. Absent in clusters
+    /// made before it was a setting: the default.
+    #[serde(default = "default_etcd_quota")]
+    pub etcd_quota_backend_bytes: u64,
+}
+
+fn default_etcd_quota() -> u64 {
+    crate::config::DEFAULT_ETCD_QUOTA_BACKEND_BYTES
 }
 
 impl ClusterSettings {
@@ -162,6 +177,7 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
         service_cidr: spec.service_cidr.to_string(),
         kubernetes_version: spec.kubernetes_version.clone(),
         allow_workloads: spec.allow_workloads,
+        etcd_quota_backend_bytes: spec.etcd_quota_backend_bytes,
     };
     let settings_cm = ConfigMap {
         metadata: meta::object_meta(CLUSTER_SETTINGS, true, &[]),
@@ -276,6 +292,34 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
         metadata: m,
         role_ref: role_ref("Role", APISERVERS_ROLE),
         subjects: Some(vec![binding_subject("Group", NODES_GROUP)]),
+    }));
+    // The agents' etcd-upkeep task holds one Lease while it defragments
+    // its member. A Role in kube-system, not a rule of the agents'
+    // ClusterRole: `create` cannot be limited to a name (the name is not
+    // known when a create is authorized), so it is limited to this
+    // namespace instead; everything else to the one Lease.
+    let mut m = meta::object_meta(ETCD_DEFRAG_LEASE_ROLE, false, &[]);
+    m.namespace = Some(NAMESPACE.to_string());
+    out.push(Object::Role(Role {
+        metadata: m.clone(),
+        rules: Some(vec![
+            rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+            PolicyRule {
+                api_groups: Some(vec!["coordination.k8s.io".to_string()]),
+                resources: Some(vec!["leases".to_string()]),
+                resource_names: Some(vec![ETCD_DEFRAG_LEASE.to_string()]),
+                verbs: vec!["get".to_string(), "update".to_string()],
+                ..PolicyRule::default()
+            },
+        ]),
+    }));
+    out.push(Object::RoleBinding(RoleBinding {
+        metadata: m,
+        role_ref: role_ref("Role", ETCD_DEFRAG_LEASE_ROLE),
+        subjects: Some(vec![binding_subject(
+            "Group",
+            crate::pki::names::CONTROL_PLANE_AGENTS_GROUP,
+        )]),
     }));
     out.extend(read_one_config_map(
         CLUSTER_INFO_NAMESPACE,

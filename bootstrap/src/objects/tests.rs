@@ -90,6 +90,8 @@ fn the_expected_objects_in_dependency_order() {
             "ClusterRoleBinding selfnode:control-plane-agent",
             "Role default/selfnode:node-apiservers",
             "RoleBinding default/selfnode:node-apiservers",
+            "Role kube-system/selfnode:etcd-defrag-lease",
+            "RoleBinding kube-system/selfnode:etcd-defrag-lease",
             "Role kube-public/selfnode:bootstrap-signer-clusterinfo",
             "RoleBinding kube-public/selfnode:bootstrap-signer-clusterinfo",
             "Role kube-system/selfnode:cluster-settings",
@@ -577,7 +579,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
     ensure_encryption_config(&h, &s.pki_dir, &mut rand::rng()).unwrap();
     let files = PlaneFiles::read(&h, &s).unwrap();
     let objs = self_hosted_objects(&s, &files).unwrap();
-    assert_eq!(objs.len(), 33);
+    assert_eq!(objs.len(), 35);
     // Debug output never shows contents (private keys).
     let dbg = format!("{files:?}");
     assert!(

@@ -146,6 +146,10 @@ pub const ETCD_ELECTION_TIMEOUT_MS: u32 = 5000;
 ///   both run on the first node while the self-hosted member joins;
 /// - `--initial-cluster`/`--initial-cluster-state` come from `initial`: etcd
 ///   reads them only when its data directory is empty;
+/// - `--quota-backend-bytes` always set, from the cluster's settings
+///   (default 8 GiB where etcd's own is 2 GiB): at the quota etcd raises
+///   NOSPACE and the cluster takes no writes; the agent's etcd-upkeep task
+///   defragments and disarms;
 /// - `--heartbeat-interval=500` and `--election-timeout=5000` (ms) where
 ///   etcd's defaults are 100 and 1000, the values etcd's tuning guide gives
 ///   for slow networks and that OpenShift uses on its slower clouds. Under
@@ -185,6 +189,10 @@ pub(crate) fn etcd(spec: &PlaneSpec, placement: Placement, initial: &EtcdInitial
         .text("tls-min-version", super::ETCD_TLS_MIN_VERSION)
         .text("cipher-suites", super::tls_cipher_suites_flag())
         .text("snapshot-count", "10000")
+        .text(
+            "quota-backend-bytes",
+            spec.etcd_quota_backend_bytes.to_string(),
+        )
         .text("feature-gates", "InitialCorruptCheck=true")
         .text("watch-progress-notify-interval", "5s")
         .text("heartbeat-interval", ETCD_HEARTBEAT_MS.to_string())

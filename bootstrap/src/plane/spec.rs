@@ -64,6 +64,9 @@ pub struct PlaneSpec {
     pub kubeconfig_dir: PathBuf,
     /// The self-hosted etcd member's data directory on this node.
     pub etcd_data_dir: PathBuf,
+    /// etcd's `--quota-backend-bytes`, on the temporary member and every
+    /// self-hosted one.
+    pub etcd_quota_backend_bytes: u64,
     /// Where each control-plane host's kube-apiservers write their audit
     /// logs (see `plane::audit`).
     pub audit_log_dir: PathBuf,
@@ -284,6 +287,7 @@ impl PlaneSpec {
             // come in through `env`.
             bundle: _,
             allow_workloads,
+            etcd_quota_backend_bytes,
         } = settings;
         let PlaneEnv {
             kubernetes_version,
@@ -309,6 +313,7 @@ impl PlaneSpec {
             pki_dir,
             kubeconfig_dir,
             etcd_data_dir,
+            etcd_quota_backend_bytes: *etcd_quota_backend_bytes,
             audit_log_dir,
             cni_conf_dir,
             ports: PlanePorts {
@@ -353,6 +358,7 @@ impl PlaneSpec {
             pki_dir: PathBuf::from(crate::pki::DEFAULT_PKI_DIR),
             kubeconfig_dir: PathBuf::from(crate::pki::DEFAULT_KUBECONFIG_DIR),
             etcd_data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
+            etcd_quota_backend_bytes: crate::config::DEFAULT_ETCD_QUOTA_BACKEND_BYTES,
             audit_log_dir: PathBuf::from(super::DEFAULT_AUDIT_LOG_DIR),
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             ports: PlanePorts::default(),
@@ -379,6 +385,7 @@ impl PlaneSpec {
             pki_dir,
             kubeconfig_dir,
             etcd_data_dir: _,
+            etcd_quota_backend_bytes: _,
             audit_log_dir: _,
             cni_conf_dir: _,
             ports: _,

@@ -629,3 +629,57 @@ fn etcd_members_differ_only_where_both_run_on_one_node() {
     assert_eq!(api(Placement::Temporary), "https://127.0.0.1:12379");
     assert_eq!(api(Placement::SelfHosted), "https://127.0.0.1:2379");
 }
+
+/// The quota the user gives reaches the temporary etcd's command line and
+/// the self-hosted member's static pod alike.
+#[test]
+fn the_etcd_quota_setting_reaches_both_members() {
+    let flags = crate::config::InitFlags {
+        etcd_quota_backend_bytes: Some("4GiB".into()),
+        ..Default::default()
+    };
+    let host = crate::config::HostIdentity {
+        hostname: "cp-1".into(),
+        addresses: vec!["10.0.0.10".parse().unwrap()],
+    };
+    let settings = crate::config::resolve(None, &flags, &host).unwrap();
+    let s = PlaneSpec::from_settings(
+        &settings,
+        PlaneEnv {
+            kubernetes_version: "v1.37.2".into(),
+            images: images(),
+            pki_dir: PathBuf::from("/etc/kubernetes/pki"),
+            kubeconfig_dir: PathBuf::from("/etc/kubernetes"),
+            etcd_data_dir: PathBuf::from("/var/lib/selfnode/etcd"),
+            audit_log_dir: PathBuf::from("/var/log/kubernetes/audit"),
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            api_load_balancer_port: 7445,
+        },
+    );
+    let want = "--quota-backend-bytes=4294967296".to_string();
+    let temp = temp_plane(&s).unwrap();
+    let etcd = temp.iter().find(|p| p.name == "etcd").unwrap();
+    assert_eq!(
+        etcd.args
+            .iter()
+            .filter(|a| a.starts_with("--quota-backend-bytes="))
+            .collect::<Vec<_>>(),
+        [&want],
+        "temporary etcd"
+    );
+    let pod = crate::objects::etcd_static_pod(&s, &EtcdInitial::join_temporary(&s));
+    let command = pod.spec.unwrap().containers[0].command.clone().unwrap();
+    assert_eq!(
+        command
+            .iter()
+            .filter(|a| a.starts_with("--quota-backend-bytes="))
+            .collect::<Vec<_>>(),
+        [&want],
+        "self-hosted etcd"
+    );
+    // The default, where nothing is set: 8 GiB.
+    let temp = temp_plane(&spec()).unwrap();
+    assert!(temp[0]
+        .args
+        .contains(&"--quota-backend-bytes=8589934592".to_string()));
+}

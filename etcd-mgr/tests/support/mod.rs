@@ -208,6 +208,20 @@ impl Etcd {
         initial_cluster: &str,
         state: &str,
     ) -> Etcd {
+        Self::start_with(log_dir, pki, spec, data_dir, initial_cluster, state, &[])
+    }
+
+    /// [`Etcd::start`] with `extra` flags after the harness's own (e.g.
+    /// `--quota-backend-bytes=16777216`).
+    pub fn start_with(
+        log_dir: &Path,
+        pki: &Pki,
+        spec: &MemberSpec,
+        data_dir: &Path,
+        initial_cluster: &str,
+        state: &str,
+        extra: &[String],
+    ) -> Etcd {
         let log = log_dir.join(format!("{}.log", spec.name));
         let out = fs::File::create(&log).unwrap();
         let child = Command::new(bundle_bin("etcd"))
@@ -228,6 +242,7 @@ impl Etcd {
             .arg(format!("--peer-key-file={}", pki.server_key.display()))
             .arg(format!("--peer-trusted-ca-file={}", pki.ca.display()))
             .arg("--peer-client-cert-auth=true")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

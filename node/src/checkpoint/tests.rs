@@ -23,6 +23,7 @@ fn settings() -> InitSettings {
         extra_sans: vec!["api.lab".into()],
         bundle: None,
         allow_workloads: true,
+        etcd_quota_backend_bytes: 4 << 30,
     }
 }
 

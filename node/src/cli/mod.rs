@@ -178,7 +178,7 @@ fn parse_nonzero_duration(s: &str) -> Result<std::time::Duration, String> {
 it resumes. The agent must be running ('selfnode agent'). When it finishes, the admin kubeconfig is \
 /etc/kubernetes/admin.conf. Config file example:\n\n  apiVersion: selfnode.dev/v1alpha1\n  \
 kind: InitConfiguration\n  clusterName: lab\n  advertiseAddress: 192.0.2.10\n  podCidr: 10.244.0.0/16\n  \
-serviceCidr: 10.96.0.0/12\n  extraSans: [api.lab.example]"
+serviceCidr: 10.96.0.0/12\n  extraSans: [api.lab.example]\n  etcdQuotaBackendBytes: 8GiB"
 )]
 pub struct InitArgs {
     /// Config file (YAML, apiVersion selfnode.dev/v1alpha1, kind InitConfiguration); flags override it
@@ -209,6 +209,10 @@ pub struct InitArgs {
     /// single-node cluster wants
     #[arg(long)]
     pub allow_workloads: bool,
+    /// etcd's backend quota on every member, e.g. 8GiB, 512MiB or a number of bytes; at
+    /// the quota etcd raises NOSPACE and the cluster takes no writes [default: 8GiB]
+    #[arg(long, value_name = "SIZE")]
+    pub etcd_quota_backend_bytes: Option<String>,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
@@ -225,6 +229,7 @@ impl InitArgs {
             extra_sans: self.extra_sans.clone(),
             bundle: self.bundle.clone(),
             allow_workloads: self.allow_workloads,
+            etcd_quota_backend_bytes: self.etcd_quota_backend_bytes.clone(),
         }
     }
 }

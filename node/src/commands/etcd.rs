@@ -13,22 +13,23 @@ pub async fn run(paths: &HostPaths, cmd: EtcdCommand) -> anyhow::Result<ExitCode
                 Output::Json => println!("{}", serde_json::to_string_pretty(&members)?),
                 Output::Table => {
                     println!(
-                        "{:<17} {:<12} {:<8} {:<7} {:>10}  PEER URLS",
-                        "ID", "NAME", "HEALTHY", "LEADER", "DB SIZE"
+                        "{:<17} {:<12} {:<8} {:<7} {:>10} {:>10}  PEER URLS",
+                        "ID", "NAME", "HEALTHY", "LEADER", "DB SIZE", "IN USE"
                     );
                     for m in &members {
-                        let size = m
-                            .db_size
-                            .map(|s| format!("{:.1} MB", s as f64 / 1e6))
-                            .unwrap_or_else(|| "-".into());
+                        let mb = |s: Option<i64>| {
+                            s.map(|s| format!("{:.1} MB", s as f64 / 1e6))
+                                .unwrap_or_else(|| "-".into())
+                        };
                         let role = if m.is_learner { " (learner)" } else { "" };
                         println!(
-                            "{:<17} {:<12} {:<8} {:<7} {:>10}  {}{role}",
+                            "{:<17} {:<12} {:<8} {:<7} {:>10} {:>10}  {}{role}",
                             m.id,
                             m.name,
                             m.healthy,
                             m.is_leader,
-                            size,
+                            mb(m.db_size),
+                            mb(m.db_size_in_use),
                             m.peer_urls.join(",")
                         );
                     }

@@ -108,10 +108,15 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
             match &etcd {
                 Some(Ok(members)) => {
                     for m in members {
-                        let size = m
-                            .db_size
-                            .map(|s| format!(", db {:.1} MB", s as f64 / 1e6))
-                            .unwrap_or_default();
+                        let size = match (m.db_size, m.db_size_in_use) {
+                            (Some(s), Some(u)) => format!(
+                                ", db {:.1} MB (in use {:.1} MB)",
+                                s as f64 / 1e6,
+                                u as f64 / 1e6
+                            ),
+                            (Some(s), None) => format!(", db {:.1} MB", s as f64 / 1e6),
+                            _ => String::new(),
+                        };
                         let state = if m.healthy { "healthy" } else { "unhealthy" };
                         let leader = if m.is_leader { ", leader" } else { "" };
                         println!("etcd member {} ({}): {state}{leader}{size}", m.name, m.id);

@@ -41,6 +41,8 @@ pub enum Component {
     ApiServers,
     /// Scheduled etcd snapshots.
     Snapshots,
+    /// etcd's upkeep: size, alarms, defragmentation, NOSPACE.
+    EtcdUpkeep,
     /// The approver of new nodes' client certificates (control-plane hosts).
     Approver,
     /// The promoter of control-plane nodes (control-plane hosts).
@@ -60,6 +62,7 @@ impl Component {
             Component::Certificates => "certificates",
             Component::ApiServers => "apiservers",
             Component::Snapshots => "etcd-snapshots",
+            Component::EtcdUpkeep => "etcd-upkeep",
             Component::Approver => "approver",
             Component::Promoter => "promoter",
         }

@@ -16,6 +16,7 @@ pub mod apiservers;
 pub mod approver;
 pub mod certs;
 pub mod checkpointer;
+pub mod etcd_upkeep;
 pub mod member;
 pub mod promoter;
 pub mod snapshots;
@@ -299,6 +300,8 @@ pub fn spawn_all(
     );
     let (c, r, s, t) = go(tracker);
     spawn(member::MemberController::default(), c, r, s, t);
+    let (c, r, s, t) = go(tracker);
+    spawn(etcd_upkeep::EtcdUpkeep::default(), c, r, s, t);
     let (c, r, s, t) = go(tracker);
     spawn(apiservers::ApiServers::default(), c, r, s, t);
     let (c, r, s, t) = go(tracker);
