@@ -405,7 +405,7 @@ pub async fn renew(
             ));
         }
     }
-    let restarted = restart_own_components(&spec, socket, &renewed, timeout).await?;
+    let restarted = restart_own_components(&spec, socket, &renewed, &client, timeout).await?;
     if !restarted.is_empty() {
         line(&format!(
             "restarted {} on this host onto the new files",
@@ -453,11 +453,14 @@ pub fn own_components_changed(spec: &PlaneSpec, changed: &[PathBuf]) -> Vec<&'st
 
 /// Restarts this host's containers of the components whose own files are
 /// among `changed`, and waits up to `timeout` until the kubelet has started
-/// them again. Returns the components restarted.
+/// them again and, after an API server's restart, until the API answers
+/// `/readyz` through `client` (this host's balancer) again. Returns the
+/// components restarted.
 async fn restart_own_components(
     spec: &PlaneSpec,
     socket: &Path,
     changed: &[PathBuf],
+    client: &kube::Client,
     timeout: Duration,
 ) -> anyhow::Result<Vec<&'static str>> {
     let components = own_components_changed(spec, changed);
@@ -472,6 +475,18 @@ async fn restart_own_components(
         .into_iter()
         .filter(|c| stopped.iter().any(|s| s.container == *c))
         .collect();
+    if ran.contains(&"kube-apiserver") {
+        crate::wait::until(
+            "the API to answer /readyz again",
+            timeout,
+            Duration::from_secs(1),
+            || async {
+                let req = http::Request::get("/readyz").body(Vec::new())?;
+                Ok(client.request_text(req).await.is_ok())
+            },
+        )
+        .await?;
+    }
     Ok(ran)
 }
 
@@ -530,7 +545,7 @@ pub async fn agent_pass(
         .map(|p| format!("rolled {}", p.component))
         .collect();
     let restarted =
-        restart_own_components(&spec, socket, &renewed, Duration::from_secs(300)).await?;
+        restart_own_components(&spec, socket, &renewed, &client, Duration::from_secs(300)).await?;
     if !restarted.is_empty() {
         tracing::info!(components = ?restarted, "certificates: restarted this host's components onto the renewed files");
         changed.push(format!("restarted {} on this host", restarted.join(", ")));

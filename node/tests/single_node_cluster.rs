@@ -1394,7 +1394,7 @@ fn reset_leaves_nothing_that_breaks_a_cluster_with_other_network_settings() {
     let out = reset(None);
     assert!(out.status.success(), "reset: {}", text(&out));
     assert!(
-        text(&out).contains("[reset] remove_cluster_state (2/4): already done"),
+        text(&out).contains("[reset] remove_cluster_state (3/5): already done"),
         "the kill loop did the work: {}",
         text(&out)
     );
