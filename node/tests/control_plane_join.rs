@@ -268,14 +268,7 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     // No split brain: on a host of this healthy three-member cluster a
     // restore, and a recovery from a snapshot while its own member is
     // down, are refused before anything is written, naming the others.
-    let snap = first.root.join("split-brain.db");
-    let out = first
-        .selfnode()
-        .args(["etcd", "snapshot", "save"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "snapshot save: {}", text(&out));
+    let snap = first.snapshot_save("split-brain.db");
     let gateway = lan.gateway.to_string();
     let out = first
         .selfnode()

@@ -53,14 +53,7 @@ fn the_survivor_of_a_quorum_loss_keeps_its_data_and_the_cluster_grows_back() {
     );
 
     // A snapshot, then an object newer than it: what a restore would lose.
-    let snap = first.root.join("before-the-loss.db");
-    let out = first
-        .selfnode()
-        .args(["etcd", "snapshot", "save"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    first.snapshot_save("before-the-loss.db");
     first.kubectl_ok(&[
         "create",
         "configmap",

@@ -465,14 +465,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", f.display());
     }
-    let snap = host.root.join("snapshot.db");
-    let out = host
-        .selfnode()
-        .args(["etcd", "snapshot", "save"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "snapshot save: {}", text(&out));
+    let snap = host.snapshot_save("snapshot.db");
     assert_eq!(
         std::fs::metadata(&snap).unwrap().permissions().mode() & 0o777,
         0o600

@@ -528,6 +528,20 @@ impl TestHost {
         (first, summary)
     }
 
+    /// `selfnode etcd snapshot save` into `name` under this host's root;
+    /// returns the file.
+    pub fn snapshot_save(&self, name: &str) -> PathBuf {
+        let file = self.root.join(name);
+        let out = self
+            .selfnode()
+            .args(["etcd", "snapshot", "save"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "snapshot save: {}", text(&out));
+        file
+    }
+
     /// `selfnode token create ARGS…` on this host; returns the join string.
     pub fn token_create(&self, args: &[&str]) -> String {
         let out = self
