@@ -168,6 +168,19 @@ async fn member_status(
     Some(crate::maintenance::usage_via(cfg, urls).await)
 }
 
+/// Whether the voting members that answered their Status call are a
+/// majority of the voting members: what a quorum needs. Counted, not read
+/// from a member's idea of its leader, which a member that lost its peers
+/// keeps for a while.
+pub fn has_quorum(members: &[MemberStatus]) -> bool {
+    let voters = members.iter().filter(|m| !m.is_learner).count();
+    let answering = members
+        .iter()
+        .filter(|m| !m.is_learner && m.healthy)
+        .count();
+    voters > 0 && answering > voters / 2
+}
+
 /// Adds the member that will serve `peer_url` as a learner and returns its
 /// id. If a member (learner or voter) already has that peer URL, returns its
 /// id and adds nothing. etcd allows one learner at a time by default
@@ -607,6 +620,42 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quorum_is_a_majority_of_the_voters_answering() {
+        let m = |healthy: bool, is_learner: bool| MemberStatus {
+            id: "1".into(),
+            cluster_id: "c".into(),
+            name: "n".into(),
+            peer_urls: vec![],
+            client_urls: vec![],
+            is_learner,
+            healthy,
+            is_leader: false,
+            db_size: None,
+            db_size_in_use: None,
+            db_size_quota: None,
+            error: None,
+        };
+        assert!(has_quorum(&[m(true, false)]));
+        assert!(!has_quorum(&[
+            m(true, false),
+            m(false, false),
+            m(false, false)
+        ]));
+        assert!(has_quorum(&[
+            m(true, false),
+            m(true, false),
+            m(false, false)
+        ]));
+        // A learner neither votes nor counts.
+        assert!(!has_quorum(&[
+            m(true, false),
+            m(false, false),
+            m(true, true)
+        ]));
+        assert!(!has_quorum(&[]));
+    }
 
     fn member(id: &str, name: &str, learner: bool, healthy: bool) -> MemberStatus {
         MemberStatus {

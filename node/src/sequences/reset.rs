@@ -150,20 +150,24 @@ async fn leave_etcd_cluster(run: &Runner, paths: &HostPaths) -> anyhow::Result<b
     };
     let cfg = crate::etcd::cluster_config(paths, LEAVE_ASK);
     let members = match etcd_mgr::members(&cfg).await {
-        Ok(m) => m,
         // Without a quorum no removal can be made; the member stays listed
         // and the host is reset (a cluster that lost its quorum is not
         // kept alive by refusing).
-        Err(e @ etcd_mgr::EtcdError::NoLeader { .. }) => {
+        Ok(m) | Err(etcd_mgr::EtcdError::NoLeader { members: m, .. })
+            if !etcd_mgr::members::has_quorum(&m) =>
+        {
+            let answering = m.iter().filter(|m| m.healthy && !m.is_learner).count();
+            let voters = m.iter().filter(|m| !m.is_learner).count();
             run.say(
                 step,
                 &format!(
-                    "the cluster's etcd has no quorum ({e}): this host's member {} ({}) stays in its list; once the cluster serves again, remove it on a control-plane host with 'selfnode etcd remove-member {}'",
+                    "the cluster's etcd has no quorum ({answering} of {voters} voting members answer): this host's member {} ({}) stays in its list; once the cluster serves again, remove it on a control-plane host with 'selfnode etcd remove-member {}'",
                     member.name, member.id, member.name
                 ),
             );
             return Ok(false);
         }
+        Ok(m) | Err(etcd_mgr::EtcdError::NoLeader { members: m, .. }) => m,
         Err(e) => {
             run.say(
                 step,

@@ -246,9 +246,13 @@ async fn node_plane_spec(
         .with_context(|| format!("reading kube-system/{CLUSTER_SETTINGS}"))?;
     let cluster = ClusterSettings::from_config_map(&cm)?;
     let settings = crate::cluster::joined_settings(cluster, node)?;
-    // Recorded in the checkpoint, so that renewal (`crate::certs`) runs on
-    // this host with no API to ask and no init host to depend on.
-    let recorded = settings.clone();
+    // Recorded in the checkpoint, so that renewal (`crate::certs`) and
+    // `recover` run on this host with no API to ask and no init host to
+    // depend on; with the bundle this agent runs (what they open).
+    let recorded = bootstrap::config::InitSettings {
+        bundle: Some(ctx.bundle.root().to_path_buf()),
+        ..settings.clone()
+    };
     with_checkpoint(&ctx.paths.checkpoint_dir(), move |c| {
         if c.settings()?.as_ref() != Some(&recorded) {
             c.record_settings(&recorded)?;

@@ -174,7 +174,7 @@ async fn check_quorum_lost(run: &Runner, f: &ForceNew<'_>) -> anyhow::Result<boo
             run.say(step, "etcd is already this member alone: finishing");
             Ok(false)
         }
-        Some((m, true)) => {
+        Some((m, _)) if etcd_mgr::members::has_quorum(&m) => {
             let voters: Vec<&MemberStatus> = m.iter().filter(|m| !m.is_learner).collect();
             let answering: Vec<&&MemberStatus> = voters.iter().filter(|m| m.healthy).collect();
             Err(ForceNewRefused::QuorumServes {
@@ -188,7 +188,7 @@ async fn check_quorum_lost(run: &Runner, f: &ForceNew<'_>) -> anyhow::Result<boo
             }
             .into())
         }
-        Some((m, false)) => {
+        Some((m, _)) => {
             let answering: Vec<String> = m
                 .iter()
                 .filter(|m| m.healthy)
@@ -197,7 +197,7 @@ async fn check_quorum_lost(run: &Runner, f: &ForceNew<'_>) -> anyhow::Result<boo
             run.say(
                 step,
                 &format!(
-                    "no quorum: {} of {} members answer ({}) and none knows a leader",
+                    "no quorum: {} of {} members answer ({})",
                     answering.len(),
                     m.len(),
                     answering.join(", ")
