@@ -386,10 +386,19 @@ pub async fn renew(
     for w in &report.warnings {
         line(&format!("warning: {w}"));
     }
-    let client = crate::cluster::kube_client(&spec.kubeconfig_dir.join("super-admin.conf"))
+    let client = crate::cluster::kube_client(&spec.kubeconfig_dir.join("super-admin.conf")).await?;
+    // This host's components onto the new files first: that needs no API
+    // (on a single control-plane host the API server is one of them).
+    let restarted = restart_own_components(&spec, socket, &client, timeout).await?;
+    if !restarted.is_empty() {
+        line(&format!(
+            "restarted {} on this host onto the new files",
+            restarted.join(", ")
+        ));
+    }
+    let published = publish(&client, &spec)
         .await
-        .context("the new certificates are on this host, but the API server cannot be reached to publish them; run 'selfnode certs renew' again once it answers (the agent also publishes them within the hour)")?;
-    let published = publish(&client, &spec).await?;
+        .context("the new certificates are on this host and its components run on them, but the API server cannot be reached to publish them; run 'selfnode certs renew' again once it answers (the agent also publishes within the hour)")?;
     for p in &published {
         if p.missing {
             line(&format!(
@@ -404,13 +413,6 @@ pub async fn renew(
                 c = p.component
             ));
         }
-    }
-    let restarted = restart_own_components(&spec, socket, &renewed, &client, timeout).await?;
-    if !restarted.is_empty() {
-        line(&format!(
-            "restarted {} on this host onto the new files",
-            restarted.join(", ")
-        ));
     }
     for p in published.iter().filter(|p| p.rolled) {
         wait_rolled(&client, p, timeout).await.with_context(|| {
@@ -432,50 +434,51 @@ pub async fn renew(
     Ok(RenewReport {
         renewed,
         published,
-        restarted: restarted.iter().map(|c| c.to_string()).collect(),
+        restarted,
         certificates: expiration(paths)?,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// The components whose own (not shared) files are among `changed`.
-pub fn own_components_changed(spec: &PlaneSpec, changed: &[PathBuf]) -> Vec<&'static str> {
+/// Each component with the time its own files last changed on this host
+/// (the newest modification of those it reads that are not shared).
+fn own_files_changed_at(spec: &PlaneSpec) -> Vec<(&'static str, SystemTime)> {
     bootstrap::objects::component_files(spec)
         .into_iter()
-        .filter(|(_, files)| {
+        .filter_map(|(name, files)| {
             files
                 .iter()
-                .any(|f| changed.contains(f) && !bootstrap::objects::shared_file(spec, f))
+                .filter(|f| !bootstrap::objects::shared_file(spec, f))
+                .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                .max()
+                .map(|t| (name, t))
         })
-        .map(|(name, _)| name)
         .collect()
 }
 
-/// Restarts this host's containers of the components whose own files are
-/// among `changed`, and waits up to `timeout` until the kubelet has started
-/// them again and, after an API server's restart, until the API answers
-/// `/readyz` through `client` (this host's balancer) again. Returns the
-/// components restarted.
+/// Restarts this host's containers of the components that run on older
+/// files than the host has (`crate::cri`), waits up to `timeout` until the
+/// kubelet has started them again and, after an API server's restart,
+/// until the API answers `/readyz` through `client` (this host's balancer)
+/// again. Returns the components restarted.
 async fn restart_own_components(
     spec: &PlaneSpec,
     socket: &Path,
-    changed: &[PathBuf],
     client: &kube::Client,
     timeout: Duration,
-) -> anyhow::Result<Vec<&'static str>> {
-    let components = own_components_changed(spec, changed);
-    if components.is_empty() {
-        return Ok(components);
+) -> anyhow::Result<Vec<String>> {
+    let changed_at = own_files_changed_at(spec);
+    let stopped = crate::cri::restart_containers_older_than(socket, &changed_at).await?;
+    if stopped.is_empty() {
+        return Ok(Vec::new());
     }
-    let stopped = crate::cri::restart_containers(socket, &components).await?;
     crate::cri::wait_restarted(socket, &stopped, timeout)
         .await
         .context("the renewed files are on this host, but a component did not start again; see 'kubectl -n kube-system get pods -o wide' and the kubelet's log")?;
-    let ran: Vec<&'static str> = components
-        .into_iter()
-        .filter(|c| stopped.iter().any(|s| s.container == *c))
-        .collect();
-    if ran.contains(&"kube-apiserver") {
+    let mut ran: Vec<String> = stopped.iter().map(|c| c.container.clone()).collect();
+    ran.sort();
+    ran.dedup();
+    if ran.iter().any(|c| c == "kube-apiserver") {
         crate::wait::until(
             "the API to answer /readyz again",
             timeout,
@@ -538,18 +541,23 @@ pub async fn agent_pass(
         tracing::warn!("certificates: {w}");
     }
     let client = crate::cluster::kube_client(&spec.kubeconfig_dir.join("super-admin.conf")).await?;
-    let published = publish(&client, &spec).await?;
-    let mut changed: Vec<String> = published
-        .iter()
-        .filter(|p| p.rolled)
-        .map(|p| format!("rolled {}", p.component))
-        .collect();
+    // Before the publish, which needs the API: a component running on
+    // older files than the host has (renewed now, or by a pass whose
+    // restart failed) is restarted whether the API answers or not.
     let restarted =
-        restart_own_components(&spec, socket, &renewed, &client, Duration::from_secs(300)).await?;
+        restart_own_components(&spec, socket, &client, Duration::from_secs(300)).await?;
+    let mut changed = Vec::new();
     if !restarted.is_empty() {
-        tracing::info!(components = ?restarted, "certificates: restarted this host's components onto the renewed files");
+        tracing::info!(components = ?restarted, "certificates: restarted this host's components onto their files");
         changed.push(format!("restarted {} on this host", restarted.join(", ")));
     }
+    let published = publish(&client, &spec).await?;
+    changed.extend(
+        published
+            .iter()
+            .filter(|p| p.rolled)
+            .map(|p| format!("rolled {}", p.component)),
+    );
     Ok(Some(summary(&expiration(paths)?, renewed.len(), &changed)))
 }
 
@@ -654,8 +662,7 @@ mod tests {
         );
     }
 
-    fn spec() -> PlaneSpec {
-        let dir = std::path::Path::new("/tmp/h");
+    fn spec_under(dir: &std::path::Path) -> PlaneSpec {
         let paths = HostPaths::under(dir);
         let settings = bootstrap::config::InitSettings {
             cluster_name: "lab".into(),
@@ -691,24 +698,36 @@ mod tests {
     }
 
     #[test]
-    fn a_hosts_own_renewed_files_restart_the_components_that_read_them() {
-        let s = spec();
-        let pki = s.pki_dir.clone();
-        let kc = s.kubeconfig_dir.clone();
-        // The controller-manager's kubeconfig: only it restarts.
-        assert_eq!(
-            own_components_changed(&s, &[kc.join("controller-manager.conf")]),
-            ["kube-controller-manager"]
-        );
-        // The API server's serving pair.
-        assert_eq!(
-            own_components_changed(&s, &[pki.join("apiserver.crt"), pki.join("apiserver.key")]),
-            ["kube-apiserver"]
-        );
-        // A shared file is the rollout's (the config hash), not a restart;
-        // admin.conf is no component's.
-        assert!(
-            own_components_changed(&s, &[pki.join("ca.crt"), kc.join("admin.conf")]).is_empty()
-        );
+    fn a_component_is_as_new_as_its_own_files_and_no_shared_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec_under(dir.path());
+        let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        // Every file any component reads, at t=1000.
+        for (_, files) in bootstrap::objects::component_files(&s) {
+            for f in files {
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                let file = std::fs::File::create(&f).unwrap();
+                file.set_modified(at(1000)).unwrap();
+            }
+        }
+        let touch = |f: PathBuf, secs: u64| {
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(at(secs))
+                .unwrap()
+        };
+        // A renewed controller-manager kubeconfig and API server pair; a
+        // newer CA (shared: the rollout's, by the config hash, not a
+        // restart's).
+        touch(s.kubeconfig_dir.join("controller-manager.conf"), 2000);
+        touch(s.pki_dir.join("apiserver.crt"), 3000);
+        touch(s.pki_dir.join("ca.crt"), 9000);
+        let times: std::collections::BTreeMap<_, _> =
+            own_files_changed_at(&s).into_iter().collect();
+        assert_eq!(times["kube-controller-manager"], at(2000));
+        assert_eq!(times["kube-apiserver"], at(3000));
+        assert_eq!(times["kube-scheduler"], at(1000));
     }
 }

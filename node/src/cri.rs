@@ -2,18 +2,19 @@
 //! host, without the API.
 //!
 //! A host's own certificates, keys and kubeconfigs are hostPath files of
-//! its control-plane pods; a running kube-controller-manager or
-//! kube-scheduler reads its kubeconfig (with the client certificate in it)
-//! once. After a renewal changes them, the host stops those containers
-//! (SIGTERM, in containerd's `k8s.io` namespace) and the kubelet starts
-//! them again in the same pods, reading the new files: no rollout across
-//! the cluster, no API needed (a single control-plane host's API server is
-//! one of them), as kubeadm asks its users to restart the static pods
-//! after `certs renew`.
+//! its control-plane pods, each mounted by itself: a file replaced by a
+//! renewal (a new inode) is not what the container sees, and a running
+//! kube-controller-manager or kube-scheduler reads its kubeconfig once
+//! anyway. So a container older than its files is stopped (SIGTERM, in
+//! containerd's `k8s.io` namespace) and the kubelet starts it again in the
+//! same pod, reading the files as they are: no rollout across the cluster,
+//! no API needed (a single control-plane host's API server is one of
+//! them), as kubeadm asks its users to restart the static pods after
+//! `certs renew`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::readiness::{running_containers, RunningContainer};
 use crate::wait::until;
@@ -21,18 +22,30 @@ use crate::wait::until;
 /// How long containerd is given for the kills.
 const CALL: Duration = Duration::from_secs(10);
 
-/// Stops every running container of this host whose name (in its pod) is
-/// one of `names`; the kubelet starts each again. Returns the stopped
-/// containers.
-pub async fn restart_containers(
+/// Stops every running container of this host named (in its pod) as one
+/// of `older_than`'s components and created before that component's time
+/// (the newest of the files it reads): the kubelet starts each again,
+/// reading the files as they are now. Returns the stopped containers.
+///
+/// Why by time and not "after a renewal": the pods mount each file by
+/// hostPath, and a renewal replaces the file (a new inode), which a
+/// container that mounted the old one never sees; so a container older
+/// than its files runs on what they were, whoever changed them and
+/// whenever (a renewal whose restart failed, an agent restarted in
+/// between).
+pub async fn restart_containers_older_than(
     socket: &Path,
-    names: &[&str],
+    older_than: &[(&str, SystemTime)],
 ) -> anyhow::Result<Vec<RunningContainer>> {
     use containerd_client::services::v1::KillRequest;
     let targets: Vec<RunningContainer> = running_containers(socket)
         .await?
         .into_iter()
-        .filter(|c| names.contains(&c.container.as_str()))
+        .filter(|c| {
+            older_than.iter().any(|(name, files)| {
+                c.container == *name && c.created.is_some_and(|created| created < *files)
+            })
+        })
         .collect();
     if targets.is_empty() {
         return Ok(targets);

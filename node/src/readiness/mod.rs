@@ -314,6 +314,9 @@ pub struct RunningContainer {
     pub id: String,
     /// The container's name in its pod (`io.kubernetes.container.name`).
     pub container: String,
+    /// When containerd created it (the kubelet creates a new container for
+    /// each start).
+    pub created: Option<std::time::SystemTime>,
 }
 
 /// The CRI containers whose task runs, in containerd's `k8s.io` namespace
@@ -370,6 +373,10 @@ async fn list_running(socket: &Path) -> anyhow::Result<Vec<RunningContainer>> {
             Some(RunningContainer {
                 id: c.id.clone(),
                 container: label("io.kubernetes.container.name")?,
+                created: c.created_at.as_ref().map(|t| {
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+                }),
             })
         })
         .collect())

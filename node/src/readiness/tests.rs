@@ -189,6 +189,7 @@ mod pod_tests {
         let running = |id: &str| RunningContainer {
             id: id.to_string(),
             container: "kube-apiserver".to_string(),
+            created: None,
         };
         let restored = pod(serde_json::json!({
             "metadata": {"name": "kube-apiserver-x", "uid": "u1"},
