@@ -1,6 +1,6 @@
 //! Upkeep of etcd's backend: how big a member's database file is and how
-//! much of it holds data, the cluster's alarms, disarming NOSPACE, and
-//! defragmenting one member.
+//! much of it holds data, the cluster's alarms, disarming NOSPACE,
+//! compacting the key space, and defragmenting one member.
 //!
 //! etcd's backend (bbolt) never gives a file's space back by itself: the
 //! pages freed by compaction (the API server compacts every 5 minutes) are
@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+use etcd_client::{AlarmAction, AlarmOptions, AlarmType, CompactionOptions};
 use tracing::info;
 
 use crate::{connect, connect_with, within, EtcdConfig, EtcdError};
@@ -157,6 +157,51 @@ pub async fn disarm_nospace(cfg: &EtcdConfig) -> Result<Vec<Alarm>, EtcdError> {
         info!(member = %format!("{:x}", a.member_id), "disarmed etcd's NOSPACE alarm");
     }
     Ok(raised)
+}
+
+/// Compacts the key space at the cluster's current revision and returns
+/// that revision: the history of every key before it goes (a watcher
+/// behind it relists), and the pages it took become free on every member,
+/// for a defragmentation to give back. Physical: returns once the member
+/// that answered has applied it (the others apply it as they apply the
+/// log). Bounded by `timeout` (as for a defragmentation,
+/// it takes as long as the members take to free the pages).
+///
+/// The API server compacts every 5 minutes by itself, but it records each
+/// compaction with a write first, which etcd refuses under NOSPACE; so
+/// under NOSPACE nothing frees the pages of deleted objects but this.
+/// A revision compacted already (another member's agent was first) is not
+/// an error.
+pub async fn compact_to_current(cfg: &EtcdConfig, timeout: Duration) -> Result<i64, EtcdError> {
+    let mut c = connect_with(cfg, &cfg.endpoints, timeout).await?;
+    let status = within(cfg, "status", &cfg.endpoints, c.status()).await?;
+    let revision = status.header().map_or(0, |h| h.revision());
+    if revision <= 1 {
+        return Ok(revision);
+    }
+    let call = c.compact(revision, Some(CompactionOptions::new().with_physical()));
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(_)) => {
+            info!(revision, "compacted etcd's key space");
+            Ok(revision)
+        }
+        Ok(Err(source)) if compacted_already(&source) => Ok(revision),
+        Ok(Err(source)) => Err(EtcdError::Rpc {
+            op: "compact",
+            source,
+        }),
+        Err(_) => Err(EtcdError::Timeout {
+            op: "compact",
+            endpoint: cfg.endpoints.join(","),
+            timeout,
+        }),
+    }
+}
+
+/// etcd's answer to a compaction at or before the last one.
+fn compacted_already(err: &etcd_client::Error) -> bool {
+    err.to_string()
+        .contains("required revision has been compacted")
 }
 
 /// Defragments the member serving `client_url`: etcd rewrites its database

@@ -5,8 +5,9 @@
 //! defragmented, and its quota (`--quota-backend-bytes`, the cluster's
 //! setting) is checked against the file's size: at the quota etcd raises
 //! NOSPACE and the whole cluster takes no writes until the alarm is
-//! disarmed. Compaction, which frees the pages, stays the API server's (it
-//! compacts every 5 minutes). Every [`PERIOD`] this task:
+//! disarmed. Compaction, which frees the pages, is the API server's (it
+//! compacts every 5 minutes), except under NOSPACE. Every [`PERIOD`] this
+//! task:
 //!
 //! - reads its own member's Status (file size, bytes in use, quota) and
 //!   the cluster's alarms, and reports them; an alarm makes it unhealthy,
@@ -18,6 +19,11 @@
 //!   and skips when the API does not answer (upkeep is not urgent). Under
 //!   NOSPACE no Lease can be written (etcd refuses the API server's
 //!   writes), so the members take turns by id instead ([`whose_turn`]);
+//! - **compacts under NOSPACE**: the API server records each compaction
+//!   with a write first, which etcd refuses then, so the pages of objects
+//!   deleted to make room stay taken; this task compacts at the current
+//!   revision (watchers behind it relist) on each pass while the alarm is
+//!   raised, and defragments any member with [`NOSPACE_MIN_FREE`] free;
 //! - **disarms NOSPACE** once every member is below its quota
 //!   ([`may_disarm`]): before that the next write would raise it again.
 
@@ -45,9 +51,13 @@ const FIRST: Duration = Duration::from_secs(30);
 
 const MIB: i64 = 1024 * 1024;
 /// A member is defragmented only when at least this much of its file is
-/// free: a defragmentation stops the member for as long as it copies its
-/// data, which is worth it for tens of MiB, not for a few pages.
+/// free (or a tenth of its quota, if that is less): a defragmentation
+/// stops the member for as long as it copies its data, which is worth it
+/// for tens of MiB, not for a few pages.
 pub const DEFRAG_MIN_FREE: i64 = 64 * MIB;
+/// Under NOSPACE the cluster takes no writes anyway: a member with this
+/// much free is defragmented, whatever the share.
+pub const NOSPACE_MIN_FREE: i64 = MIB;
 /// ... and when more than half of the file is free (a file twice the size
 /// of its data: the space is lost for good until a defragmentation), or
 /// the file has reached this share of the quota (in percent): the quota is
@@ -109,7 +119,21 @@ impl AgentTask for EtcdUpkeep {
         let mut notes = Vec::new();
         let nospace = alarms.iter().any(|a| a.kind == AlarmKind::NoSpace);
 
-        if should_defragment(&own) {
+        if nospace {
+            // The API server's compaction is refused under NOSPACE, so the
+            // pages of what was deleted since stay taken until this.
+            match maintenance::compact_to_current(&cfg, DEFRAG_TIMEOUT).await {
+                Ok(revision) => {
+                    own = maintenance::usage(&cfg).await?;
+                    members = etcd_mgr::members(&cfg).await?;
+                    notes.push(format!("compacted at revision {revision}"));
+                }
+                Err(e) => notes.push(format!("cannot compact: {:#}", anyhow::Error::new(e))),
+            }
+        }
+        if should_defragment(&own)
+            || (nospace && worth_under_nospace(own.db_size, own.db_size_in_use))
+        {
             let before = self.last_defrag.map(|(at, _, _)| at);
             if let Some(note) = self.defragment(cx, &cfg, &own, &members, nospace).await? {
                 notes.push(note);
@@ -278,20 +302,27 @@ pub fn should_defragment(u: &Usage) -> bool {
 
 fn fragmented(db_size: i64, in_use: i64, quota: Option<i64>) -> bool {
     let free = (db_size - in_use).max(0);
-    free >= DEFRAG_MIN_FREE
+    let min_free = quota.map_or(DEFRAG_MIN_FREE, |q| (q / 10).min(DEFRAG_MIN_FREE));
+    free >= min_free
         && (free * 2 > db_size
             || quota.is_some_and(|q| db_size * 100 >= q * DEFRAG_NEAR_QUOTA_PERCENT))
 }
 
+/// Under NOSPACE: whether a member's file has free pages worth giving
+/// back ([`NOSPACE_MIN_FREE`]).
+fn worth_under_nospace(db_size: i64, in_use: i64) -> bool {
+    db_size - in_use >= NOSPACE_MIN_FREE
+}
+
 /// Under NOSPACE (no Lease can be written): the member whose turn it is to
-/// be defragmented, the fragmented one with the lowest id. Once it is
-/// defragmented it is no longer fragmented and the next one's turn comes;
-/// every agent sees the same members, so only one of them starts.
+/// be defragmented, the one with free pages and the lowest id. Once it is
+/// defragmented it has none and the next one's turn comes; every agent
+/// sees the same members, so only one of them starts.
 pub fn whose_turn(members: &[MemberStatus]) -> Option<&MemberStatus> {
     members
         .iter()
         .filter(|m| match (m.db_size, m.db_size_in_use) {
-            (Some(s), Some(u)) => fragmented(s, u, m.db_size_quota),
+            (Some(s), Some(u)) => worth_under_nospace(s, u),
             _ => false,
         })
         .min_by_key(|m| u64::from_str_radix(&m.id, 16).unwrap_or(u64::MAX))
@@ -350,11 +381,10 @@ fn describe(own: &Usage, alarms: &[Alarm]) -> String {
     if !nospace.is_empty() {
         out.push_str(&format!(
             "; NOSPACE raised (member {}): etcd's database reached its quota and the cluster is read-only, \
-             it takes no writes; this task defragments the members one at a time and disarms the alarm once \
-             every member is below its quota; if too little of the file is free for that (in use near the \
-             quota), delete objects the cluster no longer needs, then compact by hand, since the API \
-             server's own compaction is refused while NOSPACE is raised ('etcdctl compact REVISION' on a \
-             control-plane host)",
+             it takes no writes but deletes; this task compacts, defragments the members one at a time and \
+             disarms the alarm once every member is below its quota; if the data in use is near the quota, \
+             delete objects the cluster no longer needs ('kubectl delete' works under NOSPACE), or raise the \
+             quota (--etcd-quota-backend-bytes)",
             nospace.join(", ")
         ));
     }
@@ -422,6 +452,9 @@ mod tests {
         assert!(!should_defragment(&u));
         // etcd read the two at different moments.
         assert!(!should_defragment(&usage(100 * MIB, 120 * MIB, q)));
+        // A small quota lowers the floor to a tenth of it.
+        assert!(should_defragment(&usage(40 * MIB, 20 * MIB, 48 * MIB)));
+        assert!(!should_defragment(&usage(8 * MIB, 5 * MIB, 48 * MIB)));
     }
 
     fn member(id: &str, db: Option<i64>, in_use: Option<i64>, quota: Option<i64>) -> MemberStatus {
@@ -461,8 +494,8 @@ mod tests {
     #[test]
     fn under_nospace_the_fragmented_member_with_the_lowest_id_goes_first() {
         let q = Some(GIB);
-        let frag = |id: &str| member(id, Some(GIB), Some(200 * MIB), q);
-        let compact = |id: &str| member(id, Some(300 * MIB), Some(290 * MIB), q);
+        let frag = |id: &str| member(id, Some(GIB), Some(1000 * MIB), q);
+        let compact = |id: &str| member(id, Some(300 * MIB), Some(300 * MIB - MIB / 2), q);
         let ms = [frag("c3"), compact("1a"), frag("b2")];
         assert_eq!(whose_turn(&ms).map(|m| m.id.as_str()), Some("b2"));
         // Once b2 is done, c3's turn.
@@ -503,7 +536,10 @@ mod tests {
         );
         assert!(d.contains("NOSPACE raised (member a1)"), "{d}");
         assert!(d.contains("the cluster is read-only"), "{d}");
-        assert!(d.contains("compact by hand"), "{d}");
+        assert!(
+            d.contains("delete objects the cluster no longer needs"),
+            "{d}"
+        );
         assert!(
             d.contains("disarms the alarm once every member is below its quota"),
             "{d}"
