@@ -383,8 +383,8 @@ fn describe(own: &Usage, alarms: &[Alarm]) -> String {
             "; NOSPACE raised (member {}): etcd's database reached its quota and the cluster is read-only, \
              it takes no writes but deletes; this task compacts, defragments the members one at a time and \
              disarms the alarm once every member is below its quota; if the data in use is near the quota, \
-             delete objects the cluster no longer needs ('kubectl delete' works under NOSPACE), or raise the \
-             quota (--etcd-quota-backend-bytes)",
+             delete objects the cluster no longer needs ('kubectl delete' works under NOSPACE) and the next \
+             pass does the rest",
             nospace.join(", ")
         ));
     }
