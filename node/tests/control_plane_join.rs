@@ -3,7 +3,9 @@
 //! added as a learner and promoted by its agent), a worker becomes one by
 //! `selfnode promote`, the cluster keeps serving with its first host
 //! powered off, a deleted and re-registered Node keeps its role, and
-//! `selfnode demote` takes the member (and the keys) out again.
+//! `selfnode demote` takes the member (and the keys) out again; a
+//! control-plane host reset leaves etcd first, and joins again as a
+//! control-plane host, then (reset again) as a worker.
 
 mod support;
 
@@ -580,6 +582,62 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         second.agent_log()
     );
     wait_voters(&first, &[&node1, "node2"], Duration::from_secs(300));
+
+    // And again as a worker: reset (its member leaves), join by a worker's
+    // string. A worker: no control-plane label, no etcd member, none of
+    // the cluster's keys, Ready.
+    assert!(second.stop_agent(Duration::from_secs(120)).success());
+    let out = second
+        .selfnode()
+        .args(["reset", "--force", "--bundle"])
+        .arg(&second.bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "second reset of node2: {}",
+        text(&out)
+    );
+    wait_voters(&first, &[&node1], Duration::from_secs(120));
+    first.kubectl_ok(&["delete", "node", "node2"]);
+    let worker_again = first.token_create(&["--description", "worker-again"]);
+    second.start_agent();
+    second.wait_healthy(START);
+    let out = second.join(&[&worker_again, "--node-name", "node2"]);
+    assert!(
+        out.status.success(),
+        "worker join after a control-plane reset: {}\n{}",
+        text(&out),
+        second.agent_log()
+    );
+    support::retry("node2 Ready as a worker", Duration::from_secs(300), || {
+        let out = first.kubectl(&[
+            "get",
+            "node",
+            "node2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.metadata.labels}",
+        ]);
+        let t = String::from_utf8_lossy(&out.stdout).into_owned();
+        if t.starts_with("True ") {
+            Ok(())
+        } else {
+            Err(text(&out))
+        }
+    });
+    let labels = first.kubectl_ok(&["get", "node", "node2", "-o", "jsonpath={.metadata.labels}"]);
+    assert!(
+        !labels.contains("node-role.kubernetes.io/control-plane"),
+        "{labels}"
+    );
+    for path in [
+        "etc/kubernetes/manifests/etcd.yaml",
+        "etc/kubernetes/pki/ca.key",
+        "etc/kubernetes/pki/sa.key",
+    ] {
+        assert!(!second.root.join(path).exists(), "{path} on a worker");
+    }
+    wait_voters(&first, &[&node1], Duration::from_secs(30));
     drop(third);
     drop(second);
 }
