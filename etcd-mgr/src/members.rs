@@ -623,20 +623,7 @@ mod tests {
 
     #[test]
     fn a_quorum_is_a_majority_of_the_voters_answering() {
-        let m = |healthy: bool, is_learner: bool| MemberStatus {
-            id: "1".into(),
-            cluster_id: "c".into(),
-            name: "n".into(),
-            peer_urls: vec![],
-            client_urls: vec![],
-            is_learner,
-            healthy,
-            is_leader: false,
-            db_size: None,
-            db_size_in_use: None,
-            db_size_quota: None,
-            error: None,
-        };
+        let m = |healthy: bool, is_learner: bool| member("1", "n", is_learner, healthy);
         assert!(has_quorum(&[m(true, false)]));
         assert!(!has_quorum(&[
             m(true, false),

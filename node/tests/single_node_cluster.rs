@@ -1254,14 +1254,7 @@ fn bare_etcd_snapshot(dir: &std::path::Path, name: &str, one_key: bool) -> std::
 /// and restores `snapshot` with no `--pki`: the copy the agent keeps with
 /// its scheduled snapshots is used.
 fn reset_and_restore(host: &mut TestHost, snapshot: &std::path::Path) {
-    assert!(host.stop_agent(Duration::from_secs(120)).success());
-    let out = host
-        .selfnode()
-        .args(["reset", "--force", "--bundle"])
-        .arg(&host.bundle)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "reset: {}", text(&out));
+    host.stop_and_reset();
     host.start_agent();
     host.wait_healthy(START);
     let out = host

@@ -706,6 +706,20 @@ impl TestHost {
         }
     }
 
+    /// Stops the agent and runs `selfnode reset --force` with this host's
+    /// bundle, which must succeed; returns reset's output.
+    pub fn stop_and_reset(&mut self) -> String {
+        assert!(self.stop_agent(Duration::from_secs(120)).success());
+        let out = self
+            .selfnode()
+            .args(["reset", "--force", "--bundle"])
+            .arg(&self.bundle)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "reset: {}", text(&out));
+        text(&out)
+    }
+
     /// `selfnode stop`: a node stop (the agent, if one runs, and every
     /// container); reaps the agent child. Returns stop's output.
     pub fn stop_node(&mut self, timeout: Duration) -> std::process::Output {
