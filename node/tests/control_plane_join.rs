@@ -500,6 +500,76 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         },
     );
 
+    // The balancer keeps what it learned: node3 down past its API
+    // server's lease leaves the `kubernetes` EndpointSlice, and node2's
+    // list (which learned node3 from the slice, not from a join string)
+    // still has it when node3 comes back.
+    let node3_api = format!(
+        "{}:6443",
+        first
+            .kubectl_ok(&[
+                "get",
+                "node",
+                "node3",
+                "-o",
+                "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+            ])
+            .trim()
+    );
+    let listed = |host: &TestHost| {
+        let text = std::fs::read_to_string(host.root.join("var/lib/selfnode/apiservers"))
+            .unwrap_or_default();
+        text.lines()
+            .any(|l| l.starts_with(&format!("{node3_api} ")))
+    };
+    support::retry(
+        "node2's balancer to list node3",
+        Duration::from_secs(60),
+        || {
+            if listed(&second) {
+                Ok(())
+            } else {
+                Err("not listed".into())
+            }
+        },
+    );
+    third.power_cut();
+    support::retry(
+        "node3's API server out of the kubernetes EndpointSlice",
+        Duration::from_secs(120),
+        || {
+            let eps = first.kubectl_ok(&[
+                "-n",
+                "default",
+                "get",
+                "endpointslice",
+                "kubernetes",
+                "-o",
+                "jsonpath={.endpoints[*].addresses[*]}",
+            ]);
+            if eps.contains(node3_api.trim_end_matches(":6443")) {
+                Err(eps)
+            } else {
+                Ok(())
+            }
+        },
+    );
+    // Two passes of node2's apiservers task (every 5 s) after the slice
+    // changed.
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(
+        listed(&second),
+        "node2 forgot node3: {}",
+        std::fs::read_to_string(second.root.join("var/lib/selfnode/apiservers"))
+            .unwrap_or_default()
+    );
+    third.start_agent();
+    wait_voters(
+        &first,
+        &[&node1, "node2", "node3"],
+        Duration::from_secs(300),
+    );
+
     // A Node deleted and registered again keeps its role: the kubelet
     // cannot set the label, a control-plane host's agent gives it back, and
     // node3's member never leaves.
