@@ -520,7 +520,7 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         let text = std::fs::read_to_string(host.root.join("var/lib/selfnode/apiservers"))
             .unwrap_or_default();
         text.lines()
-            .any(|l| l.starts_with(&format!("{node3_api} ")))
+            .any(|l| l.split_whitespace().next() == Some(node3_api.as_str()))
     };
     support::retry(
         "node2's balancer to list node3",
