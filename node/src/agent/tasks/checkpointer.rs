@@ -12,12 +12,17 @@
 //!   and ConfigMaps it mounts ([`PodCheckpoint`]); a pod that is not Ready is
 //!   never kept, so a bad flag applied through the API is not what comes back
 //!   (last known good).
-//! - **Recover** (once, at agent start, when containerd is ready): if no API
-//!   server container runs on this host (learned from containerd, never from
-//!   the kubelet), the kept copy is written as a static pod
+//! - **Recover** (at agent start, when containerd is ready, and at every
+//!   pass that cannot reach the API): if no API server container runs on
+//!   this host (learned from containerd, never from the kubelet), the kept
+//!   copy is written as a static pod
 //!   (`<component>-checkpoint`), its Secrets and ConfigMaps as 0600 files
 //!   under `etc/kubernetes/checkpoint-volumes`. The kubelet starts it, the API
 //!   answers, and the kubelet then starts the self-hosted pods bound to it.
+//!   Not only at start: a kubelet that started while the API was down
+//!   knows no pod from the API, so an API server container that stops then
+//!   (a crash, or this host's restart onto renewed files, `crate::certs`)
+//!   is started again by nobody else.
 //!   The controller-manager's and scheduler's copies are not started here
 //!   (their pods come back once the API does); `selfnode recover` starts them
 //!   when their Deployments are gone or crash-looping (`crate::recover`).
@@ -121,7 +126,7 @@ impl AgentTask for Checkpointer {
     }
 
     async fn start(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
-        Ok(match recover_at_start(cx).await? {
+        Ok(match recover(cx, Recovery::AtStart).await? {
             Some(note) => {
                 tracing::warn!(%note, "control plane recovery");
                 Outcome::Report(ComponentState::Starting, note)
@@ -132,7 +137,18 @@ impl AgentTask for Checkpointer {
 
     async fn pass(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
         let verified = self.verify(cx).await;
-        let note = self.keep_and_hand_back(cx).await?;
+        let note = match self.keep_and_hand_back(cx).await {
+            Ok(note) => note,
+            Err(e) => {
+                // No API: if no API server runs here either, nothing but
+                // the kept copy brings one back.
+                if let Some(note) = recover(cx, Recovery::WithoutApi).await? {
+                    tracing::warn!(%note, "control plane recovery");
+                    return Ok(Outcome::Report(ComponentState::Starting, note));
+                }
+                return Err(e);
+            }
+        };
         if let Some(damage) = &self.damage {
             return Ok(Outcome::Report(
                 ComponentState::Unhealthy,
@@ -227,9 +243,27 @@ impl Checkpointer {
     }
 }
 
+/// When [`recover`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// Once, at agent start.
+    AtStart,
+    /// A pass that could not reach the API.
+    WithoutApi,
+}
+
 /// Writes the static copies when no API server runs here. Returns what it
 /// did, or `None` when there was nothing to do.
-async fn recover_at_start(ctx: &TaskCx) -> anyhow::Result<Option<String>> {
+async fn recover(ctx: &TaskCx, when: Recovery) -> anyhow::Result<Option<String>> {
+    // While a sequence owns the control plane (init before its pivot, a
+    // restore) an API server that does not run is its doing.
+    if when == Recovery::WithoutApi
+        && !crate::cluster::HostCluster::load_async(&ctx.paths)
+            .await?
+            .is_some_and(|c| c.settled())
+    {
+        return Ok(None);
+    }
     let kept = match read_checkpoint(ctx).await? {
         Some(kept) if !kept.is_empty() => kept,
         _ => return Ok(None),
@@ -239,10 +273,12 @@ async fn recover_at_start(ctx: &TaskCx) -> anyhow::Result<Option<String>> {
     for cp in &kept {
         let copy = copy_paths(&ctx.paths, &cp.component);
         if copy.manifest.exists() {
-            notes.push(format!(
-                "running the checkpoint copy of {} (left by the previous agent)",
-                cp.describe()
-            ));
+            if when == Recovery::AtStart {
+                notes.push(format!(
+                    "running the checkpoint copy of {} (left by the previous agent)",
+                    cp.describe()
+                ));
+            }
             continue;
         }
         if running.iter().any(|c| c.container == cp.component) {
@@ -256,8 +292,12 @@ async fn recover_at_start(ctx: &TaskCx) -> anyhow::Result<Option<String>> {
         }
         activate(&ctx.paths, cp)?;
         notes.push(format!(
-            "no {} container ran at agent start: started the checkpoint copy of {}, kept {}",
+            "no {} container {}: started the checkpoint copy of {}, kept {}",
             cp.component,
+            match when {
+                Recovery::AtStart => "ran at agent start",
+                Recovery::WithoutApi => "runs and the API does not answer",
+            },
             cp.describe(),
             crate::status::human_age(cp.observed_at, now_unix())
         ));
