@@ -338,14 +338,41 @@ pub fn kubeconfig_usable(kubeconfig: &Path) -> bool {
 /// server DaemonSet selects). The Node authorizer lets a kubelet read its
 /// own Node.
 pub async fn is_control_plane_node(client: &kube::Client, node: &str) -> anyhow::Result<bool> {
+    Ok(node_role(client, node).await? == NodeRole::ControlPlane)
+}
+
+/// What a Node says of its place in the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    /// It carries the control-plane label.
+    ControlPlane,
+    /// No label, and `selfnode demote` took it out on purpose
+    /// ([`crate::keys::DEMOTED_ANNOTATION`]).
+    Demoted,
+    /// No label (never had one, or it was removed by hand).
+    Unlabelled,
+}
+
+/// The Node's [`NodeRole`], read through `client`.
+pub async fn node_role(client: &kube::Client, node: &str) -> anyhow::Result<NodeRole> {
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     let n = nodes
         .get(node)
         .await
         .with_context(|| format!("reading Node {node}"))?;
-    Ok(n.metadata
+    let labelled = n
+        .metadata
         .labels
-        .is_some_and(|l| l.contains_key(bootstrap::objects::CONTROL_PLANE_LABEL)))
+        .is_some_and(|l| l.contains_key(bootstrap::objects::CONTROL_PLANE_LABEL));
+    let demoted = n
+        .metadata
+        .annotations
+        .is_some_and(|a| a.contains_key(crate::keys::DEMOTED_ANNOTATION));
+    Ok(match (labelled, demoted) {
+        (true, _) => NodeRole::ControlPlane,
+        (false, true) => NodeRole::Demoted,
+        (false, false) => NodeRole::Unlabelled,
+    })
 }
 
 /// The address of every endpoint the `kubernetes` EndpointSlice lists:

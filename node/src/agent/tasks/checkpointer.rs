@@ -30,9 +30,10 @@
 //!   copy is Ready and running here, the static copy and its files go. Both
 //!   bind the same port with `--permit-port-sharing`, so there is no gap.
 //! - **Prune**: once the node has not carried the control-plane label for
-//!   [`PRUNE_AFTER`] while the API answered (it left the control plane),
-//!   its copies are deleted, so they never come back on a node that is not
-//!   meant to serve the API.
+//!   [`PRUNE_AFTER`] while the API answered (it left the control plane), at
+//!   once when `selfnode demote` took it out, its copies are deleted and a
+//!   running one stopped, so none serves (without an etcd member) or comes
+//!   back on a node that is not meant to serve the API.
 //!
 //! A corrupt checkpoint is reported in `selfnode status` and never used.
 
@@ -46,7 +47,7 @@ use kube::api::{Api, ListParams};
 use super::{AgentTask, Outcome, Schedule, TaskCx};
 use crate::agent::static_copy::{activate, copy_paths, deactivate};
 use crate::checkpoint::{with_checkpoint, PodCheckpoint};
-use crate::cluster::is_control_plane_node;
+use crate::cluster::{node_role, NodeRole};
 use crate::control::{Component, NodeIdentity};
 use crate::readiness::{is_mirror, pod_ready, running_containers, status_is_current, NotYet};
 use crate::status::{now_unix, ComponentState};
@@ -336,20 +337,25 @@ impl Checkpointer {
             }
         }
         let mut notes = Vec::new();
-        if is_control_plane_node(&client, &node.node_name).await? {
+        let role = node_role(&client, &node.node_name).await?;
+        if role == NodeRole::ControlPlane {
             self.unlabelled_since = None;
         } else {
             // The node left the control plane (its label is gone, so the
             // DaemonSet took its API server away): its copies must not come
-            // back after the next power cut. Only once the API has answered
-            // without the label for PRUNE_AFTER: a label removed by mistake on
-            // the only control-plane node takes the API down within moments,
-            // and that node's copies are what `selfnode recover` needs then.
+            // back after the next power cut, and a copy running now (after
+            // a power cut, not handed back yet) serves without an etcd
+            // member. Demoted on purpose: at once. Otherwise only once the
+            // API has answered without the label for PRUNE_AFTER: a label
+            // removed by mistake on the only control-plane node takes the
+            // API down within moments, and that node's copies are what
+            // `selfnode recover` needs then.
             let since = *self.unlabelled_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < PRUNE_AFTER || kept.is_empty() {
+            if (role != NodeRole::Demoted && since.elapsed() < PRUNE_AFTER) || kept.is_empty() {
                 return Ok(None);
             }
             for component in std::mem::take(kept).into_keys() {
+                deactivate(&ctx.paths, &component)?;
                 with_checkpoint(&dir, {
                     let c = component.clone();
                     move |cp| cp.remove_pod(&c)
