@@ -538,7 +538,9 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         "node3's API server out of the kubernetes EndpointSlice",
         Duration::from_secs(120),
         || {
-            let eps = first.kubectl_ok(&[
+            // etcd may elect a new leader meanwhile (node3's member was
+            // one of three): the API refuses for a few seconds.
+            let out = first.kubectl(&[
                 "-n",
                 "default",
                 "get",
@@ -547,8 +549,9 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
                 "-o",
                 "jsonpath={.endpoints[*].addresses[*]}",
             ]);
-            if eps.contains(node3_api.trim_end_matches(":6443")) {
-                Err(eps)
+            let eps = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !out.status.success() || eps.contains(node3_api.trim_end_matches(":6443")) {
+                Err(format!("{eps} {}", text(&out)))
             } else {
                 Ok(())
             }
