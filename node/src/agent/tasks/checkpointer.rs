@@ -143,9 +143,16 @@ impl AgentTask for Checkpointer {
             Err(e) => {
                 // No API: if no API server runs here either, nothing but
                 // the kept copy brings one back.
-                if let Some(note) = recover(cx, Recovery::WithoutApi).await? {
-                    tracing::warn!(%note, "control plane recovery");
-                    return Ok(Outcome::Report(ComponentState::Starting, note));
+                match recover(cx, Recovery::WithoutApi).await {
+                    Ok(Some(note)) => {
+                        tracing::warn!(%note, "control plane recovery");
+                        return Ok(Outcome::Report(ComponentState::Starting, note));
+                    }
+                    Ok(None) => {}
+                    // The pass's own error says more.
+                    Err(r) => {
+                        tracing::debug!(error = %format!("{r:#}"), "no recovery without the API")
+                    }
                 }
                 return Err(e);
             }
