@@ -127,7 +127,7 @@ impl ControlPlaneHost {
         let joined = cluster.role().joined();
         let settings = if joined {
             match &cluster.settings {
-                Some(s) if crate::keys::keys_here(&paths.pki_dir()) => s.clone(),
+                Some(s) if keys_here(&paths.pki_dir()) => s.clone(),
                 _ => {
                     return Err(NotControlPlaneHost::Joined {
                         cluster: cluster.identity.cluster_name.clone(),
@@ -252,6 +252,11 @@ pub const CLUSTER_KEY_FILES: [&str; 9] = [
     bootstrap::plane::ENCRYPTION_CONFIG_FILE,
 ];
 
+/// Whether every key file of the cluster is on this host.
+pub fn keys_here(pki_dir: &Path) -> bool {
+    CLUSTER_KEY_FILES.iter().all(|f| pki_dir.join(f).is_file())
+}
+
 /// Host facts for the defaults: hostname and interface addresses.
 pub fn host_identity() -> anyhow::Result<HostIdentity> {
     let hostname = nix::unistd::gethostname()
@@ -341,13 +346,17 @@ pub async fn is_control_plane_node(client: &kube::Client, node: &str) -> anyhow:
     Ok(node_role(client, node).await? == NodeRole::ControlPlane)
 }
 
+/// Node annotation set by `selfnode demote`: this node left the control
+/// plane on purpose; its role is not given back (a promotion clears it).
+pub const DEMOTED_ANNOTATION: &str = "selfnode.dev/demoted";
+
 /// What a Node says of its place in the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeRole {
     /// It carries the control-plane label.
     ControlPlane,
     /// No label, and `selfnode demote` took it out on purpose
-    /// ([`crate::keys::DEMOTED_ANNOTATION`]).
+    /// ([`DEMOTED_ANNOTATION`]).
     Demoted,
     /// No label (never had one, or it was removed by hand).
     Unlabelled,
@@ -367,7 +376,7 @@ pub async fn node_role(client: &kube::Client, node: &str) -> anyhow::Result<Node
     let demoted = n
         .metadata
         .annotations
-        .is_some_and(|a| a.contains_key(crate::keys::DEMOTED_ANNOTATION));
+        .is_some_and(|a| a.contains_key(DEMOTED_ANNOTATION));
     Ok(match (labelled, demoted) {
         (true, _) => NodeRole::ControlPlane,
         (false, true) => NodeRole::Demoted,

@@ -33,9 +33,7 @@ use crate::paths::HostPaths;
 /// Node annotation: the base64 public key a host's cluster keys are
 /// sealed to.
 pub const KEY_ANNOTATION: &str = "selfnode.dev/key-exchange";
-/// Node annotation set by `selfnode demote`: this node left the control
-/// plane on purpose; its role is not given back (a promotion clears it).
-pub const DEMOTED_ANNOTATION: &str = "selfnode.dev/demoted";
+pub use crate::cluster::{keys_here, DEMOTED_ANNOTATION};
 /// How long a sealed bundle may be opened.
 pub const BUNDLE_TTL: Duration = Duration::from_secs(2 * 3600);
 /// The key of the sealed bundle in its Secret.
@@ -101,11 +99,6 @@ pub async fn publish_node_key(
         .await
         .with_context(|| format!("publishing this host's key on Node {node}"))?;
     Ok(true)
-}
-
-/// Whether every key file of the cluster is on this host.
-pub fn keys_here(pki_dir: &Path) -> bool {
-    CLUSTER_KEY_FILES.iter().all(|f| pki_dir.join(f).is_file())
 }
 
 /// The cluster's pin (`sha256:<hex>` of its CA's public key), from this

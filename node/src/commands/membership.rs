@@ -15,7 +15,7 @@ async fn agent_client(paths: &HostPaths) -> anyhow::Result<kube::Client> {
     let kc = paths
         .kubeconfig_dir()
         .join(bootstrap::pki::names::CONTROL_PLANE_AGENT_CONF);
-    if !kc.exists() || !crate::keys::keys_here(&paths.pki_dir()) {
+    if !kc.exists() || !crate::cluster::keys_here(&paths.pki_dir()) {
         anyhow::bail!(
             "this host holds no cluster keys ({} is missing): run this on a control-plane host",
             kc.display()

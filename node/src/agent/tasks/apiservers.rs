@@ -95,7 +95,7 @@ impl AgentTask for ApiServers {
             return Ok(Outcome::Unchanged);
         }
         // This host's own API server, on a control-plane host.
-        let own = crate::keys::keys_here(&cx.paths.pki_dir())
+        let own = crate::cluster::keys_here(&cx.paths.pki_dir())
             .then(|| {
                 NodeIdentity::read(&cx.paths.node_identity_file())
                     .ok()

@@ -171,7 +171,7 @@ impl MemberController {
         let has_member = rec.etcd_member.is_some() || ctx.paths.etcd_manifest().exists();
         if labelled {
             self.unlabelled_since = None;
-            if joined && !crate::keys::keys_here(&ctx.paths.pki_dir()) {
+            if joined && !crate::cluster::keys_here(&ctx.paths.pki_dir()) {
                 return self.take_keys(ctx, &client, &node).await.map(Some);
             }
             if let Some(m) = &rec.etcd_member {

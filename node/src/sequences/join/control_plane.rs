@@ -40,7 +40,7 @@ pub(super) async fn wait_promoted(run: &Runner, join: &Join<'_>) -> anyhow::Resu
                     if !crate::cluster::is_control_plane_node(&client, name).await? {
                         anyhow::bail!("Node {name} has no control-plane label yet");
                     }
-                    if !crate::keys::keys_here(&paths.pki_dir()) {
+                    if !crate::cluster::keys_here(&paths.pki_dir()) {
                         anyhow::bail!("labelled; the agent has not taken the cluster's keys yet");
                     }
                     Ok(true)

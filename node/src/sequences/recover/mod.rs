@@ -131,7 +131,7 @@ pub fn recorded(paths: &HostPaths) -> anyhow::Result<Recorded> {
     // has recorded its plane's settings (nothing depends on the init host).
     let joined_with_keys = cluster.role().joined()
         && cluster.settings.is_some()
-        && crate::keys::keys_here(&paths.pki_dir());
+        && crate::cluster::keys_here(&paths.pki_dir());
     if cluster.role().joined() && !joined_with_keys {
         return Err(NotControlPlaneHost::Joined {
             cluster: cluster.identity.cluster_name,
