@@ -37,6 +37,9 @@ struct AgentDoc {
 enum EtcdDoc {
     Members {
         members: Vec<etcd_mgr::MemberStatus>,
+        /// The cluster's raised alarms (NOSPACE, CORRUPT), as etcd lists
+        /// them now.
+        alarms: Vec<etcd_mgr::maintenance::Alarm>,
         last_snapshot: Option<std::path::PathBuf>,
         last_snapshot_time: Option<u64>,
         snapshots: Option<SnapshotStatus>,
@@ -67,7 +70,7 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
     };
     let snapshots = status.as_ref().and_then(|s| s.snapshots.clone());
     let etcd_healthy = match &etcd {
-        Some(Ok(members)) => members.iter().all(|m| m.healthy),
+        Some(Ok((members, alarms))) => members.iter().all(|m| m.healthy) && alarms.is_empty(),
         Some(Err(_)) => false,
         None => true,
     } && snapshots.as_ref().is_none_or(|s| s.last_error.is_none());
@@ -88,8 +91,9 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
                 },
                 healthy,
                 etcd: etcd.as_ref().map(|e| match e {
-                    Ok(members) => EtcdDoc::Members {
+                    Ok((members, alarms)) => EtcdDoc::Members {
                         members: members.clone(),
+                        alarms: alarms.clone(),
                         last_snapshot: snapshots.as_ref().and_then(|s| s.last.clone()),
                         last_snapshot_time: snapshots.as_ref().and_then(|s| s.last_time),
                         snapshots: snapshots.clone(),
@@ -106,7 +110,10 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
         Output::Table => {
             print_table(running.as_ref(), status.as_ref(), paths);
             match &etcd {
-                Some(Ok(members)) => {
+                Some(Ok((members, alarms))) => {
+                    for a in alarms {
+                        println!("etcd alarm: {a} raised; 'selfnode status' of the etcd-upkeep component says what it means and what the agent does");
+                    }
                     for m in members {
                         let size = match (m.db_size, m.db_size_in_use) {
                             (Some(s), Some(u)) => format!(
@@ -137,13 +144,26 @@ pub async fn run(paths: &HostPaths, output: Output) -> anyhow::Result<ExitCode> 
     })
 }
 
-/// The members as etcd sees them, within [`ETCD_DEADLINE`]; the error names
-/// what did not answer.
-async fn etcd_members(paths: &HostPaths) -> Result<Vec<etcd_mgr::MemberStatus>, String> {
+/// The members and the raised alarms as etcd sees them, within
+/// [`ETCD_DEADLINE`]; the error names what did not answer.
+async fn etcd_members(
+    paths: &HostPaths,
+) -> Result<
+    (
+        Vec<etcd_mgr::MemberStatus>,
+        Vec<etcd_mgr::maintenance::Alarm>,
+    ),
+    String,
+> {
     let mut cfg = crate::etcd::config(paths);
     cfg.timeout = Duration::from_secs(2);
-    match tokio::time::timeout(ETCD_DEADLINE, etcd_mgr::members(&cfg)).await {
-        Ok(Ok(members)) => Ok(members),
+    let both = async {
+        let members = etcd_mgr::members(&cfg).await?;
+        let alarms = etcd_mgr::maintenance::alarms(&cfg).await?;
+        Ok::<_, etcd_mgr::EtcdError>((members, alarms))
+    };
+    match tokio::time::timeout(ETCD_DEADLINE, both).await {
+        Ok(Ok(found)) => Ok(found),
         Ok(Err(e)) => Err(format!("{:#}", anyhow::Error::new(e))),
         Err(_) => Err(format!(
             "no answer in {}s from the etcd member at {} (without a leader, for example with too few members for a quorum, etcd does not answer)",
