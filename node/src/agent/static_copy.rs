@@ -153,6 +153,31 @@ pub fn static_copy(
             }),
             ..Volume::default()
         };
+        // A pod of a cluster made before the keys left the API mounts them
+        // from a legacy key Secret, at the paths the host keeps the same
+        // files at: the copy mounts the host's files there instead.
+        if let Some(name) = v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            .filter(|n| bootstrap::objects::LEGACY_KEY_SECRETS.contains(n))
+        {
+            match legacy_host_dir(&spec, &v.name) {
+                Some(path) => {
+                    tracing::info!(volume = %v.name, secret = name, path = %path.display(), "checkpoint copy: a legacy key Secret volume mounts the host's files");
+                    volumes.push(Volume {
+                        name: v.name.clone(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: path.display().to_string(),
+                            type_: Some("Directory".to_string()),
+                        }),
+                        ..Volume::default()
+                    });
+                }
+                None => dropped.push(v.name.clone()),
+            }
+            continue;
+        }
         // What the volume mounts from the API: (kind, name, items).
         let mut sources: Vec<(&str, &str, Option<&Vec<KeyToPath>>)> = Vec::new();
         if let Some(s) = &v.secret {
@@ -234,6 +259,26 @@ pub fn static_copy(
         status: None,
     };
     Ok((pod, files))
+}
+
+/// The host directory that stands for legacy key Secret volume `volume`:
+/// mounted whole, at its mount path (the PKI directory); mounted by file
+/// (`subPath`, a kubeconfig), the directory of the first such mount, whose
+/// files are named as the sub-paths. `None`: no container mounts it.
+fn legacy_host_dir(spec: &k8s_openapi::api::core::v1::PodSpec, volume: &str) -> Option<PathBuf> {
+    let mounts: Vec<&k8s_openapi::api::core::v1::VolumeMount> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .filter(|m| m.name == volume)
+        .collect();
+    if let Some(whole) = mounts.iter().find(|m| m.sub_path.is_none()) {
+        return Some(PathBuf::from(&whole.mount_path));
+    }
+    mounts
+        .first()
+        .and_then(|m| Path::new(&m.mount_path).parent().map(Path::to_path_buf))
 }
 
 #[cfg(test)]
@@ -395,12 +440,62 @@ pub(crate) mod tests {
         spec.volumes.as_mut().unwrap().push(Volume {
             name: "keys".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some("kube-apiserver".into()),
+                secret_name: Some("some-secret".into()),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
         });
         let err = static_copy(&cp, Path::new("/x")).unwrap_err().to_string();
         assert!(err.contains("a checkpoint holds no Secret"), "{err}");
+    }
+
+    #[test]
+    fn a_legacy_key_secret_volume_mounts_the_hosts_files_where_it_was_mounted() {
+        use k8s_openapi::api::core::v1::VolumeMount;
+        let mut cp = kept();
+        let spec = cp.pod.spec.as_mut().unwrap();
+        let secret = |volume: &str, name: &str| Volume {
+            name: volume.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(name.into()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        // As selfnode made them before the keys left the API: the PKI
+        // directory whole, a kubeconfig by sub-path, the etcd CA unmounted.
+        spec.volumes.as_mut().unwrap().extend([
+            secret("pki", "kube-apiserver"),
+            secret("kubeconfigs", "kube-apiserver"),
+            secret("etcd-ca", "selfnode-etcd-ca"),
+        ]);
+        let mounts = spec.containers[0]
+            .volume_mounts
+            .get_or_insert_with(Vec::new);
+        mounts.push(VolumeMount {
+            name: "pki".into(),
+            mount_path: "/etc/kubernetes/pki".into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        mounts.push(VolumeMount {
+            name: "kubeconfigs".into(),
+            mount_path: "/etc/kubernetes/admin.conf".into(),
+            sub_path: Some("admin.conf".into()),
+            ..VolumeMount::default()
+        });
+        let (pod, _) = static_copy(&cp, Path::new("/x")).unwrap();
+        let spec = pod.spec.unwrap();
+        let host = |name: &str| {
+            spec.volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == name)
+                .map(|v| v.host_path.as_ref().unwrap().path.clone())
+        };
+        assert_eq!(host("pki").as_deref(), Some("/etc/kubernetes/pki"));
+        assert_eq!(host("kubeconfigs").as_deref(), Some("/etc/kubernetes"));
+        assert_eq!(host("etcd-ca"), None, "no container mounts it");
+        assert!(spec.volumes.iter().flatten().all(|v| v.secret.is_none()));
     }
 }
