@@ -25,7 +25,9 @@ for _ in $(seq 1 300); do
   selfnode status >/dev/null 2>&1 && break
   sleep 1
 done
-selfnode status
+# Not every component is ready before init (the API server of a cluster
+# coming back, or none yet): status says which, init waits for what it needs.
+selfnode status || echo "[up] not every component is ready yet; init waits for what it needs" >&2
 
 echo "[up] selfnode init --allow-workloads (single node: pods may run on it; a repeated init only checks)" >&2
 selfnode init --allow-workloads
