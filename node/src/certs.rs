@@ -211,22 +211,88 @@ pub struct Published {
 
 /// Sets each control-plane workload's pod-template config hash to the
 /// hash of the host's files now where it differs (see the module docs),
-/// and deletes the legacy key Secrets. Idempotent: with nothing changed it
-/// writes nothing.
+/// and deletes the legacy key Secrets once no workload mounts them.
+/// Idempotent: with nothing changed it writes nothing.
 pub async fn publish(client: &kube::Client, spec: &PlaneSpec) -> anyhow::Result<Vec<Published>> {
-    delete_legacy_key_secrets(client).await?;
     let files = bootstrap::objects::PlaneFiles::read(&NodeHost, spec)?;
+    let moved = move_legacy_workloads(client, spec, &files).await?;
+    delete_legacy_key_secrets(client).await?;
     let mut out = Vec::new();
     for c in bootstrap::objects::component_workloads(spec, &files)? {
         let (rolled, missing) = set_config_hash(client, &c).await?;
         out.push(Published {
             component: c.component.to_string(),
             workload: c.workload_kind.to_string(),
-            rolled,
+            rolled: rolled || moved.contains(&c.component),
             missing,
         });
     }
     Ok(out)
+}
+
+/// Whether a pod template mounts one of the legacy key Secrets
+/// (`bootstrap::objects::LEGACY_KEY_SECRETS`).
+fn mounts_legacy_key_secret(t: &k8s_openapi::api::core::v1::PodTemplateSpec) -> bool {
+    t.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|vs| {
+            vs.iter().any(|v| {
+                v.secret
+                    .as_ref()
+                    .and_then(|s| s.secret_name.as_deref())
+                    .is_some_and(|n| bootstrap::objects::LEGACY_KEY_SECRETS.contains(&n))
+            })
+        })
+}
+
+/// A cluster made by a selfnode from before the keys left the API: its
+/// control-plane workloads' pod templates mount the legacy key Secrets
+/// (`bootstrap::objects::LEGACY_KEY_SECRETS`). Each such workload gets the
+/// template `init` makes today (server-side apply as selfnode's field
+/// manager, which drops the Secret volumes it applied then), mounting the
+/// host's files; the pods roll. Returns the workloads moved; none found,
+/// nothing is written.
+async fn move_legacy_workloads(
+    client: &kube::Client,
+    spec: &PlaneSpec,
+    files: &bootstrap::objects::PlaneFiles,
+) -> anyhow::Result<Vec<&'static str>> {
+    use bootstrap::objects::Object;
+    let mut moved = Vec::new();
+    for c in bootstrap::objects::component_workloads(spec, files)? {
+        let mounts_legacy = if c.workload_kind == "DaemonSet" {
+            Api::<DaemonSet>::namespaced(client.clone(), NAMESPACE)
+                .get_opt(c.component)
+                .await?
+                .is_some_and(|d| mounts_legacy_key_secret(&d.spec.template))
+        } else {
+            Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
+                .get_opt(c.component)
+                .await?
+                .is_some_and(|d| mounts_legacy_key_secret(&d.spec.template))
+        };
+        if mounts_legacy {
+            moved.push(c.component);
+        }
+    }
+    if moved.is_empty() {
+        return Ok(moved);
+    }
+    let named = |m: &ObjectMeta| m.name.as_deref().is_some_and(|n| moved.contains(&n));
+    let workloads: Vec<Object> = bootstrap::objects::self_hosted_objects(spec, files)?
+        .into_iter()
+        .filter(|o| match o {
+            Object::DaemonSet(d) => named(&d.metadata),
+            Object::Deployment(d) => named(&d.metadata),
+            _ => false,
+        })
+        .collect();
+    bootstrap::objects::apply_all(client.clone(), &workloads, bootstrap::objects::FIELD_MANAGER)
+        .await
+        .context("moving the control-plane workloads of a cluster made before the keys left the API onto the host's files")?;
+    tracing::info!(workloads = ?moved, "moved control-plane workloads that mounted the legacy key Secrets onto the host's files");
+    Ok(moved)
 }
 
 /// Deletes the Secrets in which clusters made by an older selfnode kept the
@@ -729,5 +795,45 @@ mod tests {
         assert_eq!(times["kube-controller-manager"], at(2000));
         assert_eq!(times["kube-apiserver"], at(3000));
         assert_eq!(times["kube-scheduler"], at(1000));
+    }
+
+    #[test]
+    fn a_template_that_mounts_a_legacy_key_secret_is_told_apart() {
+        use k8s_openapi::api::core::v1::{
+            HostPathVolumeSource, PodSpec, PodTemplateSpec, SecretVolumeSource, Volume,
+        };
+        let template = |v: Volume| PodTemplateSpec {
+            spec: Some(PodSpec {
+                volumes: Some(vec![v]),
+                ..PodSpec::default()
+            }),
+            ..PodTemplateSpec::default()
+        };
+        let secret = |name: &str| Volume {
+            name: "pki".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(name.into()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        assert!(mounts_legacy_key_secret(&template(secret(
+            "kube-apiserver"
+        ))));
+        assert!(mounts_legacy_key_secret(&template(secret(
+            "selfnode-etcd-ca"
+        ))));
+        assert!(!mounts_legacy_key_secret(&template(secret(
+            "a-users-secret"
+        ))));
+        assert!(!mounts_legacy_key_secret(&template(Volume {
+            name: "pki".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: "/etc/kubernetes/pki/ca.crt".into(),
+                type_: Some("File".into()),
+            }),
+            ..Volume::default()
+        })));
+        assert!(!mounts_legacy_key_secret(&PodTemplateSpec::default()));
     }
 }
