@@ -98,7 +98,13 @@ pub struct Checkpointer {
     /// When the last check found something wrong, and what, until a check
     /// passes again.
     damage: Option<String>,
+    /// When the checkpoint last read back whole after damage, and what
+    /// status says of it (for [`HEALED_SHOWN`]).
+    healed: Option<(Instant, String)>,
 }
+
+/// How long status says that the checkpoint healed from damage.
+const HEALED_SHOWN: Duration = Duration::from_secs(3600);
 
 impl Checkpointer {
     pub fn new(verify_every: Duration) -> Checkpointer {
@@ -108,6 +114,7 @@ impl Checkpointer {
             verify_every,
             last_verified: None,
             damage: None,
+            healed: None,
         }
     }
 }
@@ -138,7 +145,23 @@ impl AgentTask for Checkpointer {
 
     async fn pass(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
         let verified = self.verify(cx).await;
-        let note = match self.keep_and_hand_back(cx).await {
+        let kept = self.keep_and_hand_back(cx).await;
+        // Damage is reported whatever else the pass found (a checkpoint
+        // that cannot be opened fails the keep step too).
+        if let Some(damage) = &self.damage {
+            let after = match &kept {
+                Ok(Some(note)) => format!("; {note}"),
+                Ok(None) => String::new(),
+                Err(e) => format!("; this pass: {e:#}"),
+            };
+            return Ok(Outcome::Report(
+                ComponentState::Unhealthy,
+                format!(
+                    "the checkpoint is damaged: {damage}; the copies of the pods Ready here are written again once it opens, and it is checked again at every pass until it reads back whole{after}"
+                ),
+            ));
+        }
+        let note = match kept {
             Ok(note) => note,
             Err(e) => {
                 // No API: if no API server runs here either, nothing but
@@ -157,22 +180,26 @@ impl AgentTask for Checkpointer {
                 return Err(e);
             }
         };
-        if let Some(damage) = &self.damage {
-            return Ok(Outcome::Report(
-                ComponentState::Unhealthy,
+        if let Verified::Healed { entries, damage } = verified {
+            self.healed = Some((
+                Instant::now(),
                 format!(
-                    "the checkpoint is damaged: {damage}; the copies of the pods Ready here are written again, and it is checked again at every pass until it reads back whole{}",
-                    note.map(|n| format!("; {n}")).unwrap_or_default()
+                    "the checkpoint reads back whole again ({entries} entries checked) after damage found at {damage}; the copies of the pods Ready here were written again"
                 ),
             ));
         }
-        Ok(match (note, verified) {
-            (Some(note), _) => Outcome::ready(note),
-            // Whole again after damage: say so even when nothing changed.
-            (None, Verified::Healed { entries, damage }) => Outcome::ready(format!(
-                "the checkpoint reads back whole again ({entries} entries checked) after damage found at {damage}; the copies of the pods Ready here were written again"
-            )),
-            (None, _) => Outcome::Unchanged,
+        // Said with every note for a while: the copy kept (the note of
+        // every pass that keeps one) would hide it at the next pass.
+        let healed = self
+            .healed
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < HEALED_SHOWN)
+            .map(|(_, text)| text.clone());
+        Ok(match (note, healed) {
+            (Some(note), Some(healed)) => Outcome::ready(format!("{healed}; {note}")),
+            (None, Some(healed)) => Outcome::ready(healed),
+            (Some(note), None) => Outcome::ready(note),
+            (None, None) => Outcome::Unchanged,
         })
     }
 
