@@ -149,7 +149,16 @@ async fn leave_etcd_cluster(run: &Runner, paths: &HostPaths) -> anyhow::Result<b
         return Ok(false);
     };
     let cfg = crate::etcd::cluster_config(paths, LEAVE_ASK);
-    let members = match etcd_mgr::members(&cfg).await {
+    // Right after a membership change (a demote, another host's reset) etcd
+    // may be electing a leader for a few seconds: ask again for a while
+    // before leaving the member behind.
+    let deadline = std::time::Instant::now() + LEAVE_ASK_FOR;
+    let mut listed = etcd_mgr::members(&cfg).await;
+    while listed.is_err() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        listed = etcd_mgr::members(&cfg).await;
+    }
+    let members = match listed {
         // Without a quorum no removal can be made; the member stays listed
         // and the host is reset (a cluster that lost its quorum is not
         // kept alive by refusing).
@@ -210,6 +219,9 @@ async fn leave_etcd_cluster(run: &Runner, paths: &HostPaths) -> anyhow::Result<b
 
 /// How long each etcd member is given to answer while leaving.
 const LEAVE_ASK: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the member list is asked for before the member is left
+/// behind (an election after a membership change takes seconds).
+const LEAVE_ASK_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long the removal may be retried (etcd refuses it for a few seconds
 /// after a peer connects).
 const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
