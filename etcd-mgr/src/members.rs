@@ -109,9 +109,32 @@ struct Observed {
     leader_known: bool,
 }
 
-async fn members_via(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Observed, EtcdError> {
+/// The member list as the member `endpoints` lead to answers it.
+async fn member_list(
+    cfg: &EtcdConfig,
+    endpoints: &[String],
+) -> Result<etcd_client::MemberListResponse, EtcdError> {
     let mut client = connect(cfg, endpoints).await?;
-    let list = within(cfg, "member list", endpoints, client.member_list()).await?;
+    within(cfg, "member list", endpoints, client.member_list()).await
+}
+
+async fn members_via(cfg: &EtcdConfig, endpoints: &[String]) -> Result<Observed, EtcdError> {
+    let list = match member_list(cfg, endpoints).await {
+        Ok(list) => list,
+        // The client picks one endpoint per call: one that refuses (a host
+        // demoted or gone) fails the call. Each alone, then.
+        Err(first) if endpoints.len() > 1 => {
+            let mut answered = None;
+            for url in endpoints {
+                if let Ok(list) = member_list(cfg, std::slice::from_ref(url)).await {
+                    answered = Some(list);
+                    break;
+                }
+            }
+            answered.ok_or(first)?
+        }
+        Err(e) => return Err(e),
+    };
     let cluster_id = format!("{:x}", list.header().map_or(0, |h| h.cluster_id()));
     let statuses = futures::future::join_all(
         list.members()

@@ -215,10 +215,11 @@ pub struct Published {
 /// Idempotent: with nothing changed it writes nothing.
 pub async fn publish(client: &kube::Client, spec: &PlaneSpec) -> anyhow::Result<Vec<Published>> {
     let files = bootstrap::objects::PlaneFiles::read(&NodeHost, spec)?;
-    let moved = move_legacy_workloads(client, spec, &files).await?;
+    let workloads = bootstrap::objects::component_workloads(spec, &files)?;
+    let moved = move_legacy_workloads(client, spec, &files, &workloads).await?;
     delete_legacy_key_secrets(client).await?;
     let mut out = Vec::new();
-    for c in bootstrap::objects::component_workloads(spec, &files)? {
+    for c in workloads {
         let (rolled, missing) = set_config_hash(client, &c).await?;
         out.push(Published {
             component: c.component.to_string(),
@@ -257,10 +258,11 @@ async fn move_legacy_workloads(
     client: &kube::Client,
     spec: &PlaneSpec,
     files: &bootstrap::objects::PlaneFiles,
+    workloads: &[ComponentWorkload],
 ) -> anyhow::Result<Vec<&'static str>> {
     use bootstrap::objects::Object;
     let mut moved = Vec::new();
-    for c in bootstrap::objects::component_workloads(spec, files)? {
+    for c in workloads {
         let mounts_legacy = if c.workload_kind == "DaemonSet" {
             Api::<DaemonSet>::namespaced(client.clone(), NAMESPACE)
                 .get_opt(c.component)

@@ -202,18 +202,6 @@ async fn leave_etcd_cluster(run: &Runner, paths: &HostPaths) -> anyhow::Result<b
         );
         return Ok(false);
     }
-    // Asked through the members that answered: a member's client URL that
-    // no longer answers (a host demoted or gone) fails the call it is
-    // picked for.
-    let mut cfg = cfg;
-    let answering: Vec<String> = members
-        .iter()
-        .filter(|m| m.healthy)
-        .flat_map(|m| m.client_urls.iter().cloned())
-        .collect();
-    if !answering.is_empty() {
-        cfg.endpoints = answering;
-    }
     match etcd_mgr::members::remove(&cfg, &own.id, LEAVE_TIMEOUT).await? {
         etcd_mgr::members::RemoveOutcome::Removed { id } => {
             run.say(
