@@ -281,8 +281,31 @@ async fn move_legacy_workloads(
     if moved.is_empty() {
         return Ok(moved);
     }
+    // Today's templates name files and objects that cluster never had: the
+    // API server's own files on this host (the other control-plane hosts
+    // write theirs in their agent's pass), and the objects today's agents
+    // and components need (RBAC, the admission policy); existing objects
+    // stay as they are.
+    bootstrap::plane::ensure_apiserver_files(&NodeHost, spec)
+        .context("writing the API server's audit policy and admission configuration")?;
+    let all = bootstrap::objects::self_hosted_objects(spec, files)?;
+    let created = bootstrap::objects::create_missing(
+        client.clone(),
+        &all,
+        bootstrap::objects::FIELD_MANAGER,
+    )
+    .await
+    .context(
+        "creating the control-plane objects a cluster made before the keys left the API lacks",
+    )?;
+    for a in created
+        .iter()
+        .filter(|a| a.outcome == bootstrap::objects::ApplyOutcome::Created)
+    {
+        tracing::info!(kind = a.kind, name = %a.name, "created a control-plane object the older cluster lacked");
+    }
     let named = |m: &ObjectMeta| m.name.as_deref().is_some_and(|n| moved.contains(&n));
-    let workloads: Vec<Object> = bootstrap::objects::self_hosted_objects(spec, files)?
+    let workloads: Vec<Object> = all
         .into_iter()
         .filter(|o| match o {
             Object::DaemonSet(d) => named(&d.metadata),
@@ -598,6 +621,11 @@ pub async fn agent_pass(
         }
     })
     .await??;
+    // The files the API server's flags name besides the PKI: a host set up
+    // by an older selfnode (or one whose files were deleted) gets them
+    // before a pod that mounts them is started here.
+    bootstrap::plane::ensure_apiserver_files(&NodeHost, &spec)
+        .context("writing the API server's audit policy and admission configuration")?;
     let renewed: Vec<PathBuf> = report.changed().map(|e| e.path.clone()).collect();
     if !renewed.is_empty() {
         tracing::info!(
