@@ -12,6 +12,15 @@ echo "[up] building selfnode (release, static)" >&2
 cargo build --release --quiet -p node
 install -m 0755 target/x86_64-unknown-linux-gnu/release/selfnode /usr/local/bin/selfnode
 
+# An agent already running from an older build is restarted onto the new
+# one: an agent stop (SIGTERM) leaves every container running, and the new
+# agent takes them over.
+agent_pid=$(selfnode status -o json 2>/dev/null | sed -n '/"agent"/,/}/s/.*"pid": \([0-9]*\).*/\1/p' | head -n 1)
+if [ -n "$agent_pid" ] && ! cmp -s "/proc/$agent_pid/exe" /usr/local/bin/selfnode; then
+  echo "[up] restarting the agent (pid $agent_pid) onto the new build; containers keep running" >&2
+  kill -TERM "$agent_pid"
+  for _ in $(seq 1 60); do kill -0 "$agent_pid" 2>/dev/null || break; sleep 1; done
+fi
 if selfnode status -o json 2>/dev/null | grep -q '"running": true'; then
   echo "[up] the agent is already running" >&2
 else
