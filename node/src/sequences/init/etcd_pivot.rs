@@ -196,7 +196,7 @@ pub(super) async fn promote_etcd_member(run: &Runner, seq: &Seq<'_>) -> anyhow::
         )
         .await?;
     if let Some(m) = self_hosted_member(seq).await? {
-        seq.checkpoint.record_etcd_member(&EtcdMemberIdentity {
+        seq.checkpoint()?.record_etcd_member(&EtcdMemberIdentity {
             name: m.name,
             id: m.id,
             cluster_id: m.cluster_id,

@@ -130,7 +130,6 @@ pub(crate) struct Seq<'a> {
     pub ctx: &'a InitContext,
     pub paths: &'a HostPaths,
     pub spec: PlaneSpec,
-    pub checkpoint: Checkpoint,
     /// The running agent, for SIGHUP after a service file changes.
     pub agent: RunningAgent,
     /// The cluster CA's pin, once `ensure_pki` has computed it.
@@ -139,6 +138,13 @@ pub(crate) struct Seq<'a> {
 }
 
 impl Seq<'_> {
+    /// The checkpoint, opened for one step's reads and writes and closed
+    /// with it: a sequence that waits (a repeated init waits for the
+    /// self-hosted pods) never keeps the agent's tasks from it.
+    pub fn checkpoint(&self) -> Result<Checkpoint, crate::checkpoint::CheckpointError> {
+        Checkpoint::open(&self.paths.checkpoint_dir())
+    }
+
     /// The API client (super-admin, through the node-local balancer);
     /// made on first use, after `ensure_pki` wrote its kubeconfig.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
@@ -177,6 +183,8 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     let agent = RunningAgent::require(paths)?;
     let checkpoint = Checkpoint::open(&paths.checkpoint_dir())?;
     let clear_for_restore = check_host_belongs(&ctx, &checkpoint)?;
+    let pivoted = checkpoint.pivot_committed()?;
+    drop(checkpoint);
     if let Some(src) = ctx.restore.as_ref().filter(|s| !s.discard_other_members) {
         // A restore beside a cluster other hosts still serve would start a
         // second one (split brain): refused before anything is written.
@@ -200,7 +208,7 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
     }
 
     let observed = plan::Observed {
-        pivoted: checkpoint.pivot_committed()?,
+        pivoted,
         clear_for_restore,
     };
     let plan = plan::plan(ctx.sequence(), observed);
@@ -209,7 +217,6 @@ pub async fn run(ctx: InitContext) -> anyhow::Result<InitSummary> {
         ctx: &ctx,
         paths,
         spec,
-        checkpoint,
         agent,
         ca_hash: std::sync::Mutex::new(String::new()),
         client: tokio::sync::OnceCell::new(),

@@ -41,8 +41,8 @@ pub(super) async fn commit_pivot(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<
     run.step(
         InitStep::CommitPivot,
         Duration::from_secs(10),
-        || async { Ok(seq.checkpoint.pivot_committed()?) },
-        || async { Ok(seq.checkpoint.commit_pivot(&seq.ctx.settings)?) },
+        || async { Ok(seq.checkpoint()?.pivot_committed()?) },
+        || async { Ok(seq.checkpoint()?.commit_pivot(&seq.ctx.settings)?) },
     )
     .await
 }

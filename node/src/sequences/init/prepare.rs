@@ -22,7 +22,7 @@ pub(super) async fn record_cluster_identity(
     run.step(
         InitStep::RecordClusterIdentity,
         Duration::from_secs(10),
-        || async { Ok(seq.checkpoint.cluster_identity()?.is_some()) },
+        || async { Ok(seq.checkpoint()?.cluster_identity()?.is_some()) },
         || async {
             let id = ClusterIdentity {
                 cluster_name: settings.cluster_name.clone(),
@@ -31,7 +31,7 @@ pub(super) async fn record_cluster_identity(
                 role: seq.ctx.sequence().role(),
                 created: crate::status::now_unix(),
             };
-            Ok(seq.checkpoint.record_cluster_identity(&id)?)
+            Ok(seq.checkpoint()?.record_cluster_identity(&id)?)
         },
     )
     .await

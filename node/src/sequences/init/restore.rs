@@ -190,13 +190,14 @@ pub(super) async fn move_etcd_data_aside(
 /// (identity and marker in one write).
 pub(super) async fn begin_restore(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     run.converge(InitStep::BeginRestore, || async {
-        let Some(id) = seq.checkpoint.cluster_identity()? else {
+        let cp = seq.checkpoint()?;
+        let Some(id) = cp.cluster_identity()? else {
             anyhow::bail!("the checkpoint holds no cluster identity to restore over");
         };
-        if id.role == ClusterRole::Restore && !seq.checkpoint.pivot_committed()? {
+        if id.role == ClusterRole::Restore && !cp.pivot_committed()? {
             return Ok(false);
         }
-        seq.checkpoint.begin_restore(&ClusterIdentity {
+        cp.begin_restore(&ClusterIdentity {
             role: ClusterRole::Restore,
             cluster_uid: random_uid(),
             created: crate::status::now_unix(),
