@@ -15,7 +15,7 @@ install -m 0755 target/x86_64-unknown-linux-gnu/release/selfnode /usr/local/bin/
 # An agent already running from an older build is restarted onto the new
 # one: an agent stop (SIGTERM) leaves every container running, and the new
 # agent takes them over.
-agent_pid=$(selfnode status -o json 2>/dev/null | sed -n '/"agent"/,/}/s/.*"pid": \([0-9]*\).*/\1/p' | head -n 1)
+agent_pid=$( (selfnode status -o json 2>/dev/null || true) | sed -n '/"agent"/,/}/s/.*"pid": \([0-9]*\).*/\1/p' | head -n 1)
 if [ -n "$agent_pid" ] && ! cmp -s "/proc/$agent_pid/exe" /usr/local/bin/selfnode; then
   echo "[up] restarting the agent (pid $agent_pid) onto the new build; containers keep running" >&2
   kill -TERM "$agent_pid"
