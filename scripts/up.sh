@@ -41,5 +41,12 @@ selfnode status || echo "[up] not every component is ready yet; init waits for w
 echo "[up] selfnode init --allow-workloads (single node: pods may run on it; a repeated init only checks)" >&2
 selfnode init --allow-workloads
 echo "[up] kubectl get pods -A" >&2
-/var/cache/selfnode/bundle/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf get pods -A -o wide
+# A cluster coming back hands its API server over from the checkpoint copy
+# to the DaemonSet's pod about when init returns: the API may be away for a
+# second then, so the listing is tried for up to 30 s.
+for i in $(seq 1 30); do
+  /var/cache/selfnode/bundle/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf get pods -A -o wide && break
+  [ "$i" = 30 ] && exit 1
+  sleep 1
+done
 echo "[up] done in $((SECONDS - start))s; export KUBECONFIG=/etc/kubernetes/admin.conf" >&2
