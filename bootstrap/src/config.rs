@@ -510,7 +510,8 @@ fn cidr(field: &'static str, text: &str, example: &'static str) -> Result<IpNet,
     Ok(net)
 }
 
-fn usable(a: IpAddr) -> bool {
+/// An address a node can serve on: unicast, not loopback or link-local.
+pub fn usable(a: IpAddr) -> bool {
     !(a.is_loopback() || a.is_unspecified() || a.is_multicast())
         && match a {
             IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_broadcast(),

@@ -364,6 +364,74 @@ pub async fn remove(
     }
 }
 
+/// Sets the peer URLs of the member `target` (its hex id, its name or one
+/// of its peer URLs) to `peer_urls`: etcd's runtime reconfiguration for a
+/// member whose host changed address. The member keeps its id and data; it
+/// serves at the new URLs once it runs with the matching listen flags.
+/// Returns whether etcd's record changed (`Ok(false)`: it already says so).
+///
+/// A membership change needs a quorum. The moved member's own endpoint is
+/// often cut off from its peers (they still send to the old address), so
+/// each endpoint that answers the member list is tried alone until one
+/// applies the change.
+pub async fn update_peer_urls(
+    cfg: &EtcdConfig,
+    target: &str,
+    peer_urls: &[String],
+) -> Result<bool, EtcdError> {
+    let Observed { members: list, .. } = members_via(cfg, &cfg.endpoints).await?;
+    let m = find_target(&list, target).ok_or_else(|| EtcdError::NoSuchMember {
+        target: target.to_string(),
+    })?;
+    if same_urls(&m.peer_urls, peer_urls) {
+        return Ok(false);
+    }
+    let id = parse_id(&m.id).ok_or_else(|| EtcdError::NoSuchMember {
+        target: target.to_string(),
+    })?;
+    // Members that answered first: they are with the quorum.
+    let mut endpoints: Vec<String> = list
+        .iter()
+        .filter(|o| o.healthy && o.id != m.id)
+        .flat_map(|o| o.client_urls.iter().cloned())
+        .collect();
+    endpoints.extend(cfg.endpoints.iter().cloned());
+    endpoints.dedup();
+    let mut last = None;
+    for url in &endpoints {
+        let one = std::slice::from_ref(url);
+        let answer = async {
+            let mut client = connect(cfg, one).await?;
+            within(
+                cfg,
+                "member update",
+                one,
+                client.member_update(id, peer_urls.to_vec()),
+            )
+            .await
+        }
+        .await;
+        match answer {
+            Ok(_) => {
+                info!(member = %m.id, name = %m.name, from = ?m.peer_urls, to = ?peer_urls, "updated the etcd member's peer URLs");
+                return Ok(true);
+            }
+            Err(e) => {
+                debug!(endpoint = %url, error = %chain(&e), "member update through this endpoint failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or(EtcdError::NoSuchMember {
+        target: target.to_string(),
+    }))
+}
+
+/// The same set of URLs, whatever the order and trailing slashes.
+fn same_urls(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|u| b.iter().any(|v| same_url(u, v)))
+}
+
 /// Before the leader `m` is removed, makes a healthy voter that stays the
 /// leader (etcd's MoveLeader, sent to `m`), so the cluster has a leader
 /// throughout: otherwise the others notice the leader gone only after an

@@ -595,14 +595,16 @@ pub fn next_to_expire(rows: &[ExpiryRow]) -> Option<(i64, &ExpiryRow)> {
         .min_by_key(|(d, _)| *d)
 }
 
-/// The agent's check (`agent::tasks::certs`): renews what is due,
-/// publishes, and restarts this host's components onto what it renewed.
-/// `None` when this host is not a control-plane host with the keys.
-pub async fn agent_pass(
+/// This control-plane host's PKI brought to what its plane wants (under
+/// the PKI lock): what is due renewed, and what names an address or name
+/// the host no longer has (`RenewReason::SansChanged`) re-issued; then the
+/// API server's own files. `None` when this host is not a control-plane
+/// host with the keys. The certificate task's pass and the address task
+/// (a host whose address changed) both start here.
+pub async fn ensure_host_pki(
     paths: &HostPaths,
     api_lb_port: u16,
-    socket: &Path,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Option<(PlaneSpec, PkiReport)>> {
     let host = match ControlPlaneHost::load(paths) {
         Ok(host) => host,
         Err(e) if e.downcast_ref::<NotControlPlaneHost>().is_some() => return Ok(None),
@@ -626,6 +628,20 @@ pub async fn agent_pass(
     // before a pod that mounts them is started here.
     bootstrap::plane::ensure_apiserver_files(&NodeHost, &spec)
         .context("writing the API server's audit policy and admission configuration")?;
+    Ok(Some((spec, report)))
+}
+
+/// The agent's check (`agent::tasks::certs`): renews what is due,
+/// publishes, and restarts this host's components onto what it renewed.
+/// `None` when this host is not a control-plane host with the keys.
+pub async fn agent_pass(
+    paths: &HostPaths,
+    api_lb_port: u16,
+    socket: &Path,
+) -> anyhow::Result<Option<String>> {
+    let Some((spec, report)) = ensure_host_pki(paths, api_lb_port).await? else {
+        return Ok(None);
+    };
     let renewed: Vec<PathBuf> = report.changed().map(|e| e.path.clone()).collect();
     if !renewed.is_empty() {
         tracing::info!(

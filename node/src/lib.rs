@@ -3,6 +3,7 @@
 //! init plan's [`sequences::init::InitStep`]s, the agent's [`status::AgentStatus`])
 //! instead of keeping copies.
 
+pub mod address;
 pub mod agent;
 pub mod appliance;
 pub mod certs;

@@ -166,9 +166,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tracker.clone(),
     ));
 
-    // SIGHUP (and `selfnode init`) bump this: services re-read their config.
+    // SIGHUP (and `selfnode init`, and the address task) bump this:
+    // services re-read their config.
     let (reload_tx, reload) = watch::channel(0u64);
-    tracker.spawn(hup_loop(reload_tx, stop_background.clone()));
+    let reload_tx = Arc::new(reload_tx);
+    tracker.spawn(hup_loop(reload_tx.clone(), stop_background.clone()));
+    // Before the kubelet first reads node.json: a host whose address
+    // changed while the agent was away starts it with the new one.
+    tasks::address::follow_at_start(&paths);
     let (containerd_ready_tx, containerd_ready) = watch::channel(false);
     let (kubelet_ready_tx, _kubelet_ready) = watch::channel(false);
     let stop_containerd = CancellationToken::new();
@@ -194,6 +199,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 socket.clone(),
                 opts.api_lb_port,
                 status.clone(),
+                reload_tx.clone(),
             )
         },
         tasks::TaskOptions {
@@ -292,7 +298,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 }
 
 /// Each SIGHUP bumps the reload generation.
-async fn hup_loop(reload: watch::Sender<u64>, stop: CancellationToken) {
+async fn hup_loop(reload: Arc<watch::Sender<u64>>, stop: CancellationToken) {
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(err) => {

@@ -47,6 +47,8 @@ pub enum Component {
     Approver,
     /// The promoter of control-plane nodes (control-plane hosts).
     Promoter,
+    /// This host's address, followed when it changes.
+    Address,
 }
 
 impl Component {
@@ -65,6 +67,7 @@ impl Component {
             Component::EtcdUpkeep => "etcd-upkeep",
             Component::Approver => "approver",
             Component::Promoter => "promoter",
+            Component::Address => "address",
         }
     }
 }

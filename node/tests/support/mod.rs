@@ -248,6 +248,29 @@ impl Netns {
         ns
     }
 
+    /// Moves the host to `198.18.0.<index>` on its LAN, as a DHCP server or
+    /// an operator re-addressing it would: the old address goes (and with
+    /// it the default route), the new one and the route come.
+    pub fn readdress(&mut self, lan: &Lan, index: u8) {
+        let peer = format!("{}p", self.veth);
+        let new = format!("198.18.0.{index}");
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &self.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&["addr", "del", &format!("{}/24", self.addr), "dev", &peer]);
+        inside(&["addr", "add", &format!("{new}/24"), "dev", &peer]);
+        inside(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &lan.gateway.to_string(),
+        ]);
+        self.addr = new.parse().unwrap();
+    }
+
     /// A command run in this host's network and mount namespaces.
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");

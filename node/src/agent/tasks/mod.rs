@@ -12,6 +12,7 @@
 //! Invariant: a task never imports a sequence (`crate::init`, `join`,
 //! `recover`): tasks sit below them and share only the ground floor.
 
+pub mod address;
 pub mod apiservers;
 pub mod approver;
 pub mod certs;
@@ -87,6 +88,9 @@ pub struct TaskCx {
     /// The agent's balancer port (`--api-lb-port`).
     pub api_lb_port: u16,
     pub status: StatusHandle,
+    /// Bumps the agent's reload generation: services re-read their
+    /// configuration (the kubelet its `--node-ip`), as on SIGHUP.
+    reload: std::sync::Arc<watch::Sender<u64>>,
     client: Option<kube::Client>,
     agent: Option<kube::Client>,
 }
@@ -98,6 +102,7 @@ impl TaskCx {
         containerd_socket: PathBuf,
         api_lb_port: u16,
         status: StatusHandle,
+        reload: std::sync::Arc<watch::Sender<u64>>,
     ) -> TaskCx {
         TaskCx {
             paths,
@@ -105,9 +110,15 @@ impl TaskCx {
             containerd_socket,
             api_lb_port,
             status,
+            reload,
             client: None,
             agent: None,
         }
+    }
+
+    /// Services re-read their configuration (see the field).
+    pub fn reload(&self) {
+        self.reload.send_modify(|g| *g += 1);
     }
 
     /// The control-plane agents' client (`selfnode-agent.conf`, made with
@@ -310,6 +321,8 @@ pub fn spawn_all(
     spawn(approver::Approver::default(), c, r, s, t);
     let (c, r, s, t) = go(tracker);
     spawn(promoter::Promoter::default(), c, r, s, t);
+    let (c, r, s, t) = go(tracker);
+    spawn(address::AddressTask::default(), c, r, s, t);
     if !opts.snapshots.interval.is_zero() {
         let (c, r, s, t) = go(tracker);
         spawn(snapshots::Snapshots::new(opts.snapshots), c, r, s, t);

@@ -1,0 +1,157 @@
+//! A control-plane host's address changes (DHCP, re-addressing), end to end
+//! on real components: three control-plane hosts; the third is moved to
+//! another address on the test LAN while its agent is stopped (its
+//! containers keep running on the old address), then its agent starts
+//! again. It comes back as the same node at the new address: its Node's
+//! InternalIP, its etcd member's peer URL (changed through the other
+//! members' quorum), its API server in the `kubernetes` EndpointSlice, all
+//! three etcd members healthy voters.
+
+mod support;
+
+use std::time::Duration;
+use support::{retry, text, wait_voters, Lan, TestHost};
+
+const START: Duration = Duration::from_secs(180);
+
+fn join_control_plane(first: &TestHost, host: &mut TestHost, name: &str) {
+    let cp = first.token_create(&["--control-plane", "--description", name]);
+    host.start_agent();
+    host.wait_healthy(START);
+    let out = host.join(&[&cp, "--node-name", name]);
+    assert!(
+        out.status.success(),
+        "control-plane join of {name}: {}\n{}",
+        text(&out),
+        host.agent_log()
+    );
+}
+
+/// `selfnode etcd members -o json` on `host`: (name, peer URLs).
+fn peer_urls(host: &TestHost) -> Result<Vec<(String, Vec<String>)>, String> {
+    let out = host
+        .selfnode()
+        .args(["etcd", "members", "-o", "json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|_| format!("etcd members: {}", text(&out)))?;
+    Ok(list
+        .as_array()
+        .ok_or_else(|| text(&out))?
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["peer_urls"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|u| u.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn a_control_plane_host_that_changes_address_comes_back_as_the_same_node() {
+    let lan = Lan::create();
+    let (first, summary) = TestHost::init_on_lan(&lan);
+    let node1 = summary["node_name"].as_str().unwrap().to_string();
+    let mut second = TestHost::in_netns(&first, &lan, 2);
+    join_control_plane(&first, &mut second, "node2");
+    let mut third = TestHost::in_netns(&first, &lan, 3);
+    join_control_plane(&first, &mut third, "node3");
+    wait_voters(
+        &first,
+        &[&node1, "node2", "node3"],
+        Duration::from_secs(180),
+    );
+    let nodes_before = first.kubectl_ok(&["get", "nodes", "-o", "name"]);
+
+    // The move: the agent stops (its containers keep running, on an address
+    // the host no longer has), the address changes, the agent starts.
+    let status = third.stop_agent(Duration::from_secs(60));
+    assert!(status.success(), "agent stop: {status:?}");
+    third.netns.as_mut().unwrap().readdress(&lan, 13);
+    third.start_agent();
+
+    retry(
+        "Node node3 to show its new InternalIP 198.18.0.13",
+        Duration::from_secs(180),
+        || {
+            let out = first.kubectl(&[
+                "get",
+                "node",
+                "node3",
+                "-o",
+                "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+            ]);
+            match text(&out).trim() {
+                "198.18.0.13" => Ok(()),
+                other => Err(other.to_string()),
+            }
+        },
+    );
+    retry(
+        "node3's etcd member at https://198.18.0.13:2380",
+        Duration::from_secs(240),
+        || {
+            let list = peer_urls(&first)?;
+            match list.iter().find(|(n, _)| n == "node3") {
+                Some((_, urls)) if urls == &["https://198.18.0.13:2380".to_string()] => Ok(()),
+                _ => Err(format!("{list:?}\n{}", third.agent_log())),
+            }
+        },
+    );
+    wait_voters(
+        &first,
+        &[&node1, "node2", "node3"],
+        Duration::from_secs(240),
+    );
+    retry(
+        "node3's API server in the kubernetes EndpointSlice at 198.18.0.13, not 198.18.0.3",
+        Duration::from_secs(240),
+        || {
+            let out = first.kubectl(&[
+                "get",
+                "endpointslice",
+                "kubernetes",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.endpoints[*].addresses[*]}",
+            ]);
+            let addrs = text(&out);
+            let list: Vec<&str> = addrs.split_whitespace().collect();
+            if list.contains(&"198.18.0.13") && !list.contains(&"198.18.0.3") {
+                Ok(())
+            } else {
+                Err(addrs)
+            }
+        },
+    );
+    // The same node, not a new one; the cluster writes.
+    assert_eq!(
+        first.kubectl_ok(&["get", "nodes", "-o", "name"]),
+        nodes_before
+    );
+    first.kubectl_ok(&["create", "configmap", "after-the-move"]);
+    let address = TestHost::component(&third.status(), "address").clone();
+    assert!(
+        address["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("198.18.0.13")),
+        "{address}"
+    );
+    assert!(
+        third
+            .agent_log()
+            .contains("this host's address changed while the agent was away"),
+        "{}",
+        third.agent_log()
+    );
+}
