@@ -10,51 +10,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{retry, text, wait_voters, Lan, TestHost};
-
-const START: Duration = Duration::from_secs(180);
-
-fn join_control_plane(first: &TestHost, host: &mut TestHost, name: &str) {
-    let cp = first.token_create(&["--control-plane", "--description", name]);
-    host.start_agent();
-    host.wait_healthy(START);
-    let out = host.join(&[&cp, "--node-name", name]);
-    assert!(
-        out.status.success(),
-        "control-plane join of {name}: {}\n{}",
-        text(&out),
-        host.agent_log()
-    );
-}
-
-/// `selfnode etcd members -o json` on `host`: (name, peer URLs).
-fn peer_urls(host: &TestHost) -> Result<Vec<(String, Vec<String>)>, String> {
-    let out = host
-        .selfnode()
-        .args(["etcd", "members", "-o", "json"])
-        .output()
-        .unwrap();
-    let list: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|_| format!("etcd members: {}", text(&out)))?;
-    Ok(list
-        .as_array()
-        .ok_or_else(|| text(&out))?
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or_default().to_string(),
-                m["peer_urls"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|u| u.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            )
-        })
-        .collect())
-}
+use support::{join_control_plane, retry, text, wait_voters, Lan, TestHost};
 
 #[test]
 fn a_control_plane_host_that_changes_address_comes_back_as_the_same_node() {
@@ -100,9 +56,10 @@ fn a_control_plane_host_that_changes_address_comes_back_as_the_same_node() {
         "node3's etcd member at https://198.18.0.13:2380",
         Duration::from_secs(240),
         || {
-            let list = peer_urls(&first)?;
-            match list.iter().find(|(n, _)| n == "node3") {
-                Some((_, urls)) if urls == &["https://198.18.0.13:2380".to_string()] => Ok(()),
+            let list = support::member_list(&first)?;
+            let node3 = list.iter().find(|m| m["name"] == "node3");
+            match node3.map(|m| m["peer_urls"].clone()) {
+                Some(urls) if urls == serde_json::json!(["https://198.18.0.13:2380"]) => Ok(()),
                 _ => Err(format!("{list:?}\n{}", third.agent_log())),
             }
         },

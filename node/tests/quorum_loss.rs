@@ -7,22 +7,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{text, wait_voters, Lan, TestHost};
-
-const START: Duration = Duration::from_secs(180);
-
-fn join_control_plane(first: &TestHost, host: &mut TestHost, name: &str) {
-    let cp = first.token_create(&["--control-plane", "--description", name]);
-    host.start_agent();
-    host.wait_healthy(START);
-    let out = host.join(&[&cp, "--node-name", name]);
-    assert!(
-        out.status.success(),
-        "control-plane join of {name}: {}\n{}",
-        text(&out),
-        host.agent_log()
-    );
-}
+use support::{join_control_plane, text, wait_voters, Lan, TestHost};
 
 #[test]
 fn the_survivor_of_a_quorum_loss_keeps_its_data_and_the_cluster_grows_back() {

@@ -1122,18 +1122,36 @@ pub fn no_private_key_in_the_checkpoint(host: &TestHost) {
     }
 }
 
-/// `selfnode etcd members -o json` on `host`: (name, healthy, learner).
-pub fn members(host: &TestHost) -> Result<Vec<(String, bool, bool)>, String> {
+/// `selfnode etcd members -o json` on `host`, one value per member.
+pub fn member_list(host: &TestHost) -> Result<Vec<Value>, String> {
     let out = host
         .selfnode()
         .args(["etcd", "members", "-o", "json"])
         .output()
         .unwrap();
-    let list: serde_json::Value =
+    let list: Value =
         serde_json::from_slice(&out.stdout).map_err(|_| format!("etcd members: {}", text(&out)))?;
-    Ok(list
-        .as_array()
-        .ok_or_else(|| text(&out))?
+    list.as_array().cloned().ok_or_else(|| text(&out))
+}
+
+/// `host` (started here) joins `first`'s cluster as control-plane node
+/// `name`, with a control-plane join string made on `first`.
+pub fn join_control_plane(first: &TestHost, host: &mut TestHost, name: &str) {
+    let cp = first.token_create(&["--control-plane", "--description", name]);
+    host.start_agent();
+    host.wait_healthy(Duration::from_secs(180));
+    let out = host.join(&[&cp, "--node-name", name]);
+    assert!(
+        out.status.success(),
+        "control-plane join of {name}: {}\n{}",
+        text(&out),
+        host.agent_log()
+    );
+}
+
+/// `selfnode etcd members -o json` on `host`: (name, healthy, learner).
+pub fn members(host: &TestHost) -> Result<Vec<(String, bool, bool)>, String> {
+    Ok(member_list(host)?
         .iter()
         .map(|m| {
             (
