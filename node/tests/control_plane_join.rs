@@ -474,14 +474,64 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
         },
     );
 
+    // A rolling outage: the first host stays down past its API server's
+    // endpoint lease, so the `kubernetes` EndpointSlice forgets it; then
+    // the other two lose power and the first comes back alone, then they
+    // come back. No host's balancer forgot the others (the first kept its
+    // list on disk; theirs keep what they learned for 12 h), so the three
+    // find each other and the API serves again through every host.
+    support::retry(
+        "the first host's API server out of the kubernetes EndpointSlice",
+        Duration::from_secs(180),
+        || {
+            let out = kubectl_on(
+                &second,
+                &admin_arg,
+                &[
+                    "get",
+                    "endpointslice",
+                    "kubernetes",
+                    "-n",
+                    "default",
+                    "-o",
+                    "jsonpath={.endpoints[*].addresses[*]}",
+                ],
+            );
+            let addrs = String::from_utf8_lossy(&out.stdout).to_string();
+            if out.status.success() && !addrs.split_whitespace().any(|a| a == "198.18.0.1") {
+                Ok(())
+            } else {
+                Err(format!("{addrs} {}", text(&out)))
+            }
+        },
+    );
+    second.power_cut();
+    third.power_cut();
     // The first host comes back by itself: its agent, its kept API server,
-    // its etcd member.
+    // its etcd member (alone it has no quorum yet).
     first.start_agent();
+    std::thread::sleep(Duration::from_secs(30));
+    second.start_agent();
+    third.start_agent();
     wait_voters(
         &second,
         &[&node1, "node2", "node3"],
-        Duration::from_secs(300),
+        Duration::from_secs(420),
     );
+    for host in [&second, &third] {
+        support::retry(
+            "the API through this host's balancer after the rolling outage",
+            Duration::from_secs(300),
+            || {
+                let out = kubectl_on(host, &admin_arg, &["get", "--raw", "/readyz"]);
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(text(&out))
+                }
+            },
+        );
+    }
     support::retry(
         "the first node Ready again",
         Duration::from_secs(300),
