@@ -133,3 +133,24 @@ pub enum SnapshotCommand {
         init: InitArgs,
     },
 }
+
+/// `selfnode upgrade`: run on a control-plane host.
+#[derive(Debug, Subcommand)]
+#[command(
+    after_help = "An upgrade goes to the version of a bundle (build one with fixtures/build-bundle.sh, or \
+copy one from another machine): a newer patch or the next minor, never a downgrade or a skipped minor. \
+'upgrade plan' changes nothing: it shows each check and what it found, then the steps in the order the \
+version skew policy asks (etcd members one at a time, the API servers node by node, controller-managers, \
+schedulers, kube-proxy, CoreDNS, then each host's kubelet). Exit 0 when every check holds, 2 when the \
+bundle or its version is refused, 3 when the cluster is not ready for it (a NotReady node, an etcd alarm)."
+)]
+pub enum UpgradeCommand {
+    /// Show what an upgrade to a bundle would change, in what order, and every check with its result
+    Plan {
+        /// The bundle to upgrade to (a directory with VERSION, bin/ and SHA256SUMS)
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}

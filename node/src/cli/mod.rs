@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 mod cluster;
-pub use cluster::{CertsCommand, EtcdCommand, SnapshotCommand, TokenCommand};
+pub use cluster::{CertsCommand, EtcdCommand, SnapshotCommand, TokenCommand, UpgradeCommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,6 +67,9 @@ pub enum Command {
     /// See when the cluster's certificates expire, and renew them
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Plan an upgrade of the cluster to the versions of another bundle
+    #[command(subcommand)]
+    Upgrade(UpgradeCommand),
     /// Import a bundle's container images into containerd
     #[command(subcommand)]
     Images(ImagesCommand),

@@ -11,6 +11,7 @@ mod reset;
 mod status;
 mod stop;
 mod token;
+mod upgrade;
 mod version;
 
 use std::process::ExitCode;
@@ -58,6 +59,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demote(args) => membership::demote(&paths, args).await,
         Command::Etcd(cmd) => etcd::run(&paths, cmd).await,
         Command::Token(cmd) => token::run(&paths, cmd).await,
+        Command::Upgrade(cmd) => upgrade::run(&paths, cmd).await,
         Command::Certs(cmd) => certs::run(&paths, cmd).await,
         Command::Images(crate::cli::ImagesCommand::Import(args)) => {
             images::import(&paths, args).await

@@ -7,6 +7,7 @@
 //! - [`join`]: `selfnode join`, worker or control plane.
 //! - [`recover`]: `selfnode recover`, lost control-plane parts.
 //! - [`reset`]: `selfnode reset`.
+//! - [`upgrade`]: `selfnode upgrade plan` (its checks and steps).
 //!
 //! Sequences stand above the agent (they ask it through
 //! `control`), and the agent never imports a sequence. Each sequence
@@ -20,6 +21,7 @@ pub mod plan;
 pub mod recover;
 pub mod reset;
 pub mod runner;
+pub mod upgrade;
 
 use std::time::Duration;
 
