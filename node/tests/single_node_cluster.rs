@@ -987,6 +987,72 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     assert_healthy_self_hosted_cluster(&host, &[]);
     assert_configmaps_present(&host, &acked);
     host.kubectl_ok(&["get", "configmap", "after-first-snapshot"]);
+
+    // `upgrade plan` checks before anything changes: the cluster's own
+    // bundle is nothing to do; a damaged bundle, a skipped minor and a
+    // downgrade are refused with exit 2, each check saying what it found.
+    let plan = |bundle: &std::path::Path| {
+        host.selfnode()
+            .args(["upgrade", "plan", "-o", "json", "--bundle"])
+            .arg(bundle)
+            .output()
+            .unwrap()
+    };
+    let failed = |out: &std::process::Output| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("upgrade plan -o json: {}", text(out)));
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ok"] == false)
+            .map(|c| format!("{}: {}", c["name"].as_str().unwrap(), c["detail"]))
+            .collect()
+    };
+    let out = plan(&host.bundle);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(failed(&out).is_empty(), "{:?}", failed(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["change"], "same", "{v:#}");
+    assert_eq!(v["steps"], serde_json::json!([]), "{v:#}");
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = support::damaged_bundle(dir.path(), "bin/kube-apiserver", "#!/bin/sh\n");
+    let out = plan(&damaged);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        failed(&out)
+            .iter()
+            .any(|f| f.starts_with("bundle:") && f.contains("kube-apiserver")),
+        "{:?}",
+        failed(&out)
+    );
+    let current = support::bundle_version("KUBERNETES_VERSION");
+    let minor: u32 = current.split('.').nth(1).unwrap().parse().unwrap();
+    for (version, why) in [
+        (format!("v1.{}.0", minor + 2), "skips a minor"),
+        (format!("v1.{}.0", minor - 1), "never goes back"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = support::bundle_without(dir.path(), "");
+        let text_v = std::fs::read_to_string(bundle.join("VERSION")).unwrap();
+        std::fs::write(
+            bundle.join("VERSION"),
+            text_v.replace(
+                &format!("KUBERNETES_VERSION={current}"),
+                &format!("KUBERNETES_VERSION={version}"),
+            ),
+        )
+        .unwrap();
+        let out = plan(&bundle);
+        assert_eq!(out.status.code(), Some(2), "{version}: {}", text(&out));
+        assert!(
+            failed(&out)
+                .iter()
+                .any(|f| f.starts_with("version:") && f.contains(why)),
+            "{version}: {:?}",
+            failed(&out)
+        );
+    }
 }
 
 #[test]
