@@ -24,7 +24,7 @@ use crate::paths::HostPaths;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     /// It is on an interface of this host.
-    Here,
+    Here { at: IpAddr },
     /// It is gone; the host sends from `to` now.
     Moved { from: IpAddr, to: IpAddr },
     /// It is gone and no single address replaces it: `candidates` are the
@@ -54,7 +54,7 @@ pub fn find(
     source: impl Fn(IpAddr) -> Option<IpAddr>,
 ) -> Found {
     if host.addresses.contains(&recorded) {
-        return Found::Here;
+        return Found::Here { at: recorded };
     }
     let same_family = |a: &IpAddr| a.is_ipv4() == recorded.is_ipv4();
     let candidates: Vec<IpAddr> = host
@@ -103,7 +103,8 @@ pub fn route_source(dest: IpAddr) -> Option<IpAddr> {
 
 /// Moves this host's records to `to`: `node.json`, then the plane's
 /// settings in the checkpoint (control-plane hosts). Idempotent; returns
-/// whether anything changed.
+/// whether anything changed. Called with the address `node.json` holds, it
+/// finishes a move cut short between the two records.
 pub fn record(paths: &HostPaths, to: IpAddr) -> anyhow::Result<bool> {
     let mut changed = false;
     let file = paths.node_identity_file();
@@ -155,7 +156,10 @@ mod tests {
     #[test]
     fn an_address_still_here_stays() {
         let h = host(&["127.0.0.1", "10.0.0.5"]);
-        assert_eq!(find(ip("10.0.0.5"), &h, &[], |_| None), Found::Here);
+        assert_eq!(
+            find(ip("10.0.0.5"), &h, &[], |_| None),
+            Found::Here { at: ip("10.0.0.5") }
+        );
     }
 
     #[test]

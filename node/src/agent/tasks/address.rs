@@ -77,7 +77,12 @@ impl AgentTask for AddressTask {
             return Ok(Outcome::ready("no cluster on this host yet"));
         };
         match found {
-            Found::Here => {}
+            // A move cut short between its two records is finished here.
+            Found::Here { at } if !self.settled => {
+                let paths = cx.paths.clone();
+                tokio::task::spawn_blocking(move || crate::address::record(&paths, at)).await??;
+            }
+            Found::Here { .. } => {}
             Found::Gone { from, candidates } => {
                 return Ok(Outcome::Report(
                     ComponentState::Unhealthy,
@@ -129,15 +134,22 @@ pub fn follow_at_start(paths: &HostPaths) {
             return;
         }
     };
-    if let Found::Moved { from, to } = found {
-        match crate::address::record(paths, to) {
+    match found {
+        Found::Moved { from, to } => match crate::address::record(paths, to) {
             Ok(_) => {
                 tracing::warn!(%from, %to, "this host's address changed while the agent was away: the node keeps its name and moves to the new address")
             }
             Err(err) => {
                 tracing::warn!(error = %format!("{err:#}"), %from, %to, "cannot record this host's new address; the address task tries again")
             }
+        },
+        // A move cut short between its two records is finished first.
+        Found::Here { at } => {
+            if let Err(err) = crate::address::record(paths, at) {
+                tracing::warn!(error = %format!("{err:#}"), "cannot compare this host's records of its address; the address task tries again");
+            }
         }
+        Found::Gone { .. } => {}
     }
 }
 
