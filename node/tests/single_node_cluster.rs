@@ -1053,6 +1053,31 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
             failed(&out)
         );
     }
+    // The plain Kubernetes way is refused at admission when it breaks the
+    // skew policy (two minors ahead), and admitted for the next minor (a
+    // server-side dry run: nothing changes).
+    let set_image = |minor: u32, extra: &[&str]| {
+        let image = format!("kube-apiserver=registry.k8s.io/kube-apiserver:v1.{minor}.0");
+        let mut args = vec![
+            "-n",
+            "kube-system",
+            "set",
+            "image",
+            "daemonset/kube-apiserver",
+        ];
+        args.push(&image);
+        args.extend_from_slice(extra);
+        host.kubectl(&args)
+    };
+    let out = set_image(minor + 2, &[]);
+    assert!(
+        !out.status.success() && text(&out).contains("moves one minor at a time"),
+        "{}",
+        text(&out)
+    );
+    let out = set_image(minor + 1, &["--dry-run=server"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_healthy_self_hosted_cluster(&host, &[]);
 }
 
 #[test]

@@ -19,8 +19,10 @@
 //! It also names a directory of **static admission policies**
 //! ([`POLICY_DIR`], beside it on every control-plane host; the apiserver
 //! re-reads it every minute, and the API cannot change or delete what it
-//! holds). One policy is there: only selfnode may add, change or remove a
-//! Node's control-plane label ([`CONTROL_PLANE_LABEL_POLICY`]). Control-plane
+//! holds). Two policies are there: the control plane's workloads move one
+//! minor at a time ([`CONTROL_PLANE_VERSIONS_POLICY`]), and only selfnode
+//! may add, change or remove a Node's control-plane label
+//! ([`CONTROL_PLANE_LABEL_POLICY`]). Control-plane
 //! membership follows intent (`selfnode promote` and `demote`, a
 //! control-plane join), carried out by the control-plane hosts' agents; a
 //! label set by hand would give a node API server pods without the keys
@@ -124,6 +126,76 @@ spec:
   validationActions: [Deny]
 "#;
 
+/// The control-plane versions policy's file in [`POLICY_DIR`].
+pub const CONTROL_PLANE_VERSIONS_POLICY_FILE: &str = "control-plane-versions.yaml";
+
+/// The control plane moves one minor at a time, as the version skew policy
+/// asks: an update of the `kube-apiserver`, `kube-controller-manager`,
+/// `kube-scheduler` or `kube-proxy` workload in `kube-system` whose
+/// component image (the container named like the workload) goes more than
+/// one minor away from the image it replaces, or to another major, is
+/// refused at admission, whoever asks (`kubectl set image`, `kubectl
+/// apply`, an operator). Tags that are not `vMAJOR.MINOR.PATCH` (a digest,
+/// no tag) are not judged.
+pub const CONTROL_PLANE_VERSIONS_POLICY: &str = r#"# selfnode: the control plane moves one minor at a time (the version skew policy).
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: selfnode-control-plane-versions.static.k8s.io
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: ["apps"]
+        apiVersions: ["v1"]
+        operations: ["UPDATE"]
+        resources: ["daemonsets", "deployments"]
+  matchConditions:
+    - name: control-plane-workload
+      expression: >-
+        object.metadata.namespace == 'kube-system' &&
+        object.metadata.name in ['kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'kube-proxy']
+  variables:
+    - name: newImages
+      expression: "object.spec.template.spec.containers.filter(c, c.name == object.metadata.name).map(c, c.image)"
+    - name: oldImages
+      expression: "oldObject.spec.template.spec.containers.filter(c, c.name == oldObject.metadata.name).map(c, c.image)"
+    - name: newParts
+      expression: "size(variables.newImages) == 1 ? variables.newImages[0].split(':') : ['']"
+    - name: oldParts
+      expression: "size(variables.oldImages) == 1 ? variables.oldImages[0].split(':') : ['']"
+    - name: newTag
+      expression: "variables.newParts[size(variables.newParts) - 1]"
+    - name: oldTag
+      expression: "variables.oldParts[size(variables.oldParts) - 1]"
+    - name: versioned
+      expression: >-
+        size(variables.newParts) > 1 && size(variables.oldParts) > 1 &&
+        variables.newTag.matches('^v[0-9]+[.][0-9]+[.][0-9]+') &&
+        variables.oldTag.matches('^v[0-9]+[.][0-9]+[.][0-9]+')
+    - name: sameMajor
+      expression: "variables.newTag.split('.')[0] == variables.oldTag.split('.')[0]"
+    - name: minorDelta
+      expression: "int(variables.newTag.split('.')[1]) - int(variables.oldTag.split('.')[1])"
+  validations:
+    - expression: >-
+        !variables.versioned ||
+        (variables.sameMajor && variables.minorDelta <= 1 && variables.minorDelta >= -1)
+      messageExpression: >-
+        object.metadata.name + ' moves one minor at a time (the Kubernetes version skew policy): ' +
+        variables.oldTag + ' to ' + variables.newTag + ' is refused; go through each minor in turn
+        (selfnode upgrade plan --bundle DIR shows the steps)'
+      reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: selfnode-control-plane-versions.static.k8s.io
+spec:
+  policyName: selfnode-control-plane-versions.static.k8s.io
+  validationActions: [Deny]
+"#;
+
 /// The configuration file's path for a kubeconfig directory.
 pub fn admission_config_path(kubeconfig_dir: &Path) -> PathBuf {
     kubeconfig_dir.join(ADMISSION_CONFIG_FILE)
@@ -153,6 +225,11 @@ pub fn ensure_admission_config(host: &dyn Host, kubeconfig_dir: &Path) -> Result
     host.write_file(
         &dir.join(CONTROL_PLANE_LABEL_POLICY_FILE),
         CONTROL_PLANE_LABEL_POLICY.as_bytes(),
+        0o600,
+    )?;
+    host.write_file(
+        &dir.join(CONTROL_PLANE_VERSIONS_POLICY_FILE),
+        CONTROL_PLANE_VERSIONS_POLICY.as_bytes(),
         0o600,
     )?;
     host.write_file(
@@ -217,6 +294,46 @@ mod tests {
             .take_changes()
             .iter()
             .all(|(_, w)| *w == crate::host::Written::Unchanged));
+    }
+
+    #[test]
+    fn the_versions_policy_matches_the_control_plane_workloads_and_binds_itself() {
+        let docs: Vec<serde_json::Value> = CONTROL_PLANE_VERSIONS_POLICY
+            .split("\n---\n")
+            .map(|d| serde_saphyr::from_str(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 2);
+        let (policy, binding) = (&docs[0], &docs[1]);
+        let name = policy["metadata"]["name"].as_str().unwrap();
+        assert!(name.ends_with(".static.k8s.io"), "{name}");
+        assert_eq!(binding["spec"]["policyName"], name);
+        assert_eq!(binding["spec"]["validationActions"][0], "Deny");
+        let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+        assert_eq!(
+            rules["resources"],
+            serde_json::json!(["daemonsets", "deployments"])
+        );
+        let cond = policy["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap();
+        for w in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kube-proxy",
+        ] {
+            assert!(cond.contains(&format!("'{w}'")), "{cond}");
+        }
+        let h = MemHost::new();
+        let kc = Path::new("/etc/kubernetes");
+        h.ensure_dir(kc, 0o700).unwrap();
+        ensure_admission_config(&h, kc).unwrap();
+        let file = kc.join(POLICY_DIR).join(CONTROL_PLANE_VERSIONS_POLICY_FILE);
+        assert_eq!(
+            h.file(&file).unwrap(),
+            CONTROL_PLANE_VERSIONS_POLICY.as_bytes()
+        );
+        assert_eq!(h.mode(&file), Some(0o600));
     }
 
     #[test]
