@@ -10,22 +10,12 @@
 mod support;
 
 use std::time::Duration;
-use support::{join_control_plane, retry, text, wait_voters, Lan, TestHost};
+use support::{retry, text, wait_voters, Lan, TestHost};
 
 #[test]
 fn a_control_plane_host_that_changes_address_comes_back_as_the_same_node() {
     let lan = Lan::create();
-    let (first, summary) = TestHost::init_on_lan(&lan);
-    let node1 = summary["node_name"].as_str().unwrap().to_string();
-    let mut second = TestHost::in_netns(&first, &lan, 2);
-    join_control_plane(&first, &mut second, "node2");
-    let mut third = TestHost::in_netns(&first, &lan, 3);
-    join_control_plane(&first, &mut third, "node3");
-    wait_voters(
-        &first,
-        &[&node1, "node2", "node3"],
-        Duration::from_secs(180),
-    );
+    let (first, _second, mut third, node1) = support::three_control_plane_hosts(&lan);
     let nodes_before = first.kubectl_ok(&["get", "nodes", "-o", "name"]);
 
     // The move: the agent stops (its containers keep running, on an address

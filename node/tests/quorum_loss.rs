@@ -12,17 +12,7 @@ use support::{join_control_plane, text, wait_voters, Lan, TestHost};
 #[test]
 fn the_survivor_of_a_quorum_loss_keeps_its_data_and_the_cluster_grows_back() {
     let lan = Lan::create();
-    let (first, summary) = TestHost::init_on_lan(&lan);
-    let node1 = summary["node_name"].as_str().unwrap().to_string();
-    let mut second = TestHost::in_netns(&first, &lan, 2);
-    join_control_plane(&first, &mut second, "node2");
-    let mut third = TestHost::in_netns(&first, &lan, 3);
-    join_control_plane(&first, &mut third, "node3");
-    wait_voters(
-        &first,
-        &[&node1, "node2", "node3"],
-        Duration::from_secs(180),
-    );
+    let (first, mut second, mut third, node1) = support::three_control_plane_hosts(&lan);
 
     // While the cluster has its quorum, --force-new-cluster is refused.
     let out = first

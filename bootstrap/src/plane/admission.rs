@@ -296,18 +296,27 @@ mod tests {
             .all(|(_, w)| *w == crate::host::Written::Unchanged));
     }
 
-    #[test]
-    fn the_versions_policy_matches_the_control_plane_workloads_and_binds_itself() {
-        let docs: Vec<serde_json::Value> = CONTROL_PLANE_VERSIONS_POLICY
+    /// A static policy file's policy, checked to bind itself by a static
+    /// name with Deny.
+    fn static_policy(text: &str) -> serde_json::Value {
+        let docs: Vec<serde_json::Value> = text
             .split("\n---\n")
             .map(|d| serde_saphyr::from_str(d).unwrap())
             .collect();
         assert_eq!(docs.len(), 2);
         let (policy, binding) = (&docs[0], &docs[1]);
+        assert_eq!(policy["kind"], "ValidatingAdmissionPolicy");
+        assert_eq!(binding["kind"], "ValidatingAdmissionPolicyBinding");
         let name = policy["metadata"]["name"].as_str().unwrap();
         assert!(name.ends_with(".static.k8s.io"), "{name}");
         assert_eq!(binding["spec"]["policyName"], name);
         assert_eq!(binding["spec"]["validationActions"][0], "Deny");
+        policy.clone()
+    }
+
+    #[test]
+    fn the_versions_policy_matches_the_control_plane_workloads_and_binds_itself() {
+        let policy = static_policy(CONTROL_PLANE_VERSIONS_POLICY);
         let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
         assert_eq!(
             rules["resources"],
@@ -354,18 +363,7 @@ mod tests {
 
     #[test]
     fn the_control_plane_label_policy_binds_itself_with_static_names() {
-        let docs: Vec<serde_json::Value> = CONTROL_PLANE_LABEL_POLICY
-            .split("\n---\n")
-            .map(|d| serde_saphyr::from_str(d).unwrap())
-            .collect();
-        assert_eq!(docs.len(), 2);
-        let (policy, binding) = (&docs[0], &docs[1]);
-        assert_eq!(policy["kind"], "ValidatingAdmissionPolicy");
-        assert_eq!(binding["kind"], "ValidatingAdmissionPolicyBinding");
-        let name = policy["metadata"]["name"].as_str().unwrap();
-        assert!(name.ends_with(".static.k8s.io"), "{name}");
-        assert_eq!(binding["spec"]["policyName"], name);
-        assert_eq!(binding["spec"]["validationActions"][0], "Deny");
+        let policy = static_policy(CONTROL_PLANE_LABEL_POLICY);
         let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
         assert_eq!(
             rules["resources"],

@@ -1149,6 +1149,24 @@ pub fn join_control_plane(first: &TestHost, host: &mut TestHost, name: &str) {
     );
 }
 
+/// A cluster of three control-plane hosts on `lan`: the first (init),
+/// `node2` and `node3` (control-plane joins), all three healthy voters.
+/// Returns the hosts and the first node's name.
+pub fn three_control_plane_hosts(lan: &Lan) -> (TestHost, TestHost, TestHost, String) {
+    let (first, summary) = TestHost::init_on_lan(lan);
+    let node1 = summary["node_name"].as_str().unwrap().to_string();
+    let mut second = TestHost::in_netns(&first, lan, 2);
+    join_control_plane(&first, &mut second, "node2");
+    let mut third = TestHost::in_netns(&first, lan, 3);
+    join_control_plane(&first, &mut third, "node3");
+    wait_voters(
+        &first,
+        &[&node1, "node2", "node3"],
+        Duration::from_secs(180),
+    );
+    (first, second, third, node1)
+}
+
 /// `selfnode etcd members -o json` on `host`: (name, healthy, learner).
 pub fn members(host: &TestHost) -> Result<Vec<(String, bool, bool)>, String> {
     Ok(member_list(host)?

@@ -105,19 +105,21 @@ struct Workload {
     settled: Result<(), String>,
 }
 
+/// The image of a pod template's first container (empty without one).
+fn first_image(t: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
+    t.spec
+        .as_ref()
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
 async fn daemonset(client: &kube::Client, name: &'static str) -> anyhow::Result<Workload> {
     let ds = Api::<DaemonSet>::namespaced(client.clone(), bootstrap::objects::NAMESPACE)
         .get(name)
         .await
         .with_context(|| format!("reading DaemonSet kube-system/{name}"))?;
-    let image = ds
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    let image = first_image(&ds.spec.template);
     let st = ds.status.unwrap_or_default();
     let settled = if st.desired_number_scheduled == st.number_ready
         && st.updated_number_scheduled.unwrap_or(0) == st.desired_number_scheduled
@@ -144,14 +146,7 @@ async fn deployment(client: &kube::Client, name: &'static str) -> anyhow::Result
         .get(name)
         .await
         .with_context(|| format!("reading Deployment kube-system/{name}"))?;
-    let image = d
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    let image = first_image(&d.spec.template);
     let want = d.spec.replicas.unwrap_or(1);
     let st = d.status.unwrap_or_default();
     let settled =
