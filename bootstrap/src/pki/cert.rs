@@ -229,6 +229,24 @@ pub(crate) fn pem_der(bytes: &[u8], tag: &'static str) -> Result<Vec<u8>, CertEr
     Ok(block.into_contents())
 }
 
+/// The IP addresses a certificate in PEM names in its subjectAltName;
+/// `None` when it cannot be read.
+pub fn ip_sans(pem_bytes: &[u8]) -> Option<Vec<IpAddr>> {
+    let der = pem_der(pem_bytes, "CERTIFICATE").ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    Some(
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::IPAddress(b) => ip_from_bytes(b),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
 /// A private key in PEM. Only PKCS#8 is readable with the ring backend; the
 /// error says how to convert the PKCS#1/SEC1 keys older kubeadm writes.
 pub(crate) fn parse_key(bytes: &[u8]) -> Result<KeyPair, CertError> {

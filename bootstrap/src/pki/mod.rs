@@ -32,6 +32,7 @@ use cert::{Ca, CertError, Profile};
 use kubeconfig::{Kubeconfig, KubeconfigError};
 use spec::SanSet;
 
+pub use cert::ip_sans;
 pub use spec::{
     PkiSpec, PkiSpecError, DEFAULT_API_ENDPOINT, DEFAULT_CLUSTER_NAME, DEFAULT_DNS_DOMAIN,
     DEFAULT_KUBECONFIG_DIR, DEFAULT_PKI_DIR, DEFAULT_SERVICE_CIDR,

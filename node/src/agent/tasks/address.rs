@@ -12,8 +12,10 @@
 //!
 //! A control-plane host then converges, each step observing first, so a
 //! pass cut anywhere is finished by the next:
-//! 1. its certificates: those that name its address are issued again
-//!    (`crate::certs::ensure_host_pki`, SANs changed);
+//! 1. its certificates: when its API server's or etcd peer certificate
+//!    does not name the address, those that name it are issued again
+//!    (`crate::certs::ensure_host_pki`, SANs changed; renewal stays the
+//!    certificate task's);
 //! 2. its etcd member's peer URL in etcd's membership, through the members
 //!    that keep the quorum (`etcd_mgr::members::update_peer_urls`), then
 //!    its static pod's listen and advertise URLs (the kubelet restarts it),
@@ -164,13 +166,32 @@ fn cluster_addresses(paths: &HostPaths) -> Vec<IpAddr> {
 /// The control-plane steps of the module docs; the notes of what changed.
 async fn converge_control_plane(cx: &mut TaskCx) -> anyhow::Result<Vec<String>> {
     let mut notes = Vec::new();
-    let Some((spec, report)) = crate::certs::ensure_host_pki(&cx.paths, cx.api_lb_port).await?
-    else {
-        return Ok(notes);
+    let host = match crate::cluster::ControlPlaneHost::load(&cx.paths) {
+        Ok(host) => host,
+        Err(e)
+            if e.downcast_ref::<crate::cluster::NotControlPlaneHost>()
+                .is_some() =>
+        {
+            return Ok(notes)
+        }
+        Err(e) => return Err(e),
     };
-    let reissued = report.changed().count();
-    if reissued > 0 {
-        notes.push(format!("re-issued {reissued} certificates"));
+    let spec = host.plane_spec(&cx.paths, cx.api_lb_port);
+    // Only what names an address is issued again here; renewal is the
+    // certificate task's.
+    let names_address = |file: &str| {
+        std::fs::read(spec.pki_dir.join(file))
+            .ok()
+            .and_then(|pem| bootstrap::pki::ip_sans(&pem))
+            .is_some_and(|ips| ips.contains(&spec.advertise_address))
+    };
+    if !names_address("apiserver.crt") || !names_address("etcd/peer.crt") {
+        if let Some((_, report)) = crate::certs::ensure_host_pki(&cx.paths, cx.api_lb_port).await? {
+            let reissued = report.changed().count();
+            if reissued > 0 {
+                notes.push(format!("re-issued {reissued} certificates"));
+            }
+        }
     }
     let rec = crate::cluster::HostCluster::load_async(&cx.paths).await?;
     let Some(member) = rec.and_then(|r| r.etcd_member) else {
