@@ -104,12 +104,20 @@ pub fn route_source(dest: IpAddr) -> Option<IpAddr> {
 /// Moves this host's records to `to`: `node.json`, then the plane's
 /// settings in the checkpoint (control-plane hosts). Idempotent; returns
 /// whether anything changed. Called with the address `node.json` holds, it
-/// finishes a move cut short between the two records.
+/// finishes a move cut short between the two records. A change leaves
+/// [`HostPaths::address_move_marker`] for the agent's address task.
 pub fn record(paths: &HostPaths, to: IpAddr) -> anyhow::Result<bool> {
     let mut changed = false;
     let file = paths.node_identity_file();
     if let Some(mut node) = NodeIdentity::read(&file)? {
         if node.node_ip != to {
+            // The marker first: a move cut short after it is finished by
+            // the address task, however far the records got.
+            write_atomic(
+                &paths.address_move_marker(),
+                format!("{} {to}\n", node.node_ip).as_bytes(),
+                0o644,
+            )?;
             node.node_ip = to;
             write_atomic(&file, &serde_json::to_vec_pretty(&node)?, 0o644)?;
             changed = true;
@@ -119,6 +127,11 @@ pub fn record(paths: &HostPaths, to: IpAddr) -> anyhow::Result<bool> {
         let cp = Checkpoint::open(&paths.checkpoint_dir())?;
         if let Some(mut settings) = cp.settings()? {
             if settings.advertise_address != to {
+                write_atomic(
+                    &paths.address_move_marker(),
+                    format!("{} {to}\n", settings.advertise_address).as_bytes(),
+                    0o644,
+                )?;
                 settings.advertise_address = to;
                 cp.record_settings(&settings)?;
                 changed = true;

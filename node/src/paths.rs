@@ -86,6 +86,12 @@ impl HostPaths {
         self.state_dir().join("node.json")
     }
 
+    /// Written when this host's address records move, removed once the
+    /// agent's address task has converged the rest (`crate::address`).
+    pub fn address_move_marker(&self) -> PathBuf {
+        self.state_dir().join("address-moved")
+    }
+
     /// The sled checkpoint: cluster identity, step records, pivot marker.
     pub fn checkpoint_dir(&self) -> PathBuf {
         self.state_dir().join("checkpoint")

@@ -75,6 +75,7 @@ pub fn cluster_state(paths: &HostPaths) -> Vec<PathBuf> {
         paths.etcd_manifest(),
         paths.apiservers_file(),
         paths.node_identity_file(),
+        paths.address_move_marker(),
         paths.kubelet_root(),
         paths.cni_conflist(),
         paths.agent_status(),

@@ -10,8 +10,10 @@
 //! with the new address; the approver checks it against the Node) and the
 //! pod network's routes on every host follow from the Node.
 //!
-//! A control-plane host then converges, each step observing first, so a
-//! pass cut anywhere is finished by the next:
+//! A moved host (the move leaves `var/lib/selfnode/address-moved` until
+//! the task has converged: a host that never moved does nothing more) then
+//! converges, each step observing first, so a pass cut anywhere is
+//! finished by the next:
 //! 1. its certificates: when its API server's or etcd peer certificate
 //!    does not name the address, those that name it are issued again
 //!    (`crate::certs::ensure_host_pki`, SANs changed; renewal stays the
@@ -106,6 +108,14 @@ impl AgentTask for AddressTask {
         if self.settled {
             return Ok(Outcome::Unchanged);
         }
+        // Only a host whose address moved has more to converge.
+        let marker = cx.paths.address_move_marker();
+        if !marker.exists() {
+            self.settled = true;
+            let node =
+                NodeIdentity::read(&cx.paths.node_identity_file())?.context("node.json is gone")?;
+            return Ok(Outcome::ready(format!("{} is on this host", node.node_ip)));
+        }
         let mut notes = converge_control_plane(cx).await?;
         let node =
             NodeIdentity::read(&cx.paths.node_identity_file())?.context("node.json is gone")?;
@@ -113,6 +123,10 @@ impl AgentTask for AddressTask {
             notes.push(note);
         }
         self.settled = notes.is_empty();
+        if self.settled {
+            std::fs::remove_file(&marker)
+                .with_context(|| format!("removing {}", marker.display()))?;
+        }
         if let Some((from, to)) = self.moved {
             notes.insert(0, format!("moved from {from} to {to}"));
         }
