@@ -207,8 +207,7 @@ async fn converge_control_plane(cx: &mut TaskCx) -> anyhow::Result<Vec<String>> 
             }
         }
     }
-    let rec = crate::cluster::HostCluster::load_async(&cx.paths).await?;
-    let Some(member) = rec.and_then(|r| r.etcd_member) else {
+    let Some(member) = host.cluster.etcd_member.clone() else {
         return Ok(notes);
     };
     if !cx.paths.etcd_manifest().exists() {
@@ -236,21 +235,9 @@ async fn move_etcd_member(
 ) -> anyhow::Result<Vec<String>> {
     let mut notes = Vec::new();
     let client_port = spec.ports.etcd_client_port(Placement::SelfHosted);
-    // The other members beside the API servers this host knows, then its
-    // own on loopback.
-    let mut endpoints: Vec<String> = cluster_addresses(paths)
-        .into_iter()
-        .filter(|ip| *ip != spec.advertise_address)
-        .map(|ip| format!("https://{}", std::net::SocketAddr::new(ip, client_port)))
-        .collect();
-    endpoints.push(format!(
-        "https://{}",
-        std::net::SocketAddr::new(spec.loopback(), client_port)
-    ));
-    let cfg = etcd_mgr::EtcdConfig {
-        endpoints,
-        ..crate::etcd::config(paths)
-    };
+    // Its own member on loopback and the others beside the API servers
+    // this host knows (`update_peer_urls` asks those that answer first).
+    let cfg = crate::etcd::cluster_config(paths, crate::etcd::config(paths).timeout);
     let urls = [peer.to_string()];
     if etcd_mgr::members::update_peer_urls(&cfg, &member.id, &urls)
         .await
