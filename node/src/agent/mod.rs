@@ -145,11 +145,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let managed = reaper::ManagedPids::default();
     let stop_background = CancellationToken::new();
-    tracker.spawn(write_status_loop(
-        status.clone(),
-        paths.agent_status(),
-        stop_background.clone(),
-    ));
     tracker.spawn(reap_loop(managed.clone(), stop_background.clone()));
     let lb = apilb::ApiLb {
         listen: vec![
@@ -210,6 +205,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         &stop_background,
         &tracker,
     );
+    // Every task has its line now: the first status written names them all,
+    // so a reader never sees a component missing that appears a moment later.
+    tracker.spawn(write_status_loop(
+        status.clone(),
+        paths.agent_status(),
+        stop_background.clone(),
+    ));
     let images_task = tracker.spawn(import_images(
         ctx.clone(),
         opts.selfnode_exe.clone(),
