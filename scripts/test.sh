@@ -8,6 +8,7 @@
 #                                 (fmt, clippy on every target, tests/
 #                                 included) and the unit and golden tests;
 #                                 installs nothing, needs no root, no bundle
+#                                 (only protoc, which install-deps.sh adds)
 #
 # The tiers split by where a test lives: the unit and golden tests are in
 # each crate's src/ (they need nothing: fakes, tempdirs, snapshot files
@@ -28,6 +29,12 @@ style() {
 case "${1:-}" in
   "") ;;
   --fast)
+    # The gRPC crates' build scripts (etcd-client, containerd-client) run
+    # protoc: say so before cargo's backtrace does.
+    if ! command -v protoc >/dev/null || [[ ! -e /usr/include/google/protobuf/timestamp.proto ]]; then
+      echo "error: the fast tier compiles the gRPC crates, whose build scripts need protoc and its well-known types (Debian: protobuf-compiler libprotobuf-dev). Run 'bash scripts/install-deps.sh' once (root), or install those two packages, and run again." >&2
+      exit 2
+    fi
     style
     echo "[test] cargo test (unit and golden: --lib --bins)" >&2
     # No bundle here: one that a unit test reached for would make it pass
