@@ -65,6 +65,14 @@ if (( avail / 1024 / 1024 < need_gib )); then
   exit 1
 fi
 export SELFNODE_BUNDLE=${SELFNODE_BUNDLE:-/var/cache/selfnode/bundle}
+# The previous Kubernetes minor's bundle (versions-previous.env), which the
+# upgrade test starts from: about ten minutes the first time, then cached
+# in /var/cache/selfnode/previous like the current one.
+if [[ -z "${SELFNODE_PREVIOUS_BUNDLE:-}" ]]; then
+  echo "[test] the previous minor's bundle (fixtures/build-previous-bundle.sh)" >&2
+  SELFNODE_PREVIOUS_BUNDLE=$(bash fixtures/build-previous-bundle.sh | tail -n 1)
+  export SELFNODE_PREVIOUS_BUNDLE
+fi
 
 # A node of this host's own (scripts/up.sh's cluster) holds the ports the
 # test hosts in this network namespace need (the kubelet's 10250 first):

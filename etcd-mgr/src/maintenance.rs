@@ -90,6 +90,58 @@ pub async fn usage(cfg: &EtcdConfig) -> Result<Usage, EtcdError> {
     usage_via(cfg, &cfg.endpoints).await
 }
 
+/// The etcd server version (`3.6.17`) of the member `cfg` reaches first:
+/// what an upgrade waits for after it restarts a member on a new image.
+pub async fn server_version(cfg: &EtcdConfig) -> Result<String, EtcdError> {
+    let mut c = connect(cfg, &cfg.endpoints).await?;
+    let s = within(cfg, "status", &cfg.endpoints, c.status()).await?;
+    Ok(s.version().to_string())
+}
+
+/// The storage version (`3.6.0`) of the member `cfg` reaches first: the
+/// format of its data, which etcd moves down a minor only through its own
+/// downgrade ([`enable_downgrade`]).
+pub async fn storage_version(cfg: &EtcdConfig) -> Result<String, EtcdError> {
+    let mut c = connect(cfg, &cfg.endpoints).await?;
+    let s = within(cfg, "status", &cfg.endpoints, c.status()).await?;
+    Ok(s.storage_version().to_string())
+}
+
+/// etcd's downgrade to `target` (`3.6`: major and minor), validated then
+/// enabled (etcd 3.6 and later); nothing when it is enabled to that target
+/// already. The members then move their storage to the older format, after
+/// which each can run the older release; the downgrade ends by itself once
+/// every member does.
+pub async fn enable_downgrade(cfg: &EtcdConfig, target: &str) -> Result<(), EtcdError> {
+    use etcd_client::DowngradeOptions;
+    let mut c = connect(cfg, &cfg.endpoints).await?;
+    let s = within(cfg, "status", &cfg.endpoints, c.status()).await?;
+    if s.downgrade_info()
+        .is_some_and(|d| d.enabled() && d.target_version().starts_with(target))
+    {
+        return Ok(());
+    }
+    let version = format!("{target}.0");
+    within(
+        cfg,
+        "downgrade validate",
+        &cfg.endpoints,
+        c.maintenance_client()
+            .downgrade(DowngradeOptions::Validate(version.clone())),
+    )
+    .await?;
+    within(
+        cfg,
+        "downgrade enable",
+        &cfg.endpoints,
+        c.maintenance_client()
+            .downgrade(DowngradeOptions::Enable(version)),
+    )
+    .await?;
+    info!(target, "etcd downgrade enabled");
+    Ok(())
+}
+
 pub(crate) async fn usage_via(cfg: &EtcdConfig, urls: &[String]) -> Result<Usage, EtcdError> {
     let mut c = connect(cfg, urls).await?;
     let s = within(cfg, "status", urls, c.status()).await?;

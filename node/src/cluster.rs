@@ -153,15 +153,15 @@ impl ControlPlaneHost {
     }
 }
 
-/// The bundle the cluster was made with: the recorded `--bundle`, else the
-/// host's default.
+/// The bundle this host's control plane is rendered from: the one an
+/// upgrade last recorded (`control::HostBundle`), else the one the cluster
+/// was made with (init's `--bundle`), else the host's default.
 pub fn open_bundle(
     paths: &HostPaths,
     settings: &InitSettings,
 ) -> Result<dist::bundle::Bundle, dist::bundle::BundleError> {
-    let dir = settings
-        .bundle
-        .clone()
+    let dir = crate::control::HostBundle::read(paths)
+        .or_else(|| settings.bundle.clone())
         .unwrap_or_else(|| paths.default_bundle());
     dist::bundle::Bundle::open(&dir)
 }

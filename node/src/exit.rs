@@ -198,6 +198,15 @@ impl Classify for crate::sequences::join::NotAControlPlaneToken {
     }
 }
 
+impl Classify for crate::sequences::upgrade::apply::UpgradeRefused {
+    fn class(&self) -> Class {
+        match self.refusal {
+            crate::sequences::upgrade::Refusal::Input => Class::Invalid,
+            crate::sequences::upgrade::Refusal::State => Class::Conflict,
+        }
+    }
+}
+
 impl Classify for crate::tokens::TtlError {
     fn class(&self) -> Class {
         Class::Invalid
@@ -256,6 +265,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::sequences::recover::force_new::ForceNewRefused>,
     by::<crate::sequences::init::RestoreInputError>,
     by::<crate::sequences::recover::RecoverRefused>,
+    by::<crate::sequences::upgrade::apply::UpgradeRefused>,
     by::<crate::cluster::NotControlPlaneHost>,
     by::<bootstrap::join::JoinError>,
     by::<crate::tokens::TtlError>,
@@ -453,6 +463,10 @@ mod tests {
                 pki_dir: PathBuf::from("/etc/kubernetes/pki"),
             }),
             Box::new(crate::sequences::recover::RecoverRefused::Healthy),
+            Box::new(crate::sequences::upgrade::apply::UpgradeRefused {
+                reason: "version: x".into(),
+                refusal: crate::sequences::upgrade::Refusal::Input,
+            }),
             Box::new(crate::sequences::others::OthersServe {
                 command: "etcd snapshot restore",
                 others: Default::default(),
@@ -514,8 +528,8 @@ mod tests {
                 Invalid, Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
                 Failure, Invalid, Invalid, Invalid, Invalid, Invalid, Failure, Invalid, Failure,
                 Invalid, Invalid, Invalid, Conflict, Conflict, Conflict, Conflict, Invalid,
-                Conflict, Conflict, Conflict, Conflict, Invalid, Invalid, Conflict, Conflict,
-                Invalid, Invalid, Invalid,
+                Conflict, Invalid, Conflict, Conflict, Conflict, Invalid, Invalid, Conflict,
+                Conflict, Invalid, Invalid, Invalid,
             ]
         );
     }

@@ -86,6 +86,18 @@ impl HostPaths {
         self.state_dir().join("node.json")
     }
 
+    /// The bundle this host runs, as `selfnode upgrade` last set it (one
+    /// absolute path); absent until an upgrade (`control::HostBundle`).
+    pub fn host_bundle_file(&self) -> PathBuf {
+        self.state_dir().join("bundle")
+    }
+
+    /// The record of the last `selfnode upgrade apply` (JSON), and the
+    /// snapshot taken before it, in `upgrade/`.
+    pub fn upgrade_dir(&self) -> PathBuf {
+        self.state_dir().join("upgrade")
+    }
+
     /// Written when this host's address records move, removed once the
     /// agent's address task has converged the rest (`crate::address`).
     pub fn address_move_marker(&self) -> PathBuf {

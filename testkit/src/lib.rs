@@ -62,15 +62,36 @@ pub fn golden_dir(crate_dir: &str) -> PathBuf {
 /// When it has no `VERSION` file: a test that needs the bundle fails
 /// without it, it never skips.
 pub fn bundle_dir() -> PathBuf {
-    let dir = std::env::var_os("SELFNODE_BUNDLE")
+    bundle_from(
+        "SELFNODE_BUNDLE",
+        "/var/cache/selfnode/bundle",
+        "fixtures/build-bundle.sh",
+    )
+}
+
+/// The bundle `env` names, else the one at `default`; panics, naming the
+/// script that builds it, when there is none.
+fn bundle_from(env: &str, default: &str, script: &str) -> PathBuf {
+    let dir = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/selfnode/bundle"));
+        .unwrap_or_else(|| PathBuf::from(default));
     assert!(
         dir.join("VERSION").is_file(),
-        "no selfnode bundle at {} (set SELFNODE_BUNDLE to use another one): build it with fixtures/build-bundle.sh",
+        "no bundle at {} (set {env} to use another one): build it with {script}",
         dir.display()
     );
     dir
+}
+
+/// The bundle of the previous Kubernetes minor (`versions-previous.env`),
+/// which upgrade tests start from: `SELFNODE_PREVIOUS_BUNDLE`, else
+/// `/var/cache/selfnode/previous/bundle` (`fixtures/build-previous-bundle.sh`).
+pub fn previous_bundle_dir() -> PathBuf {
+    bundle_from(
+        "SELFNODE_PREVIOUS_BUNDLE",
+        "/var/cache/selfnode/previous/bundle",
+        "fixtures/build-previous-bundle.sh",
+    )
 }
 
 /// A binary of the pinned bundle (`bin/<name>`).

@@ -382,6 +382,11 @@ pub(crate) fn apiserver(spec: &PlaneSpec, placement: Placement) -> Flags {
     if placement == Placement::Temporary {
         f.text("endpoint-reconciler-type", "none");
     }
+    // The static admission policies (plane::admission) are beta and on
+    // from 1.37; the previous minor has them as alpha, off unless asked.
+    if spec.kubernetes_minor() < 37 {
+        f.text("feature-gates", "ManifestBasedAdmissionControlConfig=true");
+    }
     f
 }
 

@@ -528,6 +528,16 @@ impl PlaneSpec {
         )
     }
 
+    /// The minor of [`Self::kubernetes_version`] (`37` for `v1.37.2`); 0
+    /// for a version [`Self::validate`] refuses.
+    pub fn kubernetes_minor(&self) -> u32 {
+        self.kubernetes_version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The `kubernetes` Service IP (first address of the service CIDR).
     ///
     /// Errors with [`PlaneSpecError::Pki`] when the service CIDR is too small.

@@ -185,6 +185,22 @@ fn controller_manager_and_scheduler_differ_only_in_port() {
 }
 
 #[test]
+fn the_previous_minor_turns_on_the_static_admission_policies_gate() {
+    // 1.37 has ManifestBasedAdmissionControlConfig on (beta); 1.36 has it
+    // alpha and off, and refuses the admission config's staticManifestsDir.
+    let mut s = spec();
+    s.kubernetes_version = "v1.37.2".into();
+    assert!(!as_map(&flags::apiserver(&s, Placement::SelfHosted)).contains_key("feature-gates"));
+    s.kubernetes_version = "v1.36.3".into();
+    for p in [Placement::Temporary, Placement::SelfHosted] {
+        assert_eq!(
+            as_map(&flags::apiserver(&s, p))["feature-gates"],
+            "ManifestBasedAdmissionControlConfig=true"
+        );
+    }
+}
+
+#[test]
 fn security_flags_are_on() {
     let s = spec();
     let api = as_map(&flags::apiserver(&s, Placement::SelfHosted));

@@ -106,7 +106,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let paths = opts.paths.clone();
     // The lock comes first: a second agent must change nothing on disk.
     let _lock = crate::control::lock::acquire(&paths.agent_lock())?;
-    let bundle = dist::bundle::Bundle::open(&opts.bundle)?;
+    // An upgrade's record outranks --bundle: the host runs what the
+    // upgrade (or its rollback) chose, across agent restarts and reboots.
+    let bundle_dir = match crate::control::HostBundle::read(&paths) {
+        Some(dir) if dir != opts.bundle => {
+            tracing::info!(bundle = %dir.display(), flag = %opts.bundle.display(), "running the bundle the last upgrade recorded (var/lib/selfnode/bundle), not --bundle");
+            dir
+        }
+        _ => opts.bundle.clone(),
+    };
+    let bundle = dist::bundle::Bundle::open(&bundle_dir)?;
     verify_bundle(&bundle, &paths).await?;
     let socket = opts
         .containerd_socket
@@ -271,6 +280,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let kind = wait_for_stop_signal().await?;
     match kind {
         StopKind::Agent => tracing::info!("agent stop: kubelet, then containerd; containers keep running for the next agent ('selfnode stop' stops them)"),
+        StopKind::Restart => tracing::info!("agent restart: kubelet, then containerd, then this agent starts again in place (same pid) on the bundle now recorded; containers keep running"),
         StopKind::Node => tracing::info!("node stop: kubelet, then every container, then containerd and anything it left behind"),
     }
     stop_kubelet.cancel();
@@ -295,8 +305,48 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // Every task has ended: this is the last word, nothing can overwrite it.
     status.stop_all();
     write_status(&status, &paths.agent_status());
+    if kind == StopKind::Restart {
+        drop(_lock);
+        return Err(restart_in_place());
+    }
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Replaces this process with a new agent: the same executable and
+/// arguments, the same pid (so systemd, a test harness or `selfnode stop`
+/// still find it). Returns only when the exec failed.
+fn restart_in_place() -> anyhow::Error {
+    use std::os::unix::ffi::OsStrExt;
+    let exe = match std::fs::read_link("/proc/self/exe") {
+        Ok(p) => p,
+        Err(e) => {
+            return anyhow::anyhow!("cannot find this agent's executable to start again: {e}")
+        }
+    };
+    // A binary replaced on disk reads as "<path> (deleted)": start the new one.
+    let exe = exe
+        .to_str()
+        .and_then(|s| s.strip_suffix(" (deleted)"))
+        .map(PathBuf::from)
+        .unwrap_or(exe);
+    let cstr = |b: &[u8]| std::ffi::CString::new(b.to_vec());
+    let (Ok(path), Ok(args)) = (
+        cstr(exe.as_os_str().as_bytes()),
+        std::env::args_os()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>(),
+    ) else {
+        return anyhow::anyhow!("this agent's executable path or arguments hold a NUL byte");
+    };
+    tracing::info!(exe = %exe.display(), "agent starting again in place");
+    match nix::unistd::execv(&path, &args) {
+        Err(e) => anyhow::anyhow!(
+            "cannot start the agent again from {}: {e}; start it by hand",
+            exe.display()
+        ),
+        Ok(never) => match never {},
+    }
 }
 
 /// Each SIGHUP bumps the reload generation.
@@ -326,6 +376,9 @@ pub enum StopKind {
     Agent,
     /// SIGUSR1 (`selfnode stop`): every container goes too.
     Node,
+    /// SIGUSR2 (`selfnode upgrade`): as `Agent`, then the agent starts
+    /// again in place, on the bundle recorded now (`control::HostBundle`).
+    Restart,
 }
 
 /// The signal that asks the agent for a node stop (`selfnode stop` sends it).
@@ -335,10 +388,12 @@ async fn wait_for_stop_signal() -> anyhow::Result<StopKind> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
     Ok(tokio::select! {
         _ = term.recv() => { tracing::info!("received SIGTERM"); StopKind::Agent }
         _ = int.recv() => { tracing::info!("received SIGINT"); StopKind::Agent }
         _ = usr1.recv() => { tracing::info!("received SIGUSR1"); StopKind::Node }
+        _ = usr2.recv() => { tracing::info!("received SIGUSR2"); StopKind::Restart }
     })
 }
 

@@ -153,4 +153,32 @@ pub enum UpgradeCommand {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Upgrade the cluster to a bundle's versions: the checks of 'plan', a snapshot, then
+    /// etcd, the API servers, controller-managers, schedulers, kube-proxy, CoreDNS and last
+    /// this host's kubelet and containerd, each waited on before the next
+    #[command(
+        after_help = "Every step observes first: interrupted anywhere (kill -9, a power cut), run the same command again and it resumes. The record of the upgrade and the etcd snapshot taken before it are in /var/lib/selfnode/upgrade/ ('selfnode upgrade status'). One-host clusters in this version: a cluster with more nodes is refused with exit 3, before anything changes."
+    )]
+    Apply {
+        /// The bundle to upgrade to (a directory with VERSION, bin/ and SHA256SUMS)
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Bring the cluster back to the bundle it ran before the last upgrade, in place: the
+    /// kubelet first, then CoreDNS, kube-proxy, schedulers, controller-managers, the API
+    /// servers, and etcd last (through etcd's own downgrade): no write is lost
+    #[command(
+        after_help = "Works on a finished upgrade and on one cut short, as long as the previous bundle is still where the upgrade found it ('selfnode upgrade status' names it). Every step observes first: interrupted, run it again. The snapshot taken before the upgrade is not used; it stays in /var/lib/selfnode/upgrade/ for 'selfnode recover --from-snapshot'."
+    )]
+    Rollback {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// The last upgrade on this host: from, to, when, and whether it finished
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }

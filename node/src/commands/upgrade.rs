@@ -50,5 +50,54 @@ pub async fn run(paths: &HostPaths, cmd: UpgradeCommand) -> anyhow::Result<ExitC
             }
             Ok(ExitCode::from(plan.exit_code()))
         }
+        UpgradeCommand::Apply { bundle, output } => {
+            let bundle_dir = std::path::absolute(&bundle)?;
+            let ctx = crate::sequences::upgrade::apply::ApplyContext {
+                paths: paths.clone(),
+                bundle_dir,
+                quiet: output == Output::Json,
+            };
+            let report = crate::sequences::upgrade::apply::run(&ctx).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => println!(
+                    "upgraded {} to {} in {:.0}s; 'selfnode upgrade status' shows the record",
+                    report.from, report.to, report.seconds
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        UpgradeCommand::Rollback { output } => {
+            let report =
+                crate::sequences::upgrade::rollback::run(paths, output == Output::Json).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => println!(
+                    "rolled back from {} to {} in {:.0}s",
+                    report.from, report.to, report.seconds
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        UpgradeCommand::Status { output } => {
+            let record = crate::sequences::upgrade::apply::UpgradeRecord::read(paths)?;
+            match (output, record) {
+                (Output::Json, r) => println!("{}", serde_json::to_string_pretty(&r)?),
+                (Output::Table, None) => println!("no upgrade has run on this host"),
+                (Output::Table, Some(r)) => {
+                    let state = match (r.finished, r.rollback_started, r.rolled_back) {
+                        (_, _, Some(t)) => format!("rolled back at {t} (unix seconds)"),
+                        (_, Some(_), None) => "being rolled back, or the rollback was interrupted: run 'selfnode upgrade rollback' again to finish it".into(),
+                        (Some(t), None, None) => format!("finished at {t} (unix seconds); 'selfnode upgrade rollback' goes back"),
+                        (None, None, None) => "under way or interrupted: run 'selfnode upgrade apply' with the same bundle to finish it, or 'selfnode upgrade rollback'".into(),
+                    };
+                    println!("upgrade {} to {}: {state}", r.from, r.to);
+                    println!("from bundle {}", r.from_bundle.display());
+                    println!("to bundle   {}", r.to_bundle.display());
+                    println!("snapshot before it: {}", r.snapshot.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

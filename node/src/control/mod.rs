@@ -11,6 +11,7 @@
 //!   every writer (init, a restore, join, the agent).
 //! - [`NodeIdentity`]: the node's name and address, which `init` or `join`
 //!   write and the agent's kubelet and tasks read.
+//! - [`HostBundle`]: the bundle this host runs once an upgrade chose it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -140,6 +141,13 @@ impl RunningAgent {
     /// Asks the agent to re-read its services and configuration (SIGHUP).
     pub fn reload(&self) -> Result<(), ControlError> {
         self.signal(nix::sys::signal::Signal::SIGHUP)
+    }
+
+    /// Asks the agent to stop its kubelet and containerd and start again
+    /// in place, on the bundle recorded now (SIGUSR2; containers keep
+    /// running, the pid stays).
+    pub fn restart(&self) -> Result<(), ControlError> {
+        self.signal(nix::sys::signal::Signal::SIGUSR2)
     }
 }
 
@@ -330,6 +338,34 @@ impl ApiBackends {
         let w = write_atomic(
             &paths.apiservers_file(),
             self.render(writer).as_bytes(),
+            0o644,
+        )?;
+        Ok(w != crate::fsutil::Written::Unchanged)
+    }
+}
+
+/// The bundle this host runs (`var/lib/selfnode/bundle`): written by
+/// `selfnode upgrade` (and its rollback) before it asks the agent to start
+/// again on it, read by the agent at its start and by everything that
+/// renders this host's control plane. Without the record, the agent's
+/// `--bundle` and the cluster's recorded one stand.
+pub struct HostBundle;
+
+impl HostBundle {
+    /// The recorded bundle directory, if there is a record.
+    pub fn read(paths: &HostPaths) -> Option<std::path::PathBuf> {
+        let text = std::fs::read_to_string(paths.host_bundle_file()).ok()?;
+        let dir = text.trim();
+        (!dir.is_empty()).then(|| std::path::PathBuf::from(dir))
+    }
+
+    /// Records `dir` (absolute) as the bundle this host runs; whether the
+    /// record changed.
+    pub fn write(paths: &HostPaths, dir: &Path) -> std::io::Result<bool> {
+        let dir = std::path::absolute(dir)?;
+        let w = write_atomic(
+            &paths.host_bundle_file(),
+            format!("{}\n", dir.display()).as_bytes(),
             0o644,
         )?;
         Ok(w != crate::fsutil::Written::Unchanged)

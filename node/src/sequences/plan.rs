@@ -123,6 +123,14 @@ impl<S: Step> Plan<S> {
         }
     }
 
+    /// Every step of `S`, in its declared order, each run: a sequence whose
+    /// steps all observe first and skip nothing.
+    pub fn every_step(sequence: &'static str) -> Plan<S> {
+        let steps: Vec<(S, Option<Action>)> =
+            S::ALL.iter().map(|s| (*s, Some(Action::Run))).collect();
+        Plan::one_lane(sequence, &steps)
+    }
+
     /// Every planned step (skipped ones included), in plan order.
     pub fn steps(&self) -> impl Iterator<Item = &Planned<S>> {
         let mut all: Vec<&Planned<S>> = self

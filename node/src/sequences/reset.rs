@@ -76,6 +76,10 @@ pub fn cluster_state(paths: &HostPaths) -> Vec<PathBuf> {
         paths.apiservers_file(),
         paths.node_identity_file(),
         paths.address_move_marker(),
+        // An upgrade's records: the next cluster starts from the agent's
+        // --bundle, with no upgrade behind it.
+        paths.host_bundle_file(),
+        paths.upgrade_dir(),
         paths.kubelet_root(),
         paths.cni_conflist(),
         paths.agent_status(),

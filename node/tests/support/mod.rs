@@ -27,6 +27,10 @@ pub fn bundle_dir() -> PathBuf {
     testkit::bundle_dir()
 }
 
+pub fn previous_bundle_dir() -> PathBuf {
+    testkit::previous_bundle_dir()
+}
+
 /// A copy of the real bundle in `dir/bundle` without the file `skip`
 /// (relative to the bundle root, e.g. `bin/kubelet`): its binaries and
 /// images are symlinks, `VERSION` and `SHA256SUMS` copies.

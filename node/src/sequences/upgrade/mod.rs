@@ -22,6 +22,8 @@
 //! controller-managers, the schedulers, kube-proxy, CoreDNS, and each
 //! host's kubelet.
 
+pub mod apply;
+pub mod rollback;
 pub mod version;
 
 use std::path::Path;

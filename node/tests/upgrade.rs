@@ -1,0 +1,329 @@
+//! A real Kubernetes minor upgrade on one host, end to end: a cluster made
+//! from the previous minor's bundle (`versions-previous.env`), a workload
+//! Deployment behind a Service, then `selfnode upgrade apply --bundle
+//! <current>`. Every component reports the new version, the objects from
+//! before are there, and the workload answered throughout but for a gap
+//! the test measures and prints. Refusals come first, before anything
+//! changes. Then `upgrade rollback` brings it back in place, with what was
+//! written in between.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{retry, text, TestHost};
+
+const START: Duration = Duration::from_secs(180);
+
+/// A pinned version from a bundle's VERSION file.
+fn version_in(bundle: &std::path::Path, key: &str) -> String {
+    std::fs::read_to_string(bundle.join("VERSION"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} not in {}/VERSION", bundle.display()))
+        .trim()
+        .to_string()
+}
+
+/// One HTTP request to etcd's `/version` at `addr`: the workload answered.
+fn answers(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
+    if s.write_all(b"GET /version HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("etcdserver")
+}
+
+/// Requests the workload every 200 ms until stopped: how many, how many
+/// failed, and the longest run of failures.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, u32, Duration)>,
+}
+
+impl Prober {
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut total, mut failed) = (0u32, 0u32);
+            let mut longest = Duration::ZERO;
+            let mut down_since: Option<Instant> = None;
+            while !s.load(Ordering::Relaxed) {
+                total += 1;
+                if answers(addr) {
+                    if let Some(t) = down_since.take() {
+                        longest = longest.max(t.elapsed());
+                    }
+                } else {
+                    failed += 1;
+                    down_since.get_or_insert_with(Instant::now);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if let Some(t) = down_since {
+                longest = longest.max(t.elapsed());
+            }
+            (total, failed, longest)
+        });
+        Prober { stop, thread }
+    }
+
+    fn finish(self) -> (u32, u32, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The API server's version, as `kubectl version` reports it.
+fn server_version(host: &TestHost) -> String {
+    let v = host.kubectl_ok(&["version", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    v["serverVersion"]["gitVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Every component at `bundle`'s versions and none left at `other`: the
+/// API server, the Node's kubelet, each control-plane pod's image, etcd's.
+fn assert_every_component_at(host: &TestHost, bundle: &std::path::Path, other: &str) {
+    let k = version_in(bundle, "KUBERNETES_VERSION");
+    assert_eq!(server_version(host), k);
+    let kubelet = host.kubectl_ok(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[*].status.nodeInfo.kubeletVersion}",
+    ]);
+    assert_eq!(kubelet.trim(), k);
+    // A pod of the old version may still be terminating: a minute for it.
+    let etcd = version_in(bundle, "ETCD_VERSION");
+    retry(
+        &format!("every control-plane pod at {k}"),
+        Duration::from_secs(60),
+        || {
+            let images = host.kubectl_ok(&[
+                "-n",
+                "kube-system",
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.containers[0].image}{\"\\n\"}{end}",
+            ]);
+            let mut wrong = Vec::new();
+            for c in [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kube-proxy",
+            ] {
+                if !images.contains(&format!("registry.k8s.io/{c}:{k}")) {
+                    wrong.push(format!("no {c} at {k}"));
+                }
+                if images.contains(&format!("{c}:{other}")) {
+                    wrong.push(format!("{c} left at {other}"));
+                }
+            }
+            if !images.contains(&format!("etcd:{}-0", etcd.trim_start_matches('v'))) {
+                wrong.push(format!("etcd not at {etcd}"));
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{}: {images}", wrong.join(", ")))
+            }
+        },
+    );
+}
+
+#[test]
+fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
+    let previous = support::previous_bundle_dir();
+    let current = support::bundle_dir();
+    let (from, to) = (
+        version_in(&previous, "KUBERNETES_VERSION"),
+        version_in(&current, "KUBERNETES_VERSION"),
+    );
+    let mut host = TestHost::for_cluster();
+    host.bundle = previous.clone();
+    host.start_agent();
+    host.wait_healthy(START);
+    let out = host.init(&["--allow-workloads"], None);
+    assert!(out.status.success(), "init on {from}: {}", text(&out));
+    assert_eq!(server_version(&host), from);
+
+    // The workload: etcd from the previous bundle's image, serving plain
+    // HTTP behind a Service, requested from this host through kube-proxy.
+    let etcd_version = version_in(&previous, "ETCD_VERSION");
+    let image = format!(
+        "registry.k8s.io/etcd:{}-0",
+        etcd_version.trim_start_matches('v')
+    );
+    host.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        &format!("--image={image}"),
+        "--replicas=2",
+        "--port=2379",
+        "--",
+        "etcd",
+        "--data-dir=/tmp/web",
+        "--listen-client-urls=http://0.0.0.0:2379",
+        "--advertise-client-urls=http://127.0.0.1:2379",
+    ]);
+    host.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=2379",
+    ]);
+    host.kubectl_ok(&[
+        "create",
+        "configmap",
+        "before-upgrade",
+        "--from-literal=k=v",
+    ]);
+    let rollout = host.kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"]);
+    assert!(rollout.status.success(), "web rollout: {}", text(&rollout));
+    let ip = host.kubectl_ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let addr: SocketAddr = format!("{}:80", ip.trim()).parse().unwrap();
+    retry(
+        "the web Service from the host",
+        Duration::from_secs(60),
+        || {
+            answers(addr)
+                .then_some(())
+                .ok_or_else(|| "no answer".into())
+        },
+    );
+
+    // Refused before anything changes: a bundle that lacks a binary (exit
+    // 2), and the cluster's own version (nothing to upgrade, exit 2).
+    let scratch = tempfile::tempdir().unwrap();
+    let broken = support::bundle_without(scratch.path(), "bin/kubelet");
+    let upgrade = |bundle: &std::path::Path, extra: &[&str]| {
+        host.selfnode()
+            .args(["upgrade", "apply", "--bundle"])
+            .arg(bundle)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (bundle, why) in [
+        (&broken, "a bundle missing bin/kubelet"),
+        (&previous, "the version the cluster runs"),
+    ] {
+        let out = upgrade(bundle, &[]);
+        assert_eq!(out.status.code(), Some(2), "{why}: {}", text(&out));
+        assert!(
+            text(&out).contains("upgrade refused, nothing was changed"),
+            "{why}: {}",
+            text(&out)
+        );
+    }
+    assert!(!host.root.join("var/lib/selfnode/upgrade").exists());
+
+    let agent_pid = host.agent_pid();
+    let prober = Prober::start(addr);
+    let started = Instant::now();
+    let out = upgrade(&current, &["-o", "json"]);
+    let took = started.elapsed();
+    let (total, failed, longest) = prober.finish();
+    assert!(
+        out.status.success(),
+        "upgrade apply: {}\n{}",
+        text(&out),
+        host.diagnostics()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert!(steps.contains(&"upgrade_host"), "{report:#}");
+    println!(
+        "upgrade {from} -> {to}: {:.0}s; workload: {failed} of {total} requests failed, longest gap {:.1}s",
+        took.as_secs_f64(),
+        longest.as_secs_f64()
+    );
+
+    // Every component at the new version.
+    assert_every_component_at(&host, &current, &from);
+    let status = host.status();
+    assert_eq!(
+        status["status"]["bundle"].as_str(),
+        Some(current.to_str().unwrap()),
+        "the agent runs the new bundle"
+    );
+    // Started again in place: the same pid, its containers kept.
+    assert_eq!(host.agent_pid(), agent_pid);
+
+    // The objects from before, and the workload, are there.
+    host.kubectl_ok(&["get", "configmap", "before-upgrade"]);
+    assert!(answers(addr), "the workload after the upgrade");
+
+    // Again: the cluster runs the target now, nothing to upgrade (exit 2).
+    let again = upgrade(&current, &["-o", "json"]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    let st = host
+        .selfnode()
+        .args(["upgrade", "status", "-o", "json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["to"], to.as_str());
+    assert!(st["finished"].is_u64(), "{st:#}");
+
+    // Rollback, in place: every component back at the previous version, a
+    // write made after the upgrade kept, the workload answering.
+    host.kubectl_ok(&["create", "configmap", "after-upgrade", "--from-literal=k=v"]);
+    let prober = Prober::start(addr);
+    let started = Instant::now();
+    let out = host
+        .selfnode()
+        .args(["upgrade", "rollback", "-o", "json"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let (total, failed, longest) = prober.finish();
+    assert!(
+        out.status.success(),
+        "upgrade rollback: {}\n{}",
+        text(&out),
+        host.diagnostics()
+    );
+    println!(
+        "rollback {to} -> {from}: {:.0}s; workload: {failed} of {total} requests failed, longest gap {:.1}s",
+        took.as_secs_f64(),
+        longest.as_secs_f64()
+    );
+    assert_every_component_at(&host, &previous, &to);
+    host.kubectl_ok(&["get", "configmap", "before-upgrade", "after-upgrade"]);
+    assert!(answers(addr), "the workload after the rollback");
+    let again = host
+        .selfnode()
+        .args(["upgrade", "rollback"])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(3), "{}", text(&again));
+    assert!(
+        text(&again).contains("rolled back already"),
+        "{}",
+        text(&again)
+    );
+}
