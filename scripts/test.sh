@@ -66,12 +66,18 @@ if (( avail / 1024 / 1024 < need_gib )); then
 fi
 export SELFNODE_BUNDLE=${SELFNODE_BUNDLE:-/var/cache/selfnode/bundle}
 # The previous Kubernetes minor's bundle (versions-previous.env), which the
-# upgrade test starts from: about ten minutes the first time, then cached
-# in /var/cache/selfnode/previous like the current one.
+# upgrade test starts from: about ten minutes of Go build the first time,
+# then cached in /var/cache/selfnode/previous like the current one. It is
+# built beside the tests, at the lowest CPU priority (they mostly wait on
+# pods), and the upgrade test waits for its lock (testkit).
+prev_pid=""
 if [[ -z "${SELFNODE_PREVIOUS_BUNDLE:-}" ]]; then
-  echo "[test] the previous minor's bundle (fixtures/build-previous-bundle.sh)" >&2
-  SELFNODE_PREVIOUS_BUNDLE=$(bash fixtures/build-previous-bundle.sh | tail -n 1)
-  export SELFNODE_PREVIOUS_BUNDLE
+  mkdir -p /var/cache/selfnode/previous /var/cache/selfnode/logs
+  prev_log=/var/cache/selfnode/logs/previous-bundle-build.log
+  echo "[test] building the previous minor's bundle beside the tests (fixtures/build-previous-bundle.sh, log: $prev_log)" >&2
+  nice -n 19 bash fixtures/build-previous-bundle.sh >"$prev_log" 2>&1 &
+  prev_pid=$!
+  export SELFNODE_PREVIOUS_BUNDLE_LOCK=/var/cache/selfnode/previous/.lock
 fi
 
 # A node of this host's own (scripts/up.sh's cluster) holds the ports the
@@ -95,5 +101,12 @@ fi
 
 style
 echo "[test] cargo test (unit, golden, integration)" >&2
-cargo test --workspace --no-fail-fast
+rc=0
+cargo test --workspace --no-fail-fast || rc=$?
+if [[ -n "$prev_pid" ]] && ! wait "$prev_pid"; then
+  echo "error: the previous bundle's build failed (the upgrade test needs it); the end of $prev_log:" >&2
+  tail -20 "$prev_log" >&2
+  rc=1
+fi
 echo "[test] done in $((SECONDS - start))s" >&2
+exit "$rc"

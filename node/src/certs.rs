@@ -570,16 +570,7 @@ async fn restart_own_components(
     ran.sort();
     ran.dedup();
     if ran.iter().any(|c| c == "kube-apiserver") {
-        crate::wait::until(
-            "the API to answer /readyz again",
-            timeout,
-            Duration::from_secs(1),
-            || async {
-                let req = http::Request::get("/readyz").body(Vec::new())?;
-                Ok(client.request_text(req).await.is_ok())
-            },
-        )
-        .await?;
+        crate::wait::api_ready(client, timeout).await?;
     }
     Ok(ran)
 }

@@ -32,3 +32,18 @@ where
         tokio::time::sleep(every).await;
     }
 }
+
+/// Waits up to `deadline` until the API answers `/readyz` through `client`
+/// (this host's balancer): after etcd or an API server restarted.
+pub async fn api_ready(client: &kube::Client, deadline: Duration) -> anyhow::Result<()> {
+    until(
+        "the API to answer /readyz again",
+        deadline,
+        Duration::from_secs(1),
+        || async {
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            Ok(client.request_text(req).await.is_ok())
+        },
+    )
+    .await
+}

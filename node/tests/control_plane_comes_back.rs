@@ -783,4 +783,14 @@ fn status_answers_while_etcd_is_silent(host: &TestHost) {
         "{doc:#}"
     );
     host.wait_healthy(Duration::from_secs(180));
+    // The balancer marked the API server down while etcd was silent (its
+    // /readyz failed): what comes next needs it back up there.
+    retry(
+        "the API server to answer through the balancer again",
+        Duration::from_secs(60),
+        || {
+            let out = host.kubectl(&["get", "--raw", "/readyz"]);
+            out.status.success().then_some(()).ok_or_else(|| text(&out))
+        },
+    );
 }

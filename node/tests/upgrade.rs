@@ -1,7 +1,8 @@
 //! A real Kubernetes minor upgrade on one host, end to end: a cluster made
 //! from the previous minor's bundle (`versions-previous.env`), a workload
 //! Deployment behind a Service, then `selfnode upgrade apply --bundle
-//! <current>`. Every component reports the new version, the objects from
+//! <current>`, killed after every step and run again. Every component
+//! reports the new version, the objects from
 //! before are there, and the workload answered throughout but for a gap
 //! the test measures and prints. Refusals come first, before anything
 //! changes. Then `upgrade rollback` brings it back in place, with what was
@@ -15,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use node::sequences::plan::Step;
+use node::sequences::upgrade::apply::{self, UpgradeStep};
 use support::{retry, text, TestHost};
 
 const START: Duration = Duration::from_secs(180);
@@ -222,23 +225,41 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
             .output()
             .unwrap()
     };
-    for (bundle, why) in [
-        (&broken, "a bundle missing bin/kubelet"),
-        (&previous, "the version the cluster runs"),
-    ] {
-        let out = upgrade(bundle, &[]);
-        assert_eq!(out.status.code(), Some(2), "{why}: {}", text(&out));
-        assert!(
-            text(&out).contains("upgrade refused, nothing was changed"),
-            "{why}: {}",
-            text(&out)
-        );
-    }
+    let out = upgrade(&broken, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("upgrade refused, nothing was changed")
+            && text(&out).contains("bin/kubelet"),
+        "a bundle missing bin/kubelet: {}",
+        text(&out)
+    );
+    // The bundle the cluster runs: nothing to do, and nothing written.
+    let out = upgrade(&previous, &[]);
+    assert!(
+        out.status.success() && text(&out).contains("nothing to upgrade"),
+        "{}",
+        text(&out)
+    );
     assert!(!host.root.join("var/lib/selfnode/upgrade").exists());
 
     let agent_pid = host.agent_pid();
     let prober = Prober::start(addr);
     let started = Instant::now();
+    // Killed after every step (the failpoint exits as kill -9 would), run
+    // again each time: it resumes where it stopped.
+    for step in apply::plan().steps().map(|p| p.step) {
+        if step == UpgradeStep::FinishUpgrade {
+            break;
+        }
+        let out = host
+            .selfnode()
+            .args(["upgrade", "apply", "--bundle"])
+            .arg(&current)
+            .env("SELFNODE_FAILPOINT", step.name())
+            .output()
+            .unwrap();
+        support::assert_stopped_at_failpoint("upgrade", step.name(), &out);
+    }
     let out = upgrade(&current, &["-o", "json"]);
     let took = started.elapsed();
     let (total, failed, longest) = prober.finish();
@@ -277,9 +298,16 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
     host.kubectl_ok(&["get", "configmap", "before-upgrade"]);
     assert!(answers(addr), "the workload after the upgrade");
 
-    // Again: the cluster runs the target now, nothing to upgrade (exit 2).
+    // Again: the cluster runs the target now, nothing to upgrade; and back
+    // to the previous bundle is a downgrade, which apply refuses (rollback
+    // is the way back).
     let again = upgrade(&current, &["-o", "json"]);
-    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(again.status.success(), "{}", text(&again));
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["up_to_date"], true, "{again:#}");
+    let down = upgrade(&previous, &[]);
+    assert_eq!(down.status.code(), Some(2), "{}", text(&down));
+    assert!(text(&down).contains("never goes back"), "{}", text(&down));
     let st = host
         .selfnode()
         .args(["upgrade", "status", "-o", "json"])

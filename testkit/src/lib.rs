@@ -87,6 +87,17 @@ fn bundle_from(env: &str, default: &str, script: &str) -> PathBuf {
 /// which upgrade tests start from: `SELFNODE_PREVIOUS_BUNDLE`, else
 /// `/var/cache/selfnode/previous/bundle` (`fixtures/build-previous-bundle.sh`).
 pub fn previous_bundle_dir() -> PathBuf {
+    // scripts/test.sh builds it beside the tests and names the build's lock
+    // here: wait for that build to let go of it.
+    if let Some(lock) = std::env::var_os("SELFNODE_PREVIOUS_BUNDLE_LOCK") {
+        if let Ok(f) = std::fs::OpenOptions::new().append(true).open(&lock) {
+            eprintln!(
+                "waiting for the previous bundle's build (lock {})",
+                PathBuf::from(&lock).display()
+            );
+            let _ = f.lock();
+        }
+    }
     bundle_from(
         "SELFNODE_PREVIOUS_BUNDLE",
         "/var/cache/selfnode/previous/bundle",

@@ -60,6 +60,10 @@ pub async fn run(paths: &HostPaths, cmd: UpgradeCommand) -> anyhow::Result<ExitC
             let report = crate::sequences::upgrade::apply::run(&ctx).await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table if report.up_to_date => println!(
+                    "nothing to upgrade: every component runs the bundle's versions ({})",
+                    report.to
+                ),
                 Output::Table => println!(
                     "upgraded {} to {} in {:.0}s; 'selfnode upgrade status' shows the record",
                     report.from, report.to, report.seconds

@@ -150,6 +150,8 @@ pub struct ApplyReport {
     pub to: String,
     pub steps: Vec<StepReport>,
     pub seconds: f64,
+    /// Every component ran the bundle's versions already: nothing was done.
+    pub up_to_date: bool,
 }
 
 /// Every step runs; each observes first.
@@ -167,6 +169,8 @@ pub(super) struct Seq<'a> {
     pub(super) client: kube::Client,
     /// The cluster's version as `check_cluster` found it.
     current: std::sync::Mutex<Option<String>>,
+    /// The plan `run` made before the first step, for `check_cluster`.
+    plan: std::sync::Mutex<Option<super::UpgradePlan>>,
 }
 
 impl<'a> Seq<'a> {
@@ -188,6 +192,7 @@ impl<'a> Seq<'a> {
             spec,
             client,
             current: std::sync::Mutex::new(None),
+            plan: std::sync::Mutex::new(None),
         })
     }
 
@@ -215,6 +220,24 @@ impl<'a> Seq<'a> {
 /// Runs the upgrade (module docs).
 pub async fn run(ctx: &ApplyContext) -> anyhow::Result<ApplyReport> {
     let seq = Seq::load(ctx).await?;
+    // A run that resumes after a kill may come while etcd or an API server
+    // restarts: the checks need the API.
+    crate::wait::api_ready(&seq.client, Duration::from_secs(3 * 60)).await?;
+    // Every component at the bundle's versions already, and no upgrade to
+    // finish: nothing to do, and nothing written (a second run of a
+    // finished upgrade ends here).
+    let made = super::plan(&ctx.paths, &ctx.bundle_dir).await?;
+    let resuming = UpgradeRecord::read(&ctx.paths)?.is_some_and(|r| r.resumes(&ctx.bundle_dir));
+    if !resuming && made.exit_code() == 0 && made.steps.is_empty() {
+        return Ok(ApplyReport {
+            from: made.current,
+            to: made.target,
+            steps: Vec::new(),
+            seconds: 0.0,
+            up_to_date: true,
+        });
+    }
+    *seq.plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(made);
     let plan = plan();
     let run = Runner::new(&plan, ctx.quiet);
     let reports = runner::run_plan(&plan, &run, |step| execute(step, &run, &seq)).await?;
@@ -224,6 +247,7 @@ pub async fn run(ctx: &ApplyContext) -> anyhow::Result<ApplyReport> {
         to: record.to,
         steps: reports,
         seconds: run.elapsed().as_secs_f64(),
+        up_to_date: false,
     })
 }
 
@@ -296,7 +320,11 @@ fn target_objects(seq: &Seq<'_>) -> anyhow::Result<Vec<Object>> {
 async fn check_cluster(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     run.converge(UpgradeStep::CheckCluster, || async {
         let paths = &seq.ctx.paths;
-        let plan = super::plan(paths, &seq.ctx.bundle_dir).await?;
+        let made = seq.plan.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let plan = match made {
+            Some(p) => p,
+            None => super::plan(paths, &seq.ctx.bundle_dir).await?,
+        };
         let resuming = UpgradeRecord::read(paths)?.is_some_and(|r| r.resumes(&seq.ctx.bundle_dir));
         let failed: Vec<&super::Check> = plan
             .checks
@@ -434,9 +462,11 @@ pub(super) async fn etcd_to_target<S: Step>(
                 return Ok(false);
             }
             let cfg = crate::etcd::config(paths);
+            let req = http::Request::get("/readyz").body(Vec::new())?;
             Ok(etcd_mgr::maintenance::server_version(&cfg)
                 .await
-                .is_ok_and(|v| v == want))
+                .is_ok_and(|v| v == want)
+                && seq.client.request_text(req).await.is_ok())
         }
     };
     run.step(step, ROLL_DEADLINE, at_target, || async {
@@ -493,7 +523,9 @@ pub(super) async fn etcd_to_target<S: Step>(
                 Ok(etcd_mgr::maintenance::server_version(&cfg).await? == want)
             },
         )
-        .await
+        .await?;
+        // The API servers reconnect to it: the step ends when they serve.
+        crate::wait::api_ready(&seq.client, ROLL_DEADLINE).await
     })
     .await
 }

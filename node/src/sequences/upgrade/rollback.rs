@@ -95,6 +95,7 @@ pub async fn run(paths: &HostPaths, quiet: bool) -> anyhow::Result<RollbackRepor
         quiet,
     };
     let seq = Seq::load(&ctx).await?;
+    crate::wait::api_ready(&seq.client, Duration::from_secs(3 * 60)).await?;
     let plan = plan();
     let run = Runner::new(&plan, quiet);
     if !quiet {
