@@ -543,25 +543,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
         .trim_start_matches('v')
         .to_string();
     let image = format!("registry.k8s.io/etcd:{version}-0");
-    host.kubectl_ok(&[
-        "create",
-        "deployment",
-        "web",
-        &format!("--image={image}"),
-        "--port=2379",
-        "--",
-        "etcd",
-        "--data-dir=/tmp/web",
-        "--listen-client-urls=http://0.0.0.0:2379",
-        "--advertise-client-urls=http://127.0.0.1:2379",
-    ]);
-    host.kubectl_ok(&[
-        "expose",
-        "deployment",
-        "web",
-        "--port=80",
-        "--target-port=2379",
-    ]);
+    support::web_workload(&host, &image, 1);
     let rollout = host.kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"]);
     assert!(
         rollout.status.success(),

@@ -173,26 +173,7 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
         "registry.k8s.io/etcd:{}-0",
         etcd_version.trim_start_matches('v')
     );
-    host.kubectl_ok(&[
-        "create",
-        "deployment",
-        "web",
-        &format!("--image={image}"),
-        "--replicas=2",
-        "--port=2379",
-        "--",
-        "etcd",
-        "--data-dir=/tmp/web",
-        "--listen-client-urls=http://0.0.0.0:2379",
-        "--advertise-client-urls=http://127.0.0.1:2379",
-    ]);
-    host.kubectl_ok(&[
-        "expose",
-        "deployment",
-        "web",
-        "--port=80",
-        "--target-port=2379",
-    ]);
+    support::web_workload(&host, &image, 2);
     host.kubectl_ok(&[
         "create",
         "configmap",

@@ -27,6 +27,32 @@ pub fn bundle_dir() -> PathBuf {
     testkit::bundle_dir()
 }
 
+/// A user workload from a locally imported image: `image` (an etcd image)
+/// serving plain HTTP as Deployment `web` with `replicas`, behind Service
+/// `web` on port 80.
+pub fn web_workload(host: &TestHost, image: &str, replicas: u32) {
+    host.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        &format!("--image={image}"),
+        &format!("--replicas={replicas}"),
+        "--port=2379",
+        "--",
+        "etcd",
+        "--data-dir=/tmp/web",
+        "--listen-client-urls=http://0.0.0.0:2379",
+        "--advertise-client-urls=http://127.0.0.1:2379",
+    ]);
+    host.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=2379",
+    ]);
+}
+
 pub fn previous_bundle_dir() -> PathBuf {
     testkit::previous_bundle_dir()
 }
