@@ -37,8 +37,17 @@ P=${SELFNODE_PREVIOUS_BUNDLE:-/var/cache/selfnode/previous/bundle}
 [ -x "$P/bin/kubeadm" ] || { echo "no previous bundle at $P: run fixtures/build-previous-bundle.sh" >&2; exit 1; }
 FROM=$(sed -n 's/^KUBERNETES_VERSION=//p' "$P/VERSION")
 TO=$(sed -n 's/^KUBERNETES_VERSION=//p' "$B/VERSION")
+# kubeadm runs on the real root: a cluster of this host's own (scripts/up.sh's)
+# leaves kubeconfigs there that kubeadm takes up and points at the wrong server.
+if [ -e /etc/kubernetes/admin.conf ] || [ -e /var/lib/selfnode/checkpoint ]; then
+  echo "error: this host has a cluster of its own on / (/etc/kubernetes, /var/lib/selfnode): the kubeadm runs need / to themselves. Stop and forget it first ('selfnode stop && selfnode reset --force'; scripts/up.sh makes it again), then run this again." >&2
+  exit 2
+fi
 prober=""
-cleanup() { stop_probe; stop_agent; rm -rf "$work"; }
+ka_up=""
+# A kubeadm run cut short leaves its manifests and kubelet config on /:
+# kubeadm_down removes them on every exit, not only after a good run.
+cleanup() { stop_probe >/dev/null; if [ -n "$ka_up" ]; then kubeadm_down; else stop_agent; fi; rm -rf "$work"; }
 trap cleanup EXIT
 
 # kubeconfig: probes /readyz every 0.2 s into $work/probe.txt (one 0|1 a line).
@@ -75,6 +84,7 @@ run_selfnode() {
 run_kubeadm() {
   local t0 t1 down etcd_to
   B_SAVED=$B; B=$P
+  ka_up=1
   kubeadm_up "$work/ka-init.txt"
   B=$B_SAVED
   start_probe /etc/kubernetes/admin.conf
@@ -100,9 +110,12 @@ run_kubeadm() {
 for i in $(seq 1 "$RUNS"); do
   echo "[bench] run $i/$RUNS: selfnode upgrade apply $FROM -> $TO" >&2
   run_selfnode >>"$work/sn.txt"
+  echo "[bench] selfnode (total, API unavailable): $(tail -n 1 "$work/sn.txt")" >&2
   echo "[bench] run $i/$RUNS: kubeadm upgrade apply $FROM -> $TO + kubelet swap" >&2
   run_kubeadm >>"$work/ka.txt"
+  echo "[bench] kubeadm (total, API unavailable): $(tail -n 1 "$work/ka.txt")" >&2
   kubeadm_down
+  ka_up=""
 done
 
 sn_total=$(cut -d' ' -f1 "$work/sn.txt" | median)
