@@ -40,10 +40,15 @@ pub async fn api_ready(client: &kube::Client, deadline: Duration) -> anyhow::Res
         "the API to answer /readyz again",
         deadline,
         Duration::from_secs(1),
-        || async {
-            let req = http::Request::get("/readyz").body(Vec::new())?;
-            Ok(client.request_text(req).await.is_ok())
-        },
+        || async { Ok(api_answers(client).await) },
     )
     .await
+}
+
+/// Whether the API answers `/readyz` through `client` now.
+pub async fn api_answers(client: &kube::Client) -> bool {
+    match http::Request::get("/readyz").body(Vec::new()) {
+        Ok(req) => client.request_text(req).await.is_ok(),
+        Err(_) => false,
+    }
 }

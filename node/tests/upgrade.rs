@@ -18,20 +18,9 @@ use std::time::{Duration, Instant};
 
 use node::sequences::plan::Step;
 use node::sequences::upgrade::apply::{self, UpgradeStep};
-use support::{retry, text, TestHost};
+use support::{retry, text, version_in, TestHost};
 
 const START: Duration = Duration::from_secs(180);
-
-/// A pinned version from a bundle's VERSION file.
-fn version_in(bundle: &std::path::Path, key: &str) -> String {
-    std::fs::read_to_string(bundle.join("VERSION"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("{key} not in {}/VERSION", bundle.display()))
-        .trim()
-        .to_string()
-}
 
 /// One HTTP request to etcd's `/version` at `addr`: the workload answered.
 fn answers(addr: SocketAddr) -> bool {

@@ -91,10 +91,16 @@ pub fn damaged_bundle(dir: &Path, file: &str, text: &str) -> PathBuf {
 
 /// A pinned version from the bundle's VERSION file (`KEY=value`).
 pub fn bundle_version(key: &str) -> String {
-    let text = std::fs::read_to_string(bundle_dir().join("VERSION")).unwrap();
-    text.lines()
+    version_in(&bundle_dir(), key)
+}
+
+/// A pinned version from the VERSION file of the bundle at `bundle`.
+pub fn version_in(bundle: &Path, key: &str) -> String {
+    std::fs::read_to_string(bundle.join("VERSION"))
+        .unwrap()
+        .lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("{key} not in bundle VERSION"))
+        .unwrap_or_else(|| panic!("{key} not in {}/VERSION", bundle.display()))
         .trim()
         .to_string()
 }

@@ -462,11 +462,10 @@ pub(super) async fn etcd_to_target<S: Step>(
                 return Ok(false);
             }
             let cfg = crate::etcd::config(paths);
-            let req = http::Request::get("/readyz").body(Vec::new())?;
             Ok(etcd_mgr::maintenance::server_version(&cfg)
                 .await
                 .is_ok_and(|v| v == want)
-                && seq.client.request_text(req).await.is_ok())
+                && crate::wait::api_answers(&seq.client).await)
         }
     };
     run.step(step, ROLL_DEADLINE, at_target, || async {
