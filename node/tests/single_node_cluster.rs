@@ -997,6 +997,26 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["change"], "same", "{v:#}");
     assert_eq!(v["steps"], serde_json::json!([]), "{v:#}");
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "bundle",
+            "version",
+            "skew",
+            "nodes",
+            "control-plane",
+            "etcd",
+            "removed-apis",
+            "disk"
+        ],
+        "{v:#}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let damaged = support::damaged_bundle(dir.path(), "bin/kube-apiserver", "#!/bin/sh\n");
     let out = plan(&damaged);

@@ -1,7 +1,8 @@
 //! A real Kubernetes minor upgrade on one host, end to end: a cluster made
 //! from the previous minor's bundle (`versions-previous.env`), a workload
 //! Deployment behind a Service, then `selfnode upgrade apply --bundle
-//! <current>`, killed after every step and run again. Every component
+//! <current>`, killed after every step and run again, with a power cut of
+//! the host after `upgrade_etcd`. Every component
 //! reports the new version, the objects from
 //! before are there, and the workload answered throughout but for a gap
 //! the test measures and prints. Refusals come first, before anything
@@ -75,6 +76,16 @@ impl Prober {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
     }
+}
+
+/// `selfnode upgrade apply --bundle BUNDLE EXTRA…` on `host`.
+fn upgrade(host: &TestHost, bundle: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    host.selfnode()
+        .args(["upgrade", "apply", "--bundle"])
+        .arg(bundle)
+        .args(extra)
+        .output()
+        .unwrap()
 }
 
 /// The API server's version, as `kubectl version` reports it.
@@ -187,15 +198,7 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
     // 2), and the cluster's own version (nothing to upgrade, exit 2).
     let scratch = tempfile::tempdir().unwrap();
     let broken = support::bundle_without(scratch.path(), "bin/kubelet");
-    let upgrade = |bundle: &std::path::Path, extra: &[&str]| {
-        host.selfnode()
-            .args(["upgrade", "apply", "--bundle"])
-            .arg(bundle)
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let out = upgrade(&broken, &[]);
+    let out = upgrade(&host, &broken, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("upgrade refused, nothing was changed")
@@ -204,7 +207,7 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
         text(&out)
     );
     // The bundle the cluster runs: nothing to do, and nothing written.
-    let out = upgrade(&previous, &[]);
+    let out = upgrade(&host, &previous, &[]);
     assert!(
         out.status.success() && text(&out).contains("nothing to upgrade"),
         "{}",
@@ -212,9 +215,10 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
     );
     assert!(!host.root.join("var/lib/selfnode/upgrade").exists());
 
-    let agent_pid = host.agent_pid();
-    let prober = Prober::start(addr);
+    let mut prober = Prober::start(addr);
+    let (mut total, mut failed, mut longest) = (0, 0, Duration::ZERO);
     let started = Instant::now();
+    let mut cut_took = Duration::ZERO;
     // Killed after every step (the failpoint exits as kill -9 would), run
     // again each time: it resumes where it stopped.
     for step in apply::plan().steps().map(|p| p.step) {
@@ -229,10 +233,36 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
             .output()
             .unwrap();
         support::assert_stopped_at_failpoint("upgrade", step.name(), &out);
+        if step == UpgradeStep::UpgradeEtcd {
+            // A power cut half-way: etcd at the new version, the rest of
+            // the plane at the old one. The agent brings the plane back
+            // from its checkpoint and the next run resumes. The workload
+            // is down with the host: its requests are not counted until
+            // it answers again.
+            let (t, f, l) = prober.finish();
+            (total, failed, longest) = (total + t, failed + f, longest.max(l));
+            let cut = Instant::now();
+            host.power_cut();
+            host.start_agent();
+            retry("/readyz after the power cut", START, || {
+                let out = host.kubectl(&["get", "--raw", "/readyz"]);
+                out.status.success().then_some(()).ok_or_else(|| text(&out))
+            });
+            retry("the workload after the power cut", START, || {
+                answers(addr)
+                    .then_some(())
+                    .ok_or_else(|| "no answer".into())
+            });
+            cut_took = cut.elapsed();
+            prober = Prober::start(addr);
+        }
     }
-    let out = upgrade(&current, &["-o", "json"]);
-    let took = started.elapsed();
-    let (total, failed, longest) = prober.finish();
+    // The agent that `upgrade_host` starts again in place.
+    let agent_pid = host.agent_pid();
+    let out = upgrade(&host, &current, &["-o", "json"]);
+    let took = started.elapsed() - cut_took;
+    let (t, f, l) = prober.finish();
+    let (total, failed, longest) = (total + t, failed + f, longest.max(l));
     assert!(
         out.status.success(),
         "upgrade apply: {}\n{}",
@@ -248,8 +278,9 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
         .collect();
     assert!(steps.contains(&"upgrade_host"), "{report:#}");
     println!(
-        "upgrade {from} -> {to}: {:.0}s; workload: {failed} of {total} requests failed, longest gap {:.1}s",
+        "upgrade {from} -> {to}: {:.0}s (and {:.0}s from a power cut after upgrade_etcd to the API and the workload back); workload: {failed} of {total} requests failed, longest gap {:.1}s (the power cut not counted)",
         took.as_secs_f64(),
+        cut_took.as_secs_f64(),
         longest.as_secs_f64()
     );
 
@@ -271,11 +302,11 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
     // Again: the cluster runs the target now, nothing to upgrade; and back
     // to the previous bundle is a downgrade, which apply refuses (rollback
     // is the way back).
-    let again = upgrade(&current, &["-o", "json"]);
+    let again = upgrade(&host, &current, &["-o", "json"]);
     assert!(again.status.success(), "{}", text(&again));
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["up_to_date"], true, "{again:#}");
-    let down = upgrade(&previous, &[]);
+    let down = upgrade(&host, &previous, &[]);
     assert_eq!(down.status.code(), Some(2), "{}", text(&down));
     assert!(text(&down).contains("never goes back"), "{}", text(&down));
     let st = host

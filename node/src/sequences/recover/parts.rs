@@ -236,6 +236,15 @@ pub(super) async fn recover_api(run: &Runner, r: &Recover<'_>) -> anyhow::Result
         step,
         "no API server answers: waiting for /readyz (the kept copy starts when none runs here)",
     );
+    if copy.manifest.exists() {
+        // The agent's checkpointer got there first (it starts the copy
+        // when a pass finds no API and no API server running here).
+        if let Ok(mut rep) = r.report.lock() {
+            rep.found.push(format!(
+                "the agent had started the checkpoint copy of {API_SERVER} already"
+            ));
+        }
+    }
     let deadline = Instant::now() + wait;
     loop {
         // An API server that is going away (its pod deleted) still runs

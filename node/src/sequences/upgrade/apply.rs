@@ -167,9 +167,8 @@ pub(super) struct Seq<'a> {
     /// The plane as the target bundle renders it.
     pub(super) spec: PlaneSpec,
     pub(super) client: kube::Client,
-    /// The cluster's version as `check_cluster` found it.
-    current: std::sync::Mutex<Option<String>>,
-    /// The plan `run` made before the first step, for `check_cluster`.
+    /// The plan `run` made before the first step, or `check_cluster`
+    /// made: what `record_upgrade` records the cluster's version from.
     plan: std::sync::Mutex<Option<super::UpgradePlan>>,
 }
 
@@ -191,7 +190,6 @@ impl<'a> Seq<'a> {
             host,
             spec,
             client,
-            current: std::sync::Mutex::new(None),
             plan: std::sync::Mutex::new(None),
         })
     }
@@ -346,7 +344,6 @@ async fn check_cluster(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport
             .into());
         }
         seq.refuse_more_than_one_node().await?;
-        *seq.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.current.clone());
         if !resuming && !seq.ctx.quiet {
             eprintln!(
                 "[upgrade] {} to {} ({}), bundle {}",
@@ -356,6 +353,7 @@ async fn check_cluster(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport
                 seq.ctx.bundle_dir.display()
             );
         }
+        *seq.plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan);
         Ok(false)
     })
     .await
@@ -368,11 +366,12 @@ async fn record_upgrade(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepRepor
             return Ok(false);
         }
         let from = seq
-            .current
+            .plan
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .context("check_cluster found no version")?;
+            .as_ref()
+            .map(|p| p.current.clone())
+            .context("check_cluster made no plan")?;
         let to = seq.target.versions().kubernetes.clone();
         UpgradeRecord {
             from,

@@ -14,6 +14,10 @@
 //! - `control-plane`: every control-plane workload has all its pods
 //!   updated and ready (exit 3);
 //! - `etcd`: a quorum of healthy voters, and no alarm (exit 3);
+//! - `removed-apis`: no client asked the API server for an API version
+//!   that the target removes, as the API server itself records it (its
+//!   `apiserver_requested_deprecated_apis` metric, which names the release
+//!   that removes each one; kept since the API server started) (exit 3);
 //! - `disk`: room on this host for the snapshot taken before the upgrade
 //!   and the new images (exit 3).
 //!
@@ -374,6 +378,34 @@ pub async fn plan(paths: &HostPaths, dir: &Path) -> anyhow::Result<UpgradePlan> 
         refusal: Refusal::State,
     });
 
+    let removed = match requested_deprecated_apis(&client).await {
+        Ok(apis) => {
+            let gone: Vec<String> = apis
+                .iter()
+                .filter(|a| a.removed_by(&target))
+                .map(|a| a.to_string())
+                .collect();
+            if gone.is_empty() {
+                Ok(format!(
+                    "no API version that {target} removes was asked for ({} deprecated ones were, none removed by {target})",
+                    apis.len()
+                ))
+            } else {
+                Err(format!(
+                    "clients asked for API versions that {target} removes: {}; move them to the versions that replace them first (https://kubernetes.io/docs/reference/using-api/deprecation-guide/)",
+                    gone.join(", ")
+                ))
+            }
+        }
+        Err(e) => Err(format!("cannot read the API server's metrics: {e:#}")),
+    };
+    checks.push(Check {
+        name: "removed-apis",
+        ok: removed.is_ok(),
+        detail: removed.unwrap_or_else(|e| e),
+        refusal: Refusal::State,
+    });
+
     let data = paths.etcd_data_dir();
     let db = members
         .as_ref()
@@ -418,6 +450,96 @@ pub async fn plan(paths: &HostPaths, dir: &Path) -> anyhow::Result<UpgradePlan> 
 
 fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+/// A deprecated API version a client asked for, as the API server's
+/// `apiserver_requested_deprecated_apis` metric names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DeprecatedApi {
+    group: String,
+    version: String,
+    resource: String,
+    /// `MAJOR.MINOR` of the release that removes it; `None` when the API
+    /// server names none.
+    removed_release: Option<(u32, u32)>,
+}
+
+impl DeprecatedApi {
+    /// Whether a cluster at `target` no longer serves it.
+    fn removed_by(&self, target: &Version) -> bool {
+        self.removed_release
+            .is_some_and(|r| r <= (target.major, target.minor))
+    }
+}
+
+impl std::fmt::Display for DeprecatedApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gv = if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        };
+        write!(f, "{} {gv}", self.resource)?;
+        if let Some((major, minor)) = self.removed_release {
+            write!(f, " (removed in {major}.{minor})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The API server's record of deprecated API versions asked for since it
+/// started.
+async fn requested_deprecated_apis(client: &kube::Client) -> anyhow::Result<Vec<DeprecatedApi>> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(req).await.context("GET /metrics")?;
+    Ok(parse_deprecated_apis(&text))
+}
+
+/// The `apiserver_requested_deprecated_apis` samples of Prometheus' text
+/// format whose value is not 0, one per group, version and resource.
+fn parse_deprecated_apis(metrics: &str) -> Vec<DeprecatedApi> {
+    let mut out: Vec<DeprecatedApi> = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_requested_deprecated_apis{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        if value.trim().parse::<f64>().map_or(true, |v| v == 0.0) {
+            continue;
+        }
+        let label = |name: &str| -> String {
+            let key = format!("{name}=\"");
+            labels
+                .split(',')
+                .find_map(|kv| kv.trim().strip_prefix(key.as_str()))
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let removed_release = {
+            let r = label("removed_release");
+            let mut parts = r.split('.');
+            match (
+                parts.next().and_then(|p| p.parse().ok()),
+                parts.next().and_then(|p| p.parse().ok()),
+            ) {
+                (Some(major), Some(minor)) => Some((major, minor)),
+                _ => None,
+            }
+        };
+        let api = DeprecatedApi {
+            group: label("group"),
+            version: label("version"),
+            resource: label("resource"),
+            removed_release,
+        };
+        if !out.contains(&api) {
+            out.push(api);
+        }
+    }
+    out
 }
 
 /// The steps in order (module docs); those that change nothing are left
@@ -550,6 +672,36 @@ mod tests {
         assert_eq!(p.exit_code(), 3);
         p.checks.push(check(false, Refusal::Input));
         assert_eq!(p.exit_code(), 2);
+    }
+
+    #[test]
+    fn deprecated_apis_removed_by_the_target_are_found_in_the_metrics() {
+        let metrics = r#"# HELP apiserver_requested_deprecated_apis [STABLE] Gauge of deprecated APIs that have been requested, broken out by API group, version, resource, subresource, and removed_release.
+# TYPE apiserver_requested_deprecated_apis gauge
+apiserver_requested_deprecated_apis{group="flowcontrol.apiserver.k8s.io",removed_release="1.37",resource="flowschemas",subresource="",version="v1beta3"} 1
+apiserver_requested_deprecated_apis{group="flowcontrol.apiserver.k8s.io",removed_release="1.37",resource="flowschemas",subresource="status",version="v1beta3"} 1
+apiserver_requested_deprecated_apis{group="",removed_release="",resource="componentstatuses",subresource="",version="v1"} 1
+apiserver_requested_deprecated_apis{group="storage.k8s.io",removed_release="1.40",resource="csistoragecapacities",subresource="",version="v1beta1"} 1
+apiserver_requested_deprecated_apis{group="batch",removed_release="1.36",resource="cronjobs",subresource="",version="v1beta1"} 0
+apiserver_request_total{code="200"} 7
+"#;
+        let apis = parse_deprecated_apis(metrics);
+        // The status subresource is the same API version: one entry.
+        assert_eq!(apis.len(), 3, "{apis:?}");
+        let target = Version::parse("v1.37.2").unwrap();
+        let gone: Vec<String> = apis
+            .iter()
+            .filter(|a| a.removed_by(&target))
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            gone,
+            vec!["flowschemas flowcontrol.apiserver.k8s.io/v1beta3 (removed in 1.37)"]
+        );
+        // A patch upgrade within 1.36 removes none of them.
+        let patch = Version::parse("v1.36.9").unwrap();
+        assert!(apis.iter().all(|a| !a.removed_by(&patch)));
+        assert_eq!(apis[1].to_string(), "componentstatuses v1");
     }
 
     #[test]
