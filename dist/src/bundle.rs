@@ -319,6 +319,54 @@ pub struct FileStamp {
     pub mtime_ns: i64,
 }
 
+/// `SHA256SUMS` text (of the file at `sums_path`, for messages) as
+/// (path relative to the bundle root, lowercase hex hash), checked to list
+/// every required binary and CNI plugin. Paths are relative and never
+/// climb (`..`): what a bundle fetched from another host may be told to
+/// write.
+pub fn parse_checksums(text: &str, sums_path: &Path) -> Result<Vec<(String, String)>, BundleError> {
+    let sums_path = sums_path.to_path_buf();
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let syntax = || BundleError::ChecksumSyntax {
+            path: sums_path.clone(),
+            line: index + 1,
+        };
+        let (hash, rest) = raw.split_once(' ').ok_or_else(syntax)?;
+        // "<hash>  <path>" (text mode) or "<hash> *<path>" (binary mode).
+        let file = rest
+            .strip_prefix(' ')
+            .or_else(|| rest.strip_prefix('*'))
+            .ok_or_else(syntax)?;
+        let file = file.strip_prefix("./").unwrap_or(file);
+        let hash_ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        let path_ok = !file.is_empty()
+            && !file.starts_with('/')
+            && !file.split('/').any(|c| c == ".." || c.is_empty());
+        if !hash_ok || !path_ok {
+            return Err(syntax());
+        }
+        wanted.push((file.to_string(), hash.to_ascii_lowercase()));
+    }
+    let listed: HashSet<&str> = wanted.iter().map(|(f, _)| f.as_str()).collect();
+    let required = REQUIRED_BINARIES
+        .iter()
+        .map(|n| format!("bin/{n}"))
+        .chain(REQUIRED_CNI_PLUGINS.iter().map(|n| format!("cni/bin/{n}")));
+    for file in required {
+        if !listed.contains(file.as_str()) {
+            return Err(BundleError::NotInChecksums {
+                sums: sums_path.clone(),
+                file,
+            });
+        }
+    }
+    Ok(wanted)
+}
+
 /// An opened, layout-checked bundle.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -462,51 +510,17 @@ impl Bundle {
 
     /// `SHA256SUMS` as (path relative to the root, lowercase hex hash),
     /// checked to list every required binary and CNI plugin.
+    pub fn checksums(&self) -> Result<Vec<(String, String)>, BundleError> {
+        self.checksum_list()
+    }
+
     fn checksum_list(&self) -> Result<Vec<(String, String)>, BundleError> {
         let sums_path = self.root.join("SHA256SUMS");
         let text = std::fs::read_to_string(&sums_path).map_err(|source| BundleError::Read {
             path: sums_path.clone(),
             source,
         })?;
-        let mut wanted: Vec<(String, String)> = Vec::new();
-        for (index, raw) in text.lines().enumerate() {
-            if raw.trim().is_empty() {
-                continue;
-            }
-            let syntax = || BundleError::ChecksumSyntax {
-                path: sums_path.clone(),
-                line: index + 1,
-            };
-            let (hash, rest) = raw.split_once(' ').ok_or_else(syntax)?;
-            // "<hash>  <path>" (text mode) or "<hash> *<path>" (binary mode).
-            let file = rest
-                .strip_prefix(' ')
-                .or_else(|| rest.strip_prefix('*'))
-                .ok_or_else(syntax)?;
-            let file = file.strip_prefix("./").unwrap_or(file);
-            let hash_ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
-            let path_ok = !file.is_empty()
-                && !file.starts_with('/')
-                && !file.split('/').any(|c| c == ".." || c.is_empty());
-            if !hash_ok || !path_ok {
-                return Err(syntax());
-            }
-            wanted.push((file.to_string(), hash.to_ascii_lowercase()));
-        }
-        let listed: HashSet<&str> = wanted.iter().map(|(f, _)| f.as_str()).collect();
-        let required = REQUIRED_BINARIES
-            .iter()
-            .map(|n| format!("bin/{n}"))
-            .chain(REQUIRED_CNI_PLUGINS.iter().map(|n| format!("cni/bin/{n}")));
-        for file in required {
-            if !listed.contains(file.as_str()) {
-                return Err(BundleError::NotInChecksums {
-                    sums: sums_path.clone(),
-                    file,
-                });
-            }
-        }
-        Ok(wanted)
+        parse_checksums(&text, &sums_path)
     }
 
     /// Hashes `wanted` (relative path, expected hash) on up to 4 threads.

@@ -20,6 +20,7 @@ pub mod import;
 pub mod layer;
 pub mod netfilter;
 pub mod oci;
+pub mod share;
 
 /// `err` and its sources joined with ": " (what anyhow's `{:#}` prints).
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

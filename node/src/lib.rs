@@ -21,6 +21,7 @@ pub mod keys;
 pub mod paths;
 pub mod readiness;
 pub mod sequences;
+pub mod share;
 pub mod status;
 pub mod tokens;
 pub mod wait;

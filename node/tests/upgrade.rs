@@ -7,7 +7,8 @@
 //! before are there, and the workload answered throughout but for a gap
 //! the test measures and prints. Refusals come first, before anything
 //! changes. Then `upgrade rollback` brings it back in place, with what was
-//! written in between.
+//! written in between. And `upgrade stage`: a bundle on one host reaches
+//! every host of a two-host cluster, checked, with its images.
 
 mod support;
 
@@ -355,4 +356,119 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
         "{}",
         text(&again)
     );
+}
+
+/// `upgrade stage`: the new bundle on one host only reaches every host of
+/// the cluster (the other host fetches it from the first over mutual TLS,
+/// checks every file against the published SHA256SUMS, imports its
+/// images), cut short after the offer and run again; a damaged bundle is
+/// refused before anything is offered.
+#[test]
+fn a_bundle_on_one_host_reaches_every_host_with_its_images() {
+    let previous = support::previous_bundle_dir();
+    let current = support::bundle_dir();
+    let to = version_in(&current, "KUBERNETES_VERSION");
+    let lan = support::Lan::create();
+    let (first, summary) = TestHost::init_on_lan_from(&lan, &previous);
+    let join = summary["join_string"].as_str().unwrap().to_string();
+    let mut second = TestHost::in_netns(&first, &lan, 2);
+    second.bundle = previous.clone();
+    second.start_agent();
+    second.wait_healthy(START);
+    let out = second.join(&[&join, "--node-name", "node2"]);
+    assert!(out.status.success(), "join: {}", text(&out));
+
+    let stage = |bundle: &std::path::Path, failpoint: Option<&str>| {
+        let mut cmd = first.selfnode();
+        cmd.args([
+            "upgrade",
+            "stage",
+            "--timeout",
+            "10m",
+            "-o",
+            "json",
+            "--bundle",
+        ])
+        .arg(bundle);
+        if let Some(step) = failpoint {
+            cmd.env(node::sequences::runner::FAILPOINT_ENV, step);
+        }
+        cmd.output().unwrap()
+    };
+    let offer_gone = || {
+        let out = first.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "configmap",
+            "selfnode-bundle-offer",
+        ]);
+        text(&out).contains("NotFound")
+    };
+
+    // A damaged bundle: exit 2, nothing offered.
+    let scratch = tempfile::tempdir().unwrap();
+    let broken = support::damaged_bundle(scratch.path(), "bin/kubelet", "#!/bin/sh\n");
+    let out = stage(&broken, None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("bin/kubelet"), "{}", text(&out));
+    assert!(offer_gone(), "a refused bundle is never offered");
+
+    // Cut short once the offer is out (its server goes with it), then run
+    // again: it converges.
+    let out = stage(&current, Some("offer_bundle"));
+    support::assert_stopped_at_failpoint("stage", "offer_bundle", &out);
+    let started = Instant::now();
+    let out = stage(&current, None);
+    assert!(
+        out.status.success(),
+        "upgrade stage: {}\n{}",
+        text(&out),
+        second.agent_log()
+    );
+    println!(
+        "upgrade stage: the bundle on both hosts in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = report["id"].as_str().unwrap().to_string();
+    assert_eq!(report["kubernetes"], to.as_str());
+    assert_eq!(report["hosts"].as_array().unwrap().len(), 2, "{report:#}");
+    assert!(offer_gone(), "the offer is withdrawn at the end");
+
+    // On the second host: the bundle, whole and checked, and its images.
+    let fetched = second.root.join(format!("var/lib/selfnode/bundles/{id}"));
+    assert_eq!(
+        std::fs::read_to_string(fetched.join("SHA256SUMS")).unwrap(),
+        std::fs::read_to_string(current.join("SHA256SUMS")).unwrap()
+    );
+    dist::bundle::Bundle::open(&fetched)
+        .unwrap()
+        .verify_checksums()
+        .unwrap();
+    let images = text(&second.ctr(&["-n", "k8s.io", "images", "ls", "-q"]));
+    for image in ["kube-proxy", "kube-apiserver"] {
+        let want = format!("registry.k8s.io/{image}:{to}");
+        assert!(
+            images.lines().any(|l| l == want),
+            "{want} on node2:\n{images}"
+        );
+    }
+    let held = first.kubectl_ok(&[
+        "get",
+        "node",
+        "node2",
+        "-o",
+        "jsonpath={.metadata.annotations.selfnode\\.dev/bundle-ready}",
+    ]);
+    assert_eq!(held.trim(), id);
+    // Nothing that runs changed: the cluster is still at its version.
+    assert_eq!(
+        server_version(&first),
+        version_in(&previous, "KUBERNETES_VERSION")
+    );
+
+    // Again: every host holds it; nothing to fetch.
+    let out = stage(&current, None);
+    assert!(out.status.success(), "stage again: {}", text(&out));
 }

@@ -34,6 +34,11 @@ pub const ETCD_DEFRAG_LEASE: &str = "selfnode-etcd-defrag";
 /// The Role (and binding, in `kube-system`) that lets the control-plane
 /// agents take [`ETCD_DEFRAG_LEASE`].
 const ETCD_DEFRAG_LEASE_ROLE: &str = "selfnode:etcd-defrag-lease";
+/// The ConfigMap (in `kube-system`) with the bundle an upgrade offers the
+/// hosts (its `VERSION`, `SHA256SUMS`, and the host that serves it):
+/// written by `selfnode upgrade` with admin credentials, read by every
+/// node's agent with its kubelet's.
+pub const BUNDLE_OFFER: &str = "selfnode-bundle-offer";
 /// The binding that gave every bootstrap token upstream's group-wide
 /// client-certificate approval, in clusters made by an older selfnode:
 /// the control-plane agents delete it.
@@ -335,6 +340,14 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
             binding_subject("Group", NODE_TOKEN_GROUP),
             binding_subject("Group", NODES_GROUP),
         ],
+    ));
+    // Nodes, not bootstrap tokens: a host fetches an offered bundle with
+    // its kubelet's client certificate, which a token does not have.
+    out.extend(read_one_config_map(
+        NAMESPACE,
+        "selfnode:bundle-offer",
+        BUNDLE_OFFER,
+        vec![binding_subject("Group", NODES_GROUP)],
     ));
     Ok(out)
 }

@@ -48,7 +48,7 @@ pub use control_plane::{
 };
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
 pub use join::{
-    ClusterSettings, ClusterSettingsError, CLUSTER_SETTINGS, ETCD_DEFRAG_LEASE,
+    ClusterSettings, ClusterSettingsError, BUNDLE_OFFER, CLUSTER_SETTINGS, ETCD_DEFRAG_LEASE,
     LEGACY_AUTOAPPROVE_BINDING,
 };
 

@@ -96,6 +96,8 @@ fn the_expected_objects_in_dependency_order() {
             "RoleBinding kube-public/selfnode:bootstrap-signer-clusterinfo",
             "Role kube-system/selfnode:cluster-settings",
             "RoleBinding kube-system/selfnode:cluster-settings",
+            "Role kube-system/selfnode:bundle-offer",
+            "RoleBinding kube-system/selfnode:bundle-offer",
             "ConfigMap kube-system/kube-proxy",
             "ConfigMap kube-system/coredns",
             "ConfigMap kube-public/cluster-info",
@@ -579,7 +581,7 @@ fn plane_files_are_read_from_the_host_after_pki_and_encryption() {
     ensure_encryption_config(&h, &s.pki_dir, &mut rand::rng()).unwrap();
     let files = PlaneFiles::read(&h, &s).unwrap();
     let objs = self_hosted_objects(&s, &files).unwrap();
-    assert_eq!(objs.len(), 35);
+    assert_eq!(objs.len(), 37);
     // Debug output never shows contents (private keys).
     let dbg = format!("{files:?}");
     assert!(

@@ -82,7 +82,18 @@ pub(crate) fn issue(
     ca: &Ca,
     now: i64,
 ) -> Result<String, rcgen::Error> {
-    let not_after = (now + LEAF_VALIDITY.as_secs() as i64).min(ca.not_after);
+    issue_for(profile, key, ca, now, LEAF_VALIDITY)
+}
+
+/// [`issue`], valid for `validity` (never beyond the CA).
+pub(crate) fn issue_for(
+    profile: &Profile,
+    key: &KeyPair,
+    ca: &Ca,
+    now: i64,
+    validity: Duration,
+) -> Result<String, rcgen::Error> {
+    let not_after = (now + validity.as_secs() as i64).min(ca.not_after);
     let mut p = base_params(now, not_after)?;
     p.distinguished_name = dn(&profile.cn, profile.org.as_deref());
     for name in &profile.sans.dns {

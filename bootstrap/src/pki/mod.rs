@@ -945,6 +945,54 @@ fn parse_ca(
         .map_err(|e| cert_unreadable(CertError::CannotSign(e)))
 }
 
+/// A serving certificate for `ips` (CN `cn`), signed by the CA at
+/// `ca_cert`/`ca_key` (PEM, as read from those files) and valid for
+/// `validity` from `now`: for a service that lives as long as one command
+/// (the bundle `selfnode upgrade` shares with the other hosts), kept in
+/// memory and never written. Returns the certificate (PEM) and its key
+/// (PKCS#8 DER).
+pub fn short_lived_serving_cert(
+    (ca_cert, ca_cert_pem): (&Path, &[u8]),
+    (ca_key, ca_key_pem): (&Path, &[u8]),
+    cn: &str,
+    ips: &[std::net::IpAddr],
+    validity: std::time::Duration,
+    now: SystemTime,
+) -> Result<(String, Vec<u8>), PkiError> {
+    let now = cert::unix_secs(now);
+    let ca = parse_ca(ca_cert, ca_key, ca_cert_pem, ca_key_pem, now)?;
+    let mut sans = SanSet::default();
+    for ip in ips {
+        sans.add_ip(*ip);
+    }
+    let profile = Profile {
+        cn: cn.to_string(),
+        org: None,
+        sans,
+        server_auth: true,
+        client_auth: false,
+    };
+    let generate = |source| PkiError::Generate {
+        what: cn.to_string(),
+        source,
+    };
+    let key = cert::new_key().map_err(generate)?;
+    let pem = cert::issue_for(&profile, &key, &ca, now, validity).map_err(generate)?;
+    Ok((pem, key.serialize_der()))
+}
+
+/// The organisations (O) of a certificate's subject (DER); empty when it
+/// does not parse.
+pub fn subject_orgs(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    cert.subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect()
+}
+
 /// The certificates of an etcd member joining a running cluster on this
 /// node (a control-plane node that is not the first): `etcd/ca.crt`, and
 /// `etcd/server`, `etcd/peer` (CN and SANs: the node's name, its

@@ -1226,3 +1226,45 @@ fn an_etcd_member_of_another_node_gets_its_own_certificates_and_never_the_ca_key
     assert!(matches!(err, PkiError::CaKeyMismatch { .. }), "{err}");
     assert!(joining.take_changes().is_empty());
 }
+
+#[test]
+fn a_short_lived_serving_certificate_is_signed_by_the_ca_for_the_addresses_given() {
+    let host = MemHost::new();
+    run(&host, &spec(), t0());
+    let ca = cert(&host, "pki/ca.crt");
+    let (pem, key) = short_lived_serving_cert(
+        (&p("pki/ca.crt"), &file(&host, "pki/ca.crt")),
+        (&p("pki/ca.key"), &file(&host, "pki/ca.key")),
+        "selfnode-bundle-share",
+        &["10.0.0.5".parse().unwrap()],
+        Duration::from_secs(3600),
+        t0(),
+    )
+    .unwrap();
+    let c = inspect(pem.as_bytes());
+    assert!(signed_by(&c, &ca));
+    assert_eq!(c.cn, "selfnode-bundle-share");
+    assert_eq!(c.ips, ips(&["10.0.0.5"]));
+    assert!(c.server_auth && !c.client_auth && !c.is_ca);
+    let start = t0()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(c.not_after, start + 3600);
+    assert!(!key.is_empty());
+    assert_eq!(subject_orgs(&c.der), Vec::<String>::new());
+    let (_, admin, _, _) = kubeconfig_parts(&host, "admin.conf");
+    assert_eq!(subject_orgs(&admin.der), ["kubeadm:cluster-admins"]);
+
+    // Not a CA's pair: refused, saying which files.
+    let err = short_lived_serving_cert(
+        (&p("pki/ca.crt"), &file(&host, "pki/ca.crt")),
+        (&p("pki/apiserver.key"), &file(&host, "pki/apiserver.key")),
+        "x",
+        &[],
+        Duration::from_secs(60),
+        t0(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("apiserver.key"), "{err}");
+}

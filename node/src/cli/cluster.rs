@@ -153,6 +153,22 @@ pub enum UpgradeCommand {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Put a bundle on every host of the cluster, from this one, before an upgrade needs it:
+    /// each host's agent fetches it over mutual TLS, checks every file against the bundle's
+    /// SHA256SUMS and imports its images. Nothing that runs changes
+    #[command(
+        after_help = "The bundle is needed on this host only (an air-gapped site copies one directory to one control-plane host). This host serves it on its address, TCP port 7446, for as long as the command runs, to clients with a node's certificate signed by the cluster CA (the kubelets'); it publishes the bundle's VERSION and SHA256SUMS in the kube-system ConfigMap selfnode-bundle-offer, and each host's agent fetches it into /var/lib/selfnode/bundles/<id>/, checks every file against those sums (never against what the serving host says), imports its images and says so on its Node (annotation selfnode.dev/bundle-ready). Interrupted, run it again: what the hosts fetched stays. Exit 2 for a damaged bundle."
+    )]
+    Stage {
+        /// The bundle to put on every host (a directory with VERSION, bin/ and SHA256SUMS)
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+        /// How long the hosts have to fetch it and import its images
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30m", value_name = "DURATION")]
+        timeout: std::time::Duration,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Upgrade the cluster to a bundle's versions: the checks of 'plan', a snapshot, then
     /// etcd, the API servers, controller-managers, schedulers, kube-proxy, CoreDNS and last
     /// this host's kubelet and containerd, each waited on before the next

@@ -71,6 +71,30 @@ pub async fn run(paths: &HostPaths, cmd: UpgradeCommand) -> anyhow::Result<ExitC
             }
             Ok(ExitCode::SUCCESS)
         }
+        UpgradeCommand::Stage {
+            bundle,
+            timeout,
+            output,
+        } => {
+            let ctx = crate::sequences::upgrade::stage::StageContext {
+                paths: paths.clone(),
+                bundle_dir: std::path::absolute(&bundle)?,
+                timeout,
+                quiet: output == Output::Json,
+            };
+            let report = crate::sequences::upgrade::stage::run(&ctx).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => println!(
+                    "bundle {} (Kubernetes {}) is on every host ({}) with its images, in {:.0}s",
+                    report.id,
+                    report.kubernetes,
+                    report.hosts.join(", "),
+                    report.seconds
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         UpgradeCommand::Rollback { output } => {
             let report =
                 crate::sequences::upgrade::rollback::run(paths, output == Output::Json).await?;

@@ -50,6 +50,8 @@ pub enum Component {
     Promoter,
     /// This host's address, followed when it changes.
     Address,
+    /// The bundle an upgrade offers, fetched onto this host.
+    Bundles,
 }
 
 impl Component {
@@ -69,6 +71,7 @@ impl Component {
             Component::Approver => "approver",
             Component::Promoter => "promoter",
             Component::Address => "address",
+            Component::Bundles => "bundles",
         }
     }
 }

@@ -568,7 +568,13 @@ impl TestHost {
     /// address (the address the other hosts reach it on); returns the host
     /// and init's JSON summary.
     pub fn init_on_lan(lan: &Lan) -> (TestHost, Value) {
+        TestHost::init_on_lan_from(lan, &bundle_dir())
+    }
+
+    /// [`TestHost::init_on_lan`] from the bundle at `bundle`.
+    pub fn init_on_lan_from(lan: &Lan, bundle: &Path) -> (TestHost, Value) {
         let mut first = TestHost::for_cluster();
+        first.bundle = bundle.to_path_buf();
         first.start_agent();
         first.wait_healthy(Duration::from_secs(180));
         let gateway = lan.gateway.to_string();

@@ -15,6 +15,7 @@
 pub mod address;
 pub mod apiservers;
 pub mod approver;
+pub mod bundles;
 pub mod certs;
 pub mod checkpointer;
 pub mod etcd_upkeep;
@@ -323,6 +324,8 @@ pub fn spawn_all(
     spawn(promoter::Promoter::default(), c, r, s, t);
     let (c, r, s, t) = go(tracker);
     spawn(address::AddressTask::default(), c, r, s, t);
+    let (c, r, s, t) = go(tracker);
+    spawn(bundles::Bundles::default(), c, r, s, t);
     if !opts.snapshots.interval.is_zero() {
         let (c, r, s, t) = go(tracker);
         spawn(snapshots::Snapshots::new(opts.snapshots), c, r, s, t);

@@ -255,7 +255,7 @@ async fn execute(step: UpgradeStep, run: &Runner, seq: &Seq<'_>) -> anyhow::Resu
         S::CheckCluster => check_cluster(run, seq).await,
         S::RecordUpgrade => record_upgrade(run, seq).await,
         S::SnapshotEtcd => snapshot_etcd(run, seq).await,
-        S::ImportImages => import_images(run, seq, step).await,
+        S::ImportImages => import_images(run, &seq.ctx.paths, &seq.target, step).await,
         S::UpgradeEtcd => etcd_to_target(run, seq, step).await,
         S::UpgradeApiservers => roll(run, seq, step, Workload::DaemonSet("kube-apiserver")).await,
         S::UpgradeControllerManagers => {
@@ -418,15 +418,16 @@ async fn snapshot_etcd(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport
 /// later step's pods need them).
 pub(super) async fn import_images<S: Step>(
     run: &runner::Runner<S>,
-    seq: &Seq<'_>,
+    paths: &HostPaths,
+    bundle: &dist::bundle::Bundle,
     step: S,
 ) -> anyhow::Result<StepReport> {
     run.converge(step, || async {
         let exe = std::env::current_exe().context("finding this selfnode binary")?;
         let report = dist::import::import_bundle(
-            &seq.ctx.paths.containerd_socket(),
+            &paths.containerd_socket(),
             dist::containerd::K8S_NAMESPACE,
-            &seq.target,
+            bundle,
             &exe,
         )
         .await?;

@@ -28,6 +28,7 @@
 
 pub mod apply;
 pub mod rollback;
+pub mod stage;
 pub mod version;
 
 use std::path::Path;

@@ -119,7 +119,7 @@ async fn execute(step: RollbackStep, run: &Runner, seq: &Seq<'_>) -> anyhow::Res
     use RollbackStep as S;
     match step {
         S::CheckRollback => check_rollback(run, seq).await,
-        S::ImportImages => apply::import_images(run, seq, step).await,
+        S::ImportImages => apply::import_images(run, &seq.ctx.paths, &seq.target, step).await,
         S::DowngradeHost => apply::host_to_target(run, seq, step).await,
         S::DowngradeCoredns => apply::roll(run, seq, step, Workload::Deployment("coredns")).await,
         S::DowngradeKubeProxy => {
