@@ -124,22 +124,40 @@ async fn start_server(dir: &Path, ca: &Ca) -> SocketAddr {
     addr
 }
 
+/// A cluster CA, a fake bundle served on loopback, and its offer.
+struct Served {
+    ca: Ca,
+    src: tempfile::TempDir,
+    offer: Offer,
+}
+
+async fn served() -> Served {
+    let ca = ca("cluster");
+    let src = tempfile::tempdir().unwrap();
+    write_fake_bundle(src.path()).unwrap();
+    let addr = start_server(src.path(), &ca).await;
+    let offer = Offer::of(&crate::bundle::Bundle::open(src.path()).unwrap(), addr).unwrap();
+    Served { ca, src, offer }
+}
+
+/// A node's client configuration for the cluster of `s`.
+fn node_tls(s: &Served) -> Arc<rustls::ClientConfig> {
+    client_tls(&s.ca, &s.ca, "system:node:two", Some("system:nodes"))
+}
+
 fn error_text(e: &ShareError) -> String {
     crate::error_chain(e)
 }
 
 #[tokio::test]
 async fn a_node_fetches_the_whole_bundle_and_every_file_is_checked() {
-    let ca = ca("cluster");
-    let src = tempfile::tempdir().unwrap();
-    write_fake_bundle(src.path()).unwrap();
-    let addr = start_server(src.path(), &ca).await;
-    let offer = Offer::of(&crate::bundle::Bundle::open(src.path()).unwrap(), addr).unwrap();
+    let s = served().await;
+    let (src, offer, addr) = (&s.src, &s.offer, s.offer.source);
     let dest = tempfile::tempdir().unwrap();
     let into = dest.path().join("b");
-    let tls = client_tls(&ca, &ca, "system:node:two", Some("system:nodes"));
+    let tls = node_tls(&s);
 
-    let (bundle, report) = fetch(&offer, &into, tls.clone()).await.unwrap();
+    let (bundle, report) = fetch(offer, &into, tls.clone()).await.unwrap();
     let files = offer.files().unwrap().len();
     assert_eq!(report.fetched, files);
     assert_eq!(report.kept, 0);
@@ -152,42 +170,36 @@ async fn a_node_fetches_the_whole_bundle_and_every_file_is_checked() {
     assert_eq!(Offer::of(&bundle, addr).unwrap().id(), offer.id());
 
     // Again: everything is there, nothing is fetched.
-    let (_, again) = fetch(&offer, &into, tls).await.unwrap();
+    let (_, again) = fetch(offer, &into, tls).await.unwrap();
     assert_eq!((again.fetched, again.kept), (0, files));
 }
 
 #[tokio::test]
 async fn a_fetch_cut_short_fetches_only_what_is_missing() {
-    let ca = ca("cluster");
-    let src = tempfile::tempdir().unwrap();
-    write_fake_bundle(src.path()).unwrap();
-    let addr = start_server(src.path(), &ca).await;
-    let offer = Offer::of(&crate::bundle::Bundle::open(src.path()).unwrap(), addr).unwrap();
+    let s = served().await;
+    let offer = &s.offer;
     let dest = tempfile::tempdir().unwrap();
-    let tls = client_tls(&ca, &ca, "system:node:two", Some("system:nodes"));
-    fetch(&offer, dest.path(), tls.clone()).await.unwrap();
+    let tls = node_tls(&s);
+    fetch(offer, dest.path(), tls.clone()).await.unwrap();
     // Cut short: two files and the markers gone, a third half-written.
     std::fs::remove_file(dest.path().join("bin/kubelet")).unwrap();
     std::fs::remove_file(dest.path().join("bin/etcd")).unwrap();
     std::fs::write(dest.path().join("bin/containerd"), b"half").unwrap();
     std::fs::remove_file(dest.path().join("SHA256SUMS")).unwrap();
-    let (bundle, report) = fetch(&offer, dest.path(), tls).await.unwrap();
+    let (bundle, report) = fetch(offer, dest.path(), tls).await.unwrap();
     assert_eq!(report.fetched, 3, "{report:?}");
     bundle.verify_checksums().unwrap();
 }
 
 #[tokio::test]
 async fn a_served_file_that_is_not_the_published_one_is_never_kept() {
-    let ca = ca("cluster");
-    let src = tempfile::tempdir().unwrap();
-    write_fake_bundle(src.path()).unwrap();
-    let addr = start_server(src.path(), &ca).await;
-    let offer = Offer::of(&crate::bundle::Bundle::open(src.path()).unwrap(), addr).unwrap();
+    let s = served().await;
+    let (src, offer) = (&s.src, &s.offer);
     // The serving host's kubelet changed after the offer was published.
     std::fs::write(src.path().join("bin/kubelet"), b"#!/bin/sh\necho evil\n").unwrap();
     let dest = tempfile::tempdir().unwrap();
-    let tls = client_tls(&ca, &ca, "system:node:two", Some("system:nodes"));
-    let err = fetch(&offer, dest.path(), tls).await.unwrap_err();
+    let tls = node_tls(&s);
+    let err = fetch(offer, dest.path(), tls).await.unwrap_err();
     let text = error_text(&err);
     assert!(matches!(err, ShareError::Mismatch { .. }), "{text}");
     assert!(

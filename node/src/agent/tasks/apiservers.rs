@@ -33,7 +33,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
-use crate::cluster::{apiserver_addresses, HostCluster};
+use crate::cluster::apiserver_addresses;
 use crate::control::{ApiBackends, BackendMark, Component, Keep, NodeIdentity};
 use crate::status::ComponentState;
 
@@ -68,13 +68,7 @@ impl AgentTask for ApiServers {
     }
 
     async fn pass(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
-        let settled = HostCluster::load_async(&cx.paths)
-            .await?
-            .is_some_and(|c| c.settled());
-        if !settled {
-            return Ok(Outcome::Unchanged);
-        }
-        let Some(client) = cx.kubelet_client().await? else {
+        let Some(client) = cx.settled_kubelet_client().await? else {
             return Ok(Outcome::Unchanged);
         };
         let slices: Api<EndpointSlice> = Api::namespaced(client, "default");

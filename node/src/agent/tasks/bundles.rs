@@ -21,7 +21,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 
 use super::{AgentTask, Outcome, Schedule, TaskCx};
-use crate::cluster::HostCluster;
 use crate::control::{Component, NodeIdentity};
 use crate::status::ComponentState;
 
@@ -55,13 +54,7 @@ impl AgentTask for Bundles {
     }
 
     async fn pass(&mut self, cx: &mut TaskCx) -> anyhow::Result<Outcome> {
-        let settled = HostCluster::load_async(&cx.paths)
-            .await?
-            .is_some_and(|c| c.settled());
-        if !settled {
-            return Ok(Outcome::Unchanged);
-        }
-        let Some(client) = cx.kubelet_client().await? else {
+        let Some(client) = cx.settled_kubelet_client().await? else {
             return Ok(Outcome::Unchanged);
         };
         let Some(offer) = crate::share::offered(&client).await? else {

@@ -137,6 +137,19 @@ impl TaskCx {
             .map(Some)
     }
 
+    /// The kubelet's client once the host is settled in its cluster (a
+    /// joined host, or the first host after the pivot): `None` before, and
+    /// while the kubelet has no credentials (see [`TaskCx::kubelet_client`]).
+    pub async fn settled_kubelet_client(&mut self) -> anyhow::Result<Option<kube::Client>> {
+        let settled = crate::cluster::HostCluster::load_async(&self.paths)
+            .await?
+            .is_some_and(|c| c.settled());
+        if !settled {
+            return Ok(None);
+        }
+        self.kubelet_client().await
+    }
+
     /// The kubelet's client (its own credentials, through the node's
     /// balancer); `None` while the kubelet has no credentials yet (the host
     /// belongs to no cluster, or is joining and its certificate is not
