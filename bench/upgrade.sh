@@ -16,7 +16,8 @@
 #     command returned, and for kubeadm the kubelet swapped and the Node
 #     reporting the new kubelet version);
 #   API unavailable: seconds in which /readyz through the admin kubeconfig
-#     did not answer ok, probed every 0.2 s.
+#     did not answer ok, probed every 0.2 s (from each failed probe to the
+#     next one); for selfnode also by step of `upgrade apply`.
 # selfnode: a fresh host directory (--root), the agent on the previous
 #   bundle, `init --allow-workloads`, then `upgrade apply --bundle <current>`
 #   (its images import, snapshot, etcd, the control plane, then the host).
@@ -50,17 +51,42 @@ ka_up=""
 cleanup() { stop_probe >/dev/null; if [ -n "$ka_up" ]; then kubeadm_down; else stop_agent; fi; rm -rf "$work"; }
 trap cleanup EXIT
 
-# kubeconfig: probes /readyz every 0.2 s into $work/probe.txt (one 0|1 a line).
+# kubeconfig: probes /readyz every 0.2 s into $work/probe.txt (a line per
+# probe: when it started, 1 or 0).
 start_probe() {
   : >"$work/probe.txt"
-  ( while :; do if readyz "$1"; then echo 1; else echo 0; fi; sleep 0.2; done >>"$work/probe.txt" ) &
+  ( while :; do t=$(now); if readyz "$1"; then echo "$t 1"; else echo "$t 0"; fi; sleep 0.2; done >>"$work/probe.txt" ) &
   prober=$!
 }
-# Prints the seconds the API did not answer (failed probes x 0.2 s).
+# Prints the seconds the API did not answer: from each failed probe to the
+# next probe (a probe that hangs until its 2 s timeout counts in full).
 stop_probe() {
   [ -n "$prober" ] || return 0
   kill "$prober" 2>/dev/null || true; wait "$prober" 2>/dev/null || true; prober=""
-  python3 -c "import sys; print('%.1f' % (0.2 * sum(1 for l in open(sys.argv[1]) if l.strip() == '0')))" "$work/probe.txt"
+  python3 - "$work/probe.txt" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 2]
+print('%.1f' % sum(float(b[0]) - float(a[0]) for a, b in zip(rows, rows[1:]) if a[1] == '0'))
+PY
+}
+# Where selfnode's unavailability fell: the seconds of it within each step
+# of `upgrade apply` ($1: its -o json report, $2: when the command
+# started), as "step=seconds" for the steps with any.
+down_by_step() {
+  python3 - "$work/probe.txt" "$1" "$2" <<'PY'
+import json, sys
+rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 2]
+gaps = [(float(a[0]), float(b[0])) for a, b in zip(rows, rows[1:]) if a[1] == '0']
+t0 = float(sys.argv[3])
+out = []
+for s in json.load(open(sys.argv[2]))['steps']:
+    end = t0 + s['finished_at']
+    start = end - s['seconds']
+    d = sum(max(0.0, min(e, end) - max(b, start)) for b, e in gaps)
+    if d >= 0.1:
+        out.append('%s=%.1f' % (s['step'], d))
+print(' '.join(out) or '-')
+PY
 }
 
 run_selfnode() {
@@ -74,6 +100,7 @@ run_selfnode() {
     || { tail -30 "$work/sn-upgrade.log" >&2; return 1; }
   t1=$(now)
   down=$(stop_probe)
+  down_by_step "$work/sn-upgrade.json" "$t0" >>"$work/sn-steps.txt"
   # The agent re-executed itself in place: the same pid stops it.
   B_SAVED=$B; B=$P; stop_agent; B=$B_SAVED
   umount -R "$root" 2>/dev/null || true
@@ -106,11 +133,11 @@ run_kubeadm() {
   echo "$(secs "$t0" "$t1") $down"
 }
 
-: >"$work/sn.txt"; : >"$work/ka.txt"
+: >"$work/sn.txt"; : >"$work/ka.txt"; : >"$work/sn-steps.txt"
 for i in $(seq 1 "$RUNS"); do
   echo "[bench] run $i/$RUNS: selfnode upgrade apply $FROM -> $TO" >&2
   run_selfnode >>"$work/sn.txt"
-  echo "[bench] selfnode (total, API unavailable): $(tail -n 1 "$work/sn.txt")" >&2
+  echo "[bench] selfnode (total, API unavailable): $(tail -n 1 "$work/sn.txt"); unavailable by step: $(tail -n 1 "$work/sn-steps.txt")" >&2
   echo "[bench] run $i/$RUNS: kubeadm upgrade apply $FROM -> $TO + kubelet swap" >&2
   run_kubeadm >>"$work/ka.txt"
   echo "[bench] kubeadm (total, API unavailable): $(tail -n 1 "$work/ka.txt")" >&2
@@ -131,10 +158,14 @@ out=bench/results/upgrade-$(date +%Y-%m-%d).md
   echo "| median of $RUNS runs | selfnode | kubeadm | ratio selfnode / kubeadm |"
   echo "|---|---|---|---|"
   echo "| total: upgrade command to every component at $TO (s) | $sn_total | $ka_total | $(ratio "$sn_total" "$ka_total") |"
-  echo "| API unavailable: /readyz not ok, probed every 0.2 s (s) | $sn_down | $ka_down | $(python3 -c "import sys; a,b=map(float,sys.argv[1:]); print('%.2f' % (a/b) if b else 'n/a (kubeadm 0)')" "$sn_down" "$ka_down") |"
+  echo "| API unavailable: /readyz not ok, from each failed probe (every 0.2 s, 2 s timeout) to the next (s) | $sn_down | $ka_down | $(python3 -c "import sys; a,b=map(float,sys.argv[1:]); print('%.2f' % (a/b) if b else 'n/a (kubeadm 0)')" "$sn_down" "$ka_down") |"
   echo
   echo "Every run (total, API unavailable; selfnode | kubeadm):"
   echo
   paste -d'|' "$work/sn.txt" "$work/ka.txt" | sed 's/^/    /'
+  echo
+  echo "Where selfnode's API unavailability fell, by step of \`upgrade apply\` (seconds, every run):"
+  echo
+  sed 's/^/    /' "$work/sn-steps.txt"
 } >"$out"
 cat "$out"
