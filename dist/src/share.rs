@@ -79,12 +79,22 @@ impl Offer {
     /// of its `VERSION` and `SHA256SUMS` (where the hosts keep it, and how
     /// they say which one they hold).
     pub fn id(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(self.version.as_bytes());
-        h.update([0u8]);
-        h.update(self.sha256sums.as_bytes());
-        hex::encode(h.finalize())[..12].to_string()
+        id_of(&self.version, &self.sha256sums)
     }
+}
+
+/// [`Offer::id`] of the bundle at hand.
+pub fn bundle_id(bundle: &Bundle) -> Result<String, ShareError> {
+    let offer = Offer::of(bundle, SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    Ok(offer.id())
+}
+
+fn id_of(version: &str, sha256sums: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(version.as_bytes());
+    h.update([0u8]);
+    h.update(sha256sums.as_bytes());
+    hex::encode(h.finalize())[..12].to_string()
 }
 
 /// Errors of serving and fetching a bundle.

@@ -1013,6 +1013,7 @@ fn init_pivots_to_a_self_hosted_cluster_that_serves_a_user_workload() {
             "control-plane",
             "etcd",
             "removed-apis",
+            "staged",
             "disk"
         ],
         "{v:#}"

@@ -407,6 +407,32 @@ fn a_bundle_on_one_host_reaches_every_host_with_its_images() {
     };
 
     // A damaged bundle: exit 2, nothing offered.
+    // Before: `upgrade plan` says which hosts lack the bundle.
+    let plan = |bundle: &std::path::Path| -> serde_json::Value {
+        let out = first
+            .selfnode()
+            .args(["upgrade", "plan", "-o", "json", "--bundle"])
+            .arg(bundle)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("plan: {}", text(&out)))
+    };
+    let staged = |v: &serde_json::Value| -> serde_json::Value {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "staged")
+            .cloned()
+            .unwrap_or_else(|| panic!("no staged check: {v:#}"))
+    };
+    let before = staged(&plan(&current));
+    assert_eq!(before["ok"], false, "{before:#}");
+    assert!(
+        before["detail"].as_str().unwrap().contains("node2"),
+        "{before:#}"
+    );
+
     let scratch = tempfile::tempdir().unwrap();
     let broken = support::damaged_bundle(scratch.path(), "bin/kubelet", "#!/bin/sh\n");
     let out = stage(&broken, None);
@@ -462,6 +488,8 @@ fn a_bundle_on_one_host_reaches_every_host_with_its_images() {
         "jsonpath={.metadata.annotations.selfnode\\.dev/bundle-ready}",
     ]);
     assert_eq!(held.trim(), id);
+    let after = staged(&plan(&current));
+    assert_eq!(after["ok"], true, "{after:#}");
     // Nothing that runs changed: the cluster is still at its version.
     assert_eq!(
         server_version(&first),

@@ -18,6 +18,9 @@
 //!   that the target removes, as the API server itself records it (its
 //!   `apiserver_requested_deprecated_apis` metric, which names the release
 //!   that removes each one; kept since the API server started) (exit 3);
+//! - `staged`: every host holds the target bundle (`upgrade stage` put it
+//!   there: each Node's `selfnode.dev/bundle-ready` names it); a cluster of
+//!   this host alone needs nothing staged (exit 3);
 //! - `disk`: room on this host for the snapshot taken before the upgrade
 //!   and the new images (exit 3).
 //!
@@ -265,14 +268,12 @@ pub async fn plan(paths: &HostPaths, dir: &Path) -> anyhow::Result<UpgradePlan> 
         refusal: Refusal::Input,
     });
 
-    let nodes: Vec<NodeFacts> = Api::<Node>::all(client.clone())
+    let node_list = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
         .context("listing the Nodes")?
-        .items
-        .iter()
-        .map(node_facts)
-        .collect();
+        .items;
+    let nodes: Vec<NodeFacts> = node_list.iter().map(node_facts).collect();
     let mut skew = Vec::new();
     for n in &nodes {
         match &n.kubelet {
@@ -404,6 +405,32 @@ pub async fn plan(paths: &HostPaths, dir: &Path) -> anyhow::Result<UpgradePlan> 
         name: "removed-apis",
         ok: removed.is_ok(),
         detail: removed.unwrap_or_else(|e| e),
+        refusal: Refusal::State,
+    });
+
+    let id = dist::share::bundle_id(&target_bundle)?;
+    let without: Vec<&str> = node_list
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(host.settings.node_name.as_str()))
+        .filter(|n| crate::share::held(n) != Some(id.as_str()))
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    checks.push(Check {
+        name: "staged",
+        ok: without.is_empty(),
+        detail: if node_list.len() <= 1 {
+            "this host alone: the upgrade imports the bundle's images here".to_string()
+        } else if without.is_empty() {
+            format!(
+                "every host holds bundle {id} with its images ('selfnode upgrade stage' put it there)"
+            )
+        } else {
+            format!(
+                "hosts without bundle {id}: {}; run 'selfnode upgrade stage --bundle {}' first",
+                without.join(", "),
+                dir.display()
+            )
+        },
         refusal: Refusal::State,
     });
 
