@@ -50,3 +50,32 @@ pub fn cluster_config(paths: &HostPaths, timeout: Duration) -> etcd_mgr::EtcdCon
     );
     cfg
 }
+
+/// This host's etcd static pod as `spec` renders it (its image, flags and
+/// paths), for the member on record: what an upgrade moves a member to.
+/// With its data directory etcd takes its membership from there; the
+/// initial flags only name this member as it is. Whether the file changed.
+pub fn write_member_manifest(
+    paths: &HostPaths,
+    spec: &bootstrap::plane::PlaneSpec,
+    member: &crate::checkpoint::EtcdMemberIdentity,
+) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    let initial = bootstrap::plane::EtcdInitial {
+        members: vec![(member.name.clone(), member.peer_urls.join(","))],
+        state: bootstrap::plane::InitialClusterState::Existing,
+    };
+    let pod = bootstrap::objects::etcd_static_pod_yaml(spec, &initial)?;
+    let written = crate::fsutil::write_atomic(&paths.etcd_manifest(), pod.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", paths.etcd_manifest().display()))?;
+    Ok(written != crate::fsutil::Written::Unchanged)
+}
+
+/// The member reached at `client_urls` (another host's), with this host's
+/// health-check client certificate.
+pub fn member_config(paths: &HostPaths, client_urls: &[String]) -> etcd_mgr::EtcdConfig {
+    etcd_mgr::EtcdConfig {
+        endpoints: client_urls.to_vec(),
+        ..config(paths)
+    }
+}

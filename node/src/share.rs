@@ -51,7 +51,7 @@ const NODES_GROUP: &str = "system:nodes";
 
 /// Where a host keeps a fetched bundle: `var/lib/selfnode/bundles/<id>`.
 pub fn fetched_dir(paths: &HostPaths, offer: &Offer) -> PathBuf {
-    paths.state_dir().join("bundles").join(offer.id())
+    fetched_dir_of(paths, &offer.id())
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -248,14 +248,7 @@ pub async fn publish(client: &kube::Client, offer: &Offer) -> anyhow::Result<()>
 
 /// Takes the offer back: no host fetches it any more.
 pub async fn withdraw(client: &kube::Client) -> anyhow::Result<()> {
-    match Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
-        .delete(BUNDLE_OFFER, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("deleting ConfigMap {NAMESPACE}/{BUNDLE_OFFER}")),
-    }
+    delete_config_map(client, BUNDLE_OFFER).await
 }
 
 /// Which offered bundle a Node says its host holds.
@@ -281,4 +274,88 @@ pub async fn mark_held(client: &kube::Client, name: &str, id: &str) -> anyhow::R
 /// Where this host serves a bundle: its address and [`SHARE_PORT`].
 pub fn share_address(ip: IpAddr) -> SocketAddr {
     SocketAddr::new(ip, SHARE_PORT)
+}
+
+pub use bootstrap::objects::UPGRADE_TURNS;
+/// The turns' key in [`UPGRADE_TURNS`].
+const TURNS_KEY: &str = "turns.json";
+
+/// Whose turn it is in an upgrade of several hosts ([`UPGRADE_TURNS`]):
+/// the host that runs `selfnode upgrade apply` moves itself; every other
+/// host's agent moves when its node is named here, onto the bundle it
+/// fetched (`bundles/<bundle>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpgradeTurns {
+    /// The bundle's id ([`Offer::id`]).
+    pub bundle: String,
+    /// Control-plane nodes whose etcd member moves to the bundle's etcd now.
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// Nodes whose host (kubelet, containerd, agent) moves to the bundle now.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// The turns, if an upgrade of several hosts is under way.
+pub async fn turns(client: &kube::Client) -> anyhow::Result<Option<UpgradeTurns>> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
+        .get_opt(UPGRADE_TURNS)
+        .await
+        .with_context(|| format!("reading ConfigMap {NAMESPACE}/{UPGRADE_TURNS}"))?;
+    let Some(text) = cm
+        .and_then(|c| c.data)
+        .and_then(|d| d.get(TURNS_KEY).cloned())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("{TURNS_KEY} in ConfigMap {NAMESPACE}/{UPGRADE_TURNS} does not parse")
+    })?))
+}
+
+/// Sets the turns (admin credentials).
+pub async fn set_turns(client: &kube::Client, turns: &UpgradeTurns) -> anyhow::Result<()> {
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(UPGRADE_TURNS.to_string()),
+            namespace: Some(NAMESPACE.to_string()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            TURNS_KEY.to_string(),
+            serde_json::to_string_pretty(turns)?,
+        )])),
+        ..ConfigMap::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
+        .patch(
+            UPGRADE_TURNS,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .with_context(|| format!("writing ConfigMap {NAMESPACE}/{UPGRADE_TURNS}"))?;
+    Ok(())
+}
+
+/// Ends the turns: no agent moves any more.
+pub async fn clear_turns(client: &kube::Client) -> anyhow::Result<()> {
+    delete_config_map(client, UPGRADE_TURNS).await
+}
+
+/// Deletes a kube-system ConfigMap; gone already is fine.
+async fn delete_config_map(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    match Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting ConfigMap {NAMESPACE}/{name}")),
+    }
+}
+
+/// Where a host keeps the fetched bundle `id`: `var/lib/selfnode/bundles/<id>`.
+pub fn fetched_dir_of(paths: &HostPaths, id: &str) -> PathBuf {
+    paths.state_dir().join("bundles").join(id)
 }

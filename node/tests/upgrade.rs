@@ -7,8 +7,8 @@
 //! before are there, and the workload answered throughout but for a gap
 //! the test measures and prints. Refusals come first, before anything
 //! changes. Then `upgrade rollback` brings it back in place, with what was
-//! written in between. And `upgrade stage`: a bundle on one host reaches
-//! every host of a two-host cluster, checked, with its images.
+//! written in between. And three hosts with the new bundle on one: `upgrade
+//! stage` puts it on every host, `upgrade apply` moves them all.
 
 mod support;
 
@@ -110,7 +110,10 @@ fn assert_every_component_at(host: &TestHost, bundle: &std::path::Path, other: &
         "-o",
         "jsonpath={.items[*].status.nodeInfo.kubeletVersion}",
     ]);
-    assert_eq!(kubelet.trim(), k);
+    assert!(
+        !kubelet.trim().is_empty() && kubelet.split_whitespace().all(|v| v == k),
+        "every kubelet at {k}: {kubelet}"
+    );
     // A pod of the old version may still be terminating: a minute for it.
     let etcd = version_in(bundle, "ETCD_VERSION");
     retry(
@@ -277,7 +280,7 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    assert!(steps.contains(&"upgrade_host"), "{report:#}");
+    assert!(steps.contains(&"upgrade_hosts"), "{report:#}");
     println!(
         "upgrade {from} -> {to}: {:.0}s (and {:.0}s from a power cut after upgrade_etcd to the API and the workload back); workload: {failed} of {total} requests failed, longest gap {:.1}s (the power cut not counted)",
         took.as_secs_f64(),
@@ -358,25 +361,56 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
     );
 }
 
-/// `upgrade stage`: the new bundle on one host only reaches every host of
-/// the cluster (the other host fetches it from the first over mutual TLS,
-/// checks every file against the published SHA256SUMS, imports its
-/// images), cut short after the offer and run again; a damaged bundle is
-/// refused before anything is offered.
+/// Three hosts (two control plane, one worker), the new bundle on the
+/// first only. `upgrade stage` first: the other hosts fetch it from the
+/// first over mutual TLS, check every file against the published
+/// SHA256SUMS and import its images (cut short after the offer and run
+/// again; a damaged bundle refused before anything is offered). Then
+/// `upgrade apply` on the first host: the second host's etcd member and
+/// both other hosts move by their agents, one at a time; every component
+/// on every host ends at the new version, and a 3-replica Deployment
+/// behind a Service is requested throughout (its failed requests counted
+/// and printed).
 #[test]
-fn a_bundle_on_one_host_reaches_every_host_with_its_images() {
+fn three_hosts_upgrade_with_the_new_bundle_on_one_host() {
     let previous = support::previous_bundle_dir();
     let current = support::bundle_dir();
-    let to = version_in(&current, "KUBERNETES_VERSION");
+    let (from, to) = (
+        version_in(&previous, "KUBERNETES_VERSION"),
+        version_in(&current, "KUBERNETES_VERSION"),
+    );
     let lan = support::Lan::create();
     let (first, summary) = TestHost::init_on_lan_from(&lan, &previous);
+    let node1 = summary["node_name"].as_str().unwrap().to_string();
     let join = summary["join_string"].as_str().unwrap().to_string();
     let mut second = TestHost::in_netns(&first, &lan, 2);
     second.bundle = previous.clone();
-    second.start_agent();
-    second.wait_healthy(START);
-    let out = second.join(&[&join, "--node-name", "node2"]);
+    support::join_control_plane(&first, &mut second, "node2");
+    let mut third = TestHost::in_netns(&first, &lan, 3);
+    third.bundle = previous.clone();
+    third.start_agent();
+    third.wait_healthy(START);
+    let out = third.join(&[&join, "--node-name", "node3"]);
     assert!(out.status.success(), "join: {}", text(&out));
+    support::wait_voters(&first, &[&node1, "node2"], START);
+
+    // The workload: 3 replicas behind a Service, requested from the first
+    // host through kube-proxy.
+    let etcd_version = version_in(&previous, "ETCD_VERSION");
+    let image = format!(
+        "registry.k8s.io/etcd:{}-0",
+        etcd_version.trim_start_matches('v')
+    );
+    support::web_workload(&first, &image, 3);
+    let rollout = first.kubectl(&["rollout", "status", "deployment/web", "--timeout=300s"]);
+    assert!(rollout.status.success(), "web rollout: {}", text(&rollout));
+    let ip = first.kubectl_ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let addr: SocketAddr = format!("{}:80", ip.trim()).parse().unwrap();
+    retry("the web Service from the first host", START, || {
+        answers(addr)
+            .then_some(())
+            .ok_or_else(|| "no answer".into())
+    });
 
     let stage = |bundle: &std::path::Path, failpoint: Option<&str>| {
         let mut cmd = first.selfnode();
@@ -427,9 +461,9 @@ fn a_bundle_on_one_host_reaches_every_host_with_its_images() {
             .unwrap_or_else(|| panic!("no staged check: {v:#}"))
     };
     let before = staged(&plan(&current));
-    assert_eq!(before["ok"], false, "{before:#}");
     assert!(
-        before["detail"].as_str().unwrap().contains("node2"),
+        before["detail"].as_str().unwrap().contains("node2")
+            && before["detail"].as_str().unwrap().contains("node3"),
         "{before:#}"
     );
 
@@ -459,37 +493,45 @@ fn a_bundle_on_one_host_reaches_every_host_with_its_images() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = report["id"].as_str().unwrap().to_string();
     assert_eq!(report["kubernetes"], to.as_str());
-    assert_eq!(report["hosts"].as_array().unwrap().len(), 2, "{report:#}");
+    assert_eq!(report["hosts"].as_array().unwrap().len(), 3, "{report:#}");
     assert!(offer_gone(), "the offer is withdrawn at the end");
 
-    // On the second host: the bundle, whole and checked, and its images.
-    let fetched = second.root.join(format!("var/lib/selfnode/bundles/{id}"));
-    assert_eq!(
-        std::fs::read_to_string(fetched.join("SHA256SUMS")).unwrap(),
-        std::fs::read_to_string(current.join("SHA256SUMS")).unwrap()
-    );
-    dist::bundle::Bundle::open(&fetched)
-        .unwrap()
-        .verify_checksums()
-        .unwrap();
-    let images = text(&second.ctr(&["-n", "k8s.io", "images", "ls", "-q"]));
-    for image in ["kube-proxy", "kube-apiserver"] {
-        let want = format!("registry.k8s.io/{image}:{to}");
-        assert!(
-            images.lines().any(|l| l == want),
-            "{want} on node2:\n{images}"
+    // On the other hosts: the bundle, whole and checked, and its images.
+    for (host, name) in [(&second, "node2"), (&third, "node3")] {
+        let fetched = host.root.join(format!("var/lib/selfnode/bundles/{id}"));
+        assert_eq!(
+            std::fs::read_to_string(fetched.join("SHA256SUMS")).unwrap(),
+            std::fs::read_to_string(current.join("SHA256SUMS")).unwrap()
         );
+        dist::bundle::Bundle::open(&fetched)
+            .unwrap()
+            .verify_checksums()
+            .unwrap();
+        let images = text(&host.ctr(&["-n", "k8s.io", "images", "ls", "-q"]));
+        for image in ["kube-proxy", "kube-apiserver"] {
+            let want = format!("registry.k8s.io/{image}:{to}");
+            assert!(
+                images.lines().any(|l| l == want),
+                "{want} on {name}:\n{images}"
+            );
+        }
+        let held = first.kubectl_ok(&[
+            "get",
+            "node",
+            name,
+            "-o",
+            "jsonpath={.metadata.annotations.selfnode\\.dev/bundle-ready}",
+        ]);
+        assert_eq!(held.trim(), id, "{name}");
     }
-    let held = first.kubectl_ok(&[
-        "get",
-        "node",
-        "node2",
-        "-o",
-        "jsonpath={.metadata.annotations.selfnode\\.dev/bundle-ready}",
-    ]);
-    assert_eq!(held.trim(), id);
     let after = staged(&plan(&current));
-    assert_eq!(after["ok"], true, "{after:#}");
+    assert!(
+        after["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("every host holds"),
+        "{after:#}"
+    );
     // Nothing that runs changed: the cluster is still at its version.
     assert_eq!(
         server_version(&first),
@@ -499,4 +541,75 @@ fn a_bundle_on_one_host_reaches_every_host_with_its_images() {
     // Again: every host holds it; nothing to fetch.
     let out = stage(&current, None);
     assert!(out.status.success(), "stage again: {}", text(&out));
+
+    // The upgrade, from the first host: the other hosts follow it.
+    first.kubectl_ok(&[
+        "create",
+        "configmap",
+        "before-upgrade",
+        "--from-literal=k=v",
+    ]);
+    let prober = Prober::start(addr);
+    let started = Instant::now();
+    let out = upgrade(&first, &current, &["-o", "json"]);
+    let took = started.elapsed();
+    let (total, failed, longest) = prober.finish();
+    assert!(
+        out.status.success(),
+        "upgrade apply: {}\n{}\n--- node2's agent\n{}\n--- node3's agent\n{}",
+        text(&out),
+        first.diagnostics(),
+        second.agent_log(),
+        third.agent_log()
+    );
+    println!(
+        "upgrade of 3 hosts {from} -> {to}: {:.0}s; workload: {failed} of {total} requests failed, longest gap {:.1}s",
+        took.as_secs_f64(),
+        longest.as_secs_f64()
+    );
+    assert_every_component_at(&first, &current, &from);
+    // Both etcd members' static pods at the new version.
+    let etcd_to = version_in(&current, "ETCD_VERSION");
+    let images = first.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "pods",
+        "-l",
+        "component=etcd",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    let want = format!("registry.k8s.io/etcd:{}-0", etcd_to.trim_start_matches('v'));
+    assert_eq!(
+        images.split_whitespace().filter(|i| *i == want).count(),
+        2,
+        "both members' static pods at {want}: {images}"
+    );
+    support::wait_voters(&first, &[&node1, "node2"], START);
+    // The other hosts run their fetched copy of the bundle.
+    for (host, name) in [(&second, "node2"), (&third, "node3")] {
+        let st = host.status();
+        let want = host
+            .root_arg()
+            .join(format!("var/lib/selfnode/bundles/{id}"));
+        assert_eq!(
+            st["status"]["bundle"].as_str(),
+            want.to_str(),
+            "{name} runs the fetched bundle: {st:#}"
+        );
+    }
+    first.kubectl_ok(&["get", "configmap", "before-upgrade"]);
+    assert!(answers(addr), "the workload after the upgrade");
+    let turns = first.kubectl(&["-n", "kube-system", "get", "configmap", "selfnode-upgrade"]);
+    assert!(
+        text(&turns).contains("NotFound"),
+        "no turns left: {}",
+        text(&turns)
+    );
+    // Again: nothing to upgrade.
+    let again = upgrade(&first, &current, &["-o", "json"]);
+    assert!(again.status.success(), "{}", text(&again));
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["up_to_date"], true, "{again:#}");
 }

@@ -39,6 +39,15 @@ const ETCD_DEFRAG_LEASE_ROLE: &str = "selfnode:etcd-defrag-lease";
 /// written by `selfnode upgrade` with admin credentials, read by every
 /// node's agent with its kubelet's.
 pub const BUNDLE_OFFER: &str = "selfnode-bundle-offer";
+/// The ConfigMap (in `kube-system`) that says whose turn it is in an
+/// upgrade of several hosts: the control-plane nodes whose etcd member
+/// moves to the new bundle now, and the nodes whose host (kubelet,
+/// containerd, agent) does. Written by `selfnode upgrade apply`, read by
+/// every node's agent.
+pub const UPGRADE_TURNS: &str = "selfnode-upgrade";
+/// The Role (and binding) that lets nodes read [`BUNDLE_OFFER`] and
+/// [`UPGRADE_TURNS`].
+pub const UPGRADE_ROLE: &str = "selfnode:upgrade";
 /// The binding that gave every bootstrap token upstream's group-wide
 /// client-certificate approval, in clusters made by an older selfnode:
 /// the control-plane agents delete it.
@@ -131,11 +140,12 @@ fn cluster_binding(name: &str, role: &str, group: &str) -> Object {
     })
 }
 
-/// A Role that may `get` one ConfigMap, and its binding to `subjects`.
-fn read_one_config_map(
+/// A Role that may `get` the ConfigMaps named, and its binding to
+/// `subjects`.
+fn read_config_maps(
     namespace: &str,
     role: &str,
-    config_map: &str,
+    config_maps: &[&str],
     subjects: Vec<Subject>,
 ) -> [Object; 2] {
     let mut m = meta::object_meta(role, true, &[]);
@@ -146,7 +156,7 @@ fn read_one_config_map(
             rules: Some(vec![PolicyRule {
                 api_groups: Some(vec![String::new()]),
                 resources: Some(vec!["configmaps".to_string()]),
-                resource_names: Some(vec![config_map.to_string()]),
+                resource_names: Some(config_maps.iter().map(|c| c.to_string()).collect()),
                 verbs: vec!["get".to_string()],
                 ..PolicyRule::default()
             }]),
@@ -326,27 +336,28 @@ pub(crate) fn objects(spec: &PlaneSpec, files: &PlaneFiles) -> Result<Vec<Object
             crate::pki::names::CONTROL_PLANE_AGENTS_GROUP,
         )]),
     }));
-    out.extend(read_one_config_map(
+    out.extend(read_config_maps(
         CLUSTER_INFO_NAMESPACE,
         "selfnode:bootstrap-signer-clusterinfo",
-        CLUSTER_INFO,
+        &[CLUSTER_INFO],
         vec![binding_subject("User", "system:anonymous")],
     ));
-    out.extend(read_one_config_map(
+    out.extend(read_config_maps(
         NAMESPACE,
         "selfnode:cluster-settings",
-        CLUSTER_SETTINGS,
+        &[CLUSTER_SETTINGS],
         vec![
             binding_subject("Group", NODE_TOKEN_GROUP),
             binding_subject("Group", NODES_GROUP),
         ],
     ));
     // Nodes, not bootstrap tokens: a host fetches an offered bundle with
-    // its kubelet's client certificate, which a token does not have.
-    out.extend(read_one_config_map(
+    // its kubelet's client certificate, which a token does not have, and
+    // follows an upgrade when its turn comes.
+    out.extend(read_config_maps(
         NAMESPACE,
-        "selfnode:bundle-offer",
-        BUNDLE_OFFER,
+        UPGRADE_ROLE,
+        &[BUNDLE_OFFER, UPGRADE_TURNS],
         vec![binding_subject("Group", NODES_GROUP)],
     ));
     Ok(out)

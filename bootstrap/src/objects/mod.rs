@@ -49,7 +49,7 @@ pub use control_plane::{
 pub use etcd::{etcd_static_pod, etcd_static_pod_yaml, ETCD};
 pub use join::{
     ClusterSettings, ClusterSettingsError, BUNDLE_OFFER, CLUSTER_SETTINGS, ETCD_DEFRAG_LEASE,
-    LEGACY_AUTOAPPROVE_BINDING,
+    LEGACY_AUTOAPPROVE_BINDING, UPGRADE_ROLE, UPGRADE_TURNS,
 };
 
 /// Namespace of every namespaced object here.

@@ -169,11 +169,12 @@ pub enum UpgradeCommand {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Upgrade the cluster to a bundle's versions: the checks of 'plan', a snapshot, then
-    /// etcd, the API servers, controller-managers, schedulers, kube-proxy, CoreDNS and last
-    /// this host's kubelet and containerd, each waited on before the next
+    /// Upgrade the cluster to a bundle's versions: the checks of 'plan', a snapshot, the
+    /// bundle onto every host, then etcd members, the API servers, controller-managers,
+    /// schedulers, kube-proxy, CoreDNS and last each host's kubelet and containerd, each
+    /// waited on before the next
     #[command(
-        after_help = "Every step observes first: interrupted anywhere (kill -9, a power cut), run the same command again and it resumes. The record of the upgrade and the etcd snapshot taken before it are in /var/lib/selfnode/upgrade/ ('selfnode upgrade status'). One-host clusters in this version: a cluster with more nodes is refused with exit 3, before anything changes."
+        after_help = "The new bundle is needed on this host only: the other hosts get it from here ('upgrade stage', run as a step) and move when their turn comes (their etcd members one at a time, then each host's kubelet and containerd), each waited on. Every step observes first: interrupted anywhere (kill -9, a power cut), run the same command again and it resumes. The record of the upgrade and the etcd snapshot taken before it are in /var/lib/selfnode/upgrade/ ('selfnode upgrade status')."
     )]
     Apply {
         /// The bundle to upgrade to (a directory with VERSION, bin/ and SHA256SUMS)

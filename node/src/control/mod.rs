@@ -52,6 +52,8 @@ pub enum Component {
     Address,
     /// The bundle an upgrade offers, fetched onto this host.
     Bundles,
+    /// An upgrade of several hosts, followed when this host's turn comes.
+    Upgrade,
 }
 
 impl Component {
@@ -72,6 +74,7 @@ impl Component {
             Component::Promoter => "promoter",
             Component::Address => "address",
             Component::Bundles => "bundles",
+            Component::Upgrade => "upgrade",
         }
     }
 }

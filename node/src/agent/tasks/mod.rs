@@ -22,6 +22,7 @@ pub mod etcd_upkeep;
 pub mod member;
 pub mod promoter;
 pub mod snapshots;
+pub mod upgrade;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -339,6 +340,8 @@ pub fn spawn_all(
     spawn(address::AddressTask::default(), c, r, s, t);
     let (c, r, s, t) = go(tracker);
     spawn(bundles::Bundles::default(), c, r, s, t);
+    let (c, r, s, t) = go(tracker);
+    spawn(upgrade::FollowUpgrade, c, r, s, t);
     if !opts.snapshots.interval.is_zero() {
         let (c, r, s, t) = go(tracker);
         spawn(snapshots::Snapshots::new(opts.snapshots), c, r, s, t);

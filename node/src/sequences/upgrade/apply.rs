@@ -14,25 +14,35 @@
 //!    rollback past etcd's own data format goes back to.
 //! 4. `import_images`: the target bundle's images into this host's
 //!    containerd (no registry: the pods of every later step need them).
-//! 5. `upgrade_etcd`: this host's etcd static pod on the new image, then
-//!    the member answering at the new server version.
-//! 6. `upgrade_apiservers`, `upgrade_controller_managers`,
+//! 5. `stage_bundle`: the bundle onto every other host (`upgrade stage`:
+//!    each host's agent fetches it from this one over mutual TLS, checked
+//!    against its `SHA256SUMS`, and imports its images). Nothing on a
+//!    cluster of this host alone.
+//! 6. `upgrade_etcd`: this host's etcd static pod on the new image, then
+//!    the member answering at the new server version; then every other
+//!    member, one at a time, by its host's agent when the
+//!    `kube-system/selfnode-upgrade` ConfigMap names it
+//!    (`agent::tasks::upgrade`), each waited on until it answers at the
+//!    new version and the API serves.
+//! 7. `upgrade_apiservers`, `upgrade_controller_managers`,
 //!    `upgrade_schedulers`: each workload applied from the target bundle
 //!    (server-side apply, as init made it) and waited on until every pod
 //!    is updated and ready. The API servers' DaemonSet surges one pod per
 //!    node beside the old one (`--permit-port-sharing`).
-//! 7. `apply_cluster_objects`: the rest of the self-hosted objects (RBAC,
+//! 8. `apply_cluster_objects`: the rest of the self-hosted objects (RBAC,
 //!    configuration, the pod network), then `upgrade_kube_proxy` and
 //!    `upgrade_coredns`.
-//! 8. `upgrade_host`: the bundle this host runs is recorded
-//!    (`control::HostBundle`) and the agent starts again in place on it:
-//!    the kubelet and containerd from the new bundle, containers kept.
-//!    Last, so the kubelet is never newer than an API server.
-//! 9. `finish_upgrade`: the record says when it finished.
+//! 9. `upgrade_hosts`: every other host, one at a time, by its agent (the
+//!    fetched bundle recorded, the agent started again in place on it),
+//!    each waited on until its Node is Ready with the new kubelet; then
+//!    this host: the bundle it runs is recorded (`control::HostBundle`) and
+//!    the agent starts again in place on it (the kubelet and containerd
+//!    from the new bundle, containers kept). Last, so that no kubelet is
+//!    newer than an API server.
+//! 10. `finish_upgrade`: no agent follows the upgrade any more (the
+//!     ConfigMap goes), and the record says when it finished.
 //!
-//! One host: a cluster with more nodes is refused (exit 3) until the other
-//! hosts' agents follow an upgrade (their etcd members, kubelets and
-//! bundles); `upgrade plan` shows what it would take.
+//! Rollback (`rollback.rs`) is one host only so far.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,7 +54,7 @@ use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
 use bootstrap::objects::Object;
-use bootstrap::plane::{EtcdInitial, InitialClusterState, PlaneSpec};
+use bootstrap::plane::PlaneSpec;
 
 use crate::cluster::ControlPlaneHost;
 use crate::paths::HostPaths;
@@ -58,6 +68,7 @@ steps! {
         RecordUpgrade => "record_upgrade",
         SnapshotEtcd => "snapshot_etcd",
         ImportImages => "import_images",
+        StageBundle => "stage_bundle",
         UpgradeEtcd => "upgrade_etcd",
         UpgradeApiservers => "upgrade_apiservers",
         UpgradeControllerManagers => "upgrade_controller_managers",
@@ -65,7 +76,7 @@ steps! {
         ApplyClusterObjects => "apply_cluster_objects",
         UpgradeKubeProxy => "upgrade_kube_proxy",
         UpgradeCoredns => "upgrade_coredns",
-        UpgradeHost => "upgrade_host",
+        UpgradeHosts => "upgrade_hosts",
         FinishUpgrade => "finish_upgrade",
     }
 }
@@ -256,6 +267,7 @@ async fn execute(step: UpgradeStep, run: &Runner, seq: &Seq<'_>) -> anyhow::Resu
         S::RecordUpgrade => record_upgrade(run, seq).await,
         S::SnapshotEtcd => snapshot_etcd(run, seq).await,
         S::ImportImages => import_images(run, &seq.ctx.paths, &seq.target, step).await,
+        S::StageBundle => stage_bundle(run, seq).await,
         S::UpgradeEtcd => etcd_to_target(run, seq, step).await,
         S::UpgradeApiservers => roll(run, seq, step, Workload::DaemonSet("kube-apiserver")).await,
         S::UpgradeControllerManagers => {
@@ -271,7 +283,7 @@ async fn execute(step: UpgradeStep, run: &Runner, seq: &Seq<'_>) -> anyhow::Resu
         S::ApplyClusterObjects => apply_cluster_objects(run, seq, step).await,
         S::UpgradeKubeProxy => roll(run, seq, step, Workload::DaemonSet("kube-proxy")).await,
         S::UpgradeCoredns => roll(run, seq, step, Workload::Deployment("coredns")).await,
-        S::UpgradeHost => host_to_target(run, seq, step).await,
+        S::UpgradeHosts => hosts_to_target(run, seq).await,
         S::FinishUpgrade => finish_upgrade(run, seq).await,
     }
 }
@@ -343,7 +355,6 @@ async fn check_cluster(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport
             }
             .into());
         }
-        seq.refuse_more_than_one_node().await?;
         if !resuming && !seq.ctx.quiet {
             eprintln!(
                 "[upgrade] {} to {} ({}), bundle {}",
@@ -462,10 +473,18 @@ pub(super) async fn etcd_to_target<S: Step>(
                 return Ok(false);
             }
             let cfg = crate::etcd::config(paths);
-            Ok(etcd_mgr::maintenance::server_version(&cfg)
+            if !etcd_mgr::maintenance::server_version(&cfg)
                 .await
                 .is_ok_and(|v| v == want)
-                && crate::wait::api_answers(&seq.client).await)
+            {
+                return Ok(false);
+            }
+            for m in other_members(seq).await? {
+                if !member_at(paths, &m, &want).await {
+                    return Ok(false);
+                }
+            }
+            Ok(crate::wait::api_answers(&seq.client).await)
         }
     };
     run.step(step, ROLL_DEADLINE, at_target, || async {
@@ -499,15 +518,7 @@ pub(super) async fn etcd_to_target<S: Step>(
                 )
                 .await?;
             }
-            // With its data directory etcd takes its membership from
-            // there; the initial flags only name this member as it is.
-            let initial = EtcdInitial {
-                members: vec![(member.name.clone(), member.peer_urls.join(","))],
-                state: InitialClusterState::Existing,
-            };
-            let pod = bootstrap::objects::etcd_static_pod_yaml(&seq.spec, &initial)?;
-            crate::fsutil::write_atomic(&paths.etcd_manifest(), pod.as_bytes(), 0o600)
-                .with_context(|| format!("writing {}", paths.etcd_manifest().display()))?;
+            crate::etcd::write_member_manifest(paths, &seq.spec, &member)?;
         }
         run.say(
             step,
@@ -524,10 +535,105 @@ pub(super) async fn etcd_to_target<S: Step>(
         )
         .await?;
         // The API servers reconnect to it: the step ends when they serve.
-        crate::wait::api_ready(&seq.client, ROLL_DEADLINE).await
+        crate::wait::api_ready(&seq.client, ROLL_DEADLINE).await?;
+        // The other members, one at a time, each by its host's agent
+        // (`agent::tasks::upgrade`), each waited on before the next.
+        let others = other_members(seq).await?;
+        if others.is_empty() {
+            return Ok(());
+        }
+        let id = dist::share::bundle_id(&seq.target)?;
+        for m in &others {
+            if member_at(paths, m, &want).await {
+                continue;
+            }
+            run.say(
+                step,
+                &format!("etcd member {} to {want}, by its host's agent", m.name),
+            );
+            crate::share::set_turns(
+                &seq.client,
+                &crate::share::UpgradeTurns {
+                    bundle: id.clone(),
+                    etcd: vec![m.name.clone()],
+                    hosts: Vec::new(),
+                },
+            )
+            .await?;
+            crate::wait::until(
+                &format!("etcd member {} at {want}", m.name),
+                ROLL_DEADLINE,
+                Duration::from_secs(2),
+                || async { Ok(member_at(paths, m, &want).await) },
+            )
+            .await?;
+            crate::wait::api_ready(&seq.client, ROLL_DEADLINE).await?;
+        }
+        crate::share::set_turns(
+            &seq.client,
+            &crate::share::UpgradeTurns {
+                bundle: id,
+                ..Default::default()
+            },
+        )
+        .await
     })
     .await
 }
+
+/// The voting etcd members of the other control-plane hosts.
+async fn other_members(seq: &Seq<'_>) -> anyhow::Result<Vec<etcd_mgr::members::MemberStatus>> {
+    let me = seq.spec.node_name.as_str();
+    Ok(etcd_mgr::members(&crate::etcd::cluster_config(
+        &seq.ctx.paths,
+        Duration::from_secs(5),
+    ))
+    .await?
+    .into_iter()
+    .filter(|m| !m.is_learner && m.name != me)
+    .collect())
+}
+
+/// Whether member `m` answers at etcd `version`.
+async fn member_at(paths: &HostPaths, m: &etcd_mgr::members::MemberStatus, version: &str) -> bool {
+    let cfg = crate::etcd::member_config(paths, &m.client_urls);
+    etcd_mgr::maintenance::server_version(&cfg)
+        .await
+        .is_ok_and(|v| v == version)
+}
+
+/// `stage_bundle`: the target bundle onto every other host (`upgrade
+/// stage`, run as part of this), so that each host's agent moves onto it
+/// when its turn comes. Nothing to do on a cluster of this host alone.
+async fn stage_bundle(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
+    let staged = || async {
+        let id = dist::share::bundle_id(&seq.target)?;
+        let nodes = Api::<Node>::all(seq.client.clone())
+            .list(&ListParams::default())
+            .await
+            .context("listing the Nodes")?
+            .items;
+        Ok(nodes.len() <= 1
+            || nodes.iter().all(|n| {
+                n.metadata.name.as_deref() == Some(seq.spec.node_name.as_str())
+                    || crate::share::held(n) == Some(id.as_str())
+            }))
+    };
+    run.step(UpgradeStep::StageBundle, STAGE_DEADLINE, staged, || async {
+        super::stage::run(&super::stage::StageContext {
+            paths: seq.ctx.paths.clone(),
+            bundle_dir: seq.ctx.bundle_dir.clone(),
+            timeout: STAGE_DEADLINE,
+            quiet: seq.ctx.quiet,
+        })
+        .await
+        .map(|_| ())
+    })
+    .await
+}
+
+/// How long the other hosts have to fetch the bundle.
+const STAGE_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 /// `3` of `3.6.17`.
 fn major_of(v: &str) -> u32 {
@@ -707,37 +813,127 @@ pub(super) async fn host_to_target<S: Step>(
     seq: &Seq<'_>,
     step: S,
 ) -> anyhow::Result<StepReport> {
-    let paths = &seq.ctx.paths;
     run.step(
         step,
         ROLL_DEADLINE,
         || async { Ok(host_at_target(seq).await.unwrap_or(false)) },
-        || async {
-            crate::control::HostBundle::write(paths, &seq.ctx.bundle_dir)
-                .context("recording the bundle this host runs")?;
-            let status = crate::control::read_status(paths)?;
-            if status.is_none_or(|s| s.bundle != seq.ctx.bundle_dir) {
-                crate::control::RunningAgent::require(paths)?.restart()?;
-                run.say(
-                    step,
-                    "the agent starts again on the bundle: kubelet and containerd; containers keep running",
-                );
+        || this_host_to_target(run, seq, step),
+    )
+    .await
+}
+
+/// What [`host_to_target`] does when this host is not at the target yet.
+async fn this_host_to_target<S: Step>(
+    run: &runner::Runner<S>,
+    seq: &Seq<'_>,
+    step: S,
+) -> anyhow::Result<()> {
+    let paths = &seq.ctx.paths;
+    crate::control::HostBundle::write(paths, &seq.ctx.bundle_dir)
+        .context("recording the bundle this host runs")?;
+    let status = crate::control::read_status(paths)?;
+    if status.is_none_or(|s| s.bundle != seq.ctx.bundle_dir) {
+        crate::control::RunningAgent::require(paths)?.restart()?;
+        run.say(
+            step,
+            "the agent starts again on the bundle: kubelet and containerd; containers keep running",
+        );
+    }
+    crate::wait::until(
+        "this host's agent, kubelet and Node on the bundle",
+        ROLL_DEADLINE,
+        Duration::from_secs(2),
+        || host_at_target(seq),
+    )
+    .await
+}
+
+/// The other nodes' names, sorted.
+async fn other_nodes(seq: &Seq<'_>) -> anyhow::Result<Vec<Node>> {
+    let mut nodes: Vec<Node> = Api::<Node>::all(seq.client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing the Nodes")?
+        .items
+        .into_iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(seq.spec.node_name.as_str()))
+        .collect();
+    nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok(nodes)
+}
+
+/// Whether Node `n` is Ready with the target's kubelet.
+fn node_at_target(seq: &Seq<'_>, n: &Node) -> bool {
+    let st = n.status.as_ref();
+    let ready = st
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    ready
+        && st
+            .and_then(|s| s.node_info.as_ref())
+            .is_some_and(|i| i.kubelet_version == seq.target.versions().kubernetes)
+}
+
+/// `upgrade_hosts`: every other host, one at a time, by its agent
+/// (`agent::tasks::upgrade`: the fetched bundle recorded, the agent started
+/// again in place on it), each waited on until its Node is Ready with the
+/// new kubelet; then this host ([`host_to_target`]). Last, so that no
+/// kubelet is newer than an API server.
+async fn hosts_to_target(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
+    let step = UpgradeStep::UpgradeHosts;
+    let all_at_target = || async {
+        let others = other_nodes(seq).await?;
+        Ok(others.iter().all(|n| node_at_target(seq, n)) && host_at_target(seq).await?)
+    };
+    // Every host may take as long as one host's move.
+    let deadline = ROLL_DEADLINE * (1 + other_nodes(seq).await?.len() as u32);
+    run.step(step, deadline, all_at_target, || async {
+        let id = dist::share::bundle_id(&seq.target)?;
+        for n in other_nodes(seq).await? {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            if node_at_target(seq, &n) {
+                continue;
             }
+            run.say(
+                step,
+                &format!("host {name} to the bundle, by its agent (kubelet, containerd; containers keep running)"),
+            );
+            crate::share::set_turns(
+                &seq.client,
+                &crate::share::UpgradeTurns {
+                    bundle: id.clone(),
+                    etcd: Vec::new(),
+                    hosts: vec![name.clone()],
+                },
+            )
+            .await?;
             crate::wait::until(
-                "this host's agent, kubelet and Node on the bundle",
+                &format!("Node {name} Ready with kubelet {}", seq.target.versions().kubernetes),
                 ROLL_DEADLINE,
                 Duration::from_secs(2),
-                || host_at_target(seq),
+                || async {
+                    let n = Api::<Node>::all(seq.client.clone())
+                        .get(&name)
+                        .await
+                        .with_context(|| format!("reading Node {name}"))?;
+                    Ok(node_at_target(seq, &n))
+                },
             )
-            .await
-        },
-    )
+            .await?;
+        }
+        if !host_at_target(seq).await.unwrap_or(false) {
+            this_host_to_target(run, seq, step).await?;
+        }
+        Ok(())
+    })
     .await
 }
 
 async fn finish_upgrade(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport> {
     let paths = &seq.ctx.paths;
     run.converge(UpgradeStep::FinishUpgrade, || async {
+        // No agent follows this upgrade any more.
+        crate::share::clear_turns(&seq.client).await?;
         let mut record = UpgradeRecord::read(paths)?.context("no upgrade record")?;
         if record.finished.is_some() {
             return Ok(false);
@@ -775,7 +971,9 @@ mod tests {
         assert!(at("upgrade_apiservers") < at("upgrade_controller_managers"));
         assert!(at("upgrade_controller_managers") < at("upgrade_schedulers"));
         assert!(at("upgrade_schedulers") < at("upgrade_kube_proxy"));
-        assert!(at("upgrade_kube_proxy") < at("upgrade_host"));
+        assert!(at("upgrade_kube_proxy") < at("upgrade_hosts"));
+        assert!(at("import_images") < at("stage_bundle"));
+        assert!(at("stage_bundle") < at("upgrade_etcd"));
     }
 
     #[test]

@@ -18,9 +18,9 @@
 //!   that the target removes, as the API server itself records it (its
 //!   `apiserver_requested_deprecated_apis` metric, which names the release
 //!   that removes each one; kept since the API server started) (exit 3);
-//! - `staged`: every host holds the target bundle (`upgrade stage` put it
-//!   there: each Node's `selfnode.dev/bundle-ready` names it); a cluster of
-//!   this host alone needs nothing staged (exit 3);
+//! - `staged`: which hosts hold the target bundle (`upgrade stage` put it
+//!   there: each Node's `selfnode.dev/bundle-ready` names it); never a
+//!   refusal: `upgrade apply` stages it first where it is missing;
 //! - `disk`: room on this host for the snapshot taken before the upgrade
 //!   and the new images (exit 3).
 //!
@@ -417,7 +417,8 @@ pub async fn plan(paths: &HostPaths, dir: &Path) -> anyhow::Result<UpgradePlan> 
         .collect();
     checks.push(Check {
         name: "staged",
-        ok: without.is_empty(),
+        // Never a refusal: apply's `stage_bundle` puts it there.
+        ok: true,
         detail: if node_list.len() <= 1 {
             "this host alone: the upgrade imports the bundle's images here".to_string()
         } else if without.is_empty() {
@@ -426,7 +427,7 @@ pub async fn plan(paths: &HostPaths, dir: &Path) -> anyhow::Result<UpgradePlan> 
             )
         } else {
             format!(
-                "hosts without bundle {id}: {}; run 'selfnode upgrade stage --bundle {}' first",
+                "hosts without bundle {id}: {}; 'upgrade apply' puts it there first ('selfnode upgrade stage --bundle {}' does it ahead of time)",
                 without.join(", "),
                 dir.display()
             )

@@ -44,7 +44,7 @@ steps! {
 type Runner = runner::Runner<StageStep>;
 
 /// The Role (and RoleBinding) that lets nodes read the offer.
-const OFFER_ACCESS: &str = "selfnode:bundle-offer";
+const OFFER_ACCESS: &str = bootstrap::objects::UPGRADE_ROLE;
 
 /// Every step runs; each observes first.
 pub fn plan() -> Plan<StageStep> {
