@@ -198,7 +198,7 @@ impl Classify for crate::sequences::join::NotAControlPlaneToken {
     }
 }
 
-impl Classify for crate::sequences::upgrade::apply::UpgradeRefused {
+impl Classify for crate::sequences::upgrade::UpgradeRefused {
     fn class(&self) -> Class {
         match self.refusal {
             crate::sequences::upgrade::Refusal::Input => Class::Invalid,
@@ -265,7 +265,7 @@ pub const CLASSIFIERS: &[Classifier] = &[
     by::<crate::sequences::recover::force_new::ForceNewRefused>,
     by::<crate::sequences::init::RestoreInputError>,
     by::<crate::sequences::recover::RecoverRefused>,
-    by::<crate::sequences::upgrade::apply::UpgradeRefused>,
+    by::<crate::sequences::upgrade::UpgradeRefused>,
     by::<crate::cluster::NotControlPlaneHost>,
     by::<bootstrap::join::JoinError>,
     by::<crate::tokens::TtlError>,
@@ -463,7 +463,7 @@ mod tests {
                 pki_dir: PathBuf::from("/etc/kubernetes/pki"),
             }),
             Box::new(crate::sequences::recover::RecoverRefused::Healthy),
-            Box::new(crate::sequences::upgrade::apply::UpgradeRefused {
+            Box::new(crate::sequences::upgrade::UpgradeRefused {
                 reason: "version: x".into(),
                 refusal: crate::sequences::upgrade::Refusal::Input,
             }),

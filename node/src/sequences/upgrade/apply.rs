@@ -56,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use bootstrap::objects::Object;
 use bootstrap::plane::PlaneSpec;
 
+use super::UpgradeRefused;
 use crate::cluster::ControlPlaneHost;
 use crate::paths::HostPaths;
 use crate::sequences::plan::{steps, Plan, Step};
@@ -135,15 +136,6 @@ impl UpgradeRecord {
     fn resumes(&self, bundle: &Path) -> bool {
         self.finished.is_none() && self.rollback_started.is_none() && self.to_bundle == bundle
     }
-}
-
-/// An upgrade refused before anything changed, and what refused it (the
-/// exit code: 2 for the input, 3 for the cluster's state).
-#[derive(Debug, thiserror::Error)]
-#[error("upgrade refused, nothing was changed: {reason}")]
-pub struct UpgradeRefused {
-    pub reason: String,
-    pub refusal: super::Refusal,
 }
 
 /// What apply runs with.
@@ -266,7 +258,7 @@ async fn execute(step: UpgradeStep, run: &Runner, seq: &Seq<'_>) -> anyhow::Resu
         S::CheckCluster => check_cluster(run, seq).await,
         S::RecordUpgrade => record_upgrade(run, seq).await,
         S::SnapshotEtcd => snapshot_etcd(run, seq).await,
-        S::ImportImages => import_images(run, &seq.ctx.paths, &seq.target, step).await,
+        S::ImportImages => super::import_images(run, &seq.ctx.paths, &seq.target, step).await,
         S::StageBundle => stage_bundle(run, seq).await,
         S::UpgradeEtcd => etcd_to_target(run, seq, step).await,
         S::UpgradeApiservers => roll(run, seq, step, Workload::DaemonSet("kube-apiserver")).await,
@@ -422,28 +414,6 @@ async fn snapshot_etcd(run: &Runner, seq: &Seq<'_>) -> anyhow::Result<StepReport
             Ok(())
         },
     )
-    .await
-}
-
-/// The bundle's images into this host's containerd (no registry: every
-/// later step's pods need them).
-pub(super) async fn import_images<S: Step>(
-    run: &runner::Runner<S>,
-    paths: &HostPaths,
-    bundle: &dist::bundle::Bundle,
-    step: S,
-) -> anyhow::Result<StepReport> {
-    run.converge(step, || async {
-        let exe = std::env::current_exe().context("finding this selfnode binary")?;
-        let report = dist::import::import_bundle(
-            &paths.containerd_socket(),
-            dist::containerd::K8S_NAMESPACE,
-            bundle,
-            &exe,
-        )
-        .await?;
-        Ok(!report.nothing_written())
-    })
     .await
 }
 

@@ -45,6 +45,8 @@ use serde::Serialize;
 use self::version::{control_plane_skew, kubelet_skew, Change, Version};
 use crate::cluster::ControlPlaneHost;
 use crate::paths::HostPaths;
+use crate::sequences::plan::Step;
+use crate::sequences::runner::{self, StepReport};
 
 /// Why a failed check refuses: the exit code it gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -475,6 +477,37 @@ pub async fn plan(paths: &HostPaths, dir: &Path) -> anyhow::Result<UpgradePlan> 
         checks,
         steps,
     })
+}
+
+/// An upgrade refused before anything changed, and what refused it (the
+/// exit code: 2 for the input, 3 for the cluster's state).
+#[derive(Debug, thiserror::Error)]
+#[error("upgrade refused, nothing was changed: {reason}")]
+pub struct UpgradeRefused {
+    pub reason: String,
+    pub refusal: Refusal,
+}
+
+/// The bundle's images into this host's containerd (no registry: every
+/// later step's pods need them).
+pub(crate) async fn import_images<S: Step>(
+    run: &runner::Runner<S>,
+    paths: &HostPaths,
+    bundle: &dist::bundle::Bundle,
+    step: S,
+) -> anyhow::Result<StepReport> {
+    run.converge(step, || async {
+        let exe = std::env::current_exe().context("finding this selfnode binary")?;
+        let report = dist::import::import_bundle(
+            &paths.containerd_socket(),
+            dist::containerd::K8S_NAMESPACE,
+            bundle,
+            &exe,
+        )
+        .await?;
+        Ok(!report.nothing_written())
+    })
+    .await
 }
 
 fn gib(bytes: u64) -> String {

@@ -28,7 +28,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::apply::{self, ApplyContext, Seq, UpgradeRecord, UpgradeRefused, Workload};
+use super::apply::{self, ApplyContext, Seq, UpgradeRecord, Workload};
+use super::UpgradeRefused;
 use crate::paths::HostPaths;
 use crate::sequences::plan::{steps, Plan};
 use crate::sequences::runner::{self, StepReport};
@@ -119,7 +120,7 @@ async fn execute(step: RollbackStep, run: &Runner, seq: &Seq<'_>) -> anyhow::Res
     use RollbackStep as S;
     match step {
         S::CheckRollback => check_rollback(run, seq).await,
-        S::ImportImages => apply::import_images(run, &seq.ctx.paths, &seq.target, step).await,
+        S::ImportImages => super::import_images(run, &seq.ctx.paths, &seq.target, step).await,
         S::DowngradeHost => apply::host_to_target(run, seq, step).await,
         S::DowngradeCoredns => apply::roll(run, seq, step, Workload::Deployment("coredns")).await,
         S::DowngradeKubeProxy => {

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
-use super::apply::UpgradeRefused;
+use super::UpgradeRefused;
 use crate::cluster::ControlPlaneHost;
 use crate::paths::HostPaths;
 use crate::sequences::plan::{steps, Plan};
@@ -159,7 +159,7 @@ async fn execute(
             })
             .await
         }
-        S::ImportImages => super::apply::import_images(run, &seq.ctx.paths, bundle, step).await,
+        S::ImportImages => super::import_images(run, &seq.ctx.paths, bundle, step).await,
         S::OfferBundle => {
             run.converge(step, || async {
                 let address = offer.source;
