@@ -115,8 +115,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
         _ => opts.bundle.clone(),
     };
-    let bundle = dist::bundle::Bundle::open(&bundle_dir)?;
-    verify_bundle(&bundle, &paths).await?;
     let socket = opts
         .containerd_socket
         .clone()
@@ -124,7 +122,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     services::check_socket_dir(&socket)?;
     reaper::become_subreaper().context("cannot become a child subreaper")?;
     let facts = config::HostFacts::detect(paths.root());
-    tracing::info!(cgroup = ?facts.cgroup, driver = facts.driver.as_str(), bundle = %bundle.root().display(), "agent starting");
+    tracing::info!(cgroup = ?facts.cgroup, driver = facts.driver.as_str(), bundle = %bundle_dir.display(), "agent starting");
 
     let log_dir = paths.log_dir();
     let status = StatusHandle::new(AgentStatus {
@@ -132,7 +130,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         started: now_unix(),
         updated: now_unix(),
-        bundle: bundle.root().to_path_buf(),
+        bundle: bundle_dir.clone(),
         api_lb_port: Some(opts.api_lb_port),
         components: vec![
             ComponentStatus::new(CONTAINERD, Some(log_dir.join("containerd.log"))),
@@ -142,15 +140,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ],
         snapshots: None,
     });
-    let ctx = Arc::new(ServiceContext {
-        paths: paths.clone(),
-        bundle: bundle.clone(),
-        facts,
-        containerd_socket: socket.clone(),
-        kubelet_healthz_port: opts.kubelet_healthz_port,
-        cgroup_root: opts.cgroup_root.clone(),
-    });
-
     let tracker = TaskTracker::new();
     let managed = reaper::ManagedPids::default();
     let stop_background = CancellationToken::new();
@@ -169,6 +158,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         stop_background.clone(),
         tracker.clone(),
     ));
+    // The balancer first: after a restart in place onto a new bundle
+    // (`selfnode upgrade`), its clients wait only for it, not for the
+    // new bundle's checksums too.
+    let bundle = dist::bundle::Bundle::open(&bundle_dir)?;
+    verify_bundle(&bundle, &paths).await?;
+    let ctx = Arc::new(ServiceContext {
+        paths: paths.clone(),
+        bundle: bundle.clone(),
+        facts,
+        containerd_socket: socket.clone(),
+        kubelet_healthz_port: opts.kubelet_healthz_port,
+        cgroup_root: opts.cgroup_root.clone(),
+    });
 
     // SIGHUP (and `selfnode init`, and the address task) bump this:
     // services re-read their config.
