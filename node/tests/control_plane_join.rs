@@ -554,18 +554,31 @@ fn control_plane_hosts_join_by_string_and_by_label_and_the_cluster_outlives_its_
     // server's lease leaves the `kubernetes` EndpointSlice, and node2's
     // list (which learned node3 from the slice, not from a join string)
     // still has it when node3 comes back.
-    let node3_api = format!(
-        "{}:6443",
-        first
-            .kubectl_ok(&[
+    // Asked until it answers: right after the rolling outage an API
+    // server that had just come back once refused the admin with 403 (the
+    // full suite of 2026-12-08; not seen alone), as if its authorizer had
+    // not read the RBAC bindings yet.
+    let mut node3_ip = String::new();
+    support::retry(
+        "node3's address from the API",
+        Duration::from_secs(60),
+        || {
+            let out = first.kubectl(&[
                 "get",
                 "node",
                 "node3",
                 "-o",
                 "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
-            ])
-            .trim()
+            ]);
+            node3_ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && !node3_ip.is_empty() {
+                Ok(())
+            } else {
+                Err(text(&out))
+            }
+        },
     );
+    let node3_api = format!("{node3_ip}:6443");
     let listed = |host: &TestHost| {
         let text = std::fs::read_to_string(host.root.join("var/lib/selfnode/apiservers"))
             .unwrap_or_default();

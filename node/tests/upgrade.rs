@@ -487,7 +487,7 @@ fn three_hosts_upgrade_with_the_new_bundle_on_one_host() {
         second.agent_log()
     );
     println!(
-        "upgrade stage: the bundle on both hosts in {:.0}s",
+        "upgrade stage: the bundle on every host in {:.0}s",
         started.elapsed().as_secs_f64()
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
