@@ -206,43 +206,61 @@ fn kubelet_identity(paths: &HostPaths) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
 
 /// The bundle on offer, if any.
 pub async fn offered(client: &kube::Client) -> anyhow::Result<Option<Offer>> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
-        .get_opt(BUNDLE_OFFER)
-        .await
-        .with_context(|| format!("reading ConfigMap {NAMESPACE}/{BUNDLE_OFFER}"))?;
-    let Some(text) = cm
-        .and_then(|c| c.data)
-        .and_then(|d| d.get(OFFER_KEY).cloned())
-    else {
-        return Ok(None);
-    };
-    Ok(Some(serde_json::from_str(&text).with_context(|| {
-        format!("{OFFER_KEY} in ConfigMap {NAMESPACE}/{BUNDLE_OFFER} does not parse")
-    })?))
+    read_json(client, BUNDLE_OFFER, OFFER_KEY).await
 }
 
 /// Offers `offer` to every host (admin credentials).
 pub async fn publish(client: &kube::Client, offer: &Offer) -> anyhow::Result<()> {
+    write_json(client, BUNDLE_OFFER, OFFER_KEY, offer).await
+}
+
+/// `key` of the kube-system ConfigMap `name`, as JSON; `None` when either
+/// is absent.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    client: &kube::Client,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<Option<T>> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading ConfigMap {NAMESPACE}/{name}"))?;
+    let Some(text) = cm.and_then(|c| c.data).and_then(|d| d.get(key).cloned()) else {
+        return Ok(None);
+    };
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("{key} in ConfigMap {NAMESPACE}/{name} does not parse")
+    })?))
+}
+
+/// The kube-system ConfigMap `name` with `value` as JSON under `key`
+/// (server-side apply, ours).
+async fn write_json<T: serde::Serialize>(
+    client: &kube::Client,
+    name: &str,
+    key: &str,
+    value: &T,
+) -> anyhow::Result<()> {
     let cm = ConfigMap {
         metadata: kube::api::ObjectMeta {
-            name: Some(BUNDLE_OFFER.to_string()),
+            name: Some(name.to_string()),
             namespace: Some(NAMESPACE.to_string()),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
-            OFFER_KEY.to_string(),
-            serde_json::to_string_pretty(offer)?,
+            key.to_string(),
+            serde_json::to_string_pretty(value)?,
         )])),
         ..ConfigMap::default()
     };
     Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
         .patch(
-            BUNDLE_OFFER,
+            name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&cm),
         )
         .await
-        .with_context(|| format!("publishing ConfigMap {NAMESPACE}/{BUNDLE_OFFER}"))?;
+        .with_context(|| format!("writing ConfigMap {NAMESPACE}/{name}"))?;
     Ok(())
 }
 
@@ -298,44 +316,12 @@ pub struct UpgradeTurns {
 
 /// The turns, if an upgrade of several hosts is under way.
 pub async fn turns(client: &kube::Client) -> anyhow::Result<Option<UpgradeTurns>> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
-        .get_opt(UPGRADE_TURNS)
-        .await
-        .with_context(|| format!("reading ConfigMap {NAMESPACE}/{UPGRADE_TURNS}"))?;
-    let Some(text) = cm
-        .and_then(|c| c.data)
-        .and_then(|d| d.get(TURNS_KEY).cloned())
-    else {
-        return Ok(None);
-    };
-    Ok(Some(serde_json::from_str(&text).with_context(|| {
-        format!("{TURNS_KEY} in ConfigMap {NAMESPACE}/{UPGRADE_TURNS} does not parse")
-    })?))
+    read_json(client, UPGRADE_TURNS, TURNS_KEY).await
 }
 
 /// Sets the turns (admin credentials).
 pub async fn set_turns(client: &kube::Client, turns: &UpgradeTurns) -> anyhow::Result<()> {
-    let cm = ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some(UPGRADE_TURNS.to_string()),
-            namespace: Some(NAMESPACE.to_string()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            TURNS_KEY.to_string(),
-            serde_json::to_string_pretty(turns)?,
-        )])),
-        ..ConfigMap::default()
-    };
-    Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE)
-        .patch(
-            UPGRADE_TURNS,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&cm),
-        )
-        .await
-        .with_context(|| format!("writing ConfigMap {NAMESPACE}/{UPGRADE_TURNS}"))?;
-    Ok(())
+    write_json(client, UPGRADE_TURNS, TURNS_KEY, turns).await
 }
 
 /// Ends the turns: no agent moves any more.
