@@ -79,6 +79,28 @@ impl Prober {
     }
 }
 
+/// The workload: etcd from the `previous` bundle's image, `replicas` pods
+/// serving plain HTTP behind a Service, answering from `host` through
+/// kube-proxy; returns the Service's address.
+fn web_service(host: &TestHost, previous: &std::path::Path, replicas: u32) -> SocketAddr {
+    let etcd_version = version_in(previous, "ETCD_VERSION");
+    let image = format!(
+        "registry.k8s.io/etcd:{}-0",
+        etcd_version.trim_start_matches('v')
+    );
+    support::web_workload(host, &image, replicas);
+    let rollout = host.kubectl(&["rollout", "status", "deployment/web", "--timeout=300s"]);
+    assert!(rollout.status.success(), "web rollout: {}", text(&rollout));
+    let ip = host.kubectl_ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let addr: SocketAddr = format!("{}:80", ip.trim()).parse().unwrap();
+    retry("the web Service from the host", START, || {
+        answers(addr)
+            .then_some(())
+            .ok_or_else(|| "no answer".into())
+    });
+    addr
+}
+
 /// `selfnode upgrade apply --bundle BUNDLE EXTRA…` on `host`.
 fn upgrade(host: &TestHost, bundle: &std::path::Path, extra: &[&str]) -> std::process::Output {
     host.selfnode()
@@ -170,33 +192,13 @@ fn one_host_upgrades_from_the_previous_minor_with_its_workload_answering() {
     assert!(out.status.success(), "init on {from}: {}", text(&out));
     assert_eq!(server_version(&host), from);
 
-    // The workload: etcd from the previous bundle's image, serving plain
-    // HTTP behind a Service, requested from this host through kube-proxy.
-    let etcd_version = version_in(&previous, "ETCD_VERSION");
-    let image = format!(
-        "registry.k8s.io/etcd:{}-0",
-        etcd_version.trim_start_matches('v')
-    );
-    support::web_workload(&host, &image, 2);
     host.kubectl_ok(&[
         "create",
         "configmap",
         "before-upgrade",
         "--from-literal=k=v",
     ]);
-    let rollout = host.kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"]);
-    assert!(rollout.status.success(), "web rollout: {}", text(&rollout));
-    let ip = host.kubectl_ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
-    let addr: SocketAddr = format!("{}:80", ip.trim()).parse().unwrap();
-    retry(
-        "the web Service from the host",
-        Duration::from_secs(60),
-        || {
-            answers(addr)
-                .then_some(())
-                .ok_or_else(|| "no answer".into())
-        },
-    );
+    let addr = web_service(&host, &previous, 2);
 
     // Refused before anything changes: a bundle that lacks a binary (exit
     // 2), and the cluster's own version (nothing to upgrade, exit 2).
@@ -394,23 +396,7 @@ fn three_hosts_upgrade_with_the_new_bundle_on_one_host() {
     assert!(out.status.success(), "join: {}", text(&out));
     support::wait_voters(&first, &[&node1, "node2"], START);
 
-    // The workload: 3 replicas behind a Service, requested from the first
-    // host through kube-proxy.
-    let etcd_version = version_in(&previous, "ETCD_VERSION");
-    let image = format!(
-        "registry.k8s.io/etcd:{}-0",
-        etcd_version.trim_start_matches('v')
-    );
-    support::web_workload(&first, &image, 3);
-    let rollout = first.kubectl(&["rollout", "status", "deployment/web", "--timeout=300s"]);
-    assert!(rollout.status.success(), "web rollout: {}", text(&rollout));
-    let ip = first.kubectl_ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
-    let addr: SocketAddr = format!("{}:80", ip.trim()).parse().unwrap();
-    retry("the web Service from the first host", START, || {
-        answers(addr)
-            .then_some(())
-            .ok_or_else(|| "no answer".into())
-    });
+    let addr = web_service(&first, &previous, 3);
 
     let stage = |bundle: &std::path::Path, failpoint: Option<&str>| {
         let mut cmd = first.selfnode();
